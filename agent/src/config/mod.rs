@@ -1,0 +1,300 @@
+//! The validated proxy configuration and the diagnostics produced while building it.
+//!
+//! Inputs (task definition, bare `proxyConfiguration`, `APPMESH_*` environment, flags) are
+//! read into [`RawConfig`] by [`source`], then [`validate`] turns a [`RawConfig`] into a
+//! [`ProxyConfig`] or reports every problem at once.
+
+pub mod parse;
+pub mod source;
+pub mod validate;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+pub use source::{ConfigArgs, RawConfig, RawProperty};
+pub use validate::validate;
+
+/// The ECS task metadata endpoint and the EC2 instance metadata service: the ECS agent
+/// always exempts them, because the task's IAM credentials come from there.
+pub const METADATA_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(169, 254, 170, 2), Ipv4Addr::new(169, 254, 169, 254)];
+
+/// SSH is exempt even when EgressIgnoredPorts does not list it (the seed guide says so).
+pub const SSH_PORT: u16 = 22;
+
+/// ECS refuses to register more than this many EgressIgnoredPorts; intercept honours all.
+pub const ECS_MAX_IGNORED_PORTS: usize = 15;
+
+/// The seven properties of an APPMESH proxy configuration, spelled as ECS spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Property {
+    IgnoredUID,
+    IgnoredGID,
+    ProxyIngressPort,
+    ProxyEgressPort,
+    AppPorts,
+    EgressIgnoredIPs,
+    EgressIgnoredPorts,
+}
+
+impl Property {
+    pub const ALL: [Property; 7] = [
+        Property::IgnoredUID,
+        Property::IgnoredGID,
+        Property::ProxyIngressPort,
+        Property::ProxyEgressPort,
+        Property::AppPorts,
+        Property::EgressIgnoredIPs,
+        Property::EgressIgnoredPorts,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Property::IgnoredUID => "IgnoredUID",
+            Property::IgnoredGID => "IgnoredGID",
+            Property::ProxyIngressPort => "ProxyIngressPort",
+            Property::ProxyEgressPort => "ProxyEgressPort",
+            Property::AppPorts => "AppPorts",
+            Property::EgressIgnoredIPs => "EgressIgnoredIPs",
+            Property::EgressIgnoredPorts => "EgressIgnoredPorts",
+        }
+    }
+
+    /// Exact, case-sensitive lookup: ECS itself is case-sensitive, so `ignoreduid` is a
+    /// typo to report (with a suggestion), not an alias.
+    pub fn from_name(name: &str) -> Option<Property> {
+        Property::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+impl fmt::Display for Property {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An inclusive port range; a single port is `start == end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub fn single(port: u16) -> Self {
+        PortRange { start: port, end: port }
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.start <= port && port <= self.end
+    }
+
+    pub fn port_count(&self) -> usize {
+        usize::from(self.end - self.start) + 1
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+/// A set of ports kept as sorted, non-overlapping, non-adjacent ranges, so that equal sets
+/// always have one representation (plans are compared byte for byte).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct PortSet(Vec<PortRange>);
+
+impl PortSet {
+    pub fn new() -> Self {
+        PortSet(Vec::new())
+    }
+
+    pub fn from_ranges(ranges: impl IntoIterator<Item = PortRange>) -> Self {
+        let mut all: Vec<PortRange> = ranges.into_iter().collect();
+        all.sort();
+        let mut merged: Vec<PortRange> = Vec::with_capacity(all.len());
+        for r in all {
+            match merged.last_mut() {
+                Some(last) if u32::from(r.start) <= u32::from(last.end) + 1 => {
+                    last.end = last.end.max(r.end);
+                }
+                _ => merged.push(r),
+            }
+        }
+        PortSet(merged)
+    }
+
+    pub fn insert(&mut self, range: PortRange) {
+        let ranges = std::mem::take(&mut self.0);
+        *self = PortSet::from_ranges(ranges.into_iter().chain([range]));
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|r| r.contains(port))
+    }
+
+    pub fn ranges(&self) -> &[PortRange] {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Number of individual ports in the set.
+    pub fn port_count(&self) -> usize {
+        self.0.iter().map(PortRange::port_count).sum()
+    }
+
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.0.iter().flat_map(|r| r.start..=r.end)
+    }
+}
+
+impl fmt::Display for PortSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Inbound interception: connections from non-local sources to `app_ports` go to
+/// `proxy_port`. ECS requires ProxyIngressPort and AppPorts together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ingress {
+    pub proxy_port: u16,
+    pub app_ports: PortSet,
+}
+
+/// A validated APPMESH proxy configuration. Lists hold what the user configured; the
+/// implicit exemptions (port 22, the metadata IPs) are added by the `effective_*` methods
+/// unless `implicit_exemptions` is off, so reports can tell the two apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProxyConfig {
+    pub ignored_uid: Option<u32>,
+    pub ignored_gid: Option<u32>,
+    pub proxy_egress_port: u16,
+    pub ingress: Option<Ingress>,
+    pub egress_ignored_ports: PortSet,
+    /// Normalised (host bits cleared), sorted and deduplicated.
+    pub egress_ignored_ips: Vec<IpNet>,
+    pub implicit_exemptions: bool,
+    /// Intercept IPv6 as well as IPv4 (on unless `APPMESH_ENABLE_IPV6` or `--ipv6` say no).
+    pub ipv6: bool,
+}
+
+impl ProxyConfig {
+    /// Ignored ports including port 22 when implicit exemptions are on.
+    pub fn effective_ignored_ports(&self) -> PortSet {
+        let mut ports = self.egress_ignored_ports.clone();
+        if self.implicit_exemptions {
+            ports.insert(PortRange::single(SSH_PORT));
+        }
+        ports
+    }
+
+    /// Ignored destinations including the metadata IPs when implicit exemptions are on,
+    /// sorted, deduplicated and with networks contained in others removed.
+    pub fn effective_ignored_ips(&self) -> Vec<IpNet> {
+        let mut nets = self.egress_ignored_ips.clone();
+        if self.implicit_exemptions {
+            nets.extend(METADATA_IPS.iter().map(|ip| IpNet::from(IpAddr::V4(*ip))));
+        }
+        IpNet::aggregate(&nets)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        })
+    }
+}
+
+/// One finding about the input: which field (a property name, an environment variable, a
+/// flag or a JSON path), the offending value as given, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub field: String,
+    pub value: Option<String>,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn error(field: impl Into<String>, value: Option<&str>, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Error,
+            field: field.into(),
+            value: value.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+
+    pub fn warning(field: impl Into<String>, value: Option<&str>, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            field: field.into(),
+            value: value.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.severity, self.field)?;
+        if let Some(v) = &self.value {
+            write!(f, " = {v:?}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in the input, errors and warnings together, in input order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid proxy configuration:\n{}", render_list(.0))]
+pub struct ConfigErrors(pub Vec<Diagnostic>);
+
+impl ConfigErrors {
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.0.iter().filter(|d| d.is_error())
+    }
+}
+
+fn render_list(diags: &[Diagnostic]) -> String {
+    diags.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n")
+}
+
+/// A successfully validated configuration and the warnings found on the way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Validated {
+    pub config: ProxyConfig,
+    pub warnings: Vec<Diagnostic>,
+}

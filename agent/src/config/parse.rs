@@ -1,0 +1,1 @@
+//! Small parse functions for property values (owned by the config work).

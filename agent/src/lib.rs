@@ -1,0 +1,11 @@
+//! intercept: steer a workload's TCP traffic into its sidecar proxy, configured like an
+//! ECS task definition's APPMESH `proxyConfiguration`.
+//!
+//! The flow is input → [`config::ProxyConfig`] → pure plans ([`plan`]) → a backend applies
+//! them. Everything up to the plan is pure and tested without privileges; the decision
+//! model in [`model`] is the oracle every backend is tested against.
+
+pub mod config;
+pub mod lint;
+pub mod model;
+pub mod plan;

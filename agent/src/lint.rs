@@ -1,0 +1,1 @@
+//! Task-definition lint (owned by the lint work).

@@ -1,0 +1,1 @@
+//! Pure plans for each backend (owned by the plan work).
