@@ -88,8 +88,12 @@ impl fmt::Display for Reason {
 pub enum Decision {
     /// Sent to the proxy at `to`; the proxy reads the original destination back with
     /// `SO_ORIGINAL_DST`.
-    Redirect { to: SocketAddr },
-    Untouched { reason: Reason },
+    Redirect {
+        to: SocketAddr,
+    },
+    Untouched {
+        reason: Reason,
+    },
 }
 
 impl fmt::Display for Decision {
