@@ -5,7 +5,9 @@
 //! them. Everything up to the plan is pure and tested without privileges; the decision
 //! model in [`model`] is the oracle every backend is tested against.
 
+pub mod backend;
 pub mod config;
 pub mod lint;
 pub mod model;
 pub mod plan;
+pub mod report;

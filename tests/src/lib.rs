@@ -1,1 +1,313 @@
-//! Privileged integration tests live in tests/tests/.
+//! Fixtures for the privileged integration tests in `tests/tests/`, modelled on aya's
+//! `test_helpers`: the privilege check every test starts with, throwaway child cgroups that
+//! remove themselves even when a test panics, and a way to run a client process inside one.
+//!
+//! Rules the fixtures enforce: programs are only ever attached to a cgroup a test created
+//! (never the root of the hierarchy), and the test runner itself never changes cgroup; the
+//! processes under test are children placed in the cgroup before they run.
+
+use std::{
+    env,
+    ffi::{CString, OsStr},
+    fs,
+    io::{self, Write as _},
+    os::unix::{
+        ffi::{OsStrExt as _, OsStringExt as _},
+        process::CommandExt as _,
+    },
+    path::{Path, PathBuf},
+    process::{self, Child, Command, ExitStatus},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::programs::ProgramType;
+
+/// What `intercept-test-client` sends after connecting, so a test can tell its connection from
+/// any other.
+pub const CLIENT_GREETING: &[u8] = b"hello from intercept-test-client\n";
+
+const CGROUP_PROCS: &str = "cgroup.procs";
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FixtureError {
+    #[error("{op} {}: {error}", path.display())]
+    Io { op: &'static str, path: PathBuf, error: io::Error },
+    #[error("no cgroup2 file system is mounted (looked in {MOUNTINFO})")]
+    NoCgroup2,
+}
+
+fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FixtureError {
+    let path = path.to_owned();
+    move |error| FixtureError::Io { op, path, error }
+}
+
+/// A host on which privileged tests can run: see [`require_privileges`].
+#[derive(Debug)]
+pub struct Privileged {
+    cgroup2: PathBuf,
+}
+
+impl Privileged {
+    /// Where the cgroup2 hierarchy is mounted.
+    pub fn cgroup2_mount(&self) -> &Path {
+        &self.cgroup2
+    }
+
+    /// A new, empty cgroup directly under the cgroup2 mount; see [`TestCgroup`].
+    pub fn create_cgroup(&self) -> Result<TestCgroup, FixtureError> {
+        TestCgroup::create(&self.cgroup2)
+    }
+}
+
+/// Checks that this test can run: root, a writable cgroup2 mount, and a kernel that loads
+/// cgroup sock_addr programs.
+///
+/// When it cannot, the test must not pass by accident: under `CI=true` (or `CI=1`) this
+/// panics with the reason; elsewhere it prints `SKIP <test>: <reason>` to stderr (past the
+/// test harness's output capture) and returns `None`, and the caller returns early.
+pub fn require_privileges(test: &str) -> Option<Privileged> {
+    match check_privileges() {
+        Ok(privileged) => Some(privileged),
+        Err(reason) => {
+            cannot_run(test, &reason);
+            None
+        }
+    }
+}
+
+fn check_privileges() -> Result<Privileged, String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root (bpf(2) and cgroup writes); run it as root, e.g. `sudo -E cargo xtask test`".into());
+    }
+    let cgroup2 = match cgroup2_mount() {
+        Ok(path) => path,
+        Err(e) => return Err(format!("needs a cgroup2 mount: {e}")),
+    };
+    let c_path = CString::new(cgroup2.as_os_str().as_bytes()).map_err(|e| format!("cgroup2 mount path: {e}"))?;
+    // SAFETY: c_path is a valid NUL-terminated string.
+    if unsafe { libc::access(c_path.as_ptr(), libc::W_OK) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(format!("cannot create cgroups under the cgroup2 mount {}: {e}", cgroup2.display()));
+    }
+    match aya::sys::is_program_supported(ProgramType::CgroupSockAddr) {
+        Ok(true) => {}
+        Ok(false) => return Err("the kernel does not support cgroup sock_addr eBPF programs".into()),
+        Err(e) => return Err(format!("cannot load eBPF programs: {e}")),
+    }
+    Ok(Privileged { cgroup2 })
+}
+
+/// Reports that `test` cannot run because of `reason`: a panic under CI, a SKIP line elsewhere.
+pub fn cannot_run(test: &str, reason: &str) {
+    if running_in_ci() {
+        panic!("{test} cannot run under CI: {reason}");
+    }
+    // Written to the stderr handle, not with eprintln!, which the test harness captures.
+    let _ = writeln!(io::stderr(), "SKIP {test}: {reason} (under CI=true this fails)");
+}
+
+fn running_in_ci() -> bool {
+    env::var("CI").is_ok_and(|ci| ci == "1" || ci.eq_ignore_ascii_case("true"))
+}
+
+/// The mount point of the first cgroup2 file system in this process's mount namespace. The
+/// hierarchy may be mounted anywhere (e.g. `/sys/fs/cgroup/unified` on hybrid hosts).
+pub fn cgroup2_mount() -> Result<PathBuf, FixtureError> {
+    let mountinfo = fs::read_to_string(MOUNTINFO).map_err(io_error("read", Path::new(MOUNTINFO)))?;
+    find_cgroup2_mount(&mountinfo).ok_or(FixtureError::NoCgroup2)
+}
+
+/// Parses `/proc/<pid>/mountinfo` (proc(5)): `id parent major:minor root mount-point options
+/// [optional fields...] - fstype source super-options`.
+fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        let fstype = fs.split(' ').next()?;
+        let mount_point = mount.split(' ').nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(unescape_octal(mount_point)))
+    })
+}
+
+/// Undoes the kernel's `\ooo` escaping of space, tab, newline and backslash in mountinfo paths.
+fn unescape_octal(field: &str) -> std::ffi::OsString {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal =
+            bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    OsStr::from_bytes(&out).to_owned()
+}
+
+/// A uniquely named cgroup directly under the cgroup2 mount, created for one test.
+///
+/// On drop, any process still in it is moved back to the parent (the mount's root cgroup) and
+/// the directory is removed, also while the test is unwinding from a panic.
+#[derive(Debug)]
+pub struct TestCgroup {
+    path: PathBuf,
+    parent: PathBuf,
+}
+
+impl TestCgroup {
+    fn create(mount: &Path) -> Result<Self, FixtureError> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!("intercept-test-{}-{}", process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let path = mount.join(name);
+        fs::create_dir(&path).map_err(io_error("create cgroup", &path))?;
+        Ok(Self { path, parent: mount.to_owned() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The cgroup's directory, opened to attach programs to it.
+    pub fn open(&self) -> Result<fs::File, FixtureError> {
+        fs::File::open(&self.path).map_err(io_error("open cgroup", &self.path))
+    }
+
+    /// The pids in this cgroup.
+    pub fn pids(&self) -> Result<Vec<u32>, FixtureError> {
+        let procs = self.path.join(CGROUP_PROCS);
+        let pids = fs::read_to_string(&procs).map_err(io_error("read", &procs))?;
+        Ok(pids.lines().filter_map(|pid| pid.parse().ok()).collect())
+    }
+
+    /// A command whose process joins this cgroup between fork and exec, so everything the
+    /// program does runs in the cgroup; the test runner itself stays where it is.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let procs = CString::new(self.path.join(CGROUP_PROCS).into_os_string().into_vec())
+            .expect("cgroup paths built from mountinfo contain no NUL");
+        let mut command = Command::new(program);
+        // SAFETY: the closure only makes async-signal-safe calls (open, write, close) on memory
+        // allocated before the fork, as required between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // "0" moves the writing process.
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let result = if written == 1 { Ok(()) } else { Err(io::Error::last_os_error()) };
+                libc::close(fd);
+                result
+            });
+        }
+        command
+    }
+
+    fn remove(&self) -> Result<(), FixtureError> {
+        let parent_procs = self.parent.join(CGROUP_PROCS);
+        for pid in self.pids()? {
+            match fs::write(&parent_procs, pid.to_string()) {
+                // The process exited after the pid list was read.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                result => result.map_err(io_error("move a process back to", &parent_procs))?,
+            }
+        }
+        // rmdir fails with EBUSY while an exiting process is still being accounted to the
+        // cgroup; that settles within milliseconds.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match fs::remove_dir(&self.path) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                result => return result.map_err(io_error("remove cgroup", &self.path)),
+            }
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove() {
+            if thread::panicking() {
+                let _ = writeln!(io::stderr(), "while unwinding: {e}");
+            } else {
+                panic!("{e}");
+            }
+        }
+    }
+}
+
+/// Runs `command` to completion and returns its exit status. A child still running after
+/// `timeout` is killed (it is our own child, by pid) and the test fails.
+pub fn run_with_timeout(command: &mut Command, timeout: Duration) -> ExitStatus {
+    let mut child: Child = command.spawn().unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{command:?} still running after {timeout:?}; killed it");
+            }
+            Err(e) => panic!("wait for {command:?}: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount_wherever_it_is() {
+        let hybrid = "\
+24 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+31 24 0:26 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 rw
+42 31 0:39 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu
+";
+        let cases = [
+            (hybrid, Some("/sys/fs/cgroup/unified")),
+            (
+                "35 24 0:30 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n",
+                Some("/sys/fs/cgroup"),
+            ),
+            // No optional fields, a space escaped in the mount point.
+            ("50 24 0:40 / /mnt/my\\040cgroups rw - cgroup2 none rw\n", Some("/mnt/my cgroups")),
+            // cgroup v1 only.
+            ("42 31 0:39 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu\n", None),
+            ("", None),
+        ];
+        for (mountinfo, expected) in cases {
+            assert_eq!(find_cgroup2_mount(mountinfo), expected.map(PathBuf::from), "{mountinfo}");
+        }
+    }
+
+    #[test]
+    fn unescapes_only_valid_octal_escapes() {
+        let cases = [
+            ("/a\\040b", "/a b"),
+            ("/tab\\011", "/tab\t"),
+            ("/back\\134slash", "/back\\slash"),
+            ("/not\\08", "/not\\08"),
+            ("/end\\04", "/end\\04"),
+            ("/plain", "/plain"),
+        ];
+        for (field, expected) in cases {
+            assert_eq!(unescape_octal(field), OsStr::new(expected), "{field}");
+        }
+    }
+}

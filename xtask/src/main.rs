@@ -1,1 +1,194 @@
-fn main() {}
+//! `cargo xtask`: developer tasks that work on a fresh machine by themselves.
+//!
+//! - `setup`: installs what building and testing need (nightly rust-src, bpf-linker, the
+//!   iptables/nftables/ipset/iproute2 tools); every step is skipped when already satisfied.
+//! - `test`: setup, then formatting, clippy (userspace and eBPF), unit tests and the
+//!   privileged integration tests; non-zero exit if anything fails.
+//! - `demo`: setup, then `intercept demo` with the given arguments.
+
+mod setup;
+
+use std::{
+    env,
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Developer tasks for intercept")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: nightly rust-src, bpf-linker (into <target dir>/tools),
+    /// iptables, nftables, ipset, iproute2 (as root, with apt-get).
+    Setup,
+    /// Setup, then fmt check, clippy (userspace and eBPF), unit tests, privileged tests.
+    Test,
+    /// Setup, then run `intercept demo` with the arguments that follow (all of them,
+    /// `--help` included, go to `intercept demo`).
+    #[command(disable_help_flag = true)]
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// The workspace this xtask belongs to.
+pub struct Workspace {
+    pub root: PathBuf,
+    /// Honours CARGO_TARGET_DIR and cargo config, as cargo metadata reports it.
+    pub target_dir: PathBuf,
+}
+
+impl Workspace {
+    fn locate() -> Result<Self> {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let metadata = cargo_metadata::MetadataCommand::new()
+            .manifest_path(&manifest)
+            .no_deps()
+            .exec()
+            .with_context(|| format!("cargo metadata --manifest-path {}", manifest.display()))?;
+        Ok(Self { root: metadata.workspace_root.into(), target_dir: metadata.target_directory.into() })
+    }
+
+    /// `cargo` of the toolchain running this xtask, in the workspace root.
+    fn cargo(&self) -> Command {
+        let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.current_dir(&self.root);
+        cmd
+    }
+
+    /// `cargo` of the nightly toolchain, in the workspace root.
+    fn nightly_cargo(&self) -> Command {
+        let mut cmd = Command::new("rustup");
+        cmd.args(["run", "nightly", "cargo"]).current_dir(&self.root);
+        // Set when xtask itself runs under cargo; they would pin the stable compiler.
+        for key in ["RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER"] {
+            cmd.env_remove(key);
+        }
+        cmd
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let ws = Workspace::locate()?;
+    match cli.task {
+        Task::Setup => setup::run(&ws).map(|()| ExitCode::SUCCESS),
+        Task::Test => test(&ws),
+        Task::Demo { args } => demo(&ws, &args),
+    }
+}
+
+fn test(ws: &Workspace) -> Result<ExitCode> {
+    setup::run(ws)?;
+
+    if !setup::is_root() {
+        println!(
+            "note: not running as root: the privileged integration tests will print SKIP and pass \
+             (with CI=true they fail instead)"
+        );
+    }
+
+    let mut fmt = ws.cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    let mut clippy = ws.cargo();
+    // The default members, i.e. everything but the eBPF crate, which only builds for BPF.
+    clippy.args(["clippy", "--workspace", "--exclude", "intercept-ebpf", "--all-targets", "--", "-D", "warnings"]);
+    let mut clippy_ebpf = ws.nightly_cargo();
+    clippy_ebpf.args([
+        "clippy",
+        "--package",
+        "intercept-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    let mut unit = ws.cargo();
+    unit.args(["test", "--workspace", "--exclude", "intercept-ebpf", "--exclude", "intercept-tests"]);
+    let mut privileged = ws.cargo();
+    privileged.args(["test", "--package", "intercept-tests"]);
+
+    let checks = [
+        ("format", fmt),
+        ("clippy", clippy),
+        ("clippy (eBPF, nightly, bpfel-unknown-none)", clippy_ebpf),
+        ("unit tests", unit),
+        ("privileged integration tests (tests/)", privileged),
+    ];
+    let mut failed = Vec::new();
+    for (name, mut cmd) in checks {
+        step(&format!("test: {name}"));
+        if let Err(e) = run_cmd(&mut cmd) {
+            eprintln!("    FAILED: {e:#}");
+            failed.push(name);
+        }
+    }
+
+    println!();
+    if failed.is_empty() {
+        println!("xtask test: all checks passed");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("xtask test: FAILED: {}", failed.join(", "));
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn demo(ws: &Workspace, args: &[String]) -> Result<ExitCode> {
+    setup::run(ws)?;
+    step("demo: intercept demo");
+    let mut cmd = ws.cargo();
+    cmd.args(["run", "--package", "intercept", "--", "demo"]).args(args);
+    print_cmd(&cmd);
+    let status = cmd.status().with_context(|| format!("run {}", display(&cmd)))?;
+    // The demo's own exit status is the answer; pass it on.
+    Ok(status.code().and_then(|code| u8::try_from(code).ok()).map_or(ExitCode::FAILURE, ExitCode::from))
+}
+
+/// Announces a step.
+pub fn step(what: &str) {
+    println!("==> {what}");
+}
+
+/// Prints, then runs `cmd` with inherited stdio; an error if it does not exit 0.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    print_cmd(cmd);
+    let status = cmd.status().with_context(|| format!("run {}", display(cmd)))?;
+    if !status.success() {
+        bail!("{} exited with {status}", display(cmd));
+    }
+    Ok(())
+}
+
+fn print_cmd(cmd: &Command) {
+    println!("    $ {}", display(cmd));
+}
+
+/// A command line, with the environment it sets, for humans.
+pub fn display(cmd: &Command) -> String {
+    let envs = cmd.get_envs().filter_map(|(k, v)| Some(format!("{}={}", k.display(), v?.display())));
+    let words = std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(OsStr::display).map(|w| w.to_string());
+    envs.chain(words).collect::<Vec<_>>().join(" ")
+}

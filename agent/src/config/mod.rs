@@ -14,7 +14,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::IpNet;
 use serde::Serialize;
 
-pub use source::{ConfigArgs, RawConfig, RawProperty};
+pub use source::{
+    ConfigArgs, Input, Origin, ProxyType, RawConfig, RawProperty, RawValue, Source, from_env,
+    parse_proxy_configuration, parse_task_definition,
+};
 pub use validate::validate;
 
 /// The ECS task metadata endpoint and the EC2 instance metadata service: the ECS agent
@@ -294,3 +297,6 @@ pub struct Validated {
     pub config: ProxyConfig,
     pub warnings: Vec<Diagnostic>,
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,553 @@
-//! RawConfig → ProxyConfig (owned by the config work).
-use super::{ConfigErrors, RawConfig, Validated};
+//! RawConfig → ProxyConfig, reporting every problem at once.
+//!
+//! Diagnostics come in input order: the proxy type and IPv6 setting first, then each
+//! property as listed (errors and warnings about its value), then what is missing or
+//! contradictory across properties. Messages name the field as the user wrote it (the
+//! property, environment variable or flag) and quote the value.
 
-pub fn validate(_raw: &RawConfig) -> Result<Validated, ConfigErrors> {
-    Err(ConfigErrors(Vec::new()))
+use std::collections::{BTreeMap, HashSet};
+
+use ipnet::IpNet;
+
+use super::parse::{self, ParseError, clip, list_entries};
+use super::source::{ProxyType, RawConfig, RawProperty, env_var};
+use super::{
+    ConfigErrors, Diagnostic, ECS_MAX_IGNORED_PORTS, Ingress, PortRange, PortSet, Property, ProxyConfig, SSH_PORT,
+    Validated,
+};
+
+/// The only proxy type ECS defines.
+pub const APPMESH: &str = "APPMESH";
+
+/// A property's value after parsing: absent (not given, or blank), given but wrong (already
+/// reported, so "missing" must not be reported as well), or good.
+enum Slot<T> {
+    Absent,
+    Invalid,
+    Valid(T),
+}
+
+impl<T> Slot<T> {
+    fn is_absent(&self) -> bool {
+        matches!(self, Slot::Absent)
+    }
+
+    fn valid(&self) -> Option<&T> {
+        match self {
+            Slot::Valid(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+struct Values {
+    uid: Slot<u32>,
+    gid: Slot<u32>,
+    ingress: Slot<u16>,
+    egress: Slot<u16>,
+    app_ports: Slot<Vec<PortRange>>,
+    ignored_ports: Slot<Vec<PortRange>>,
+    ignored_ips: Slot<Vec<IpNet>>,
+}
+
+struct Validation<'a> {
+    raw: &'a RawConfig,
+    diags: Vec<Diagnostic>,
+    /// The first occurrence of each known property: later ones are duplicates.
+    seen: BTreeMap<Property, &'a RawProperty>,
+    values: Values,
+}
+
+pub fn validate(raw: &RawConfig) -> Result<Validated, ConfigErrors> {
+    let mut v = Validation {
+        raw,
+        diags: Vec::new(),
+        seen: BTreeMap::new(),
+        values: Values {
+            uid: Slot::Absent,
+            gid: Slot::Absent,
+            ingress: Slot::Absent,
+            egress: Slot::Absent,
+            app_ports: Slot::Absent,
+            ignored_ports: Slot::Absent,
+            ignored_ips: Slot::Absent,
+        },
+    };
+    v.proxy_type();
+    let ipv6 = v.ipv6();
+    for property in &raw.properties {
+        v.property(property, ipv6.unwrap_or(true));
+    }
+    v.requirements();
+
+    let Validation { diags, values, .. } = v;
+    // A missing or bad ProxyEgressPort or IPv6 setting has been reported as an error.
+    let (Slot::Valid(proxy_egress_port), Some(ipv6), false) =
+        (values.egress, ipv6, diags.iter().any(Diagnostic::is_error))
+    else {
+        return Err(ConfigErrors(diags));
+    };
+    let ingress = match (values.ingress, values.app_ports) {
+        (Slot::Valid(proxy_port), Slot::Valid(app_ports)) => {
+            Some(Ingress { proxy_port, app_ports: PortSet::from_ranges(app_ports) })
+        }
+        _ => None,
+    };
+    let mut egress_ignored_ips: Vec<IpNet> = match values.ignored_ips {
+        Slot::Valid(nets) => nets,
+        _ => Vec::new(),
+    };
+    egress_ignored_ips.sort();
+    egress_ignored_ips.dedup();
+    let config = ProxyConfig {
+        ignored_uid: values.uid.valid().copied(),
+        ignored_gid: values.gid.valid().copied(),
+        proxy_egress_port,
+        ingress,
+        egress_ignored_ports: match values.ignored_ports {
+            Slot::Valid(ranges) => PortSet::from_ranges(ranges),
+            _ => PortSet::new(),
+        },
+        egress_ignored_ips,
+        implicit_exemptions: raw.implicit_exemptions,
+        ipv6,
+    };
+    Ok(Validated { config, warnings: diags })
+}
+
+impl<'a> Validation<'a> {
+    fn error(&mut self, field: impl Into<String>, value: Option<&str>, message: impl Into<String>) {
+        self.diags.push(Diagnostic::error(field, value.map(clip).as_deref(), message));
+    }
+
+    fn warning(&mut self, field: impl Into<String>, value: Option<&str>, message: impl Into<String>) {
+        self.diags.push(Diagnostic::warning(field, value.map(clip).as_deref(), message));
+    }
+
+    /// How messages name a property: as the user gave it, or as the source spells it when
+    /// it was not given.
+    fn name_of(&self, property: Property) -> String {
+        match self.seen.get(&property) {
+            Some(p) => p.field(),
+            None => self.raw.source.field_name(property).to_owned(),
+        }
+    }
+
+    fn proxy_type(&mut self) {
+        match &self.raw.proxy_type {
+            ProxyType::NotApplicable => {}
+            ProxyType::Missing(path) => self.warning(
+                path.clone(),
+                None,
+                format!("missing: ECS treats a proxyConfiguration without a type as {APPMESH}; write \"type\": \"{APPMESH}\""),
+            ),
+            ProxyType::Given(t) if t.value == APPMESH => {}
+            ProxyType::Given(t) => {
+                let message = if t.value.trim().eq_ignore_ascii_case(APPMESH) {
+                    format!("unsupported proxy type: did you mean `{APPMESH}`? (the type is case-sensitive)")
+                } else {
+                    format!("unsupported proxy type: the only proxy type is {APPMESH}")
+                };
+                self.error(t.field(), Some(&t.value), message);
+            }
+        }
+    }
+
+    /// `None` when the setting is given but not a boolean (reported).
+    fn ipv6(&mut self) -> Option<bool> {
+        let Some(setting) = &self.raw.ipv6 else { return Some(true) };
+        match parse::parse_bool(&setting.value) {
+            Ok(on) => Some(on),
+            Err(e) => {
+                self.error(setting.field(), Some(&setting.value), e.to_string());
+                None
+            }
+        }
+    }
+
+    fn property(&mut self, p: &'a RawProperty, ipv6: bool) {
+        let Some(property) = Property::from_name(&p.name) else {
+            self.unknown(p);
+            return;
+        };
+        if let Some(first) = self.seen.get(&property) {
+            let message =
+                format!("{property} is given more than once (at {} and at {}): remove one", first.origin, p.origin);
+            self.error(p.field(), Some(&p.value), message);
+            return;
+        }
+        self.seen.insert(property, p);
+        match property {
+            Property::IgnoredUID => self.values.uid = self.scalar(p, parse::parse_id),
+            Property::IgnoredGID => self.values.gid = self.scalar(p, parse::parse_id),
+            Property::ProxyIngressPort => self.values.ingress = self.scalar(p, parse::parse_port),
+            Property::ProxyEgressPort => self.values.egress = self.scalar(p, parse::parse_port),
+            Property::AppPorts => self.values.app_ports = self.port_list(p),
+            Property::EgressIgnoredPorts => {
+                self.values.ignored_ports = self.port_list(p);
+                let entries = list_entries(&p.value).count();
+                if entries > ECS_MAX_IGNORED_PORTS {
+                    self.warning(
+                        p.field(),
+                        Some(&p.value),
+                        format!(
+                            "{entries} entries: ECS registers at most {ECS_MAX_IGNORED_PORTS} EgressIgnoredPorts \
+                             (and the reference plugin silently drops the rest); intercept honours all {entries}"
+                        ),
+                    );
+                }
+            }
+            Property::EgressIgnoredIPs => self.values.ignored_ips = self.ip_list(p, ipv6),
+        }
+    }
+
+    fn unknown(&mut self, p: &RawProperty) {
+        let field = if p.name.trim().is_empty() { p.origin.to_string() } else { p.field() };
+        let hint = match suggest(&p.name) {
+            Some(s) if s.name().eq_ignore_ascii_case(p.name.trim()) => {
+                format!("did you mean `{s}`? (property names are case-sensitive)")
+            }
+            Some(s) => format!("did you mean `{s}`?"),
+            None => {
+                format!("the properties are {}", Property::ALL.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "))
+            }
+        };
+        self.error(field, Some(&p.value), format!("unknown property (at {}): {hint}", p.origin));
+    }
+
+    fn scalar<T>(&mut self, p: &RawProperty, parse: fn(&str) -> Result<T, ParseError>) -> Slot<T> {
+        if p.value.trim().is_empty() {
+            return Slot::Absent;
+        }
+        match parse(&p.value) {
+            Ok(v) => Slot::Valid(v),
+            Err(e) => {
+                self.error(p.field(), Some(&p.value), e.to_string());
+                Slot::Invalid
+            }
+        }
+    }
+
+    /// An error for every bad entry and a warning for every entry that repeats or overlaps
+    /// an earlier good one (they are merged), in entry order.
+    fn port_list(&mut self, p: &RawProperty) -> Slot<Vec<PortRange>> {
+        let entries = parse::parse_port_list(&p.value);
+        if entries.is_empty() {
+            return Slot::Absent;
+        }
+        let mut good: Vec<PortRange> = Vec::with_capacity(entries.len());
+        let mut coverage = Coverage::new();
+        let mut bad = false;
+        for entry in entries {
+            match entry {
+                Err(e) => {
+                    self.error(p.field(), Some(&p.value), e.to_string());
+                    bad = true;
+                }
+                Ok(r) => {
+                    if let Some(earlier) = coverage.cover(r, good.len()).map(|i| good[i]) {
+                        let message = if earlier == r {
+                            format!("[{r}] is listed more than once")
+                        } else {
+                            format!("[{r}] overlaps [{earlier}]: the two are merged")
+                        };
+                        self.warning(p.field(), Some(&p.value), message);
+                    }
+                    good.push(r);
+                }
+            }
+        }
+        if bad { Slot::Invalid } else { Slot::Valid(good) }
+    }
+
+    /// An error for every bad entry, and warnings for host bits (cleared), repeats
+    /// (dropped) and IPv6 blocks while IPv6 interception is off (no effect), in entry order.
+    fn ip_list(&mut self, p: &RawProperty, ipv6: bool) -> Slot<Vec<IpNet>> {
+        let mut good: Vec<IpNet> = Vec::new();
+        let mut seen: HashSet<IpNet> = HashSet::new();
+        let mut bad = false;
+        for entry in parse::parse_ip_list(&p.value) {
+            let net = match entry {
+                Ok(net) => net,
+                Err(e) => {
+                    self.error(p.field(), Some(&p.value), e.to_string());
+                    bad = true;
+                    continue;
+                }
+            };
+            let normal = net.trunc();
+            if normal != net {
+                self.warning(
+                    p.field(),
+                    Some(&p.value),
+                    format!("CIDR block [{net}] has host bits set: using {normal}"),
+                );
+            }
+            if !seen.insert(normal) {
+                self.warning(p.field(), Some(&p.value), format!("[{normal}] is listed more than once"));
+            }
+            if !ipv6 && matches!(net, IpNet::V6(_)) {
+                self.warning(
+                    p.field(),
+                    Some(&p.value),
+                    format!("[{normal}] is IPv6 but IPv6 interception is disabled: it has no effect"),
+                );
+            }
+            good.push(normal);
+        }
+        if bad { Slot::Invalid } else { Slot::Valid(good) }
+    }
+
+    fn requirements(&mut self) {
+        let uid = self.name_of(Property::IgnoredUID);
+        let gid = self.name_of(Property::IgnoredGID);
+        if self.values.uid.is_absent() && self.values.gid.is_absent() {
+            self.error(
+                format!("{uid} / {gid}"),
+                None,
+                format!(
+                    "missing: at least one of {uid} and {gid} is required (the proxy runs as that user or group, \
+                     and its own traffic must not be redirected back to it)"
+                ),
+            );
+        }
+
+        let egress = self.name_of(Property::ProxyEgressPort);
+        if self.values.egress.is_absent() {
+            self.error(
+                egress.clone(),
+                None,
+                "missing: the port outbound traffic is redirected to is required (15001 by convention)",
+            );
+        }
+
+        let ingress = self.name_of(Property::ProxyIngressPort);
+        let app = self.name_of(Property::AppPorts);
+        match (self.values.ingress.is_absent(), self.values.app_ports.is_absent()) {
+            (false, true) => self.error(
+                app.clone(),
+                None,
+                format!(
+                    "missing: {ingress} is set but {app} is not; give both to intercept inbound traffic, \
+                     or neither for outbound only"
+                ),
+            ),
+            (true, false) => self.error(
+                ingress.clone(),
+                None,
+                format!(
+                    "missing: {app} is set but {ingress} is not; give both to intercept inbound traffic, \
+                     or neither for outbound only"
+                ),
+            ),
+            _ => {}
+        }
+
+        let egress_port = self.values.egress.valid().copied();
+        let ingress_port = self.values.ingress.valid().copied();
+        if let (Some(e), Some(i)) = (egress_port, ingress_port)
+            && e == i
+        {
+            let value = self.seen[&Property::ProxyIngressPort].value.as_str();
+            self.error(
+                ingress.clone(),
+                Some(value),
+                format!("same port as {egress} ({e}): inbound and outbound traffic need separate proxy listeners"),
+            );
+        }
+
+        let app_set = self.values.app_ports.valid().map(|r| PortSet::from_ranges(r.iter().copied()));
+        if let Some(set) = app_set {
+            let value = self.seen[&Property::AppPorts].value.as_str();
+            for (name, port) in [(&ingress, ingress_port), (&egress, egress_port)] {
+                if let Some(port) = port.filter(|&p| set.contains(p)) {
+                    self.error(
+                        app.clone(),
+                        Some(value),
+                        format!(
+                            "contains {name} ({port}): AppPorts are the ports the application listens on, not the \
+                             proxy's; inbound connections to this proxy listener would be redirected to {ingress}"
+                        ),
+                    );
+                }
+            }
+        }
+
+        if let Some(port) = egress_port.filter(|&p| p == SSH_PORT && self.raw.implicit_exemptions) {
+            let value = self.seen[&Property::ProxyEgressPort].value.as_str();
+            self.error(
+                egress.clone(),
+                Some(value),
+                format!(
+                    "port {port} (SSH) is always exempt from redirection unless implicit exemptions are turned off \
+                     (--no-implicit-exemptions), so it cannot be the port outbound traffic is redirected to"
+                ),
+            );
+        }
+
+        let ignores_egress = self.values.ignored_ports.valid().zip(egress_port);
+        if let Some((ranges, port)) = ignores_egress
+            && ranges.iter().any(|r| r.contains(port))
+        {
+            let p = self.seen[&Property::EgressIgnoredPorts];
+            self.error(
+                p.field(),
+                Some(&p.value),
+                format!(
+                    "contains {egress} ({port}): every outbound connection to port {port}, on any host, would \
+                     bypass the proxy; the proxy's own port never needs exempting (connections to the local \
+                     proxy are never redirected)"
+                ),
+            );
+        }
+    }
+}
+
+/// Which entry of a port list first covered each port, so that a repeated or overlapping
+/// entry can name an earlier one. `jump` links each covered port to a later port that may
+/// be uncovered (union-find with path halving), so every port is marked once and a list of
+/// any length costs about one step per port and per entry, not per pair of entries.
+struct Coverage {
+    /// 0: uncovered; otherwise the index of the covering entry + 1.
+    owner: Vec<usize>,
+    /// 0: uncovered; otherwise a later port to look at. Index 65536 stays uncovered, as a
+    /// sentinel past every range.
+    jump: Vec<u32>,
+}
+
+impl Coverage {
+    const SIZE: usize = u16::MAX as usize + 2;
+
+    fn new() -> Self {
+        Coverage { owner: vec![0; Self::SIZE], jump: vec![0; Self::SIZE] }
+    }
+
+    /// The first uncovered port at or after `p`.
+    fn find(&mut self, mut p: u32) -> u32 {
+        loop {
+            let next = self.jump[p as usize];
+            if next == 0 {
+                return p;
+            }
+            let after = self.jump[next as usize];
+            let skip = if after == 0 { next } else { after };
+            self.jump[p as usize] = skip;
+            p = skip;
+        }
+    }
+
+    /// Marks `range` as covered by entry `index`; returns an earlier entry it overlaps.
+    fn cover(&mut self, range: PortRange, index: usize) -> Option<usize> {
+        let (mut p, end) = (u32::from(range.start), u32::from(range.end));
+        let mut earlier = None;
+        loop {
+            let free = self.find(p);
+            if free != p && earlier.is_none() {
+                earlier = Some(self.owner[p as usize] - 1);
+            }
+            if free > end {
+                return earlier;
+            }
+            self.owner[free as usize] = index + 1;
+            self.jump[free as usize] = free + 1;
+            p = free + 1;
+            if p > end {
+                return earlier;
+            }
+        }
+    }
+}
+
+/// The property a misspelt name most likely means: the same name in another case, a
+/// property's environment variable, a name with a part left out (`IgnoredIPs`) when only
+/// one property fits, or the closest spelling.
+fn suggest(name: &str) -> Option<Property> {
+    let name = name.trim();
+    if let Some(p) = Property::ALL.into_iter().find(|p| p.name().eq_ignore_ascii_case(name) || env_var(*p) == name) {
+        return Some(p);
+    }
+    let lower = name.to_ascii_lowercase();
+    let lower_name = |p: &Property| p.name().to_ascii_lowercase();
+    let containing: Vec<Property> = Property::ALL.into_iter().filter(|p| lower_name(p).contains(&lower)).collect();
+    if lower.len() >= 4 && containing.len() == 1 {
+        return Some(containing[0]);
+    }
+    Property::ALL
+        .into_iter()
+        .map(|p| (p, strsim::normalized_damerau_levenshtein(&lower, &lower_name(&p))))
+        .filter(|(_, score)| *score >= 0.6)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(p, _)| p)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The quadratic definition `Coverage` must agree with.
+    fn first_overlap(earlier: &[PortRange], r: PortRange) -> Option<usize> {
+        earlier.iter().position(|e| e.start <= r.end && r.start <= e.end)
+    }
+
+    #[test]
+    fn coverage_names_an_earlier_overlapping_entry() {
+        let r = |start, end| PortRange { start, end };
+        let entries = [r(80, 80), r(8000, 8100), r(8050, 8200), r(80, 80), r(7000, 9000), r(1, 65535), r(65535, 65535)];
+        let mut coverage = Coverage::new();
+        let got: Vec<Option<usize>> = entries.iter().enumerate().map(|(i, e)| coverage.cover(*e, i)).collect();
+        assert_eq!(got, [None, None, Some(1), Some(0), Some(1), Some(0), Some(5)]);
+    }
+
+    proptest! {
+        #[test]
+        fn coverage_agrees_with_pairwise_comparison(
+            entries in prop::collection::vec((1u16.., 0u16..300), 0..60),
+            span in 1u16..2000,
+        ) {
+            // Squeeze the entries into a small span so that they overlap often.
+            let entries: Vec<PortRange> = entries
+                .into_iter()
+                .map(|(start, len)| {
+                    let start = start % span + 1;
+                    PortRange { start, end: start.saturating_add(len) }
+                })
+                .collect();
+            let mut coverage = Coverage::new();
+            for (i, r) in entries.iter().enumerate() {
+                let got = coverage.cover(*r, i);
+                prop_assert_eq!(got.is_some(), first_overlap(&entries[..i], *r).is_some());
+                if let Some(e) = got {
+                    prop_assert!(e < i);
+                    prop_assert!(entries[e].start <= r.end && r.start <= entries[e].end);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn suggestions() {
+        let cases: &[(&str, Option<Property>)] = &[
+            ("IgnoreUID", Some(Property::IgnoredUID)),
+            ("ignoredgid", Some(Property::IgnoredGID)),
+            (" IGNOREDUID ", Some(Property::IgnoredUID)),
+            ("IgnoredPorts", Some(Property::EgressIgnoredPorts)),
+            ("IgnoredIPs", Some(Property::EgressIgnoredIPs)),
+            ("EgressIgnoredIP", Some(Property::EgressIgnoredIPs)),
+            ("ProxyIngresPort", Some(Property::ProxyIngressPort)),
+            ("ProxyEgresPort", Some(Property::ProxyEgressPort)),
+            ("AppPort", Some(Property::AppPorts)),
+            ("APPMESH_IGNORE_UID", Some(Property::IgnoredUID)),
+            ("APPMESH_EGRESS_IGNORED_IP", Some(Property::EgressIgnoredIPs)),
+            ("containerName", None),
+            ("", None),
+            ("x", None),
+            ("Port", None),
+            ("Ports", Some(Property::AppPorts)),
+        ];
+        for (name, want) in cases {
+            assert_eq!(suggest(name), *want, "{name:?}");
+        }
+    }
 }

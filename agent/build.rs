@@ -1,0 +1,59 @@
+//! Builds the eBPF object from `ebpf/` (crate `intercept-ebpf`) with aya-build and leaves it in
+//! `OUT_DIR/intercept`, where `src/backend/ebpf.rs` embeds it.
+//!
+//! aya-build runs `rustup run nightly cargo build --target bpfel-unknown-none -Z build-std=core`,
+//! and rustc links the BPF target with `bpf-linker`, looked up on PATH. The bpf-linker that
+//! works is the one built against the nightly toolchain's own LLVM, which `cargo xtask setup`
+//! installs into `<target dir>/tools/bin`; that directory is put first on PATH here.
+
+use std::{env, ffi::OsString, path::PathBuf};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya_build::Toolchain;
+use cargo_metadata::{Metadata, MetadataCommand, Package};
+
+const EBPF_PACKAGE: &str = "intercept-ebpf";
+
+fn main() -> anyhow::Result<()> {
+    let Metadata { packages, target_directory, .. } =
+        MetadataCommand::new().no_deps().exec().context("cargo metadata")?;
+
+    let tools_bin = target_directory.join("tools").join("bin");
+    let bpf_linker = tools_bin.join("bpf-linker");
+    // A missing file counts as changed, so after a failed build the script runs again once
+    // `cargo xtask setup` has installed the linker; a rebuilt linker also rebuilds the object.
+    println!("cargo:rerun-if-changed={bpf_linker}");
+    if !bpf_linker.is_file() {
+        bail!(
+            "bpf-linker not found at {bpf_linker}; it is needed to build the eBPF programs in ebpf/. \
+             Run `cargo xtask setup` (it builds bpf-linker against the nightly toolchain's LLVM into \
+             {tools_bin})."
+        );
+    }
+
+    let path = env::var_os("PATH").unwrap_or_default();
+    let path = env::join_paths(std::iter::once(PathBuf::from(&tools_bin)).chain(env::split_paths(&path)))
+        .context("joining PATH")?;
+    set_path(path);
+
+    let Package { name, manifest_path, .. } = packages
+        .into_iter()
+        .find(|Package { name, .. }| name.as_str() == EBPF_PACKAGE)
+        .ok_or_else(|| anyhow!("package {EBPF_PACKAGE} not found in the workspace"))?;
+    let root_dir = manifest_path.parent().ok_or_else(|| anyhow!("{manifest_path} has no parent"))?;
+    let package = aya_build::Package { name: name.as_str(), root_dir: root_dir.as_str(), ..Default::default() };
+
+    aya_build::build_ebpf([package], Toolchain::default()).with_context(|| {
+        format!(
+            "building the eBPF programs in {root_dir} failed (compiler output is above, as \
+             warnings). If bpf-linker or the nightly toolchain is the problem, `cargo xtask setup` \
+             checks and repairs both."
+        )
+    })
+}
+
+fn set_path(path: OsString) {
+    // SAFETY: build scripts are single-threaded until aya-build spawns cargo, which inherits
+    // this PATH; nothing reads the environment concurrently.
+    unsafe { env::set_var("PATH", path) };
+}

@@ -1,0 +1,321 @@
+//! The eBPF plan: the contents of every map the programs read, as typed data.
+//!
+//! The programs decide each connection the way [`crate::model::decide`] does, looking
+//! things up in these maps: [`CONFIG_MAP`] for the proxy ports, the ignored identities and
+//! the IPv6 switch; the port hash maps for EgressIgnoredPorts and AppPorts (ranges expanded
+//! to single ports: a lookup is one hash probe whatever the configuration); LPM tries for
+//! EgressIgnoredIPs and for the task's local networks, one pair per family.
+//!
+//! The local-networks tries hold the loopback ranges here; the backend adds the network
+//! namespace's own addresses when it applies the plan, because only it can see them.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use intercept_common::{
+    APP_PORTS_MAP, CONFIG_CAPACITY, CONFIG_MAP, COUNTERS_CAPACITY, COUNTERS_MAP, Counter, GlobalConfig,
+    IGNORED_NETS_CAPACITY, IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP, LOCAL_NETS_CAPACITY,
+    LOCAL_NETS_V4_MAP, LOCAL_NETS_V6_MAP, LpmKeyV4, LpmKeyV6, PORT_MAP_CAPACITY,
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::Serialize;
+
+use super::{push_summarised, summarised_inline, to_json};
+use crate::config::ProxyConfig;
+use crate::model::LocalAddrs;
+
+/// What every map of the eBPF backend holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EbpfPlan {
+    /// The single value of [`CONFIG_MAP`].
+    pub config: GlobalConfig,
+    /// Keys of [`IGNORED_PORTS_MAP`], ascending (each maps to [`intercept_common::PRESENT`]).
+    pub ignored_ports: Vec<u16>,
+    /// Keys of [`APP_PORTS_MAP`], ascending; empty without ingress.
+    pub app_ports: Vec<u16>,
+    /// Keys of [`IGNORED_NETS_V4_MAP`].
+    pub ignored_nets_v4: Vec<LpmKeyV4>,
+    /// Keys of [`IGNORED_NETS_V6_MAP`]; empty when IPv6 is not intercepted.
+    pub ignored_nets_v6: Vec<LpmKeyV6>,
+    /// Keys of [`LOCAL_NETS_V4_MAP`] known before apply time: the loopback range.
+    pub local_nets_v4: Vec<LpmKeyV4>,
+    /// Keys of [`LOCAL_NETS_V6_MAP`] known before apply time: `::1`; empty when IPv6 is
+    /// not intercepted.
+    pub local_nets_v6: Vec<LpmKeyV6>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapKind {
+    Array,
+    Hash,
+    LpmTrie,
+    PerCpuArray,
+}
+
+impl MapKind {
+    fn label(self) -> &'static str {
+        match self {
+            MapKind::Array => "array",
+            MapKind::Hash => "hash",
+            MapKind::LpmTrie => "LPM trie",
+            MapKind::PerCpuArray => "per-CPU array",
+        }
+    }
+}
+
+/// A map's shape and the capacity the backend must give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub kind: MapKind,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub max_entries: u32,
+}
+
+impl EbpfPlan {
+    pub fn new(config: &ProxyConfig) -> EbpfPlan {
+        let ignored_nets = config.effective_ignored_ips();
+        let loopback = LocalAddrs::loopback();
+        let (ignored_nets_v4, ignored_nets_v6) = split_keys(&ignored_nets, config.ipv6);
+        let (local_nets_v4, local_nets_v6) = split_keys(loopback.nets(), config.ipv6);
+        EbpfPlan {
+            config: GlobalConfig {
+                ignored_uid: config.ignored_uid.unwrap_or(0),
+                ignored_gid: config.ignored_gid.unwrap_or(0),
+                proxy_egress_port: config.proxy_egress_port,
+                proxy_ingress_port: config.ingress.as_ref().map_or(0, |i| i.proxy_port),
+                has_ignored_uid: config.ignored_uid.is_some().into(),
+                has_ignored_gid: config.ignored_gid.is_some().into(),
+                ipv6: config.ipv6.into(),
+                _pad: 0,
+            },
+            ignored_ports: config.effective_ignored_ports().ports().collect(),
+            app_ports: config.ingress.as_ref().map(|i| i.app_ports.ports().collect()).unwrap_or_default(),
+            ignored_nets_v4,
+            ignored_nets_v6,
+            local_nets_v4,
+            local_nets_v6,
+        }
+    }
+
+    /// Every map with the capacity to create it with. The ignored-networks tries grow past
+    /// their ELF default when the lists need it (`EbpfLoader::set_max_entries`).
+    pub fn map_specs(&self) -> [MapSpec; 8] {
+        let ignored_capacity = |len: usize| u32::try_from(len).unwrap_or(u32::MAX).max(IGNORED_NETS_CAPACITY);
+        let spec = |name, kind, key, value, max_entries| MapSpec { name, kind, key, value, max_entries };
+        [
+            spec(CONFIG_MAP, MapKind::Array, "u32", "GlobalConfig", CONFIG_CAPACITY),
+            spec(IGNORED_PORTS_MAP, MapKind::Hash, "u16", "u8", PORT_MAP_CAPACITY),
+            spec(APP_PORTS_MAP, MapKind::Hash, "u16", "u8", PORT_MAP_CAPACITY),
+            spec(IGNORED_NETS_V4_MAP, MapKind::LpmTrie, "LpmKeyV4", "u8", ignored_capacity(self.ignored_nets_v4.len())),
+            spec(IGNORED_NETS_V6_MAP, MapKind::LpmTrie, "LpmKeyV6", "u8", ignored_capacity(self.ignored_nets_v6.len())),
+            spec(LOCAL_NETS_V4_MAP, MapKind::LpmTrie, "LpmKeyV4", "u8", LOCAL_NETS_CAPACITY),
+            spec(LOCAL_NETS_V6_MAP, MapKind::LpmTrie, "LpmKeyV6", "u8", LOCAL_NETS_CAPACITY),
+            spec(COUNTERS_MAP, MapKind::PerCpuArray, "u32", "u64", COUNTERS_CAPACITY),
+        ]
+    }
+
+    /// For `intercept plan`: each map and its contents, long lists summarised.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# intercept plan: eBPF backend\n");
+        out.push_str("# The contents of the maps the programs read. The agent adds the network namespace's own\n");
+        out.push_str(&format!(
+            "# addresses to {LOCAL_NETS_V4_MAP} and {LOCAL_NETS_V6_MAP} when it applies the plan.\n"
+        ));
+        for spec in self.map_specs() {
+            let _ = write!(
+                out,
+                "\n{} ({}, {} → {}, max {})",
+                spec.name,
+                spec.kind.label(),
+                spec.key,
+                spec.value,
+                spec.max_entries
+            );
+            match spec.name {
+                CONFIG_MAP => {
+                    let c = &self.config;
+                    out.push_str(":\n");
+                    let fields: [(&str, String); 8] = [
+                        ("ignored_uid", c.ignored_uid.to_string()),
+                        ("ignored_gid", c.ignored_gid.to_string()),
+                        ("proxy_egress_port", c.proxy_egress_port.to_string()),
+                        ("proxy_ingress_port", c.proxy_ingress_port.to_string()),
+                        ("has_ignored_uid", c.has_ignored_uid.to_string()),
+                        ("has_ignored_gid", c.has_ignored_gid.to_string()),
+                        ("ipv6", c.ipv6.to_string()),
+                        ("_pad", c._pad.to_string()),
+                    ];
+                    for (field, value) in fields {
+                        let _ = writeln!(out, "  [0].{field:<18} = {value}");
+                    }
+                }
+                IGNORED_PORTS_MAP => push_ports(&mut out, &self.ignored_ports),
+                APP_PORTS_MAP => push_ports(&mut out, &self.app_ports),
+                IGNORED_NETS_V4_MAP => push_nets(&mut out, &nets_v4(&self.ignored_nets_v4)),
+                IGNORED_NETS_V6_MAP => push_nets(&mut out, &nets_v6(&self.ignored_nets_v6)),
+                LOCAL_NETS_V4_MAP => push_nets(&mut out, &nets_v4(&self.local_nets_v4)),
+                LOCAL_NETS_V6_MAP => push_nets(&mut out, &nets_v6(&self.local_nets_v6)),
+                COUNTERS_MAP => {
+                    out.push_str(": one u64 per CPU for each reason, starting at 0\n");
+                    for counter in Counter::ALL {
+                        let _ = writeln!(out, "  [{}] {}", counter.index(), counter.name());
+                    }
+                }
+                other => unreachable!("map_specs lists {other} without contents"),
+            }
+        }
+        out
+    }
+
+    /// Every map's shape and complete contents.
+    pub fn render_json(&self) -> String {
+        #[derive(Serialize)]
+        struct ConfigJson {
+            ignored_uid: u32,
+            ignored_gid: u32,
+            proxy_egress_port: u16,
+            proxy_ingress_port: u16,
+            has_ignored_uid: u8,
+            has_ignored_gid: u8,
+            ipv6: u8,
+        }
+        #[derive(Serialize)]
+        struct LpmJson {
+            cidr: IpNet,
+            prefix_len: u32,
+            /// The key's address bytes (network order), in hex.
+            addr: String,
+        }
+        #[derive(Serialize)]
+        struct CounterJson {
+            index: u32,
+            name: &'static str,
+        }
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum Contents {
+            Config([ConfigJson; 1]),
+            Ports(Vec<u16>),
+            Nets(Vec<LpmJson>),
+            Counters(Vec<CounterJson>),
+        }
+        #[derive(Serialize)]
+        struct MapJson {
+            #[serde(flatten)]
+            spec: MapSpec,
+            entries: Contents,
+        }
+        #[derive(Serialize)]
+        struct Json {
+            backend: &'static str,
+            maps: Vec<MapJson>,
+        }
+        let lpm = |prefix_len: u32, addr: &[u8], cidr: IpNet| LpmJson {
+            cidr,
+            prefix_len,
+            addr: addr.iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        let v4 = |keys: &[LpmKeyV4]| {
+            Contents::Nets(keys.iter().map(|k| lpm(k.prefix_len, &k.addr, IpNet::V4(net_v4(k)))).collect())
+        };
+        let v6 = |keys: &[LpmKeyV6]| {
+            Contents::Nets(keys.iter().map(|k| lpm(k.prefix_len, &k.addr, IpNet::V6(net_v6(k)))).collect())
+        };
+        let c = &self.config;
+        let maps = self
+            .map_specs()
+            .into_iter()
+            .map(|spec| {
+                let entries = match spec.name {
+                    CONFIG_MAP => Contents::Config([ConfigJson {
+                        ignored_uid: c.ignored_uid,
+                        ignored_gid: c.ignored_gid,
+                        proxy_egress_port: c.proxy_egress_port,
+                        proxy_ingress_port: c.proxy_ingress_port,
+                        has_ignored_uid: c.has_ignored_uid,
+                        has_ignored_gid: c.has_ignored_gid,
+                        ipv6: c.ipv6,
+                    }]),
+                    IGNORED_PORTS_MAP => Contents::Ports(self.ignored_ports.clone()),
+                    APP_PORTS_MAP => Contents::Ports(self.app_ports.clone()),
+                    IGNORED_NETS_V4_MAP => v4(&self.ignored_nets_v4),
+                    IGNORED_NETS_V6_MAP => v6(&self.ignored_nets_v6),
+                    LOCAL_NETS_V4_MAP => v4(&self.local_nets_v4),
+                    LOCAL_NETS_V6_MAP => v6(&self.local_nets_v6),
+                    COUNTERS_MAP => Contents::Counters(
+                        Counter::ALL.iter().map(|c| CounterJson { index: c.index(), name: c.name() }).collect(),
+                    ),
+                    other => unreachable!("map_specs lists {other} without contents"),
+                };
+                MapJson { spec, entries }
+            })
+            .collect();
+        to_json(&Json { backend: "ebpf", maps })
+    }
+}
+
+/// The LPM key for `net`: prefix length, then the address in network byte order.
+pub fn lpm_key_v4(net: Ipv4Net) -> LpmKeyV4 {
+    LpmKeyV4 { prefix_len: net.prefix_len().into(), addr: net.network().octets() }
+}
+
+pub fn lpm_key_v6(net: Ipv6Net) -> LpmKeyV6 {
+    LpmKeyV6 { prefix_len: net.prefix_len().into(), addr: net.network().octets() }
+}
+
+/// The network an LPM key stands for. Keys come from [`lpm_key_v4`], so the prefix length
+/// is at most 32.
+pub fn net_v4(key: &LpmKeyV4) -> Ipv4Net {
+    let prefix = u8::try_from(key.prefix_len).expect("IPv4 prefix length fits in u8");
+    Ipv4Net::new(Ipv4Addr::from(key.addr), prefix).expect("IPv4 prefix length at most 32")
+}
+
+pub fn net_v6(key: &LpmKeyV6) -> Ipv6Net {
+    let prefix = u8::try_from(key.prefix_len).expect("IPv6 prefix length fits in u8");
+    Ipv6Net::new(Ipv6Addr::from(key.addr), prefix).expect("IPv6 prefix length at most 128")
+}
+
+fn split_keys(nets: &[IpNet], ipv6: bool) -> (Vec<LpmKeyV4>, Vec<LpmKeyV6>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for net in nets {
+        match net {
+            IpNet::V4(n) => v4.push(lpm_key_v4(*n)),
+            IpNet::V6(n) if ipv6 => v6.push(lpm_key_v6(*n)),
+            IpNet::V6(_) => {}
+        }
+    }
+    (v4, v6)
+}
+
+fn nets_v4(keys: &[LpmKeyV4]) -> Vec<Ipv4Net> {
+    keys.iter().map(net_v4).collect()
+}
+
+fn nets_v6(keys: &[LpmKeyV6]) -> Vec<Ipv6Net> {
+    keys.iter().map(net_v6).collect()
+}
+
+fn push_ports(out: &mut String, ports: &[u16]) {
+    match ports.len() {
+        0 => out.push_str(": empty\n"),
+        n => {
+            let _ = writeln!(out, ": {n} {}", if n == 1 { "port" } else { "ports" });
+            let _ = writeln!(out, "  {}", summarised_inline(ports));
+        }
+    }
+}
+
+fn push_nets<N: std::fmt::Display>(out: &mut String, nets: &[N]) {
+    match nets.len() {
+        0 => out.push_str(": empty\n"),
+        n => {
+            let _ = writeln!(out, ": {n} {}", if n == 1 { "network" } else { "networks" });
+            push_summarised(out, "  ", nets, "  ");
+        }
+    }
+}
