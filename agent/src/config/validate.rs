@@ -275,6 +275,20 @@ impl<'a> Validation<'a> {
                     continue;
                 }
             };
+            let net = match ipv4_mapped(net) {
+                Some(v4) => {
+                    self.warning(
+                        p.field(),
+                        Some(&p.value),
+                        format!(
+                            "[{net}] is an IPv4-mapped IPv6 block: connections to such addresses are IPv4 \
+                             connections and are decided as IPv4, so using {v4}"
+                        ),
+                    );
+                    v4
+                }
+                None => net,
+            };
             let normal = net.trunc();
             if normal != net {
                 self.warning(
@@ -478,6 +492,15 @@ fn suggest(name: &str) -> Option<Property> {
         .filter(|(_, score)| *score >= 0.6)
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(p, _)| p)
+}
+
+/// `::ffff:a.b.c.d/n` (n ≥ 96) as the IPv4 block it stands for; written as IPv6 it would
+/// match nothing, because the kernel and the decision model see such connections as IPv4.
+fn ipv4_mapped(net: IpNet) -> Option<IpNet> {
+    let IpNet::V6(v6) = net else { return None };
+    let v4 = v6.addr().to_ipv4_mapped()?;
+    let prefix = v6.prefix_len().checked_sub(96)?;
+    ipnet::Ipv4Net::new(v4, prefix).ok().map(IpNet::V4)
 }
 
 #[cfg(test)]

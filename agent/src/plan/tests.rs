@@ -145,6 +145,20 @@ fn snapshots_json() {
     }
 }
 
+/// The seed guide's four task definitions, through the real parser and validator.
+#[test]
+fn snapshots_of_the_seed_examples() {
+    for name in ["fargate-taskB", "fargate-xray-taskB", "ec2-taskB", "ec2-xray-taskB"] {
+        let path = format!("{}/../examples/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let input = crate::config::source::parse_task_definition(&text, &path).unwrap();
+        let config = crate::config::validate(&input.raw).unwrap().config;
+        assert_eq!(config, seed(), "{name}");
+        insta::assert_snapshot!(format!("example_{name}_iptables"), render(&config, Backend::Iptables, Format::Text));
+        insta::assert_snapshot!(format!("example_{name}_ebpf"), render(&config, Backend::Ebpf, Format::Text));
+    }
+}
+
 #[test]
 fn seed_matches_the_reference_rule_for_rule() {
     // The reference's nat table for the seed, with intercept's chain names and comments.

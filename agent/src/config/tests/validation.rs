@@ -262,6 +262,15 @@ fn bad_cases() -> Vec<Case<'static>> {
             vec![w("EgressIgnoredIPs", "10.1.2.3/8", "CIDR block [10.1.2.3/8] has host bits set: using 10.0.0.0/8")],
         ),
         (
+            &[("EgressIgnoredIPs", Some("::ffff:10.1.0.0/112"))],
+            vec![w(
+                "EgressIgnoredIPs",
+                "::ffff:10.1.0.0/112",
+                "[::ffff:10.1.0.0/112] is an IPv4-mapped IPv6 block: connections to such addresses are IPv4 \
+                 connections and are decided as IPv4, so using 10.1.0.0/16",
+            )],
+        ),
+        (
             &[("EgressIgnoredIPs", Some("10.0.0.1,10.0.0.1/32"))],
             vec![w("EgressIgnoredIPs", "10.0.0.1,10.0.0.1/32", "[10.0.0.1/32] is listed more than once")],
         ),
