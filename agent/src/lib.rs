@@ -11,3 +11,5 @@ pub mod lint;
 pub mod model;
 pub mod plan;
 pub mod report;
+#[cfg(test)]
+mod testdata;

@@ -3,27 +3,11 @@ use serde_json::{Value, json};
 use super::*;
 use crate::config::{Ingress, Severity};
 
-pub(crate) const EXAMPLES: [&str; 4] = ["fargate-taskB", "fargate-xray-taskB", "ec2-taskB", "ec2-xray-taskB"];
+pub(crate) use crate::testdata::{EXAMPLES, seed_config};
 
 /// One of the seed guide's task definitions from `examples/`.
 pub(crate) fn example(name: &str) -> Value {
-    let path = format!("{}/../examples/{name}.json", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-/// The configuration all four seed examples' proxyConfiguration blocks validate to.
-pub(crate) fn seed_config() -> ProxyConfig {
-    ProxyConfig {
-        ignored_uid: Some(1337),
-        ignored_gid: None,
-        proxy_egress_port: 15001,
-        ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
-        egress_ignored_ports: PortSet::from_ranges([PortRange::single(22)]),
-        egress_ignored_ips: vec!["169.254.169.254/32".parse().unwrap(), "169.254.170.2/32".parse().unwrap()],
-        implicit_exemptions: true,
-        ipv6: true,
-    }
+    serde_json::from_str(&crate::testdata::example_text(name)).unwrap()
 }
 
 fn mutated(name: &str, change: impl FnOnce(&mut Value)) -> Value {

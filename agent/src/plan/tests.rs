@@ -37,16 +37,7 @@ fn nets(list: &[&str]) -> Vec<IpNet> {
 
 /// The seed guide's proxyConfiguration.
 fn seed() -> ProxyConfig {
-    ProxyConfig {
-        ignored_uid: Some(1337),
-        ignored_gid: None,
-        proxy_egress_port: 15001,
-        ingress: Some(Ingress { proxy_port: 15000, app_ports: ports(&[(9080, 9080)]) }),
-        egress_ignored_ports: ports(&[(22, 22)]),
-        egress_ignored_ips: nets(&["169.254.170.2", "169.254.169.254"]),
-        implicit_exemptions: true,
-        ipv6: true,
-    }
+    crate::testdata::seed_config()
 }
 
 fn gid_only() -> ProxyConfig {
@@ -148,10 +139,8 @@ fn snapshots_json() {
 /// The seed guide's four task definitions, through the real parser and validator.
 #[test]
 fn snapshots_of_the_seed_examples() {
-    for name in ["fargate-taskB", "fargate-xray-taskB", "ec2-taskB", "ec2-xray-taskB"] {
-        let path = format!("{}/../examples/{name}.json", env!("CARGO_MANIFEST_DIR"));
-        let text = std::fs::read_to_string(&path).unwrap();
-        let input = crate::config::source::parse_task_definition(&text, &path).unwrap();
+    for name in crate::testdata::EXAMPLES {
+        let input = crate::config::source::parse_task_definition(&crate::testdata::example_text(name), name).unwrap();
         let config = crate::config::validate(&input.raw).unwrap().config;
         assert_eq!(config, seed(), "{name}");
         insta::assert_snapshot!(format!("example_{name}_iptables"), render(&config, Backend::Iptables, Format::Text));

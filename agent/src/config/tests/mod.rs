@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::{ConfigErrors, Ingress, PortRange, PortSet, ProxyConfig, Validated, parse_proxy_configuration};
 use crate::config::{RawConfig, validate};
+use crate::testdata::seed_config;
 
 /// The seed guide's properties, in the order of its EC2 examples.
 const SEED: [(&str, &str); 6] = [
@@ -18,20 +19,6 @@ const SEED: [(&str, &str); 6] = [
     ("EgressIgnoredIPs", "169.254.170.2,169.254.169.254"),
     ("EgressIgnoredPorts", "22"),
 ];
-
-/// The configuration every seed example must produce.
-fn seed_config() -> ProxyConfig {
-    ProxyConfig {
-        ignored_uid: Some(1337),
-        ignored_gid: None,
-        proxy_egress_port: 15001,
-        ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
-        egress_ignored_ports: PortSet::from_ranges([PortRange::single(22)]),
-        egress_ignored_ips: vec!["169.254.169.254/32".parse().unwrap(), "169.254.170.2/32".parse().unwrap()],
-        implicit_exemptions: true,
-        ipv6: true,
-    }
-}
 
 /// The seed's properties with changes: `Some` replaces the value of a property in place
 /// (or appends the property when the seed has none of that name), `None` removes it.

@@ -1,7 +1,6 @@
 //! Reading task definitions, bare proxy configurations, the environment and flags.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
@@ -9,15 +8,7 @@ use super::*;
 use crate::config::source::MAX_INPUT_BYTES;
 use crate::config::{ConfigArgs, Input, Origin, ProxyType, RawProperty, Source, from_env, parse_task_definition};
 
-const EXAMPLES: [&str; 4] = ["fargate-taskB", "fargate-xray-taskB", "ec2-taskB", "ec2-xray-taskB"];
-
-fn example_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(format!("{name}.json"))
-}
-
-fn example(name: &str) -> String {
-    std::fs::read_to_string(example_path(name)).unwrap()
-}
+use crate::testdata::{EXAMPLES, example_path, example_text as example};
 
 fn errors(result: Result<Input, ConfigErrors>) -> Vec<String> {
     result.unwrap_err().0.iter().map(ToString::to_string).collect()

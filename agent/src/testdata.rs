@@ -1,0 +1,32 @@
+//! The seed guide's task definitions (`examples/`) and the configuration they validate to,
+//! shared by the unit tests of every module.
+
+use std::path::PathBuf;
+
+use crate::config::{Ingress, PortRange, PortSet, ProxyConfig};
+
+/// The four task definitions of the seed guide: Fargate and EC2, each with and without X-Ray.
+pub(crate) const EXAMPLES: [&str; 4] = ["fargate-taskB", "fargate-xray-taskB", "ec2-taskB", "ec2-xray-taskB"];
+
+pub(crate) fn example_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples").join(format!("{name}.json"))
+}
+
+pub(crate) fn example_text(name: &str) -> String {
+    let path = example_path(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The configuration all four seed examples' proxyConfiguration blocks validate to.
+pub(crate) fn seed_config() -> ProxyConfig {
+    ProxyConfig {
+        ignored_uid: Some(1337),
+        ignored_gid: None,
+        proxy_egress_port: 15001,
+        ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
+        egress_ignored_ports: PortSet::from_ranges([PortRange::single(22)]),
+        egress_ignored_ips: vec!["169.254.169.254/32".parse().unwrap(), "169.254.170.2/32".parse().unwrap()],
+        implicit_exemptions: true,
+        ipv6: true,
+    }
+}
