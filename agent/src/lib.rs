@@ -9,6 +9,7 @@ pub mod backend;
 pub mod config;
 pub mod lint;
 pub mod model;
+pub mod netns;
 pub mod plan;
 pub mod report;
 #[cfg(test)]

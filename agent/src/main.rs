@@ -1,16 +1,23 @@
 //! The `intercept` command line: the effectful edge around the library.
 //!
-//! Exit codes: 0 success, 1 failure of the operation, 2 bad input (nothing was changed).
+//! Exit codes: 0 success, 1 failure of the operation (for `status`: not installed, or not
+//! matching the configuration), 2 bad input (nothing was changed).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+use intercept::backend::auto::{self, Choice};
+use intercept::backend::ebpf::{self, ApplyOptions};
+use intercept::backend::iptables::{self, Iptables, Mode};
+use intercept::backend::nftables::{self, Nftables};
 use intercept::config::source::{Input, parse_task_definition};
 use intercept::config::{ConfigArgs, ConfigErrors, Validated, validate};
 use intercept::lint::lint;
-use intercept::plan::{self, Backend, Format};
+use intercept::netns::{self, Target};
+use intercept::plan::{self, Backend, Format, IptablesPlan, NftablesPlan};
 use intercept::report::CheckReport;
 
 const EXIT_BAD_INPUT: u8 = 2;
@@ -44,16 +51,97 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Install the interception for a configuration in a network namespace, or replace what
+    /// intercept installed there before; nothing changes when it is installed already.
+    Apply {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long, value_enum)]
+        backend: Choice,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Print the transactions that would run, and run none
+        #[arg(long)]
+        dry_run: bool,
+        /// eBPF backend: load the programs with their debug events on and log them (target
+        /// `intercept::bpf`) until interrupted; interception continues after that
+        #[arg(long)]
+        bpf_log: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Remove everything intercept installed in a network namespace (nothing to remove is
+    /// not an error).
+    Remove {
+        #[arg(long, value_enum)]
+        backend: Choice,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Print the transactions that would run, and run none
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Show what intercept installed in a network namespace, with packet and byte counters,
+    /// and whether it matches a configuration (when one is given). Exit 0 when installed and
+    /// matching, 1 otherwise.
+    Status {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long, value_enum)]
+        backend: Choice,
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Run intercept on the seed guide's EC2 task definition: the check report and both plans.
     Demo,
 }
 
+/// Where `apply`, `remove` and `status` work, and how.
+#[derive(Debug, Args)]
+struct TargetArgs {
+    /// Work in the network namespace at PATH (`/run/netns/NAME`, `/proc/PID/ns/net`, a bind
+    /// mount of one); default: the current network namespace
+    #[arg(long, value_name = "PATH", conflicts_with = "netns_pid")]
+    netns: Option<PathBuf>,
+    /// Work in the network namespace of process PID (`/proc/PID/ns/net`)
+    #[arg(long, value_name = "PID")]
+    netns_pid: Option<u32>,
+    /// iptables backend: which xtables variant to use; default: the one that already holds
+    /// rules in the namespace, else nft
+    #[arg(long, value_enum, value_name = "legacy|nft")]
+    iptables_mode: Option<Mode>,
+    /// eBPF backend (required with it): the task's cgroup, a path under the cgroup2 mount or
+    /// relative to it, or `auto` (the parent of intercept's own cgroup)
+    #[arg(long, value_name = "PATH|auto")]
+    cgroup: Option<String>,
+    /// eBPF backend: the bpffs directory for the pins, mounted if it is not a bpffs;
+    /// default /sys/fs/bpf
+    #[arg(long, value_name = "PATH")]
+    bpffs: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    fn target(&self) -> Target {
+        match (&self.netns, self.netns_pid) {
+            (Some(path), _) => Target::Path(path.clone()),
+            (None, Some(pid)) => Target::Pid(pid),
+            (None, None) => Target::Current,
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    if matches!(cli.command, Command::Apply { bpf_log: true, .. }) {
+        // The programs' events are debug events: `--bpf-log` asks for them.
+        filter = filter.add_directive("intercept::bpf=debug".parse().expect("a valid directive"));
+    }
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match run(cli.command) {
         Ok(code) => code,
         Err(err) => {
@@ -82,8 +170,303 @@ fn run(command: Command) -> Result<ExitCode> {
             print(&plan::render(&validated.config, backend, format))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Apply { config, backend, target, dry_run, bpf_log, format } => {
+            let validated = match config.read().and_then(|input| validate(&input.raw)) {
+                Ok(validated) => validated,
+                Err(errors) => return Ok(bad_input(&errors)),
+            };
+            warn(&validated);
+            // Without `remove`, exactly one backend.
+            let Some(backend) = resolve(backend, &target, false)?.map(|chosen| chosen[0]) else {
+                return Ok(ExitCode::from(EXIT_BAD_INPUT));
+            };
+            if backend == Backend::Ebpf {
+                return apply_ebpf(&validated.config, &target, dry_run, bpf_log, format);
+            }
+            if bpf_log {
+                eprintln!("error: --bpf-log is for --backend ebpf");
+                return Ok(ExitCode::from(EXIT_BAD_INPUT));
+            }
+            if backend == Backend::Nftables {
+                let Some(nft) = open_nftables(&target)? else { return Ok(ExitCode::from(EXIT_BAD_INPUT)) };
+                let report = nft.apply(&NftablesPlan::new(&validated.config), dry_run)?;
+                print_nftables_report(&[report], "apply", format)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let Some(backend) = open_backend(backend, &target)? else { return Ok(ExitCode::from(EXIT_BAD_INPUT)) };
+            let report = backend.apply(&IptablesPlan::new(&validated.config), dry_run)?;
+            print_report(&report, "apply", format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Remove { backend, target, dry_run, format } => {
+            let Some(backends) = resolve(backend, &target, true)? else { return Ok(ExitCode::from(EXIT_BAD_INPUT)) };
+            let mut nftables_reports = Vec::new();
+            for backend in backends {
+                if backend == Backend::Ebpf {
+                    let code = remove_ebpf(&target, dry_run, format)?;
+                    if code != ExitCode::SUCCESS {
+                        return Ok(code);
+                    }
+                    continue;
+                }
+                if backend == Backend::Nftables {
+                    let Some(nft) = open_nftables(&target)? else { return Ok(ExitCode::from(EXIT_BAD_INPUT)) };
+                    nftables_reports.push(nft.remove(dry_run)?);
+                    continue;
+                }
+                let Some(backend) = open_backend(backend, &target)? else { return Ok(ExitCode::from(EXIT_BAD_INPUT)) };
+                let report = backend.remove(dry_run)?;
+                print_report(&report, "remove", format)?;
+            }
+            print_nftables_report(&nftables_reports, "remove", format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { config, backend, target, format } => {
+            let config = if config_given(&config) {
+                match config.read().and_then(|input| validate(&input.raw)) {
+                    Ok(validated) => {
+                        warn(&validated);
+                        Some(validated.config)
+                    }
+                    Err(errors) => return Ok(bad_input(&errors)),
+                }
+            } else {
+                None
+            };
+            // Without `remove`, exactly one backend.
+            let Some(backend) = resolve(backend, &target, false)?.map(|chosen| chosen[0]) else {
+                return Ok(ExitCode::from(EXIT_BAD_INPUT));
+            };
+            if backend == Backend::Ebpf {
+                return status_ebpf(config.as_ref(), &target, format);
+            }
+            if backend == Backend::Nftables {
+                let Some(nft) = open_nftables(&target)? else { return Ok(ExitCode::from(EXIT_BAD_INPUT)) };
+                let status = nft.status(config.as_ref().map(NftablesPlan::new).as_ref())?;
+                for warning in &status.warnings {
+                    eprintln!("warning: {warning}");
+                }
+                print(&status.render(format))?;
+                return Ok(exit_code(status.exit_code()));
+            }
+            let plan = config.as_ref().map(IptablesPlan::new);
+            let Some(backend) = open_backend(backend, &target)? else { return Ok(ExitCode::from(EXIT_BAD_INPUT)) };
+            let status = backend.status(plan.as_ref())?;
+            for warning in &status.warnings {
+                eprintln!("warning: {warning}");
+            }
+            print(&match format {
+                Format::Text => status.render_text(),
+                Format::Json => to_json(&status)?,
+            })?;
+            Ok(exit_code(status.exit_code()))
+        }
         Command::Demo => demo(),
     }
+}
+
+/// The backend for `apply`, `remove` and `status`; `None` (after saying why) when the
+/// target namespace is not one: bad input, nothing was changed.
+fn open_backend(backend: Backend, target: &TargetArgs) -> Result<Option<Iptables>> {
+    if backend == Backend::Ebpf {
+        bail!("the eBPF backend is not an iptables backend");
+    }
+    match Iptables::open(target.target(), target.iptables_mode) {
+        Ok(backend) => Ok(Some(backend)),
+        Err(iptables::Error::Netns(e @ (netns::Error::Open { .. } | netns::Error::NotNetns { .. }))) => {
+            eprintln!("error: --netns/--netns-pid: {e}");
+            eprintln!("nothing was changed");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `--cgroup`, `--bpffs`, the namespace and `--iptables-mode` for eBPF mode; `None` (after
+/// saying why) without `--cgroup`: bad input.
+fn ebpf_request(target: &TargetArgs) -> Option<ebpf::cli::Request> {
+    let Some(cgroup) = target.cgroup.clone() else {
+        eprintln!("error: --backend ebpf needs --cgroup PATH|auto: the cgroup whose processes are intercepted");
+        eprintln!("nothing was changed");
+        return None;
+    };
+    Some(ebpf::cli::Request {
+        cgroup,
+        bpffs: target.bpffs.clone(),
+        netns: target.target(),
+        iptables_mode: target.iptables_mode,
+    })
+}
+
+/// An eBPF-mode error: a `--cgroup` or `--netns` that names nothing usable is bad input
+/// (exit 2, nothing changed); anything else fails the operation.
+fn ebpf_error(e: ebpf::cli::Error) -> Result<ExitCode> {
+    if e.is_bad_target() {
+        eprintln!("error: {}", error_chain(&e));
+        eprintln!("nothing was changed");
+        return Ok(ExitCode::from(EXIT_BAD_INPUT));
+    }
+    Err(e.into())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn apply_ebpf(
+    config: &intercept::config::ProxyConfig,
+    target: &TargetArgs,
+    dry_run: bool,
+    bpf_log: bool,
+    format: Format,
+) -> Result<ExitCode> {
+    if dry_run {
+        eprintln!(
+            "error: --dry-run is not available with --backend ebpf; `intercept plan --backend ebpf` shows the maps"
+        );
+        eprintln!("nothing was changed");
+        return Ok(ExitCode::from(EXIT_BAD_INPUT));
+    }
+    let Some(request) = ebpf_request(target) else { return Ok(ExitCode::from(EXIT_BAD_INPUT)) };
+    let mut report = match ebpf::cli::apply(&request, config, ApplyOptions { bpf_log }) {
+        Ok(report) => report,
+        Err(e) => return ebpf_error(e),
+    };
+    for warning in report.ingress.iter().flat_map(|r| &r.warnings) {
+        eprintln!("warning: {warning}");
+    }
+    print(&match format {
+        Format::Text => report.render_text(),
+        Format::Json => to_json(&report)?,
+    })?;
+    if let Some(logs) = report.logs.take() {
+        eprintln!("logging the eBPF programs' events; interrupt to stop (interception continues)");
+        logs.follow();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn remove_ebpf(target: &TargetArgs, dry_run: bool, format: Format) -> Result<ExitCode> {
+    if dry_run {
+        eprintln!("error: --dry-run is not available with --backend ebpf; `intercept status` shows what is installed");
+        eprintln!("nothing was changed");
+        return Ok(ExitCode::from(EXIT_BAD_INPUT));
+    }
+    let Some(request) = ebpf_request(target) else { return Ok(ExitCode::from(EXIT_BAD_INPUT)) };
+    let report = match ebpf::cli::remove(&request) {
+        Ok(report) => report,
+        Err(e) => return ebpf_error(e),
+    };
+    print(&match format {
+        Format::Text => report.render_text(),
+        Format::Json => to_json(&report)?,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_ebpf(
+    config: Option<&intercept::config::ProxyConfig>,
+    target: &TargetArgs,
+    format: Format,
+) -> Result<ExitCode> {
+    let Some(request) = ebpf_request(target) else { return Ok(ExitCode::from(EXIT_BAD_INPUT)) };
+    let status = match ebpf::cli::status(&request, config) {
+        Ok(status) => status,
+        Err(e) => return ebpf_error(e),
+    };
+    for warning in status.ingress.iter().flat_map(|s| &s.warnings) {
+        eprintln!("warning: {warning}");
+    }
+    print(&match format {
+        Format::Text => status.render_text(),
+        Format::Json => to_json(&status)?,
+    })?;
+    Ok(exit_code(status.exit_code()))
+}
+
+/// The backends `--backend` names: itself, or what `auto` chooses, said on stderr (for
+/// `remove`, every backend that has something installed). `None` (after saying why) when
+/// the target namespace is not one: bad input, nothing was changed.
+fn resolve(choice: Choice, target: &TargetArgs, remove: bool) -> Result<Option<Vec<Backend>>> {
+    if let Some(backend) = choice.backend() {
+        return Ok(Some(vec![backend]));
+    }
+    let facts = match auto::probe(&target.target()) {
+        Ok(facts) => facts,
+        Err(auto::Error::Netns(e @ (netns::Error::Open { .. } | netns::Error::NotNetns { .. }))) => {
+            eprintln!("error: --netns/--netns-pid: {e}");
+            eprintln!("nothing was changed");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let chosen = if remove { auto::choose_for_remove(&facts) } else { vec![auto::choose(&facts)] };
+    for selection in &chosen {
+        eprintln!("backend auto: {} ({})", selection.backend.name(), selection.reason);
+    }
+    Ok(Some(chosen.into_iter().map(|s| s.backend).collect()))
+}
+
+/// The nftables backend for `apply`, `remove` and `status`; `None` as for [`open_backend`].
+fn open_nftables(target: &TargetArgs) -> Result<Option<Nftables>> {
+    match Nftables::open(target.target()) {
+        Ok(backend) => Ok(Some(backend)),
+        Err(nftables::Error::Netns(e @ (netns::Error::Open { .. } | netns::Error::NotNetns { .. }))) => {
+            eprintln!("error: --netns/--netns-pid: {e}");
+            eprintln!("nothing was changed");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn print_nftables_report(reports: &[nftables::Report], verb: &str, format: Format) -> Result<()> {
+    for warning in reports.iter().flat_map(|r| &r.warnings) {
+        eprintln!("warning: {warning}");
+    }
+    print(&reports.iter().map(|r| r.render(verb, format)).collect::<String>())
+}
+
+/// Whether any configuration source or property flag was given (`status` works without).
+fn config_given(config: &ConfigArgs) -> bool {
+    config.task_definition.is_some()
+        || config.proxy_configuration.is_some()
+        || config.from_env
+        || [
+            &config.ignored_uid,
+            &config.ignored_gid,
+            &config.proxy_ingress_port,
+            &config.proxy_egress_port,
+            &config.app_ports,
+            &config.egress_ignored_ips,
+            &config.egress_ignored_ports,
+            &config.ipv6,
+        ]
+        .iter()
+        .any(|flag| flag.is_some())
+}
+
+fn print_report(report: &iptables::Report, verb: &str, format: Format) -> Result<()> {
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    print(&match format {
+        Format::Text => report.render_text(verb),
+        Format::Json => to_json(report)?,
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    let mut json = serde_json::to_string_pretty(value)?;
+    json.push('\n');
+    Ok(json)
 }
 
 /// Validation and lint findings for one input, all at once.

@@ -8,32 +8,55 @@
 //! Byte order: ports are stored in host byte order (the programs convert from the
 //! network-order `user_port` of `bpf_sock_addr`); addresses in LPM keys are in network
 //! order, as the LPM trie requires (it matches prefixes from the first byte on).
+//!
+//! Generations: every map the agent fills holds two configurations side by side, generation 0
+//! and generation 1, told apart by a generation in each key (the index of `CONFIG`). `ACTIVE`
+//! says which one the programs use; each program reads it once, at its start, so a connection
+//! is decided entirely by one configuration. An apply fills the inactive generation, flips
+//! `ACTIVE` (one aligned 4-byte array update; 0 and 1 differ in one bit, so no reader can see
+//! a third value), waits for programs still running with the old generation, and then clears
+//! the old one.
 #![no_std]
 
 use core::mem::{align_of, size_of};
 
-/// `CONFIG`: an array with one [`GlobalConfig`] at index 0.
+/// `ACTIVE`: an array with one `u32` at index 0, the generation (0 or 1) the programs use.
+pub const ACTIVE_MAP: &str = "ACTIVE";
+/// `CONFIG`: an array of [`GENERATIONS`] [`GlobalConfig`]s, indexed by generation.
 pub const CONFIG_MAP: &str = "CONFIG";
-/// `IGNORED_PORTS`: hash map `u16` destination port → [`PRESENT`]; the effective
-/// EgressIgnoredPorts expanded to single ports.
+/// `IGNORED_PORTS`: hash map [`PortKey`] (generation, destination port) → [`PRESENT`]; the
+/// effective EgressIgnoredPorts expanded to single ports.
 pub const IGNORED_PORTS_MAP: &str = "IGNORED_PORTS";
-/// `APP_PORTS`: hash map `u16` destination port → [`PRESENT`]; AppPorts expanded.
+/// `APP_PORTS`: hash map [`PortKey`] → [`PRESENT`]; AppPorts expanded.
 pub const APP_PORTS_MAP: &str = "APP_PORTS";
-/// `IGNORED_NETS_V4`: LPM trie [`LpmKeyV4`] → [`PRESENT`]; the IPv4 EgressIgnoredIPs.
+/// `IGNORED_NETS_V4`: LPM trie (generation, IPv4 network) → [`PRESENT`]: key data
+/// [`LpmDataV4`], prefix length [`GENERATION_BITS`] + the network's; the IPv4 EgressIgnoredIPs.
 pub const IGNORED_NETS_V4_MAP: &str = "IGNORED_NETS_V4";
-/// `IGNORED_NETS_V6`: LPM trie [`LpmKeyV6`] → [`PRESENT`]; the IPv6 EgressIgnoredIPs.
+/// `IGNORED_NETS_V6`: LPM trie (generation, IPv6 network) → [`PRESENT`] ([`LpmDataV6`]); the
+/// IPv6 EgressIgnoredIPs.
 pub const IGNORED_NETS_V6_MAP: &str = "IGNORED_NETS_V6";
-/// `LOCAL_NETS_V4`: LPM trie [`LpmKeyV4`] → [`PRESENT`]; destinations local to the task
+/// `LOCAL_NETS_V4`: LPM trie like [`IGNORED_NETS_V4_MAP`]; destinations local to the task
 /// (127.0.0.0/8 plus the namespace's own IPv4 addresses, added by the agent at apply time).
 pub const LOCAL_NETS_V4_MAP: &str = "LOCAL_NETS_V4";
-/// `LOCAL_NETS_V6`: LPM trie [`LpmKeyV6`] → [`PRESENT`]; `::1` plus the namespace's own
+/// `LOCAL_NETS_V6`: LPM trie like [`IGNORED_NETS_V6_MAP`]; `::1` plus the namespace's own
 /// IPv6 addresses.
 pub const LOCAL_NETS_V6_MAP: &str = "LOCAL_NETS_V6";
 /// `COUNTERS`: per-CPU array of `u64`, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// `PENDING_DST`: LRU hash socket cookie (`u64`) → [`OrigDst`]. Written by the connect
+/// hooks for every redirected connection; the `sockops` program moves the entry to
+/// [`ORIG_DST_MAP`] when the connection is established, or deletes it when the socket
+/// closes without getting there.
+pub const PENDING_DST_MAP: &str = "PENDING_DST";
+/// `ORIG_DST`: LRU hash [`SocketPair`] → [`OrigDst`]: the original destination of each
+/// established redirected connection, keyed by its 4-tuple. The `cgroup/getsockopt`
+/// program answers `SO_ORIGINAL_DST` from it; the entry is deleted when the proxy's
+/// accepted socket closes.
+pub const ORIG_DST_MAP: &str = "ORIG_DST";
 
 /// Every map name, for code that walks all of them (pinning, removal).
-pub const MAP_NAMES: [&str; 8] = [
+pub const MAP_NAMES: [&str; 11] = [
+    ACTIVE_MAP,
     CONFIG_MAP,
     IGNORED_PORTS_MAP,
     APP_PORTS_MAP,
@@ -42,6 +65,8 @@ pub const MAP_NAMES: [&str; 8] = [
     LOCAL_NETS_V4_MAP,
     LOCAL_NETS_V6_MAP,
     COUNTERS_MAP,
+    PENDING_DST_MAP,
+    ORIG_DST_MAP,
 ];
 
 /// The kernel keeps 15 bytes of a map's name (`BPF_OBJ_NAME_LEN` is 16 with the NUL);
@@ -58,20 +83,47 @@ const _: () = {
 /// The value stored in the port maps and the LPM tries: membership is all they record.
 pub const PRESENT: u8 = 1;
 
-/// `CONFIG` holds a single value.
-pub const CONFIG_CAPACITY: u32 = 1;
-/// A `u16` key has 65536 values, so the port maps can hold any set of ports.
+/// Configurations the maps hold side by side: the active one and the one an apply fills.
+pub const GENERATIONS: u32 = 2;
+/// Bits of an LPM key's data taken by the generation (a big-endian `u32`, so the trie matches
+/// it before the address).
+pub const GENERATION_BITS: u32 = 32;
+
+/// `ACTIVE` holds a single value.
+pub const ACTIVE_CAPACITY: u32 = 1;
+/// One [`GlobalConfig`] per generation.
+pub const CONFIG_CAPACITY: u32 = GENERATIONS;
+/// Per generation: a `u16` port has 65536 values, so the port maps can hold any set of ports.
 pub const PORT_MAP_CAPACITY: u32 = 1 << 16;
-/// Capacity the ELF declares for each ignored-networks trie. The tries are created with
-/// `BPF_F_NO_PREALLOC`, so capacity costs no memory; a longer list makes the agent raise
-/// it at load time (`EbpfLoader::set_max_entries`) to the plan's size.
+/// Per generation, the capacity the ELF declares for each ignored-networks trie (which holds
+/// [`GENERATIONS`] times as much). The tries are created with `BPF_F_NO_PREALLOC`, so
+/// capacity costs no memory; a longer list makes the agent raise it at load time
+/// (`EbpfLoader::map_max_entries`) to twice the plan's size.
 pub const IGNORED_NETS_CAPACITY: u32 = 1 << 16;
-/// Loopback plus the namespace's own addresses: a task has a handful; 1024 is generous.
+/// Per generation: loopback plus the namespace's own addresses: a task has a handful; 1024
+/// is generous.
 pub const LOCAL_NETS_CAPACITY: u32 = 1024;
 /// One slot per [`Counter`].
 pub const COUNTERS_CAPACITY: u32 = Counter::COUNT;
+/// Redirected connections between connect(2) and the end of the handshake (or the socket's
+/// close). LRU: when full, the least recently used entry is evicted, so a leak (a connect
+/// that fails before the handshake starts) can never block new connections; an evicted
+/// connection's `SO_ORIGINAL_DST` lookup misses (counted as [`Counter::OrigDstMiss`]).
+pub const PENDING_DST_CAPACITY: u32 = 1 << 14;
+/// Established redirected connections whose proxy-side socket is still open. LRU, as
+/// above: past 65,536 concurrently open redirected connections the oldest lose their entry.
+pub const ORIG_DST_CAPACITY: u32 = 1 << 16;
 
-/// The value at index 0 of `CONFIG`.
+/// `AF_INET` / `AF_INET6` as in `<sys/socket.h>`: the `family` of an [`OrigDst`].
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+/// `SO_ORIGINAL_DST` (`<linux/netfilter_ipv4.h>`), also `IP6T_SO_ORIGINAL_DST`.
+pub const SO_ORIGINAL_DST: i32 = 80;
+/// `SOL_IP` and `SOL_IPV6`: the levels `SO_ORIGINAL_DST` is asked at.
+pub const SOL_IP: i32 = 0;
+pub const SOL_IPV6: i32 = 41;
+
+/// The value of `CONFIG` for one generation.
 ///
 /// Optional values carry a presence flag instead of a sentinel because every `u32` is a
 /// valid uid/gid. Flags are `0` (false) or `1` (true).
@@ -95,8 +147,8 @@ pub struct GlobalConfig {
     pub _pad: u8,
 }
 
-/// Key of the IPv4 LPM tries. Same layout as aya's `lpm_trie::Key<[u8; 4]>`: the prefix
-/// length in bits, then the address in network byte order.
+/// An IPv4 network as the agent keeps it (prefix length in bits, address in network byte
+/// order); in a trie it is the key ([`GENERATION_BITS`] + `prefix_len`, [`LpmDataV4`]).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct LpmKeyV4 {
@@ -104,7 +156,7 @@ pub struct LpmKeyV4 {
     pub addr: [u8; 4],
 }
 
-/// Key of the IPv6 LPM tries. Same layout as aya's `lpm_trie::Key<[u8; 16]>`.
+/// An IPv6 network; in a trie, ([`GENERATION_BITS`] + `prefix_len`, [`LpmDataV6`]).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct LpmKeyV6 {
@@ -112,10 +164,79 @@ pub struct LpmKeyV6 {
     pub addr: [u8; 16],
 }
 
+/// The data of an IPv4 trie key (after its prefix length, as in aya's `lpm_trie::Key`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct LpmDataV4 {
+    /// The generation, big-endian: the trie compares bytes from the first on, so the
+    /// generation is matched first and a key never matches the other generation's entries.
+    pub generation_be: u32,
+    pub addr: [u8; 4],
+}
+
+/// The data of an IPv6 trie key.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct LpmDataV6 {
+    pub generation_be: u32,
+    pub addr: [u8; 16],
+}
+
+/// Key of the port hash maps.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct PortKey {
+    pub generation: u32,
+    /// Host byte order.
+    pub port: u16,
+    /// Explicit padding, always 0.
+    pub _pad: u16,
+}
+
+impl PortKey {
+    pub const fn new(generation: u32, port: u16) -> PortKey {
+        PortKey { generation, port, _pad: 0 }
+    }
+}
+
+/// Where a redirected connection was going: the value of [`PENDING_DST_MAP`] and
+/// [`ORIG_DST_MAP`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct OrigDst {
+    /// IPv6 address in network byte order; an IPv4 destination is stored IPv4-mapped
+    /// (`::ffff:a.b.c.d`) and has `family` [`AF_INET`].
+    pub addr: [u8; 16],
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+}
+
+/// Key of [`ORIG_DST_MAP`]: one TCP connection between a client in the cgroup and the
+/// proxy, as both ends see it. Addresses are IPv6 in network order, IPv4 ones mapped
+/// (`::ffff:a.b.c.d`), so a connection has one key whether either end's socket is
+/// `AF_INET` or dual-stack `AF_INET6`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SocketPair {
+    pub client_addr: [u8; 16],
+    pub server_addr: [u8; 16],
+    /// Host byte order.
+    pub client_port: u16,
+    /// Host byte order.
+    pub server_port: u16,
+}
+
 // No implicit padding: each size is the sum of its fields.
 const _: () = assert!(size_of::<GlobalConfig>() == 16 && align_of::<GlobalConfig>() == 4);
 const _: () = assert!(size_of::<LpmKeyV4>() == 4 + 4);
 const _: () = assert!(size_of::<LpmKeyV6>() == 4 + 16);
+const _: () = assert!(size_of::<LpmDataV4>() == 4 + 4 && align_of::<LpmDataV4>() == 4);
+const _: () = assert!(size_of::<LpmDataV6>() == 4 + 16 && align_of::<LpmDataV6>() == 4);
+const _: () = assert!(size_of::<PortKey>() == 4 + 2 + 2);
+const _: () = assert!(size_of::<OrigDst>() == 16 + 2 + 2);
+const _: () = assert!(size_of::<SocketPair>() == 16 + 16 + 2 + 2);
 
 /// Why a connection was counted; the index into `COUNTERS`.
 #[repr(u32)]
@@ -134,10 +255,12 @@ pub enum Counter {
     OrigDstHit = 7,
     /// The proxy asked for SO_ORIGINAL_DST of a connection the programs did not redirect.
     OrigDstMiss = 8,
+    /// An IPv6 destination while IPv6 interception is switched off.
+    Ipv6Disabled = 9,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 
     /// In index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -150,6 +273,7 @@ impl Counter {
         Counter::NotTcp,
         Counter::OrigDstHit,
         Counter::OrigDstMiss,
+        Counter::Ipv6Disabled,
     ];
 
     pub const fn index(self) -> u32 {
@@ -168,6 +292,7 @@ impl Counter {
             Counter::NotTcp => "not-tcp",
             Counter::OrigDstHit => "orig-dst-hit",
             Counter::OrigDstMiss => "orig-dst-miss",
+            Counter::Ipv6Disabled => "ipv6-disabled",
         }
     }
 }
@@ -188,3 +313,13 @@ unsafe impl aya::Pod for GlobalConfig {}
 unsafe impl aya::Pod for LpmKeyV4 {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for LpmKeyV6 {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for LpmDataV4 {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for LpmDataV6 {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PortKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for OrigDst {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SocketPair {}

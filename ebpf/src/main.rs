@@ -1,50 +1,512 @@
-//! intercept's eBPF programs.
+//! intercept's eBPF programs, attached to a task's cgroup:
 //!
-//! For now: cgroup `connect4`/`connect6` hooks that count every call and let the connection
-//! through unchanged. The counters prove, end to end, that the object builds, loads, attaches
-//! to a cgroup and runs for exactly the processes in that cgroup; the redirect logic replaces
-//! the bodies later.
+//! - `connect4` / `connect6` (`cgroup/connect4`, `cgroup/connect6`): decide each TCP
+//!   connect(2) the way `intercept::model::decide` does and, when it is redirected, rewrite
+//!   the destination to the proxy's egress port on loopback and remember the original
+//!   destination under the socket's cookie ([`PENDING_DST`]).
+//! - `track_sockets` (`sockops`): when a redirected connection is established, moves its original destination
+//!   to [`ORIG_DST`], keyed by the connection's 4-tuple; cleans both maps up when sockets close.
+//! - `getsockopt` (`cgroup/getsockopt`): answers `SO_ORIGINAL_DST` (`SOL_IP` and `SOL_IPV6`)
+//!   on the proxy's accepted socket from [`ORIG_DST`].
+//!
+//! The configuration maps hold two generations (see `intercept-common`): the connect hooks
+//! read `ACTIVE` once and decide with that generation's entries only, so a connection made
+//! while the agent re-applies follows either the old configuration or the new one entirely.
+//!
+//! The maps' layouts and names are in `intercept-common`. Debug events go through aya-log;
+//! the agent sets `AYA_LOG_LEVEL` (a read-only global) at load time, so with logging off
+//! the verifier removes the logging code as dead.
 #![no_std]
 #![no_main]
 
+use core::ptr::{read_volatile, write_volatile};
+
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, map},
-    maps::PerCpuArray,
-    programs::SockAddrContext,
+    bindings::{
+        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, bpf_sock, bpf_sock_ops,
+    },
+    helpers::{bpf_get_current_uid_gid, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, cgroup_sockopt, map, sock_ops},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    programs::{SockAddrContext, SockOpsContext, SockoptContext},
+};
+use aya_log_ebpf::debug;
+use intercept_common::{
+    ACTIVE_CAPACITY, AF_INET, AF_INET6, CONFIG_CAPACITY, COUNTERS_CAPACITY, Counter, GENERATION_BITS, GENERATIONS,
+    GlobalConfig, IGNORED_NETS_CAPACITY, LOCAL_NETS_CAPACITY, LpmDataV4, LpmDataV6, ORIG_DST_CAPACITY, OrigDst,
+    PENDING_DST_CAPACITY, PORT_MAP_CAPACITY, PortKey, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, SocketPair,
 };
 
-/// Calls per hook, indexed by `CONNECT4` / `CONNECT6`. Per-CPU, so that counting needs no
-/// atomics; userspace sums the slots.
+/// Map flag: allocate entries on insert (hash maps, LPM tries) instead of up front.
+const NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
+
+/// The generation the programs use.
 #[map]
-static CALLS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+static ACTIVE: Array<u32> = Array::with_max_entries(ACTIVE_CAPACITY, 0);
+#[map]
+static CONFIG: Array<GlobalConfig> = Array::with_max_entries(CONFIG_CAPACITY, 0);
+#[map]
+static IGNORED_PORTS: HashMap<PortKey, u8> = HashMap::with_max_entries(PORT_MAP_CAPACITY * GENERATIONS, NO_PREALLOC);
+/// AppPorts: filled and pinned for the ingress programs (a later issue); read by none yet.
+#[map]
+static APP_PORTS: HashMap<PortKey, u8> = HashMap::with_max_entries(PORT_MAP_CAPACITY * GENERATIONS, NO_PREALLOC);
+#[map]
+static IGNORED_NETS_V4: LpmTrie<LpmDataV4, u8> =
+    LpmTrie::with_max_entries(IGNORED_NETS_CAPACITY * GENERATIONS, NO_PREALLOC);
+#[map]
+static IGNORED_NETS_V6: LpmTrie<LpmDataV6, u8> =
+    LpmTrie::with_max_entries(IGNORED_NETS_CAPACITY * GENERATIONS, NO_PREALLOC);
+#[map]
+static LOCAL_NETS_V4: LpmTrie<LpmDataV4, u8> =
+    LpmTrie::with_max_entries(LOCAL_NETS_CAPACITY * GENERATIONS, NO_PREALLOC);
+#[map]
+static LOCAL_NETS_V6: LpmTrie<LpmDataV6, u8> =
+    LpmTrie::with_max_entries(LOCAL_NETS_CAPACITY * GENERATIONS, NO_PREALLOC);
+/// Per-CPU, so that counting needs no atomics; userspace sums the slots.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_CAPACITY, 0);
+#[map]
+static PENDING_DST: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(PENDING_DST_CAPACITY, 0);
+#[map]
+static ORIG_DST: LruHashMap<SocketPair, OrigDst> = LruHashMap::with_max_entries(ORIG_DST_CAPACITY, 0);
 
-// Keep in step with `Hook::index` in agent/src/backend/ebpf.rs.
-const CONNECT4: u32 = 0;
-const CONNECT6: u32 = 1;
-
-/// cgroup/connect*: 1 lets connect(2) proceed (with whatever address the program left in the
-/// context; these leave it untouched), 0 would fail it with EPERM.
+/// cgroup sock_addr and sockopt programs: 1 lets the system call proceed, 0 fails it (EPERM).
 const ALLOW: i32 = 1;
+const IPPROTO_TCP: u32 = 6;
+
+const LOOPBACK_V4: [u8; 4] = [127, 0, 0, 1];
+const LOOPBACK_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+enum Verdict {
+    Redirect,
+    Untouched(Counter),
+}
 
 #[cgroup_sock_addr(connect4)]
-pub fn connect4(_ctx: SockAddrContext) -> i32 {
-    count(CONNECT4);
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: the context pointer is valid for the program's run; every field access is a
+    // 4-byte access to a field the kernel lets connect4 read (or, for user_*, write).
+    let (protocol, ip, port) =
+        unsafe { (read_volatile(&(*sa).protocol), read_volatile(&(*sa).user_ip4), read_volatile(&(*sa).user_port)) };
+    if protocol != IPPROTO_TCP {
+        count(Counter::NotTcp);
+        return ALLOW;
+    }
+    let Some((generation, config)) = active() else { return ALLOW };
+    let addr = ip.to_ne_bytes();
+    let port = u16::from_be(port as u16);
+    match decide_v4(generation, config, addr, port) {
+        Verdict::Redirect => {
+            remember(&ctx, mapped(addr), port, AF_INET);
+            // SAFETY: as above; connect4 may rewrite user_ip4 and user_port.
+            unsafe {
+                write_volatile(&mut (*sa).user_ip4, u32::from_ne_bytes(LOOPBACK_V4));
+                write_volatile(&mut (*sa).user_port, u32::from(config.proxy_egress_port.to_be()));
+            }
+            count(Counter::Redirected);
+            debug!(&ctx, "connect4 {:i}:{} redirected", addr, port);
+        }
+        Verdict::Untouched(reason) => {
+            count(reason);
+            debug!(&ctx, "connect4 {:i}:{} untouched ({})", addr, port, reason.index());
+        }
+    }
     ALLOW
 }
 
 #[cgroup_sock_addr(connect6)]
-pub fn connect6(_ctx: SockAddrContext) -> i32 {
-    count(CONNECT6);
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: see connect4; user_ip6 is read one 4-byte word at a time, as the kernel requires.
+    let (protocol, words, port) = unsafe {
+        (
+            read_volatile(&(*sa).protocol),
+            [
+                read_volatile(&(*sa).user_ip6[0]),
+                read_volatile(&(*sa).user_ip6[1]),
+                read_volatile(&(*sa).user_ip6[2]),
+                read_volatile(&(*sa).user_ip6[3]),
+            ],
+            read_volatile(&(*sa).user_port),
+        )
+    };
+    if protocol != IPPROTO_TCP {
+        count(Counter::NotTcp);
+        return ALLOW;
+    }
+    let Some((generation, config)) = active() else { return ALLOW };
+    let addr = words_to_bytes(words);
+    let port = u16::from_be(port as u16);
+    // An IPv4-mapped destination on a dual-stack socket is an IPv4 connection: decided with
+    // the IPv4 maps, sent to the IPv4 loopback (mapped, as the socket is AF_INET6).
+    let (verdict, proxy, family) = match v4_of_mapped(&addr) {
+        Some(v4) => (decide_v4(generation, config, v4, port), mapped(LOOPBACK_V4), AF_INET),
+        None if config.ipv6 == 0 => (Verdict::Untouched(Counter::Ipv6Disabled), LOOPBACK_V6, AF_INET6),
+        None => (decide_v6(generation, config, addr, port), LOOPBACK_V6, AF_INET6),
+    };
+    match verdict {
+        Verdict::Redirect => {
+            remember(&ctx, addr, port, family);
+            let proxy = bytes_to_words(proxy);
+            // SAFETY: connect6 may rewrite user_ip6 (4-byte words) and user_port.
+            unsafe {
+                write_volatile(&mut (*sa).user_ip6[0], proxy[0]);
+                write_volatile(&mut (*sa).user_ip6[1], proxy[1]);
+                write_volatile(&mut (*sa).user_ip6[2], proxy[2]);
+                write_volatile(&mut (*sa).user_ip6[3], proxy[3]);
+                write_volatile(&mut (*sa).user_port, u32::from(config.proxy_egress_port.to_be()));
+            }
+            count(Counter::Redirected);
+            debug!(&ctx, "connect6 [{:i}]:{} redirected", addr, port);
+        }
+        Verdict::Untouched(reason) => {
+            count(reason);
+            debug!(&ctx, "connect6 [{:i}]:{} untouched ({})", addr, port, reason.index());
+        }
+    }
     ALLOW
 }
 
+/// The active generation, read once, and its configuration. Everything a connect hook looks up
+/// afterwards is keyed by this generation: the agent writes only the other one, and clears
+/// this one only after the flip and a wait for running programs.
 #[inline(always)]
-fn count(hook: u32) {
-    if let Some(calls) = CALLS.get_ptr_mut(hook) {
-        // SAFETY: the pointer is this CPU's slot of an existing entry, and a cgroup sock_addr
-        // program runs with migration disabled, so nothing else writes the slot meanwhile.
-        unsafe { *calls += 1 };
+fn active() -> Option<(u32, &'static GlobalConfig)> {
+    let slot = ACTIVE.get_ptr(0)?;
+    // SAFETY: a pointer to an existing array element, valid for the program's run. Volatile so
+    // that the value is read exactly once, whatever the agent writes meanwhile.
+    let generation = unsafe { read_volatile(slot) } & 1;
+    Some((generation, CONFIG.get(generation)?))
+}
+
+/// The egress rules of the decision model, in its order, for an IPv4 destination.
+#[inline(always)]
+fn decide_v4(generation: u32, config: &GlobalConfig, addr: [u8; 4], port: u16) -> Verdict {
+    let key = Key::new(GENERATION_BITS + 32, LpmDataV4 { generation_be: generation.to_be(), addr });
+    if LOCAL_NETS_V4.get(&key).is_some() {
+        return Verdict::Untouched(Counter::LocalDestination);
     }
+    if let Some(reason) = ignored_identity(config) {
+        return Verdict::Untouched(reason);
+    }
+    if ignored_port(generation, port) {
+        return Verdict::Untouched(Counter::IgnoredPort);
+    }
+    if IGNORED_NETS_V4.get(&key).is_some() {
+        return Verdict::Untouched(Counter::IgnoredIp);
+    }
+    Verdict::Redirect
+}
+
+#[inline(always)]
+fn decide_v6(generation: u32, config: &GlobalConfig, addr: [u8; 16], port: u16) -> Verdict {
+    let key = Key::new(GENERATION_BITS + 128, LpmDataV6 { generation_be: generation.to_be(), addr });
+    if LOCAL_NETS_V6.get(&key).is_some() {
+        return Verdict::Untouched(Counter::LocalDestination);
+    }
+    if let Some(reason) = ignored_identity(config) {
+        return Verdict::Untouched(reason);
+    }
+    if ignored_port(generation, port) {
+        return Verdict::Untouched(Counter::IgnoredPort);
+    }
+    if IGNORED_NETS_V6.get(&key).is_some() {
+        return Verdict::Untouched(Counter::IgnoredIp);
+    }
+    Verdict::Redirect
+}
+
+#[inline(always)]
+fn ignored_identity(config: &GlobalConfig) -> Option<Counter> {
+    let uid_gid = bpf_get_current_uid_gid();
+    let (uid, gid) = (uid_gid as u32, (uid_gid >> 32) as u32);
+    if config.has_ignored_uid != 0 && uid == config.ignored_uid {
+        return Some(Counter::IgnoredUid);
+    }
+    if config.has_ignored_gid != 0 && gid == config.ignored_gid {
+        return Some(Counter::IgnoredGid);
+    }
+    None
+}
+
+#[inline(always)]
+fn ignored_port(generation: u32, port: u16) -> bool {
+    // SAFETY: the value is only tested for presence, never read.
+    unsafe { IGNORED_PORTS.get(PortKey::new(generation, port)).is_some() }
+}
+
+/// Records where the socket of `ctx` was going, until `sockops` sees it established.
+#[inline(always)]
+fn remember(ctx: &SockAddrContext, addr: [u8; 16], port: u16, family: u16) {
+    // SAFETY: bpf_get_socket_cookie accepts a sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    // An LRU map never refuses an insert (it evicts instead), so there is no error to act on.
+    let _ = PENDING_DST.insert(cookie, OrigDst { addr, port, family }, u64::from(BPF_ANY));
+}
+
+#[sock_ops]
+pub fn track_sockets(ctx: SockOpsContext) -> u32 {
+    let ops = ctx.ops;
+    match ctx.op() {
+        // connect(2) of a socket: ask for state callbacks if it was redirected, so that its
+        // pending entry goes away even when the handshake fails.
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            if PENDING_DST.get_ptr(cookie(ops)).is_some() {
+                let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+            }
+        }
+        // The client's side is established: pair the original destination with the 4-tuple,
+        // and stop the state callbacks: the entry now lives as long as the proxy's socket.
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            let cookie = cookie(ops);
+            if let Some(dst) = PENDING_DST.get_ptr(cookie) {
+                // SAFETY: a pointer returned by a lookup is valid for the program's run.
+                let dst = unsafe { *dst };
+                let (local, remote) = endpoints(ops);
+                let pair = SocketPair {
+                    client_addr: local.0,
+                    client_port: local.1,
+                    server_addr: remote.0,
+                    server_port: remote.1,
+                };
+                let _ = ORIG_DST.insert(pair, dst, u64::from(BPF_ANY));
+                let _ = PENDING_DST.remove(cookie);
+                let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+                debug!(&ctx, "established [{:i}]:{} → original [{:i}]:{}", local.0, local.1, dst.addr, dst.port);
+            }
+        }
+        // The proxy's side (a socket accepted in this cgroup): if it carries a redirected
+        // connection, watch it so the pair is deleted when it closes.
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            let (local, remote) = endpoints(ops);
+            let pair =
+                SocketPair { client_addr: remote.0, client_port: remote.1, server_addr: local.0, server_port: local.1 };
+            if ORIG_DST.get_ptr(pair).is_some() {
+                let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+            }
+        }
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
+            // Either a redirected client that never got established, or a proxy socket.
+            let _ = PENDING_DST.remove(cookie(ops));
+            let (local, remote) = endpoints(ops);
+            let pair =
+                SocketPair { client_addr: remote.0, client_port: remote.1, server_addr: local.0, server_port: local.1 };
+            let _ = ORIG_DST.remove(pair);
+        }
+        _ => {}
+    }
+    0
+}
+
+#[inline(always)]
+fn cookie(ops: *mut bpf_sock_ops) -> u64 {
+    // SAFETY: bpf_get_socket_cookie accepts a sock_ops context.
+    unsafe { bpf_get_socket_cookie(ops.cast()) }
+}
+
+/// The socket's (local, remote) address and port, IPv4 addresses mapped into IPv6.
+///
+/// Every field is read unconditionally, each with its own load at a constant offset from the
+/// context: the verifier rejects a context pointer that was moved before the load, which is
+/// what the compiler makes of loads in branches that share a base address.
+#[inline(always)]
+fn endpoints(ops: *mut bpf_sock_ops) -> (([u8; 16], u16), ([u8; 16], u16)) {
+    // SAFETY: 4-byte reads of fields sock_ops programs may read, during the program's run.
+    let (family, remote_port, local_port, local4, remote4, local6, remote6) = unsafe {
+        (
+            read_volatile(&(*ops).family),
+            read_volatile(&(*ops).remote_port),
+            read_volatile(&(*ops).local_port),
+            read_volatile(&(*ops).local_ip4),
+            read_volatile(&(*ops).remote_ip4),
+            [
+                read_volatile(&(*ops).local_ip6[0]),
+                read_volatile(&(*ops).local_ip6[1]),
+                read_volatile(&(*ops).local_ip6[2]),
+                read_volatile(&(*ops).local_ip6[3]),
+            ],
+            [
+                read_volatile(&(*ops).remote_ip6[0]),
+                read_volatile(&(*ops).remote_ip6[1]),
+                read_volatile(&(*ops).remote_ip6[2]),
+                read_volatile(&(*ops).remote_ip6[3]),
+            ],
+        )
+    };
+    // remote_port holds the port in network order in its upper 16 bits (little-endian
+    // hosts); local_port is in host order.
+    let remote_port = u32::from_be(remote_port) as u16;
+    let local_port = local_port as u16;
+    let (local, remote) = if family == u32::from(AF_INET6) {
+        (words_to_bytes(local6), words_to_bytes(remote6))
+    } else {
+        (mapped(local4.to_ne_bytes()), mapped(remote4.to_ne_bytes()))
+    };
+    ((local, local_port), (remote, remote_port))
+}
+
+/// `struct sockaddr_in`.
+#[repr(C)]
+struct SockaddrIn {
+    family: u16,
+    port_be: u16,
+    addr: [u8; 4],
+    zero: [u8; 8],
+}
+
+/// `struct sockaddr_in6`.
+#[repr(C)]
+struct SockaddrIn6 {
+    family: u16,
+    port_be: u16,
+    flowinfo: u32,
+    addr: [u8; 16],
+    scope_id: u32,
+}
+
+#[cgroup_sockopt(getsockopt)]
+pub fn getsockopt(ctx: SockoptContext) -> i32 {
+    let opt = ctx.sockopt;
+    // SAFETY: the context pointer is valid for the program's run; sk is the (non-null) socket
+    // the call is made on, and its fields are read with 4-byte (dst_port: 2-byte) accesses.
+    let (level, optname) = unsafe { (read_volatile(&(*opt).level), read_volatile(&(*opt).optname)) };
+    if optname != SO_ORIGINAL_DST || (level != SOL_IP && level != SOL_IPV6) {
+        return ALLOW;
+    }
+    let sk: *mut bpf_sock = unsafe { read_volatile(&(*opt).__bindgen_anon_1.sk) };
+    // Read unconditionally, each at a constant offset; see `endpoints`.
+    let (family, src_port, dst_port, src4, dst4, src6, dst6) = unsafe {
+        (
+            read_volatile(&(*sk).family),
+            read_volatile(&(*sk).src_port),
+            read_volatile(&(*sk).dst_port),
+            read_volatile(&(*sk).src_ip4),
+            read_volatile(&(*sk).dst_ip4),
+            [
+                read_volatile(&(*sk).src_ip6[0]),
+                read_volatile(&(*sk).src_ip6[1]),
+                read_volatile(&(*sk).src_ip6[2]),
+                read_volatile(&(*sk).src_ip6[3]),
+            ],
+            [
+                read_volatile(&(*sk).dst_ip6[0]),
+                read_volatile(&(*sk).dst_ip6[1]),
+                read_volatile(&(*sk).dst_ip6[2]),
+                read_volatile(&(*sk).dst_ip6[3]),
+            ],
+        )
+    };
+    let (server_addr, client_addr) = if family == u32::from(AF_INET6) {
+        (words_to_bytes(src6), words_to_bytes(dst6))
+    } else {
+        (mapped(src4.to_ne_bytes()), mapped(dst4.to_ne_bytes()))
+    };
+    let pair =
+        SocketPair { client_addr, client_port: u16::from_be(dst_port), server_addr, server_port: src_port as u16 };
+    let Some(dst) = ORIG_DST.get_ptr(pair) else {
+        count(Counter::OrigDstMiss);
+        debug!(&ctx, "SO_ORIGINAL_DST miss for [{:i}]:{}", pair.client_addr, pair.client_port);
+        return ALLOW;
+    };
+    // SAFETY: a pointer returned by a lookup is valid for the program's run.
+    let dst = unsafe { *dst };
+    // SAFETY: optval..optval_end is the kernel's copy of the caller's buffer; every write is
+    // bounds-checked against optval_end first, as the verifier requires.
+    let answered = unsafe {
+        let optval = read_volatile(&(*opt).__bindgen_anon_2.optval) as *mut u8;
+        let optval_end = read_volatile(&(*opt).__bindgen_anon_3.optval_end) as *mut u8;
+        if level == SOL_IP {
+            match v4_of_mapped(&dst.addr) {
+                Some(addr) if dst.family == AF_INET => write_answer(
+                    opt,
+                    optval,
+                    optval_end,
+                    SockaddrIn { family: AF_INET, port_be: dst.port.to_be(), addr, zero: [0; 8] },
+                ),
+                // An IPv6 destination has no sockaddr_in; leave the kernel's answer.
+                _ => false,
+            }
+        } else {
+            write_answer(
+                opt,
+                optval,
+                optval_end,
+                SockaddrIn6 { family: AF_INET6, port_be: dst.port.to_be(), flowinfo: 0, addr: dst.addr, scope_id: 0 },
+            )
+        }
+    };
+    if answered {
+        count(Counter::OrigDstHit);
+        debug!(&ctx, "SO_ORIGINAL_DST [{:i}]:{} for [{:i}]:{}", dst.addr, dst.port, pair.client_addr, pair.client_port);
+    } else {
+        count(Counter::OrigDstMiss);
+    }
+    ALLOW
+}
+
+/// Writes `value` as the getsockopt result and clears the kernel's error. False when the
+/// caller's buffer is too small for it (the kernel's own answer, usually an error, stands).
+#[inline(always)]
+unsafe fn write_answer<T>(
+    opt: *mut aya_ebpf::bindings::bpf_sockopt,
+    optval: *mut u8,
+    optval_end: *mut u8,
+    value: T,
+) -> bool {
+    let size = core::mem::size_of::<T>();
+    if optval.wrapping_add(size) > optval_end {
+        return false;
+    }
+    unsafe {
+        core::ptr::write_unaligned(optval.cast::<T>(), value);
+        write_volatile(&mut (*opt).optlen, size as i32);
+        write_volatile(&mut (*opt).retval, 0);
+    }
+    true
+}
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter.index()) {
+        // SAFETY: the pointer is this CPU's slot of an existing entry, and these programs run
+        // with migration disabled, so nothing else writes the slot meanwhile.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn mapped(v4: [u8; 4]) -> [u8; 16] {
+    let words = [0u32, 0u32, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes(v4)];
+    words_to_bytes(words)
+}
+
+// The helpers below index only with constants. (The zeroed runs of bytes the compiler still
+// turns into memset loops are why loading needs CAP_PERFMON: the verifier allows a variable
+// stack offset only to "perfmon capable" loaders.)
+
+#[inline(always)]
+fn v4_of_mapped(a: &[u8; 16]) -> Option<[u8; 4]> {
+    let zero = a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9];
+    (zero == 0 && a[10] == 0xff && a[11] == 0xff).then_some([a[12], a[13], a[14], a[15]])
+}
+
+/// The kernel's `__u32[4]` IPv6 words hold the address bytes in memory (network) order.
+#[inline(always)]
+fn words_to_bytes(w: [u32; 4]) -> [u8; 16] {
+    let [a, b, c, d] = [w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes()];
+    [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
+}
+
+#[inline(always)]
+fn bytes_to_words(b: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
 }
 
 #[cfg(not(test))]

@@ -1,6 +1,9 @@
 //! Fixtures for the privileged integration tests in `tests/tests/`, modelled on aya's
 //! `test_helpers`: the privilege check every test starts with, throwaway child cgroups that
 //! remove themselves even when a test panics, and a way to run a client process inside one.
+//! [`topology`] builds sandbox network namespaces (a task and a remote one joined by veth),
+//! and [`traffic`] runs the test proxy, app and remote listeners, clients with a chosen
+//! namespace, cgroup and identity, and the comparison of what happened with the model.
 //!
 //! Rules the fixtures enforce: programs are only ever attached to a cgroup a test created
 //! (never the root of the hierarchy), and the test runner itself never changes cgroup; the
@@ -23,6 +26,10 @@ use std::{
 };
 
 use aya::programs::ProgramType;
+
+pub mod ebpf;
+pub mod topology;
+pub mod traffic;
 
 /// What `intercept-test-client` sends after connecting, so a test can tell its connection from
 /// any other.

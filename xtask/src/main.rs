@@ -4,7 +4,8 @@
 //!   iptables/nftables/ipset/iproute2 tools); every step is skipped when already satisfied.
 //! - `test`: setup, then formatting, clippy (userspace and eBPF), unit tests and the
 //!   privileged integration tests; non-zero exit if anything fails.
-//! - `demo`: setup, then `intercept demo` with the given arguments.
+//! - `demo`: setup, then `intercept demo` with the given arguments; with `--backend
+//!   iptables`, the live demo in sandbox network namespaces instead (as root).
 
 mod setup;
 
@@ -33,7 +34,8 @@ enum Task {
     /// Setup, then fmt check, clippy (userspace and eBPF), unit tests, privileged tests.
     Test,
     /// Setup, then run `intercept demo` with the arguments that follow (all of them,
-    /// `--help` included, go to `intercept demo`).
+    /// `--help` included, go to `intercept demo`). With `--backend iptables`: the live
+    /// demo instead (sandbox namespaces, real rules, real connections; needs root).
     #[command(disable_help_flag = true)]
     Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -127,7 +129,11 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
     ]);
     let mut unit = ws.cargo();
     unit.args(["test", "--workspace", "--exclude", "intercept-ebpf", "--exclude", "intercept-tests"]);
+    // The CLI tests run the `intercept` binary: build it, and tell them where it is.
+    let mut build_cli = ws.cargo();
+    build_cli.args(["build", "--package", "intercept", "--bin", "intercept"]);
     let mut privileged = ws.cargo();
+    privileged.env("INTERCEPT_BIN", ws.target_dir.join("debug").join("intercept"));
     privileged.args(["test", "--package", "intercept-tests"]);
 
     let checks = [
@@ -135,6 +141,7 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
         ("clippy", clippy),
         ("clippy (eBPF, nightly, bpfel-unknown-none)", clippy_ebpf),
         ("unit tests", unit),
+        ("build the intercept binary (for the CLI tests)", build_cli),
         ("privileged integration tests (tests/)", privileged),
     ];
     let mut failed = Vec::new();
@@ -158,9 +165,28 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
 
 fn demo(ws: &Workspace, args: &[String]) -> Result<ExitCode> {
     setup::run(ws)?;
-    step("demo: intercept demo");
-    let mut cmd = ws.cargo();
-    cmd.args(["run", "--package", "intercept", "--", "demo"]).args(args);
+    let live = args.iter().any(|a| a == "--backend" || a.starts_with("--backend="));
+    let mut cmd = if live {
+        if !setup::is_root() {
+            bail!(
+                "the live demo creates network namespaces and iptables rules: run it as root, \
+                 e.g. `sudo -E cargo xtask demo {}`",
+                args.join(" ")
+            );
+        }
+        step("demo: build intercept and the sandbox fixtures");
+        run_cmd(ws.cargo().args(["build", "--package", "intercept", "--package", "intercept-tests", "--bins"]))?;
+        step("demo: intercept live in sandbox network namespaces");
+        let debug = ws.target_dir.join("debug");
+        let mut cmd = Command::new(debug.join("intercept-live-demo"));
+        cmd.env("INTERCEPT_BIN", debug.join("intercept")).current_dir(&ws.root).args(args);
+        cmd
+    } else {
+        step("demo: intercept demo");
+        let mut cmd = ws.cargo();
+        cmd.args(["run", "--package", "intercept", "--", "demo"]).args(args);
+        cmd
+    };
     print_cmd(&cmd);
     let status = cmd.status().with_context(|| format!("run {}", display(&cmd)))?;
     // The demo's own exit status is the answer; pass it on.

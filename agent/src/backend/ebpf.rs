@@ -1,57 +1,144 @@
-//! The eBPF backend: the object built from `ebpf/` (embedded at compile time by `build.rs`) and
-//! the code that loads it and attaches its programs to a cgroup.
+//! The eBPF backend: the object built from `ebpf/` (embedded at compile time by `build.rs`)
+//! and the code that installs it on a cgroup, updates it, reports on it and removes it.
 //!
-//! The object's programs are, for now, cgroup `connect4`/`connect6` hooks that count calls and
-//! allow every connection unchanged; [`CgroupHooks`] loads them, attaches them and reads the
-//! counters.
+//! An installation is a directory `<bpffs>/intercept/<cgroup id>/` holding a pin for each
+//! program's cgroup link (`link-<program>`) and for each map (by map name). The pins keep
+//! everything alive after the agent exits (the init-container mode); unpinning the links
+//! detaches the programs, and the kernel frees programs and maps with their last reference.
+//!
+//! - [`apply`] loads the object, fills every map and loads every program before attaching
+//!   anything; the pins are made in a staging directory renamed into place at the end, so a
+//!   failure at any step leaves nothing attached or pinned. Applying to an installed cgroup
+//!   updates the pinned maps in place (programs stay attached throughout): the new
+//!   configuration goes into the maps' inactive generation, then one update of `ACTIVE`
+//!   switches every program to it (see [`maps::Generations::switch_to`]).
+//! - [`remove`] deletes the directory: links, maps, and with them the programs, go.
+//! - [`status`] reads the pinned state: programs, maps, counters.
 
-use std::os::fd::AsFd;
+pub mod cli;
+mod host;
+mod maps;
 
-use aya::{
-    Ebpf, EbpfError,
-    maps::{MapData, MapError, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
-};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsFd as _, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-/// Name of the per-CPU call counter map in the object.
-const CALLS_MAP: &str = "CALLS";
+use aya::maps::{Map, MapData, MapError};
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::{CgroupSockAddr, CgroupSockopt, ProgramError, SockOps};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+use aya_log::EbpfLogger;
+use intercept_common::{IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP};
+
+pub use host::{Capability, Mount, attached_programs, cgroup_id, cgroup2_mount, is_bpffs, parse_mountinfo};
+pub use intercept_common::{Counter, MAP_NAMES};
+pub use maps::{Changes, Contents, Generations};
+
+use crate::plan::ebpf::EbpfPlan;
+
+/// Where bpffs is conventionally mounted; `--bpffs` chooses another place.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+/// The directory under the bpffs that holds one directory per intercepted cgroup.
+pub const PIN_ROOT: &str = "intercept";
 
 /// The eBPF object (ELF, bpfel) built from `ebpf/`, 8-byte aligned as aya requires.
 pub fn object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/intercept"))
 }
 
-/// A cgroup hook of the object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Hook {
-    /// `cgroup/connect4`: connect(2) on an AF_INET socket (and IPv4-mapped IPv6 addresses).
+/// A program of the object and where it attaches on the cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Program {
+    /// `cgroup/connect4`: connect(2) on AF_INET sockets.
     Connect4,
-    /// `cgroup/connect6`: connect(2) on an AF_INET6 socket to an IPv6 address.
+    /// `cgroup/connect6`: connect(2) on AF_INET6 sockets (IPv6 and IPv4-mapped destinations).
     Connect6,
+    /// `sockops`: pairs redirected connections with their 4-tuple, cleans up on close.
+    Sockops,
+    /// `cgroup/getsockopt`: answers SO_ORIGINAL_DST.
+    Getsockopt,
 }
 
-impl Hook {
-    pub const ALL: [Self; 2] = [Self::Connect4, Self::Connect6];
+impl Program {
+    pub const ALL: [Program; 4] = [Program::Connect4, Program::Connect6, Program::Sockops, Program::Getsockopt];
 
     /// The program's name in the object (its function name in `ebpf/src/main.rs`).
-    pub const fn program_name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
-            Self::Connect4 => "connect4",
-            Self::Connect6 => "connect6",
+            Program::Connect4 => "connect4",
+            Program::Connect6 => "connect6",
+            Program::Sockops => "track_sockets",
+            Program::Getsockopt => "getsockopt",
         }
     }
 
-    /// The hook's slot in the `CALLS` map; must match the constants in `ebpf/src/main.rs`.
-    const fn index(self) -> u32 {
+    /// The ELF section, i.e. the kind of hook.
+    pub const fn section(self) -> &'static str {
         match self {
-            Self::Connect4 => 0,
-            Self::Connect6 => 1,
+            Program::Connect4 => "cgroup/connect4",
+            Program::Connect6 => "cgroup/connect6",
+            Program::Sockops => "sockops",
+            Program::Getsockopt => "cgroup/getsockopt",
         }
+    }
+
+    /// The kernel's `bpf_attach_type` (uapi `linux/bpf.h`).
+    pub const fn attach_type(self) -> u32 {
+        match self {
+            Program::Connect4 => 10,   // BPF_CGROUP_INET4_CONNECT
+            Program::Connect6 => 11,   // BPF_CGROUP_INET6_CONNECT
+            Program::Sockops => 3,     // BPF_CGROUP_SOCK_OPS
+            Program::Getsockopt => 21, // BPF_CGROUP_GETSOCKOPT
+        }
+    }
+
+    /// The file name of the link's pin in the installation directory.
+    pub fn link_pin(self) -> String {
+        format!("link-{}", self.name())
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no cgroup2 file system is mounted (looked in /proc/self/mountinfo)")]
+    NoCgroup2,
+    #[error("--cgroup auto: {reason}")]
+    CgroupAuto { reason: String },
+    #[error("{} is not a cgroup under the cgroup2 mount {}", path.display(), mount.display())]
+    NotACgroup { path: PathBuf, mount: PathBuf },
+    #[error(
+        "{} is the root of the cgroup2 hierarchy: every process of the host would be intercepted; \
+         name the task's cgroup",
+        .0.display()
+    )]
+    RootCgroup(PathBuf),
+    #[error("missing capability {capability}: it is needed for {needed_for}")]
+    MissingCapability { capability: &'static str, needed_for: &'static str },
+    #[error("{count} addresses for {map}, which holds at most {capacity}")]
+    TooManyLocalAddresses { map: &'static str, count: usize, capacity: u32 },
+    #[error(
+        "{map} holds at most {capacity} entries per generation (fixed when the cgroup was first set up) and the new \
+         configuration needs {needed}; run `intercept remove` and apply again"
+    )]
+    CapacityExceeded { map: &'static str, capacity: u32, needed: usize },
+    #[error(
+        "the installation in {} is incomplete ({missing} is missing); run `intercept remove` for this \
+         cgroup and apply again",
+        dir.display()
+    )]
+    Incomplete { dir: PathBuf, missing: String },
     #[error("loading the embedded eBPF object")]
     Load(#[source] Box<EbpfError>),
     #[error("the embedded eBPF object has no program `{0}`")]
@@ -70,46 +157,660 @@ pub enum Error {
         #[source]
         source: Box<MapError>,
     },
+    #[error("link of eBPF program `{program}`")]
+    Link {
+        program: &'static str,
+        #[source]
+        source: Box<LinkError>,
+    },
+    #[error("attaching eBPF program `{program}` to the cgroup")]
+    Attach {
+        program: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pinning {}", path.display())]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::pin::PinError>,
+    },
+    #[error("eBPF program `{program}` is still attached to the cgroup 5 s after its link was unpinned")]
+    StillAttached { program: &'static str },
+    #[error("reading the eBPF programs' log")]
+    Log(#[source] Box<aya_log::Error>),
 }
 
-/// The object's programs, loaded and attached to one cgroup.
-///
-/// Every process in that cgroup (and its descendants) runs the hooks on connect(2). The
-/// attachments are bpf links owned by this value and never pinned: dropping it detaches the
-/// programs and unloads them.
-pub struct CgroupHooks {
-    // Owns the programs and their links; dropping it detaches them.
-    _ebpf: Ebpf,
-    calls: PerCpuArray<MapData, u64>,
+impl Error {
+    fn io(op: &'static str, path: impl AsRef<Path>, source: io::Error) -> Error {
+        Error::Io { op, path: path.as_ref().to_owned(), source }
+    }
 }
 
-impl CgroupHooks {
-    /// Loads the embedded object and attaches every [`Hook`] to the cgroup open at `cgroup`
-    /// (a directory fd in the cgroup2 hierarchy). Needs CAP_BPF and CAP_NET_ADMIN (root).
-    pub fn attach(cgroup: impl AsFd) -> Result<Self, Error> {
-        let mut ebpf = Ebpf::load(object()).map_err(|e| Error::Load(Box::new(e)))?;
-        for hook in Hook::ALL {
-            let program = hook.program_name();
-            let program_error = |source| Error::Program { program, source: Box::new(source) };
-            let prog: &mut CgroupSockAddr =
-                ebpf.program_mut(program).ok_or(Error::MissingProgram(program))?.try_into().map_err(program_error)?;
-            prog.load().map_err(program_error)?;
-            // aya attaches with a bpf link (kernel >= 5.7); cgroup links always coexist with
-            // other programs on the cgroup, and the kernel wants no attach flags for them.
-            prog.attach(cgroup.as_fd(), CgroupAttachMode::Single).map_err(program_error)?;
+/// One cgroup to intercept and where its pins live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub cgroup: PathBuf,
+    pub cgroup_id: u64,
+    pub bpffs: PathBuf,
+}
+
+impl Target {
+    /// Resolves `--cgroup` (a path, or `auto`) and `--bpffs` (default [`DEFAULT_BPFFS`]).
+    pub fn new(cgroup: &str, bpffs: Option<&Path>) -> Result<Target, Error> {
+        let cgroup = host::resolve_cgroup(cgroup)?;
+        let cgroup_id = host::cgroup_id(&cgroup)?;
+        Ok(Target { cgroup, cgroup_id, bpffs: bpffs.unwrap_or(Path::new(DEFAULT_BPFFS)).to_owned() })
+    }
+
+    /// `<bpffs>/intercept/<cgroup id>`.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.join(PIN_ROOT).join(self.cgroup_id.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ApplyOptions {
+    /// Load the programs with their debug events switched on, and return a reader for them.
+    /// Fixed when a cgroup is first set up: a re-apply only updates maps.
+    pub bpf_log: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing was installed for the cgroup; now everything is.
+    Installed,
+    /// The cgroup was set up already; its maps were updated in place.
+    Updated(Changes),
+    /// The cgroup was set up already with exactly this configuration.
+    Unchanged,
+}
+
+/// The result of [`apply`].
+pub struct Applied {
+    pub outcome: Outcome,
+    pub pin_dir: PathBuf,
+    /// With [`ApplyOptions::bpf_log`]: reads the programs' events. Keep it alive while reading:
+    /// dropping it closes its ring buffer.
+    pub logs: Option<Logs>,
+}
+
+/// The capabilities `apply` needs, checked up front so a missing one is named before
+/// anything changes. CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, as in the kernel;
+/// it is needed in addition only when `apply` has to mount the bpffs.
+pub const APPLY_CAPABILITIES: [(Capability, &str); 3] = [
+    (Capability::Bpf, "creating eBPF maps and loading eBPF programs"),
+    (Capability::NetAdmin, "loading and attaching cgroup networking (sock_addr, sockops, sockopt) programs"),
+    (
+        Capability::Perfmon,
+        "loading the programs: the verifier allows their variable stack offsets (compiler-generated memset) only with it",
+    ),
+];
+
+fn check_capabilities() -> Result<(), Error> {
+    let effective = host::effective_capabilities()?;
+    for (cap, needed_for) in APPLY_CAPABILITIES {
+        let held = host::has_capability(effective, cap)
+            || (matches!(cap, Capability::Bpf | Capability::Perfmon)
+                && host::has_capability(effective, Capability::SysAdmin));
+        if !held {
+            return Err(Error::MissingCapability { capability: cap.name(), needed_for });
         }
-        let calls = ebpf.take_map(CALLS_MAP).ok_or(Error::MissingMap(CALLS_MAP))?;
-        let calls = PerCpuArray::try_from(calls).map_err(map_error)?;
-        Ok(Self { _ebpf: ebpf, calls })
+    }
+    Ok(())
+}
+
+/// Installs `plan` on the target's cgroup, or brings an installation up to date in place.
+/// `local_addrs` are the task's own addresses (see [`local_addresses`]).
+pub fn apply(
+    target: &Target,
+    plan: &EbpfPlan,
+    local_addrs: &[IpAddr],
+    options: ApplyOptions,
+) -> Result<Applied, Error> {
+    check_capabilities()?;
+    let desired = Contents::desired(plan, local_addrs)?;
+    host::ensure_bpffs(&target.bpffs)?;
+    let dir = target.pin_dir();
+    if dir.exists() { update(&dir, plan, &desired, options) } else { install(target, &dir, plan, &desired, options) }
+}
+
+fn install(
+    target: &Target,
+    dir: &Path,
+    plan: &EbpfPlan,
+    desired: &Contents,
+    options: ApplyOptions,
+) -> Result<Applied, Error> {
+    // aya-log's level is a read-only global: at 0 the verifier sees every log statement as
+    // dead code and drops it.
+    let level: u8 = if options.bpf_log { aya_log_common_level_debug() } else { 0 };
+    let mut loader = EbpfLoader::new();
+    loader.override_global(aya_log::LEVEL, &level, true);
+    for spec in plan.map_specs() {
+        if spec.name == IGNORED_NETS_V4_MAP || spec.name == IGNORED_NETS_V6_MAP {
+            loader.map_max_entries(spec.name, spec.max_entries);
+        }
+    }
+    let mut ebpf = loader.load(object()).map_err(load_error)?;
+    let logs = if options.bpf_log {
+        Some(Logs(EbpfLogger::init_with_logger(&mut ebpf, Printer).map_err(|e| Error::Log(Box::new(e)))?))
+    } else {
+        None
+    };
+    for program in Program::ALL {
+        load_program(&mut ebpf, program)?;
+    }
+    let mut maps = BTreeMap::new();
+    for name in MAP_NAMES {
+        maps.insert(name, ebpf.take_map(name).ok_or(Error::MissingMap(name))?);
+    }
+    maps::install(desired, 0, &mut maps)?;
+
+    // Everything is loaded and filled: attach. Until the pins exist, the links live only in
+    // this process and detach if anything below fails.
+    let cgroup = fs::File::open(&target.cgroup).map_err(|e| Error::io("open cgroup", &target.cgroup, e))?;
+    let mut links = Vec::new();
+    for program in Program::ALL {
+        links.push((program, attach(&ebpf, program, &cgroup)?));
     }
 
-    /// How many times `hook` has run since [`attach`](Self::attach), summed over CPUs.
-    pub fn calls(&self, hook: Hook) -> Result<u64, Error> {
-        let per_cpu = self.calls.get(&hook.index(), 0).map_err(map_error)?;
-        Ok(per_cpu.iter().sum())
+    let root = target.bpffs.join(PIN_ROOT);
+    fs::create_dir_all(&root).map_err(|e| Error::io("create", &root, e))?;
+    let staging = root.join(format!("staging-{}-{}", target.cgroup_id, std::process::id()));
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(|e| Error::io("remove stale", &staging, e))?;
+    }
+    fs::create_dir(&staging).map_err(|e| Error::io("create", &staging, e))?;
+    let pinned = pin_all(&staging, &maps, links)
+        .and_then(|()| fs::rename(&staging, dir).map_err(|e| Error::io("move the pins into place at", dir, e)));
+    if let Err(e) = pinned {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    Ok(Applied { outcome: Outcome::Installed, pin_dir: dir.to_owned(), logs })
+}
+
+fn aya_log_common_level_debug() -> u8 {
+    // aya-log-common's Level: Error = 1, Warn, Info, Debug, Trace.
+    4
+}
+
+fn pin_all(staging: &Path, maps: &BTreeMap<&'static str, Map>, links: Vec<(Program, OwnedFd)>) -> Result<(), Error> {
+    for (name, map) in maps {
+        let path = staging.join(name);
+        map.pin(&path).map_err(|e| Error::Pin { path, source: Box::new(e) })?;
+    }
+    for (program, link) in links {
+        let path = staging.join(program.link_pin());
+        // Closing this process's fd afterwards leaves the link to the pin.
+        host::obj_pin(link.as_fd(), &path).map_err(|e| Error::io("pin", &path, e))?;
+    }
+    Ok(())
+}
+
+fn load_error(e: EbpfError) -> Error {
+    if let EbpfError::MapError(MapError::CreateError { io_error, .. }) = &e
+        && io_error.raw_os_error() == Some(libc::EPERM)
+    {
+        return Error::MissingCapability { capability: "CAP_BPF", needed_for: "creating eBPF maps" };
+    }
+    Error::Load(Box::new(e))
+}
+
+fn load_program(ebpf: &mut Ebpf, program: Program) -> Result<(), Error> {
+    let name = program.name();
+    let error = |source| program_error(name, source);
+    let prog = ebpf.program_mut(name).ok_or(Error::MissingProgram(name))?;
+    match program {
+        Program::Connect4 | Program::Connect6 => {
+            <&mut CgroupSockAddr>::try_from(prog).map_err(error)?.load().map_err(error)
+        }
+        Program::Sockops => <&mut SockOps>::try_from(prog).map_err(error)?.load().map_err(error),
+        Program::Getsockopt => <&mut CgroupSockopt>::try_from(prog).map_err(error)?.load().map_err(error),
     }
 }
 
-fn map_error(source: MapError) -> Error {
-    Error::Map { map: CALLS_MAP, source: Box::new(source) }
+fn attach(ebpf: &Ebpf, program: Program, cgroup: &fs::File) -> Result<OwnedFd, Error> {
+    let name = program.name();
+    let error = |source| program_error(name, source);
+    let prog = ebpf.program(name).ok_or(Error::MissingProgram(name))?;
+    let prog_fd = prog.fd().map_err(error)?;
+    host::link_create(prog_fd.as_fd(), cgroup.as_fd(), program.attach_type()).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EPERM) {
+            Error::MissingCapability { capability: "CAP_NET_ADMIN", needed_for: "attaching programs to a cgroup" }
+        } else {
+            Error::Attach { program: name, source: e }
+        }
+    })
+}
+
+fn program_error(program: &'static str, source: ProgramError) -> Error {
+    if let ProgramError::LoadError { io_error, .. } = &source
+        && io_error.raw_os_error() == Some(libc::EPERM)
+    {
+        return Error::MissingCapability {
+            capability: "CAP_NET_ADMIN",
+            needed_for: "loading cgroup networking eBPF programs",
+        };
+    }
+    Error::Program { program, source: Box::new(source) }
+}
+
+/// Opens every pinned map of an installation.
+fn open_pinned_maps(dir: &Path) -> Result<BTreeMap<&'static str, Map>, Error> {
+    let mut maps = BTreeMap::new();
+    for name in MAP_NAMES {
+        let path = dir.join(name);
+        if !path.exists() {
+            return Err(Error::Incomplete { dir: dir.to_owned(), missing: name.to_owned() });
+        }
+        let data = MapData::from_pin(&path).map_err(maps::map_error(name))?;
+        maps.insert(name, Map::from_map_data(data).map_err(maps::map_error(name))?);
+    }
+    Ok(maps)
+}
+
+/// The pinned links, opened: proof the installation is whole, and the programs' ids.
+fn open_pinned_links(dir: &Path) -> Result<Vec<(Program, aya::programs::links::LinkInfo)>, Error> {
+    Program::ALL
+        .iter()
+        .map(|&program| {
+            let path = dir.join(program.link_pin());
+            if !path.exists() {
+                return Err(Error::Incomplete { dir: dir.to_owned(), missing: program.link_pin() });
+            }
+            let link_error = |source| Error::Link { program: program.name(), source: Box::new(source) };
+            let link = FdLink::from(PinnedLink::from_pin(&path).map_err(link_error)?);
+            Ok((program, link.info().map_err(link_error)?))
+        })
+        .collect()
+}
+
+fn update(dir: &Path, plan: &EbpfPlan, desired: &Contents, options: ApplyOptions) -> Result<Applied, Error> {
+    let links = open_pinned_links(dir)?;
+    let mut maps = open_pinned_maps(dir)?;
+    for spec in plan.map_specs() {
+        let Some(map) = maps.get(spec.name) else { continue };
+        let needed = match spec.name {
+            IGNORED_NETS_V4_MAP => desired.ignored_nets_v4.len(),
+            IGNORED_NETS_V6_MAP => desired.ignored_nets_v6.len(),
+            _ => continue,
+        };
+        // Each generation gets half: the old one stays whole until the new one is active.
+        let capacity = map_max_entries(map, spec.name)? / spec.generations;
+        if needed > capacity as usize {
+            return Err(Error::CapacityExceeded { map: spec.name, capacity, needed });
+        }
+    }
+    let generations = Generations::read(&maps)?;
+    let outcome = if generations.active() == desired {
+        if !generations.inactive_is_empty() {
+            generations.clear_inactive(&mut maps)?;
+        }
+        Outcome::Unchanged
+    } else {
+        Outcome::Updated(generations.switch_to(desired, &mut maps)?)
+    };
+    let logs = match (options.bpf_log, links.first()) {
+        (true, Some((_, info))) => Some(Logs(
+            EbpfLogger::init_from_id_with_logger(info.program_id(), Printer).map_err(|e| Error::Log(Box::new(e)))?,
+        )),
+        _ => None,
+    };
+    Ok(Applied { outcome, pin_dir: dir.to_owned(), logs })
+}
+
+fn map_max_entries(map: &Map, name: &'static str) -> Result<u32, Error> {
+    let data: &MapData = match map {
+        Map::LpmTrie(data) => data,
+        _ => return Err(Error::MissingMap(name)),
+    };
+    Ok(data.info().map_err(maps::map_error(name))?.max_entries())
+}
+
+/// Removes the target cgroup's installation: the links (detaching the programs) and the maps.
+/// Returns whether there was anything to remove; removing twice is not an error.
+pub fn remove(target: &Target) -> Result<bool, Error> {
+    let bpffs = match fs::canonicalize(&target.bpffs) {
+        Ok(path) => path,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("resolve", &target.bpffs, e)),
+    };
+    if !host::is_bpffs(&bpffs)? {
+        return Ok(false);
+    }
+    let dir = target.pin_dir();
+    if !dir.exists() {
+        return Ok(false);
+    }
+    // The programs' ids, to wait for their detachment below.
+    let ids: Vec<(Program, u32)> = Program::ALL
+        .iter()
+        .filter_map(|&p| {
+            let link = PinnedLink::from_pin(dir.join(p.link_pin())).ok()?;
+            Some((p, FdLink::from(link).info().ok()?.program_id()))
+        })
+        .collect();
+    // Links first: interception stops at once, and a failure later leaves only maps behind.
+    for program in Program::ALL {
+        let path = dir.join(program.link_pin());
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io("unpin", &path, e)),
+            _ => {}
+        }
+    }
+    fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
+    // The shared parent goes when the last cgroup is removed; another cgroup's pins keep it.
+    let _ = fs::remove_dir(target.bpffs.join(PIN_ROOT));
+    // The kernel releases an unpinned link from a work queue: wait for it, so that `remove`
+    // returning means the programs are gone from the cgroup.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for (program, id) in ids {
+        while host::attached_programs(&target.cgroup, program.attach_type())?.contains(&id) {
+            if std::time::Instant::now() > deadline {
+                return Err(Error::StillAttached { program: program.name() });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    Ok(true)
+}
+
+/// A program of an installation, from its pinned link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStatus {
+    pub program: Program,
+    pub link_id: u32,
+    pub program_id: u32,
+    /// Whether the kernel lists the program among the cgroup's attached programs.
+    pub attached: bool,
+}
+
+/// What is installed on a cgroup, read from its pins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub cgroup: PathBuf,
+    pub cgroup_id: u64,
+    pub pin_dir: PathBuf,
+    pub programs: Vec<ProgramStatus>,
+    /// The generation of the maps the programs use.
+    pub generation: u32,
+    /// What the active generation holds: the configuration enforced.
+    pub contents: Contents,
+    pub counters: Vec<(Counter, u64)>,
+    /// Entries of the pairing maps: redirected connects not yet established, and established
+    /// redirected connections whose proxy socket is open.
+    pub pending: usize,
+    pub established: usize,
+}
+
+/// The target's installation, or `None` when nothing is installed for it.
+pub fn status(target: &Target) -> Result<Option<Status>, Error> {
+    let dir = target.pin_dir();
+    let bpffs = match fs::canonicalize(&target.bpffs) {
+        Ok(path) => path,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("resolve", &target.bpffs, e)),
+    };
+    if !host::is_bpffs(&bpffs)? || !dir.exists() {
+        return Ok(None);
+    }
+    let links = open_pinned_links(&dir)?;
+    let maps = open_pinned_maps(&dir)?;
+    let mut programs = Vec::new();
+    for (program, info) in links {
+        let attached = host::attached_programs(&target.cgroup, program.attach_type())?;
+        programs.push(ProgramStatus {
+            program,
+            link_id: info.id(),
+            program_id: info.program_id(),
+            attached: attached.contains(&info.program_id()),
+        });
+    }
+    let (pending, established) = maps::pairing_sizes(&maps)?;
+    let generations = Generations::read(&maps)?;
+    Ok(Some(Status {
+        cgroup: target.cgroup.clone(),
+        cgroup_id: target.cgroup_id,
+        pin_dir: dir,
+        programs,
+        generation: generations.active,
+        contents: generations.active().clone(),
+        counters: maps::read_counters(&maps)?,
+        pending,
+        established,
+    }))
+}
+
+impl Status {
+    /// Human-readable report for `intercept status`.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let c = &self.contents.config;
+        let _ = writeln!(out, "eBPF backend: cgroup {} (id {})", self.cgroup.display(), self.cgroup_id);
+        let _ = writeln!(out, "pins: {}", self.pin_dir.display());
+        out.push_str("programs:\n");
+        for p in &self.programs {
+            let _ = writeln!(
+                out,
+                "  {:<18} {:<14} program {:>6}  link {:>6}  {}",
+                p.program.section(),
+                p.program.name(),
+                p.program_id,
+                p.link_id,
+                if p.attached { "attached" } else { "NOT ATTACHED" }
+            );
+        }
+        let _ = writeln!(out, "configuration enforced (map generation {}):", self.generation);
+        let opt = |has: u8, v: u32| if has != 0 { v.to_string() } else { "-".to_owned() };
+        let _ = writeln!(out, "  IgnoredUID         {}", opt(c.has_ignored_uid, c.ignored_uid));
+        let _ = writeln!(out, "  IgnoredGID         {}", opt(c.has_ignored_gid, c.ignored_gid));
+        let _ = writeln!(out, "  ProxyEgressPort    {}", c.proxy_egress_port);
+        let _ = writeln!(
+            out,
+            "  ProxyIngressPort   {}",
+            if c.proxy_ingress_port == 0 { "-".to_owned() } else { c.proxy_ingress_port.to_string() }
+        );
+        let _ = writeln!(out, "  IPv6               {}", if c.ipv6 != 0 { "intercepted" } else { "left alone" });
+        let list = |v: Vec<String>| if v.is_empty() { "-".to_owned() } else { summarise(&v) };
+        let _ = writeln!(
+            out,
+            "  EgressIgnoredPorts {}",
+            list(self.contents.ignored_ports.iter().map(u16::to_string).collect())
+        );
+        let _ = writeln!(
+            out,
+            "  EgressIgnoredIPs   {}",
+            list(self.contents.ignored_nets().iter().map(ToString::to_string).collect())
+        );
+        let _ = writeln!(
+            out,
+            "  AppPorts           {}",
+            list(self.contents.app_ports.iter().map(u16::to_string).collect())
+        );
+        let _ = writeln!(
+            out,
+            "  local destinations {}",
+            list(self.contents.local_nets().iter().map(ToString::to_string).collect())
+        );
+        out.push_str(
+            "  inbound            not redirected by these programs: until eBPF ingress lands, inbound \
+             redirection to ProxyIngressPort is the iptables backend's ingress rules\n",
+        );
+        out.push_str("counters:\n");
+        for (counter, value) in &self.counters {
+            let _ = writeln!(out, "  {:<18} {value}", counter.name());
+        }
+        let _ = writeln!(
+            out,
+            "original destinations: {} pending connect(s), {} established connection(s)",
+            self.pending, self.established
+        );
+        out
+    }
+
+    /// Differences between what is installed and `want` (e.g. from the configuration given to
+    /// `status`), one line each; empty when they agree. Detached programs count as drift.
+    pub fn drift(&self, want: &Contents) -> Vec<String> {
+        let mut out = self.detached();
+        out.extend(self.contents.drift(want));
+        out
+    }
+
+    /// Pinned programs the cgroup does not list as attached, one line each.
+    pub fn detached(&self) -> Vec<String> {
+        self.programs
+            .iter()
+            .filter(|p| !p.attached)
+            .map(|p| format!("{} ({}) is pinned but not attached to the cgroup", p.program.name(), p.program.section()))
+            .collect()
+    }
+
+    pub fn counter(&self, counter: Counter) -> u64 {
+        self.counters.iter().find(|(c, _)| *c == counter).map_or(0, |(_, v)| *v)
+    }
+}
+
+/// The JSON of `intercept status --backend ebpf --format json`: the configuration enforced in
+/// the configuration's own terms, counters by name.
+impl serde::Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct ProgramJson {
+            name: &'static str,
+            hook: &'static str,
+            program_id: u32,
+            link_id: u32,
+            attached: bool,
+        }
+        #[derive(serde::Serialize)]
+        struct ConfigJson {
+            ignored_uid: Option<u32>,
+            ignored_gid: Option<u32>,
+            proxy_egress_port: u16,
+            proxy_ingress_port: Option<u16>,
+            ipv6: bool,
+            egress_ignored_ports: Vec<u16>,
+            egress_ignored_ips: Vec<ipnet::IpNet>,
+            app_ports: Vec<u16>,
+            local_destinations: Vec<ipnet::IpNet>,
+        }
+        #[derive(serde::Serialize)]
+        struct StatusJson<'a> {
+            cgroup: &'a Path,
+            cgroup_id: u64,
+            pin_dir: &'a Path,
+            programs: Vec<ProgramJson>,
+            generation: u32,
+            configuration: ConfigJson,
+            counters: BTreeMap<&'static str, u64>,
+            pending_connects: usize,
+            established_connections: usize,
+        }
+        let c = &self.contents.config;
+        StatusJson {
+            cgroup: &self.cgroup,
+            cgroup_id: self.cgroup_id,
+            pin_dir: &self.pin_dir,
+            programs: self
+                .programs
+                .iter()
+                .map(|p| ProgramJson {
+                    name: p.program.name(),
+                    hook: p.program.section(),
+                    program_id: p.program_id,
+                    link_id: p.link_id,
+                    attached: p.attached,
+                })
+                .collect(),
+            generation: self.generation,
+            configuration: ConfigJson {
+                ignored_uid: (c.has_ignored_uid != 0).then_some(c.ignored_uid),
+                ignored_gid: (c.has_ignored_gid != 0).then_some(c.ignored_gid),
+                proxy_egress_port: c.proxy_egress_port,
+                proxy_ingress_port: (c.proxy_ingress_port != 0).then_some(c.proxy_ingress_port),
+                ipv6: c.ipv6 != 0,
+                egress_ignored_ports: self.contents.ignored_ports.iter().copied().collect(),
+                egress_ignored_ips: self.contents.ignored_nets(),
+                app_ports: self.contents.app_ports.iter().copied().collect(),
+                local_destinations: self.contents.local_nets(),
+            },
+            counters: self.counters.iter().map(|(c, v)| (c.name(), *v)).collect(),
+            pending_connects: self.pending,
+            established_connections: self.established,
+        }
+        .serialize(serializer)
+    }
+}
+
+fn summarise(items: &[String]) -> String {
+    const SHOWN: usize = 8;
+    if items.len() <= SHOWN {
+        items.join(",")
+    } else {
+        format!("{},… ({} in all)", items[..SHOWN].join(","), items.len())
+    }
+}
+
+/// The addresses of the current network namespace's interfaces: the task's own addresses,
+/// which count as local destinations.
+pub fn local_addresses() -> Result<Vec<IpAddr>, Error> {
+    let addrs =
+        nix::ifaddrs::getifaddrs().map_err(|e| Error::io("list interface addresses of", "this netns", e.into()))?;
+    let mut out: Vec<IpAddr> = addrs
+        .filter_map(|ifa| {
+            let addr = ifa.address?;
+            if let Some(v4) = addr.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The programs' debug events (aya-log), forwarded to `tracing` (target `intercept::bpf`) at
+/// their own level. The ring buffer lives as long as this value.
+pub struct Logs(EbpfLogger<Printer>);
+
+impl Logs {
+    /// Forwards the events that arrived since the last call.
+    pub fn flush(&mut self) {
+        self.0.flush();
+    }
+
+    /// Forwards events as they arrive, forever (the pins keep interception going when this
+    /// process is killed).
+    pub fn follow(mut self) -> ! {
+        loop {
+            self.flush();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// aya-log's `log::Log` sink: each record becomes a `tracing` event.
+pub struct Printer;
+
+impl log::Log for Printer {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let message = record.args();
+        match record.level() {
+            log::Level::Error => tracing::error!(target: "intercept::bpf", "{message}"),
+            log::Level::Warn => tracing::warn!(target: "intercept::bpf", "{message}"),
+            log::Level::Info => tracing::info!(target: "intercept::bpf", "{message}"),
+            log::Level::Debug => tracing::debug!(target: "intercept::bpf", "{message}"),
+            log::Level::Trace => tracing::trace!(target: "intercept::bpf", "{message}"),
+        }
+    }
+
+    fn flush(&self) {}
 }

@@ -8,18 +8,25 @@
 //!
 //! The local-networks tries hold the loopback ranges here; the backend adds the network
 //! namespace's own addresses when it applies the plan, because only it can see them.
+//!
+//! Every map the plan fills holds two generations (a generation in each key, `CONFIG`
+//! indexed by it) and [`ACTIVE_MAP`] says which one the programs use: the backend writes the
+//! plan into the inactive generation and then flips `ACTIVE`, so each connection follows one
+//! configuration, the old or the new. The plan is one generation's contents; capacities are
+//! for both.
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use intercept_common::{
-    APP_PORTS_MAP, CONFIG_CAPACITY, CONFIG_MAP, COUNTERS_CAPACITY, COUNTERS_MAP, Counter, GlobalConfig,
-    IGNORED_NETS_CAPACITY, IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP, LOCAL_NETS_CAPACITY,
-    LOCAL_NETS_V4_MAP, LOCAL_NETS_V6_MAP, LpmKeyV4, LpmKeyV6, PORT_MAP_CAPACITY,
+    ACTIVE_CAPACITY, ACTIVE_MAP, APP_PORTS_MAP, CONFIG_CAPACITY, CONFIG_MAP, COUNTERS_CAPACITY, COUNTERS_MAP, Counter,
+    GENERATIONS, GlobalConfig, IGNORED_NETS_CAPACITY, IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP,
+    LOCAL_NETS_CAPACITY, LOCAL_NETS_V4_MAP, LOCAL_NETS_V6_MAP, LpmKeyV4, LpmKeyV6, PORT_MAP_CAPACITY,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
+use super::iptables::{FamilyPlan, INGRESS_CHAIN, IptablesPlan};
 use super::{push_summarised, summarised_inline, to_json};
 use crate::config::ProxyConfig;
 use crate::model::LocalAddrs;
@@ -27,7 +34,7 @@ use crate::model::LocalAddrs;
 /// What every map of the eBPF backend holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EbpfPlan {
-    /// The single value of [`CONFIG_MAP`].
+    /// The value of [`CONFIG_MAP`] at the generation being written.
     pub config: GlobalConfig,
     /// Keys of [`IGNORED_PORTS_MAP`], ascending (each maps to [`intercept_common::PRESENT`]).
     pub ignored_ports: Vec<u16>,
@@ -71,7 +78,10 @@ pub struct MapSpec {
     pub kind: MapKind,
     pub key: &'static str,
     pub value: &'static str,
+    /// For both generations, where the map has them.
     pub max_entries: u32,
+    /// How many generations share `max_entries` (1 for `ACTIVE` and `COUNTERS`).
+    pub generations: u32,
 }
 
 impl EbpfPlan {
@@ -101,19 +111,48 @@ impl EbpfPlan {
     }
 
     /// Every map with the capacity to create it with. The ignored-networks tries grow past
-    /// their ELF default when the lists need it (`EbpfLoader::set_max_entries`).
-    pub fn map_specs(&self) -> [MapSpec; 8] {
-        let ignored_capacity = |len: usize| u32::try_from(len).unwrap_or(u32::MAX).max(IGNORED_NETS_CAPACITY);
-        let spec = |name, kind, key, value, max_entries| MapSpec { name, kind, key, value, max_entries };
+    /// their ELF default when the lists need it (`EbpfLoader::map_max_entries`): room for the
+    /// list in each generation.
+    pub fn map_specs(&self) -> [MapSpec; 9] {
+        let ignored_capacity =
+            |len: usize| u32::try_from(len).unwrap_or(u32::MAX).max(IGNORED_NETS_CAPACITY).saturating_mul(GENERATIONS);
+        let spec = |name, kind, key, value, max_entries, generations| MapSpec {
+            name,
+            kind,
+            key,
+            value,
+            max_entries,
+            generations,
+        };
+        let v4 = "(generation, LpmKeyV4)";
+        let v6 = "(generation, LpmKeyV6)";
+        let port = "PortKey (generation, port)";
+        let ports = PORT_MAP_CAPACITY * GENERATIONS;
+        let local = LOCAL_NETS_CAPACITY * GENERATIONS;
         [
-            spec(CONFIG_MAP, MapKind::Array, "u32", "GlobalConfig", CONFIG_CAPACITY),
-            spec(IGNORED_PORTS_MAP, MapKind::Hash, "u16", "u8", PORT_MAP_CAPACITY),
-            spec(APP_PORTS_MAP, MapKind::Hash, "u16", "u8", PORT_MAP_CAPACITY),
-            spec(IGNORED_NETS_V4_MAP, MapKind::LpmTrie, "LpmKeyV4", "u8", ignored_capacity(self.ignored_nets_v4.len())),
-            spec(IGNORED_NETS_V6_MAP, MapKind::LpmTrie, "LpmKeyV6", "u8", ignored_capacity(self.ignored_nets_v6.len())),
-            spec(LOCAL_NETS_V4_MAP, MapKind::LpmTrie, "LpmKeyV4", "u8", LOCAL_NETS_CAPACITY),
-            spec(LOCAL_NETS_V6_MAP, MapKind::LpmTrie, "LpmKeyV6", "u8", LOCAL_NETS_CAPACITY),
-            spec(COUNTERS_MAP, MapKind::PerCpuArray, "u32", "u64", COUNTERS_CAPACITY),
+            spec(ACTIVE_MAP, MapKind::Array, "u32", "u32", ACTIVE_CAPACITY, 1),
+            spec(CONFIG_MAP, MapKind::Array, "u32 generation", "GlobalConfig", CONFIG_CAPACITY, GENERATIONS),
+            spec(IGNORED_PORTS_MAP, MapKind::Hash, port, "u8", ports, GENERATIONS),
+            spec(APP_PORTS_MAP, MapKind::Hash, port, "u8", ports, GENERATIONS),
+            spec(
+                IGNORED_NETS_V4_MAP,
+                MapKind::LpmTrie,
+                v4,
+                "u8",
+                ignored_capacity(self.ignored_nets_v4.len()),
+                GENERATIONS,
+            ),
+            spec(
+                IGNORED_NETS_V6_MAP,
+                MapKind::LpmTrie,
+                v6,
+                "u8",
+                ignored_capacity(self.ignored_nets_v6.len()),
+                GENERATIONS,
+            ),
+            spec(LOCAL_NETS_V4_MAP, MapKind::LpmTrie, v4, "u8", local, GENERATIONS),
+            spec(LOCAL_NETS_V6_MAP, MapKind::LpmTrie, v6, "u8", local, GENERATIONS),
+            spec(COUNTERS_MAP, MapKind::PerCpuArray, "u32", "u64", COUNTERS_CAPACITY, 1),
         ]
     }
 
@@ -125,17 +164,25 @@ impl EbpfPlan {
         out.push_str(&format!(
             "# addresses to {LOCAL_NETS_V4_MAP} and {LOCAL_NETS_V6_MAP} when it applies the plan.\n"
         ));
+        out.push_str(&format!(
+            "# The maps hold {GENERATIONS} generations; the plan is written into the one {ACTIVE_MAP} does not name\n"
+        ));
+        out.push_str(&format!(
+            "# (g below), then {ACTIVE_MAP} is set to g: each connection follows the old plan or this one.\n"
+        ));
         for spec in self.map_specs() {
             let _ = write!(
                 out,
-                "\n{} ({}, {} → {}, max {})",
+                "\n{} ({}, {} → {}, max {}{})",
                 spec.name,
                 spec.kind.label(),
                 spec.key,
                 spec.value,
-                spec.max_entries
+                spec.max_entries,
+                if spec.generations > 1 { format!(" for {} generations", spec.generations) } else { String::new() }
             );
             match spec.name {
+                ACTIVE_MAP => out.push_str(": [0] = g, the generation the programs use\n"),
                 CONFIG_MAP => {
                     let c = &self.config;
                     out.push_str(":\n");
@@ -150,7 +197,7 @@ impl EbpfPlan {
                         ("_pad", c._pad.to_string()),
                     ];
                     for (field, value) in fields {
-                        let _ = writeln!(out, "  [0].{field:<18} = {value}");
+                        let _ = writeln!(out, "  [g].{field:<18} = {value}");
                     }
                 }
                 IGNORED_PORTS_MAP => push_ports(&mut out, &self.ignored_ports),
@@ -198,6 +245,8 @@ impl EbpfPlan {
         #[derive(Serialize)]
         #[serde(untagged)]
         enum Contents {
+            /// What `ACTIVE` holds, in words.
+            Active(&'static str),
             Config([ConfigJson; 1]),
             Ports(Vec<u16>),
             Nets(Vec<LpmJson>),
@@ -231,6 +280,9 @@ impl EbpfPlan {
             .into_iter()
             .map(|spec| {
                 let entries = match spec.name {
+                    ACTIVE_MAP => {
+                        Contents::Active("the generation the programs use, set to the plan's once it is written")
+                    }
                     CONFIG_MAP => Contents::Config([ConfigJson {
                         ignored_uid: c.ignored_uid,
                         ignored_gid: c.ignored_gid,
@@ -256,6 +308,21 @@ impl EbpfPlan {
             .collect();
         to_json(&Json { backend: "ebpf", maps })
     }
+}
+
+/// Inbound redirection in eBPF mode, until the eBPF ingress programs exist: the iptables
+/// backend's ingress half, i.e. its `INTERCEPT_INGRESS` chain and the `PREROUTING` jump to it
+/// for each family, without the egress chain, its `OUTPUT` jump or any ipset. `None` when the
+/// configuration has no ingress.
+pub fn iptables_ingress(config: &ProxyConfig) -> Option<IptablesPlan> {
+    config.ingress.as_ref()?;
+    let full = IptablesPlan::new(config);
+    let ingress_only = |family: FamilyPlan| FamilyPlan {
+        chains: family.chains.into_iter().filter(|c| c.name == INGRESS_CHAIN).collect(),
+        jumps: family.jumps.into_iter().filter(|r| r.chain == "PREROUTING").collect(),
+        ..family
+    };
+    Some(IptablesPlan { v4: ingress_only(full.v4), v6: full.v6.map(ingress_only), ipsets: Vec::new() })
 }
 
 /// The LPM key for `net`: prefix length, then the address in network byte order.
@@ -317,5 +384,53 @@ fn push_nets<N: std::fmt::Display>(out: &mut String, nets: &[N]) {
             let _ = writeln!(out, ": {n} {}", if n == 1 { "network" } else { "networks" });
             push_summarised(out, "  ", nets, "  ");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Ingress, PortRange, PortSet};
+
+    fn config(ingress: bool, ignored_ips: usize) -> ProxyConfig {
+        ProxyConfig {
+            ignored_uid: Some(1337),
+            ignored_gid: None,
+            proxy_egress_port: 15001,
+            ingress: ingress
+                .then(|| Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
+            egress_ignored_ports: PortSet::from_ranges([PortRange::single(5432)]),
+            // Enough networks for the iptables plan to use ipsets.
+            egress_ignored_ips: (0..ignored_ips).map(|i| format!("10.{i}.0.0/16").parse().unwrap()).collect(),
+            implicit_exemptions: true,
+            ipv6: true,
+        }
+    }
+
+    #[test]
+    fn the_iptables_ingress_half_is_the_ingress_chain_and_its_prerouting_jumps_only() {
+        let plan = iptables_ingress(&config(true, 20)).expect("ingress is configured");
+        assert!(plan.ipsets.is_empty(), "egress ipsets are not part of the ingress half");
+        let families: Vec<&FamilyPlan> = plan.families().collect();
+        assert_eq!(families.len(), 2, "IPv4 and IPv6");
+        for family in families {
+            let chains: Vec<&str> = family.chains.iter().map(|c| c.name.as_str()).collect();
+            assert_eq!(chains, [INGRESS_CHAIN]);
+            assert!(!family.jumps.is_empty() && family.jumps.iter().all(|j| j.chain == "PREROUTING"));
+            let restore = family.render_restore();
+            assert!(restore.contains("--to-ports 15000") && !restore.contains("15001"), "{restore}");
+            assert!(!restore.contains("OUTPUT"), "{restore}");
+        }
+        // The same rules the iptables backend installs for ingress.
+        let full = IptablesPlan::new(&config(true, 20));
+        assert_eq!(plan.v4.chain(INGRESS_CHAIN), full.v4.chain(INGRESS_CHAIN));
+    }
+
+    #[test]
+    fn no_ingress_no_iptables_half() {
+        assert_eq!(iptables_ingress(&config(false, 0)), None);
+        let mut v4_only = config(true, 0);
+        v4_only.ipv6 = false;
+        assert!(iptables_ingress(&v4_only).unwrap().v6.is_none());
     }
 }

@@ -4,12 +4,14 @@
 //! `intercept plan`, golden-tested, and checked against the decision model in
 //! [`crate::model`]. Backends apply a plan; they do not decide anything themselves. The
 //! only thing a plan cannot know is the task's own addresses: the iptables rules leave that
-//! to `-m addrtype`, the eBPF backend adds them to the local-networks maps at apply time.
+//! to `-m addrtype`, the nftables rules to `fib … type local`, the eBPF backend adds them
+//! to the local-networks maps at apply time.
 //!
 //! Every rendering is deterministic: same configuration, byte-identical output.
 
 pub mod ebpf;
 pub mod iptables;
+pub mod nftables;
 
 #[cfg(test)]
 mod tests;
@@ -22,6 +24,7 @@ use crate::config::ProxyConfig;
 
 pub use ebpf::EbpfPlan;
 pub use iptables::IptablesPlan;
+pub use nftables::NftablesPlan;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -30,6 +33,19 @@ pub enum Backend {
     Iptables,
     /// eBPF programs and the maps they read.
     Ebpf,
+    /// a native nftables table, `inet intercept`, replaced as a whole by one `nft -f` transaction.
+    Nftables,
+}
+
+impl Backend {
+    /// As `--backend` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Iptables => "iptables",
+            Backend::Ebpf => "ebpf",
+            Backend::Nftables => "nftables",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
@@ -48,6 +64,8 @@ pub fn render(config: &ProxyConfig, backend: Backend, format: Format) -> String 
         (Backend::Iptables, Format::Json) => IptablesPlan::new(config).render_json(),
         (Backend::Ebpf, Format::Text) => EbpfPlan::new(config).render_text(),
         (Backend::Ebpf, Format::Json) => EbpfPlan::new(config).render_json(),
+        (Backend::Nftables, Format::Text) => NftablesPlan::new(config).render_text(),
+        (Backend::Nftables, Format::Json) => NftablesPlan::new(config).render_json(),
     }
 }
 
@@ -67,7 +85,7 @@ fn push_summarised<T: Display>(out: &mut String, prefix: &str, items: &[T], summ
 }
 
 /// The same summary on one line: `a, b, c, … and K more`.
-fn summarised_inline<T: Display>(items: &[T]) -> String {
+pub(crate) fn summarised_inline<T: Display>(items: &[T]) -> String {
     let mut line = items.iter().take(TEXT_LIST_LIMIT).map(ToString::to_string).collect::<Vec<_>>().join(", ");
     if items.len() > TEXT_LIST_LIMIT {
         let _ = write!(line, ", … and {} more", items.len() - TEXT_LIST_LIMIT);
@@ -76,7 +94,7 @@ fn summarised_inline<T: Display>(items: &[T]) -> String {
 }
 
 /// Pretty JSON with a final newline, like every other rendering.
-fn to_json<T: Serialize>(value: &T) -> String {
+pub(crate) fn to_json<T: Serialize>(value: &T) -> String {
     let mut json = serde_json::to_string_pretty(value).expect("plans serialise: no maps with non-string keys");
     json.push('\n');
     json

@@ -1,0 +1,407 @@
+//! What the eBPF backend needs to know about the host: where cgroup2 and bpffs are mounted
+//! (from `/proc/self/mountinfo`), which cgroup `--cgroup` names, the capabilities this process
+//! holds, and which programs are attached to a cgroup.
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use super::Error;
+
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+const SELF_CGROUP: &str = "/proc/self/cgroup";
+const SELF_STATUS: &str = "/proc/self/status";
+
+/// One line of mountinfo: where a file system is mounted, which part of it, and its type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The directory of the file system that is mounted (`/` unless a bind or cgroup
+    /// namespace shows only a subtree).
+    pub root: PathBuf,
+    pub mount_point: PathBuf,
+    pub fstype: String,
+}
+
+/// Parses `/proc/<pid>/mountinfo` (proc(5)): `id parent major:minor root mount-point options
+/// [optional fields...] - fstype source super-options`.
+pub fn parse_mountinfo(mountinfo: &str) -> Vec<Mount> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            let fstype = fs.split(' ').next()?;
+            let mut fields = mount.split(' ');
+            let root = fields.nth(3)?;
+            let mount_point = fields.next()?;
+            Some(Mount {
+                root: PathBuf::from(unescape_octal(root)),
+                mount_point: PathBuf::from(unescape_octal(mount_point)),
+                fstype: fstype.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Undoes the kernel's `\ooo` escaping of space, tab, newline and backslash in mountinfo.
+fn unescape_octal(field: &str) -> OsString {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal =
+            bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    OsStr::from_bytes(&out).to_owned()
+}
+
+fn mounts() -> Result<Vec<Mount>, Error> {
+    let text = fs::read_to_string(MOUNTINFO).map_err(|e| Error::io("read", MOUNTINFO, e))?;
+    Ok(parse_mountinfo(&text))
+}
+
+/// The first cgroup2 mount of this mount namespace.
+pub fn cgroup2_mount() -> Result<Mount, Error> {
+    mounts()?.into_iter().find(|m| m.fstype == "cgroup2").ok_or(Error::NoCgroup2)
+}
+
+/// The cgroup `--cgroup` names: `auto` is the parent of this process's own cgroup (the task's
+/// cgroup when the agent runs as an init container with the host hierarchy mounted); a path
+/// is taken as is when it is a directory under the cgroup2 mount, and otherwise relative to
+/// the mount (`/ecs/<task>` works either way).
+pub fn resolve_cgroup(arg: &str) -> Result<PathBuf, Error> {
+    let mount = cgroup2_mount()?;
+    let path = if arg == "auto" {
+        let own = own_cgroup(&mount)?;
+        own.parent().map(Path::to_owned).ok_or_else(|| Error::CgroupAuto {
+            reason: format!("this process's cgroup {} has no parent", own.display()),
+        })?
+    } else {
+        let given = Path::new(arg);
+        if given.is_absolute() && given.starts_with(&mount.mount_point) {
+            given.to_owned()
+        } else {
+            mount.mount_point.join(given.strip_prefix("/").unwrap_or(given))
+        }
+    };
+    let path = fs::canonicalize(&path).map_err(|e| Error::io("open cgroup", &path, e))?;
+    if !path.starts_with(&mount.mount_point) {
+        return Err(Error::NotACgroup { path, mount: mount.mount_point });
+    }
+    if path == mount.mount_point {
+        // Every process of the host would be intercepted, the agent included.
+        return Err(Error::RootCgroup(path));
+    }
+    if !path.join("cgroup.procs").is_file() {
+        return Err(Error::NotACgroup { path, mount: mount.mount_point });
+    }
+    Ok(path)
+}
+
+/// This process's cgroup as a path under the cgroup2 mount (`0::/path` in /proc/self/cgroup).
+fn own_cgroup(mount: &Mount) -> Result<PathBuf, Error> {
+    let text = fs::read_to_string(SELF_CGROUP).map_err(|e| Error::io("read", SELF_CGROUP, e))?;
+    let relative = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| Error::CgroupAuto { reason: format!("{SELF_CGROUP} has no cgroup2 (\"0::\") line") })?;
+    let relative = Path::new(relative);
+    // With a cgroup namespace, both the mount's root and our path are relative to it.
+    let relative = relative.strip_prefix(&mount.root).unwrap_or(relative);
+    let relative = relative.strip_prefix("/").unwrap_or(relative);
+    Ok(mount.mount_point.join(relative))
+}
+
+/// The cgroup's id: its inode number in cgroup2 (what `bpf_get_current_cgroup_id` returns).
+pub fn cgroup_id(cgroup: &Path) -> Result<u64, Error> {
+    Ok(fs::metadata(cgroup).map_err(|e| Error::io("stat", cgroup, e))?.ino())
+}
+
+/// Makes sure a bpffs is mounted at `path`, mounting one (mode 0700) if not. Returns whether
+/// this call mounted it.
+pub fn ensure_bpffs(path: &Path) -> Result<bool, Error> {
+    fs::create_dir_all(path).map_err(|e| Error::io("create bpffs directory", path, e))?;
+    let path = fs::canonicalize(path).map_err(|e| Error::io("resolve", path, e))?;
+    if is_bpffs(&path)? {
+        return Ok(false);
+    }
+    nix::mount::mount(Some("bpf"), &path, Some("bpf"), nix::mount::MsFlags::empty(), Some("mode=0700")).map_err(
+        |e| match e {
+            nix::errno::Errno::EPERM => {
+                Error::MissingCapability { capability: "CAP_SYS_ADMIN", needed_for: "mounting bpffs (--bpffs)" }
+            }
+            e => Error::io("mount bpffs at", &path, e.into()),
+        },
+    )?;
+    Ok(true)
+}
+
+/// Whether a bpffs is mounted exactly at `path` (canonical).
+pub fn is_bpffs(path: &Path) -> Result<bool, Error> {
+    Ok(mounts()?.iter().any(|m| m.fstype == "bpf" && m.mount_point == path))
+}
+
+/// Capabilities the backend checks for before touching anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    NetAdmin = 12,
+    SysAdmin = 21,
+    Perfmon = 38,
+    Bpf = 39,
+}
+
+impl Capability {
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::NetAdmin => "CAP_NET_ADMIN",
+            Capability::SysAdmin => "CAP_SYS_ADMIN",
+            Capability::Perfmon => "CAP_PERFMON",
+            Capability::Bpf => "CAP_BPF",
+        }
+    }
+}
+
+/// The effective capability set of this process (`CapEff` in /proc/self/status).
+pub fn effective_capabilities() -> Result<u64, Error> {
+    let status = fs::read_to_string(SELF_STATUS).map_err(|e| Error::io("read", SELF_STATUS, e))?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:")).map(str::trim).unwrap_or("0");
+    Ok(u64::from_str_radix(hex, 16).unwrap_or(0))
+}
+
+pub fn has_capability(effective: u64, cap: Capability) -> bool {
+    effective & (1 << cap as u64) != 0
+}
+
+/// `bpf(BPF_PROG_QUERY)`: the ids of the programs attached to `cgroup` for `attach_type`
+/// (directly, not inherited).
+pub fn attached_programs(cgroup: &Path, attach_type: u32) -> Result<Vec<u32>, Error> {
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    #[repr(C)]
+    #[derive(Default)]
+    struct QueryAttr {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+        prog_attach_flags: u64,
+        link_ids: u64,
+        link_attach_flags: u64,
+        revision: u64,
+    }
+    let dir = fs::File::open(cgroup).map_err(|e| Error::io("open cgroup", cgroup, e))?;
+    let mut ids = vec![0u32; 64];
+    let mut attr = QueryAttr {
+        target_fd: dir.as_raw_fd() as u32,
+        attach_type,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..Default::default()
+    };
+    // SAFETY: attr is a valid bpf_attr prefix for BPF_PROG_QUERY; prog_ids points to prog_cnt
+    // u32s that outlive the call.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, &mut attr as *mut QueryAttr, size_of::<QueryAttr>() as u32)
+    };
+    if ret < 0 {
+        return Err(Error::io("query the programs attached to", cgroup, io::Error::last_os_error()));
+    }
+    ids.truncate(attr.prog_cnt as usize);
+    Ok(ids)
+}
+
+/// `bpf(BPF_LINK_CREATE)`: attaches the program `prog` to `cgroup` at `attach_type` with a
+/// bpf link (no flags: links always coexist with the cgroup's other programs). Closing the
+/// returned fd detaches the program unless the link was pinned.
+///
+/// Done here rather than through aya because aya 0.14 cannot turn every cgroup link type
+/// (the sockopt one) into a pinnable `FdLink`.
+pub fn link_create(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<OwnedFd> {
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    #[repr(C)]
+    struct LinkCreateAttr {
+        prog_fd: u32,
+        target_fd: u32,
+        attach_type: u32,
+        flags: u32,
+        // The rest of the union, zeroed.
+        _rest: [u64; 8],
+    }
+    let attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        flags: 0,
+        _rest: [0; 8],
+    };
+    // SAFETY: attr is a valid bpf_attr for BPF_LINK_CREATE and lives across the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            &attr as *const LinkCreateAttr,
+            size_of::<LinkCreateAttr>() as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `bpf(BPF_OBJ_PIN)`: pins the bpf object `fd` (here a link) at `path` on a bpffs.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    #[repr(C)]
+    struct ObjPinAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let attr = ObjPinAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    // SAFETY: attr is a valid bpf_attr for BPF_OBJ_PIN; pathname points to a NUL-terminated
+    // string that outlives the call.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, &attr as *const ObjPinAttr, size_of::<ObjPinAttr>() as u32)
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Returns once every eBPF program that was running when it was called has finished.
+///
+/// Our programs are not sleepable: each run is an RCU read-side critical section. Updating an
+/// element of a map-in-map makes the kernel wait for an RCU grace period before returning
+/// (`maybe_wait_bpf_programs` in kernel/bpf/syscall.c), exactly "so that userspace, when we
+/// return to it, knows that all non-sleepable programs that could be running use the new
+/// map value"; the kernel's own selftests use this to wait for programs. So: a throwaway
+/// one-slot `ARRAY_OF_MAPS` and one update of it. Both maps are freed when their fds close.
+pub fn wait_for_running_programs() -> Result<(), Error> {
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    let error = |e| Error::io("wait for running eBPF programs: bpf() on", "a throwaway map-in-map", e);
+    let inner = map_create(BPF_MAP_TYPE_ARRAY, None).map_err(error)?;
+    let outer = map_create(BPF_MAP_TYPE_ARRAY_OF_MAPS, Some(inner.as_raw_fd() as u32)).map_err(error)?;
+    #[repr(C)]
+    struct UpdateAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let key: u32 = 0;
+    let value: u32 = inner.as_raw_fd() as u32;
+    let attr = UpdateAttr {
+        map_fd: outer.as_raw_fd() as u32,
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: &value as *const u32 as u64,
+        flags: 0,
+    };
+    // SAFETY: attr is a valid bpf_attr for BPF_MAP_UPDATE_ELEM; key and value point to u32s
+    // that outlive the call.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_ELEM, &attr as *const UpdateAttr, size_of::<UpdateAttr>() as u32)
+    };
+    if ret < 0 {
+        return Err(error(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// `bpf(BPF_MAP_CREATE)` of a one-slot map with `u32` keys and values.
+fn map_create(map_type: u32, inner_map_fd: Option<u32>) -> io::Result<OwnedFd> {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    #[repr(C)]
+    struct MapCreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+        inner_map_fd: u32,
+        numa_node: u32,
+        map_name: [u8; 16],
+    }
+    let mut map_name = [0u8; 16];
+    map_name[..14].copy_from_slice(b"intercept_sync");
+    let attr = MapCreateAttr {
+        map_type,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        map_flags: 0,
+        inner_map_fd: inner_map_fd.unwrap_or(0),
+        numa_node: 0,
+        map_name,
+    };
+    // SAFETY: attr is a valid bpf_attr prefix for BPF_MAP_CREATE and lives across the call.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, &attr as *const MapCreateAttr, size_of::<MapCreateAttr>() as u32)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_and_bpffs_wherever_they_are() {
+        let text = "\
+24 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 rw
+50 24 0:40 /ecs /mnt/my\\040cgroups rw - cgroup2 none rw
+60 24 0:41 / /tmp/pins rw - bpf bpf rw,mode=700
+";
+        let mounts = parse_mountinfo(text);
+        assert_eq!(mounts.len(), 4);
+        assert_eq!(mounts[1].mount_point, Path::new("/sys/fs/cgroup/unified"));
+        assert_eq!(mounts[1].fstype, "cgroup2");
+        assert_eq!(mounts[2].root, Path::new("/ecs"));
+        assert_eq!(mounts[2].mount_point, Path::new("/mnt/my cgroups"));
+        assert_eq!(mounts[3].fstype, "bpf");
+    }
+
+    #[test]
+    fn capability_bits() {
+        let eff = (1u64 << 39) | (1 << 12);
+        assert!(has_capability(eff, Capability::Bpf));
+        assert!(has_capability(eff, Capability::NetAdmin));
+        assert!(!has_capability(eff, Capability::SysAdmin));
+    }
+}

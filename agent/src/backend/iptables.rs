@@ -1,0 +1,719 @@
+//! The iptables backend: installs an [`IptablesPlan`] in a network namespace, replaces it,
+//! removes it, and reports what is installed.
+//!
+//! Every operation is the same three steps: read what is installed (`iptables-save`,
+//! `ipset save`), compute the transactions that turn it into what should be installed
+//! ([`sync`], pure), run them. Re-applying the same configuration computes no transaction
+//! at all; removing is syncing to "nothing"; a rollback is syncing back to what was read
+//! before. Commands run through a [`Runner`], inside the target namespace; the process
+//! itself never changes namespace.
+//!
+//! Per family the rules change in one `iptables-restore --noflush` transaction. ipsets are
+//! created before the rules that match on them and destroyed after the rules that matched
+//! on them are gone. When the IPv6 transaction fails, the IPv4 one (and the ipsets) are put
+//! back as they were, so the namespace ends either fully configured or as before.
+
+pub mod exec;
+pub mod save;
+pub mod sync;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+use std::fmt::{self, Write as _};
+
+use serde::Serialize;
+
+use crate::netns::{self, Netns, Target};
+use crate::plan::IptablesPlan;
+use crate::plan::iptables::{EGRESS_CHAIN, Family, IpSet, TABLE};
+
+pub use exec::{Call, Output, Runner, System};
+use save::{ParseError, Table, count_rules, parse_ipsets, parse_table};
+pub use sync::{Changes, Desired, DesiredState, Installed, OWN_SETS, State};
+
+/// Which xtables variant manages the namespace's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The legacy xtables kernel interface (`iptables-legacy`).
+    Legacy,
+    /// nf_tables through the xtables compatibility layer (`iptables-nft`).
+    Nft,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Legacy => "legacy",
+            Mode::Nft => "nft",
+        }
+    }
+
+    /// `iptables-nft-save`, `ip6tables-legacy-restore`, …
+    pub fn program(self, family: Family, tool: &str) -> String {
+        let base = match family {
+            Family::Ipv4 => "iptables",
+            Family::Ipv6 => "ip6tables",
+        };
+        format!("{base}-{}-{tool}", self.name())
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "iptables-{}", self.name())
+    }
+}
+
+/// How long `iptables-restore` waits for the xtables lock another program holds (legacy).
+const LOCK_WAIT: &str = "--wait=10";
+const IPSET: &str = "ipset";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "{program} not found (looked on PATH and in /usr/sbin, /sbin, /usr/local/sbin): install the \
+         `{package}` package, e.g. `apt-get install {package}`, or put {program} on PATH"
+    )]
+    MissingProgram { program: String, package: &'static str },
+    #[error(
+        "intercept lacks the {capability} capability, which {why}: run it as root, or grant the \
+         capability (a container: `--cap-add {short}`; an ECS task definition: \
+         linuxParameters.capabilities.add [\"{short}\"])"
+    )]
+    MissingCapability { capability: &'static str, short: &'static str, why: &'static str },
+    #[error("running `{call}`: {source}")]
+    Spawn {
+        call: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(Box<Failure>),
+    #[error("cannot read the output of `{call}`: {source}")]
+    Parse {
+        call: String,
+        #[source]
+        source: ParseError,
+    },
+    #[error(transparent)]
+    Netns(#[from] netns::Error),
+    #[error("{cause}\nthe namespace was put back as it was before")]
+    RolledBack { cause: Box<Error> },
+    #[error(
+        "{cause}\nputting the namespace back as it was also failed: {rollback}\nthe namespace may be \
+         partly configured: run `intercept apply` again, or `intercept remove`"
+    )]
+    RollbackFailed { cause: Box<Error>, rollback: Box<Error> },
+}
+
+/// A command that ran and failed, with the line of its input it complained about.
+#[derive(Debug)]
+pub struct Failure {
+    pub call: String,
+    pub code: Option<i32>,
+    pub stderr: String,
+    /// The line number the command reported, and that line of its input.
+    pub line: Option<(usize, String)>,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "`{}` failed (exit code {code})", self.call)?,
+            None => write!(f, "`{}` was killed by a signal", self.call)?,
+        }
+        let stderr = self.stderr.trim();
+        if !stderr.is_empty() {
+            let lines: Vec<&str> = stderr.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
+            write!(f, ":\n  {}", lines.join("\n  "))?;
+        }
+        if let Some((number, text)) = &self.line {
+            write!(f, "\n  line {number} of its input: {text}")?;
+        }
+        if stderr.contains("Permission denied") || stderr.contains("Operation not permitted") {
+            f.write_str("\n  changing iptables rules needs CAP_NET_ADMIN (and CAP_NET_RAW for iptables-legacy): run intercept as root")?;
+        }
+        Ok(())
+    }
+}
+
+/// The line number in messages like `line 4 failed`, `Error occurred at line: 4` (xtables)
+/// or `Error in line 4:` (ipset).
+fn reported_line(stderr: &str) -> Option<usize> {
+    let mut rest = stderr;
+    while let Some(at) = rest.find("line") {
+        rest = &rest[at + "line".len()..];
+        let digits: String = rest.trim_start_matches([':', ' ']).chars().take_while(char::is_ascii_digit).collect();
+        if let Ok(number) = digits.parse() {
+            return Some(number);
+        }
+    }
+    None
+}
+
+fn failure(call: &Call, output: &Output) -> Error {
+    let line = reported_line(&output.stderr).and_then(|number| {
+        let text = call.stdin.as_deref()?.lines().nth(number.checked_sub(1)?)?;
+        Some((number, text.to_owned()))
+    });
+    Error::Failed(Box::new(Failure { call: call.to_string(), code: output.code, stderr: output.stderr.clone(), line }))
+}
+
+/// Why a mode was chosen, for the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Detection {
+    pub mode: Mode,
+    pub reason: String,
+}
+
+/// Picks the xtables variant the way mature tools do (Kubernetes' iptables-wrapper, Istio):
+/// the one that already holds rules in the namespace, nft when neither does. intercept's
+/// own chains decide first, so `remove` and `status` find them whatever else changed.
+pub fn detect_mode(runner: &impl Runner) -> Result<Detection, Error> {
+    struct Seen {
+        available: bool,
+        rules: usize,
+        ours: bool,
+    }
+    let mut seen = Vec::new();
+    for mode in [Mode::Legacy, Mode::Nft] {
+        let mut entry = Seen { available: false, rules: 0, ours: false };
+        for family in [Family::Ipv4, Family::Ipv6] {
+            // Without `-t`: lists only tables that exist, and creates none.
+            let call = Call::new(&mode.program(family, "save"), &[]);
+            match runner.run(&call) {
+                Ok(out) if out.success() => {
+                    entry.available = true;
+                    entry.rules += count_rules(&out.stdout);
+                    let nat = parse_table(&out.stdout, TABLE).map_err(|source| parse_error(&call, source))?;
+                    entry.ours |= sync::OWN_CHAINS.iter().any(|c| nat.has_chain(c));
+                }
+                Ok(_) | Err(Error::MissingProgram { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        seen.push(entry);
+    }
+    let [legacy, nft] = <[Seen; 2]>::try_from(seen).unwrap_or_else(|_| unreachable!("two modes"));
+    let counts = format!("iptables-legacy holds {} rules, iptables-nft {}", legacy.rules, nft.rules);
+    let (mode, reason) = if legacy.ours != nft.ours {
+        let mode = if legacy.ours { Mode::Legacy } else { Mode::Nft };
+        (mode, format!("intercept's chains are in {mode}"))
+    } else if legacy.available && legacy.rules > nft.rules {
+        (Mode::Legacy, counts)
+    } else if nft.available {
+        let default = if nft.rules == 0 { " (nft is the default)" } else { "" };
+        (Mode::Nft, format!("{counts}{default}"))
+    } else if legacy.available {
+        (Mode::Legacy, "iptables-nft is not usable here".to_owned())
+    } else {
+        return Err(Error::MissingProgram { program: Mode::Nft.program(Family::Ipv4, "save"), package: "iptables" });
+    };
+    Ok(Detection { mode, reason })
+}
+
+fn parse_error(call: &Call, source: ParseError) -> Error {
+    Error::Parse { call: call.to_string(), source }
+}
+
+/// Whether the namespace can take IPv6 rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ipv6 {
+    Usable,
+    /// Why not; the IPv6 half is skipped with this as the warning.
+    Unusable(String),
+}
+
+/// The backend, bound to a namespace (through its runner) and an xtables variant.
+#[derive(Debug)]
+pub struct Iptables<R: Runner = System> {
+    runner: R,
+    detection: Detection,
+}
+
+impl Iptables<System> {
+    /// The backend for `target`, in `mode` or the detected one. Checks the capabilities it
+    /// needs first, so a missing one is reported before anything runs.
+    pub fn open(target: Target, mode: Option<Mode>) -> Result<Iptables<System>, Error> {
+        require_capability(caps::Capability::CAP_NET_ADMIN, "NET_ADMIN", "reading and changing iptables rules needs")?;
+        let netns = Netns::open(target)?;
+        let backend = Iptables::new(System::new(netns), mode)?;
+        if backend.mode() == Mode::Legacy {
+            require_capability(caps::Capability::CAP_NET_RAW, "NET_RAW", "iptables-legacy needs")?;
+        }
+        Ok(backend)
+    }
+}
+
+fn require_capability(cap: caps::Capability, short: &'static str, why: &'static str) -> Result<(), Error> {
+    // When the capability set cannot be read, the commands themselves will say what is wrong.
+    if caps::has_cap(None, caps::CapSet::Effective, cap).unwrap_or(true) {
+        return Ok(());
+    }
+    let capability = match cap {
+        caps::Capability::CAP_NET_RAW => "CAP_NET_RAW",
+        _ => "CAP_NET_ADMIN",
+    };
+    Err(Error::MissingCapability { capability, short, why })
+}
+
+impl<R: Runner> Iptables<R> {
+    /// The backend running its commands through `runner`, in `mode` or the detected one.
+    pub fn new(runner: R, mode: Option<Mode>) -> Result<Iptables<R>, Error> {
+        let detection = match mode {
+            Some(mode) => Detection { mode, reason: format!("--iptables-mode {}", mode.name()) },
+            None => detect_mode(&runner)?,
+        };
+        Ok(Iptables { runner, detection })
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.detection.mode
+    }
+
+    pub fn detection(&self) -> &Detection {
+        &self.detection
+    }
+
+    /// Installs `plan`, or replaces what intercept installed before with it. Nothing runs
+    /// when it is installed already. `dry_run`: compute the transactions, run none.
+    pub fn apply(&self, plan: &IptablesPlan, dry_run: bool) -> Result<Report, Error> {
+        let ipv6 = self.ipv6()?;
+        let state = self.read_state()?;
+        let (desired, warnings) = desired_state(Some(plan), &ipv6, &state);
+        self.sync(&desired, &state, warnings, dry_run)
+    }
+
+    /// Removes everything intercept installed: its chains, its rules in other chains, its
+    /// ipsets. Nothing runs when there is nothing to remove.
+    pub fn remove(&self, dry_run: bool) -> Result<Report, Error> {
+        let state = self.read_state()?;
+        let (desired, warnings) = desired_state(None, &Ipv6::Usable, &state);
+        self.sync(&desired, &state, warnings, dry_run)
+    }
+
+    /// What is installed, its counters, and whether it matches `plan` when one is given.
+    pub fn status(&self, plan: Option<&IptablesPlan>) -> Result<Status, Error> {
+        let ipv6 = self.ipv6()?;
+        let tables = self.read_tables()?;
+        let state = self.state_of(&tables)?;
+        let mut families = vec![FamilyStatus::new(Family::Ipv4, Some(&state.v4))];
+        families.push(FamilyStatus::new(Family::Ipv6, state.v6.as_ref()));
+        let installed = state.v4.chains.iter().any(|(name, _)| name == EGRESS_CHAIN) && !state.v4.jumps.is_empty();
+        let mut reasons = Vec::new();
+        if !installed {
+            reasons.push(if state.is_empty() {
+                format!("nothing of intercept's is installed in the {}", self.runner.describe_target())
+            } else {
+                format!("intercept is only partly installed: no {EGRESS_CHAIN} chain with a jump to it in IPv4")
+            });
+        }
+        let mut warnings = Vec::new();
+        let matches = plan.map(|plan| {
+            let (desired, skipped) = desired_state(Some(plan), &ipv6, &state);
+            warnings = skipped;
+            let drift = sync::drift(&desired, &state);
+            let matches = drift.is_empty();
+            reasons.extend(drift);
+            matches
+        });
+        Ok(Status {
+            target: self.runner.describe_target(),
+            mode: self.mode(),
+            detection: self.detection.reason.clone(),
+            families,
+            ipsets: state.sets.iter().map(SetStatus::from).collect(),
+            installed,
+            matches,
+            reasons,
+            warnings,
+        })
+    }
+
+    fn ipv6(&self) -> Result<Ipv6, Error> {
+        Ok(match self.runner.read_sysctl("ipv6/conf/all/disable_ipv6")?.as_deref() {
+            None => Ipv6::Unusable("the namespace has no IPv6 (no /proc/sys/net/ipv6)".to_owned()),
+            Some("0") => Ipv6::Usable,
+            Some(_) => {
+                Ipv6::Unusable("IPv6 is disabled in the namespace (net.ipv6.conf.all.disable_ipv6 = 1)".to_owned())
+            }
+        })
+    }
+
+    /// The `nat` tables with counters: IPv4, and IPv6 when its table can be read (`Err`
+    /// holds why not).
+    fn read_tables(&self) -> Result<(Table, Result<Table, String>), Error> {
+        let v4 = self.save(Family::Ipv4)?.map_err(|e| Error::Failed(Box::new(e)))?;
+        let v6 = match self.save(Family::Ipv6) {
+            Ok(v6) => v6.map_err(|e| e.to_string()),
+            // A system without ip6tables has no IPv6 rules to read or write.
+            Err(e @ Error::MissingProgram { .. }) => Err(e.to_string()),
+            Err(e) => return Err(e),
+        };
+        Ok((v4, v6))
+    }
+
+    fn save(&self, family: Family) -> Result<Result<Table, Failure>, Error> {
+        let call = Call::new(&self.mode().program(family, "save"), &["-t", TABLE, "-c"]);
+        let output = self.runner.run(&call)?;
+        if !output.success() {
+            return Ok(Err(Failure { call: call.to_string(), code: output.code, stderr: output.stderr, line: None }));
+        }
+        parse_table(&output.stdout, TABLE).map(Ok).map_err(|source| parse_error(&call, source))
+    }
+
+    fn read_state(&self) -> Result<State, Error> {
+        let tables = self.read_tables()?;
+        self.state_of(&tables)
+    }
+
+    fn state_of(&self, (v4, v6): &(Table, Result<Table, String>)) -> Result<State, Error> {
+        Ok(State {
+            v4: Installed::from_table(v4),
+            v6: v6.as_ref().ok().map(Installed::from_table),
+            sets: self.read_sets()?,
+        })
+    }
+
+    /// intercept's ipsets; none when the ipset command is missing (then nothing can have
+    /// created them, and applying a plan that needs one reports the missing command).
+    fn read_sets(&self) -> Result<Vec<IpSet>, Error> {
+        let list = Call::new(IPSET, &["list", "-n"]);
+        let names = match self.runner.run(&list) {
+            Ok(out) if out.success() => out.stdout,
+            Ok(out) => return Err(failure(&list, &out)),
+            Err(Error::MissingProgram { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut sets = Vec::new();
+        for name in names.lines().map(str::trim).filter(|n| sync::is_own_set(n)) {
+            let call = Call::new(IPSET, &["save", name]);
+            let out = self.runner.run(&call)?;
+            if !out.success() {
+                return Err(failure(&call, &out));
+            }
+            sets.extend(parse_ipsets(&out.stdout).map_err(|source| parse_error(&call, source))?);
+        }
+        Ok(sets)
+    }
+
+    fn sync(
+        &self,
+        desired: &DesiredState,
+        before: &State,
+        warnings: Vec<String>,
+        dry_run: bool,
+    ) -> Result<Report, Error> {
+        let changes = Changes::compute(desired, before);
+        let report = Report {
+            target: self.runner.describe_target(),
+            mode: self.mode(),
+            detection: self.detection.reason.clone(),
+            warnings,
+            changed: !changes.is_empty() && !dry_run,
+            dry_run,
+            changes,
+            installed: summary(desired),
+        };
+        if dry_run || report.changes.is_empty() {
+            return Ok(report);
+        }
+        self.run_changes(&report.changes).map_err(|(cause, rollback_due)| {
+            if !rollback_due {
+                return cause;
+            }
+            match self.rollback(before) {
+                Ok(false) => cause,
+                Ok(true) => Error::RolledBack { cause: Box::new(cause) },
+                Err(rollback) => Error::RollbackFailed { cause: Box::new(cause), rollback: Box::new(rollback) },
+            }
+        })?;
+        Ok(report)
+    }
+
+    /// Runs `changes` in order. On failure also says whether a rollback is due: after any
+    /// step but the last (`ipset restore` is not atomic, so even a failed first step may
+    /// have changed something).
+    fn run_changes(&self, changes: &Changes) -> Result<(), (Error, bool)> {
+        if let Some(input) = &changes.ipset_update {
+            self.ipset_restore(input).map_err(|e| (e, true))?;
+        }
+        for family in [Family::Ipv4, Family::Ipv6] {
+            if let Some(input) = changes.family(family) {
+                self.restore(family, input).map_err(|e| (e, true))?;
+            }
+        }
+        if let Some(input) = &changes.ipset_cleanup {
+            // The rules are complete by now: a set that cannot be destroyed (referenced by
+            // someone else's rule) is reported, not a reason to undo them.
+            self.ipset_restore(input).map_err(|e| (e, false))?;
+        }
+        Ok(())
+    }
+
+    /// Puts back what `before` had, computed against what is installed now, so it undoes
+    /// exactly what this run changed. `Ok(false)`: nothing had changed.
+    fn rollback(&self, before: &State) -> Result<bool, Error> {
+        let now = self.read_state()?;
+        let mut target = before.as_desired();
+        if now.v6.is_none() {
+            target.v6 = None;
+        }
+        let changes = Changes::compute(&target, &now);
+        if changes.is_empty() {
+            return Ok(false);
+        }
+        self.run_changes(&changes).map_err(|(e, _)| e)?;
+        Ok(true)
+    }
+
+    fn restore(&self, family: Family, input: &str) -> Result<(), Error> {
+        let call =
+            Call::new(&self.mode().program(family, "restore"), &["--noflush", LOCK_WAIT]).with_stdin(input.to_owned());
+        let output = self.runner.run(&call)?;
+        if output.success() { Ok(()) } else { Err(failure(&call, &output)) }
+    }
+
+    fn ipset_restore(&self, input: &str) -> Result<(), Error> {
+        let call = Call::new(IPSET, &["restore"]).with_stdin(input.to_owned());
+        let output = self.runner.run(&call)?;
+        if output.success() { Ok(()) } else { Err(failure(&call, &output)) }
+    }
+}
+
+/// What should be installed for `plan` (nothing when `None`) in a namespace in `state`,
+/// and the warnings about what is skipped.
+///
+/// The IPv6 half is skipped when the namespace cannot take it; intercept's IPv6 rules from
+/// an earlier run are still removed when the table can be read. IPv6 sets go with it.
+fn desired_state(plan: Option<&IptablesPlan>, ipv6: &Ipv6, state: &State) -> (DesiredState, Vec<String>) {
+    let mut warnings = Vec::new();
+    let readable = state.v6.is_some();
+    let v6 = match (plan.and_then(|p| p.v6.as_ref()), ipv6) {
+        (Some(v6), Ipv6::Usable) if readable => Some(Desired::from_plan(v6)),
+        (Some(_), reason) => {
+            let why = match reason {
+                Ipv6::Unusable(why) => why.clone(),
+                Ipv6::Usable => "its ip6tables nat table cannot be read".to_owned(),
+            };
+            warnings.push(format!("IPv6 rules skipped: {why}; only IPv4 is intercepted"));
+            readable.then(Desired::default)
+        }
+        (None, _) => readable.then(Desired::default),
+    };
+    let v6_planned = v6.as_ref().is_some_and(|d| !d.chains.is_empty());
+    let sets = plan
+        .map(|p| p.ipsets.iter().filter(|s| s.family == Family::Ipv4 || v6_planned).cloned().collect())
+        .unwrap_or_default();
+    let v4 = plan.map(|p| Desired::from_plan(&p.v4)).unwrap_or_default();
+    (DesiredState { v4, v6, sets }, warnings)
+}
+
+/// What an apply or remove did (or, for a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub target: String,
+    pub mode: Mode,
+    pub detection: String,
+    pub warnings: Vec<String>,
+    /// Something was changed. `false` when everything already was as it should be.
+    pub changed: bool,
+    pub dry_run: bool,
+    /// The transactions run (or, for a dry run, that would run).
+    pub changes: Changes,
+    /// What is installed afterwards, in a few words.
+    pub installed: String,
+}
+
+impl Report {
+    /// For people; the warnings are not included (the CLI prints them to stderr).
+    pub fn render_text(&self, verb: &str) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{verb}: {} in the {} ({})", self.mode, self.target, self.detection);
+        if self.dry_run {
+            if self.changes.is_empty() {
+                out.push_str("dry run: nothing to change\n");
+            }
+            let steps = [
+                ("ipset restore", &self.changes.ipset_update),
+                ("iptables-restore --noflush (IPv4)", &self.changes.v4),
+                ("ip6tables-restore --noflush (IPv6)", &self.changes.v6),
+                ("ipset restore (after the rules)", &self.changes.ipset_cleanup),
+            ];
+            for (what, input) in steps {
+                if let Some(input) = input {
+                    let _ = write!(out, "\n# dry run: would run {what}\n{input}");
+                }
+            }
+        } else if self.changed {
+            let _ = writeln!(out, "done: {}", self.installed);
+        } else {
+            let _ = writeln!(out, "nothing to change: {}", self.installed);
+        }
+        out
+    }
+}
+
+fn summary(desired: &DesiredState) -> String {
+    let family = |label: &str, d: &Desired| {
+        let rules: usize = d.chains.iter().map(|(_, r)| r.len()).sum();
+        format!("{label} ({} chains, {rules} rules, {} jumps)", d.chains.len(), d.jumps.len())
+    };
+    let mut parts = Vec::new();
+    if !desired.v4.chains.is_empty() {
+        parts.push(family("IPv4", &desired.v4));
+    }
+    if let Some(v6) = desired.v6.as_ref().filter(|d| !d.chains.is_empty()) {
+        parts.push(family("IPv6", v6));
+    }
+    for set in &desired.sets {
+        parts.push(format!("ipset {} ({} networks)", set.name, set.entries.len()));
+    }
+    if parts.is_empty() { "nothing of intercept's is installed".to_owned() } else { parts.join(", ") }
+}
+
+/// `intercept status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Status {
+    pub target: String,
+    pub mode: Mode,
+    pub detection: String,
+    pub families: Vec<FamilyStatus>,
+    pub ipsets: Vec<SetStatus>,
+    /// intercept's egress chain and the jump to it are installed (IPv4).
+    pub installed: bool,
+    /// Whether what is installed is exactly what the configuration asks for; `None` when
+    /// no configuration was given.
+    pub matches: Option<bool>,
+    /// Why it is not installed or does not match, one sentence each.
+    pub reasons: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl Status {
+    /// 0 when installed and matching the configuration (if one was given), else 1.
+    pub fn exit_code(&self) -> i32 {
+        i32::from(!(self.installed && self.matches != Some(false)))
+    }
+
+    /// For people; the warnings are not included (the CLI prints them to stderr).
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "intercept status: {} in the {} ({})", self.mode, self.target, self.detection);
+        for family in &self.families {
+            let label = family_label(family.family);
+            if !family.readable {
+                let _ = writeln!(out, "\n{label}: the nat table cannot be read");
+                continue;
+            }
+            if family.chains.is_empty() && family.jumps.is_empty() {
+                let _ = writeln!(out, "\n{label}: nothing installed");
+                continue;
+            }
+            let _ = writeln!(out, "\n{label}, nat table:\n{:>10} {:>12}  rule", "packets", "bytes");
+            for rule in family.jumps.iter().chain(family.chains.iter().flat_map(|c| &c.rules)) {
+                let _ = writeln!(out, "{:>10} {:>12}  {}", rule.packets, rule.bytes, rule.rule);
+            }
+        }
+        if !self.ipsets.is_empty() {
+            out.push_str("\nipsets\n");
+            for set in &self.ipsets {
+                let _ = writeln!(
+                    out,
+                    "  {} ({}, {} networks, maxelem {})",
+                    set.name,
+                    family_label(set.family),
+                    set.entries,
+                    set.maxelem
+                );
+            }
+        }
+        out.push('\n');
+        let verdict = match (self.installed, self.matches) {
+            (true, Some(true)) => "installed, and matches the configuration",
+            (true, Some(false)) => "installed, but does NOT match the configuration",
+            (true, None) => "installed (give a configuration to check it for drift)",
+            (false, _) => "NOT installed",
+        };
+        let _ = writeln!(out, "{verdict}");
+        for reason in &self.reasons {
+            let _ = writeln!(out, "  - {reason}");
+        }
+        out
+    }
+}
+
+fn family_label(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => "IPv4",
+        Family::Ipv6 => "IPv6",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FamilyStatus {
+    pub family: Family,
+    /// The family's `nat` table could be read.
+    pub readable: bool,
+    pub chains: Vec<ChainStatus>,
+    /// intercept's rules in other chains.
+    pub jumps: Vec<RuleStatus>,
+}
+
+impl FamilyStatus {
+    fn new(family: Family, installed: Option<&Installed>) -> FamilyStatus {
+        let readable = installed.is_some();
+        let empty = Installed::default();
+        let installed = installed.unwrap_or(&empty);
+        FamilyStatus {
+            family,
+            readable,
+            chains: installed
+                .chains
+                .iter()
+                .map(|(name, rules)| ChainStatus {
+                    name: name.clone(),
+                    rules: rules.iter().map(RuleStatus::from).collect(),
+                })
+                .collect(),
+            jumps: installed.jumps.iter().map(RuleStatus::from).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainStatus {
+    pub name: String,
+    pub rules: Vec<RuleStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleStatus {
+    pub rule: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl From<&save::SavedRule> for RuleStatus {
+    fn from(rule: &save::SavedRule) -> RuleStatus {
+        RuleStatus { rule: rule.spec.line("-A"), packets: rule.counters.packets, bytes: rule.counters.bytes }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SetStatus {
+    pub name: String,
+    pub family: Family,
+    pub maxelem: usize,
+    pub entries: usize,
+}
+
+impl From<&IpSet> for SetStatus {
+    fn from(set: &IpSet) -> SetStatus {
+        SetStatus { name: set.name.clone(), family: set.family, maxelem: set.maxelem, entries: set.entries.len() }
+    }
+}

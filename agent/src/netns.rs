@@ -1,0 +1,182 @@
+//! The network namespace a backend works in, entered without moving the process.
+//!
+//! `setns(2)` changes the namespace of the calling thread only. intercept never calls it on
+//! a thread it keeps: commands (`iptables-restore`, `ipset`, …) join the namespace between
+//! fork and exec ([`Netns::command`]), and in-process work that must see the namespace
+//! (reading its `/proc/sys/net`) runs on a short-lived thread of its own ([`Netns::run`]).
+//! The namespace is opened once, so a target named by pid stays the same namespace even if
+//! that process exits meanwhile.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::thread;
+
+use nix::sched::{CloneFlags, setns};
+
+/// Which network namespace to work in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The namespace intercept runs in.
+    Current,
+    /// A namespace file: `/run/netns/NAME`, `/proc/PID/ns/net`, a bind mount of either.
+    Path(PathBuf),
+    /// The namespace of a running process (`/proc/PID/ns/net`).
+    Pid(u32),
+}
+
+impl Target {
+    fn path(&self) -> Option<PathBuf> {
+        match self {
+            Target::Current => None,
+            Target::Path(path) => Some(path.clone()),
+            Target::Pid(pid) => Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Current => f.write_str("the current network namespace"),
+            Target::Path(path) => write!(f, "network namespace {}", path.display()),
+            Target::Pid(pid) => write!(f, "network namespace of pid {pid} (/proc/{pid}/ns/net)"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open the {target}: {source}")]
+    Open {
+        target: Target,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the {target} is not a network namespace")]
+    NotNetns { target: Target },
+    #[error(
+        "entering the {target} needs CAP_SYS_ADMIN: run intercept as root, or with \
+         CAP_SYS_ADMIN added to its capabilities"
+    )]
+    NoPermission { target: Target },
+    #[error("entering the {target}: {source}")]
+    Enter {
+        target: Target,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// An open network namespace (or the current one).
+#[derive(Debug, Clone)]
+pub struct Netns {
+    target: Target,
+    /// Shared with the commands built by [`Netns::command`], which may outlive `self`.
+    fd: Option<Arc<OwnedFd>>,
+}
+
+impl Netns {
+    /// The namespace intercept runs in: commands and [`Netns::run`] stay where they are.
+    pub fn current() -> Netns {
+        Netns { target: Target::Current, fd: None }
+    }
+
+    /// Opens `target` and checks that it is a network namespace intercept may enter.
+    pub fn open(target: Target) -> Result<Netns, Error> {
+        let Some(path) = target.path() else {
+            return Ok(Netns::current());
+        };
+        let file = File::open(&path).map_err(|source| Error::Open { target: target.clone(), source })?;
+        let netns = Netns { target, fd: Some(Arc::new(OwnedFd::from(file))) };
+        // Entering it once up front turns a wrong path or a missing capability into a clear
+        // error before anything is changed.
+        netns.run(|| ())?;
+        Ok(netns)
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// A command that runs `program` inside this namespace: the child joins it between fork
+    /// and exec; the calling process stays where it is.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new(program);
+        if let Some(fd) = &self.fd {
+            let fd = Arc::clone(fd);
+            // SAFETY: between fork and exec the closure makes a single system call (setns) on
+            // a descriptor kept open by the Arc it owns; it allocates nothing.
+            unsafe {
+                command.pre_exec(move || setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from));
+            }
+        }
+        command
+    }
+
+    /// Runs `f` on a new thread that has joined this namespace, and returns its result.
+    /// Sockets created and `/proc/sys/net` files opened by `f` belong to this namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
+        let Some(fd) = &self.fd else {
+            return Ok(f());
+        };
+        thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|errno| self.enter_error(errno))?;
+                    Ok(f())
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    fn enter_error(&self, errno: nix::errno::Errno) -> Error {
+        let target = self.target.clone();
+        match errno {
+            nix::errno::Errno::EINVAL => Error::NotNetns { target },
+            nix::errno::Errno::EPERM => Error::NoPermission { target },
+            errno => Error::Enter { target, source: io::Error::from(errno) },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_targets_name_their_proc_file() {
+        assert_eq!(Target::Pid(42).path(), Some(PathBuf::from("/proc/42/ns/net")));
+        assert_eq!(Target::Current.path(), None);
+        assert_eq!(Target::Pid(42).to_string(), "network namespace of pid 42 (/proc/42/ns/net)");
+    }
+
+    #[test]
+    fn a_missing_namespace_file_is_an_open_error() {
+        let err = Netns::open(Target::Path("/nonexistent/netns".into())).unwrap_err();
+        assert!(matches!(err, Error::Open { .. }), "{err:?}");
+        assert!(err.to_string().starts_with("cannot open the network namespace /nonexistent/netns"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_namespace_is_refused() {
+        // Any readable regular file: setns(2) refuses it with EINVAL (or EPERM without root).
+        let err = Netns::open(Target::Path("/proc/self/status".into())).unwrap_err();
+        assert!(matches!(err, Error::NotNetns { .. } | Error::NoPermission { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn the_current_namespace_runs_in_place() {
+        let netns = Netns::current();
+        assert_eq!(netns.target(), &Target::Current);
+        assert_eq!(netns.run(|| 7).unwrap(), 7);
+        assert_eq!(netns.command("true").get_program(), "true");
+    }
+}

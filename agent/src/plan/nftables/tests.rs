@@ -1,0 +1,940 @@
+//! Golden tests of the nftables plan, and the plan checked against the decision model: a
+//! small interpreter reads the apply script (the exact text `nft -f` gets), runs its rules
+//! on random connections the way the kernel would, and must reach the same decision as
+//! [`model::decide`].
+//!
+//! The configurations are the ones `plan/tests.rs` snapshots for the other backends.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use ipnet::IpNet;
+use proptest::prelude::*;
+
+use super::*;
+use crate::config::{Ingress, PortRange, PortSet, ProxyConfig};
+use crate::model::{self, Connection, Decision, Direction, LocalAddrs, Protocol, Reason, canonical};
+use crate::plan::{Backend, Format, render};
+
+// ---------------------------------------------------------------------------------------
+// Configurations (as in plan/tests.rs)
+
+fn ports(ranges: &[(u16, u16)]) -> PortSet {
+    PortSet::from_ranges(ranges.iter().map(|&(start, end)| PortRange { start, end }))
+}
+
+fn nets(list: &[&str]) -> Vec<IpNet> {
+    let parse = |s: &str| s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from)).expect("test CIDR");
+    let mut nets: Vec<IpNet> = list.iter().map(|s| parse(s).trunc()).collect();
+    nets.sort();
+    nets.dedup();
+    nets
+}
+
+fn seed() -> ProxyConfig {
+    crate::testdata::seed_config()
+}
+
+fn gid_only() -> ProxyConfig {
+    ProxyConfig { ignored_uid: None, ignored_gid: Some(1337), ..seed() }
+}
+
+fn egress_only() -> ProxyConfig {
+    ProxyConfig { ingress: None, ..seed() }
+}
+
+/// Twenty single ports, none adjacent (so none merge into a range).
+fn twenty_ports() -> ProxyConfig {
+    let list: Vec<(u16, u16)> = (0..20).map(|i| (1000 + 2 * i, 1000 + 2 * i)).collect();
+    ProxyConfig { egress_ignored_ports: ports(&list), ..seed() }
+}
+
+fn port_ranges() -> ProxyConfig {
+    ProxyConfig {
+        egress_ignored_ports: ports(&[
+            (25, 25),
+            (3000, 3010),
+            (5432, 5432),
+            (6000, 6063),
+            (6379, 6379),
+            (7000, 7100),
+            (8000, 8010),
+            (9000, 9099),
+            (11211, 11211),
+            (27017, 27019),
+        ]),
+        ingress: Some(Ingress { proxy_port: 15000, app_ports: ports(&[(8080, 8080), (9080, 9089), (50051, 50051)]) }),
+        ..seed()
+    }
+}
+
+/// Also shows the implicit exemptions' comments: neither the metadata IPs nor port 22
+/// are listed.
+fn ipv6_cidrs() -> ProxyConfig {
+    ProxyConfig {
+        egress_ignored_ips: nets(&["10.0.0.0/8", "fd00:ec2::254", "2001:db8::/32", "fe80::/10"]),
+        egress_ignored_ports: PortSet::new(),
+        ..seed()
+    }
+}
+
+fn ipv6_off() -> ProxyConfig {
+    ProxyConfig { ipv6: false, ..ipv6_cidrs() }
+}
+
+fn implicit_off() -> ProxyConfig {
+    ProxyConfig {
+        egress_ignored_ports: PortSet::new(),
+        egress_ignored_ips: Vec::new(),
+        implicit_exemptions: false,
+        ..seed()
+    }
+}
+
+/// 10,000 /24s, every other one, so that none aggregate.
+fn ten_thousand_cidrs() -> ProxyConfig {
+    let list: Vec<String> = (0..10_000u32).map(|i| format!("10.{}.{}.0/24", i / 128, 2 * (i % 128))).collect();
+    let refs: Vec<&str> = list.iter().map(String::as_str).collect();
+    ProxyConfig { egress_ignored_ips: nets(&refs), ..seed() }
+}
+
+fn all_configs() -> Vec<(&'static str, ProxyConfig)> {
+    vec![
+        ("seed", seed()),
+        ("gid_only", gid_only()),
+        ("egress_only", egress_only()),
+        ("twenty_ports", twenty_ports()),
+        ("port_ranges", port_ranges()),
+        ("ipv6_cidrs", ipv6_cidrs()),
+        ("ipv6_off", ipv6_off()),
+        ("implicit_off", implicit_off()),
+        ("ten_thousand_cidrs", ten_thousand_cidrs()),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------
+// Golden snapshots
+
+#[test]
+fn snapshots_text() {
+    for (name, config) in all_configs() {
+        insta::assert_snapshot!(name, render(&config, Backend::Nftables, Format::Text));
+    }
+}
+
+#[test]
+fn snapshots_json() {
+    for (name, config) in [("seed", seed()), ("ipv6_cidrs", ipv6_cidrs()), ("port_ranges", port_ranges())] {
+        insta::assert_snapshot!(format!("{name}_json"), render(&config, Backend::Nftables, Format::Json));
+    }
+}
+
+/// The seed guide's four task definitions, through the real parser and validator.
+#[test]
+fn snapshots_of_the_seed_examples() {
+    for name in crate::testdata::EXAMPLES {
+        let input = crate::config::source::parse_task_definition(&crate::testdata::example_text(name), name).unwrap();
+        let config = crate::config::validate(&input.raw).unwrap().config;
+        assert_eq!(config, seed(), "{name}");
+        insta::assert_snapshot!(format!("example_{name}"), render(&config, Backend::Nftables, Format::Text));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Structure
+
+/// The rule without its comment.
+fn bare(rule: &Rule) -> String {
+    let text = rule.render();
+    text[..text.find(" comment \"").unwrap()].to_owned()
+}
+
+fn bare_rules(plan: &NftablesPlan, chain: &str) -> Vec<String> {
+    plan.chain(chain).unwrap().rules.iter().map(bare).collect()
+}
+
+#[test]
+fn seed_has_the_reference_decisions_in_one_table() {
+    let plan = NftablesPlan::new(&seed());
+    let chains: Vec<(&str, Option<Hook>)> = plan.chains.iter().map(|c| (c.name, c.hook)).collect();
+    assert_eq!(
+        chains,
+        [("output", Some(Hook::Output)), ("prerouting", Some(Hook::Prerouting)), ("egress", None), ("ingress", None),]
+    );
+    assert_eq!(bare_rules(&plan, OUTPUT_CHAIN), ["meta l4proto tcp fib daddr type != local counter jump egress"]);
+    assert_eq!(bare_rules(&plan, PREROUTING_CHAIN), ["meta l4proto tcp fib saddr type != local counter jump ingress"]);
+    assert_eq!(
+        bare_rules(&plan, EGRESS_CHAIN),
+        [
+            "meta skuid 1337 counter return",
+            "tcp dport @ignored_ports counter return",
+            "ip daddr @ignored_v4 counter return",
+            "meta l4proto tcp counter redirect to :15001",
+        ]
+    );
+    assert_eq!(bare_rules(&plan, INGRESS_CHAIN), ["tcp dport @app_ports counter redirect to :15000"]);
+    let sets: Vec<(&str, SetType, Vec<String>)> =
+        plan.sets.iter().map(|s| (s.name, s.set_type, s.rendered_elements())).collect();
+    assert_eq!(
+        sets,
+        [
+            ("ignored_ports", SetType::InetService, vec!["22".to_owned()]),
+            ("ignored_v4", SetType::Ipv4Addr, vec!["169.254.169.254".to_owned(), "169.254.170.2".to_owned()]),
+            ("app_ports", SetType::InetService, vec!["9080".to_owned()]),
+        ]
+    );
+}
+
+#[test]
+fn every_rule_has_a_counter_and_an_intercept_comment() {
+    for (name, config) in all_configs() {
+        let plan = NftablesPlan::new(&config);
+        for rule in plan.chains.iter().flat_map(|c| &c.rules) {
+            assert!(rule.comment.starts_with(COMMENT_PREFIX), "{name}: {rule:?}");
+            assert!(rule.comment.len() <= COMMENT_MAX && !rule.comment.contains('"'), "{name}: {rule:?}");
+            let text = rule.render();
+            assert!(text.ends_with(&format!(" comment \"{}\"", rule.comment)), "{name}: {text}");
+            assert_eq!(text.matches(" counter ").count(), 1, "{name}: {text}");
+        }
+        for set in &plan.sets {
+            assert!(set.comment.starts_with(COMMENT_PREFIX) && set.comment.len() <= COMMENT_MAX, "{name}: {set:?}");
+            assert!(!set.is_empty(), "{name}: empty set {}", set.name);
+        }
+        assert!(TABLE_COMMENT.len() <= COMMENT_MAX);
+    }
+}
+
+#[test]
+fn the_apply_script_replaces_the_table_and_the_remove_script_removes_it() {
+    let plan = NftablesPlan::new(&seed());
+    let script = plan.apply_script();
+    let lines: Vec<&str> = script.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "add table inet intercept",
+            "delete table inet intercept",
+            "table inet intercept {",
+            &format!("\tcomment \"{TABLE_COMMENT}\"")
+        ]
+    );
+    assert_eq!(lines.last(), Some(&"}"));
+    // Nothing outside the table: a single table block after the add/delete pair.
+    assert_eq!(lines.iter().filter(|l| !l.starts_with('\t')).count(), 4);
+    assert_eq!(NftablesPlan::remove_script(), "add table inet intercept\ndelete table inet intercept\n");
+    assert!(script.starts_with(NftablesPlan::remove_script()));
+    // Base chains carry the nat hook at dstnat priority, the others none.
+    assert!(script.contains("\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n"));
+    assert!(script.contains("\tchain prerouting {\n\t\ttype nat hook prerouting priority -100; policy accept;\n"));
+    assert!(script.contains("\tchain egress {\n\t\tmeta skuid"));
+    // The text rendering is the script itself when no set is long, plus comments.
+    let text = plan.render_text();
+    assert!(text.contains(&script));
+    assert!(text.lines().filter(|l| !script.lines().any(|s| s == *l)).all(|l| l.is_empty() || l.starts_with('#')));
+}
+
+#[test]
+fn ipv6_off_installs_no_ipv6_rule_and_lets_ipv6_through() {
+    let plan = NftablesPlan::new(&ipv6_off());
+    let script = plan.apply_script();
+    assert!(plan.set(IGNORED_V6_SET).is_none());
+    assert!(!script.contains("ip6 ") && !script.contains("ipv6_addr") && !script.contains("2001:db8"));
+    assert_eq!(
+        bare_rules(&plan, OUTPUT_CHAIN),
+        ["meta l4proto tcp meta nfproto ipv4 fib daddr type != local counter jump egress"]
+    );
+    assert_eq!(
+        bare_rules(&plan, PREROUTING_CHAIN),
+        ["meta l4proto tcp meta nfproto ipv4 fib saddr type != local counter jump ingress"]
+    );
+    // IPv6 on: the v6 set and its rule, and no family restriction on the jumps.
+    let plan = NftablesPlan::new(&ipv6_cidrs());
+    assert_eq!(plan.set(IGNORED_V6_SET).unwrap().rendered_elements(), ["2001:db8::/32", "fd00:ec2::254", "fe80::/10"]);
+    assert!(bare_rules(&plan, EGRESS_CHAIN).contains(&"ip6 daddr @ignored_v6 counter return".to_owned()));
+    assert!(!plan.apply_script().contains("nfproto"));
+}
+
+#[test]
+fn egress_only_has_no_prerouting_chain() {
+    let plan = NftablesPlan::new(&egress_only());
+    assert!(plan.chain(PREROUTING_CHAIN).is_none() && plan.chain(INGRESS_CHAIN).is_none());
+    assert!(plan.set(APP_PORTS_SET).is_none());
+    assert!(!plan.apply_script().contains("prerouting"));
+    // An empty AppPorts list redirects nothing: no chain either.
+    let config = ProxyConfig { ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::new() }), ..seed() };
+    assert!(NftablesPlan::new(&config).chain(PREROUTING_CHAIN).is_none());
+}
+
+#[test]
+fn empty_lists_leave_their_set_and_rule_out() {
+    let plan = NftablesPlan::new(&implicit_off());
+    assert_eq!(plan.sets.iter().map(|s| s.name).collect::<Vec<_>>(), [APP_PORTS_SET]);
+    assert_eq!(
+        bare_rules(&plan, EGRESS_CHAIN),
+        ["meta skuid 1337 counter return", "meta l4proto tcp counter redirect to :15001"]
+    );
+}
+
+#[test]
+fn port_ranges_are_interval_elements() {
+    let plan = NftablesPlan::new(&port_ranges());
+    assert_eq!(
+        plan.set(IGNORED_PORTS_SET).unwrap().rendered_elements(),
+        [
+            "22",
+            "25",
+            "3000-3010",
+            "5432",
+            "6000-6063",
+            "6379",
+            "7000-7100",
+            "8000-8010",
+            "9000-9099",
+            "11211",
+            "27017-27019"
+        ]
+    );
+    assert_eq!(plan.set(APP_PORTS_SET).unwrap().rendered_elements(), ["8080", "9080-9089", "50051"]);
+    // One rule whatever the number of ports: nothing like multiport's 15.
+    assert_eq!(bare_rules(&plan, EGRESS_CHAIN).iter().filter(|r| r.contains("dport")).count(), 1);
+}
+
+#[test]
+fn long_sets_are_summarised_in_the_text_only() {
+    let config = twenty_ports();
+    let plan = NftablesPlan::new(&config);
+    let set = plan.set(IGNORED_PORTS_SET).unwrap();
+    assert_eq!(set.len(), 21, "20 configured + the implicit 22");
+    let text = plan.render_text();
+    assert!(text.contains("\t\t\t# … and 1 more (--format json lists them all)\n"), "{text}");
+    assert!(!text.contains("\t\t\t1038\n"));
+    let script = plan.apply_script();
+    assert!(!script.contains('#') && script.contains("\t\t\t1036,\n\t\t\t1038\n"));
+}
+
+#[test]
+fn ten_thousand_cidrs_are_one_set_and_one_rule() {
+    let config = ten_thousand_cidrs();
+    let plan = NftablesPlan::new(&config);
+    let set = plan.set(IGNORED_V4_SET).unwrap();
+    assert_eq!(set.len(), 10_002, "10,000 + the two metadata IPs");
+    assert_eq!(bare_rules(&plan, EGRESS_CHAIN).len(), 4, "uid, ports, the v4 set, redirect");
+    let script = plan.apply_script();
+    let parsed = parse_script(&script);
+    assert_eq!(parsed.sets[IGNORED_V4_SET].elements.len(), 10_002);
+
+    let text = plan.render_text();
+    assert!(text.lines().count() < 80, "{} lines", text.lines().count());
+    assert!(text.contains("\t\t\t# … and 9982 more (--format json lists them all)\n"));
+
+    let json: serde_json::Value = serde_json::from_str(&plan.render_json()).unwrap();
+    let v4 = json["sets"].as_array().unwrap().iter().find(|s| s["name"] == IGNORED_V4_SET).unwrap();
+    assert_eq!(v4["elements"].as_array().unwrap().len(), 10_002);
+    assert_eq!(json["apply"].as_str().unwrap(), script);
+    assert_eq!(json["remove"].as_str().unwrap(), REMOVE_SCRIPT);
+}
+
+#[test]
+fn json_describes_the_rules_it_applies() {
+    let plan = NftablesPlan::new(&seed());
+    let json: serde_json::Value = serde_json::from_str(&plan.render_json()).unwrap();
+    assert_eq!(
+        (json["backend"].as_str(), json["family"].as_str(), json["table"].as_str()),
+        (Some("nftables"), Some("inet"), Some("intercept"))
+    );
+    let output = &json["chains"][0];
+    assert_eq!(
+        output["hook"],
+        serde_json::json!({"type": "nat", "hook": "output", "priority": -100, "policy": "accept"})
+    );
+    let rule = &output["rules"][0];
+    assert_eq!(rule["matches"], serde_json::json!(["meta l4proto tcp", "fib daddr type != local"]));
+    assert_eq!(rule["verdict"], "jump egress");
+    assert_eq!(rule["statement"].as_str().unwrap(), plan.chains[0].rules[0].render());
+    assert_eq!(json["chains"][2]["hook"], serde_json::Value::Null);
+}
+
+#[test]
+fn rendering_is_deterministic() {
+    for (_, config) in all_configs().into_iter().filter(|(n, _)| *n != "ten_thousand_cidrs") {
+        for format in [Format::Text, Format::Json] {
+            assert_eq!(render(&config, Backend::Nftables, format), render(&config, Backend::Nftables, format));
+        }
+    }
+    // Input order does not matter: the plan works from the normalised lists.
+    let mut shuffled = ipv6_cidrs();
+    shuffled.egress_ignored_ips.reverse();
+    shuffled.egress_ignored_ports = ports(&[(8000, 8010), (22, 22), (8005, 8020)]);
+    let mut sorted = ipv6_cidrs();
+    sorted.egress_ignored_ports = ports(&[(22, 22), (8000, 8020)]);
+    assert_eq!(render(&shuffled, Backend::Nftables, Format::Json), render(&sorted, Backend::Nftables, Format::Json));
+}
+
+#[test]
+fn the_script_reads_back_as_the_plan() {
+    for (name, config) in all_configs() {
+        let plan = NftablesPlan::new(&config);
+        let parsed = parse_script(&plan.apply_script());
+        let sets: BTreeMap<String, (String, Vec<String>)> = plan
+            .sets
+            .iter()
+            .map(|s| (s.name.to_owned(), (s.set_type.as_str().to_owned(), s.rendered_elements())))
+            .collect();
+        let parsed_sets: BTreeMap<String, (String, Vec<String>)> =
+            parsed.sets.iter().map(|(n, s)| (n.clone(), (s.set_type.clone(), s.elements.clone()))).collect();
+        assert_eq!(parsed_sets, sets, "{name}");
+        let chains: Vec<(String, Option<String>, Vec<String>)> = plan
+            .chains
+            .iter()
+            .map(|c| {
+                (c.name.to_owned(), c.hook.map(|h| h.as_str().to_owned()), c.rules.iter().map(Rule::render).collect())
+            })
+            .collect();
+        let parsed_chains: Vec<(String, Option<String>, Vec<String>)> =
+            parsed.chains.iter().map(|c| (c.name.clone(), c.hook.clone(), c.rules.clone())).collect();
+        assert_eq!(parsed_chains, chains, "{name}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The interpreter: the apply script, read back and run
+
+struct Script {
+    sets: BTreeMap<String, ParsedSet>,
+    chains: Vec<ParsedChain>,
+}
+
+struct ParsedSet {
+    set_type: String,
+    elements: Vec<String>,
+}
+
+impl ParsedSet {
+    fn contains_port(&self, port: u16) -> bool {
+        assert_eq!(self.set_type, "inet_service");
+        self.elements.iter().any(|e| {
+            let (start, end) = e.split_once('-').unwrap_or((e, e));
+            (start.parse::<u16>().unwrap()..=end.parse::<u16>().unwrap()).contains(&port)
+        })
+    }
+
+    fn contains_ip(&self, ip: IpAddr) -> bool {
+        let want = if ip.is_ipv4() { "ipv4_addr" } else { "ipv6_addr" };
+        assert_eq!(self.set_type, want, "{ip} looked up in a {} set", self.set_type);
+        self.elements.iter().any(|e| parse_net(e).contains(&ip))
+    }
+}
+
+struct ParsedChain {
+    name: String,
+    hook: Option<String>,
+    rules: Vec<String>,
+}
+
+fn parse_net(element: &str) -> IpNet {
+    element.parse::<IpNet>().or_else(|_| element.parse::<IpAddr>().map(IpNet::from)).expect("an address or a prefix")
+}
+
+/// Reads the subset of nft's syntax the plan writes, checking its layout as it goes. Set
+/// elements are checked as the kernel would: of the set's type, no two overlapping.
+fn parse_script(script: &str) -> Script {
+    let mut lines = script.lines();
+    assert_eq!(lines.next(), Some("add table inet intercept"));
+    assert_eq!(lines.next(), Some("delete table inet intercept"));
+    assert_eq!(lines.next(), Some("table inet intercept {"));
+    let mut sets = BTreeMap::new();
+    let mut chains = Vec::new();
+    while let Some(line) = lines.next() {
+        if line == "}" {
+            assert_eq!(lines.next(), None, "nothing after the table");
+            return Script { sets, chains };
+        }
+        if let Some(comment) = line.strip_prefix("\tcomment ") {
+            assert!(comment.starts_with('"') && comment.ends_with('"'));
+        } else if let Some(name) = line.strip_prefix("\tset ").and_then(|l| l.strip_suffix(" {")) {
+            let set_type = lines.next().unwrap().strip_prefix("\t\ttype ").unwrap().to_owned();
+            assert_eq!(lines.next(), Some("\t\tflags interval"));
+            assert!(lines.next().unwrap().starts_with("\t\tcomment \"intercept: "));
+            assert_eq!(lines.next(), Some("\t\telements = {"));
+            let mut raw = Vec::new();
+            for line in lines.by_ref() {
+                if line == "\t\t}" {
+                    break;
+                }
+                raw.push(line.strip_prefix("\t\t\t").expect("an element line"));
+            }
+            // Commas between the elements, none after the last.
+            let (last, others) = raw.split_last().expect("sets are never empty");
+            assert!(others.iter().all(|e| e.ends_with(',')) && !last.ends_with(','), "{raw:?}");
+            let elements: Vec<String> = raw.iter().map(|e| e.trim_end_matches(',').to_owned()).collect();
+            check_elements(&set_type, &elements);
+            assert_eq!(lines.next(), Some("\t}"));
+            assert!(sets.insert(name.to_owned(), ParsedSet { set_type, elements }).is_none(), "set {name} twice");
+        } else if let Some(name) = line.strip_prefix("\tchain ").and_then(|l| l.strip_suffix(" {")) {
+            let mut hook = None;
+            let mut rules = Vec::new();
+            for line in lines.by_ref() {
+                if line == "\t}" {
+                    break;
+                }
+                let body = line.strip_prefix("\t\t").expect("a chain body line");
+                if let Some(rest) = body.strip_prefix("type nat hook ") {
+                    assert!(rules.is_empty() && hook.is_none());
+                    let (h, tail) = rest.split_once(' ').unwrap();
+                    assert_eq!(tail, "priority -100; policy accept;");
+                    hook = Some(h.to_owned());
+                } else {
+                    rules.push(body.to_owned());
+                }
+            }
+            chains.push(ParsedChain { name: name.to_owned(), hook, rules });
+        } else {
+            panic!("unexpected line {line:?}");
+        }
+    }
+    panic!("the table is not closed");
+}
+
+fn check_elements(set_type: &str, elements: &[String]) {
+    let bounds: Vec<(u128, u128)> = match set_type {
+        "inet_service" => elements
+            .iter()
+            .map(|e| {
+                let (start, end) = e.split_once('-').unwrap_or((e, e));
+                let (start, end): (u16, u16) = (start.parse().unwrap(), end.parse().unwrap());
+                assert!(start < end || !e.contains('-'), "bad range {e}");
+                (start.into(), end.into())
+            })
+            .collect(),
+        "ipv4_addr" | "ipv6_addr" => elements
+            .iter()
+            .map(|e| {
+                let net = parse_net(e);
+                assert_eq!(net.addr().is_ipv4(), set_type == "ipv4_addr", "{e} in a {set_type} set");
+                assert_eq!(net, net.trunc(), "{e} has host bits set");
+                assert!(
+                    !e.contains('/') || net.prefix_len() < net.max_prefix_len(),
+                    "hosts are written as addresses: {e}"
+                );
+                let (lo, hi) = match net {
+                    IpNet::V4(n) => (u32::from(n.network()).into(), u32::from(n.broadcast()).into()),
+                    IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
+                };
+                (lo, hi)
+            })
+            .collect(),
+        other => panic!("unexpected set type {other}"),
+    };
+    for pair in bounds.windows(2) {
+        assert!(pair[0].1 < pair[1].0, "elements overlap or are out of order: {elements:?}");
+    }
+}
+
+/// One statement of a rule, parsed from its text.
+#[derive(Debug)]
+enum Stmt {
+    /// A match, with the reason it stands for: why a connection that fails it is left
+    /// alone, or why a `return` after it leaves the connection alone.
+    Match(Reason, bool),
+    Counter,
+    Jump(String),
+    Return,
+    Redirect(u16),
+}
+
+/// Parses `rule` and evaluates its matches on `conn`.
+fn statements(script: &Script, local: &LocalAddrs, conn: &Connection, rule: &str) -> Vec<Stmt> {
+    let (body, comment) = rule.split_once(" comment \"").expect("every rule has a comment");
+    let comment = comment.strip_suffix('"').unwrap();
+    assert!(comment.starts_with(COMMENT_PREFIX) && comment.len() <= COMMENT_MAX && !comment.contains('"'));
+    let dst = canonical(conn.destination.ip());
+    let src = canonical(conn.source.ip());
+    let tcp = conn.protocol == Protocol::Tcp;
+    let words: Vec<&str> = body.split(' ').collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let rest = &words[i..];
+        let (stmt, n) = match rest {
+            ["meta", "l4proto", "tcp", ..] => (Stmt::Match(Reason::NotTcp, tcp), 3),
+            ["meta", "nfproto", "ipv4", ..] => (Stmt::Match(Reason::Ipv6Disabled, dst.is_ipv4()), 3),
+            ["meta", "skuid", id, ..] => (Stmt::Match(Reason::IgnoredUid, conn.uid == id.parse::<u32>().unwrap()), 3),
+            ["meta", "skgid", id, ..] => (Stmt::Match(Reason::IgnoredGid, conn.gid == id.parse::<u32>().unwrap()), 3),
+            ["fib", "daddr", "type", "!=", "local", ..] => {
+                (Stmt::Match(Reason::LocalDestination, !local.contains(dst)), 5)
+            }
+            ["fib", "saddr", "type", "!=", "local", ..] => (Stmt::Match(Reason::LocalSource, !local.contains(src)), 5),
+            ["tcp", "dport", set, ..] => {
+                let set = &script.sets[set.strip_prefix('@').unwrap()];
+                // In egress a match means "ignored port"; in ingress a miss means "not an AppPort".
+                let reason = if conn.direction == Direction::Egress { Reason::IgnoredPort } else { Reason::NotAppPort };
+                (Stmt::Match(reason, tcp && set.contains_port(conn.destination.port())), 3)
+            }
+            [family @ ("ip" | "ip6"), "daddr", set, ..] => {
+                let set = &script.sets[set.strip_prefix('@').unwrap()];
+                // `ip daddr` only matches IPv4 packets, `ip6 daddr` only IPv6 ones.
+                let same_family = dst.is_ipv4() == (*family == "ip");
+                (Stmt::Match(Reason::IgnoredIp, same_family && set.contains_ip(dst)), 3)
+            }
+            ["counter", ..] => (Stmt::Counter, 1),
+            ["jump", chain] => (Stmt::Jump((*chain).to_owned()), 2),
+            ["return"] => (Stmt::Return, 1),
+            ["redirect", "to", port] => (Stmt::Redirect(port.strip_prefix(':').unwrap().parse().unwrap()), 3),
+            other => panic!("the interpreter does not know {other:?} in {rule:?}"),
+        };
+        out.push(stmt);
+        i += n;
+    }
+    // Matches, then exactly one counter, then the verdict.
+    let counter = out.iter().position(|s| matches!(s, Stmt::Counter)).expect("every rule has a counter");
+    assert!(out[..counter].iter().all(|s| matches!(s, Stmt::Match(..))), "{rule}");
+    assert_eq!(out.len(), counter + 2, "one verdict after the counter: {rule}");
+    out
+}
+
+enum Flow {
+    /// The chain ended or returned: the caller goes on with its next rule.
+    Continue,
+    Redirect(u16),
+}
+
+/// Runs `chain` as the kernel does: rules in order, the first whose matches all hold
+/// applies its verdict; `return` (or the chain's end) goes back to the caller. `why_not`
+/// records the reason of the last rule that decided against redirecting.
+fn run_chain(script: &Script, chain: &str, local: &LocalAddrs, conn: &Connection, why_not: &mut Reason) -> Flow {
+    let chain = script.chains.iter().find(|c| c.name == chain).expect("jump to a defined chain");
+    for rule in &chain.rules {
+        let stmts = statements(script, local, conn, rule);
+        let mut kind = None;
+        let mut failed = None;
+        for stmt in &stmts {
+            if let Stmt::Match(reason, holds) = stmt {
+                if !holds {
+                    failed = Some(*reason);
+                    break;
+                }
+                kind = Some(*reason);
+            }
+        }
+        if let Some(reason) = failed {
+            *why_not = reason;
+            continue;
+        }
+        match stmts.last().unwrap() {
+            Stmt::Jump(target) => {
+                assert!(chain.hook.is_some(), "only the base chains jump");
+                if let Flow::Redirect(port) = run_chain(script, target, local, conn, why_not) {
+                    return Flow::Redirect(port);
+                }
+            }
+            Stmt::Return => {
+                *why_not = kind.expect("a return rule says why");
+                return Flow::Continue;
+            }
+            Stmt::Redirect(port) => return Flow::Redirect(*port),
+            other => panic!("not a verdict: {other:?}"),
+        }
+    }
+    Flow::Continue
+}
+
+/// Where the kernel would send `conn` under the table `script` defines.
+fn run_nftables(script: &Script, local: &LocalAddrs, conn: &Connection) -> Decision {
+    let hook = match conn.direction {
+        Direction::Egress => "output",
+        Direction::Ingress => "prerouting",
+    };
+    let mut why_not = Reason::NotAppPort;
+    let base = script.chains.iter().find(|c| c.hook.as_deref() == Some(hook));
+    let Some(base) = base else {
+        assert_eq!(conn.direction, Direction::Ingress, "egress always has its chain");
+        return Decision::Untouched { reason: why_not };
+    };
+    match run_chain(script, &base.name, local, conn, &mut why_not) {
+        Flow::Continue => Decision::Untouched { reason: why_not },
+        Flow::Redirect(port) => {
+            let dst = canonical(conn.destination.ip());
+            // Locally generated packets go to loopback; arriving ones to the address they
+            // arrived at.
+            let ip = match (conn.direction, dst) {
+                (Direction::Egress, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                (Direction::Egress, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                (Direction::Ingress, ip) => ip,
+            };
+            Decision::Redirect { to: SocketAddr::new(ip, port) }
+        }
+    }
+}
+
+#[test]
+fn the_interpreter_decides_the_seed_like_the_model() {
+    let config = seed();
+    let script = parse_script(&NftablesPlan::new(&config).apply_script());
+    let local = LocalAddrs::with_addresses(["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()]);
+    let conn = |direction, uid, src: &str, dst: &str| Connection {
+        direction,
+        protocol: Protocol::Tcp,
+        uid,
+        gid: uid,
+        source: src.parse().unwrap(),
+        destination: dst.parse().unwrap(),
+    };
+    let cases = [
+        conn(Direction::Egress, 1000, "10.0.0.2:1", "192.0.2.10:80"),
+        conn(Direction::Egress, 1000, "[fd00::2]:1", "[2001:db8::10]:80"),
+        conn(Direction::Egress, 1337, "10.0.0.2:1", "192.0.2.10:80"),
+        conn(Direction::Egress, 1000, "10.0.0.2:1", "192.0.2.10:22"),
+        conn(Direction::Egress, 1000, "10.0.0.2:1", "169.254.169.254:80"),
+        conn(Direction::Egress, 1000, "10.0.0.2:1", "127.0.0.1:80"),
+        conn(Direction::Egress, 1000, "10.0.0.2:1", "10.0.0.2:80"),
+        conn(Direction::Ingress, 0, "10.0.0.9:1", "10.0.0.2:9080"),
+        conn(Direction::Ingress, 0, "10.0.0.9:1", "10.0.0.2:9081"),
+        conn(Direction::Ingress, 0, "127.0.0.1:1", "10.0.0.2:9080"),
+    ];
+    let got: Vec<String> = cases.iter().map(|c| run_nftables(&script, &local, c).to_string()).collect();
+    assert_eq!(
+        got,
+        [
+            "redirected to 127.0.0.1:15001",
+            "redirected to [::1]:15001",
+            "untouched (process runs as IgnoredUID)",
+            "untouched (destination port is in EgressIgnoredPorts)",
+            "untouched (destination is in EgressIgnoredIPs)",
+            "untouched (destination is local to the task)",
+            "untouched (destination is local to the task)",
+            "redirected to 10.0.0.2:15000",
+            "untouched (destination port is not an AppPort)",
+            "untouched (source is local to the task)",
+        ]
+    );
+    for c in &cases {
+        assert_eq!(run_nftables(&script, &local, c), model::decide(&config, &local, c), "{c:?}");
+    }
+}
+
+/// The interpreter is only worth something if it tells a wrong table from a right one.
+#[test]
+fn the_interpreter_notices_a_wrong_table() {
+    let config = ProxyConfig { ipv6: false, ignored_gid: Some(1338), ..seed() };
+    let local = LocalAddrs::loopback();
+    let egress = |uid: u32, dst: &str| Connection {
+        direction: Direction::Egress,
+        protocol: Protocol::Tcp,
+        uid,
+        gid: uid,
+        source: "10.0.0.2:1".parse().unwrap(),
+        destination: dst.parse().unwrap(),
+    };
+    let disagrees = |plan: &NftablesPlan, conn: &Connection| {
+        let script = parse_script(&plan.apply_script());
+        run_nftables(&script, &local, conn) != model::decide(&config, &local, conn)
+    };
+    let good = NftablesPlan::new(&config);
+    let cases = [egress(1000, "[2001:db8::10]:80"), egress(1337, "192.0.2.10:22"), egress(1000, "192.0.2.10:80")];
+    assert!(cases.iter().all(|c| !disagrees(&good, c)));
+
+    // The jumps without `meta nfproto ipv4`: IPv6 redirected although IPv6 is off.
+    let mut bad = good.clone();
+    bad.chains.iter_mut().flat_map(|c| &mut c.rules).for_each(|r| r.matches.retain(|m| *m != Match::Ipv4Only));
+    assert!(disagrees(&bad, &cases[0]));
+    // The ports checked before the uid: the right outcome for the wrong reason.
+    let mut bad = good.clone();
+    let egress_chain = bad.chains.iter_mut().find(|c| c.name == EGRESS_CHAIN).unwrap();
+    egress_chain.rules.swap(0, 2);
+    assert!(disagrees(&bad, &cases[1]));
+    // A wrong proxy port.
+    let mut bad = good.clone();
+    let egress_chain = bad.chains.iter_mut().find(|c| c.name == EGRESS_CHAIN).unwrap();
+    egress_chain.rules.last_mut().unwrap().verdict = Verdict::Redirect(15002);
+    assert!(disagrees(&bad, &cases[2]));
+    // A set missing an element.
+    let mut bad = good.clone();
+    let ports = bad.sets.iter_mut().find(|s| s.name == IGNORED_PORTS_SET).unwrap();
+    ports.elements = Elements::Ports(vec![PortRange::single(23)]);
+    assert!(disagrees(&bad, &egress(1000, "192.0.2.10:22")));
+}
+
+// ---------------------------------------------------------------------------------------
+// Against the model, on random configurations (the strategies of plan/tests.rs)
+
+/// Egress connections to the edges of every ignored network and port range (plus one
+/// port past each range), so that every element is exercised.
+fn edge_connections(config: &ProxyConfig) -> Vec<Connection> {
+    let egress = |dst: IpAddr, port: u16| Connection {
+        direction: Direction::Egress,
+        protocol: Protocol::Tcp,
+        uid: 4242,
+        gid: 4242,
+        source: SocketAddr::new(
+            if dst.is_ipv4() { "10.9.9.9".parse().unwrap() } else { "fd09::9".parse().unwrap() },
+            1,
+        ),
+        destination: SocketAddr::new(dst, port),
+    };
+    let mut conns = Vec::new();
+    for net in config.egress_ignored_ips.iter().chain(&config.effective_ignored_ips()) {
+        conns.extend([egress(net.network(), 80), egress(net.broadcast(), 80)]);
+    }
+    for range in config.egress_ignored_ports.ranges() {
+        let dst = "192.0.2.77".parse().unwrap();
+        conns.extend([egress(dst, range.start), egress(dst, range.end), egress(dst, range.end.wrapping_add(1))]);
+    }
+    conns
+}
+
+fn outcome(decision: Decision) -> Option<SocketAddr> {
+    match decision {
+        Decision::Redirect { to } => Some(to),
+        Decision::Untouched { .. } => None,
+    }
+}
+
+fn arb_v4() -> impl Strategy<Value = Ipv4Addr> {
+    prop_oneof![
+        4 => (0u8..4, 0u8..16).prop_map(|(c, d)| Ipv4Addr::new(10, 0, c, d)),
+        1 => Just(Ipv4Addr::new(169, 254, 170, 2)),
+        1 => Just(Ipv4Addr::new(169, 254, 169, 254)),
+        1 => Just(Ipv4Addr::new(127, 0, 0, 1)),
+        1 => Just(Ipv4Addr::new(127, 1, 2, 3)),
+        1 => Just(Ipv4Addr::new(192, 0, 2, 1)),
+    ]
+}
+
+fn arb_v6() -> impl Strategy<Value = Ipv6Addr> {
+    prop_oneof![
+        4 => (0u16..4, 0u16..16).prop_map(|(c, d)| Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, c, d)),
+        1 => Just(Ipv6Addr::LOCALHOST),
+        1 => Just(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2)),
+    ]
+}
+
+fn arb_ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        3 => arb_v4().prop_map(IpAddr::V4),
+        2 => arb_v6().prop_map(IpAddr::V6),
+        1 => arb_v4().prop_map(|a| IpAddr::V6(a.to_ipv6_mapped())),
+    ]
+}
+
+fn arb_net() -> impl Strategy<Value = IpNet> {
+    prop_oneof![
+        8 => (arb_v4(), prop::sample::select(vec![24u8, 28, 30, 31, 32, 32, 32, 32, 32, 32]))
+            .prop_map(|(a, p)| IpNet::new(a.into(), p).unwrap().trunc()),
+        6 => (arb_v6(), prop::sample::select(vec![112u8, 124, 126, 127, 128, 128, 128, 128, 128, 128]))
+            .prop_map(|(a, p)| IpNet::new(a.into(), p).unwrap().trunc()),
+        1 => arb_v4().prop_map(|a| IpNet::new(IpAddr::V6(a.to_ipv6_mapped()), 128).unwrap()),
+        1 => Just("10.0.0.0/8".parse().unwrap()),
+        1 => Just("0.0.0.0/0".parse().unwrap()),
+        1 => Just("::/0".parse().unwrap()),
+    ]
+}
+
+fn arb_port() -> impl Strategy<Value = u16> {
+    prop_oneof![8 => 1u16..48, 1 => Just(9080u16), 1 => any::<u16>()]
+}
+
+fn arb_ports(max: usize) -> impl Strategy<Value = PortSet> {
+    prop::collection::vec((arb_port(), prop_oneof![3 => Just(0u16), 1 => 1u16..6]), 0..max).prop_map(|ranges| {
+        PortSet::from_ranges(ranges.into_iter().map(|(start, len)| PortRange { start, end: start.saturating_add(len) }))
+    })
+}
+
+fn arb_id() -> impl Strategy<Value = u32> {
+    prop::sample::select(vec![0u32, 1000, 1337])
+}
+
+fn arb_config() -> impl Strategy<Value = ProxyConfig> {
+    (
+        (prop::option::of(arb_id()), prop::option::of(arb_id())),
+        arb_port(),
+        prop::option::of((arb_port(), arb_ports(20))),
+        arb_ports(24),
+        prop::collection::vec(arb_net(), 0..40),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|((uid, gid), egress, ingress, ignored_ports, ips, implicit, ipv6)| {
+            let mut ips: Vec<IpNet> = ips;
+            ips.sort();
+            ips.dedup();
+            ProxyConfig {
+                ignored_uid: uid,
+                ignored_gid: gid,
+                proxy_egress_port: egress,
+                ingress: ingress.map(|(proxy_port, app_ports)| Ingress { proxy_port, app_ports }),
+                egress_ignored_ports: ignored_ports,
+                egress_ignored_ips: ips,
+                implicit_exemptions: implicit,
+                ipv6,
+            }
+        })
+}
+
+fn arb_connection() -> impl Strategy<Value = Connection> {
+    (
+        prop_oneof![Just(Direction::Egress), Just(Direction::Ingress)],
+        prop_oneof![8 => Just(Protocol::Tcp), 1 => Just(Protocol::Udp), 1 => Just(Protocol::Other(132))],
+        arb_id(),
+        arb_id(),
+        // A connection's two ends are of one family.
+        (arb_ip(), arb_ip()).prop_filter("same family", |(s, d)| canonical(*s).is_ipv4() == canonical(*d).is_ipv4()),
+        arb_port(),
+    )
+        .prop_map(|(direction, protocol, uid, gid, (src, dst), port)| Connection {
+            direction,
+            protocol,
+            uid,
+            gid,
+            source: SocketAddr::new(src, 40000),
+            destination: SocketAddr::new(dst, port),
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn nftables_plan_agrees_with_the_model(
+        config in arb_config(),
+        task_addrs in prop::collection::vec(arb_ip(), 0..3),
+        conns in prop::collection::vec(arb_connection(), 1..32),
+    ) {
+        let plan = NftablesPlan::new(&config);
+        let script = parse_script(&plan.apply_script());
+        let local = LocalAddrs::with_addresses(task_addrs.iter().map(|a| canonical(*a)));
+        for conn in conns.iter().chain(&edge_connections(&config)) {
+            let want = model::decide(&config, &local, conn);
+            let got = run_nftables(&script, &local, conn);
+            // Without a prerouting chain nothing decides ingress: "not TCP", "local
+            // source" and "not an AppPort" are all right, so only the outcome is compared.
+            if conn.direction == Direction::Egress || plan.chain(PREROUTING_CHAIN).is_some() {
+                prop_assert_eq!(got, want, "{:?}", conn);
+            } else {
+                prop_assert_eq!(outcome(got), outcome(want), "{:?}", conn);
+            }
+        }
+    }
+
+    #[test]
+    fn plan_invariants(config in arb_config()) {
+        let plan = NftablesPlan::new(&config);
+        let script = plan.apply_script();
+        // Sets are defined before use and every referenced set and chain exists.
+        let parsed = parse_script(&script);
+        for rule in plan.chains.iter().flat_map(|c| &c.rules) {
+            prop_assert!(rule.comment.starts_with(COMMENT_PREFIX) && rule.comment.len() <= COMMENT_MAX);
+            for m in &rule.matches {
+                if let Match::DportIn(set) | Match::DaddrIn(_, set) = m {
+                    prop_assert!(parsed.sets.contains_key(*set));
+                }
+            }
+            if let Verdict::Jump(chain) = rule.verdict {
+                prop_assert!(plan.chain(chain).is_some_and(|c| c.hook.is_none()));
+            }
+        }
+        if !config.ipv6 {
+            prop_assert!(!script.contains("ip6 ") && plan.set(IGNORED_V6_SET).is_none());
+        }
+        prop_assert_eq!(plan.chain(PREROUTING_CHAIN).is_some(), config.ingress.as_ref().is_some_and(|i| !i.app_ports.is_empty()));
+    }
+}

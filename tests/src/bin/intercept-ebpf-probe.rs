@@ -1,0 +1,230 @@
+//! The eBPF backend tests' traffic tool, run as a child process (so that it can be placed in
+//! a test cgroup, a test network namespace and under a chosen uid/gid):
+//!
+//! - `intercept-ebpf-probe listen [--orig-dst] ADDR...`: listens on every ADDR, prints
+//!   `READY` once all are bound, then one line per connection once the peer has closed it:
+//!   `<listening addr> <peer addr> <original destination or -> <what the peer sent>`. With
+//!   `--orig-dst` it asks each accepted socket for `SO_ORIGINAL_DST` (`SOL_IP` for IPv4
+//!   sockets, `SOL_IPV6` for IPv6 ones), as Envoy does. Runs until killed.
+//! - `intercept-ebpf-probe serve ROLE ADDR...`: a listener of the shared topology's protocol
+//!   (`intercept_tests::traffic`): answers each connection with `<role> local=<addr>
+//!   original=<addr|->` (`SO_ORIGINAL_DST` for the proxy roles) after the peer shut down its
+//!   side; prints `READY` once bound. A process, unlike the topology's in-runner listeners,
+//!   can be placed in the test cgroup: the eBPF programs see a proxy's sockets only there.
+//! - `intercept-ebpf-probe connect ADDR TOKEN`: connects over TCP, sends TOKEN, exits 0.
+//! - `intercept-ebpf-probe churn ADDR N`: N sequential connect/close cycles, exits 0.
+//! - `intercept-ebpf-probe udp ADDR`: connect(2) on a UDP socket and one datagram, exits 0.
+//! - `intercept-ebpf-probe apply CGROUP BPFFS`: applies the eBPF tests' seed configuration
+//!   (`intercept_tests::ebpf::seed_config`) to CGROUP with pins under BPFFS and exits: the
+//!   "init container" whose exit interception must survive. Errors are printed in full.
+
+use std::io::{Read as _, Write as _};
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd as _;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SO_ORIGINAL_DST: libc::c_int = 80;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("listen") => listen(&args[1..]),
+        Some("serve") if args.len() >= 3 => serve_replies(&args[1], &args[2..]),
+        Some("connect") if args.len() == 3 => connect(&args[1], &args[2]),
+        Some("churn") if args.len() == 3 => churn(&args[1], &args[2]),
+        Some("udp") if args.len() == 2 => udp(&args[1]),
+        Some("apply") if args.len() == 3 => apply(&args[1], &args[2]),
+        _ => {
+            Err("usage: intercept-ebpf-probe listen [--orig-dst] ADDR... | serve ROLE ADDR... | connect ADDR TOKEN | \
+             churn ADDR N | udp ADDR | apply CGROUP BPFFS"
+                .into())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("intercept-ebpf-probe: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse(addr: &str) -> Result<SocketAddr, String> {
+    addr.parse().map_err(|e| format!("invalid address {addr:?}: {e}"))
+}
+
+fn listen(args: &[String]) -> Result<(), String> {
+    let orig_dst = args.first().is_some_and(|a| a == "--orig-dst");
+    let addrs = if orig_dst { &args[1..] } else { args };
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        let addr = parse(addr)?;
+        listeners.push(TcpListener::bind(addr).map_err(|e| format!("listen on {addr}: {e}"))?);
+    }
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    {
+        let mut out = out.lock().unwrap();
+        let _ = writeln!(out, "READY");
+        let _ = out.flush();
+    }
+    let mut threads = Vec::new();
+    for listener in listeners {
+        let out = Arc::clone(&out);
+        threads.push(std::thread::spawn(move || {
+            let local = listener.local_addr().expect("bound");
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let out = Arc::clone(&out);
+                std::thread::spawn(move || serve(stream, local, orig_dst, &out));
+            }
+        }));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn serve(mut stream: TcpStream, local: SocketAddr, orig_dst: bool, out: &Mutex<std::io::Stdout>) {
+    let peer = stream.peer_addr().map_or("?".to_owned(), |p| p.to_string());
+    let orig = if orig_dst { original_destination(&stream, local) } else { "-".to_owned() };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut data = Vec::new();
+    let _ = stream.read_to_end(&mut data);
+    let data = String::from_utf8_lossy(&data).trim().replace(char::is_whitespace, "_");
+    let mut out = out.lock().unwrap();
+    let _ = writeln!(out, "{local} {peer} {orig} {}", if data.is_empty() { "-" } else { &data });
+    let _ = out.flush();
+}
+
+fn serve_replies(role: &str, addrs: &[String]) -> Result<(), String> {
+    use intercept_tests::traffic::{Reply, Role};
+    let role = [Role::EgressProxy, Role::IngressProxy, Role::App, Role::Remote]
+        .into_iter()
+        .find(|r| r.name() == role)
+        .ok_or_else(|| format!("unknown role {role:?}"))?;
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        let addr = parse(addr)?;
+        listeners.push(TcpListener::bind(addr).map_err(|e| format!("listen on {addr}: {e}"))?);
+    }
+    println!("READY");
+    let _ = std::io::stdout().flush();
+    let threads: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(mut stream) = stream else { continue };
+                    std::thread::spawn(move || {
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                        let mut request = Vec::new();
+                        let _ = stream.read_to_end(&mut request);
+                        let Ok(local) = stream.local_addr() else { return };
+                        let original =
+                            if role.is_proxy() { original_destination(&stream, local).parse().ok() } else { None };
+                        let _ = stream.write_all(format!("{}\n", Reply { role, local, original }).as_bytes());
+                        let _ = stream.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+/// `getsockopt(SO_ORIGINAL_DST)`, or `error:<errno>`.
+fn original_destination(stream: &TcpStream, local: SocketAddr) -> String {
+    let fd = stream.as_raw_fd();
+    // SAFETY: each buffer is a properly sized, writable sockaddr and len says how big it is.
+    unsafe {
+        match local {
+            SocketAddr::V4(_) => {
+                let mut sa: libc::sockaddr_in = zeroed();
+                let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                if libc::getsockopt(
+                    fd,
+                    libc::SOL_IP,
+                    SO_ORIGINAL_DST,
+                    (&mut sa as *mut libc::sockaddr_in).cast(),
+                    &mut len,
+                ) != 0
+                {
+                    return format!("error:{}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+                }
+                let ip = Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr));
+                SocketAddrV4::new(ip, u16::from_be(sa.sin_port)).to_string()
+            }
+            SocketAddr::V6(_) => {
+                let mut sa: libc::sockaddr_in6 = zeroed();
+                let mut len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+                if libc::getsockopt(
+                    fd,
+                    libc::SOL_IPV6,
+                    SO_ORIGINAL_DST,
+                    (&mut sa as *mut libc::sockaddr_in6).cast(),
+                    &mut len,
+                ) != 0
+                {
+                    return format!("error:{}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+                }
+                let ip = Ipv6Addr::from(sa.sin6_addr.s6_addr);
+                SocketAddrV6::new(ip, u16::from_be(sa.sin6_port), 0, 0).to_string()
+            }
+        }
+    }
+}
+
+fn connect(addr: &str, token: &str) -> Result<(), String> {
+    let addr = parse(addr)?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect to {addr}: {e}"))?;
+    stream.write_all(token.as_bytes()).map_err(|e| format!("write to {addr}: {e}"))
+}
+
+fn churn(addr: &str, n: &str) -> Result<(), String> {
+    let addr = parse(addr)?;
+    let n: usize = n.parse().map_err(|e| format!("invalid count {n:?}: {e}"))?;
+    for i in 0..n {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| format!("connect {i} to {addr}: {e}"))?;
+        stream.write_all(b"churn").map_err(|e| format!("write {i} to {addr}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn udp(addr: &str) -> Result<(), String> {
+    let addr = parse(addr)?;
+    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    let socket = UdpSocket::bind(bind).map_err(|e| format!("bind: {e}"))?;
+    socket.connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+    socket.send(b"udp").map_err(|e| format!("send to {addr}: {e}"))?;
+    Ok(())
+}
+
+fn apply(cgroup: &str, bpffs: &str) -> Result<(), String> {
+    use intercept::backend::ebpf;
+    let chain = |e: &dyn std::error::Error| {
+        let mut out = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            source = s.source();
+        }
+        out
+    };
+    let target = ebpf::Target::new(cgroup, Some(std::path::Path::new(bpffs))).map_err(|e| chain(&e))?;
+    let plan = intercept::plan::ebpf::EbpfPlan::new(&intercept_tests::ebpf::seed_config());
+    let local: Vec<std::net::IpAddr> =
+        intercept_tests::ebpf::TASK_ADDRS.iter().map(|a| a.parse().expect("valid")).collect();
+    let applied = ebpf::apply(&target, &plan, &local, ebpf::ApplyOptions::default()).map_err(|e| chain(&e))?;
+    println!("{:?}", applied.outcome);
+    Ok(())
+}

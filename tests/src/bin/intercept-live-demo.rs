@@ -1,0 +1,204 @@
+//! `intercept-live-demo --backend iptables`: intercept at work in a sandbox (`cargo xtask demo
+//! --backend iptables` runs it). It builds the test topology (a task and a remote network
+//! namespace; nothing leaves them), starts a test proxy, an app and remote servers, installs
+//! the seed guide's configuration with the real `intercept` binary, makes a few connections
+//! and prints what happened to each next to what the decision model says, shows `status`,
+//! then removes everything.
+//!
+//! Needs root. The `intercept` binary is `$INTERCEPT_BIN`, else the one next to this one.
+
+use std::{
+    env,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use intercept::{
+    config::{parse_task_definition, validate},
+    model::{Decision, decide},
+};
+use intercept_tests::{
+    topology::{METADATA, REMOTE_V4, REMOTE_V6, TASK_V4, TASK_V6, Topology},
+    traffic::{Client, Reply, Role, Sandbox, SandboxSpec, agrees, egress, ingress},
+};
+
+const SEED: &str = "examples/ec2-taskB.json";
+const REMOTE_V4_SERVER: Ipv4Addr = Ipv4Addr::new(10, 5, 0, 1);
+const REMOTE_V6_SERVER: Ipv6Addr = Ipv6Addr::new(0xfd05, 0, 0, 0, 0, 0, 0, 1);
+const APP_UID: u32 = 1000;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("intercept-live-demo: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<ExitCode, String> {
+    let args: Vec<String> = env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["--backend", "iptables"] | ["--backend=iptables"] => {}
+        _ => return Err(format!("usage: intercept-live-demo --backend iptables (got {args:?})")),
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("the live demo creates network namespaces and iptables rules: run it as root \
+                    (`sudo -E cargo xtask demo --backend iptables`)"
+            .into());
+    }
+    let root = workspace_root()?;
+    let intercept = intercept_binary()?;
+    let client = sibling("intercept-test-client")?;
+    let seed_path = root.join(SEED);
+    let text = std::fs::read_to_string(&seed_path).map_err(|e| format!("read {}: {e}", seed_path.display()))?;
+    let input = parse_task_definition(&text, SEED).map_err(|e| e.to_string())?;
+    let config = validate(&input.raw).map_err(|e| e.to_string())?.config;
+    let ingress_port = config.ingress.as_ref().map(|i| i.proxy_port).ok_or("the seed configures ingress")?;
+    let app_port = config.ingress.as_ref().and_then(|i| i.app_ports.ports().next()).ok_or("the seed has AppPorts")?;
+    let other_port = 9090;
+
+    let sandbox = Sandbox::new(&SandboxSpec {
+        egress_proxy_ports: vec![config.proxy_egress_port],
+        ingress_proxy_ports: vec![ingress_port],
+        app_ports: vec![app_port, other_port],
+        remote_ports: vec![80, 22],
+        remote_addresses: vec![IpAddr::V4(REMOTE_V4_SERVER), IpAddr::V6(REMOTE_V6_SERVER)],
+    });
+    let netns = sandbox.task().path();
+    let netns = netns.to_str().ok_or("namespace path is UTF-8")?.to_owned();
+    println!("Sandbox (deleted at the end; nothing in it can reach the outside):");
+    println!("  task netns   {}: {TASK_V4}, {TASK_V6}", sandbox.task().name());
+    println!(
+        "  remote netns {}: {REMOTE_V4}, {REMOTE_V6}, {REMOTE_V4_SERVER}, {REMOTE_V6_SERVER}, {}, {} (metadata stand-ins)",
+        sandbox.remote().name(),
+        METADATA[0],
+        METADATA[1]
+    );
+    println!(
+        "  in the task: test proxy on :{} (egress) and :{ingress_port} (ingress), reading SO_ORIGINAL_DST; \
+         app on :{app_port} and :{other_port}",
+        config.proxy_egress_port
+    );
+    println!("  in the remote netns: servers on :80 and :22, answering with the address they were reached on");
+
+    let seed_arg = seed_path.to_str().ok_or("path is UTF-8")?;
+    let target = ["--backend", "iptables", "--netns", &netns];
+    show(&intercept, &[&["apply"][..], &target, &["--task-definition", seed_arg]].concat(), SEED)?;
+
+    println!("\nConnections (client processes in the task netns unless marked \"from remote\"):");
+    let task_client = |uid: u32| Client::new(&client).netns(sandbox.task()).identity(uid, uid);
+    let remote_client = Client::new(&client).netns(sandbox.remote());
+    let local = Topology::task_local_addrs();
+    let v4 = |ip: Ipv4Addr, port| SocketAddr::new(IpAddr::V4(ip), port);
+    let v6 = |ip: Ipv6Addr, port| SocketAddr::new(IpAddr::V6(ip), port);
+    let ignored_uid = config.ignored_uid.unwrap_or(1337);
+    let outbound = [
+        (APP_UID, v4(REMOTE_V4_SERVER, 80)),
+        (APP_UID, v6(REMOTE_V6_SERVER, 80)),
+        (ignored_uid, v4(REMOTE_V4_SERVER, 80)),
+        (APP_UID, v4(REMOTE_V4_SERVER, 22)),
+        (APP_UID, v4(METADATA[0], 80)),
+        (APP_UID, v4(METADATA[1], 80)),
+        (APP_UID, v4(Ipv4Addr::LOCALHOST, app_port)),
+        (APP_UID, v4(TASK_V4, app_port)),
+    ];
+    let mut disagreements = 0;
+    for (uid, destination) in outbound {
+        let source = if destination.is_ipv4() { IpAddr::V4(TASK_V4) } else { IpAddr::V6(TASK_V6) };
+        let connection = egress(uid, uid, source, destination);
+        let result = task_client(uid).connect(destination);
+        disagreements += report(
+            &format!("uid {uid:<4} → {destination}"),
+            &decide(&config, &local, &connection),
+            &connection,
+            result,
+        );
+    }
+    for destination in [v4(TASK_V4, app_port), v6(TASK_V6, app_port), v4(TASK_V4, other_port)] {
+        let source = if destination.is_ipv4() { IpAddr::V4(REMOTE_V4) } else { IpAddr::V6(REMOTE_V6) };
+        let connection = ingress(source, destination);
+        let result = remote_client.connect(destination);
+        disagreements +=
+            report(&format!("from remote → {destination}"), &decide(&config, &local, &connection), &connection, result);
+    }
+
+    show(&intercept, &[&["status"][..], &target, &["--task-definition", seed_arg]].concat(), SEED)?;
+    show(&intercept, &[&["remove"][..], &target].concat(), SEED)?;
+    show(&intercept, &[&["status"][..], &target].concat(), SEED)?;
+    drop(sandbox);
+    println!("\nSandbox namespaces deleted.");
+    if disagreements > 0 {
+        return Err(format!("{disagreements} connections did not go where the decision model says"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per connection: what happened, and whether the model agrees.
+fn report(
+    label: &str,
+    decision: &Decision,
+    connection: &intercept::model::Connection,
+    result: Result<Reply, String>,
+) -> usize {
+    let (what, agreement) = match result {
+        Err(e) => (format!("FAILED: {e}"), Err("the connection failed".to_owned())),
+        Ok(reply) => {
+            let what = match (reply.role, decision) {
+                (Role::EgressProxy | Role::IngressProxy, _) => format!(
+                    "redirected to the proxy at {}, which read the original destination {}",
+                    reply.local,
+                    reply.original.map_or("(none)".to_owned(), |a| a.to_string())
+                ),
+                (_, Decision::Untouched { reason }) => format!("reached {} untouched: {reason}", reply.local),
+                (_, Decision::Redirect { .. }) => format!("reached {} untouched", reply.local),
+            };
+            (what, agrees(decision, connection, &reply))
+        }
+    };
+    let verdict = match &agreement {
+        Ok(()) => "model agrees".to_owned(),
+        Err(e) => format!("MODEL DISAGREES: {e}"),
+    };
+    println!("  {label:<34} {what}  [{verdict}]");
+    usize::from(agreement.is_err())
+}
+
+/// Prints the command line (with the seed's repository path), runs it, prints its output.
+fn show(intercept: &Path, args: &[&str], seed_label: &str) -> Result<(), String> {
+    let shown: Vec<String> =
+        args.iter().map(|a| if a.ends_with(seed_label) { seed_label.to_owned() } else { (*a).to_owned() }).collect();
+    println!("\n$ intercept {}", shown.join(" "));
+    let output =
+        Command::new(intercept).args(args).output().map_err(|e| format!("run {}: {e}", intercept.display()))?;
+    print!("{}", String::from_utf8_lossy(&output.stdout));
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    println!("(exit code {})", output.status.code().unwrap_or(-1));
+    Ok(())
+}
+
+fn intercept_binary() -> Result<PathBuf, String> {
+    match env::var_os("INTERCEPT_BIN") {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => sibling("intercept"),
+    }
+}
+
+/// A binary built next to this one (same target directory and profile).
+fn sibling(name: &str) -> Result<PathBuf, String> {
+    let exe = env::current_exe().map_err(|e| format!("locate this binary: {e}"))?;
+    let path = exe.with_file_name(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("{} not found: build it with `cargo build -p intercept -p intercept-tests`", path.display()))
+    }
+}
+
+fn workspace_root() -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().map_err(|e| format!("{}: {e}", root.display()))
+}

@@ -1,0 +1,429 @@
+//! Real connections through a [`Topology`](crate::topology::Topology): listeners that say
+//! who answered and where the connection was meant to go, a client runner that connects
+//! from a chosen namespace, cgroup and identity, and the comparison of what happened with
+//! the decision model.
+//!
+//! Every listener answers each connection with one line, `<role> local=<addr>
+//! original=<addr|->`: its role (a proxy, the app, a remote server), the address the
+//! connection reached, and for proxies the original destination read with
+//! `getsockopt(SO_ORIGINAL_DST)` (`IP6T_SO_ORIGINAL_DST` for IPv6), as Envoy reads it.
+
+use std::{
+    fmt,
+    io::{self, Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream},
+    os::{
+        fd::{AsFd as _, AsRawFd as _, OwnedFd},
+        unix::process::CommandExt as _,
+    },
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use intercept::model::{Connection, Decision, Direction, Protocol};
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, bind, getsockopt, listen, setsockopt, socket,
+    sockopt,
+};
+
+use crate::{TestCgroup, topology::Netns};
+
+/// How long a client may take to connect and read its answer.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who answered a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The proxy's egress listener (ProxyEgressPort).
+    EgressProxy,
+    /// The proxy's ingress listener (ProxyIngressPort).
+    IngressProxy,
+    /// The application in the task (its AppPorts and other ports).
+    App,
+    /// A server in the remote namespace.
+    Remote,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::EgressProxy => "egress-proxy",
+            Role::IngressProxy => "ingress-proxy",
+            Role::App => "app",
+            Role::Remote => "remote",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Role> {
+        [Role::EgressProxy, Role::IngressProxy, Role::App, Role::Remote].into_iter().find(|r| r.name() == name)
+    }
+
+    pub fn is_proxy(self) -> bool {
+        matches!(self, Role::EgressProxy | Role::IngressProxy)
+    }
+}
+
+/// One listener's answer to one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    pub role: Role,
+    /// The address the connection reached (the listener's side of it).
+    pub local: SocketAddr,
+    /// What `SO_ORIGINAL_DST` said (proxies only).
+    pub original: Option<SocketAddr>,
+}
+
+impl Reply {
+    pub fn parse(line: &str) -> Result<Reply, String> {
+        let bad = || format!("not a listener reply: {line:?}");
+        let mut words = line.split_whitespace();
+        let role = words.next().and_then(Role::from_name).ok_or_else(bad)?;
+        let local = words.next().and_then(|w| w.strip_prefix("local=")).and_then(|a| a.parse().ok()).ok_or_else(bad)?;
+        let original = match words.next().and_then(|w| w.strip_prefix("original=")).ok_or_else(bad)? {
+            "-" => None,
+            addr => Some(addr.parse().map_err(|_| bad())?),
+        };
+        Ok(Reply { role, local, original })
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} local={} original=", self.role.name(), self.local)?;
+        match self.original {
+            Some(addr) => write!(f, "{addr}"),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// Listeners running in one namespace until dropped.
+pub struct Listeners {
+    listeners: Vec<(Arc<TcpListener>, JoinHandle<()>)>,
+}
+
+impl Listeners {
+    /// Listens on every `(role, address)` inside `netns` (IPv6 sockets are IPv6-only, so
+    /// `0.0.0.0:p` and `[::]:p` can both be given) and answers connections until dropped.
+    pub fn start(netns: &Netns, addresses: &[(Role, SocketAddr)]) -> Listeners {
+        let bound: Vec<(Role, TcpListener)> = netns.run(|| {
+            addresses
+                .iter()
+                .map(|&(role, addr)| (role, listen_on(addr).unwrap_or_else(|e| panic!("listen on {addr}: {e}"))))
+                .collect()
+        });
+        let listeners = bound
+            .into_iter()
+            .map(|(role, listener)| {
+                let listener = Arc::new(listener);
+                let accepting = Arc::clone(&listener);
+                (listener, thread::spawn(move || serve(role, &accepting)))
+            })
+            .collect();
+        Listeners { listeners }
+    }
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        for (listener, _) in &self.listeners {
+            // Wakes the blocked accept(2) with EINVAL: the thread ends.
+            // SAFETY: shutdown on a descriptor the Arc keeps open.
+            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        for (_, handle) in self.listeners.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// A listening socket; IPv6 ones do not take IPv4 connections (`IPV6_V6ONLY`).
+fn listen_on(addr: SocketAddr) -> nix::Result<TcpListener> {
+    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd: OwnedFd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    match addr {
+        SocketAddr::V4(v4) => bind(fd.as_raw_fd(), &SockaddrIn::from(v4))?,
+        SocketAddr::V6(v6) => {
+            setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+            bind(fd.as_raw_fd(), &SockaddrIn6::from(v6))?;
+        }
+    }
+    listen(&fd, Backlog::new(128)?)?;
+    Ok(TcpListener::from(fd))
+}
+
+fn serve(role: Role, listener: &TcpListener) {
+    while let Ok((stream, _)) = listener.accept() {
+        thread::spawn(move || {
+            let _ = answer(role, stream);
+        });
+    }
+}
+
+/// Reads what the client sends until it shuts down its side, then answers and closes:
+/// reading first means no unread data is left to turn the close into a reset.
+fn answer(role: Role, mut stream: TcpStream) -> io::Result<()> {
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut request = Vec::new();
+    stream.read_to_end(&mut request)?;
+    let local = stream.local_addr()?;
+    let original = if role.is_proxy() { original_destination(&stream, local) } else { None };
+    stream.write_all(format!("{}\n", Reply { role, local, original }).as_bytes())?;
+    stream.shutdown(Shutdown::Write)
+}
+
+/// `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`: where a redirected connection was going.
+fn original_destination(stream: &TcpStream, local: SocketAddr) -> Option<SocketAddr> {
+    let fd = stream.as_fd();
+    match local {
+        SocketAddr::V4(_) => {
+            let sin = getsockopt(&fd, sockopt::OriginalDst).ok()?;
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+        }
+        SocketAddr::V6(_) => {
+            let sin6 = getsockopt(&fd, sockopt::Ip6tOriginalDst).ok()?;
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(ip, u16::from_be(sin6.sin6_port), 0, 0)))
+        }
+    }
+}
+
+/// Runs `intercept-test-client --reply` (the binary at `program`) in a chosen namespace,
+/// cgroup and identity. The pre-exec steps run in that order: the cgroup first (writing
+/// `cgroup.procs` needs the runner's privileges), then the namespace, then the identity.
+pub struct Client<'a> {
+    program: PathBuf,
+    netns: Option<&'a Netns>,
+    cgroup: Option<&'a TestCgroup>,
+    identity: Option<(u32, u32)>,
+}
+
+impl<'a> Client<'a> {
+    pub fn new(program: impl AsRef<Path>) -> Client<'a> {
+        Client { program: program.as_ref().to_owned(), netns: None, cgroup: None, identity: None }
+    }
+
+    pub fn netns(mut self, netns: &'a Netns) -> Client<'a> {
+        self.netns = Some(netns);
+        self
+    }
+
+    pub fn cgroup(mut self, cgroup: &'a TestCgroup) -> Client<'a> {
+        self.cgroup = Some(cgroup);
+        self
+    }
+
+    /// Run as `uid`/`gid` with no supplementary groups (default: the runner's, root).
+    pub fn identity(mut self, uid: u32, gid: u32) -> Client<'a> {
+        self.identity = Some((uid, gid));
+        self
+    }
+
+    /// The command that connects to `addr` and prints the reply.
+    pub fn command(&self, addr: SocketAddr) -> Command {
+        let mut command = match self.cgroup {
+            Some(cgroup) => cgroup.command(&self.program),
+            None => Command::new(&self.program),
+        };
+        command.arg("--reply").arg(addr.to_string());
+        if let Some(netns) = self.netns {
+            netns.enter(&mut command);
+        }
+        if let Some((uid, gid)) = self.identity {
+            // SAFETY: only async-signal-safe system calls, no allocation.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setresgid(gid, gid, gid) != 0
+                        || libc::setresuid(uid, uid, uid) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        command
+    }
+
+    /// Connects to `addr` and returns who answered; `Err` with the client's message when
+    /// the connection failed.
+    pub fn connect(&self, addr: SocketAddr) -> Result<Reply, String> {
+        let mut command = self.command(addr);
+        let output = run_with_deadline(&mut command, CLIENT_TIMEOUT + Duration::from_secs(5));
+        if !output.status.success() {
+            return Err(format!("{} ({})", String::from_utf8_lossy(&output.stderr).trim(), output.status));
+        }
+        Reply::parse(String::from_utf8_lossy(&output.stdout).trim())
+    }
+}
+
+/// Like `Command::output`, but a child still running at `timeout` is killed (by pid).
+fn run_with_deadline(command: &mut Command, timeout: Duration) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return child.wait_with_output().expect("collect the client's output"),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(2)),
+            Ok(None) => {
+                let _ = child.kill();
+                let output = child.wait_with_output().expect("collect the client's output");
+                panic!("{command:?} still running after {timeout:?}; killed it ({output:?})");
+            }
+            Err(e) => panic!("wait for {command:?}: {e}"),
+        }
+    }
+}
+
+/// The connection as the decision model sees it.
+pub fn egress(uid: u32, gid: u32, source: IpAddr, destination: SocketAddr) -> Connection {
+    Connection {
+        direction: Direction::Egress,
+        protocol: Protocol::Tcp,
+        uid,
+        gid,
+        source: SocketAddr::new(source, 0),
+        destination,
+    }
+}
+
+pub fn ingress(source: IpAddr, destination: SocketAddr) -> Connection {
+    Connection {
+        direction: Direction::Ingress,
+        protocol: Protocol::Tcp,
+        uid: 0,
+        gid: 0,
+        source: SocketAddr::new(source, 0),
+        destination,
+    }
+}
+
+/// Whether what happened to `connection` (`reply`) is what the model decided: redirected
+/// to the proxy port it names, with the original destination intact, or delivered to the
+/// real destination untouched.
+pub fn agrees(decision: &Decision, connection: &Connection, reply: &Reply) -> Result<(), String> {
+    let explain = |what: &str| format!("{what}: model says {decision}, but {reply} answered");
+    match decision {
+        Decision::Redirect { to } => {
+            let proxy = match connection.direction {
+                Direction::Egress => Role::EgressProxy,
+                Direction::Ingress => Role::IngressProxy,
+            };
+            if reply.role != proxy {
+                return Err(explain("not redirected to the proxy"));
+            }
+            if reply.local.port() != to.port() {
+                return Err(explain("redirected to another port"));
+            }
+            // REDIRECT sends egress to loopback and ingress to the incoming interface's first
+            // address; in a sandbox that is the destination, as the model says.
+            if reply.local.ip() != to.ip() {
+                return Err(explain("redirected to another address"));
+            }
+            if reply.original != Some(connection.destination) {
+                return Err(explain("the proxy read the wrong original destination"));
+            }
+        }
+        Decision::Untouched { .. } => {
+            if reply.role.is_proxy() {
+                return Err(explain("redirected"));
+            }
+            if reply.local != connection.destination {
+                return Err(explain("delivered somewhere else"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a [`Sandbox`] listens on, besides the fixed topology.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxSpec {
+    /// Proxy listeners in the task (IPv4 and IPv6, all addresses).
+    pub egress_proxy_ports: Vec<u16>,
+    pub ingress_proxy_ports: Vec<u16>,
+    /// App listeners in the task (AppPorts, and other ports ingress may reach directly).
+    pub app_ports: Vec<u16>,
+    /// Server ports in the remote namespace, on every remote address.
+    pub remote_ports: Vec<u16>,
+    /// Addresses the remote namespace gets in addition to its gateway and metadata ones.
+    pub remote_addresses: Vec<IpAddr>,
+}
+
+/// A [`Topology`](crate::topology::Topology) with listeners in both namespaces. Dropping it
+/// closes the listeners, then deletes the namespaces.
+pub struct Sandbox {
+    // Field order is drop order: the sockets go before their namespaces.
+    _task_listeners: Listeners,
+    _remote_listeners: Listeners,
+    pub topology: crate::topology::Topology,
+}
+
+impl Sandbox {
+    pub fn new(spec: &SandboxSpec) -> Sandbox {
+        let topology = crate::topology::Topology::new();
+        topology.add_remote_addresses(&spec.remote_addresses);
+        let everywhere = |role: Role, ports: &[u16]| -> Vec<(Role, SocketAddr)> {
+            ports
+                .iter()
+                .flat_map(|&port| {
+                    [
+                        (role, SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)),
+                        (role, SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)),
+                    ]
+                })
+                .collect()
+        };
+        let task: Vec<(Role, SocketAddr)> = [
+            everywhere(Role::EgressProxy, &spec.egress_proxy_ports),
+            everywhere(Role::IngressProxy, &spec.ingress_proxy_ports),
+            everywhere(Role::App, &spec.app_ports),
+        ]
+        .concat();
+        let task_listeners = Listeners::start(&topology.task, &task);
+        let remote_listeners = Listeners::start(&topology.remote, &everywhere(Role::Remote, &spec.remote_ports));
+        Sandbox { _task_listeners: task_listeners, _remote_listeners: remote_listeners, topology }
+    }
+
+    pub fn task(&self) -> &Netns {
+        &self.topology.task
+    }
+
+    pub fn remote(&self) -> &Netns {
+        &self.topology.remote
+    }
+
+    /// Namespace paths, to check after drop that they are gone.
+    pub fn netns_paths(&self) -> [PathBuf; 2] {
+        [self.topology.task.path(), self.topology.remote.path()]
+    }
+}
+
+/// Connects to `addr` from the calling thread and returns who answered: the same exchange as
+/// `intercept-test-client --reply`, for a thread that joined a namespace
+/// ([`Netns::run`](crate::topology::Netns::run)); it connects as the runner's identity.
+pub fn connect_here(addr: SocketAddr) -> Result<Reply, String> {
+    let exchange = || -> io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT)?;
+        stream.write_all(crate::CLIENT_GREETING)?;
+        stream.shutdown(Shutdown::Write)?;
+        stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    };
+    let answer = exchange().map_err(|e| format!("{addr}: {e}"))?;
+    Reply::parse(answer.trim())
+}

@@ -1,0 +1,201 @@
+//! eBPF mode on the shared two-namespace topology (`intercept_tests::topology`): the programs on
+//! a test cgroup for egress, the iptables ingress half in the task namespace for inbound, real
+//! connections from clients in the cgroup (egress) and from the remote namespace (ingress), and
+//! every outcome compared with the decision model, IPv4, IPv6 and IPv4-mapped.
+//!
+//! The egress proxy is a process in the cgroup (`intercept-ebpf-probe serve`): the programs see
+//! a proxy's accepted sockets, and answer its `SO_ORIGINAL_DST`, only there. The ingress proxy
+//! is the topology's own listener: for iptables-redirected connections the kernel answers.
+//!
+//! Needs root; every dialled address lives in the test's own namespaces.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use intercept::{
+    backend::ebpf::{self, Counter, Outcome, cli},
+    config::ProxyConfig,
+    model::{self, Decision, Reason, decide},
+};
+use intercept_tests::{
+    ebpf::{APP_PORT, EbpfSandbox, IGNORED_V4, IGNORED_V6, OTHER_APP_PORT, PLAIN_V4, PLAIN_V6, PROXY_UID, seed_config},
+    require_privileges,
+    topology::{METADATA, REMOTE_V4, REMOTE_V6, TASK_V4, TASK_V6, Topology},
+    traffic::{agrees, egress, ingress},
+};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_intercept-ebpf-probe");
+const CLIENT: &str = env!("CARGO_BIN_EXE_intercept-test-client");
+const APP_UID: u32 = 1000;
+const IGNORED_GID: u32 = 1338;
+
+fn mapped(v4: Ipv4Addr) -> IpAddr {
+    IpAddr::V6(v4.to_ipv6_mapped())
+}
+
+fn counter_of(reason: Reason) -> Counter {
+    match reason {
+        Reason::Ipv6Disabled => Counter::Ipv6Disabled,
+        Reason::LocalDestination => Counter::LocalDestination,
+        Reason::IgnoredUid => Counter::IgnoredUid,
+        Reason::IgnoredGid => Counter::IgnoredGid,
+        Reason::IgnoredPort => Counter::IgnoredPort,
+        Reason::IgnoredIp => Counter::IgnoredIp,
+        other => panic!("{other:?} is not an egress reason the programs count"),
+    }
+}
+
+/// One egress case: a name, the client's identity, where it dials.
+type Case = (&'static str, u32, u32, SocketAddr);
+
+fn egress_cases() -> Vec<Case> {
+    let at = |ip: IpAddr, port: u16| SocketAddr::new(ip, port);
+    let (plain4, plain6, ignored4, ignored6) =
+        (IpAddr::V4(PLAIN_V4), IpAddr::V6(PLAIN_V6), IpAddr::V4(IGNORED_V4), IpAddr::V6(IGNORED_V6));
+    vec![
+        ("plain v4", APP_UID, APP_UID, at(plain4, 80)),
+        ("plain v6", APP_UID, APP_UID, at(plain6, 80)),
+        ("plain mapped", APP_UID, APP_UID, at(mapped(PLAIN_V4), 80)),
+        ("gateway v4", APP_UID, APP_UID, at(IpAddr::V4(REMOTE_V4), 80)),
+        ("gateway v6", APP_UID, APP_UID, at(IpAddr::V6(REMOTE_V6), 80)),
+        ("ignored uid v4", PROXY_UID, APP_UID, at(plain4, 80)),
+        ("ignored uid v6", PROXY_UID, APP_UID, at(plain6, 80)),
+        ("ignored uid mapped", PROXY_UID, APP_UID, at(mapped(PLAIN_V4), 80)),
+        ("ignored gid v4", APP_UID, IGNORED_GID, at(plain4, 80)),
+        ("ignored gid v6", APP_UID, IGNORED_GID, at(plain6, 80)),
+        ("ignored port v4", APP_UID, APP_UID, at(plain4, 5432)),
+        ("ignored port v6", APP_UID, APP_UID, at(plain6, 5432)),
+        ("ignored port mapped", APP_UID, APP_UID, at(mapped(PLAIN_V4), 5432)),
+        ("port 22 v4", APP_UID, APP_UID, at(plain4, 22)),
+        ("port 22 v6", APP_UID, APP_UID, at(plain6, 22)),
+        ("ignored cidr v4", APP_UID, APP_UID, at(ignored4, 80)),
+        ("ignored cidr v6", APP_UID, APP_UID, at(ignored6, 80)),
+        ("ignored cidr mapped", APP_UID, APP_UID, at(mapped(IGNORED_V4), 80)),
+        ("metadata", APP_UID, APP_UID, at(IpAddr::V4(METADATA[1]), 80)),
+        ("metadata mapped", APP_UID, APP_UID, at(mapped(METADATA[0]), 80)),
+        ("task address v4", APP_UID, APP_UID, at(IpAddr::V4(TASK_V4), APP_PORT)),
+        ("task address v6", APP_UID, APP_UID, at(IpAddr::V6(TASK_V6), APP_PORT)),
+        ("task address mapped", APP_UID, APP_UID, at(mapped(TASK_V4), APP_PORT)),
+        ("loopback v4", APP_UID, APP_UID, at(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)), APP_PORT)),
+        ("loopback v6", APP_UID, APP_UID, at(IpAddr::V6(Ipv6Addr::LOCALHOST), APP_PORT)),
+    ]
+}
+
+/// Runs every case, checks each against the model, and returns the counters it expects.
+fn check_egress(world: &EbpfSandbox, config: &ProxyConfig, cases: &[Case]) -> BTreeMap<Counter, u64> {
+    let local = Topology::task_local_addrs();
+    let mut expected = BTreeMap::new();
+    let mut failures = Vec::new();
+    for &(name, uid, gid, dst) in cases {
+        // The model and the replies speak of the address the kernel uses: IPv4-mapped
+        // destinations are IPv4 connections.
+        let canonical = SocketAddr::new(model::canonical(dst.ip()), dst.port());
+        let source = if canonical.is_ipv4() { IpAddr::V4(TASK_V4) } else { IpAddr::V6(TASK_V6) };
+        let connection = egress(uid, gid, source, canonical);
+        let decision = decide(config, &local, &connection);
+        let outcome = world.egress(uid, gid, dst).and_then(|reply| agrees(&decision, &connection, &reply));
+        if let Err(e) = outcome {
+            failures.push(format!("{name} ({uid}:{gid} → {dst}): {e}"));
+        }
+        match decision {
+            Decision::Redirect { .. } => {
+                *expected.entry(Counter::Redirected).or_default() += 1;
+                *expected.entry(Counter::OrigDstHit).or_default() += 1;
+            }
+            Decision::Untouched { reason } => *expected.entry(counter_of(reason)).or_default() += 1,
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases disagree with the model:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    expected
+}
+
+fn counters(world: &EbpfSandbox) -> BTreeMap<Counter, u64> {
+    let status = ebpf::status(&world.target()).unwrap().expect("installed");
+    status.counters.into_iter().filter(|(_, v)| *v != 0).collect()
+}
+
+#[test]
+fn every_egress_decision_reason_matches_the_model_ipv4_ipv6_and_mapped() {
+    let Some(host) = require_privileges("every_egress_decision_reason_matches_the_model_ipv4_ipv6_and_mapped") else {
+        return;
+    };
+    let world = EbpfSandbox::new(&host, PROBE, CLIENT);
+    let config = seed_config();
+    let report = world.apply(&config);
+    assert_eq!(report.outcome, Outcome::Installed);
+    let mut local = report.local_addresses.clone();
+    local.retain(|a| !a.is_loopback() && !matches!(a, IpAddr::V6(v6) if v6.segments()[0] == 0xfe80));
+    assert_eq!(local, [IpAddr::V4(TASK_V4), IpAddr::V6(TASK_V6)], "the task namespace's own addresses");
+    let expected = check_egress(&world, &config, &egress_cases());
+    assert_eq!(counters(&world), expected, "counters by reason");
+
+    // IPv6 interception switched off: IPv6 destinations are left alone, IPv4-mapped ones are
+    // IPv4 connections and still intercepted.
+    let mut v4_only = config.clone();
+    v4_only.ipv6 = false;
+    assert!(matches!(world.apply(&v4_only).outcome, Outcome::Updated(_)));
+    let before = counters(&world);
+    let expected = check_egress(&world, &v4_only, &egress_cases());
+    let after = counters(&world);
+    let delta: BTreeMap<Counter, u64> =
+        after.iter().map(|(c, v)| (*c, v - before.get(c).copied().unwrap_or(0))).filter(|(_, v)| *v != 0).collect();
+    assert_eq!(delta, expected, "counters by reason with IPv6 off");
+    assert!(delta.contains_key(&Counter::Ipv6Disabled));
+}
+
+#[test]
+fn ingress_goes_through_the_iptables_ingress_half() {
+    let Some(host) = require_privileges("ingress_goes_through_the_iptables_ingress_half") else {
+        return;
+    };
+    let world = EbpfSandbox::new(&host, PROBE, CLIENT);
+    let config = seed_config();
+    let report = world.apply(&config);
+    let ingress_report = report.ingress.as_ref().expect("the ingress half was installed");
+    assert!(ingress_report.changed, "{}", ingress_report.render_text("apply"));
+
+    let local = Topology::task_local_addrs();
+    let remote_of = |dst: &SocketAddr| if dst.is_ipv4() { IpAddr::V4(REMOTE_V4) } else { IpAddr::V6(REMOTE_V6) };
+    let cases = [
+        SocketAddr::new(IpAddr::V4(TASK_V4), APP_PORT),
+        SocketAddr::new(IpAddr::V6(TASK_V6), APP_PORT),
+        SocketAddr::new(IpAddr::V4(TASK_V4), OTHER_APP_PORT),
+        SocketAddr::new(IpAddr::V6(TASK_V6), OTHER_APP_PORT),
+    ];
+    let mut redirected = 0;
+    for dst in cases {
+        let connection = ingress(remote_of(&dst), dst);
+        let decision = decide(&config, &local, &connection);
+        redirected += usize::from(matches!(decision, Decision::Redirect { .. }));
+        let reply = world.ingress(dst).unwrap_or_else(|e| panic!("ingress to {dst}: {e}"));
+        agrees(&decision, &connection, &reply).unwrap_or_else(|e| panic!("ingress to {dst}: {e}"));
+    }
+    assert_eq!(redirected, 2, "AppPort connections, one per family, were redirected");
+
+    // Status sees both halves and agrees with the configuration.
+    let status = cli::status(&world.request(), Some(&config)).unwrap();
+    assert_eq!(status.exit_code(), 0, "{}", status.render_text());
+    // A configuration without ingress removes the ingress half on the next apply.
+    let mut egress_only = config.clone();
+    egress_only.ingress = None;
+    world.apply(&egress_only);
+    let reply = world.ingress(cases[0]).unwrap();
+    assert!(!reply.role.is_proxy(), "ingress no longer redirected: {reply}");
+    let status = cli::status(&world.request(), Some(&config)).unwrap();
+    assert_eq!(status.exit_code(), 1, "the old configuration no longer matches: {}", status.render_text());
+
+    let removed = cli::remove(&world.request()).unwrap();
+    assert!(removed.removed);
+    assert!(world.bpffs.files().is_empty(), "nothing pinned after remove: {:?}", world.bpffs.files());
+    let status = cli::status(&world.request(), None).unwrap();
+    assert_eq!(status.exit_code(), 1);
+    assert!(status.ebpf.is_none());
+}
