@@ -7,21 +7,9 @@ use ipnet::{IpNet, Ipv4Net};
 
 use super::fake::{Fake, FakeTable};
 use super::*;
-use crate::config::{Ingress, PortRange, PortSet, ProxyConfig};
+use crate::config::ProxyConfig;
 use crate::plan::iptables::{INGRESS_CHAIN, IPSET_THRESHOLD};
-
-fn seed() -> ProxyConfig {
-    ProxyConfig {
-        ignored_uid: Some(1337),
-        ignored_gid: None,
-        proxy_egress_port: 15001,
-        ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
-        egress_ignored_ports: PortSet::from_ranges([PortRange::single(22)]),
-        egress_ignored_ips: vec!["169.254.169.254/32".parse().unwrap(), "169.254.170.2/32".parse().unwrap()],
-        implicit_exemptions: true,
-        ipv6: true,
-    }
-}
+use crate::testdata::seed_config as seed;
 
 /// `n` v4 /24 networks with gaps between them (so none aggregate); from
 /// `IPSET_THRESHOLD + 1` on they go into an ipset.
