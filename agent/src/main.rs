@@ -398,10 +398,10 @@ fn resolve(choice: Choice, target: &TargetArgs, remove: bool) -> Result<Option<V
     if let Some(backend) = choice.backend() {
         return Ok(Some(vec![backend]));
     }
-    let facts = match auto::probe(&target.target()) {
+    let facts = match auto::probe(&target.target(), target.cgroup.as_deref(), target.bpffs.as_deref()) {
         Ok(facts) => facts,
-        Err(auto::Error::Netns(e @ (netns::Error::Open { .. } | netns::Error::NotNetns { .. }))) => {
-            eprintln!("error: --netns/--netns-pid: {e}");
+        Err(e) if e.is_bad_target() => {
+            eprintln!("error: {e}");
             eprintln!("nothing was changed");
             return Ok(None);
         }

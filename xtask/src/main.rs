@@ -4,8 +4,9 @@
 //!   iptables/nftables/ipset/iproute2 tools); every step is skipped when already satisfied.
 //! - `test`: setup, then formatting, clippy (userspace and eBPF), unit tests and the
 //!   privileged integration tests; non-zero exit if anything fails.
-//! - `demo`: setup, then `intercept demo` with the given arguments; with `--backend
-//!   iptables`, the live demo in sandbox network namespaces instead (as root).
+//! - `demo`: setup, then the live demo in a sandbox (namespaces, a test cgroup), with the eBPF
+//!   backend or, with `--backend iptables`, the iptables one (as root); other arguments go to
+//!   the offline `intercept demo`, which is also what runs without root.
 
 mod setup;
 
@@ -33,9 +34,10 @@ enum Task {
     Setup,
     /// Setup, then fmt check, clippy (userspace and eBPF), unit tests, privileged tests.
     Test,
-    /// Setup, then run `intercept demo` with the arguments that follow (all of them,
-    /// `--help` included, go to `intercept demo`). With `--backend iptables`: the live
-    /// demo instead (sandbox namespaces, real rules, real connections; needs root).
+    /// Setup, then the live demo: sandbox namespaces and cgroup, the eBPF backend (or with
+    /// `--backend iptables` the iptables one), real connections; needs root. Any other
+    /// arguments (`--help` included) go to the offline `intercept demo`, which also runs
+    /// instead of the eBPF demo without root.
     #[command(disable_help_flag = true)]
     Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -165,11 +167,19 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
 
 fn demo(ws: &Workspace, args: &[String]) -> Result<ExitCode> {
     setup::run(ws)?;
-    let live = args.iter().any(|a| a == "--backend" || a.starts_with("--backend="));
+    let explicit = args.iter().any(|a| a == "--backend" || a.starts_with("--backend="));
+    // No arguments: the live eBPF demo, or the offline one where it cannot run.
+    let live = explicit || (args.is_empty() && setup::is_root());
+    if args.is_empty() && !live {
+        println!(
+            "note: not running as root: the offline demo instead of the live eBPF demo \
+             (`sudo -E cargo xtask demo`)"
+        );
+    }
     let mut cmd = if live {
         if !setup::is_root() {
             bail!(
-                "the live demo creates network namespaces and iptables rules: run it as root, \
+                "the live demo creates network namespaces, cgroups and interception: run it as root, \
                  e.g. `sudo -E cargo xtask demo {}`",
                 args.join(" ")
             );

@@ -1,18 +1,19 @@
 //! `--backend auto`: which backend `apply`, `remove` and `status` use when the user does
 //! not say, and why.
 //!
-//! The order of preference is eBPF, then nftables, then iptables. What is already
-//! installed in the namespace comes first, so that a re-apply replaces it in place
-//! instead of adding a second interception next to it, and `remove` removes whatever
-//! intercept installed with any backend.
-//!
-//! eBPF is not chosen yet: its backend works on a cgroup rather than a network namespace,
-//! and `apply --backend ebpf` is not wired into the command line. Until it is, auto chooses
-//! between nftables and iptables, and its reason says so.
+//! What is already installed comes first, so that a re-apply replaces it in place instead
+//! of adding a second interception next to it, and `remove` removes whatever intercept
+//! installed with any backend. Otherwise the order of preference is eBPF (when a cgroup is
+//! given with `--cgroup`, and the kernel and the process's capabilities allow it), then
+//! nftables (when nft works in the namespace), then iptables.
 
+use std::path::Path;
+
+use aya::programs::ProgramType;
 use serde::Serialize;
 
-use crate::backend::iptables::Iptables;
+use crate::backend::ebpf::{self, APPLY_CAPABILITIES, Capability};
+use crate::backend::iptables::{self, Iptables};
 use crate::backend::nftables::{self, Nftables};
 use crate::netns::{self, Target};
 use crate::plan::Backend;
@@ -21,7 +22,7 @@ use crate::plan::Backend;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Choice {
-    /// The best backend this host supports, or the one already installed (see `docs/backends.md`).
+    /// What is installed, else the best backend this host supports (see `docs/backends.md`).
     Auto,
     /// iptables `nat` rules (behaviour-compatible with the ECS App Mesh CNI plugin).
     Iptables,
@@ -43,14 +44,19 @@ impl Choice {
     }
 }
 
-/// What auto found out about the namespace.
+/// What auto found out about the host, the cgroup and the namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
+    /// `Err(why not)` without `--cgroup`, without the capabilities, or on a kernel without
+    /// the program types.
+    pub ebpf: Result<(), String>,
+    /// intercept's eBPF programs are pinned for the cgroup.
+    pub ebpf_installed: bool,
     /// `Err(why not)` when nft is missing or the kernel refuses nftables.
     pub nftables: Result<(), String>,
     /// intercept's nftables table is installed.
     pub nftables_installed: bool,
-    /// intercept's iptables rules are installed.
+    /// intercept's iptables rules (its egress chain and the jump to it) are installed.
     pub iptables_installed: bool,
 }
 
@@ -61,58 +67,67 @@ pub struct Selection {
     pub reason: String,
 }
 
-const EBPF_NOTE: &str = "eBPF is not chosen automatically yet (`apply --backend ebpf` is not wired into the CLI)";
-
-/// The backend `apply` (and `status`) use: the one installed, else the best available.
+/// The backend `apply` and `status` use: the one installed, else the best available.
 pub fn choose(facts: &Facts) -> Selection {
+    if let Some(installed) = installed(facts).into_iter().next() {
+        return installed;
+    }
     let pick = |backend, reason: String| Selection { backend, reason };
-    match facts {
-        Facts { nftables_installed: true, nftables: Ok(()), .. } => {
-            pick(Backend::Nftables, "intercept's nftables table is installed here".to_owned())
-        }
-        Facts { iptables_installed: true, .. } => {
-            pick(Backend::Iptables, "intercept's iptables rules are installed here".to_owned())
-        }
-        Facts { nftables: Ok(()), .. } => pick(Backend::Nftables, format!("nft works here; {EBPF_NOTE}")),
-        Facts { nftables: Err(why), .. } => pick(Backend::Iptables, format!("nftables is not usable here: {why}")),
+    match (&facts.ebpf, &facts.nftables) {
+        (Ok(()), _) => pick(Backend::Ebpf, "the kernel and intercept's capabilities allow eBPF".to_owned()),
+        (Err(no_ebpf), Ok(())) => pick(Backend::Nftables, format!("not eBPF: {no_ebpf}; nft works here")),
+        (Err(no_ebpf), Err(no_nft)) => pick(Backend::Iptables, format!("not eBPF: {no_ebpf}; not nftables: {no_nft}")),
     }
 }
 
 /// The backends `remove` runs: every one with something installed; when none has, the one
 /// `apply` would use (which then finds nothing to remove).
 pub fn choose_for_remove(facts: &Facts) -> Vec<Selection> {
-    let mut chosen = Vec::new();
-    if facts.nftables_installed && facts.nftables.is_ok() {
-        chosen.push(Selection {
-            backend: Backend::Nftables,
-            reason: "intercept's nftables table is installed here".into(),
-        });
-    }
-    if facts.iptables_installed {
-        chosen.push(Selection {
-            backend: Backend::Iptables,
-            reason: "intercept's iptables rules are installed here".into(),
-        });
-    }
-    if chosen.is_empty() {
-        chosen.push(choose(facts));
-    }
-    chosen
+    let installed = installed(facts);
+    if installed.is_empty() { vec![choose(facts)] } else { installed }
+}
+
+fn installed(facts: &Facts) -> Vec<Selection> {
+    [
+        (facts.ebpf_installed, Backend::Ebpf, "intercept's eBPF programs are pinned for the cgroup"),
+        (facts.nftables_installed, Backend::Nftables, "intercept's nftables table is installed here"),
+        (facts.iptables_installed, Backend::Iptables, "intercept's iptables rules are installed here"),
+    ]
+    .into_iter()
+    .filter(|(installed, ..)| *installed)
+    .map(|(_, backend, reason)| Selection { backend, reason: reason.to_owned() })
+    .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(transparent)]
+    #[error("--netns/--netns-pid: {0}")]
     Netns(#[from] netns::Error),
+    #[error("--cgroup: {0}")]
+    Cgroup(#[source] ebpf::Error),
     #[error(transparent)]
     Nftables(nftables::Error),
     #[error(transparent)]
-    Iptables(crate::backend::iptables::Error),
+    Iptables(iptables::Error),
 }
 
-/// Looks at the namespace: whether nft works, and what intercept installed there with
-/// either backend. Reads only.
-pub fn probe(target: &Target) -> Result<Facts, Error> {
+impl Error {
+    /// A `--netns` or `--cgroup` that names nothing usable: bad input, nothing changed.
+    pub fn is_bad_target(&self) -> bool {
+        matches!(self, Error::Netns(netns::Error::Open { .. } | netns::Error::NotNetns { .. }) | Error::Cgroup(_))
+    }
+}
+
+/// Looks at the host, the cgroup (when `cgroup` is given) and the namespace: what each
+/// backend needs, and what intercept installed with each. Reads only.
+pub fn probe(target: &Target, cgroup: Option<&str>, bpffs: Option<&Path>) -> Result<Facts, Error> {
+    let (ebpf, ebpf_installed) = match cgroup {
+        None => (Err("no --cgroup given (the eBPF backend works on the task's cgroup)".to_owned()), false),
+        Some(cgroup) => {
+            let target = ebpf::Target::new(cgroup, bpffs).map_err(Error::Cgroup)?;
+            (ebpf_usable(), target.pin_dir().is_dir())
+        }
+    };
     let (nftables, nftables_installed) = match Nftables::open(target.clone()) {
         Ok(backend) => (Ok(()), backend.is_installed().map_err(Error::Nftables)?),
         Err(nftables::Error::Netns(e)) => return Err(Error::Netns(e)),
@@ -120,33 +135,81 @@ pub fn probe(target: &Target) -> Result<Facts, Error> {
     };
     let iptables_installed = match Iptables::open(target.clone(), None) {
         Ok(backend) => backend.status(None).map_err(Error::Iptables)?.installed,
-        Err(crate::backend::iptables::Error::Netns(e)) => return Err(Error::Netns(e)),
+        Err(iptables::Error::Netns(e)) => return Err(Error::Netns(e)),
         // Without usable iptables nothing can have been installed with them.
         Err(_) => false,
     };
-    Ok(Facts { nftables, nftables_installed, iptables_installed })
+    Ok(Facts { ebpf, ebpf_installed, nftables, nftables_installed, iptables_installed })
+}
+
+/// The capabilities the eBPF backend checks before applying, and the program types it
+/// loads.
+fn ebpf_usable() -> Result<(), String> {
+    let has = |capability| {
+        let capability = match capability {
+            Capability::NetAdmin => caps::Capability::CAP_NET_ADMIN,
+            Capability::SysAdmin => caps::Capability::CAP_SYS_ADMIN,
+            Capability::Perfmon => caps::Capability::CAP_PERFMON,
+            Capability::Bpf => caps::Capability::CAP_BPF,
+        };
+        caps::has_cap(None, caps::CapSet::Effective, capability).map_err(|e| format!("reading capabilities: {e}"))
+    };
+    for (capability, needed_for) in APPLY_CAPABILITIES {
+        // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, as in the kernel.
+        let stands_in = matches!(capability, Capability::Bpf | Capability::Perfmon) && has(Capability::SysAdmin)?;
+        if !has(capability)? && !stands_in {
+            return Err(format!("missing capability {} (needed for {needed_for})", capability.name()));
+        }
+    }
+    let program_types = [
+        (ProgramType::CgroupSockAddr, "cgroup sock_addr"),
+        (ProgramType::SockOps, "sockops"),
+        (ProgramType::CgroupSockopt, "cgroup sockopt"),
+    ];
+    for (program_type, name) in program_types {
+        match aya::sys::is_program_supported(program_type) {
+            Ok(true) => {}
+            Ok(false) => return Err(format!("the kernel does not support {name} eBPF programs")),
+            Err(e) => return Err(format!("cannot probe the kernel for {name} eBPF programs: {e}")),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn facts(nftables: Result<(), &str>, nftables_installed: bool, iptables_installed: bool) -> Facts {
-        Facts { nftables: nftables.map_err(str::to_owned), nftables_installed, iptables_installed }
+    fn facts(ebpf: Result<(), &str>, nftables: Result<(), &str>, installed: [bool; 3]) -> Facts {
+        Facts {
+            ebpf: ebpf.map_err(str::to_owned),
+            ebpf_installed: installed[0],
+            nftables: nftables.map_err(str::to_owned),
+            nftables_installed: installed[1],
+            iptables_installed: installed[2],
+        }
     }
 
+    const NONE: [bool; 3] = [false, false, false];
+
     #[test]
-    fn what_is_installed_comes_first_then_nftables_then_iptables() {
+    fn what_is_installed_comes_first_then_ebpf_nftables_iptables() {
+        let no_cgroup = Err("no --cgroup given");
         let cases = [
-            (facts(Ok(()), false, false), Backend::Nftables, "nft works here; eBPF is not chosen automatically yet"),
+            (facts(Ok(()), Ok(()), NONE), Backend::Ebpf, "the kernel and intercept's capabilities allow eBPF"),
+            (facts(no_cgroup, Ok(()), NONE), Backend::Nftables, "not eBPF: no --cgroup given; nft works here"),
             (
-                facts(Err("nft not found"), false, false),
+                facts(no_cgroup, Err("nft not found"), NONE),
                 Backend::Iptables,
-                "nftables is not usable here: nft not found",
+                "not eBPF: no --cgroup given; not nftables: nft not found",
             ),
-            (facts(Ok(()), false, true), Backend::Iptables, "intercept's iptables rules are installed here"),
-            (facts(Ok(()), true, false), Backend::Nftables, "intercept's nftables table is installed here"),
-            (facts(Ok(()), true, true), Backend::Nftables, "intercept's nftables table is installed here"),
+            (
+                facts(Ok(()), Ok(()), [false, false, true]),
+                Backend::Iptables,
+                "intercept's iptables rules are installed",
+            ),
+            (facts(Ok(()), Ok(()), [false, true, true]), Backend::Nftables, "intercept's nftables table is installed"),
+            (facts(no_cgroup, Ok(()), [true, true, false]), Backend::Ebpf, "intercept's eBPF programs are pinned"),
         ];
         for (facts, backend, reason) in cases {
             let selection = choose(&facts);
@@ -157,13 +220,14 @@ mod tests {
 
     #[test]
     fn remove_takes_everything_installed() {
-        let both: Vec<Backend> = choose_for_remove(&facts(Ok(()), true, true)).iter().map(|s| s.backend).collect();
-        assert_eq!(both, [Backend::Nftables, Backend::Iptables]);
-        let none: Vec<Backend> = choose_for_remove(&facts(Ok(()), false, false)).iter().map(|s| s.backend).collect();
-        assert_eq!(none, [Backend::Nftables]);
-        let without_nft: Vec<Backend> =
-            choose_for_remove(&facts(Err("no nft"), false, false)).iter().map(|s| s.backend).collect();
-        assert_eq!(without_nft, [Backend::Iptables]);
+        let backends = |facts: Facts| choose_for_remove(&facts).iter().map(|s| s.backend).collect::<Vec<_>>();
+        assert_eq!(
+            backends(facts(Ok(()), Ok(()), [true, true, true])),
+            [Backend::Ebpf, Backend::Nftables, Backend::Iptables]
+        );
+        assert_eq!(backends(facts(Err("x"), Ok(()), [false, true, true])), [Backend::Nftables, Backend::Iptables]);
+        assert_eq!(backends(facts(Err("x"), Ok(()), NONE)), [Backend::Nftables]);
+        assert_eq!(backends(facts(Err("x"), Err("no nft"), NONE)), [Backend::Iptables]);
     }
 
     #[test]

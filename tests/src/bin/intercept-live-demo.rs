@@ -1,9 +1,13 @@
-//! `intercept-live-demo --backend iptables`: intercept at work in a sandbox (`cargo xtask demo
-//! --backend iptables` runs it). It builds the test topology (a task and a remote network
-//! namespace; nothing leaves them), starts a test proxy, an app and remote servers, installs
-//! the seed guide's configuration with the real `intercept` binary, makes a few connections
-//! and prints what happened to each next to what the decision model says, shows `status`,
-//! then removes everything.
+//! `intercept-live-demo [--backend ebpf|iptables]`: intercept at work in a sandbox (`cargo
+//! xtask demo` runs it; eBPF by default). It builds the test topology (a task and a remote
+//! network namespace; nothing leaves them), starts a test proxy, an app and remote servers,
+//! installs the seed guide's configuration with the real `intercept` binary, makes a few
+//! connections and prints what happened to each next to what the decision model says, shows
+//! `status` (for eBPF: with the programs' counters), then removes everything.
+//!
+//! With eBPF the sandbox also has a test cgroup and a bpffs of its own, both removed at the
+//! end; the clients and the egress proxy run in the cgroup (the programs see a proxy's sockets
+//! only there), and inbound connections go through the iptables ingress half eBPF mode uses.
 //!
 //! Needs root. The `intercept` binary is `$INTERCEPT_BIN`, else the one next to this one.
 
@@ -19,6 +23,8 @@ use intercept::{
     model::{Decision, decide},
 };
 use intercept_tests::{
+    ebpf::{Listener, TestBpffs, as_identity},
+    require_privileges,
     topology::{METADATA, REMOTE_V4, REMOTE_V6, TASK_V4, TASK_V6, Topology},
     traffic::{Client, Reply, Role, Sandbox, SandboxSpec, agrees, egress, ingress},
 };
@@ -40,15 +46,18 @@ fn main() -> ExitCode {
 
 fn run() -> Result<ExitCode, String> {
     let args: Vec<String> = env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["--backend", "iptables"] | ["--backend=iptables"] => {}
-        _ => return Err(format!("usage: intercept-live-demo --backend iptables (got {args:?})")),
-    }
+    let ebpf = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] | ["--backend", "ebpf"] | ["--backend=ebpf"] => true,
+        ["--backend", "iptables"] | ["--backend=iptables"] => false,
+        _ => return Err(format!("usage: intercept-live-demo [--backend ebpf|iptables] (got {args:?})")),
+    };
+    let backend = if ebpf { "ebpf" } else { "iptables" };
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        return Err("the live demo creates network namespaces and iptables rules: run it as root \
-                    (`sudo -E cargo xtask demo --backend iptables`)"
-            .into());
+        return Err(format!(
+            "the live demo creates network namespaces, cgroups, eBPF programs and iptables rules: run it \
+             as root (`sudo -E cargo xtask demo --backend {backend}`)"
+        ));
     }
     let root = workspace_root()?;
     let intercept = intercept_binary()?;
@@ -62,7 +71,8 @@ fn run() -> Result<ExitCode, String> {
     let other_port = 9090;
 
     let sandbox = Sandbox::new(&SandboxSpec {
-        egress_proxy_ports: vec![config.proxy_egress_port],
+        // With eBPF the egress proxy is a process in the cgroup (below).
+        egress_proxy_ports: if ebpf { vec![] } else { vec![config.proxy_egress_port] },
         ingress_proxy_ports: vec![ingress_port],
         app_ports: vec![app_port, other_port],
         remote_ports: vec![80, 22],
@@ -85,12 +95,40 @@ fn run() -> Result<ExitCode, String> {
     );
     println!("  in the remote netns: servers on :80 and :22, answering with the address they were reached on");
 
+    // eBPF: the cgroup, the pins' bpffs and the egress proxy in the cgroup; all dropped (the
+    // proxy killed, the bpffs unmounted, the cgroup removed) before the namespaces.
+    let ebpf_sandbox =
+        if ebpf { Some(EbpfParts::new(&sandbox, config.ignored_uid, config.proxy_egress_port)?) } else { None };
+    let mut target: Vec<String> = vec!["--backend".into(), backend.into(), "--netns".into(), netns.clone()];
+    if let Some(parts) = &ebpf_sandbox {
+        println!(
+            "  test cgroup {} (the task's processes: clients and the egress proxy)",
+            parts.cgroup.path().display()
+        );
+        println!("  bpffs for the pins at {}", parts.bpffs.path().display());
+        target.extend([
+            "--cgroup".into(),
+            parts.cgroup.path().display().to_string(),
+            "--bpffs".into(),
+            parts.bpffs.path().display().to_string(),
+        ]);
+    }
+    let target: Vec<&str> = target.iter().map(String::as_str).collect();
+
     let seed_arg = seed_path.to_str().ok_or("path is UTF-8")?;
-    let target = ["--backend", "iptables", "--netns", &netns];
     show(&intercept, &[&["apply"][..], &target, &["--task-definition", seed_arg]].concat(), SEED)?;
 
-    println!("\nConnections (client processes in the task netns unless marked \"from remote\"):");
-    let task_client = |uid: u32| Client::new(&client).netns(sandbox.task()).identity(uid, uid);
+    println!(
+        "\nConnections (client processes in the task netns{} unless marked \"from remote\"):",
+        if ebpf { " and the test cgroup" } else { "" }
+    );
+    let task_client = |uid: u32| {
+        let client = Client::new(&client).netns(sandbox.task()).identity(uid, uid);
+        match &ebpf_sandbox {
+            Some(parts) => client.cgroup(&parts.cgroup),
+            None => client,
+        }
+    };
     let remote_client = Client::new(&client).netns(sandbox.remote());
     let local = Topology::task_local_addrs();
     let v4 = |ip: Ipv4Addr, port| SocketAddr::new(IpAddr::V4(ip), port);
@@ -129,12 +167,41 @@ fn run() -> Result<ExitCode, String> {
     show(&intercept, &[&["status"][..], &target, &["--task-definition", seed_arg]].concat(), SEED)?;
     show(&intercept, &[&["remove"][..], &target].concat(), SEED)?;
     show(&intercept, &[&["status"][..], &target].concat(), SEED)?;
+    if ebpf_sandbox.is_some() {
+        drop(ebpf_sandbox);
+        println!("\nTest cgroup and bpffs removed.");
+    }
     drop(sandbox);
-    println!("\nSandbox namespaces deleted.");
+    println!("Sandbox namespaces deleted.");
     if disagreements > 0 {
         return Err(format!("{disagreements} connections did not go where the decision model says"));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// eBPF mode's part of the sandbox. Field order is drop order: the proxy goes first (its
+/// process leaves the cgroup), then the pins, then the cgroup.
+struct EbpfParts {
+    _proxy: Listener,
+    bpffs: TestBpffs,
+    cgroup: intercept_tests::TestCgroup,
+}
+
+impl EbpfParts {
+    fn new(sandbox: &Sandbox, proxy_uid: Option<u32>, proxy_port: u16) -> Result<EbpfParts, String> {
+        let host = require_privileges("intercept-live-demo --backend ebpf")
+            .ok_or("the eBPF demo needs root, a writable cgroup2 mount and eBPF cgroup programs")?;
+        let cgroup = host.create_cgroup().map_err(|e| format!("create the test cgroup: {e}"))?;
+        let bpffs = TestBpffs::mounted();
+        let probe = sibling("intercept-ebpf-probe")?;
+        let mut proxy = cgroup.command(&probe);
+        proxy.args(["serve", "egress-proxy", &format!("127.0.0.1:{proxy_port}"), &format!("[::1]:{proxy_port}")]);
+        sandbox.task().enter(&mut proxy);
+        // The proxy runs as IgnoredUID, as Envoy does in a task.
+        let uid = proxy_uid.unwrap_or(1337);
+        as_identity(&mut proxy, uid, uid);
+        Ok(EbpfParts { _proxy: Listener::spawn(proxy), bpffs, cgroup })
+    }
 }
 
 /// One line per connection: what happened, and whether the model agrees.

@@ -257,8 +257,7 @@ impl StatusReport {
             }
         }
         if let Some(ingress) = &self.ingress {
-            out.push_str("\ninbound, iptables ingress rules:\n");
-            out.push_str(&ingress.render_text());
+            render_ingress(&mut out, ingress);
         }
         out.push('\n');
         let verdict = match (self.installed, self.matches) {
@@ -272,6 +271,31 @@ impl StatusReport {
             let _ = writeln!(out, "  - {reason}");
         }
         out
+    }
+}
+
+/// The iptables rules with their counters. The iptables status's own verdict is left out: it
+/// judges by the egress chain, which eBPF mode never installs.
+fn render_ingress(out: &mut String, status: &iptables::Status) {
+    let _ = writeln!(out, "\ninbound: the iptables ingress rules, {} in the {}", status.mode, status.target);
+    for family in &status.families {
+        let label = match family.family {
+            crate::plan::iptables::Family::Ipv4 => "IPv4",
+            crate::plan::iptables::Family::Ipv6 => "IPv6",
+        };
+        if !family.readable {
+            let _ = writeln!(out, "  {label}: the nat table cannot be read");
+            continue;
+        }
+        let rules: Vec<_> = family.jumps.iter().chain(family.chains.iter().flat_map(|c| &c.rules)).collect();
+        if rules.is_empty() {
+            let _ = writeln!(out, "  {label}: no rules of intercept's");
+            continue;
+        }
+        let _ = writeln!(out, "  {label}, nat table:\n  {:>10} {:>12}  rule", "packets", "bytes");
+        for rule in rules {
+            let _ = writeln!(out, "  {:>10} {:>12}  {}", rule.packets, rule.bytes, rule.rule);
+        }
     }
 }
 

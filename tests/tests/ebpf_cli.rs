@@ -1,0 +1,198 @@
+//! eBPF mode through the `intercept` binary on the shared topology: `apply` as a child process
+//! that exits (the init-container mode) while interception continues, `status` in text and
+//! JSON with its exit codes, `remove` leaving nothing attached or pinned, and bad targets.
+//!
+//! Needs root and the `intercept` binary (`cargo xtask test` builds it; see
+//! `intercept_tests::topology::intercept_bin`).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use intercept::{
+    backend::ebpf::{self, Program},
+    config::{parse_task_definition, validate},
+    model::{Decision, decide},
+};
+use intercept_tests::{
+    ebpf::{APP_PORT, EbpfSandbox, PLAIN_V4, PLAIN_V6},
+    require_privileges,
+    topology::{REMOTE_V4, TASK_V4, TASK_V6, Topology, intercept_bin},
+    traffic::{Role, agrees, egress, ingress},
+};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_intercept-ebpf-probe");
+const CLIENT: &str = env!("CARGO_BIN_EXE_intercept-test-client");
+const APP_UID: u32 = 1000;
+
+fn seed_task_definition() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ec2-taskB.json")
+}
+
+fn run(bin: &Path, args: &[&str]) -> (i32, String, String) {
+    let output: Output = Command::new(bin).args(args).output().unwrap_or_else(|e| panic!("run intercept: {e}"));
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `--backend ebpf --cgroup … --bpffs … --netns …` for the sandbox.
+fn target_args(world: &EbpfSandbox) -> Vec<String> {
+    vec![
+        "--backend".into(),
+        "ebpf".into(),
+        "--cgroup".into(),
+        world.cgroup.path().display().to_string(),
+        "--bpffs".into(),
+        world.bpffs.path().display().to_string(),
+        "--netns".into(),
+        world.sandbox.task().path().display().to_string(),
+    ]
+}
+
+fn args<'a>(verb: &'a str, target: &'a [String], rest: &[&'a str]) -> Vec<&'a str> {
+    let mut out = vec![verb];
+    out.extend(target.iter().map(String::as_str));
+    out.extend(rest);
+    out
+}
+
+#[test]
+fn apply_exits_interception_continues_status_reports_remove_leaves_nothing() {
+    let test = "apply_exits_interception_continues_status_reports_remove_leaves_nothing";
+    let Some(host) = require_privileges(test) else {
+        return;
+    };
+    let Some(bin) = intercept_bin(test) else {
+        return;
+    };
+    let world = EbpfSandbox::new(&host, PROBE, CLIENT);
+    let taskdef = seed_task_definition();
+    let taskdef = taskdef.to_str().unwrap();
+    let target = target_args(&world);
+    let text = std::fs::read_to_string(taskdef).unwrap();
+    let config = validate(&parse_task_definition(&text, taskdef).unwrap().raw).unwrap().config;
+
+    let (code, stdout, stderr) = run(&bin, &args("apply", &target, &["--task-definition", taskdef]));
+    assert_eq!(code, 0, "apply: {stdout}{stderr}");
+    assert!(stdout.contains("installed"), "{stdout}");
+
+    // The applying process has exited: the pins hold the programs, and the ingress rules stay.
+    let local = Topology::task_local_addrs();
+    for dst in [SocketAddr::new(IpAddr::V4(PLAIN_V4), 80), SocketAddr::new(IpAddr::V6(PLAIN_V6), 80)] {
+        let source = if dst.is_ipv4() { IpAddr::V4(TASK_V4) } else { IpAddr::V6(TASK_V6) };
+        let connection = egress(APP_UID, APP_UID, source, dst);
+        let decision = decide(&config, &local, &connection);
+        assert!(matches!(decision, Decision::Redirect { .. }));
+        let reply = world.egress(APP_UID, APP_UID, dst).unwrap();
+        agrees(&decision, &connection, &reply).unwrap_or_else(|e| panic!("egress to {dst}: {e}"));
+    }
+    let inbound = SocketAddr::new(IpAddr::V4(TASK_V4), APP_PORT);
+    let connection = ingress(IpAddr::V4(REMOTE_V4), inbound);
+    let reply = world.ingress(inbound).unwrap();
+    agrees(&decide(&config, &local, &connection), &connection, &reply).unwrap();
+    assert_eq!(reply.role, Role::IngressProxy);
+
+    // status: text, then JSON, both exit 0 for the configuration applied.
+    let (code, stdout, stderr) = run(&bin, &args("status", &target, &["--task-definition", taskdef]));
+    assert_eq!(code, 0, "status: {stdout}{stderr}");
+    assert!(stdout.contains("installed, and matches the configuration"), "{stdout}");
+    assert!(stdout.contains("INTERCEPT_INGRESS"), "the ingress half is shown: {stdout}");
+    let (code, stdout, stderr) =
+        run(&bin, &args("status", &target, &["--task-definition", taskdef, "--format", "json"]));
+    assert_eq!(code, 0, "status --format json: {stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(json["installed"], true);
+    assert_eq!(json["matches"], true);
+    let programs = json["ebpf"]["programs"].as_array().unwrap();
+    assert_eq!(programs.len(), Program::ALL.len());
+    assert!(programs.iter().all(|p| p["attached"] == true), "{programs:?}");
+    assert_eq!(json["ebpf"]["counters"]["redirected"], 2);
+    assert_eq!(json["ebpf"]["configuration"]["proxy_egress_port"], 15001);
+
+    // Another configuration: exit 1, with the difference.
+    let other = ["--ignored-uid", "1337", "--proxy-egress-port", "15001", "--proxy-ingress-port", "15000"];
+    let other = [&other[..], &["--app-ports", "9080", "--egress-ignored-ports", "5432"]].concat();
+    let (code, stdout, _) = run(&bin, &args("status", &target, &other));
+    assert_eq!(code, 1, "a different configuration does not match: {stdout}");
+    assert!(stdout.contains("IGNORED_PORTS: missing 5432"), "{stdout}");
+
+    let (code, stdout, stderr) = run(&bin, &args("apply", &target, &["--task-definition", taskdef]));
+    assert_eq!(code, 0, "apply again: {stdout}{stderr}");
+    assert!(stdout.contains("nothing to change"), "{stdout}");
+
+    let (code, stdout, stderr) = run(&bin, &args("remove", &target, &[]));
+    assert_eq!(code, 0, "remove: {stdout}{stderr}");
+    for program in Program::ALL {
+        let attached = ebpf::attached_programs(world.cgroup.path(), program.attach_type()).unwrap();
+        assert!(attached.is_empty(), "{program:?} still attached after remove: {attached:?}");
+    }
+    assert!(world.bpffs.files().is_empty(), "nothing pinned after remove: {:?}", world.bpffs.files());
+    let reply = world.egress(APP_UID, APP_UID, SocketAddr::new(IpAddr::V4(PLAIN_V4), 80)).unwrap();
+    assert_eq!(reply.role, Role::Remote, "egress no longer redirected");
+    let reply = world.ingress(inbound).unwrap();
+    assert_eq!(reply.role, Role::App, "ingress no longer redirected");
+
+    let (code, stdout, _) = run(&bin, &args("status", &target, &[]));
+    assert_eq!(code, 1, "status after remove: {stdout}");
+    assert!(stdout.contains("NOT installed"), "{stdout}");
+    let (code, stdout, stderr) = run(&bin, &args("remove", &target, &[]));
+    assert_eq!(code, 0, "remove again: {stdout}{stderr}");
+    assert!(stdout.contains("nothing was installed"), "{stdout}");
+}
+
+#[test]
+fn bad_ebpf_targets_exit_2_and_change_nothing() {
+    let test = "bad_ebpf_targets_exit_2_and_change_nothing";
+    let Some(host) = require_privileges(test) else {
+        return;
+    };
+    let Some(bin) = intercept_bin(test) else {
+        return;
+    };
+    let world = EbpfSandbox::new(&host, PROBE, CLIENT);
+    let taskdef = seed_task_definition();
+    let taskdef = taskdef.to_str().unwrap();
+    let bpffs = world.bpffs.path().display().to_string();
+    let root = host.cgroup2_mount().display().to_string();
+    let cgroup = world.cgroup.path().display().to_string();
+    let missing = format!("{cgroup}/no-such-cgroup");
+    let cases: [(&str, Vec<&str>, &str); 4] = [
+        ("no --cgroup", vec!["apply", "--backend", "ebpf", "--bpffs", &bpffs], "--cgroup"),
+        (
+            "missing cgroup",
+            vec!["apply", "--backend", "ebpf", "--cgroup", &missing, "--bpffs", &bpffs],
+            "no-such-cgroup",
+        ),
+        ("root cgroup", vec!["apply", "--backend", "ebpf", "--cgroup", &root, "--bpffs", &bpffs], "root"),
+        (
+            "missing netns",
+            vec![
+                "apply",
+                "--backend",
+                "ebpf",
+                "--cgroup",
+                &cgroup,
+                "--bpffs",
+                &bpffs,
+                "--netns",
+                "/run/netns/no-such-netns",
+            ],
+            "no-such-netns",
+        ),
+    ];
+    for (name, mut args, mentions) in cases {
+        args.extend(["--task-definition", taskdef]);
+        let (code, stdout, stderr) = run(&bin, &args);
+        assert_eq!(code, 2, "{name}: {stdout}{stderr}");
+        assert!(stderr.contains(mentions) && stderr.contains("nothing was changed"), "{name}: {stderr}");
+    }
+    assert!(world.bpffs.files().is_empty(), "{:?}", world.bpffs.files());
+    for program in Program::ALL {
+        assert!(ebpf::attached_programs(world.cgroup.path(), program.attach_type()).unwrap().is_empty());
+    }
+}
