@@ -17,6 +17,13 @@ pub(crate) fn example_text(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The configuration the seed example `name` validates to, through the real parser and
+/// validator.
+pub(crate) fn example_config(name: &str) -> ProxyConfig {
+    let input = crate::config::source::parse_task_definition(&example_text(name), name).unwrap();
+    crate::config::validate(&input.raw).unwrap().config
+}
+
 /// The configuration all four seed examples' proxyConfiguration blocks validate to.
 pub(crate) fn seed_config() -> ProxyConfig {
     ProxyConfig {

@@ -26,7 +26,7 @@ use intercept::{
 };
 
 use crate::{
-    Privileged, TestCgroup,
+    Privileged, TestCgroup, command_in_cgroup,
     traffic::{Client, Reply, Sandbox, SandboxSpec},
 };
 
@@ -83,22 +83,7 @@ impl ChildCgroup {
 
     /// A command whose process joins this cgroup between fork and exec.
     pub fn command(&self, program: &str) -> Command {
-        let procs = CString::new(self.path.join("cgroup.procs").to_string_lossy().as_bytes()).expect("no NUL");
-        let mut command = Command::new(program);
-        // SAFETY: only async-signal-safe calls on memory allocated before the fork.
-        unsafe {
-            command.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                let result = if written == 1 { Ok(()) } else { Err(io::Error::last_os_error()) };
-                libc::close(fd);
-                result
-            });
-        }
-        command
+        command_in_cgroup(&self.path, program)
     }
 }
 

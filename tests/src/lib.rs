@@ -26,8 +26,11 @@ use std::{
 };
 
 use aya::programs::ProgramType;
+use intercept::config::ProxyConfig;
 
+pub mod cases;
 pub mod ebpf;
+pub mod lifecycle;
 pub mod topology;
 pub mod traffic;
 
@@ -36,14 +39,13 @@ pub mod traffic;
 pub const CLIENT_GREETING: &[u8] = b"hello from intercept-test-client\n";
 
 const CGROUP_PROCS: &str = "cgroup.procs";
-const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FixtureError {
     #[error("{op} {}: {error}", path.display())]
     Io { op: &'static str, path: PathBuf, error: io::Error },
-    #[error("no cgroup2 file system is mounted (looked in {MOUNTINFO})")]
-    NoCgroup2,
+    #[error(transparent)]
+    Cgroup2(#[from] intercept::backend::ebpf::Error),
 }
 
 fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FixtureError {
@@ -124,41 +126,7 @@ fn running_in_ci() -> bool {
 /// The mount point of the first cgroup2 file system in this process's mount namespace. The
 /// hierarchy may be mounted anywhere (e.g. `/sys/fs/cgroup/unified` on hybrid hosts).
 pub fn cgroup2_mount() -> Result<PathBuf, FixtureError> {
-    let mountinfo = fs::read_to_string(MOUNTINFO).map_err(io_error("read", Path::new(MOUNTINFO)))?;
-    find_cgroup2_mount(&mountinfo).ok_or(FixtureError::NoCgroup2)
-}
-
-/// Parses `/proc/<pid>/mountinfo` (proc(5)): `id parent major:minor root mount-point options
-/// [optional fields...] - fstype source super-options`.
-fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (mount, fs) = line.split_once(" - ")?;
-        let fstype = fs.split(' ').next()?;
-        let mount_point = mount.split(' ').nth(4)?;
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape_octal(mount_point)))
-    })
-}
-
-/// Undoes the kernel's `\ooo` escaping of space, tab, newline and backslash in mountinfo paths.
-fn unescape_octal(field: &str) -> std::ffi::OsString {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal =
-            bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
-            Some(byte) => {
-                out.push(byte);
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    OsStr::from_bytes(&out).to_owned()
+    Ok(intercept::backend::ebpf::cgroup2_mount()?.mount_point)
 }
 
 /// A uniquely named cgroup directly under the cgroup2 mount, created for one test.
@@ -199,25 +167,7 @@ impl TestCgroup {
     /// A command whose process joins this cgroup between fork and exec, so everything the
     /// program does runs in the cgroup; the test runner itself stays where it is.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let procs = CString::new(self.path.join(CGROUP_PROCS).into_os_string().into_vec())
-            .expect("cgroup paths built from mountinfo contain no NUL");
-        let mut command = Command::new(program);
-        // SAFETY: the closure only makes async-signal-safe calls (open, write, close) on memory
-        // allocated before the fork, as required between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // "0" moves the writing process.
-                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                let result = if written == 1 { Ok(()) } else { Err(io::Error::last_os_error()) };
-                libc::close(fd);
-                result
-            });
-        }
-        command
+        command_in_cgroup(&self.path, program)
     }
 
     fn remove(&self) -> Result<(), FixtureError> {
@@ -255,6 +205,53 @@ impl Drop for TestCgroup {
     }
 }
 
+/// A command whose process joins the cgroup at `cgroup` between fork and exec, so everything
+/// the program does runs in the cgroup; the test runner itself stays where it is.
+pub fn command_in_cgroup(cgroup: &Path, program: impl AsRef<OsStr>) -> Command {
+    let procs = CString::new(cgroup.join(CGROUP_PROCS).into_os_string().into_vec())
+        .expect("cgroup paths built from mountinfo contain no NUL");
+    let mut command = Command::new(program);
+    // SAFETY: the closure only makes async-signal-safe calls (open, write, close) on memory
+    // allocated before the fork, as required between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // "0" moves the writing process.
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let result = if written == 1 { Ok(()) } else { Err(io::Error::last_os_error()) };
+            libc::close(fd);
+            result
+        });
+    }
+    command
+}
+
+/// The seed guide's EC2 task definition (`examples/ec2-taskB.json`).
+pub fn seed_task_definition() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ec2-taskB.json")
+}
+
+/// The configuration the seed guide's task definitions validate to, through the agent's own
+/// parser and validator.
+pub fn seed_guide_config() -> ProxyConfig {
+    let path = seed_task_definition();
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let input = intercept::config::source::parse_task_definition(&text, "ec2-taskB")
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    intercept::config::validate(&input.raw).unwrap_or_else(|e| panic!("{}: {e}", path.display())).config
+}
+
+/// Runs `command` (typically the `intercept` binary) to completion: its exit code, stdout
+/// and stderr.
+pub fn run_output(command: &mut Command) -> (Option<i32>, String, String) {
+    let output = command.output().unwrap_or_else(|e| panic!("run {command:?}: {e}"));
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (output.status.code(), text(&output.stdout), text(&output.stderr))
+}
+
 /// Runs `command` to completion and returns its exit status. A child still running after
 /// `timeout` is killed (it is our own child, by pid) and the test fails.
 pub fn run_with_timeout(command: &mut Command, timeout: Duration) -> ExitStatus {
@@ -270,51 +267,6 @@ pub fn run_with_timeout(command: &mut Command, timeout: Duration) -> ExitStatus 
                 panic!("{command:?} still running after {timeout:?}; killed it");
             }
             Err(e) => panic!("wait for {command:?}: {e}"),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_cgroup2_mount_wherever_it_is() {
-        let hybrid = "\
-24 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
-31 24 0:26 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 rw
-42 31 0:39 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu
-";
-        let cases = [
-            (hybrid, Some("/sys/fs/cgroup/unified")),
-            (
-                "35 24 0:30 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n",
-                Some("/sys/fs/cgroup"),
-            ),
-            // No optional fields, a space escaped in the mount point.
-            ("50 24 0:40 / /mnt/my\\040cgroups rw - cgroup2 none rw\n", Some("/mnt/my cgroups")),
-            // cgroup v1 only.
-            ("42 31 0:39 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu\n", None),
-            ("", None),
-        ];
-        for (mountinfo, expected) in cases {
-            assert_eq!(find_cgroup2_mount(mountinfo), expected.map(PathBuf::from), "{mountinfo}");
-        }
-    }
-
-    #[test]
-    fn unescapes_only_valid_octal_escapes() {
-        let cases = [
-            ("/a\\040b", "/a b"),
-            ("/tab\\011", "/tab\t"),
-            ("/back\\134slash", "/back\\slash"),
-            ("/not\\08", "/not\\08"),
-            ("/end\\04", "/end\\04"),
-            ("/plain", "/plain"),
-        ];
-        for (field, expected) in cases {
-            assert_eq!(unescape_octal(field), OsStr::new(expected), "{field}");
         }
     }
 }

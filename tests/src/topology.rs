@@ -68,11 +68,23 @@ pub fn require_netns_privileges(test: &str) -> bool {
     }
     let missing: Vec<String> = TOOLS
         .iter()
-        .filter(|(tool, _)| intercept::backend::iptables::exec::find_program(tool).is_none())
+        .filter(|(tool, _)| intercept::backend::exec::find_program(tool).is_none())
         .map(|(tool, package)| format!("{tool} (package {package})"))
         .collect();
     if !missing.is_empty() {
         cannot_run(test, &format!("missing {}; `cargo xtask setup` installs them", missing.join(", ")));
+        return false;
+    }
+    true
+}
+
+/// [`require_netns_privileges`], and nft (for the nftables backend's tests).
+pub fn require_nft(test: &str) -> bool {
+    if !require_netns_privileges(test) {
+        return false;
+    }
+    if intercept::backend::exec::find_program("nft").is_none() {
+        cannot_run(test, "nft not found (package nftables); `cargo xtask setup` installs it");
         return false;
     }
     true

@@ -12,10 +12,7 @@ use std::{
     fmt,
     io::{self, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream},
-    os::{
-        fd::{AsFd as _, AsRawFd as _, OwnedFd},
-        unix::process::CommandExt as _,
-    },
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::Command,
     sync::Arc,
@@ -29,7 +26,7 @@ use nix::sys::socket::{
     sockopt,
 };
 
-use crate::{TestCgroup, topology::Netns};
+use crate::{TestCgroup, ebpf::as_identity, topology::Netns};
 
 /// How long a client may take to connect and read its answer.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -235,18 +232,7 @@ impl<'a> Client<'a> {
             netns.enter(&mut command);
         }
         if let Some((uid, gid)) = self.identity {
-            // SAFETY: only async-signal-safe system calls, no allocation.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setresgid(gid, gid, gid) != 0
-                        || libc::setresuid(uid, uid, uid) != 0
-                    {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            as_identity(&mut command, uid, gid);
         }
         command
     }

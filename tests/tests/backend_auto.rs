@@ -6,19 +6,14 @@
 //! Needs root and the `intercept` binary; see `intercept_tests::require_privileges` and
 //! `intercept_tests::topology::intercept_bin`.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::process::Command;
 
-use intercept_tests::{ebpf::EbpfSandbox, require_privileges, topology::intercept_bin};
+use intercept_tests::{
+    ebpf::EbpfSandbox, require_privileges, run_output, seed_task_definition, topology::intercept_bin,
+};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_intercept-ebpf-probe");
 const CLIENT: &str = env!("CARGO_BIN_EXE_intercept-test-client");
-
-fn seed_task_definition() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ec2-taskB.json")
-}
 
 #[test]
 fn auto_picks_ebpf_when_given_a_cgroup() {
@@ -37,11 +32,7 @@ fn auto_picks_ebpf_when_given_a_cgroup() {
         world.sandbox.task().path().display().to_string(),
     ];
     let taskdef = seed_task_definition();
-    let intercept = |verb: &str, rest: &[&str]| {
-        let output = Command::new(&bin).arg(verb).args(&target).args(rest).output().expect("run intercept");
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (output.status.code(), text(&output.stdout), text(&output.stderr))
-    };
+    let intercept = |verb: &str, rest: &[&str]| run_output(Command::new(&bin).arg(verb).args(&target).args(rest));
 
     let (code, stdout, stderr) = intercept("apply", &["--task-definition", taskdef.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");

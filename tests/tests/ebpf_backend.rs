@@ -25,7 +25,10 @@ use intercept::{
 };
 use intercept_tests::{
     TestCgroup,
-    ebpf::{ChildCgroup, Listener, PROXY_PORT, PROXY_UID, TASK_ADDRS, TestBpffs, TestNetns, command_in, seed_config},
+    ebpf::{
+        ChildCgroup, Listener, PROXY_PORT, PROXY_UID, TASK_ADDRS, TestBpffs, TestNetns, command_in, error_chain,
+        seed_config,
+    },
     require_privileges, run_with_timeout,
 };
 
@@ -128,17 +131,6 @@ enum Observed {
 
 fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(model::canonical(addr.ip()), addr.port())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn egress(uid: u32, gid: u32, dst: SocketAddr) -> Connection {

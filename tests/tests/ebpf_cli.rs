@@ -196,3 +196,47 @@ fn bad_ebpf_targets_exit_2_and_change_nothing() {
         assert!(ebpf::attached_programs(world.cgroup.path(), program.attach_type()).unwrap().is_empty());
     }
 }
+
+/// `intercept apply --backend ebpf` with exactly CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON: both
+/// halves install (the programs, and the iptables ingress rules in the namespace the command
+/// runs in, which the test enters for it: `--netns` would need CAP_SYS_ADMIN), and without
+/// one of the three the error names it and nothing is installed.
+#[test]
+fn the_cli_applies_with_only_cap_bpf_net_admin_perfmon() {
+    let test = "the_cli_applies_with_only_cap_bpf_net_admin_perfmon";
+    let Some(host) = require_privileges(test) else {
+        return;
+    };
+    let Some(bin) = intercept_bin(test) else {
+        return;
+    };
+    let world = EbpfSandbox::new(&host, PROBE, CLIENT);
+    let taskdef = seed_task_definition();
+    let cgroup = world.cgroup.path().display().to_string();
+    let bpffs = world.bpffs.path().display().to_string();
+    let apply_with = |caps: &str| {
+        let mut command = Command::new("setpriv");
+        command
+            .args([&format!("--bounding-set=-all{caps}"), &format!("--inh-caps=-all{caps}"), "--"])
+            .arg(&bin)
+            .args(["apply", "--backend", "ebpf", "--cgroup", &cgroup, "--bpffs", &bpffs, "--task-definition"])
+            .arg(&taskdef);
+        world.sandbox.task().enter(&mut command);
+        let output = command.output().expect("run setpriv");
+        (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    for (caps, missing) in
+        [(",+bpf,+perfmon", "CAP_NET_ADMIN"), (",+net_admin,+perfmon", "CAP_BPF"), (",+bpf,+net_admin", "CAP_PERFMON")]
+    {
+        let (code, stderr) = apply_with(caps);
+        assert!(code == 1 && stderr.contains(&format!("missing capability {missing}")), "with {caps}: {stderr}");
+    }
+    assert!(world.bpffs.files().is_empty(), "a refused apply pins nothing: {:?}", world.bpffs.files());
+
+    let (code, stderr) = apply_with(",+bpf,+net_admin,+perfmon");
+    assert_eq!(code, 0, "with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON only: {stderr}");
+    let egress_dst = SocketAddr::new(IpAddr::V4(PLAIN_V4), 80);
+    assert_eq!(world.egress(APP_UID, APP_UID, egress_dst).unwrap().role, Role::EgressProxy);
+    let inbound = SocketAddr::new(IpAddr::V4(TASK_V4), APP_PORT);
+    assert_eq!(world.ingress(inbound).unwrap().role, Role::IngressProxy, "the ingress half is installed too");
+}

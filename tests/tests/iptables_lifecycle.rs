@@ -5,43 +5,22 @@
 //! Needs root; see `intercept_tests::topology`. Every dialled address lives in the test's
 //! own namespaces.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread,
-    time::Duration,
-};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use intercept::{
     backend::iptables::{Error, Iptables, Mode},
-    config::{Ingress, PortRange, PortSet, ProxyConfig},
+    config::ProxyConfig,
     netns::Target,
     plan::IptablesPlan,
 };
 use intercept_tests::{
+    lifecycle::{self, REMOTE, REMOTE_PORT, feed, foreign_xtables, sandbox},
+    seed_guide_config as seed,
     topology::{Netns, TASK_V4, require_netns_privileges},
-    traffic::{Client, Role, Sandbox, SandboxSpec, connect_here},
+    traffic::{Client, Role, Sandbox},
 };
 
 const CLIENT: &str = env!("CARGO_BIN_EXE_intercept-test-client");
-const REMOTE: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 5, 0, 1));
-const REMOTE_PORT: u16 = 80;
-
-fn seed() -> ProxyConfig {
-    ProxyConfig {
-        ignored_uid: Some(1337),
-        ignored_gid: None,
-        proxy_egress_port: 15001,
-        ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
-        egress_ignored_ports: PortSet::from_ranges([PortRange::single(22)]),
-        egress_ignored_ips: vec!["169.254.169.254/32".parse().unwrap(), "169.254.170.2/32".parse().unwrap()],
-        implicit_exemptions: true,
-        ipv6: true,
-    }
-}
 
 /// The seed with enough ignored networks (v4 and v6) to need ipsets, none containing REMOTE.
 fn with_ipsets(config: ProxyConfig) -> ProxyConfig {
@@ -51,16 +30,6 @@ fn with_ipsets(config: ProxyConfig) -> ProxyConfig {
     ProxyConfig { egress_ignored_ips: [config.egress_ignored_ips.clone(), nets].concat(), ..config }
 }
 
-fn sandbox() -> Sandbox {
-    Sandbox::new(&SandboxSpec {
-        egress_proxy_ports: vec![15001, 15002],
-        ingress_proxy_ports: vec![15000],
-        app_ports: vec![9080],
-        remote_ports: vec![REMOTE_PORT],
-        remote_addresses: vec![REMOTE],
-    })
-}
-
 fn open(netns: &Netns, mode: Option<Mode>) -> Iptables {
     Iptables::open(Target::Path(netns.path()), mode).expect("open the backend")
 }
@@ -68,30 +37,14 @@ fn open(netns: &Netns, mode: Option<Mode>) -> Iptables {
 /// Another tool's chain and rules in both families' nat tables, a rule in the filter table,
 /// and another tool's ipset. None of it touches the TCP traffic of the tests.
 fn install_foreign_state(netns: &Netns, mode: Mode) {
-    let nat = |source: &str| {
-        format!(
-            "*nat\n:OTHER_TOOL - [0:0]\n-A OTHER_TOOL -p udp --dport 53 -j RETURN\n\
-             -A OUTPUT -p udp -m comment --comment \"user rule\" -j OTHER_TOOL\n\
-             -A PREROUTING -s {source} -p tcp -j RETURN\nCOMMIT\n\
-             *filter\n-A INPUT -s {source} -j DROP\nCOMMIT\n"
-        )
-    };
-    restore(netns, &format!("iptables-{}-restore", mode.name()), &nat("10.9.9.9/32"));
-    restore(netns, &format!("ip6tables-{}-restore", mode.name()), &nat("fd09::9/128"));
+    restore(netns, &format!("iptables-{}-restore", mode.name()), &foreign_xtables("10.9.9.9/32"));
+    restore(netns, &format!("ip6tables-{}-restore", mode.name()), &foreign_xtables("fd09::9/128"));
     netns.exec("ipset", &["create", "other-tool", "hash:ip"]);
     netns.exec("ipset", &["add", "other-tool", "10.9.9.9"]);
 }
 
 fn restore(netns: &Netns, program: &str, input: &str) {
-    use std::io::Write as _;
-    let mut child = netns
-        .command(program)
-        .arg("--noflush")
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "{program} <<< {input}");
+    feed(netns, program, &["--noflush"], input);
 }
 
 /// Everything xtables and ipset hold in the namespace, for before/after comparisons:
@@ -121,11 +74,7 @@ fn dump(netns: &Netns, mode: Mode, counters: bool) -> String {
 }
 
 fn egress_reply(sandbox: &Sandbox) -> intercept_tests::traffic::Reply {
-    Client::new(CLIENT)
-        .netns(sandbox.task())
-        .identity(1000, 1000)
-        .connect(SocketAddr::new(REMOTE, REMOTE_PORT))
-        .expect("connect")
+    lifecycle::egress_reply(CLIENT, sandbox)
 }
 
 fn apply_twice_changes_nothing(test: &str, mode: Mode) {
@@ -229,35 +178,9 @@ fn replace_never_leaves_a_gap() {
     // and destroys sets too.
     let a = IptablesPlan::new(&seed());
     let b = IptablesPlan::new(&with_ipsets(ProxyConfig { proxy_egress_port: 15002, ..seed() }));
-    backend.apply(&a, false).unwrap();
-    let destination = SocketAddr::new(REMOTE, REMOTE_PORT);
-    let stop = AtomicBool::new(false);
-    let replies = Mutex::new(Vec::new());
-    thread::scope(|scope| {
-        scope.spawn(|| {
-            sandbox.task().run(|| {
-                while !stop.load(Ordering::Relaxed) {
-                    let reply = connect_here(destination);
-                    replies.lock().unwrap().push(reply);
-                }
-            })
-        });
-        for round in 0..20 {
-            let plan = if round % 2 == 0 { &b } else { &a };
-            assert!(backend.apply(plan, false).unwrap().changed);
-            thread::sleep(Duration::from_millis(15));
-        }
-        stop.store(true, Ordering::Relaxed);
+    lifecycle::replace_never_leaves_a_gap(&sandbox, |second| {
+        backend.apply(if second { &b } else { &a }, false).unwrap().changed
     });
-    let replies = replies.into_inner().unwrap();
-    assert!(replies.len() >= 20, "only {} connections during 20 replacements", replies.len());
-    let mut ports = std::collections::BTreeSet::new();
-    for reply in &replies {
-        let reply = reply.as_ref().unwrap_or_else(|e| panic!("a connection failed during a replace: {e}"));
-        assert_eq!((reply.role, reply.original), (Role::EgressProxy, Some(destination)), "{reply}");
-        ports.insert(reply.local.port());
-    }
-    assert_eq!(ports.into_iter().collect::<Vec<_>>(), [15001, 15002], "both configurations were live");
 }
 
 /// When the IPv6 transaction fails, the IPv4 rules and the ipsets installed just before are

@@ -7,59 +7,24 @@
 //! test's own namespaces.
 
 use std::{
-    collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr},
     process::Command,
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread,
-    time::Duration,
 };
 
 use intercept::{
-    backend::{
-        iptables::exec::find_program,
-        nftables::{Error, Nftables},
-    },
-    config::{Ingress, PortRange, PortSet, ProxyConfig},
+    backend::nftables::{Error, Nftables},
+    config::ProxyConfig,
     netns::Target,
     plan::NftablesPlan,
 };
 use intercept_tests::{
-    cannot_run,
-    topology::{Netns, intercept_bin, require_netns_privileges},
-    traffic::{Client, Reply, Role, Sandbox, SandboxSpec, connect_here},
+    lifecycle::{self, REMOTE, REMOTE_PORT, feed, foreign_xtables, sandbox},
+    run_output, seed_guide_config as seed,
+    topology::{Netns, intercept_bin, require_nft},
+    traffic::{Reply, Role, Sandbox},
 };
 
 const CLIENT: &str = env!("CARGO_BIN_EXE_intercept-test-client");
-const REMOTE: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 5, 0, 1));
-const REMOTE_PORT: u16 = 80;
-
-fn can_run(test: &str) -> bool {
-    if !require_netns_privileges(test) {
-        return false;
-    }
-    if find_program("nft").is_none() {
-        cannot_run(test, "nft not found (package nftables); `cargo xtask setup` installs it");
-        return false;
-    }
-    true
-}
-
-fn seed() -> ProxyConfig {
-    ProxyConfig {
-        ignored_uid: Some(1337),
-        ignored_gid: None,
-        proxy_egress_port: 15001,
-        ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
-        egress_ignored_ports: PortSet::from_ranges([PortRange::single(22)]),
-        egress_ignored_ips: vec!["169.254.169.254/32".parse().unwrap(), "169.254.170.2/32".parse().unwrap()],
-        implicit_exemptions: true,
-        ipv6: true,
-    }
-}
 
 /// The seed with a few thousand ignored networks per family, none containing REMOTE.
 fn with_networks(config: ProxyConfig) -> ProxyConfig {
@@ -69,16 +34,6 @@ fn with_networks(config: ProxyConfig) -> ProxyConfig {
     ProxyConfig { egress_ignored_ips: [config.egress_ignored_ips.clone(), nets].concat(), ..config }
 }
 
-fn sandbox() -> Sandbox {
-    Sandbox::new(&SandboxSpec {
-        egress_proxy_ports: vec![15001, 15002],
-        ingress_proxy_ports: vec![15000],
-        app_ports: vec![9080],
-        remote_ports: vec![REMOTE_PORT],
-        remote_addresses: vec![REMOTE],
-    })
-}
-
 fn open(netns: &Netns) -> Nftables {
     Nftables::open(Target::Path(netns.path())).expect("open the backend")
 }
@@ -86,16 +41,8 @@ fn open(netns: &Netns) -> Nftables {
 /// Other tools' state, none of it touching the tests' TCP traffic: iptables-nft rules in
 /// both families' nat and filter tables (with a chain of their own), and a native nft table.
 fn install_foreign_state(netns: &Netns) {
-    let xtables = |source: &str| {
-        format!(
-            "*nat\n:OTHER_TOOL - [0:0]\n-A OTHER_TOOL -p udp --dport 53 -j RETURN\n\
-             -A OUTPUT -p udp -m comment --comment \"user rule\" -j OTHER_TOOL\n\
-             -A PREROUTING -s {source} -p tcp -j RETURN\nCOMMIT\n\
-             *filter\n-A INPUT -s {source} -j DROP\nCOMMIT\n"
-        )
-    };
-    feed(netns, "iptables-nft-restore", &["--noflush"], &xtables("10.9.9.9/32"));
-    feed(netns, "ip6tables-nft-restore", &["--noflush"], &xtables("fd09::9/128"));
+    feed(netns, "iptables-nft-restore", &["--noflush"], &foreign_xtables("10.9.9.9/32"));
+    feed(netns, "ip6tables-nft-restore", &["--noflush"], &foreign_xtables("fd09::9/128"));
     feed(
         netns,
         "nft",
@@ -103,18 +50,6 @@ fn install_foreign_state(netns: &Netns) {
         "table inet other_tool {\n\tset blocked { type ipv4_addr; elements = { 10.9.9.8 } }\n\
          \tchain input { type filter hook input priority 0; policy accept; ip saddr @blocked counter drop; }\n}\n",
     );
-}
-
-fn feed(netns: &Netns, program: &str, args: &[&str], input: &str) {
-    use std::io::Write as _;
-    let mut child = netns
-        .command(program)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "{program} <<< {input}");
 }
 
 /// The namespace's whole ruleset but intercept's table, without counters: what other tools
@@ -142,16 +77,12 @@ fn xtables_rules(netns: &Netns) -> String {
 }
 
 fn egress_reply(sandbox: &Sandbox) -> Reply {
-    Client::new(CLIENT)
-        .netns(sandbox.task())
-        .identity(1000, 1000)
-        .connect(SocketAddr::new(REMOTE, REMOTE_PORT))
-        .expect("connect")
+    lifecycle::egress_reply(CLIENT, sandbox)
 }
 
 #[test]
 fn apply_twice_changes_nothing_and_keeps_the_counters() {
-    if !can_run("apply_twice_changes_nothing_and_keeps_the_counters") {
+    if !require_nft("apply_twice_changes_nothing_and_keeps_the_counters") {
         return;
     }
     let sandbox = sandbox();
@@ -173,7 +104,7 @@ fn apply_twice_changes_nothing_and_keeps_the_counters() {
 
 #[test]
 fn replace_and_remove_twice_leave_only_what_others_installed() {
-    if !can_run("replace_and_remove_twice_leave_only_what_others_installed") {
+    if !require_nft("replace_and_remove_twice_leave_only_what_others_installed") {
         return;
     }
     let sandbox = sandbox();
@@ -206,7 +137,7 @@ fn replace_and_remove_twice_leave_only_what_others_installed() {
 
 #[test]
 fn remove_where_nothing_was_installed_succeeds_and_creates_nothing() {
-    if !can_run("remove_where_nothing_was_installed_succeeds_and_creates_nothing") {
+    if !require_nft("remove_where_nothing_was_installed_succeeds_and_creates_nothing") {
         return;
     }
     let netns = Netns::create("pristine");
@@ -220,7 +151,7 @@ fn remove_where_nothing_was_installed_succeeds_and_creates_nothing() {
 /// real destination and none fails.
 #[test]
 fn replace_never_leaves_a_gap() {
-    if !can_run("replace_never_leaves_a_gap") {
+    if !require_nft("replace_never_leaves_a_gap") {
         return;
     }
     let sandbox = sandbox();
@@ -228,41 +159,15 @@ fn replace_never_leaves_a_gap() {
     // Different egress ports and sets, so that every replace rewrites rules and sets.
     let a = NftablesPlan::new(&seed());
     let b = NftablesPlan::new(&with_networks(ProxyConfig { proxy_egress_port: 15002, ..seed() }));
-    backend.apply(&a, false).unwrap();
-    let destination = SocketAddr::new(REMOTE, REMOTE_PORT);
-    let stop = AtomicBool::new(false);
-    let replies = Mutex::new(Vec::new());
-    thread::scope(|scope| {
-        scope.spawn(|| {
-            sandbox.task().run(|| {
-                while !stop.load(Ordering::Relaxed) {
-                    let reply = connect_here(destination);
-                    replies.lock().unwrap().push(reply);
-                }
-            })
-        });
-        for round in 0..20 {
-            let plan = if round % 2 == 0 { &b } else { &a };
-            assert!(backend.apply(plan, false).unwrap().changed);
-            thread::sleep(Duration::from_millis(15));
-        }
-        stop.store(true, Ordering::Relaxed);
+    lifecycle::replace_never_leaves_a_gap(&sandbox, |second| {
+        backend.apply(if second { &b } else { &a }, false).unwrap().changed
     });
-    let replies = replies.into_inner().unwrap();
-    assert!(replies.len() >= 20, "only {} connections during 20 replacements", replies.len());
-    let mut ports = BTreeSet::new();
-    for reply in &replies {
-        let reply = reply.as_ref().unwrap_or_else(|e| panic!("a connection failed during a replace: {e}"));
-        assert_eq!((reply.role, reply.original), (Role::EgressProxy, Some(destination)), "{reply}");
-        ports.insert(reply.local.port());
-    }
-    assert_eq!(ports.into_iter().collect::<Vec<_>>(), [15001, 15002], "both configurations were live");
 }
 
 /// Hand edits are drift: status names them, apply puts the plan back.
 #[test]
 fn drift_is_reported_and_repaired() {
-    if !can_run("drift_is_reported_and_repaired") {
+    if !require_nft("drift_is_reported_and_repaired") {
         return;
     }
     let sandbox = sandbox();
@@ -296,7 +201,7 @@ fn drift_is_reported_and_repaired() {
 /// forced with overlapping interval elements, which no plan contains.
 #[test]
 fn a_refused_transaction_leaves_the_old_table_live() {
-    if !can_run("a_refused_transaction_leaves_the_old_table_live") {
+    if !require_nft("a_refused_transaction_leaves_the_old_table_live") {
         return;
     }
     let sandbox = sandbox();
@@ -320,7 +225,7 @@ fn a_refused_transaction_leaves_the_old_table_live() {
 /// table installs, IPv4 is intercepted, and there is nothing to warn about.
 #[test]
 fn a_namespace_without_ipv6_takes_the_same_table() {
-    if !can_run("a_namespace_without_ipv6_takes_the_same_table") {
+    if !require_nft("a_namespace_without_ipv6_takes_the_same_table") {
         return;
     }
     let sandbox = sandbox();
@@ -338,7 +243,7 @@ fn a_namespace_without_ipv6_takes_the_same_table() {
 /// why, and goes on with whatever is installed.
 #[test]
 fn the_cli_applies_reports_and_removes() {
-    if !can_run("the_cli_applies_reports_and_removes") {
+    if !require_nft("the_cli_applies_reports_and_removes") {
         return;
     }
     let Some(bin) = intercept_bin("the_cli_applies_reports_and_removes") else { return };
@@ -355,11 +260,7 @@ fn the_cli_applies_reports_and_removes() {
         "--app-ports",
         "9080",
     ];
-    let intercept = |args: &[&str]| {
-        let output = Command::new(&bin).args(args).output().expect("run intercept");
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (output.status.code(), text(&output.stdout), text(&output.stderr))
-    };
+    let intercept = |args: &[&str]| run_output(Command::new(&bin).args(args));
 
     let (code, stdout, stderr) =
         intercept(&[&["apply", "--backend", "auto", "--netns", netns][..], &seed_flags].concat());
@@ -402,18 +303,14 @@ fn the_cli_applies_reports_and_removes() {
 /// kept (not doubled by a table), and `remove` takes both backends' when both are there.
 #[test]
 fn auto_follows_what_is_installed() {
-    if !can_run("auto_follows_what_is_installed") {
+    if !require_nft("auto_follows_what_is_installed") {
         return;
     }
     let Some(bin) = intercept_bin("auto_follows_what_is_installed") else { return };
     let sandbox = sandbox();
     let netns = sandbox.task().path();
     let netns = netns.to_str().unwrap();
-    let intercept = |args: &[&str]| {
-        let output = Command::new(&bin).args(args).output().expect("run intercept");
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (output.status.code(), text(&output.stdout), text(&output.stderr))
-    };
+    let intercept = |args: &[&str]| run_output(Command::new(&bin).args(args));
     let flags = ["--ignored-uid", "1337", "--proxy-egress-port", "15001"];
     let iptables = intercept::backend::iptables::Iptables::open(Target::Path(sandbox.task().path()), None).unwrap();
     iptables.apply(&intercept::plan::IptablesPlan::new(&seed()), false).unwrap();

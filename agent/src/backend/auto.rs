@@ -12,7 +12,7 @@ use std::path::Path;
 use aya::programs::ProgramType;
 use serde::Serialize;
 
-use crate::backend::ebpf::{self, APPLY_CAPABILITIES, Capability};
+use crate::backend::ebpf;
 use crate::backend::iptables::{self, Iptables};
 use crate::backend::nftables::{self, Nftables};
 use crate::netns::{self, Target};
@@ -145,22 +145,7 @@ pub fn probe(target: &Target, cgroup: Option<&str>, bpffs: Option<&Path>) -> Res
 /// The capabilities the eBPF backend checks before applying, and the program types it
 /// loads.
 fn ebpf_usable() -> Result<(), String> {
-    let has = |capability| {
-        let capability = match capability {
-            Capability::NetAdmin => caps::Capability::CAP_NET_ADMIN,
-            Capability::SysAdmin => caps::Capability::CAP_SYS_ADMIN,
-            Capability::Perfmon => caps::Capability::CAP_PERFMON,
-            Capability::Bpf => caps::Capability::CAP_BPF,
-        };
-        caps::has_cap(None, caps::CapSet::Effective, capability).map_err(|e| format!("reading capabilities: {e}"))
-    };
-    for (capability, needed_for) in APPLY_CAPABILITIES {
-        // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, as in the kernel.
-        let stands_in = matches!(capability, Capability::Bpf | Capability::Perfmon) && has(Capability::SysAdmin)?;
-        if !has(capability)? && !stands_in {
-            return Err(format!("missing capability {} (needed for {needed_for})", capability.name()));
-        }
-    }
+    ebpf::check_capabilities().map_err(|e| e.to_string())?;
     let program_types = [
         (ProgramType::CgroupSockAddr, "cgroup sock_addr"),
         (ProgramType::SockOps, "sockops"),

@@ -247,7 +247,9 @@ pub const APPLY_CAPABILITIES: [(Capability, &str); 3] = [
     ),
 ];
 
-fn check_capabilities() -> Result<(), Error> {
+/// Whether this process holds [`APPLY_CAPABILITIES`]: `apply` checks it first, and
+/// `--backend auto` asks it before choosing eBPF.
+pub(crate) fn check_capabilities() -> Result<(), Error> {
     let effective = host::effective_capabilities()?;
     for (cap, needed_for) in APPLY_CAPABILITIES {
         let held = host::has_capability(effective, cap)

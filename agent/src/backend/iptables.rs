@@ -13,7 +13,6 @@
 //! on them are gone. When the IPv6 transaction fails, the IPv4 one (and the ipsets) are put
 //! back as they were, so the namespace ends either fully configured or as before.
 
-pub mod exec;
 pub mod save;
 pub mod sync;
 
@@ -26,11 +25,11 @@ use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
+use crate::backend::exec::{Call, Output, Runner, System};
 use crate::netns::{self, Netns, Target};
 use crate::plan::IptablesPlan;
 use crate::plan::iptables::{EGRESS_CHAIN, Family, IpSet, TABLE};
 
-pub use exec::{Call, Output, Runner, System};
 use save::{ParseError, Table, count_rules, parse_ipsets, parse_table};
 pub use sync::{Changes, Desired, DesiredState, Installed, OWN_SETS, State};
 
@@ -597,7 +596,7 @@ pub struct Status {
 impl Status {
     /// 0 when installed and matching the configuration (if one was given), else 1.
     pub fn exit_code(&self) -> i32 {
-        i32::from(!(self.installed && self.matches != Some(false)))
+        super::status_exit_code(self.installed, self.matches)
     }
 
     /// For people; the warnings are not included (the CLI prints them to stderr).

@@ -13,8 +13,8 @@
 //! element ([`Installed::drift`]): when they agree, apply runs nothing, and the counters
 //! keep counting. `status` shows the same comparison, with every rule's counters.
 //!
-//! Commands run in the target namespace through the iptables backend's [`Runner`]: the
-//! process itself never changes namespace.
+//! Commands run in the target namespace through the [`Runner`] shared with the iptables
+//! backend: the process itself never changes namespace.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -22,7 +22,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::backend::iptables::{self, Call, Output, Runner, System};
+use crate::backend::exec::{Call, Output, Runner, System};
+use crate::backend::iptables;
 use crate::netns::{self, Netns, Target};
 use crate::plan::Format;
 use crate::plan::iptables::EGRESS_CHAIN as IPTABLES_EGRESS_CHAIN;
@@ -655,7 +656,7 @@ pub struct Status {
 impl Status {
     /// 0 when installed and matching the configuration (if one was given), else 1.
     pub fn exit_code(&self) -> i32 {
-        i32::from(!(self.installed && self.matches != Some(false)))
+        super::status_exit_code(self.installed, self.matches)
     }
 
     /// For people; long sets are summarised, the warnings are not included (the CLI prints

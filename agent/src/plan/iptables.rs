@@ -479,7 +479,8 @@ fn with_parts(chunks: Vec<Vec<PortRange>>) -> impl Iterator<Item = (String, Stri
     })
 }
 
-fn ignored_ports_label(config: &ProxyConfig) -> &'static str {
+/// What the ignored ports are, for the comments (shared with the nftables plan).
+pub(super) fn ignored_ports_label(config: &ProxyConfig) -> &'static str {
     let implicit_ssh = config.implicit_exemptions && !config.egress_ignored_ports.contains(SSH_PORT);
     match (config.egress_ignored_ports.is_empty(), implicit_ssh) {
         (true, _) => "SSH port 22 (always exempt)",

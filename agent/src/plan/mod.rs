@@ -15,6 +15,8 @@ pub mod nftables;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod testutil;
 
 use std::fmt::{Display, Write as _};
 

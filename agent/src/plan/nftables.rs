@@ -52,9 +52,9 @@ use std::fmt::{self, Write as _};
 use ipnet::IpNet;
 use serde::{Serialize, Serializer};
 
-use super::iptables::Family;
+use super::iptables::{Family, ignored_ports_label};
 use super::{TEXT_LIST_LIMIT, to_json};
-use crate::config::{PortRange, ProxyConfig, SSH_PORT};
+use crate::config::{PortRange, ProxyConfig};
 
 pub const FAMILY: &str = "inet";
 pub const TABLE: &str = "intercept";
@@ -550,15 +550,6 @@ fn count(n: usize, what: &str) -> String {
 /// parentheses: the set's own comment says which entries are always exempt.
 fn rule_label(set_label: &str) -> &str {
     set_label.trim_end_matches(" (always exempt)")
-}
-
-fn ignored_ports_label(config: &ProxyConfig) -> &'static str {
-    let implicit_ssh = config.implicit_exemptions && !config.egress_ignored_ports.contains(SSH_PORT);
-    match (config.egress_ignored_ports.is_empty(), implicit_ssh) {
-        (true, _) => "SSH port 22 (always exempt)",
-        (false, true) => "EgressIgnoredPorts and SSH port 22 (always exempt)",
-        (false, false) => "EgressIgnoredPorts",
-    }
 }
 
 /// Says whether the set holds the user's networks, the metadata IPs, or both.

@@ -210,16 +210,7 @@ fn udp(addr: &str) -> Result<(), String> {
 
 fn apply(cgroup: &str, bpffs: &str) -> Result<(), String> {
     use intercept::backend::ebpf;
-    let chain = |e: &dyn std::error::Error| {
-        let mut out = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            out.push_str(": ");
-            out.push_str(&s.to_string());
-            source = s.source();
-        }
-        out
-    };
+    use intercept_tests::ebpf::error_chain as chain;
     let target = ebpf::Target::new(cgroup, Some(std::path::Path::new(bpffs))).map_err(|e| chain(&e))?;
     let plan = intercept::plan::ebpf::EbpfPlan::new(&intercept_tests::ebpf::seed_config());
     let local: Vec<std::net::IpAddr> =

@@ -75,7 +75,11 @@ fn mounts() -> Result<Vec<Mount>, Error> {
 
 /// The first cgroup2 mount of this mount namespace.
 pub fn cgroup2_mount() -> Result<Mount, Error> {
-    mounts()?.into_iter().find(|m| m.fstype == "cgroup2").ok_or(Error::NoCgroup2)
+    first_cgroup2(mounts()?).ok_or(Error::NoCgroup2)
+}
+
+fn first_cgroup2(mounts: Vec<Mount>) -> Option<Mount> {
+    mounts.into_iter().find(|m| m.fstype == "cgroup2")
 }
 
 /// The cgroup `--cgroup` names: `auto` is the parent of this process's own cgroup (the task's
@@ -395,6 +399,47 @@ mod tests {
         assert_eq!(mounts[2].root, Path::new("/ecs"));
         assert_eq!(mounts[2].mount_point, Path::new("/mnt/my cgroups"));
         assert_eq!(mounts[3].fstype, "bpf");
+    }
+
+    #[test]
+    fn finds_the_first_cgroup2_mount() {
+        let hybrid = "\
+24 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+31 24 0:26 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 rw
+42 31 0:39 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu
+";
+        let cases = [
+            (hybrid, Some("/sys/fs/cgroup/unified")),
+            (
+                "35 24 0:30 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n",
+                Some("/sys/fs/cgroup"),
+            ),
+            // No optional fields, a space escaped in the mount point.
+            ("50 24 0:40 / /mnt/my\\040cgroups rw - cgroup2 none rw\n", Some("/mnt/my cgroups")),
+            // cgroup v1 only.
+            ("42 31 0:39 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu\n", None),
+            ("", None),
+        ];
+        for (mountinfo, expected) in cases {
+            let found = first_cgroup2(parse_mountinfo(mountinfo)).map(|m| m.mount_point);
+            assert_eq!(found, expected.map(PathBuf::from), "{mountinfo}");
+        }
+    }
+
+    #[test]
+    fn unescapes_only_valid_octal_escapes() {
+        let cases = [
+            ("/a\\040b", "/a b"),
+            ("/tab\\011", "/tab\t"),
+            ("/back\\134slash", "/back\\slash"),
+            ("/not\\08", "/not\\08"),
+            ("/end\\04", "/end\\04"),
+            ("/plain", "/plain"),
+        ];
+        for (field, expected) in cases {
+            assert_eq!(unescape_octal(field), OsStr::new(expected), "{field}");
+        }
     }
 
     #[test]

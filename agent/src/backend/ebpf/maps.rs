@@ -391,3 +391,22 @@ fn sync_v6(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_count_what_the_new_generation_adds_and_drops() {
+        let mut old = Contents::empty();
+        old.ignored_ports.extend([22, 5432]);
+        old.ignored_nets_v4.insert(lpm_key_v4("10.0.0.0/8".parse().unwrap()));
+        let mut new = old.clone();
+        new.ignored_ports.remove(&5432);
+        new.ignored_ports.insert(8080);
+        new.local_nets_v6.insert(lpm_key_v6("fd00::2/128".parse().unwrap()));
+        new.config.proxy_egress_port = 15001;
+        assert_eq!(Changes::between(&old, &new, 1), Changes { config: true, added: 2, removed: 1, generation: 1 });
+        assert_eq!(Changes::between(&old, &old, 0), Changes { config: false, added: 0, removed: 0, generation: 0 });
+    }
+}

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 
-use super::exec::{Call, Output, Runner};
 use super::save::{RuleSpec, split_words};
 use super::{Error, Mode};
+use crate::backend::exec::{Call, Output, Runner};
 use crate::plan::iptables::{Family, IpSet};
 
 const BUILTIN: [&str; 4] = ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"];
@@ -327,7 +327,7 @@ impl Runner for &Fake {
         if state.missing.contains(&call.program) {
             return Err(Error::MissingProgram {
                 program: call.program.clone(),
-                package: super::exec::package_of(&call.program),
+                package: crate::backend::exec::package_of(&call.program),
             });
         }
         if call.program == "ipset" {

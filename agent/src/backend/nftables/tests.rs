@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::backend::iptables::{Call, Output, Runner};
+use crate::backend::exec::{Call, Output, Runner};
 use crate::config::{Ingress, PortRange, PortSet, ProxyConfig};
 use crate::plan::nftables::{Elements, Match, Rule, Verdict};
 

@@ -1,6 +1,7 @@
-//! Running the xtables and ipset commands: the only effects of the iptables backend.
+//! Running the xtables, ipset and nft commands: the only effects of the iptables and
+//! nftables backends.
 //!
-//! Everything else in the backend computes values from what these commands print, so it is
+//! Everything else in those backends computes values from what these commands print, so it is
 //! tested with a fake [`Runner`] that records what would run.
 
 use std::fmt;
@@ -11,7 +12,7 @@ use std::thread;
 
 use crate::netns::Netns;
 
-use super::Error;
+use super::iptables::Error;
 
 /// One command line and its standard input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +106,11 @@ fn is_executable(path: &Path) -> bool {
 
 /// The Debian package providing `program`, for the "how to get it" part of a message.
 pub fn package_of(program: &str) -> &'static str {
-    if program.starts_with("ipset") { "ipset" } else { "iptables" }
+    match program {
+        "nft" => "nftables",
+        p if p.starts_with("ipset") => "ipset",
+        _ => "iptables",
+    }
 }
 
 impl Runner for System {
@@ -158,5 +163,22 @@ impl Runner for System {
 
     fn describe_target(&self) -> String {
         self.netns.target().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::package_of;
+
+    #[test]
+    fn missing_programs_name_their_debian_package() {
+        for (program, package) in [
+            ("nft", "nftables"),
+            ("ipset", "ipset"),
+            ("iptables-nft-restore", "iptables"),
+            ("ip6tables-legacy-save", "iptables"),
+        ] {
+            assert_eq!(package_of(program), package, "{program}");
+        }
     }
 }
