@@ -619,3 +619,39 @@ fn the_agent_mounts_bpffs_when_absent_and_a_failed_apply_leaves_nothing() {
     assert_eq!(pins.len(), Program::ALL.len() + ebpf::MAP_NAMES.len(), "{pins:?}");
     assert!(ebpf::remove(&target).unwrap());
 }
+
+/// A task's cgroup goes when the task ends; the kernel detaches its links, but the pins would
+/// keep the maps alive. `prune` removes exactly those installations.
+#[test]
+fn the_pins_of_a_removed_cgroup_are_pruned_and_only_those() {
+    let Some(host) = require_privileges("the_pins_of_a_removed_cgroup_are_pruned_and_only_those") else {
+        return;
+    };
+    let bpffs = TestBpffs::mounted();
+    let kept = host.create_cgroup().expect("cgroup");
+    let gone = host.create_cgroup().expect("cgroup");
+    let plan = EbpfPlan::new(&seed_config());
+    let target = |cgroup: &TestCgroup| Target::new(cgroup.path().to_str().unwrap(), Some(bpffs.path())).unwrap();
+    let (kept_target, gone_target) = (target(&kept), target(&gone));
+    for t in [&kept_target, &gone_target] {
+        ebpf::apply(t, &plan, &task_addrs(), ApplyOptions::default()).unwrap();
+    }
+    assert_eq!(ebpf::prune(bpffs.path()).unwrap(), Vec::<u64>::new(), "both cgroups exist");
+
+    drop(gone);
+    // The kernel detaches the links of a removed cgroup from a work queue.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let pruned = loop {
+        let pruned = ebpf::prune(bpffs.path()).unwrap();
+        if !pruned.is_empty() || std::time::Instant::now() > deadline {
+            break pruned;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(pruned, [gone_target.cgroup_id]);
+    assert!(!gone_target.pin_dir().exists());
+    let status = ebpf::status(&kept_target).unwrap().expect("the other installation stays");
+    assert!(status.programs.iter().all(|p| p.attached), "{status:?}");
+    assert!(ebpf::remove(&kept_target).unwrap());
+    assert!(bpffs.files().is_empty(), "{:?}", bpffs.files());
+}

@@ -8,6 +8,7 @@
 //!   backend or, with `--backend iptables`, the iptables one (as root); other arguments go to
 //!   the offline `intercept demo`, which is also what runs without root.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -42,6 +43,12 @@ enum Task {
     Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Setup, then the benchmark (as root): every variant interleaved in a sandbox, written to
+    /// docs/performance.md and docs/perf/; `--quick` runs a reduced matrix into <target dir>/bench/.
+    Bench {
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -98,6 +105,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Setup => setup::run(&ws).map(|()| ExitCode::SUCCESS),
         Task::Test => test(&ws),
         Task::Demo { args } => demo(&ws, &args),
+        Task::Bench { quick } => bench::run(&ws, quick),
     }
 }
 

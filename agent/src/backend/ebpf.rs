@@ -273,6 +273,7 @@ pub fn apply(
     check_capabilities()?;
     let desired = Contents::desired(plan, local_addrs)?;
     host::ensure_bpffs(&target.bpffs)?;
+    let _lock = host::lock_bpffs(&target.bpffs)?;
     let dir = target.pin_dir();
     if dir.exists() { update(&dir, plan, &desired, options) } else { install(target, &dir, plan, &desired, options) }
 }
@@ -482,6 +483,7 @@ pub fn remove(target: &Target) -> Result<bool, Error> {
     if !host::is_bpffs(&bpffs)? {
         return Ok(false);
     }
+    let _lock = host::lock_bpffs(&bpffs)?;
     let dir = target.pin_dir();
     if !dir.exists() {
         return Ok(false);
@@ -517,6 +519,44 @@ pub fn remove(target: &Target) -> Result<bool, Error> {
         }
     }
     Ok(true)
+}
+
+/// Removes the installations under `bpffs` whose cgroup no longer exists: every one of their
+/// links reports no cgroup (the kernel detaches a cgroup's links when the cgroup is removed),
+/// so their pins only keep maps alive. Returns the cgroup ids whose pins were removed. An
+/// installation it cannot judge (a link pin missing or unreadable) is left alone.
+pub fn prune(bpffs: &Path) -> Result<Vec<u64>, Error> {
+    let bpffs = match fs::canonicalize(bpffs) {
+        Ok(path) => path,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("resolve", bpffs, e)),
+    };
+    if !host::is_bpffs(&bpffs)? {
+        return Ok(Vec::new());
+    }
+    let _lock = host::lock_bpffs(&bpffs)?;
+    let root = bpffs.join(PIN_ROOT);
+    let entries = match fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list", &root, e)),
+    };
+    let mut pruned = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", &root, e))?;
+        let Some(cgroup_id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
+        let dir = entry.path();
+        let orphaned = Program::ALL.iter().all(|p| {
+            host::obj_get(&dir.join(p.link_pin())).and_then(|link| host::link_cgroup_id(link.as_fd())).ok() == Some(0)
+        });
+        if orphaned {
+            fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
+            pruned.push(cgroup_id);
+        }
+    }
+    let _ = fs::remove_dir(&root);
+    pruned.sort_unstable();
+    Ok(pruned)
 }
 
 /// A program of an installation, from its pinned link.

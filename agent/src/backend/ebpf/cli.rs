@@ -186,25 +186,33 @@ fn sync_ingress(request: &Request, config: &ProxyConfig) -> Result<Option<iptabl
 #[derive(Debug, Serialize)]
 pub struct RemoveReport {
     pub cgroup: PathBuf,
-    pub pin_dir: PathBuf,
+    /// `false` when the cgroup no longer exists (its programs went with it).
+    pub cgroup_exists: bool,
     /// Whether programs and pins were there to remove.
     pub removed: bool,
+    /// Cgroups that no longer exist whose pins were removed too (see [`super::prune`]).
+    pub pruned: Vec<u64>,
     pub ingress: Option<iptables::Report>,
 }
 
 impl RemoveReport {
     pub fn render_text(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "remove: eBPF on cgroup {}: {}",
-            self.cgroup.display(),
-            if self.removed {
-                format!("programs detached, {} unpinned", self.pin_dir.display())
-            } else {
-                "nothing was installed".to_owned()
-            }
-        );
+        let what = match (self.cgroup_exists, self.removed) {
+            (false, _) => "the cgroup no longer exists".to_owned(),
+            (true, true) => "programs detached and unpinned".to_owned(),
+            (true, false) => "nothing was installed".to_owned(),
+        };
+        let _ = writeln!(out, "remove: eBPF on cgroup {}: {what}", self.cgroup.display());
+        if !self.pruned.is_empty() {
+            let ids: Vec<String> = self.pruned.iter().map(u64::to_string).collect();
+            let _ = writeln!(
+                out,
+                "remove: also removed the pins of {} cgroup(s) that no longer exist (ids {})",
+                ids.len(),
+                ids.join(", ")
+            );
+        }
         if let Some(report) = &self.ingress {
             out.push_str(&report.render_text("remove"));
         }
@@ -212,17 +220,29 @@ impl RemoveReport {
     }
 }
 
-/// Removes the programs and their pins, then the iptables ingress half. Idempotent.
+/// Removes the programs and their pins, then the pins of cgroups that no longer exist (a
+/// task's cgroup goes when the task ends, and its pins would keep the maps alive), then the
+/// iptables ingress half. Idempotent; a `--cgroup` that is gone is not an error.
 pub fn remove(request: &Request) -> Result<RemoveReport, Error> {
-    let target = Target::new(&request.cgroup, request.bpffs.as_deref())?;
-    let removed = super::remove(&target)?;
+    let bpffs = request.bpffs.clone().unwrap_or_else(|| PathBuf::from(super::DEFAULT_BPFFS));
+    let (cgroup, cgroup_exists, removed) = match Target::new(&request.cgroup, Some(&bpffs)) {
+        Ok(target) => {
+            let removed = super::remove(&target)?;
+            (target.cgroup, true, removed)
+        }
+        Err(super::Error::Io { op: "open cgroup", source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            (PathBuf::from(&request.cgroup), false, false)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let pruned = super::prune(&bpffs)?;
     let ingress = match Iptables::open(request.netns.clone(), request.iptables_mode) {
         Ok(iptables) => Some(iptables.remove(false).map_err(Error::Ingress)?),
         Err(iptables::Error::MissingProgram { .. }) => None,
         Err(iptables::Error::Netns(e)) => return Err(e.into()),
         Err(e) => return Err(Error::Ingress(e)),
     };
-    Ok(RemoveReport { cgroup: target.cgroup.clone(), pin_dir: target.pin_dir(), removed, ingress })
+    Ok(RemoveReport { cgroup, cgroup_exists, removed, pruned, ingress })
 }
 
 /// `status`: both halves, and whether they are what the configuration (when given) asks for.

@@ -153,6 +153,15 @@ pub fn ensure_bpffs(path: &Path) -> Result<bool, Error> {
     Ok(true)
 }
 
+/// Serialises the agents working on one bpffs: an exclusive `flock` on its root directory
+/// (never removed, unlike the pin directories), held until the returned value drops. Two
+/// concurrent applies to one cgroup would otherwise both write the inactive generation.
+pub fn lock_bpffs(path: &Path) -> Result<nix::fcntl::Flock<fs::File>, Error> {
+    let dir = fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| Error::io("lock", path, errno.into()))
+}
+
 /// Whether a bpffs is mounted exactly at `path` (canonical).
 pub fn is_bpffs(path: &Path) -> Result<bool, Error> {
     Ok(mounts()?.iter().any(|m| m.fstype == "bpf" && m.mount_point == path))
@@ -267,6 +276,75 @@ pub fn link_create(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>, attach_type: u3
     }
     // SAFETY: the kernel returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `bpf(BPF_OBJ_GET)`: opens the bpf object pinned at `path`.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    #[repr(C)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let attr = ObjGetAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, _pad: 0 };
+    // SAFETY: attr is a valid bpf_attr for BPF_OBJ_GET; pathname points to a NUL-terminated
+    // string that outlives the call.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr as *const ObjGetAttr, size_of::<ObjGetAttr>() as u32)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `bpf(BPF_OBJ_GET_INFO_BY_FD)` on a cgroup link: the id of the cgroup it is attached to,
+/// 0 once the kernel has detached it because the cgroup is gone.
+pub fn link_cgroup_id(link: BorrowedFd<'_>) -> io::Result<u64> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    /// `struct bpf_link_info` up to its cgroup member (the union starts 8-byte aligned).
+    #[repr(C)]
+    #[derive(Default)]
+    struct LinkInfo {
+        link_type: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        cgroup_id: u64,
+        attach_type: u32,
+        _pad2: u32,
+    }
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_LINK_TYPE_CGROUP: u32 = 3;
+    let mut info = LinkInfo::default();
+    let attr = InfoAttr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: size_of::<LinkInfo>() as u32,
+        info: &mut info as *mut LinkInfo as u64,
+    };
+    // SAFETY: attr is a valid bpf_attr for BPF_OBJ_GET_INFO_BY_FD; info points to info_len
+    // writable bytes that outlive the call.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &attr as *const InfoAttr, size_of::<InfoAttr>() as u32)
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if info.link_type != BPF_LINK_TYPE_CGROUP {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("link type {} is not cgroup", info.link_type)));
+    }
+    Ok(info.cgroup_id)
 }
 
 /// `bpf(BPF_OBJ_PIN)`: pins the bpf object `fd` (here a link) at `path` on a bpffs.

@@ -1,0 +1,1349 @@
+//! `intercept-bench`: the measurements behind `cargo xtask bench` and `docs/performance.md`.
+//!
+//! `intercept-bench run [--quick] --doc FILE --perf-dir DIR` (root) measures, in a sandbox it
+//! creates and removes (the shared task + remote namespaces, a test cgroup, a test bpffs):
+//!
+//! - variants: no interception (the client dials the proxy port directly), the reference rule
+//!   shape (the ECS App Mesh plugin's rules, one `-d X/32 -j RETURN` per ignored IP, written
+//!   with `iptables-nft-restore` by this program), and intercept's iptables, nftables and eBPF
+//!   backends, each installed and removed with the `intercept` binary at `$INTERCEPT_BIN`;
+//! - at every size of the ignored-IP list (none of which matches, so every connection is
+//!   redirected): short connections (connect, the proxy accepts, reads `SO_ORIGINAL_DST` and
+//!   closes) for connections/s and p50/p99 latency, then one bulk stream app → proxy for
+//!   bytes/s; `apply` and `remove` times, and `apply`'s peak RSS (`wait4`'s `ru_maxrss`).
+//!
+//! Variants are interleaved: at each size, every repetition runs each variant once, in an
+//! order rotated by one per repetition, so drift of the machine spreads over all of them.
+//! Each measurement gets a fresh task namespace (no conntrack entries, tables or sockets
+//! left over from the previous one) and a fresh proxy process.
+//!
+//! The proxy and the client are this program again (`proxy`, `client` subcommands): child
+//! processes placed in the test cgroup, the task namespace and their identities (the proxy as
+//! IgnoredUID 1337, the app as 1000) before they run, both pinned to one CPU: see [`BENCH_CPU`].
+
+use std::{
+    collections::BTreeMap,
+    env,
+    fmt::Write as _,
+    fs::{self, File},
+    io::{self, BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{self, Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use intercept_tests::{
+    TestCgroup,
+    ebpf::{TestBpffs, as_identity},
+    require_privileges,
+    topology::{Netns, Topology, require_nft},
+};
+use nix::{
+    sched::{CpuSet, sched_setaffinity},
+    sys::socket::{getsockopt, setsockopt, sockopt},
+    unistd::Pid,
+};
+
+/// Where the proxy listens (ProxyEgressPort on loopback) and what the app dials: an address on
+/// the remote side of the sandbox, so a connection that escapes interception is refused there
+/// instead of leaving the machine.
+const PROXY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15001);
+const DESTINATION: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 10), 80);
+const PROXY_UID: u32 = 1337;
+const APP_UID: u32 = 1000;
+/// What `intercept` reads at most as a configuration (`config::source::MAX_INPUT_BYTES`).
+const MAX_CONFIG_BYTES: usize = 1 << 20;
+/// The CPU the client and the proxy share. Every step of a connection then runs on one CPU
+/// without cross-CPU wake-ups, whose latency (an inter-processor interrupt, slow in a VM)
+/// would otherwise dominate a connection's time and hide the interception's own cost behind
+/// noise; the bench's other work (applying, removing) runs on the other CPUs.
+const BENCH_CPU: usize = 0;
+/// The pause after each measurement.
+const SETTLE: Duration = Duration::from_millis(200);
+/// Bulk stream write size.
+const CHUNK: usize = 128 * 1024;
+
+const NOTES_MARKER: &str = "<!-- Everything below this line is kept when `cargo xtask bench` rewrites this file. -->";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => run(&args[1..]),
+        Some("proxy") => proxy(&args[1..]),
+        Some("client") => client(&args[1..]),
+        _ => Err(anyhow::anyhow!(
+            "usage: intercept-bench run [--quick] --doc FILE --perf-dir DIR (as root, INTERCEPT_BIN=<intercept>)"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("intercept-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxy and the client (child processes).
+
+/// `proxy`: accepts on [`PROXY`] one connection at a time, reads its original destination,
+/// reads until the client's end of stream and closes with a reset (no TIME_WAIT anywhere, so
+/// a long run never runs out of ports). Prints `READY`, and when its stdin closes the counts
+/// of original destinations: `ok=` (the app's destination), `other=` and `missing=`.
+fn proxy(_args: &[String]) -> Result<()> {
+    let listener = TcpListener::bind(PROXY).with_context(|| format!("listen on {PROXY}"))?;
+    let counts: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+    let report = Arc::clone(&counts);
+    thread::spawn(move || {
+        let _ = io::copy(&mut io::stdin(), &mut io::sink());
+        let [ok, other, missing] = report.as_ref();
+        println!(
+            "ok={} other={} missing={}",
+            ok.load(Ordering::Relaxed),
+            other.load(Ordering::Relaxed),
+            missing.load(Ordering::Relaxed)
+        );
+        process::exit(0);
+    });
+    println!("READY");
+    io::stdout().flush()?;
+    let mut buf = vec![0u8; CHUNK];
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    loop {
+        let (mut stream, _) = listener.accept().context("accept")?;
+        let slot = match getsockopt(&stream, sockopt::OriginalDst) {
+            Ok(sin) => {
+                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                usize::from(SocketAddrV4::new(ip, u16::from_be(sin.sin_port)) != DESTINATION)
+            }
+            Err(_) => 2,
+        };
+        counts[slot].fetch_add(1, Ordering::Relaxed);
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = setsockopt(&stream, sockopt::Linger, &linger);
+    }
+}
+
+/// `client short|bulk ADDR SECONDS WARMUP_SECONDS`: `short` connects, ends its side and
+/// waits for the proxy to close, again and again, and prints `count= secs= p50_ns= p99_ns=`;
+/// `bulk` streams to ADDR for SECONDS and prints `bytes= secs=` (until the proxy read it all).
+fn client(args: &[String]) -> Result<()> {
+    let [mode, addr, secs, warmup] = args else { bail!("usage: client short|bulk ADDR SECONDS WARMUP_SECONDS") };
+    let addr: SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+    let secs = Duration::from_secs_f64(secs.parse().context("SECONDS")?);
+    let warmup = Duration::from_secs_f64(warmup.parse().context("WARMUP_SECONDS")?);
+    match mode.as_str() {
+        "short" => {
+            let warm_end = Instant::now() + warmup;
+            while Instant::now() < warm_end {
+                short_connection(addr)?;
+            }
+            let mut latencies: Vec<u64> = Vec::with_capacity(1 << 20);
+            let start = Instant::now();
+            let end = start + secs;
+            loop {
+                let t = Instant::now();
+                if t >= end {
+                    break;
+                }
+                short_connection(addr)?;
+                latencies.push(t.elapsed().as_nanos() as u64);
+            }
+            let elapsed = start.elapsed().as_secs_f64();
+            ensure!(!latencies.is_empty(), "no connection completed");
+            latencies.sort_unstable();
+            let at = |q: usize| latencies[(latencies.len() * q / 100).min(latencies.len() - 1)];
+            println!("count={} secs={elapsed} p50_ns={} p99_ns={}", latencies.len(), at(50), at(99));
+        }
+        "bulk" => {
+            let buf = vec![0x5a_u8; CHUNK];
+            let start = Instant::now();
+            let mut stream = TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;
+            let mut bytes = 0u64;
+            while start.elapsed() < secs {
+                stream.write_all(&buf).context("write")?;
+                bytes += CHUNK as u64;
+            }
+            stream.shutdown(Shutdown::Write).context("shutdown")?;
+            wait_for_close(&mut stream)?;
+            println!("bytes={bytes} secs={}", start.elapsed().as_secs_f64());
+        }
+        other => bail!("unknown client mode {other}"),
+    }
+    Ok(())
+}
+
+fn short_connection(addr: SocketAddr) -> Result<()> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;
+    stream.shutdown(Shutdown::Write).context("shutdown")?;
+    wait_for_close(&mut stream)
+}
+
+/// The proxy closes with a reset once it has read everything: end of stream or ECONNRESET.
+fn wait_for_close(stream: &mut TcpStream) -> Result<()> {
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => Ok(()),
+        Err(e) => Err(e).context("wait for the proxy to close"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Variant {
+    None,
+    Reference,
+    Iptables,
+    Nftables,
+    Ebpf,
+    /// A diagnostic: eBPF with a configuration without ingress (no AppPorts), so that nothing
+    /// but the programs is installed (no iptables ingress half, hence no nat table and no
+    /// conntrack in the task's namespace).
+    EbpfEgressOnly,
+}
+
+impl Variant {
+    const ALL: [Variant; 6] = [
+        Variant::None,
+        Variant::Reference,
+        Variant::Iptables,
+        Variant::Nftables,
+        Variant::Ebpf,
+        Variant::EbpfEgressOnly,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::None => "no interception",
+            Variant::Reference => "reference rules",
+            Variant::Iptables => "intercept iptables",
+            Variant::Nftables => "intercept nftables",
+            Variant::Ebpf => "intercept eBPF",
+            Variant::EbpfEgressOnly => "eBPF, no ingress",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Variant::None => "none",
+            Variant::Reference => "reference",
+            Variant::Iptables => "iptables",
+            Variant::Nftables => "nftables",
+            Variant::Ebpf => "ebpf",
+            Variant::EbpfEgressOnly => "ebpf-egress-only",
+        }
+    }
+
+    fn color(self) -> &'static str {
+        match self {
+            Variant::None => "#333333",
+            Variant::Reference => "#d62728",
+            Variant::Iptables => "#1f77b4",
+            Variant::Nftables => "#9467bd",
+            Variant::Ebpf => "#2ca02c",
+            Variant::EbpfEgressOnly => "#98c998",
+        }
+    }
+
+    /// The `intercept` backend, for intercept's own variants.
+    fn backend(self) -> Option<&'static str> {
+        match self {
+            Variant::Iptables => Some("iptables"),
+            Variant::Nftables => Some("nftables"),
+            Variant::Ebpf | Variant::EbpfEgressOnly => Some("ebpf"),
+            Variant::None | Variant::Reference => None,
+        }
+    }
+}
+
+struct Plan {
+    quick: bool,
+    sizes: Vec<usize>,
+    reps: usize,
+    short: Duration,
+    bulk: Duration,
+    warmup: Duration,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                quick,
+                sizes: vec![0, 10_000],
+                reps: 2,
+                short: Duration::from_millis(1000),
+                bulk: Duration::from_millis(400),
+                warmup: Duration::from_millis(200),
+            }
+        } else {
+            Plan {
+                quick,
+                sizes: vec![0, 100, 1_000, 10_000, 100_000],
+                reps: 5,
+                short: Duration::from_millis(1500),
+                bulk: Duration::from_millis(600),
+                warmup: Duration::from_millis(300),
+            }
+        }
+    }
+}
+
+/// One measurement of one variant at one size.
+#[derive(Debug, Clone)]
+struct Sample {
+    size: usize,
+    variant: Variant,
+    rep: usize,
+    conns: u64,
+    conn_secs: f64,
+    p50_ns: u64,
+    p99_ns: u64,
+    bulk_bytes: u64,
+    bulk_secs: f64,
+    /// The installing command: wall time and peak RSS (KiB).
+    apply: Option<(Duration, u64)>,
+    remove: Option<Duration>,
+}
+
+impl Sample {
+    fn rate(&self) -> f64 {
+        self.conns as f64 / self.conn_secs
+    }
+
+    fn bulk_rate(&self) -> f64 {
+        self.bulk_bytes as f64 / self.bulk_secs
+    }
+}
+
+/// What every measurement shares.
+struct Context {
+    intercept: PathBuf,
+    me: PathBuf,
+    cgroup: TestCgroup,
+    bpffs: TestBpffs,
+    scratch: Scratch,
+    cpus: usize,
+}
+
+/// A private temporary directory for configurations, rule files and captured stderr; removed
+/// on drop.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let mut quick = false;
+    let mut doc = None;
+    let mut perf_dir = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--doc" => doc = Some(PathBuf::from(it.next().context("--doc FILE")?)),
+            "--perf-dir" => perf_dir = Some(PathBuf::from(it.next().context("--perf-dir DIR")?)),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    let (Some(doc), Some(perf_dir)) = (doc, perf_dir) else { bail!("--doc FILE and --perf-dir DIR are required") };
+    let intercept =
+        PathBuf::from(env::var_os("INTERCEPT_BIN").context("INTERCEPT_BIN (the intercept binary) is not set")?);
+    ensure!(intercept.is_file(), "no intercept binary at {}", intercept.display());
+    // These print why they cannot run; the bench never pretends to have measured.
+    ensure!(require_nft("intercept-bench"), "cannot run the benchmark here (see above)");
+    let host = require_privileges("intercept-bench").context("cannot run the benchmark here (see above)")?;
+
+    let plan = Plan::new(quick);
+    let scratch = Scratch(env::temp_dir().join(format!("intercept-bench-{}", process::id())));
+    fs::create_dir_all(&scratch.0).with_context(|| format!("create {}", scratch.0.display()))?;
+    // Field order of Context is drop order: the bpffs (and every pin in it) goes before the
+    // cgroup.
+    // A private copy: a rebuild of the workspace during the run cannot swap the binary under it.
+    let private = scratch.0.join("intercept");
+    fs::copy(&intercept, &private).with_context(|| format!("copy {}", intercept.display()))?;
+    let ctx = Context {
+        intercept: private,
+        me: env::current_exe().context("this program's path")?,
+        cgroup: host.create_cgroup().context("create the bench cgroup")?,
+        bpffs: TestBpffs::mounted(),
+        scratch,
+        cpus: thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let per_run = plan.warmup + plan.short + plan.bulk + SETTLE + Duration::from_millis(400);
+    let runs = plan.sizes.len() * plan.reps * Variant::ALL.len();
+    println!(
+        "intercept-bench: {} sizes × {} repetitions × {} variants = {runs} measurements, about {} s",
+        plan.sizes.len(),
+        plan.reps,
+        Variant::ALL.len(),
+        (per_run * runs as u32).as_secs()
+    );
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut done = 0;
+    for (size_index, &size) in plan.sizes.iter().enumerate() {
+        let ignored = ignored_ips(size);
+        let inputs = Inputs {
+            config: ctx.scratch.0.join(format!("config-{size}.json")),
+            egress_only: ctx.scratch.0.join(format!("config-egress-only-{size}.json")),
+            reference: ctx.scratch.0.join(format!("reference-{size}.rules")),
+        };
+        for (path, ingress) in [(&inputs.config, true), (&inputs.egress_only, false)] {
+            let json = proxy_configuration(&ignored, ingress);
+            ensure!(
+                json.len() <= MAX_CONFIG_BYTES,
+                "the configuration with {size} ignored IPs is {} bytes, over intercept's 1 MiB",
+                json.len()
+            );
+            fs::write(path, json)?;
+        }
+        fs::write(&inputs.reference, reference_rules(&ignored))?;
+        for rep in 0..plan.reps {
+            let rotation = size_index * plan.reps + rep;
+            for k in 0..Variant::ALL.len() {
+                let variant = Variant::ALL[(rotation + k) % Variant::ALL.len()];
+                let sample = measure(&ctx, &plan, variant, size, rep, &inputs)
+                    .with_context(|| format!("{} with {size} ignored IPs", variant.name()))?;
+                // The namespace just deleted is cleaned up asynchronously by the kernel: let that
+                // finish before the next measurement.
+                thread::sleep(SETTLE);
+                done += 1;
+                println!("[{done:>3}/{runs}] {}", describe(&sample));
+                samples.push(sample);
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    println!("measured in {:.0} s", elapsed.as_secs_f64());
+
+    let results = Results::new(&plan, &samples);
+    fs::create_dir_all(&perf_dir).with_context(|| format!("create {}", perf_dir.display()))?;
+    let svg_path = perf_dir.join("connection-rate.svg");
+    fs::write(&svg_path, results.svg())?;
+    let csv_path = perf_dir.join("samples.csv");
+    fs::write(&csv_path, csv(&samples))?;
+    let svg_link = relative(&svg_path, doc.parent().unwrap_or(Path::new(".")));
+    let csv_link = relative(&csv_path, doc.parent().unwrap_or(Path::new(".")));
+    let notes = fs::read_to_string(&doc)
+        .ok()
+        .and_then(|old| old.split_once(NOTES_MARKER).map(|(_, notes)| notes.to_owned()))
+        .unwrap_or_default();
+    let markdown = results.markdown(&machine(&ctx), elapsed, &svg_link, &csv_link, &notes);
+    fs::write(&doc, &markdown).with_context(|| format!("write {}", doc.display()))?;
+    println!();
+    println!("{}", results.summary());
+    println!("wrote {}, {} and {}", doc.display(), svg_path.display(), csv_path.display());
+    Ok(())
+}
+
+/// The files one size's measurements install.
+struct Inputs {
+    /// The proxyConfiguration (the seed's, with the ignored IPs).
+    config: PathBuf,
+    /// The same without AppPorts and ProxyIngressPort.
+    egress_only: PathBuf,
+    /// The reference rules, `iptables-restore` input.
+    reference: PathBuf,
+}
+
+/// One measurement in a fresh task namespace: install, short connections, bulk, remove.
+fn measure(ctx: &Context, plan: &Plan, variant: Variant, size: usize, rep: usize, inputs: &Inputs) -> Result<Sample> {
+    let topology = Topology::new();
+    topology.add_remote_addresses(&[IpAddr::V4(*DESTINATION.ip())]);
+    let task = &topology.task;
+    let mut proxy = Proxy::spawn(ctx, task)?;
+    let installed = Installed { ctx, variant, netns: task, removed: false };
+    let apply = installed.apply(inputs)?;
+    let target = if variant == Variant::None { PROXY } else { DESTINATION };
+    let short = run_client(ctx, plan, task, "short", target, plan.short)?;
+    let bulk = run_client(ctx, plan, task, "bulk", target, plan.bulk)?;
+    let counts = proxy.finish()?;
+    let remove = installed.remove()?;
+    let (conns, conn_secs, p50_ns, p99_ns) =
+        (field(&short, "count")?, field(&short, "secs")?, field(&short, "p50_ns")?, field(&short, "p99_ns")?);
+    let (bulk_bytes, bulk_secs) = (field(&bulk, "bytes")?, field(&bulk, "secs")?);
+    let (ok, other, missing) =
+        (field::<u64>(&counts, "ok")?, field::<u64>(&counts, "other")?, field::<u64>(&counts, "missing")?);
+    // What the proxy read proves what was measured: redirected connections carrying the app's
+    // destination, or (without interception) none.
+    if variant == Variant::None {
+        ensure!(ok == 0 && other == 0, "without interception the proxy saw original destinations: {counts}");
+    } else {
+        ensure!(
+            other == 0 && missing == 0 && ok > conns,
+            "not every connection was redirected with its original destination ({conns} measured): {counts}"
+        );
+    }
+    Ok(Sample { size, variant, rep, conns, conn_secs, p50_ns, p99_ns, bulk_bytes, bulk_secs, apply, remove })
+}
+
+fn field<T: std::str::FromStr>(line: &str, name: &str) -> Result<T> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {name}= in {line:?}"))
+}
+
+/// The installed variant; removed on drop if [`Installed::remove`] did not run (an error half
+/// way), so that nothing outlives the bench (the namespace goes anyway; the eBPF pins and
+/// links would otherwise stay until the bpffs is unmounted).
+struct Installed<'a> {
+    ctx: &'a Context,
+    variant: Variant,
+    netns: &'a Netns,
+    removed: bool,
+}
+
+impl Installed<'_> {
+    fn apply(&self, inputs: &Inputs) -> Result<Option<(Duration, u64)>> {
+        let mut command = match self.variant {
+            Variant::None => return Ok(None),
+            Variant::Reference => {
+                let mut command = self.netns.command("iptables-nft-restore");
+                command.arg("--noflush").stdin(File::open(&inputs.reference)?);
+                command
+            }
+            Variant::EbpfEgressOnly => {
+                let mut command = self.intercept("apply");
+                command.arg("--proxy-configuration").arg(&inputs.egress_only);
+                command
+            }
+            Variant::Iptables | Variant::Nftables | Variant::Ebpf => {
+                let mut command = self.intercept("apply");
+                command.arg("--proxy-configuration").arg(&inputs.config);
+                command
+            }
+        };
+        timed(&mut command, &self.ctx.scratch.0).map(Some)
+    }
+
+    fn intercept(&self, verb: &str) -> Command {
+        let backend = self.variant.backend().expect("an intercept backend");
+        let mut command = Command::new(&self.ctx.intercept);
+        command.args([verb, "--backend", backend, "--netns"]).arg(self.netns.path());
+        match self.variant {
+            Variant::Iptables => {
+                command.args(["--iptables-mode", "nft"]);
+            }
+            Variant::Ebpf | Variant::EbpfEgressOnly => {
+                command.arg("--cgroup").arg(self.ctx.cgroup.path()).arg("--bpffs").arg(self.ctx.bpffs.path());
+            }
+            _ => {}
+        }
+        command
+    }
+
+    fn remove(mut self) -> Result<Option<Duration>> {
+        self.removed = true;
+        self.remove_now()
+    }
+
+    fn remove_now(&self) -> Result<Option<Duration>> {
+        let mut command = match self.variant {
+            Variant::None => return Ok(None),
+            Variant::Reference => {
+                let rules = self.ctx.scratch.0.join("reference-remove.rules");
+                fs::write(&rules, REFERENCE_REMOVE)?;
+                let mut command = self.netns.command("iptables-nft-restore");
+                command.arg("--noflush").stdin(File::open(rules)?);
+                command
+            }
+            _ => self.intercept("remove"),
+        };
+        timed(&mut command, &self.ctx.scratch.0).map(|(time, _)| Some(time))
+    }
+}
+
+impl Drop for Installed<'_> {
+    fn drop(&mut self) {
+        if !self.removed
+            && let Err(e) = self.remove_now()
+        {
+            eprintln!("while cleaning up: remove {}: {e:#}", self.variant.name());
+        }
+    }
+}
+
+/// Runs `command` to completion with stdout discarded and stderr captured: its wall time
+/// (spawn to reaped) and peak RSS in KiB (`wait4`). An error with its stderr if it fails.
+fn timed(command: &mut Command, scratch: &Path) -> Result<(Duration, u64)> {
+    let stderr_path = scratch.join("stderr");
+    command.stdout(Stdio::null()).stderr(File::create(&stderr_path)?);
+    if command.get_program() != "iptables-nft-restore" {
+        command.stdin(Stdio::null());
+    }
+    let start = Instant::now();
+    let child = command.spawn().with_context(|| format!("spawn {command:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain old data; an all-zero value is valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waits for our own child by pid, with valid pointers to locals.
+        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if reaped == pid {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != ErrorKind::Interrupted {
+            return Err(e).context("wait4");
+        }
+    }
+    let elapsed = start.elapsed();
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
+        bail!("{command:?} failed (wait status {status:#x}): {}", stderr.trim());
+    }
+    Ok((elapsed, usage.ru_maxrss as u64))
+}
+
+/// The proxy process for one measurement.
+struct Proxy {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Proxy {
+    fn spawn(ctx: &Context, task: &Netns) -> Result<Proxy> {
+        let mut command = ctx.cgroup.command(&ctx.me);
+        command.arg("proxy");
+        task.enter(&mut command);
+        as_identity(&mut command, PROXY_UID, PROXY_UID);
+        pin(&mut command, BENCH_CPU);
+        let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().context("spawn the proxy")?;
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut ready = String::new();
+        stdout.read_line(&mut ready)?;
+        let mut proxy = Proxy { child, stdin, stdout };
+        if ready.trim() != "READY" {
+            proxy.kill();
+            bail!("the proxy did not start (said {ready:?})");
+        }
+        Ok(proxy)
+    }
+
+    /// Closes its stdin: it prints its counts and exits.
+    fn finish(&mut self) -> Result<String> {
+        drop(self.stdin.take());
+        let mut counts = String::new();
+        self.stdout.read_line(&mut counts)?;
+        self.child.wait()?;
+        Ok(counts.trim().to_owned())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.kill();
+        }
+    }
+}
+
+/// Runs the client (as the app: in the cgroup and the task namespace, uid 1000) and returns
+/// its result line.
+fn run_client(
+    ctx: &Context,
+    plan: &Plan,
+    task: &Netns,
+    mode: &str,
+    target: SocketAddrV4,
+    secs: Duration,
+) -> Result<String> {
+    let mut command = ctx.cgroup.command(&ctx.me);
+    let warmup = if mode == "short" { plan.warmup } else { Duration::ZERO };
+    command.args([
+        "client",
+        mode,
+        &target.to_string(),
+        &secs.as_secs_f64().to_string(),
+        &warmup.as_secs_f64().to_string(),
+    ]);
+    task.enter(&mut command);
+    as_identity(&mut command, APP_UID, APP_UID);
+    pin(&mut command, BENCH_CPU);
+    let output = command.stdin(Stdio::null()).output().context("run the client")?;
+    ensure!(
+        output.status.success(),
+        "client {mode} {target}: {} {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// Pins the child to `cpu`.
+fn pin(command: &mut Command, cpu: usize) {
+    let mut set = CpuSet::new();
+    if set.set(cpu).is_err() {
+        return;
+    }
+    // SAFETY: one system call on a value copied into the closure; no allocation.
+    unsafe {
+        command.pre_exec(move || sched_setaffinity(Pid::from_raw(0), &set).map_err(io::Error::from));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs.
+
+/// `count` distinct IPv4 addresses, none of which the app dials, written as tersely as
+/// possible (octets of one or two digits, shortest first), so that 100,000 of them fit in
+/// intercept's 1 MiB configuration limit. Leaves out 0/8, 10/8 (the sandbox), 127/8 and
+/// 169.254/16 (the metadata addresses, listed anyway), and what the app dials.
+fn ignored_ips(count: usize) -> Vec<Ipv4Addr> {
+    let mut out = Vec::with_capacity(count);
+    // Octet values by printed length: 0-9, then 10-99.
+    let by_digits: [Vec<u8>; 2] = [(0..10).collect(), (10..100).collect()];
+    // Patterns of digit counts (per octet), by total length.
+    let mut patterns: Vec<[usize; 4]> = Vec::new();
+    for total in 4..=8 {
+        for mask in 0u8..16 {
+            let pattern = [0, 1, 2, 3].map(|i| usize::from(mask >> i & 1));
+            if pattern.iter().sum::<usize>() + 4 == total {
+                patterns.push(pattern);
+            }
+        }
+    }
+    for pattern in patterns {
+        for &a in &by_digits[pattern[0]] {
+            if matches!(a, 0 | 10 | 127 | 169) {
+                continue;
+            }
+            for &b in &by_digits[pattern[1]] {
+                for &c in &by_digits[pattern[2]] {
+                    for &d in &by_digits[pattern[3]] {
+                        if out.len() == count {
+                            return out;
+                        }
+                        let ip = Ipv4Addr::new(a, b, c, d);
+                        if ip != *DESTINATION.ip() {
+                            out.push(ip);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A bare proxyConfiguration: the seed guide's, with `ignored` added to EgressIgnoredIPs;
+/// without `ingress`, no AppPorts and ProxyIngressPort.
+fn proxy_configuration(ignored: &[Ipv4Addr], ingress: bool) -> String {
+    let mut ips = String::from("169.254.170.2,169.254.169.254");
+    for ip in ignored {
+        let _ = write!(ips, ",{ip}");
+    }
+    let property = |name: &str, value: &str| format!(r#"{{"name":"{name}","value":"{value}"}}"#);
+    let mut properties =
+        vec![property("IgnoredUID", &PROXY_UID.to_string()), property("ProxyEgressPort", &PROXY.port().to_string())];
+    if ingress {
+        properties.push(property("ProxyIngressPort", "15000"));
+        properties.push(property("AppPorts", "9080"));
+    }
+    properties.push(property("EgressIgnoredIPs", &ips));
+    properties.push(property("EgressIgnoredPorts", "22"));
+    format!(r#"{{"type":"APPMESH","containerName":"envoy","properties":[{}]}}"#, properties.join(","))
+}
+
+/// The ECS App Mesh plugin's nat rules (the project's reference page), one RETURN rule per
+/// ignored IP, as `iptables-restore --noflush` input.
+fn reference_rules(ignored: &[Ipv4Addr]) -> String {
+    let mut rules = String::from(
+        "*nat\n:APPMESH_INGRESS - [0:0]\n:APPMESH_EGRESS - [0:0]\n\
+         -A PREROUTING -p tcp -m addrtype ! --src-type LOCAL -j APPMESH_INGRESS\n\
+         -A OUTPUT -p tcp -m addrtype ! --dst-type LOCAL -j APPMESH_EGRESS\n",
+    );
+    let _ = writeln!(rules, "-A APPMESH_EGRESS -m owner --uid-owner {PROXY_UID} -j RETURN");
+    rules.push_str("-A APPMESH_EGRESS -p tcp -m multiport --dports 22 -j RETURN\n");
+    for ip in ["169.254.170.2", "169.254.169.254"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(ignored.iter().map(|ip| ip.to_string()))
+    {
+        let _ = writeln!(rules, "-A APPMESH_EGRESS -d {ip}/32 -p tcp -j RETURN");
+    }
+    let _ = writeln!(rules, "-A APPMESH_EGRESS -p tcp -j REDIRECT --to-ports {}", PROXY.port());
+    rules.push_str("-A APPMESH_INGRESS -p tcp -m multiport --dports 9080 -j REDIRECT --to-ports 15000\nCOMMIT\n");
+    rules
+}
+
+/// What the plugin's DEL does: unhook and delete both chains.
+const REFERENCE_REMOVE: &str = "*nat\n\
+    -D PREROUTING -p tcp -m addrtype ! --src-type LOCAL -j APPMESH_INGRESS\n\
+    -D OUTPUT -p tcp -m addrtype ! --dst-type LOCAL -j APPMESH_EGRESS\n\
+    -F APPMESH_INGRESS\n-F APPMESH_EGRESS\n-X APPMESH_INGRESS\n-X APPMESH_EGRESS\nCOMMIT\n";
+
+// ---------------------------------------------------------------------------------------------
+// Results.
+
+fn describe(s: &Sample) -> String {
+    let mut line = format!(
+        "{:>7} ignored  rep {}  {:<18} {:>8.0} conn/s  p50 {:>5.0} µs  p99 {:>5.0} µs  bulk {:>6.2} GB/s",
+        thousands(s.size),
+        s.rep + 1,
+        s.variant.name(),
+        s.rate(),
+        s.p50_ns as f64 / 1e3,
+        s.p99_ns as f64 / 1e3,
+        s.bulk_rate() / 1e9
+    );
+    if let Some((apply, rss)) = s.apply {
+        let _ = write!(line, "  apply {:.1} ms ({:.1} MiB)", ms(apply), rss as f64 / 1024.0);
+    }
+    if let Some(remove) = s.remove {
+        let _ = write!(line, "  remove {:.1} ms", ms(remove));
+    }
+    line
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// Medians per (size, variant).
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    rate: f64,
+    p50_us: f64,
+    p99_us: f64,
+    bulk: f64,
+    apply_ms: Option<f64>,
+    remove_ms: Option<f64>,
+    /// The largest over the repetitions.
+    rss_mib: Option<f64>,
+}
+
+struct Results {
+    quick: bool,
+    sizes: Vec<usize>,
+    reps: usize,
+    short: Duration,
+    bulk: Duration,
+    table: BTreeMap<(usize, Variant), Summary>,
+}
+
+impl Results {
+    fn new(plan: &Plan, samples: &[Sample]) -> Results {
+        let mut table = BTreeMap::new();
+        for &size in &plan.sizes {
+            for variant in Variant::ALL {
+                let of: Vec<&Sample> = samples.iter().filter(|s| s.size == size && s.variant == variant).collect();
+                let all = |f: &dyn Fn(&Sample) -> f64| median(of.iter().map(|s| f(s)).collect());
+                let opt = |f: &dyn Fn(&Sample) -> Option<f64>| {
+                    let values: Vec<f64> = of.iter().filter_map(|s| f(s)).collect();
+                    (!values.is_empty()).then(|| median(values))
+                };
+                let summary = Summary {
+                    rate: all(&Sample::rate),
+                    p50_us: all(&|s| s.p50_ns as f64 / 1e3),
+                    p99_us: all(&|s| s.p99_ns as f64 / 1e3),
+                    bulk: all(&Sample::bulk_rate),
+                    apply_ms: opt(&|s| s.apply.map(|(d, _)| ms(d))),
+                    remove_ms: opt(&|s| s.remove.map(ms)),
+                    rss_mib: of.iter().filter_map(|s| s.apply.map(|(_, kib)| kib as f64 / 1024.0)).reduce(f64::max),
+                };
+                table.insert((size, variant), summary);
+            }
+        }
+        Results {
+            quick: plan.quick,
+            sizes: plan.sizes.clone(),
+            reps: plan.reps,
+            short: plan.short,
+            bulk: plan.bulk,
+            table,
+        }
+    }
+
+    fn get(&self, size: usize, variant: Variant) -> Summary {
+        self.table[&(size, variant)]
+    }
+
+    fn ratio(&self, size: usize, variant: Variant, f: impl Fn(&Summary) -> f64) -> f64 {
+        f(&self.get(size, variant)) / f(&self.get(size, Variant::None))
+    }
+
+    /// The targets of issue 7, measured (never asserted in tests): `(target, measured, met)`.
+    fn targets(&self) -> Vec<(String, String, bool)> {
+        let mut out = Vec::new();
+        let rate = |s: &Summary| s.rate;
+        let worst = |variant: Variant| {
+            self.sizes
+                .iter()
+                .map(|&size| (size, self.ratio(size, variant, rate)))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .expect("at least one size")
+        };
+        let (size, r) = worst(Variant::Ebpf);
+        out.push((
+            "eBPF ≥ 0.97 × no interception (connections/s) at every size".to_owned(),
+            format!("lowest {r:.3} (at {})", thousands(size)),
+            r >= 0.97,
+        ));
+        let below: Vec<String> = self
+            .sizes
+            .iter()
+            .filter(|&&size| self.get(size, Variant::Iptables).rate < self.get(size, Variant::Reference).rate)
+            .map(|&size| {
+                format!(
+                    "{}: {:.3} vs {:.3}",
+                    thousands(size),
+                    self.ratio(size, Variant::Iptables, rate),
+                    self.ratio(size, Variant::Reference, rate)
+                )
+            })
+            .collect();
+        out.push((
+            "iptables backend ≥ reference rules at every size".to_owned(),
+            if below.is_empty() { "at every size".to_owned() } else { format!("below at {}", below.join("; ")) },
+            below.is_empty(),
+        ));
+        let largest = *self.sizes.last().expect("at least one size");
+        let r = self.ratio(largest, Variant::Iptables, rate);
+        out.push((
+            format!("iptables backend ≥ 0.85 × no interception at {} (sets)", thousands(largest)),
+            format!("{r:.3}"),
+            r >= 0.85,
+        ));
+        for variant in [Variant::Iptables, Variant::Nftables, Variant::Ebpf] {
+            let seed = self.get(0, variant).apply_ms.unwrap_or(f64::NAN);
+            out.push((
+                format!("apply ≤ 20 ms, seed configuration ({})", variant.name()),
+                format!("{seed:.1} ms"),
+                seed <= 20.0,
+            ));
+        }
+        let ebpf_large = self.get(largest, Variant::Ebpf).apply_ms.unwrap_or(f64::NAN);
+        out.push((
+            format!("apply ≤ 300 ms at {} (eBPF)", thousands(largest)),
+            format!("{ebpf_large:.1} ms"),
+            ebpf_large <= 300.0,
+        ));
+        for variant in [Variant::Iptables, Variant::Nftables, Variant::Ebpf] {
+            let (size, worst) = self
+                .sizes
+                .iter()
+                .map(|&size| (size, self.get(size, variant).remove_ms.unwrap_or(f64::NAN)))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .expect("at least one size");
+            out.push((
+                format!("remove ≤ 20 ms ({})", variant.name()),
+                format!("highest {worst:.1} ms (at {})", thousands(size)),
+                worst <= 20.0,
+            ));
+        }
+        for variant in [Variant::Iptables, Variant::Nftables, Variant::Ebpf] {
+            let (size, worst) = self
+                .sizes
+                .iter()
+                .map(|&size| (size, self.get(size, variant).rss_mib.unwrap_or(f64::NAN)))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .expect("at least one size");
+            out.push((
+                format!("peak RSS of `intercept apply` ≤ 16 MiB ({})", variant.name()),
+                format!("highest {worst:.1} MiB (at {})", thousands(size)),
+                worst <= 16.0,
+            ));
+        }
+        out
+    }
+
+    fn summary(&self) -> String {
+        let mut out = self.rate_table();
+        out.push('\n');
+        for (target, measured, met) in self.targets() {
+            let _ = writeln!(out, "{} {target}: {measured}", if met { "met   " } else { "MISSED" });
+        }
+        out
+    }
+
+    fn header(&self) -> String {
+        let mut out = String::from("| ignored IPs |");
+        let mut rule = String::from("|---:|");
+        for variant in Variant::ALL {
+            let _ = write!(out, " {} |", variant.name());
+            rule.push_str("---:|");
+        }
+        format!("{out}\n{rule}\n")
+    }
+
+    /// Connections/s and the ratio to no interception.
+    fn rate_table(&self) -> String {
+        let mut out = self.header();
+        for &size in &self.sizes {
+            let _ = write!(out, "| {} |", thousands(size));
+            for variant in Variant::ALL {
+                let s = self.get(size, variant);
+                let _ = write!(
+                    out,
+                    " {} ({:.3}) |",
+                    thousands(s.rate.round() as usize),
+                    self.ratio(size, variant, |s| s.rate)
+                );
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    fn latency_table(&self) -> String {
+        let mut out = self.header();
+        for &size in &self.sizes {
+            let _ = write!(out, "| {} |", thousands(size));
+            for variant in Variant::ALL {
+                let s = self.get(size, variant);
+                let _ = write!(out, " {:.1} / {:.1} |", s.p50_us, s.p99_us);
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    fn bulk_table(&self) -> String {
+        let mut out = self.header();
+        for &size in &self.sizes {
+            let _ = write!(out, "| {} |", thousands(size));
+            for variant in Variant::ALL {
+                let s = self.get(size, variant);
+                let _ = write!(out, " {:.2} ({:.3}) |", s.bulk / 1e9, self.ratio(size, variant, |s| s.bulk));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    fn install_table(&self) -> String {
+        let variants =
+            [Variant::Reference, Variant::Iptables, Variant::Nftables, Variant::Ebpf, Variant::EbpfEgressOnly];
+        let mut out = String::from("| ignored IPs |");
+        let mut rule = String::from("|---:|");
+        for variant in variants {
+            let _ = write!(out, " {} |", variant.name());
+            rule.push_str("---:|");
+        }
+        out = format!("{out}\n{rule}\n");
+        for &size in &self.sizes {
+            let _ = write!(out, "| {} |", thousands(size));
+            for variant in variants {
+                let s = self.get(size, variant);
+                let _ = write!(
+                    out,
+                    " {:.1} / {:.1} / {:.1} |",
+                    s.apply_ms.unwrap_or(f64::NAN),
+                    s.remove_ms.unwrap_or(f64::NAN),
+                    s.rss_mib.unwrap_or(f64::NAN)
+                );
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    fn markdown(&self, machine: &str, elapsed: Duration, svg: &str, csv: &str, notes: &str) -> String {
+        let mut out = String::from("# Performance\n\n");
+        let _ = writeln!(
+            out,
+            "Measured by `cargo xtask bench{}` ({} s); this file, [the plot]({svg}) and [every sample]({csv}) \
+             are what it wrote. {}\n",
+            if self.quick { " --quick" } else { "" },
+            elapsed.as_secs(),
+            if self.quick {
+                "This is a **quick** run (a reduced matrix): `cargo xtask bench` measures the full one."
+            } else {
+                "`cargo xtask bench --quick` runs a reduced matrix in about a minute (and writes to `target/bench/`)."
+            }
+        );
+        out.push_str(machine);
+        out.push_str("\n## What is measured\n\n");
+        let _ = writeln!(
+            out,
+            "A private sandbox (`tests/src/topology.rs`): a task network namespace and a remote one joined by \
+             veth, a test cgroup, a test bpffs; all removed afterwards. The app (a client) and the proxy are \
+             processes in the cgroup and the task namespace, the proxy as IgnoredUID 1337, the app as uid 1000, \
+             both pinned to CPU 0 (cross-CPU wake-ups in a VM are slow and noisy enough to hide the \
+             interception's cost; on one CPU the ratios measure the CPU work per connection). Each measurement gets a fresh task namespace and proxy.\n\n\
+             - **Short connections**: the app connects to {DESTINATION} (an address of the remote namespace), \
+             ends its side at once and waits until the proxy closes; the proxy (listening on {PROXY}) accepts, \
+             reads `SO_ORIGINAL_DST`, reads to the end and closes with a reset (so no TIME_WAIT builds up). \
+             One connection at a time, for {:.1} s after a warm-up; connections/s, and p50/p99 of one \
+             connection's time (connect to close seen by the app). Without interception the app dials {PROXY} \
+             itself: the physical floor.\n\
+             - **Bulk**: one connection streaming 128 KiB writes app → proxy for {:.1} s; bytes/s until the \
+             proxy has read everything.\n\
+             - **apply / remove**: wall time of the installing and removing command, end to end (spawn to \
+             exit): `intercept apply|remove --backend …` (release build), or for the reference rules \
+             `iptables-nft-restore --noflush` with the rules below. **Peak RSS**: the command's `ru_maxrss` \
+             (`wait4`).\n\
+             - **Variants**: *no interception*; *reference rules*: the ECS App Mesh CNI plugin's nat rules as \
+             the project's reference page (`../shared/reference/ecs-proxy-configuration.md`) shows them, one `-d X/32 -p tcp -j RETURN` \
+             rule per ignored IP, written by the bench with `iptables-nft-restore` (the plugin itself fails \
+             from about 10,000 IPs with \"argument list too long\"); *intercept iptables* \
+             (`--iptables-mode nft`; more than 8 networks go into one `hash:net` ipset); *intercept nftables* \
+             (interval sets); *intercept eBPF* (cgroup connect4/sockops/getsockopt programs, LPM tries; its \
+             iptables ingress half is installed too); *eBPF, no ingress*, a diagnostic: the eBPF backend \
+             with the same configuration minus AppPorts and ProxyIngressPort, so that only the programs are \
+             installed (no ingress half: no nat table, no conntrack in the task namespace).\n\
+             - **Ignored IPs**: the seed configuration (the two metadata IPs) plus N distinct IPv4 /32 \
+             addresses, none of which the app dials, so every connection is redirected after the whole list \
+             is consulted. Written tersely (octets of one or two digits), 100,000 of them fit in the 1 MiB \
+             `intercept` reads as a configuration (about 0.9 MB), so every size goes through the CLI.\n\
+             - **Interleaving**: at each size, {} repetitions each run every variant once, in an order \
+             rotated by one per repetition; the figures are medians over the repetitions (peak RSS: the \
+             largest), and each ratio is to no interception measured at the same size.\n",
+            self.short.as_secs_f64(),
+            self.bulk.as_secs_f64(),
+            self.reps
+        );
+        out.push_str("\n## Targets\n\nMeasured, never asserted in tests.\n\n| target | measured | |\n|---|---|---|\n");
+        for (target, measured, met) in self.targets() {
+            let _ = writeln!(out, "| {target} | {measured} | {} |", if met { "met" } else { "**missed**" });
+        }
+        let _ = writeln!(
+            out,
+            "\n## Connections per second\n\nMedian connections/s, and in brackets the ratio to no interception.\n\n\
+             {}\n![connections/s against the number of ignored IPs]({svg})\n\n\
+             ## Latency of one connection\n\np50 / p99 in µs.\n\n{}\n\
+             ## Bulk stream\n\nGB/s (10⁹ bytes/s), and the ratio to no interception.\n\n{}\n\
+             ## apply, remove, peak RSS\n\napply ms / remove ms / peak RSS MiB of the installing command \
+             (for the reference rules: `iptables-nft-restore`).\n\n{}",
+            self.rate_table(),
+            self.latency_table(),
+            self.bulk_table(),
+            self.install_table()
+        );
+        out.push('\n');
+        out.push_str(NOTES_MARKER);
+        if notes.trim().is_empty() {
+            out.push('\n');
+        } else {
+            out.push_str(notes);
+        }
+        out
+    }
+
+    /// Connections/s against the number of ignored IPs, one line per variant.
+    fn svg(&self) -> String {
+        let (width, height) = (760.0, 440.0);
+        let (left, right, top, bottom) = (80.0, 190.0, 40.0, 60.0);
+        let plot_w = width - left - right;
+        let plot_h = height - top - bottom;
+        let max = self.table.values().map(|s| s.rate).fold(0.0, f64::max);
+        let step = nice_step(max / 5.0);
+        let y_max = (max / step).ceil() * step;
+        let x = |i: usize| {
+            if self.sizes.len() == 1 {
+                left + plot_w / 2.0
+            } else {
+                left + plot_w * i as f64 / (self.sizes.len() - 1) as f64
+            }
+        };
+        let y = |v: f64| top + plot_h * (1.0 - v / y_max);
+        let mut svg = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+             viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+             <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">Short connections per second \
+             against ignored IPs (higher is better)</text>\n",
+            width / 2.0
+        );
+        let mut v = 0.0;
+        while v <= y_max + step / 2.0 {
+            let _ = writeln!(
+                svg,
+                "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#dddddd\"/>\
+                 <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+                left + plot_w,
+                y(v),
+                y(v),
+                left - 8.0,
+                y(v) + 4.0,
+                thousands(v as usize)
+            );
+            v += step;
+        }
+        for (i, &size) in self.sizes.iter().enumerate() {
+            let _ = writeln!(
+                svg,
+                "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{top}\" y2=\"{1}\" stroke=\"#eeeeee\"/>\
+                 <text x=\"{0:.1}\" y=\"{2}\" text-anchor=\"middle\">{3}</text>",
+                x(i),
+                top + plot_h,
+                top + plot_h + 18.0,
+                thousands(size)
+            );
+        }
+        let _ = writeln!(
+            svg,
+            "<rect x=\"{left}\" y=\"{top}\" width=\"{plot_w}\" height=\"{plot_h}\" fill=\"none\" stroke=\"#888888\"/>\n\
+             <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">ignored IPs (besides the two metadata IPs)</text>\n\
+             <text transform=\"translate(18 {}) rotate(-90)\" text-anchor=\"middle\">connections/s</text>",
+            left + plot_w / 2.0,
+            height - 16.0,
+            top + plot_h / 2.0
+        );
+        for (n, variant) in Variant::ALL.into_iter().enumerate() {
+            let points: Vec<String> = self
+                .sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &size)| format!("{:.1},{:.1}", x(i), y(self.get(size, variant).rate)))
+                .collect();
+            let color = variant.color();
+            let _ = writeln!(
+                svg,
+                "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"/>",
+                points.join(" ")
+            );
+            for point in &points {
+                let (px, py) = point.split_once(',').expect("x,y");
+                let _ = writeln!(svg, "<circle cx=\"{px}\" cy=\"{py}\" r=\"3.5\" fill=\"{color}\"/>");
+            }
+            let ly = top + 10.0 + 22.0 * n as f64;
+            let lx = left + plot_w + 14.0;
+            let _ = writeln!(
+                svg,
+                "<line x1=\"{lx}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"2\"/>\
+                 <text x=\"{}\" y=\"{}\">{}</text>",
+                lx + 22.0,
+                lx + 28.0,
+                ly + 4.0,
+                variant.name()
+            );
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+}
+
+/// 1, 2 or 5 times a power of ten, at least `raw`.
+fn nice_step(raw: f64) -> f64 {
+    if raw <= 0.0 {
+        return 1.0;
+    }
+    let magnitude = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * magnitude).find(|&s| s >= raw).unwrap_or(10.0 * magnitude)
+}
+
+fn csv(samples: &[Sample]) -> String {
+    let mut out = String::from(
+        "ignored_ips,variant,repetition,connections,seconds,connections_per_s,p50_us,p99_us,bulk_bytes,bulk_seconds,\
+         apply_ms,apply_peak_rss_kib,remove_ms\n",
+    );
+    for s in samples {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{:.4},{:.1},{:.2},{:.2},{},{:.4},{},{},{}",
+            s.size,
+            s.variant.key(),
+            s.rep + 1,
+            s.conns,
+            s.conn_secs,
+            s.rate(),
+            s.p50_ns as f64 / 1e3,
+            s.p99_ns as f64 / 1e3,
+            s.bulk_bytes,
+            s.bulk_secs,
+            s.apply.map(|(d, _)| format!("{:.2}", ms(d))).unwrap_or_default(),
+            s.apply.map(|(_, kib)| kib.to_string()).unwrap_or_default(),
+            s.remove.map(|d| format!("{:.2}", ms(d))).unwrap_or_default(),
+        );
+    }
+    out
+}
+
+/// `path` relative to `base` when it is inside it, else as given.
+fn relative(path: &Path, base: &Path) -> String {
+    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let base = fs::canonicalize(base).unwrap_or_else(|_| base.to_owned());
+    path.strip_prefix(&base).unwrap_or(&path).display().to_string()
+}
+
+/// Date, kernel and machine size, for the document.
+fn machine(ctx: &Context) -> String {
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let mem_gib = fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:").and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0 / 1024.0);
+    let version = |program: &str| {
+        Command::new(program)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().trim().to_owned())
+            .unwrap_or_default()
+    };
+    format!(
+        "- date: {date}\n- kernel: {kernel}\n- machine: {} CPUs ({cpu}), {mem_gib:.1} GiB memory\n\
+         - tools: {}; {}; `{}` (release build)\n",
+        ctx.cpus,
+        version("iptables-nft"),
+        version("nft"),
+        version(&ctx.intercept.to_string_lossy())
+    )
+}

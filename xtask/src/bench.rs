@@ -1,0 +1,51 @@
+//! `cargo xtask bench [--quick]`: builds `intercept` and the bench (`tests/src/bin/
+//! intercept-bench.rs`) in release mode and runs it as root. The full matrix writes
+//! `docs/performance.md`, `docs/perf/connection-rate.svg` and `docs/perf/samples.csv`; a quick
+//! run writes the same files under `<target dir>/bench/`, so it never replaces a full run's.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{Workspace, display, run_cmd, setup, step};
+
+pub fn run(ws: &Workspace, quick: bool) -> Result<ExitCode> {
+    setup::run(ws)?;
+    if !setup::is_root() {
+        bail!(
+            "the benchmark creates network namespaces, a cgroup and interception: run it as root, e.g. \
+             `sudo -E cargo xtask bench{}`",
+            if quick { " --quick" } else { "" }
+        );
+    }
+    step("bench: build intercept and the bench (release)");
+    run_cmd(ws.cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "intercept",
+        "--bin",
+        "intercept",
+        "--package",
+        "intercept-tests",
+        "--bin",
+        "intercept-bench",
+    ]))?;
+    let (doc, perf_dir) = if quick {
+        let dir = ws.target_dir.join("bench");
+        (dir.join("performance.md"), dir)
+    } else {
+        (ws.root.join("docs/performance.md"), ws.root.join("docs/perf"))
+    };
+    step(if quick { "bench: the quick matrix" } else { "bench: the full matrix" });
+    let release = ws.target_dir.join("release");
+    let mut cmd = Command::new(release.join("intercept-bench"));
+    cmd.env("INTERCEPT_BIN", release.join("intercept")).current_dir(&ws.root).arg("run");
+    if quick {
+        cmd.arg("--quick");
+    }
+    cmd.arg("--doc").arg(&doc).arg("--perf-dir").arg(&perf_dir);
+    println!("    $ {}", display(&cmd));
+    let status = cmd.status().with_context(|| format!("run {}", display(&cmd)))?;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
