@@ -96,7 +96,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
-    /// Run intercept on the seed guide's EC2 task definition: the check report and both plans.
+    /// Run intercept on the seed guide's EC2 task definition: the check report and every
+    /// backend's plan, without installing anything.
     Demo,
 }
 
@@ -491,7 +492,8 @@ fn demo() -> Result<ExitCode> {
     let mut out = String::new();
     out.push_str(&banner("intercept check --task-definition examples/ec2-taskB.json"));
     out.push_str(&report.render_text());
-    for (backend, name) in [(Backend::Iptables, "iptables"), (Backend::Ebpf, "ebpf")] {
+    for backend in [Backend::Ebpf, Backend::Iptables, Backend::Nftables] {
+        let name = backend.name();
         out.push_str(&banner(&format!("intercept plan --backend {name} --task-definition examples/ec2-taskB.json")));
         out.push_str(&plan::render(&validated.config, backend, Format::Text));
     }

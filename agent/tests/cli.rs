@@ -182,7 +182,7 @@ fn plans_are_byte_identical_across_runs() {
     let inputs =
         [("--task-definition", seed.to_str().unwrap()), ("--proxy-configuration", file.path().to_str().unwrap())];
     for (flag, path) in inputs {
-        for backend in ["iptables", "ebpf"] {
+        for backend in ["iptables", "ebpf", "nftables"] {
             for format in ["text", "json"] {
                 let args = ["plan", "--backend", backend, "--format", format, flag, path];
                 let first = intercept(&args);
@@ -196,11 +196,16 @@ fn plans_are_byte_identical_across_runs() {
 }
 
 #[test]
-fn demo_prints_the_report_and_both_plans() {
+fn demo_prints_the_report_and_every_plan() {
     let out = intercept(&["demo"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
-    for expected in ["result: 0 errors", "# intercept plan: iptables backend", "# intercept plan: eBPF backend"] {
+    for expected in [
+        "result: 0 errors",
+        "# intercept plan: iptables backend",
+        "# intercept plan: eBPF backend",
+        "# intercept plan: nftables backend",
+    ] {
         assert!(text.contains(expected), "missing {expected:?}");
     }
 }
