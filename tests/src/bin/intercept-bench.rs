@@ -6,7 +6,9 @@
 //! - variants: no interception (the client dials the proxy port directly), the reference rule
 //!   shape (the ECS App Mesh plugin's rules, one `-d X/32 -j RETURN` per ignored IP, written
 //!   with `iptables-nft-restore` by this program), and intercept's iptables, nftables and eBPF
-//!   backends, each installed and removed with the `intercept` binary at `$INTERCEPT_BIN`;
+//!   backends, each installed and removed with the `intercept` binary at `$INTERCEPT_BIN`
+//!   (a private copy), and a diagnostic: eBPF with a configuration without ingress, which
+//!   installs the programs alone (no iptables ingress half);
 //! - at every size of the ignored-IP list (none of which matches, so every connection is
 //!   redirected): short connections (connect, the proxy accepts, reads `SO_ORIGINAL_DST` and
 //!   closes) for connections/s and p50/p99 latency, then one bulk stream app → proxy for
@@ -418,6 +420,9 @@ fn run(args: &[String]) -> Result<()> {
             fs::write(path, json)?;
         }
         fs::write(&inputs.reference, reference_rules(&ignored))?;
+        if size_index == 0 {
+            warm_up(&ctx, &inputs)?;
+        }
         for rep in 0..plan.reps {
             let rotation = size_index * plan.reps + rep;
             for k in 0..Variant::ALL.len() {
@@ -453,6 +458,20 @@ fn run(args: &[String]) -> Result<()> {
     println!();
     println!("{}", results.summary());
     println!("wrote {}, {} and {}", doc.display(), svg_path.display(), csv_path.display());
+    Ok(())
+}
+
+/// Installs and removes every variant once, unmeasured: the first run of a freshly built
+/// binary (page cache, dynamic loading of the helpers) would otherwise count as the first
+/// sample of whichever variant comes first.
+fn warm_up(ctx: &Context, inputs: &Inputs) -> Result<()> {
+    for variant in Variant::ALL {
+        let topology = Topology::new();
+        let installed = Installed { ctx, variant, netns: &topology.task, removed: false };
+        installed.apply(inputs).with_context(|| format!("warm-up: apply {}", variant.name()))?;
+        installed.remove().with_context(|| format!("warm-up: remove {}", variant.name()))?;
+    }
+    thread::sleep(SETTLE);
     Ok(())
 }
 
