@@ -7,6 +7,9 @@
 //! - `demo`: setup, then the live demo in a sandbox (namespaces, a test cgroup), with the eBPF
 //!   backend or, with `--backend iptables`, the iptables one (as root); other arguments go to
 //!   the offline `intercept demo`, which is also what runs without root.
+//! - `bench`: setup, then the benchmark of every backend against no interception and the
+//!   reference rule shape, in a private sandbox; writes `docs/performance.md` and
+//!   `docs/perf/` (`--quick`: a reduced matrix, written to `target/bench/`).
 
 mod bench;
 mod setup;
