@@ -123,6 +123,16 @@ struct TargetArgs {
     /// default /sys/fs/bpf
     #[arg(long, value_name = "PATH")]
     bpffs: Option<PathBuf>,
+    /// eBPF backend: while the proxy has no ingress listener (restarting), inbound connections
+    /// to AppPorts are refused (as a REDIRECT to a closed port) or go straight to the app
+    #[arg(long, value_enum, value_name = "refuse|app", default_value = "refuse")]
+    ingress_fallback: IngressFallback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum IngressFallback {
+    Refuse,
+    App,
 }
 
 impl TargetArgs {
@@ -296,6 +306,7 @@ fn ebpf_request(target: &TargetArgs) -> Option<ebpf::cli::Request> {
         bpffs: target.bpffs.clone(),
         netns: target.target(),
         iptables_mode: target.iptables_mode,
+        ingress_fallback_to_app: target.ingress_fallback == IngressFallback::App,
     })
 }
 
@@ -340,9 +351,6 @@ fn apply_ebpf(
         Ok(report) => report,
         Err(e) => return ebpf_error(e),
     };
-    for warning in report.ingress.iter().flat_map(|r| &r.warnings) {
-        eprintln!("warning: {warning}");
-    }
     print(&match format {
         Format::Text => report.render_text(),
         Format::Json => to_json(&report)?,
@@ -382,9 +390,6 @@ fn status_ebpf(
         Ok(status) => status,
         Err(e) => return ebpf_error(e),
     };
-    for warning in status.ingress.iter().flat_map(|s| &s.warnings) {
-        eprintln!("warning: {warning}");
-    }
     print(&match format {
         Format::Text => status.render_text(),
         Format::Json => to_json(&status)?,

@@ -105,6 +105,15 @@ impl Netns {
         &self.target
     }
 
+    /// A descriptor of the namespace, e.g. to attach an `sk_lookup` program to it: the one
+    /// opened from `--netns`/`--netns-pid`, or the current thread's.
+    pub fn fd(&self) -> io::Result<OwnedFd> {
+        match &self.fd {
+            Some(fd) => fd.try_clone(),
+            None => File::open("/proc/thread-self/ns/net").map(OwnedFd::from),
+        }
+    }
+
     /// A command that runs `program` inside this namespace: the child joins it between fork
     /// and exec; the calling process stays where it is.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {

@@ -53,9 +53,15 @@ pub const PENDING_DST_MAP: &str = "PENDING_DST";
 /// program answers `SO_ORIGINAL_DST` from it; the entry is deleted when the proxy's
 /// accepted socket closes.
 pub const ORIG_DST_MAP: &str = "ORIG_DST";
+/// `PROXY_LISTENERS`: SOCKMAP of [`PROXY_LISTENERS_CAPACITY`] slots: the proxy's listening
+/// sockets on ProxyIngressPort, [`LISTENER_V4`] (an `AF_INET` socket) and [`LISTENER_V6`] (an
+/// `AF_INET6` one). The `sockops` program inserts a socket of the cgroup when it starts
+/// listening on ProxyIngressPort; the kernel deletes it when the socket closes. The
+/// `sk_lookup` program assigns inbound connections to AppPorts to these sockets.
+pub const PROXY_LISTENERS_MAP: &str = "PROXY_LISTENERS";
 
 /// Every map name, for code that walks all of them (pinning, removal).
-pub const MAP_NAMES: [&str; 11] = [
+pub const MAP_NAMES: [&str; 12] = [
     ACTIVE_MAP,
     CONFIG_MAP,
     IGNORED_PORTS_MAP,
@@ -67,6 +73,7 @@ pub const MAP_NAMES: [&str; 11] = [
     COUNTERS_MAP,
     PENDING_DST_MAP,
     ORIG_DST_MAP,
+    PROXY_LISTENERS_MAP,
 ];
 
 /// The kernel keeps 15 bytes of a map's name (`BPF_OBJ_NAME_LEN` is 16 with the NUL);
@@ -113,6 +120,18 @@ pub const PENDING_DST_CAPACITY: u32 = 1 << 14;
 /// Established redirected connections whose proxy-side socket is still open. LRU, as
 /// above: past 65,536 concurrently open redirected connections the oldest lose their entry.
 pub const ORIG_DST_CAPACITY: u32 = 1 << 16;
+/// One listener per address family.
+pub const PROXY_LISTENERS_CAPACITY: u32 = 2;
+/// The [`PROXY_LISTENERS_MAP`] slot of the proxy's `AF_INET` listener.
+pub const LISTENER_V4: u32 = 0;
+/// The slot of its `AF_INET6` listener (a dual-stack one also takes IPv4 connections when
+/// there is no `AF_INET` listener).
+pub const LISTENER_V6: u32 = 1;
+/// [`GlobalConfig::ingress_fallback`]: refuse inbound connections to AppPorts while the proxy
+/// has no listener (as a REDIRECT to a closed port does).
+pub const INGRESS_FALLBACK_REFUSE: u8 = 0;
+/// [`GlobalConfig::ingress_fallback`]: let them reach the app directly.
+pub const INGRESS_FALLBACK_APP: u8 = 1;
 
 /// `AF_INET` / `AF_INET6` as in `<sys/socket.h>`: the `family` of an [`OrigDst`].
 pub const AF_INET: u16 = 2;
@@ -143,8 +162,9 @@ pub struct GlobalConfig {
     /// 1 when IPv6 connections are intercepted; 0 leaves every IPv6 connection alone
     /// (IPv4-mapped IPv6 addresses are IPv4 connections and still intercepted).
     pub ipv6: u8,
-    /// Explicit padding, always 0.
-    pub _pad: u8,
+    /// What happens to inbound connections to AppPorts while the proxy has no listener:
+    /// [`INGRESS_FALLBACK_REFUSE`] or [`INGRESS_FALLBACK_APP`].
+    pub ingress_fallback: u8,
 }
 
 /// An IPv4 network as the agent keeps it (prefix length in bits, address in network byte
@@ -257,10 +277,19 @@ pub enum Counter {
     OrigDstMiss = 8,
     /// An IPv6 destination while IPv6 interception is switched off.
     Ipv6Disabled = 9,
+    /// An inbound connection to an AppPort assigned to the proxy's listener.
+    IngressSteered = 10,
+    /// An inbound connection to an AppPort refused: the proxy had no listener.
+    IngressRefused = 11,
+    /// An inbound connection to an AppPort left to the app: the proxy had no listener.
+    IngressToApp = 12,
+    /// SO_ORIGINAL_DST answered from the socket's own address: an inbound connection to an
+    /// AppPort, accepted by the proxy.
+    OrigDstIngress = 13,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 14;
 
     /// In index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -274,6 +303,10 @@ impl Counter {
         Counter::OrigDstHit,
         Counter::OrigDstMiss,
         Counter::Ipv6Disabled,
+        Counter::IngressSteered,
+        Counter::IngressRefused,
+        Counter::IngressToApp,
+        Counter::OrigDstIngress,
     ];
 
     pub const fn index(self) -> u32 {
@@ -293,6 +326,10 @@ impl Counter {
             Counter::OrigDstHit => "orig-dst-hit",
             Counter::OrigDstMiss => "orig-dst-miss",
             Counter::Ipv6Disabled => "ipv6-disabled",
+            Counter::IngressSteered => "ingress-steered",
+            Counter::IngressRefused => "ingress-refused",
+            Counter::IngressToApp => "ingress-to-app",
+            Counter::OrigDstIngress => "orig-dst-ingress",
         }
     }
 }

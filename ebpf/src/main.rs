@@ -6,8 +6,15 @@
 //!   destination under the socket's cookie ([`PENDING_DST`]).
 //! - `track_sockets` (`sockops`): when a redirected connection is established, moves its original destination
 //!   to [`ORIG_DST`], keyed by the connection's 4-tuple; cleans both maps up when sockets close.
+//!   It also puts the proxy's listening sockets on ProxyIngressPort into [`PROXY_LISTENERS`]
+//!   when they start listening (`BPF_SOCK_OPS_TCP_LISTEN_CB`).
 //! - `getsockopt` (`cgroup/getsockopt`): answers `SO_ORIGINAL_DST` (`SOL_IP` and `SOL_IPV6`)
-//!   on the proxy's accepted socket from [`ORIG_DST`].
+//!   on the proxy's accepted socket from [`ORIG_DST`]; for an inbound connection to an AppPort
+//!   (no entry there), from the socket's own local address, which is where the client
+//!   connected to.
+//! - `steer_ingress` (`sk_lookup`, attached to the task's network namespace): assigns TCP
+//!   connections from non-local sources to local AppPorts to the proxy's listener, or, while
+//!   the proxy has none, refuses them or lets them reach the app (`ingress_fallback`).
 //!
 //! The configuration maps hold two generations (see `intercept-common`): the connect hooks
 //! read `ACTIVE` once and decide with that generation's entries only, so a connection made
@@ -22,20 +29,23 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{
         BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, bpf_sock, bpf_sock_ops,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE, bpf_sock,
+        bpf_sock_ops,
     },
-    helpers::{bpf_get_current_uid_gid, bpf_get_socket_cookie},
-    macros::{cgroup_sock_addr, cgroup_sockopt, map, sock_ops},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
-    programs::{SockAddrContext, SockOpsContext, SockoptContext},
+    helpers::{bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release},
+    macros::{cgroup_sock_addr, cgroup_sockopt, map, sk_lookup, sock_ops},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap, lpm_trie::Key},
+    programs::{SkLookupContext, SockAddrContext, SockOpsContext, SockoptContext},
 };
 use aya_log_ebpf::debug;
 use intercept_common::{
     ACTIVE_CAPACITY, AF_INET, AF_INET6, CONFIG_CAPACITY, COUNTERS_CAPACITY, Counter, GENERATION_BITS, GENERATIONS,
-    GlobalConfig, IGNORED_NETS_CAPACITY, LOCAL_NETS_CAPACITY, LpmDataV4, LpmDataV6, ORIG_DST_CAPACITY, OrigDst,
-    PENDING_DST_CAPACITY, PORT_MAP_CAPACITY, PortKey, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, SocketPair,
+    GlobalConfig, IGNORED_NETS_CAPACITY, INGRESS_FALLBACK_APP, LISTENER_V4, LISTENER_V6, LOCAL_NETS_CAPACITY,
+    LpmDataV4, LpmDataV6, ORIG_DST_CAPACITY, OrigDst, PENDING_DST_CAPACITY, PORT_MAP_CAPACITY,
+    PROXY_LISTENERS_CAPACITY, PortKey, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, SocketPair,
 };
 
 /// Map flag: allocate entries on insert (hash maps, LPM tries) instead of up front.
@@ -48,7 +58,6 @@ static ACTIVE: Array<u32> = Array::with_max_entries(ACTIVE_CAPACITY, 0);
 static CONFIG: Array<GlobalConfig> = Array::with_max_entries(CONFIG_CAPACITY, 0);
 #[map]
 static IGNORED_PORTS: HashMap<PortKey, u8> = HashMap::with_max_entries(PORT_MAP_CAPACITY * GENERATIONS, NO_PREALLOC);
-/// AppPorts: filled and pinned for the ingress programs (a later issue); read by none yet.
 #[map]
 static APP_PORTS: HashMap<PortKey, u8> = HashMap::with_max_entries(PORT_MAP_CAPACITY * GENERATIONS, NO_PREALLOC);
 #[map]
@@ -70,6 +79,8 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_CAPAC
 static PENDING_DST: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(PENDING_DST_CAPACITY, 0);
 #[map]
 static ORIG_DST: LruHashMap<SocketPair, OrigDst> = LruHashMap::with_max_entries(ORIG_DST_CAPACITY, 0);
+#[map]
+static PROXY_LISTENERS: SockMap = SockMap::with_max_entries(PROXY_LISTENERS_CAPACITY, 0);
 
 /// cgroup sock_addr and sockopt programs: 1 lets the system call proceed, 0 fails it (EPERM).
 const ALLOW: i32 = 1;
@@ -287,6 +298,26 @@ pub fn track_sockets(ctx: SockOpsContext) -> u32 {
                 let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
             }
         }
+        // A socket of the cgroup starts listening: if it is on ProxyIngressPort, it is the
+        // proxy's ingress listener (a restarted proxy's new one replaces the slot's old one).
+        BPF_SOCK_OPS_TCP_LISTEN_CB => {
+            let Some((_, config)) = active() else { return 0 };
+            let (family, local_port) = (ctx.family(), ctx.local_port() as u16);
+            if config.proxy_ingress_port != 0 && local_port == config.proxy_ingress_port {
+                let slot = if family == u32::from(AF_INET6) { LISTENER_V6 } else { LISTENER_V4 };
+                // SAFETY: ops is the context of a sock_ops program at TCP_LISTEN_CB, where the
+                // kernel allows a SOCKMAP update with it.
+                let inserted = unsafe { PROXY_LISTENERS.update(slot, ops, u64::from(BPF_ANY)) };
+                debug!(
+                    &ctx,
+                    "listener on {} (family {}) into slot {}: {}",
+                    local_port,
+                    family,
+                    slot,
+                    inserted.is_ok() as u8
+                );
+            }
+        }
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
             // Either a redirected client that never got established, or a proxy socket.
             let _ = PENDING_DST.remove(cookie(ops));
@@ -405,13 +436,21 @@ pub fn getsockopt(ctx: SockoptContext) -> i32 {
     };
     let pair =
         SocketPair { client_addr, client_port: u16::from_be(dst_port), server_addr, server_port: src_port as u16 };
-    let Some(dst) = ORIG_DST.get_ptr(pair) else {
-        count(Counter::OrigDstMiss);
-        debug!(&ctx, "SO_ORIGINAL_DST miss for [{:i}]:{}", pair.client_addr, pair.client_port);
-        return ALLOW;
+    let (dst, hit) = match ORIG_DST.get_ptr(pair) {
+        // SAFETY: a pointer returned by a lookup is valid for the program's run.
+        Some(dst) => (unsafe { *dst }, Counter::OrigDstHit),
+        // An inbound connection the sk_lookup program steered keeps the address the client
+        // connected to as its local address: the proxy's accepted socket on an AppPort.
+        None if inbound_to_app_port(pair.server_port) => {
+            let family = if v4_of_mapped(&server_addr).is_some() { AF_INET } else { AF_INET6 };
+            (OrigDst { addr: server_addr, port: pair.server_port, family }, Counter::OrigDstIngress)
+        }
+        None => {
+            count(Counter::OrigDstMiss);
+            debug!(&ctx, "SO_ORIGINAL_DST miss for [{:i}]:{}", pair.client_addr, pair.client_port);
+            return ALLOW;
+        }
     };
-    // SAFETY: a pointer returned by a lookup is valid for the program's run.
-    let dst = unsafe { *dst };
     // SAFETY: optval..optval_end is the kernel's copy of the caller's buffer; every write is
     // bounds-checked against optval_end first, as the verifier requires.
     let answered = unsafe {
@@ -438,12 +477,114 @@ pub fn getsockopt(ctx: SockoptContext) -> i32 {
         }
     };
     if answered {
-        count(Counter::OrigDstHit);
+        count(hit);
         debug!(&ctx, "SO_ORIGINAL_DST [{:i}]:{} for [{:i}]:{}", dst.addr, dst.port, pair.client_addr, pair.client_port);
     } else {
         count(Counter::OrigDstMiss);
     }
     ALLOW
+}
+
+/// Whether a socket with this local port carries an inbound connection to an AppPort.
+#[inline(always)]
+fn inbound_to_app_port(local_port: u16) -> bool {
+    let Some((generation, config)) = active() else { return false };
+    // SAFETY: the value is only tested for presence, never read.
+    config.proxy_ingress_port != 0 && unsafe { APP_PORTS.get(PortKey::new(generation, local_port)).is_some() }
+}
+
+/// sk_lookup verdicts.
+const SK_PASS: u32 = 1;
+const SK_DROP: u32 = 0;
+
+#[sk_lookup]
+pub fn steer_ingress(ctx: SkLookupContext) -> u32 {
+    let lookup = ctx.lookup;
+    // SAFETY: the context pointer is valid for the program's run; 4-byte reads of fields an
+    // sk_lookup program may read, each at a constant offset.
+    let (family, protocol, remote4, remote6, local_port) = unsafe {
+        (
+            read_volatile(&(*lookup).family),
+            read_volatile(&(*lookup).protocol),
+            read_volatile(&(*lookup).remote_ip4),
+            [
+                read_volatile(&(*lookup).remote_ip6[0]),
+                read_volatile(&(*lookup).remote_ip6[1]),
+                read_volatile(&(*lookup).remote_ip6[2]),
+                read_volatile(&(*lookup).remote_ip6[3]),
+            ],
+            read_volatile(&(*lookup).local_port),
+        )
+    };
+    if protocol != IPPROTO_TCP {
+        return SK_PASS;
+    }
+    let Some((generation, config)) = active() else { return SK_PASS };
+    let port = local_port as u16;
+    // SAFETY: the value is only tested for presence, never read.
+    if config.proxy_ingress_port == 0 || unsafe { APP_PORTS.get(PortKey::new(generation, port)).is_none() } {
+        return SK_PASS;
+    }
+    let v6 = family == u32::from(AF_INET6);
+    // Connections from the task itself (loopback, its own addresses) are never steered: the
+    // proxy's connections to the app among them.
+    let local_source = if v6 {
+        let key = Key::new(
+            GENERATION_BITS + 128,
+            LpmDataV6 { generation_be: generation.to_be(), addr: words_to_bytes(remote6) },
+        );
+        config.ipv6 == 0 || LOCAL_NETS_V6.get(&key).is_some()
+    } else {
+        let key = Key::new(
+            GENERATION_BITS + 32,
+            LpmDataV4 { generation_be: generation.to_be(), addr: remote4.to_ne_bytes() },
+        );
+        LOCAL_NETS_V4.get(&key).is_some()
+    };
+    if local_source {
+        return SK_PASS;
+    }
+    // An IPv4 connection can go to an AF_INET listener or to a dual-stack AF_INET6 one.
+    let proxy_port = config.proxy_ingress_port;
+    let assigned = if v6 {
+        assign_listener(&ctx, LISTENER_V6, proxy_port)
+    } else {
+        assign_listener(&ctx, LISTENER_V4, proxy_port) || assign_listener(&ctx, LISTENER_V6, proxy_port)
+    };
+    if assigned {
+        count(Counter::IngressSteered);
+        debug!(&ctx, "inbound to port {} steered to the proxy", port);
+        SK_PASS
+    } else if config.ingress_fallback == INGRESS_FALLBACK_APP {
+        count(Counter::IngressToApp);
+        SK_PASS
+    } else {
+        // For a SYN, a dropped lookup is answered with a reset: the client sees "refused".
+        count(Counter::IngressRefused);
+        SK_DROP
+    }
+}
+
+/// Assigns the connection to the listener in `slot` of [`PROXY_LISTENERS`], if there is one
+/// and it is bound to `port`: a listener on a former ProxyIngressPort (the configuration
+/// changed while it kept listening) is not used.
+#[inline(always)]
+fn assign_listener(ctx: &SkLookupContext, slot: u32, port: u16) -> bool {
+    let map = core::ptr::addr_of!(PROXY_LISTENERS) as *mut core::ffi::c_void;
+    // SAFETY: a SOCKMAP lookup from an sk_lookup program returns a referenced socket (or
+    // null), released below on every path.
+    let sk = unsafe { bpf_map_lookup_elem(map, core::ptr::addr_of!(slot).cast()) } as *mut bpf_sock;
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: sk is a valid socket pointer until released; src_port is the local port, host
+    // order.
+    let bound = unsafe { read_volatile(&(*sk).src_port) };
+    // SAFETY: ctx is the program's context and sk a referenced listening socket.
+    let assigned = bound == u32::from(port) && unsafe { bpf_sk_assign(ctx.as_ptr(), sk.cast(), 0) } == 0;
+    // SAFETY: releases the reference the lookup took.
+    unsafe { bpf_sk_release(sk.cast()) };
+    assigned
 }
 
 /// Writes `value` as the getsockopt result and clears the kernel's error. False when the

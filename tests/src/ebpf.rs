@@ -354,16 +354,20 @@ pub fn command_in(cgroup: Option<&TestCgroup>, program: &str) -> Command {
 }
 
 /// eBPF mode on the shared topology (`crate::topology`): the sandbox's namespaces and
-/// listeners (remote servers, the app, the ingress proxy), a test cgroup, a test bpffs, and the
-/// egress proxy as a process in the cgroup (`intercept-ebpf-probe serve`, as IgnoredUID): the
-/// programs see a proxy's accepted sockets only in the cgroup.
+/// listeners (remote servers, the app), a test cgroup, a test bpffs, and the proxy's egress
+/// and ingress listeners as processes in the cgroup (`intercept-ebpf-probe serve`, as
+/// IgnoredUID): the programs see a proxy's sockets only in the cgroup. The ingress proxy
+/// listens on loopback only (127.0.0.1 and [::1]): the `sk_lookup` program hands it inbound
+/// connections whatever address it is bound to.
 pub struct EbpfSandbox {
-    // Drop order: the proxy process, then the pins, the cgroup, the namespaces.
+    // Drop order: the proxy processes, then the pins, the cgroup, the namespaces.
     _proxy: Listener,
+    ingress_proxy: Mutex<Option<Listener>>,
     pub bpffs: TestBpffs,
     pub cgroup: TestCgroup,
     pub sandbox: Sandbox,
     client: PathBuf,
+    probe: PathBuf,
 }
 
 impl EbpfSandbox {
@@ -371,7 +375,7 @@ impl EbpfSandbox {
     pub fn new(host: &Privileged, probe: &str, client: &str) -> EbpfSandbox {
         let sandbox = Sandbox::new(&SandboxSpec {
             egress_proxy_ports: vec![],
-            ingress_proxy_ports: vec![INGRESS_PROXY_PORT],
+            ingress_proxy_ports: vec![],
             app_ports: vec![APP_PORT, OTHER_APP_PORT],
             remote_ports: REMOTE_PORTS.to_vec(),
             remote_addresses: vec![
@@ -388,7 +392,40 @@ impl EbpfSandbox {
         sandbox.task().enter(&mut proxy);
         as_identity(&mut proxy, PROXY_UID, PROXY_UID);
         let proxy = Listener::spawn(proxy);
-        EbpfSandbox { _proxy: proxy, bpffs, cgroup, sandbox, client: PathBuf::from(client) }
+        let world = EbpfSandbox {
+            _proxy: proxy,
+            ingress_proxy: Mutex::new(None),
+            bpffs,
+            cgroup,
+            sandbox,
+            client: PathBuf::from(client),
+            probe: PathBuf::from(probe),
+        };
+        world.start_ingress_proxy();
+        world
+    }
+
+    /// Starts the ingress proxy (in the cgroup and the task namespace, as IgnoredUID) unless
+    /// it runs already.
+    pub fn start_ingress_proxy(&self) {
+        let mut slot = self.ingress_proxy.lock().unwrap();
+        if slot.is_none() {
+            let mut proxy = self.cgroup.command(self.probe.to_str().expect("UTF-8 probe path"));
+            proxy.args([
+                "serve",
+                "ingress-proxy",
+                &format!("127.0.0.1:{INGRESS_PROXY_PORT}"),
+                &format!("[::1]:{INGRESS_PROXY_PORT}"),
+            ]);
+            self.sandbox.task().enter(&mut proxy);
+            as_identity(&mut proxy, PROXY_UID, PROXY_UID);
+            *slot = Some(Listener::spawn(proxy));
+        }
+    }
+
+    /// Stops the ingress proxy (a restarting proxy): its listeners close.
+    pub fn stop_ingress_proxy(&self) {
+        drop(self.ingress_proxy.lock().unwrap().take());
     }
 
     /// `--cgroup`, `--bpffs` and `--netns` (the task namespace) for eBPF mode.
@@ -398,6 +435,7 @@ impl EbpfSandbox {
             bpffs: Some(self.bpffs.path().to_owned()),
             netns: agent_netns::Target::Path(self.sandbox.task().path()),
             iptables_mode: None,
+            ingress_fallback_to_app: false,
         }
     }
 

@@ -12,6 +12,7 @@ use std::{
     collections::BTreeMap,
     io::Write as _,
     net::{IpAddr, SocketAddr},
+    os::fd::AsFd as _,
     process::Command,
     time::Duration,
 };
@@ -88,9 +89,15 @@ impl World {
     }
 
     fn apply(&self, config: &ProxyConfig) -> Outcome {
-        ebpf::apply(&self.target(), &EbpfPlan::new(config), &task_addrs(), ApplyOptions::default())
-            .unwrap_or_else(|e| panic!("apply: {}", error_chain(&e)))
-            .outcome
+        ebpf::apply(
+            &self.target(),
+            &EbpfPlan::new(config),
+            &task_addrs(),
+            self.netns.open().as_fd(),
+            ApplyOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("apply: {}", error_chain(&e)))
+        .outcome
     }
 
     /// Runs one connection from the cgroup as uid/gid and returns what happened to it.
@@ -324,20 +331,25 @@ fn interception_outlives_the_applying_process_and_remove_leaves_nothing() {
     let world = World::new(&host, &[dst]);
     let mut apply = Command::new(PROBE);
     apply.args(["apply", world.cgroup.path().to_str().unwrap(), world.bpffs.path().to_str().unwrap()]);
+    apply.arg(world.netns.path());
     let status = run_with_timeout(&mut apply, TIMEOUT);
     assert!(status.success(), "apply in a child process: {status}");
 
     // The applying process has exited: only the pins hold the programs.
     assert!(matches!(world.connect(APP_UID, APP_UID, dst, "after-exit"), Observed::Proxy { .. }));
     let target = world.target();
+    // The cgroup programs on the cgroup, the sk_lookup program on the namespace.
+    let attached = |program: Program| {
+        let on = if program.on_netns() { world.netns.path() } else { world.cgroup.path().to_owned() };
+        ebpf::attached_programs(&on, program.attach_type()).unwrap()
+    };
     for program in Program::ALL {
-        let attached = ebpf::attached_programs(world.cgroup.path(), program.attach_type()).unwrap();
-        assert_eq!(attached.len(), 1, "{program:?} attached once");
+        assert_eq!(attached(program).len(), 1, "{program:?} attached once");
     }
 
     assert!(ebpf::remove(&target).expect("remove"), "something was removed");
     for program in Program::ALL {
-        let attached = ebpf::attached_programs(world.cgroup.path(), program.attach_type()).unwrap();
+        let attached = attached(program);
         assert!(attached.is_empty(), "{program:?} still attached after remove: {attached:?}");
     }
     assert_eq!(world.bpffs.files(), Vec::<std::path::PathBuf>::new(), "nothing pinned after remove");
@@ -361,7 +373,16 @@ fn cgroups_are_independent_children_are_intercepted_outsiders_are_not() {
     let mut other_config = seed_config();
     other_config.egress_ignored_ips.push("192.0.2.0/24".parse().unwrap());
     let other_target = Target::new(other.path().to_str().unwrap(), Some(world.bpffs.path())).unwrap();
-    ebpf::apply(&other_target, &EbpfPlan::new(&other_config), &task_addrs(), ApplyOptions::default()).unwrap();
+    // Its own namespace: one sk_lookup program per namespace is what a task gets.
+    let other_netns = netns();
+    ebpf::apply(
+        &other_target,
+        &EbpfPlan::new(&other_config),
+        &task_addrs(),
+        other_netns.open().as_fd(),
+        ApplyOptions::default(),
+    )
+    .unwrap();
 
     let connect = |mut command: Command, token: &str| {
         command.args(["connect", &dst.to_string(), token]);
@@ -579,6 +600,7 @@ fn apply_needs_only_cap_bpf_net_admin_perfmon_and_names_a_missing_one() {
             .args([&format!("--bounding-set=-all{caps}"), &format!("--inh-caps=-all{caps}"), "--", PROBE, "apply"])
             .arg(world.cgroup.path())
             .arg(world.bpffs.path())
+            .arg(world.netns.path())
             .output()
             .expect("run setpriv");
         (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
@@ -604,15 +626,21 @@ fn the_agent_mounts_bpffs_when_absent_and_a_failed_apply_leaves_nothing() {
     let cgroup = host.create_cgroup().expect("cgroup");
     let bpffs = TestBpffs::unmounted();
     let target = Target::new(cgroup.path().to_str().unwrap(), Some(bpffs.path())).unwrap();
+    let ns = netns();
     assert!(ebpf::status(&target).unwrap().is_none(), "nothing installed, nothing mounted");
     // Too many local addresses: refused before anything is loaded or attached.
     let many: Vec<IpAddr> = (0..2000u32).map(|i| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))).collect();
-    assert!(ebpf::apply(&target, &EbpfPlan::new(&seed_config()), &many, ApplyOptions::default()).is_err());
+    assert!(
+        ebpf::apply(&target, &EbpfPlan::new(&seed_config()), &many, ns.open().as_fd(), ApplyOptions::default())
+            .is_err()
+    );
     assert!(bpffs.files().is_empty());
-    for program in Program::ALL {
+    for program in Program::CGROUP {
         assert!(ebpf::attached_programs(cgroup.path(), program.attach_type()).unwrap().is_empty());
     }
-    ebpf::apply(&target, &EbpfPlan::new(&seed_config()), &task_addrs(), ApplyOptions::default()).expect("apply");
+    assert!(ebpf::attached_programs(&ns.path(), Program::SkLookup.attach_type()).unwrap().is_empty());
+    ebpf::apply(&target, &EbpfPlan::new(&seed_config()), &task_addrs(), ns.open().as_fd(), ApplyOptions::default())
+        .expect("apply");
     assert!(bpffs.is_mounted(), "the agent mounted a bpffs at --bpffs");
     let mut pins: Vec<String> = bpffs.files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
     pins.retain(|p| p.matches('/').count() == 2);
@@ -633,8 +661,9 @@ fn the_pins_of_a_removed_cgroup_are_pruned_and_only_those() {
     let plan = EbpfPlan::new(&seed_config());
     let target = |cgroup: &TestCgroup| Target::new(cgroup.path().to_str().unwrap(), Some(bpffs.path())).unwrap();
     let (kept_target, gone_target) = (target(&kept), target(&gone));
-    for t in [&kept_target, &gone_target] {
-        ebpf::apply(t, &plan, &task_addrs(), ApplyOptions::default()).unwrap();
+    let namespaces = [netns(), netns()];
+    for (t, ns) in [&kept_target, &gone_target].into_iter().zip(&namespaces) {
+        ebpf::apply(t, &plan, &task_addrs(), ns.open().as_fd(), ApplyOptions::default()).unwrap();
     }
     assert_eq!(ebpf::prune(bpffs.path()).unwrap(), Vec::<u64>::new(), "both cgroups exist");
 

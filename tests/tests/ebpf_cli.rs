@@ -81,7 +81,7 @@ fn apply_exits_interception_continues_status_reports_remove_leaves_nothing() {
     assert_eq!(code, 0, "apply: {stdout}{stderr}");
     assert!(stdout.contains("installed"), "{stdout}");
 
-    // The applying process has exited: the pins hold the programs, and the ingress rules stay.
+    // The applying process has exited: the pins hold the programs, the sk_lookup one included.
     let local = Topology::task_local_addrs();
     for dst in [SocketAddr::new(IpAddr::V4(PLAIN_V4), 80), SocketAddr::new(IpAddr::V6(PLAIN_V6), 80)] {
         let source = if dst.is_ipv4() { IpAddr::V4(TASK_V4) } else { IpAddr::V6(TASK_V6) };
@@ -93,15 +93,15 @@ fn apply_exits_interception_continues_status_reports_remove_leaves_nothing() {
     }
     let inbound = SocketAddr::new(IpAddr::V4(TASK_V4), APP_PORT);
     let connection = ingress(IpAddr::V4(REMOTE_V4), inbound);
+    assert!(matches!(decide(&config, &local, &connection), Decision::Redirect { .. }));
     let reply = world.ingress(inbound).unwrap();
-    agrees(&decide(&config, &local, &connection), &connection, &reply).unwrap();
-    assert_eq!(reply.role, Role::IngressProxy);
+    assert_eq!((reply.role, reply.local, reply.original), (Role::IngressProxy, inbound, Some(inbound)), "{reply}");
 
     // status: text, then JSON, both exit 0 for the configuration applied.
     let (code, stdout, stderr) = run(&bin, &args("status", &target, &["--task-definition", taskdef]));
     assert_eq!(code, 0, "status: {stdout}{stderr}");
     assert!(stdout.contains("installed, and matches the configuration"), "{stdout}");
-    assert!(stdout.contains("INTERCEPT_INGRESS"), "the ingress half is shown: {stdout}");
+    assert!(stdout.contains("sk_lookup") && stdout.contains("ingress-steered"), "the ingress program: {stdout}");
     let (code, stdout, stderr) =
         run(&bin, &args("status", &target, &["--task-definition", taskdef, "--format", "json"]));
     assert_eq!(code, 0, "status --format json: {stderr}");
@@ -112,6 +112,7 @@ fn apply_exits_interception_continues_status_reports_remove_leaves_nothing() {
     assert_eq!(programs.len(), Program::ALL.len());
     assert!(programs.iter().all(|p| p["attached"] == true), "{programs:?}");
     assert_eq!(json["ebpf"]["counters"]["redirected"], 2);
+    assert_eq!(json["ebpf"]["counters"]["ingress-steered"], 1);
     assert_eq!(json["ebpf"]["configuration"]["proxy_egress_port"], 15001);
 
     // Another configuration: exit 1, with the difference.
@@ -125,12 +126,24 @@ fn apply_exits_interception_continues_status_reports_remove_leaves_nothing() {
     assert_eq!(code, 0, "apply again: {stdout}{stderr}");
     assert!(stdout.contains("nothing to change"), "{stdout}");
 
+    // `--ingress-fallback app` goes into CONFIG: an in-place update, shown by status.
+    let fallback = ["--task-definition", taskdef, "--ingress-fallback", "app"];
+    let (code, stdout, stderr) = run(&bin, &args("apply", &target, &fallback));
+    assert_eq!(code, 0, "apply --ingress-fallback app: {stdout}{stderr}");
+    assert!(stdout.contains("updated in place") && stdout.contains("CONFIG changed"), "{stdout}");
+    let (code, stdout, stderr) = run(&bin, &args("status", &target, &[&fallback[..], &["--format", "json"]].concat()));
+    assert_eq!(code, 0, "status --ingress-fallback app: {stdout}{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(json["ebpf"]["configuration"]["ingress_fallback"], "app", "{stdout}");
+
     let (code, stdout, stderr) = run(&bin, &args("remove", &target, &[]));
     assert_eq!(code, 0, "remove: {stdout}{stderr}");
-    for program in Program::ALL {
+    for program in Program::CGROUP {
         let attached = ebpf::attached_programs(world.cgroup.path(), program.attach_type()).unwrap();
         assert!(attached.is_empty(), "{program:?} still attached after remove: {attached:?}");
     }
+    let attached = ebpf::attached_programs(&world.sandbox.task().path(), Program::SkLookup.attach_type()).unwrap();
+    assert!(attached.is_empty(), "sk_lookup still attached to the task namespace after remove: {attached:?}");
     assert!(world.bpffs.files().is_empty(), "nothing pinned after remove: {:?}", world.bpffs.files());
     let reply = world.egress(APP_UID, APP_UID, SocketAddr::new(IpAddr::V4(PLAIN_V4), 80)).unwrap();
     assert_eq!(reply.role, Role::Remote, "egress no longer redirected");
@@ -192,15 +205,19 @@ fn bad_ebpf_targets_exit_2_and_change_nothing() {
         assert!(stderr.contains(mentions) && stderr.contains("nothing was changed"), "{name}: {stderr}");
     }
     assert!(world.bpffs.files().is_empty(), "{:?}", world.bpffs.files());
-    for program in Program::ALL {
+    for program in Program::CGROUP {
         assert!(ebpf::attached_programs(world.cgroup.path(), program.attach_type()).unwrap().is_empty());
     }
+    let task = world.sandbox.task().path();
+    assert!(ebpf::attached_programs(&task, Program::SkLookup.attach_type()).unwrap().is_empty());
 }
 
-/// `intercept apply --backend ebpf` with exactly CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON: both
-/// halves install (the programs, and the iptables ingress rules in the namespace the command
-/// runs in, which the test enters for it: `--netns` would need CAP_SYS_ADMIN), and without
-/// one of the three the error names it and nothing is installed.
+/// `intercept apply --backend ebpf` with exactly CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON: the
+/// programs install (the sk_lookup one on the namespace the command runs in, which the test
+/// enters for it: `--netns` would need CAP_SYS_ADMIN), and without one of the three the error
+/// names it and nothing is installed. Without CAP_SYS_PTRACE the proxy's listener, open
+/// before the programs, cannot be taken: apply says to restart the proxy, and a restarted
+/// proxy's listener is steered to.
 #[test]
 fn the_cli_applies_with_only_cap_bpf_net_admin_perfmon() {
     let test = "the_cli_applies_with_only_cap_bpf_net_admin_perfmon";
@@ -223,7 +240,8 @@ fn the_cli_applies_with_only_cap_bpf_net_admin_perfmon() {
             .arg(&taskdef);
         world.sandbox.task().enter(&mut command);
         let output = command.output().expect("run setpriv");
-        (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned() + &stdout)
     };
     for (caps, missing) in
         [(",+bpf,+perfmon", "CAP_NET_ADMIN"), (",+net_admin,+perfmon", "CAP_BPF"), (",+bpf,+net_admin", "CAP_PERFMON")]
@@ -233,10 +251,18 @@ fn the_cli_applies_with_only_cap_bpf_net_admin_perfmon() {
     }
     assert!(world.bpffs.files().is_empty(), "a refused apply pins nothing: {:?}", world.bpffs.files());
 
-    let (code, stderr) = apply_with(",+bpf,+net_admin,+perfmon");
-    assert_eq!(code, 0, "with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON only: {stderr}");
+    let (code, output) = apply_with(",+bpf,+net_admin,+perfmon");
+    assert_eq!(code, 0, "with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON only: {output}");
+    assert!(output.contains("restart the proxy") && output.contains("CAP_SYS_PTRACE"), "{output}");
     let egress_dst = SocketAddr::new(IpAddr::V4(PLAIN_V4), 80);
     assert_eq!(world.egress(APP_UID, APP_UID, egress_dst).unwrap().role, Role::EgressProxy);
     let inbound = SocketAddr::new(IpAddr::V4(TASK_V4), APP_PORT);
-    assert_eq!(world.ingress(inbound).unwrap().role, Role::IngressProxy, "the ingress half is installed too");
+    assert!(world.ingress(inbound).is_err(), "the proxy's old listener is not steered to: refused");
+    world.stop_ingress_proxy();
+    world.start_ingress_proxy();
+    assert_eq!(
+        world.ingress(inbound).unwrap().role,
+        Role::IngressProxy,
+        "the restarted proxy gets inbound connections"
+    );
 }

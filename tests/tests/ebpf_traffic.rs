@@ -1,11 +1,10 @@
 //! eBPF mode on the shared two-namespace topology (`intercept_tests::topology`): the programs on
-//! a test cgroup for egress, the iptables ingress half in the task namespace for inbound, real
+//! a test cgroup for egress, the `sk_lookup` program on the task namespace for inbound, real
 //! connections from clients in the cgroup (egress) and from the remote namespace (ingress), and
 //! every outcome compared with the decision model, IPv4, IPv6 and IPv4-mapped.
 //!
-//! The egress proxy is a process in the cgroup (`intercept-ebpf-probe serve`): the programs see
-//! a proxy's accepted sockets, and answer its `SO_ORIGINAL_DST`, only there. The ingress proxy
-//! is the topology's own listener: for iptables-redirected connections the kernel answers.
+//! Both proxies are processes in the cgroup (`intercept-ebpf-probe serve`): the programs see a
+//! proxy's sockets, and answer its `SO_ORIGINAL_DST`, only there.
 //!
 //! Needs root; every dialled address lives in the test's own namespaces.
 
@@ -23,7 +22,7 @@ use intercept_tests::{
     ebpf::{APP_PORT, EbpfSandbox, IGNORED_V4, IGNORED_V6, OTHER_APP_PORT, PLAIN_V4, PLAIN_V6, PROXY_UID, seed_config},
     require_privileges,
     topology::{METADATA, REMOTE_V4, REMOTE_V6, TASK_V4, TASK_V6, Topology},
-    traffic::{agrees, egress, ingress},
+    traffic::{Role, agrees, egress, ingress},
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_intercept-ebpf-probe");
@@ -151,50 +150,157 @@ fn every_egress_decision_reason_matches_the_model_ipv4_ipv6_and_mapped() {
     assert!(delta.contains_key(&Counter::Ipv6Disabled));
 }
 
-#[test]
-fn ingress_goes_through_the_iptables_ingress_half() {
-    let Some(host) = require_privileges("ingress_goes_through_the_iptables_ingress_half") else {
-        return;
-    };
-    let world = EbpfSandbox::new(&host, PROBE, CLIENT);
-    let config = seed_config();
-    let report = world.apply(&config);
-    let ingress_report = report.ingress.as_ref().expect("the ingress half was installed");
-    assert!(ingress_report.changed, "{}", ingress_report.render_text("apply"));
-
+/// The sandbox's inbound cases: each AppPort-or-not destination, IPv4 and IPv6, and what the
+/// model decides for a connection to it from the remote namespace.
+fn ingress_cases(config: &ProxyConfig) -> Vec<(SocketAddr, bool)> {
     let local = Topology::task_local_addrs();
     let remote_of = |dst: &SocketAddr| if dst.is_ipv4() { IpAddr::V4(REMOTE_V4) } else { IpAddr::V6(REMOTE_V6) };
-    let cases = [
+    [
         SocketAddr::new(IpAddr::V4(TASK_V4), APP_PORT),
         SocketAddr::new(IpAddr::V6(TASK_V6), APP_PORT),
         SocketAddr::new(IpAddr::V4(TASK_V4), OTHER_APP_PORT),
         SocketAddr::new(IpAddr::V6(TASK_V6), OTHER_APP_PORT),
-    ];
-    let mut redirected = 0;
-    for dst in cases {
-        let connection = ingress(remote_of(&dst), dst);
-        let decision = decide(&config, &local, &connection);
-        redirected += usize::from(matches!(decision, Decision::Redirect { .. }));
-        let reply = world.ingress(dst).unwrap_or_else(|e| panic!("ingress to {dst}: {e}"));
-        agrees(&decision, &connection, &reply).unwrap_or_else(|e| panic!("ingress to {dst}: {e}"));
-    }
-    assert_eq!(redirected, 2, "AppPort connections, one per family, were redirected");
+    ]
+    .into_iter()
+    .map(|dst| (dst, matches!(decide(config, &local, &ingress(remote_of(&dst), dst)), Decision::Redirect { .. })))
+    .collect()
+}
 
-    // Status sees both halves and agrees with the configuration.
+/// Inbound connections from the remote namespace: steered ones reach the ingress proxy at the
+/// address the client dialled (`sk_lookup` assigns the connection, the packet is not
+/// rewritten) and the proxy reads that address as the original destination; others reach the
+/// app. Returns how many were steered.
+fn check_ingress(world: &EbpfSandbox, config: &ProxyConfig) -> usize {
+    let mut steered = 0;
+    for (dst, redirect) in ingress_cases(config) {
+        let reply = world.ingress(dst).unwrap_or_else(|e| panic!("ingress to {dst}: {e}"));
+        if redirect {
+            steered += 1;
+            assert_eq!(reply.role, Role::IngressProxy, "ingress to {dst}: {reply}");
+            assert_eq!(reply.local, dst, "ingress to {dst}: the proxy's socket has the dialled address: {reply}");
+            assert_eq!(reply.original, Some(dst), "ingress to {dst}: SO_ORIGINAL_DST: {reply}");
+        } else {
+            assert_eq!(reply.role, Role::App, "ingress to {dst}: {reply}");
+            assert_eq!(reply.local, dst, "ingress to {dst}: {reply}");
+        }
+    }
+    steered
+}
+
+/// The task namespace holds no netfilter state of intercept's: no nftables table at all (the
+/// iptables-nft tables are nftables tables) and no legacy nat table.
+fn assert_no_netfilter(world: &EbpfSandbox) {
+    let ruleset = world.sandbox.task().exec("nft", &["list", "ruleset"]);
+    assert!(ruleset.trim().is_empty(), "nftables ruleset in the task namespace: {ruleset}");
+    let legacy = world.sandbox.task().run(|| std::fs::read_to_string("/proc/thread-self/net/ip_tables_names"));
+    if let Ok(names) = legacy {
+        assert!(!names.lines().any(|t| t == "nat"), "legacy iptables nat table in the task namespace: {names}");
+    }
+}
+
+fn sk_lookup_programs(world: &EbpfSandbox) -> Vec<u32> {
+    ebpf::attached_programs(&world.sandbox.task().path(), ebpf::Program::SkLookup.attach_type())
+        .expect("query the task namespace's sk_lookup programs")
+}
+
+#[test]
+fn ingress_is_steered_by_sk_lookup_without_netfilter() {
+    let Some(host) = require_privileges("ingress_is_steered_by_sk_lookup_without_netfilter") else {
+        return;
+    };
+    // The ingress proxy listens before the programs exist: apply finds its listeners.
+    let world = EbpfSandbox::new(&host, PROBE, CLIENT);
+    let config = seed_config();
+    let report = world.apply(&config);
+    assert_eq!(report.outcome, Outcome::Installed);
+    let adopted = report.adopted.as_ref().expect("ingress is configured");
+    assert_eq!(adopted.listeners.len(), 2, "the proxy's IPv4 and IPv6 listeners: {adopted:?}");
+    assert!(adopted.problems.is_empty(), "{adopted:?}");
+    assert_eq!(sk_lookup_programs(&world).len(), 1, "one sk_lookup program on the task namespace");
+    assert_no_netfilter(&world);
+
+    assert_eq!(check_ingress(&world, &config), 2, "one AppPort connection per family");
+    let c = counters(&world);
+    assert_eq!(c.get(&Counter::IngressSteered), Some(&2), "{c:?}");
+    assert_eq!(c.get(&Counter::OrigDstIngress), Some(&2), "{c:?}");
+
+    // From inside the task, AppPorts are the app's: loopback (the proxy's own connections to
+    // the app) and the task's own addresses are local sources.
+    for dst in [
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), APP_PORT),
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), APP_PORT),
+        SocketAddr::new(IpAddr::V4(TASK_V4), APP_PORT),
+        SocketAddr::new(IpAddr::V6(TASK_V6), APP_PORT),
+    ] {
+        for uid in [APP_UID, PROXY_UID] {
+            let reply = world.egress(uid, uid, dst).unwrap_or_else(|e| panic!("from the task to {dst}: {e}"));
+            assert_eq!((reply.role, reply.local), (Role::App, dst), "from the task (uid {uid}) to {dst}: {reply}");
+        }
+    }
+    assert_eq!(counters(&world).get(&Counter::IngressSteered), Some(&2), "nothing more steered");
+
+    // Status shows the ingress program and its counters.
     let status = cli::status(&world.request(), Some(&config)).unwrap();
     assert_eq!(status.exit_code(), 0, "{}", status.render_text());
-    // A configuration without ingress removes the ingress half on the next apply.
+    let text = status.render_text();
+    assert!(text.contains("sk_lookup") && text.contains("steer_ingress"), "{text}");
+    assert!(text.contains("ingress-steered") && text.contains("to the proxy's listener on 15000"), "{text}");
+
+    // The proxy restarts: meanwhile AppPort connections are refused; then steered again, the
+    // new listeners taken by the sockops program as they start listening.
+    world.stop_ingress_proxy();
+    for (dst, redirect) in ingress_cases(&config) {
+        let outcome = world.ingress(dst);
+        if redirect {
+            let e = outcome.expect_err("refused while the proxy is away");
+            assert!(e.contains("refused"), "ingress to {dst} while the proxy is away: {e}");
+        } else {
+            assert_eq!(outcome.map(|r| r.role), Ok(Role::App), "ingress to {dst}");
+        }
+    }
+    assert_eq!(counters(&world).get(&Counter::IngressRefused), Some(&2));
+    world.start_ingress_proxy();
+    assert_eq!(check_ingress(&world, &config), 2, "steered again after the restart");
+
+    // `--ingress-fallback app`: during the gap, AppPort connections reach the app.
+    let mut request = world.request();
+    request.ingress_fallback_to_app = true;
+    let report = cli::apply(&request, &config, Default::default()).unwrap();
+    assert!(matches!(report.outcome, Outcome::Updated(_)), "the fallback is in CONFIG");
+    world.stop_ingress_proxy();
+    for (dst, _) in ingress_cases(&config) {
+        let reply = world.ingress(dst).unwrap_or_else(|e| panic!("ingress to {dst} with fallback app: {e}"));
+        assert_eq!((reply.role, reply.local), (Role::App, dst), "{reply}");
+    }
+    assert_eq!(counters(&world).get(&Counter::IngressToApp), Some(&2));
+    world.start_ingress_proxy();
+    assert_eq!(check_ingress(&world, &config), 2, "steered again");
+
+    // ProxyIngressPort moves to a port the proxy does not listen on: its listener on the old
+    // port, still in the map, is not used; AppPort connections are refused.
+    let mut moved = config.clone();
+    moved.ingress.as_mut().unwrap().proxy_port = 15002;
+    world.apply(&moved);
+    for (dst, redirect) in ingress_cases(&moved) {
+        if redirect {
+            let e = world.ingress(dst).expect_err("no proxy listener on 15002");
+            assert!(e.contains("refused"), "ingress to {dst} with ProxyIngressPort 15002: {e}");
+        }
+    }
+    world.apply(&config);
+    assert_eq!(check_ingress(&world, &config), 2, "steered again with the proxy's port back");
+
+    // A configuration without ingress steers nothing.
     let mut egress_only = config.clone();
     egress_only.ingress = None;
     world.apply(&egress_only);
-    let reply = world.ingress(cases[0]).unwrap();
-    assert!(!reply.role.is_proxy(), "ingress no longer redirected: {reply}");
-    let status = cli::status(&world.request(), Some(&config)).unwrap();
-    assert_eq!(status.exit_code(), 1, "the old configuration no longer matches: {}", status.render_text());
+    assert_eq!(check_ingress(&world, &egress_only), 0);
 
     let removed = cli::remove(&world.request()).unwrap();
     assert!(removed.removed);
     assert!(world.bpffs.files().is_empty(), "nothing pinned after remove: {:?}", world.bpffs.files());
+    assert!(sk_lookup_programs(&world).is_empty(), "no sk_lookup program on the task namespace after remove");
+    assert_no_netfilter(&world);
     let status = cli::status(&world.request(), None).unwrap();
     assert_eq!(status.exit_code(), 1);
     assert!(status.ebpf.is_none());

@@ -2,9 +2,11 @@
 //! and the code that installs it on a cgroup, updates it, reports on it and removes it.
 //!
 //! An installation is a directory `<bpffs>/intercept/<cgroup id>/` holding a pin for each
-//! program's cgroup link (`link-<program>`) and for each map (by map name). The pins keep
-//! everything alive after the agent exits (the init-container mode); unpinning the links
-//! detaches the programs, and the kernel frees programs and maps with their last reference.
+//! program's link (`link-<program>`: the cgroup programs' links to the task's cgroup, the
+//! `sk_lookup` program's to the task's network namespace) and for each map (by map name). The
+//! pins keep everything alive after the agent exits (the init-container mode); unpinning the
+//! links detaches the programs, and the kernel frees programs and maps with their last
+//! reference.
 //!
 //! - [`apply`] loads the object, fills every map and loads every program before attaching
 //!   anything; the pins are made in a staging directory renamed into place at the end, so a
@@ -24,13 +26,13 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsFd as _, OwnedFd};
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::maps::{Map, MapData, MapError};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
-use aya::programs::{CgroupSockAddr, CgroupSockopt, ProgramError, SockOps};
+use aya::programs::{CgroupSockAddr, CgroupSockopt, ProgramError, SkLookup, SockOps};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use aya_log::EbpfLogger;
 use intercept_common::{IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP};
@@ -51,7 +53,8 @@ pub fn object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/intercept"))
 }
 
-/// A program of the object and where it attaches on the cgroup.
+/// A program of the object and where it attaches: the task's cgroup, or for
+/// [`Program::SkLookup`] its network namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Program {
     /// `cgroup/connect4`: connect(2) on AF_INET sockets.
@@ -62,10 +65,21 @@ pub enum Program {
     Sockops,
     /// `cgroup/getsockopt`: answers SO_ORIGINAL_DST.
     Getsockopt,
+    /// `sk_lookup`, on the task's network namespace: steers inbound connections to AppPorts
+    /// to the proxy's listener.
+    SkLookup,
 }
 
 impl Program {
-    pub const ALL: [Program; 4] = [Program::Connect4, Program::Connect6, Program::Sockops, Program::Getsockopt];
+    pub const ALL: [Program; 5] =
+        [Program::Connect4, Program::Connect6, Program::Sockops, Program::Getsockopt, Program::SkLookup];
+    /// The programs attached to the cgroup.
+    pub const CGROUP: [Program; 4] = [Program::Connect4, Program::Connect6, Program::Sockops, Program::Getsockopt];
+
+    /// Whether the program attaches to the network namespace rather than the cgroup.
+    pub const fn on_netns(self) -> bool {
+        matches!(self, Program::SkLookup)
+    }
 
     /// The program's name in the object (its function name in `ebpf/src/main.rs`).
     pub const fn name(self) -> &'static str {
@@ -74,6 +88,7 @@ impl Program {
             Program::Connect6 => "connect6",
             Program::Sockops => "track_sockets",
             Program::Getsockopt => "getsockopt",
+            Program::SkLookup => "steer_ingress",
         }
     }
 
@@ -84,6 +99,7 @@ impl Program {
             Program::Connect6 => "cgroup/connect6",
             Program::Sockops => "sockops",
             Program::Getsockopt => "cgroup/getsockopt",
+            Program::SkLookup => "sk_lookup",
         }
     }
 
@@ -94,6 +110,7 @@ impl Program {
             Program::Connect6 => 11,   // BPF_CGROUP_INET6_CONNECT
             Program::Sockops => 3,     // BPF_CGROUP_SOCK_OPS
             Program::Getsockopt => 21, // BPF_CGROUP_GETSOCKOPT
+            Program::SkLookup => 36,   // BPF_SK_LOOKUP
         }
     }
 
@@ -163,7 +180,7 @@ pub enum Error {
         #[source]
         source: Box<LinkError>,
     },
-    #[error("attaching eBPF program `{program}` to the cgroup")]
+    #[error("attaching eBPF program `{program}` (to the cgroup, or for sk_lookup to the network namespace)")]
     Attach {
         program: &'static str,
         #[source]
@@ -263,11 +280,13 @@ pub(crate) fn check_capabilities() -> Result<(), Error> {
 }
 
 /// Installs `plan` on the target's cgroup, or brings an installation up to date in place.
-/// `local_addrs` are the task's own addresses (see [`local_addresses`]).
+/// `local_addrs` are the task's own addresses (see [`local_addresses`]); `netns` is the task's
+/// network namespace, where the `sk_lookup` program attaches when the cgroup is first set up.
 pub fn apply(
     target: &Target,
     plan: &EbpfPlan,
     local_addrs: &[IpAddr],
+    netns: BorrowedFd<'_>,
     options: ApplyOptions,
 ) -> Result<Applied, Error> {
     check_capabilities()?;
@@ -275,11 +294,16 @@ pub fn apply(
     host::ensure_bpffs(&target.bpffs)?;
     let _lock = host::lock_bpffs(&target.bpffs)?;
     let dir = target.pin_dir();
-    if dir.exists() { update(&dir, plan, &desired, options) } else { install(target, &dir, plan, &desired, options) }
+    if dir.exists() {
+        update(&dir, plan, &desired, options)
+    } else {
+        install(target, netns, &dir, plan, &desired, options)
+    }
 }
 
 fn install(
     target: &Target,
+    netns: BorrowedFd<'_>,
     dir: &Path,
     plan: &EbpfPlan,
     desired: &Contents,
@@ -315,7 +339,8 @@ fn install(
     let cgroup = fs::File::open(&target.cgroup).map_err(|e| Error::io("open cgroup", &target.cgroup, e))?;
     let mut links = Vec::new();
     for program in Program::ALL {
-        links.push((program, attach(&ebpf, program, &cgroup)?));
+        let to = if program.on_netns() { netns } else { cgroup.as_fd() };
+        links.push((program, attach(&ebpf, program, to)?));
     }
 
     let root = target.bpffs.join(PIN_ROOT);
@@ -371,17 +396,21 @@ fn load_program(ebpf: &mut Ebpf, program: Program) -> Result<(), Error> {
         }
         Program::Sockops => <&mut SockOps>::try_from(prog).map_err(error)?.load().map_err(error),
         Program::Getsockopt => <&mut CgroupSockopt>::try_from(prog).map_err(error)?.load().map_err(error),
+        Program::SkLookup => <&mut SkLookup>::try_from(prog).map_err(error)?.load().map_err(error),
     }
 }
 
-fn attach(ebpf: &Ebpf, program: Program, cgroup: &fs::File) -> Result<OwnedFd, Error> {
+fn attach(ebpf: &Ebpf, program: Program, to: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
     let name = program.name();
     let error = |source| program_error(name, source);
     let prog = ebpf.program(name).ok_or(Error::MissingProgram(name))?;
     let prog_fd = prog.fd().map_err(error)?;
-    host::link_create(prog_fd.as_fd(), cgroup.as_fd(), program.attach_type()).map_err(|e| {
+    host::link_create(prog_fd.as_fd(), to, program.attach_type()).map_err(|e| {
         if e.raw_os_error() == Some(libc::EPERM) {
-            Error::MissingCapability { capability: "CAP_NET_ADMIN", needed_for: "attaching programs to a cgroup" }
+            Error::MissingCapability {
+                capability: "CAP_NET_ADMIN",
+                needed_for: "attaching programs to a cgroup and a network namespace",
+            }
         } else {
             Error::Attach { program: name, source: e }
         }
@@ -497,8 +526,15 @@ pub fn remove(target: &Target) -> Result<bool, Error> {
         })
         .collect();
     // Links first: interception stops at once, and a failure later leaves only maps behind.
+    // The namespace's link is detached explicitly (synchronously): the kernel would release
+    // it only later, from a work queue, once unpinned.
     for program in Program::ALL {
         let path = dir.join(program.link_pin());
+        if program.on_netns()
+            && let Ok(link) = host::obj_get(&path)
+        {
+            host::link_detach(link.as_fd()).map_err(|e| Error::io("detach the link pinned at", &path, e))?;
+        }
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io("unpin", &path, e)),
             _ => {}
@@ -510,7 +546,7 @@ pub fn remove(target: &Target) -> Result<bool, Error> {
     // The kernel releases an unpinned link from a work queue: wait for it, so that `remove`
     // returning means the programs are gone from the cgroup.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    for (program, id) in ids {
+    for (program, id) in ids.into_iter().filter(|(p, _)| !p.on_netns()) {
         while host::attached_programs(&target.cgroup, program.attach_type())?.contains(&id) {
             if std::time::Instant::now() > deadline {
                 return Err(Error::StillAttached { program: program.name() });
@@ -546,7 +582,7 @@ pub fn prune(bpffs: &Path) -> Result<Vec<u64>, Error> {
         let entry = entry.map_err(|e| Error::io("list", &root, e))?;
         let Some(cgroup_id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
         let dir = entry.path();
-        let orphaned = Program::ALL.iter().all(|p| {
+        let orphaned = Program::CGROUP.iter().all(|p| {
             host::obj_get(&dir.join(p.link_pin())).and_then(|link| host::link_cgroup_id(link.as_fd())).ok() == Some(0)
         });
         if orphaned {
@@ -565,7 +601,8 @@ pub struct ProgramStatus {
     pub program: Program,
     pub link_id: u32,
     pub program_id: u32,
-    /// Whether the kernel lists the program among the cgroup's attached programs.
+    /// Whether the kernel lists the program among the cgroup's attached programs (for the
+    /// `sk_lookup` program: whether its link is still attached to a network namespace).
     pub attached: bool,
 }
 
@@ -602,13 +639,16 @@ pub fn status(target: &Target) -> Result<Option<Status>, Error> {
     let maps = open_pinned_maps(&dir)?;
     let mut programs = Vec::new();
     for (program, info) in links {
-        let attached = host::attached_programs(&target.cgroup, program.attach_type())?;
-        programs.push(ProgramStatus {
-            program,
-            link_id: info.id(),
-            program_id: info.program_id(),
-            attached: attached.contains(&info.program_id()),
-        });
+        let attached = if program.on_netns() {
+            let path = dir.join(program.link_pin());
+            host::obj_get(&path)
+                .and_then(|link| host::link_netns_ino(link.as_fd()))
+                .map_err(|e| Error::io("read the link pinned at", &path, e))?
+                != 0
+        } else {
+            host::attached_programs(&target.cgroup, program.attach_type())?.contains(&info.program_id())
+        };
+        programs.push(ProgramStatus { program, link_id: info.id(), program_id: info.program_id(), attached });
     }
     let (pending, established) = maps::pairing_sizes(&maps)?;
     let generations = Generations::read(&maps)?;
@@ -676,9 +716,19 @@ impl Status {
             "  local destinations {}",
             list(self.contents.local_nets().iter().map(ToString::to_string).collect())
         );
-        out.push_str(
-            "  inbound            not redirected by these programs: until eBPF ingress lands, inbound \
-             redirection to ProxyIngressPort is the iptables backend's ingress rules\n",
+        let _ = writeln!(
+            out,
+            "  inbound            {}",
+            if c.proxy_ingress_port == 0 {
+                "no ingress configured".to_owned()
+            } else {
+                format!(
+                    "AppPorts from non-local sources to the proxy's listener on {} (sk_lookup); without a \
+                     listener: {}",
+                    c.proxy_ingress_port,
+                    if c.ingress_fallback == intercept_common::INGRESS_FALLBACK_APP { "to the app" } else { "refused" }
+                )
+            }
         );
         out.push_str("counters:\n");
         for (counter, value) in &self.counters {
@@ -705,7 +755,10 @@ impl Status {
         self.programs
             .iter()
             .filter(|p| !p.attached)
-            .map(|p| format!("{} ({}) is pinned but not attached to the cgroup", p.program.name(), p.program.section()))
+            .map(|p| {
+                let to = if p.program.on_netns() { "a network namespace" } else { "the cgroup" };
+                format!("{} ({}) is pinned but not attached to {to}", p.program.name(), p.program.section())
+            })
             .collect()
     }
 
@@ -732,6 +785,8 @@ impl serde::Serialize for Status {
             ignored_gid: Option<u32>,
             proxy_egress_port: u16,
             proxy_ingress_port: Option<u16>,
+            /// "refuse" or "app", with ingress.
+            ingress_fallback: Option<&'static str>,
             ipv6: bool,
             egress_ignored_ports: Vec<u16>,
             egress_ignored_ips: Vec<ipnet::IpNet>,
@@ -772,6 +827,9 @@ impl serde::Serialize for Status {
                 ignored_gid: (c.has_ignored_gid != 0).then_some(c.ignored_gid),
                 proxy_egress_port: c.proxy_egress_port,
                 proxy_ingress_port: (c.proxy_ingress_port != 0).then_some(c.proxy_ingress_port),
+                ingress_fallback: (c.proxy_ingress_port != 0).then_some(
+                    if c.ingress_fallback == intercept_common::INGRESS_FALLBACK_APP { "app" } else { "refuse" },
+                ),
                 ipv6: c.ipv6 != 0,
                 egress_ignored_ports: self.contents.ignored_ports.iter().copied().collect(),
                 egress_ignored_ips: self.contents.ignored_nets(),
@@ -855,4 +913,54 @@ impl log::Log for Printer {
     }
 
     fn flush(&self) {}
+}
+
+/// What [`adopt_listeners`] found: the proxy's listening sockets on ProxyIngressPort put into
+/// `PROXY_LISTENERS`, and the ones it could not take.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Adopted {
+    /// `(pid, fd)` of each listener put into the map.
+    pub listeners: Vec<(u32, i32)>,
+    /// Why a process's sockets could not be looked at, one line each.
+    pub problems: Vec<String>,
+}
+
+/// Puts the listening sockets on `port` of the cgroup's processes into `PROXY_LISTENERS`.
+///
+/// The `sockops` program inserts a listener when it starts listening; a proxy that was already
+/// listening when the programs were attached is found here instead: each process of the cgroup
+/// (`cgroup.procs`, the cgroup itself, not its children), each of its socket descriptors
+/// (`/proc/PID/fd`), duplicated with `pidfd_getfd(2)` (which needs ptrace access to the process:
+/// CAP_SYS_PTRACE for a process of another user) and kept when it is a TCP listener on `port`.
+pub fn adopt_listeners(target: &Target, port: u16) -> Result<Adopted, Error> {
+    let dir = target.pin_dir();
+    let path = dir.join(intercept_common::PROXY_LISTENERS_MAP);
+    let data = MapData::from_pin(&path).map_err(maps::map_error(intercept_common::PROXY_LISTENERS_MAP))?;
+    let mut listeners = aya::maps::SockMap::try_from(
+        Map::from_map_data(data).map_err(maps::map_error(intercept_common::PROXY_LISTENERS_MAP))?,
+    )
+    .map_err(maps::map_error(intercept_common::PROXY_LISTENERS_MAP))?;
+    let procs_path = target.cgroup.join("cgroup.procs");
+    let procs = fs::read_to_string(&procs_path).map_err(|e| Error::io("read", &procs_path, e))?;
+    let mut adopted = Adopted::default();
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+        match host::listeners_of(pid, port) {
+            Ok(found) => {
+                for (fd, socket, v6) in found {
+                    let slot = if v6 { intercept_common::LISTENER_V6 } else { intercept_common::LISTENER_V4 };
+                    match listeners.set(slot, &socket, 0) {
+                        Ok(()) => adopted.listeners.push((pid, fd)),
+                        Err(e) => adopted.problems.push(format!("process {pid}, fd {fd}: {e}")),
+                    }
+                }
+            }
+            // The process ended meanwhile: nothing to adopt.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) || e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => adopted
+                .problems
+                .push(format!("process {pid}: {e} (taking another process's socket needs CAP_SYS_PTRACE)")),
+            Err(e) => adopted.problems.push(format!("process {pid}: {e}")),
+        }
+    }
+    Ok(adopted)
 }

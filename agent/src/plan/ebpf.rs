@@ -21,12 +21,12 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use intercept_common::{
     ACTIVE_CAPACITY, ACTIVE_MAP, APP_PORTS_MAP, CONFIG_CAPACITY, CONFIG_MAP, COUNTERS_CAPACITY, COUNTERS_MAP, Counter,
     GENERATIONS, GlobalConfig, IGNORED_NETS_CAPACITY, IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP,
-    LOCAL_NETS_CAPACITY, LOCAL_NETS_V4_MAP, LOCAL_NETS_V6_MAP, LpmKeyV4, LpmKeyV6, PORT_MAP_CAPACITY,
+    INGRESS_FALLBACK_APP, INGRESS_FALLBACK_REFUSE, LOCAL_NETS_CAPACITY, LOCAL_NETS_V4_MAP, LOCAL_NETS_V6_MAP, LpmKeyV4,
+    LpmKeyV6, PORT_MAP_CAPACITY,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
-use super::iptables::{FamilyPlan, INGRESS_CHAIN, IptablesPlan};
 use super::{push_summarised, summarised_inline, to_json};
 use crate::config::ProxyConfig;
 use crate::model::LocalAddrs;
@@ -99,7 +99,7 @@ impl EbpfPlan {
                 has_ignored_uid: config.ignored_uid.is_some().into(),
                 has_ignored_gid: config.ignored_gid.is_some().into(),
                 ipv6: config.ipv6.into(),
-                _pad: 0,
+                ingress_fallback: INGRESS_FALLBACK_REFUSE,
             },
             ignored_ports: config.effective_ignored_ports().ports().collect(),
             app_ports: config.ingress.as_ref().map(|i| i.app_ports.ports().collect()).unwrap_or_default(),
@@ -108,6 +108,13 @@ impl EbpfPlan {
             local_nets_v4,
             local_nets_v6,
         }
+    }
+
+    /// `--ingress-fallback app`: while the proxy has no ingress listener, inbound connections
+    /// to AppPorts reach the app instead of being refused.
+    pub fn with_ingress_fallback_to_app(mut self, to_app: bool) -> EbpfPlan {
+        self.config.ingress_fallback = if to_app { INGRESS_FALLBACK_APP } else { INGRESS_FALLBACK_REFUSE };
+        self
     }
 
     /// Every map with the capacity to create it with. The ignored-networks tries grow past
@@ -194,7 +201,7 @@ impl EbpfPlan {
                         ("has_ignored_uid", c.has_ignored_uid.to_string()),
                         ("has_ignored_gid", c.has_ignored_gid.to_string()),
                         ("ipv6", c.ipv6.to_string()),
-                        ("_pad", c._pad.to_string()),
+                        ("ingress_fallback", c.ingress_fallback.to_string()),
                     ];
                     for (field, value) in fields {
                         let _ = writeln!(out, "  [g].{field:<18} = {value}");
@@ -229,6 +236,7 @@ impl EbpfPlan {
             has_ignored_uid: u8,
             has_ignored_gid: u8,
             ipv6: u8,
+            ingress_fallback: u8,
         }
         #[derive(Serialize)]
         struct LpmJson {
@@ -291,6 +299,7 @@ impl EbpfPlan {
                         has_ignored_uid: c.has_ignored_uid,
                         has_ignored_gid: c.has_ignored_gid,
                         ipv6: c.ipv6,
+                        ingress_fallback: c.ingress_fallback,
                     }]),
                     IGNORED_PORTS_MAP => Contents::Ports(self.ignored_ports.clone()),
                     APP_PORTS_MAP => Contents::Ports(self.app_ports.clone()),
@@ -308,21 +317,6 @@ impl EbpfPlan {
             .collect();
         to_json(&Json { backend: "ebpf", maps })
     }
-}
-
-/// Inbound redirection in eBPF mode, until the eBPF ingress programs exist: the iptables
-/// backend's ingress half, i.e. its `INTERCEPT_INGRESS` chain and the `PREROUTING` jump to it
-/// for each family, without the egress chain, its `OUTPUT` jump or any ipset. `None` when the
-/// configuration has no ingress.
-pub fn iptables_ingress(config: &ProxyConfig) -> Option<IptablesPlan> {
-    config.ingress.as_ref()?;
-    let full = IptablesPlan::new(config);
-    let ingress_only = |family: FamilyPlan| FamilyPlan {
-        chains: family.chains.into_iter().filter(|c| c.name == INGRESS_CHAIN).collect(),
-        jumps: family.jumps.into_iter().filter(|r| r.chain == "PREROUTING").collect(),
-        ..family
-    };
-    Some(IptablesPlan { v4: ingress_only(full.v4), v6: full.v6.map(ingress_only), ipsets: Vec::new() })
 }
 
 /// The LPM key for `net`: prefix length, then the address in network byte order.
@@ -408,29 +402,11 @@ mod tests {
     }
 
     #[test]
-    fn the_iptables_ingress_half_is_the_ingress_chain_and_its_prerouting_jumps_only() {
-        let plan = iptables_ingress(&config(true, 20)).expect("ingress is configured");
-        assert!(plan.ipsets.is_empty(), "egress ipsets are not part of the ingress half");
-        let families: Vec<&FamilyPlan> = plan.families().collect();
-        assert_eq!(families.len(), 2, "IPv4 and IPv6");
-        for family in families {
-            let chains: Vec<&str> = family.chains.iter().map(|c| c.name.as_str()).collect();
-            assert_eq!(chains, [INGRESS_CHAIN]);
-            assert!(!family.jumps.is_empty() && family.jumps.iter().all(|j| j.chain == "PREROUTING"));
-            let restore = family.render_restore();
-            assert!(restore.contains("--to-ports 15000") && !restore.contains("15001"), "{restore}");
-            assert!(!restore.contains("OUTPUT"), "{restore}");
-        }
-        // The same rules the iptables backend installs for ingress.
-        let full = IptablesPlan::new(&config(true, 20));
-        assert_eq!(plan.v4.chain(INGRESS_CHAIN), full.v4.chain(INGRESS_CHAIN));
-    }
-
-    #[test]
-    fn no_ingress_no_iptables_half() {
-        assert_eq!(iptables_ingress(&config(false, 0)), None);
-        let mut v4_only = config(true, 0);
-        v4_only.ipv6 = false;
-        assert!(iptables_ingress(&v4_only).unwrap().v6.is_none());
+    fn ingress_fallback_is_refuse_unless_asked() {
+        assert_eq!(EbpfPlan::new(&config(true, 0)).config.ingress_fallback, INGRESS_FALLBACK_REFUSE);
+        let plan = EbpfPlan::new(&config(true, 0)).with_ingress_fallback_to_app(true);
+        assert_eq!(plan.config.ingress_fallback, INGRESS_FALLBACK_APP);
+        assert_eq!(plan.config.proxy_ingress_port, 15000);
+        assert_eq!(plan.app_ports, [9080]);
     }
 }

@@ -7,8 +7,8 @@
 //!   shape (the ECS App Mesh plugin's rules, one `-d X/32 -j RETURN` per ignored IP, written
 //!   with `iptables-nft-restore` by this program), and intercept's iptables, nftables and eBPF
 //!   backends, each installed and removed with the `intercept` binary at `$INTERCEPT_BIN`
-//!   (a private copy), and a diagnostic: eBPF with a configuration without ingress, which
-//!   installs the programs alone (no iptables ingress half);
+//!   (a private copy), and a diagnostic: eBPF with a configuration without ingress (its
+//!   `sk_lookup` program then steers nothing);
 //! - at every size of the ignored-IP list (none of which matches, so every connection is
 //!   redirected): short connections (connect, the proxy accepts, reads `SO_ORIGINAL_DST` and
 //!   closes) for connections/s and p50/p99 latency, then one bulk stream app → proxy for
@@ -214,9 +214,8 @@ enum Variant {
     Iptables,
     Nftables,
     Ebpf,
-    /// A diagnostic: eBPF with a configuration without ingress (no AppPorts), so that nothing
-    /// but the programs is installed (no iptables ingress half, hence no nat table and no
-    /// conntrack in the task's namespace).
+    /// A diagnostic: eBPF with a configuration without ingress (no AppPorts): the `sk_lookup`
+    /// program steers nothing.
     EbpfEgressOnly,
 }
 
@@ -1151,10 +1150,10 @@ impl Results {
              rule per ignored IP, written by the bench with `iptables-nft-restore` (the plugin itself fails \
              from about 10,000 IPs with \"argument list too long\"); *intercept iptables* \
              (`--iptables-mode nft`; more than 8 networks go into one `hash:net` ipset); *intercept nftables* \
-             (interval sets); *intercept eBPF* (cgroup connect4/sockops/getsockopt programs, LPM tries; its \
-             iptables ingress half is installed too); *eBPF, no ingress*, a diagnostic: the eBPF backend \
-             with the same configuration minus AppPorts and ProxyIngressPort, so that only the programs are \
-             installed (no ingress half: no nat table, no conntrack in the task namespace).\n\
+             (interval sets); *intercept eBPF* (cgroup connect4/sockops/getsockopt programs, LPM tries, and the \
+             sk_lookup ingress program on the task namespace; no netfilter rule); *eBPF, no ingress*, a \
+             diagnostic: the eBPF backend with the same configuration minus AppPorts and ProxyIngressPort \
+             (the sk_lookup program steers nothing).\n\
              - **Ignored IPs**: the seed configuration (the two metadata IPs) plus N distinct IPv4 /32 \
              addresses, none of which the app dials, so every connection is redirected after the whole list \
              is consulted. Written tersely (octets of one or two digits), 100,000 of them fit in the 1 MiB \

@@ -36,10 +36,10 @@ fn main() -> ExitCode {
         Some("connect") if args.len() == 3 => connect(&args[1], &args[2]),
         Some("churn") if args.len() == 3 => churn(&args[1], &args[2]),
         Some("udp") if args.len() == 2 => udp(&args[1]),
-        Some("apply") if args.len() == 3 => apply(&args[1], &args[2]),
+        Some("apply") if args.len() == 4 => apply(&args[1], &args[2], &args[3]),
         _ => {
             Err("usage: intercept-ebpf-probe listen [--orig-dst] ADDR... | serve ROLE ADDR... | connect ADDR TOKEN | \
-             churn ADDR N | udp ADDR | apply CGROUP BPFFS"
+             churn ADDR N | udp ADDR | apply CGROUP BPFFS NETNS"
                 .into())
         }
     };
@@ -208,14 +208,17 @@ fn udp(addr: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn apply(cgroup: &str, bpffs: &str) -> Result<(), String> {
+fn apply(cgroup: &str, bpffs: &str, netns: &str) -> Result<(), String> {
     use intercept::backend::ebpf;
     use intercept_tests::ebpf::error_chain as chain;
+    use std::os::fd::AsFd as _;
     let target = ebpf::Target::new(cgroup, Some(std::path::Path::new(bpffs))).map_err(|e| chain(&e))?;
     let plan = intercept::plan::ebpf::EbpfPlan::new(&intercept_tests::ebpf::seed_config());
     let local: Vec<std::net::IpAddr> =
         intercept_tests::ebpf::TASK_ADDRS.iter().map(|a| a.parse().expect("valid")).collect();
-    let applied = ebpf::apply(&target, &plan, &local, ebpf::ApplyOptions::default()).map_err(|e| chain(&e))?;
+    let netns = std::fs::File::open(netns).map_err(|e| format!("open {netns}: {e}"))?;
+    let applied =
+        ebpf::apply(&target, &plan, &local, netns.as_fd(), ebpf::ApplyOptions::default()).map_err(|e| chain(&e))?;
     println!("{:?}", applied.outcome);
     Ok(())
 }

@@ -6,8 +6,9 @@
 //! `status` (for eBPF: with the programs' counters), then removes everything.
 //!
 //! With eBPF the sandbox also has a test cgroup and a bpffs of its own, both removed at the
-//! end; the clients and the egress proxy run in the cgroup (the programs see a proxy's sockets
-//! only there), and inbound connections go through the iptables ingress half eBPF mode uses.
+//! end; the clients and the proxy (egress and ingress listeners) run in the cgroup (the
+//! programs see a proxy's sockets only there), and inbound connections are steered by the
+//! `sk_lookup` program: they reach the proxy at the address the client dialled.
 //!
 //! Needs root. The `intercept` binary is `$INTERCEPT_BIN`, else the one next to this one.
 
@@ -73,7 +74,8 @@ fn run() -> Result<ExitCode, String> {
     let sandbox = Sandbox::new(&SandboxSpec {
         // With eBPF the egress proxy is a process in the cgroup (below).
         egress_proxy_ports: if ebpf { vec![] } else { vec![config.proxy_egress_port] },
-        ingress_proxy_ports: vec![ingress_port],
+        // With eBPF the ingress proxy is a process in the cgroup too.
+        ingress_proxy_ports: if ebpf { vec![] } else { vec![ingress_port] },
         app_ports: vec![app_port, other_port],
         remote_ports: vec![80, 22],
         remote_addresses: vec![IpAddr::V4(REMOTE_V4_SERVER), IpAddr::V6(REMOTE_V6_SERVER)],
@@ -97,14 +99,14 @@ fn run() -> Result<ExitCode, String> {
 
     // eBPF: the cgroup, the pins' bpffs and the egress proxy in the cgroup; all dropped (the
     // proxy killed, the bpffs unmounted, the cgroup removed) before the namespaces.
-    let ebpf_sandbox =
-        if ebpf { Some(EbpfParts::new(&sandbox, config.ignored_uid, config.proxy_egress_port)?) } else { None };
+    let ebpf_sandbox = if ebpf {
+        Some(EbpfParts::new(&sandbox, config.ignored_uid, config.proxy_egress_port, ingress_port)?)
+    } else {
+        None
+    };
     let mut target: Vec<String> = vec!["--backend".into(), backend.into(), "--netns".into(), netns.clone()];
     if let Some(parts) = &ebpf_sandbox {
-        println!(
-            "  test cgroup {} (the task's processes: clients and the egress proxy)",
-            parts.cgroup.path().display()
-        );
+        println!("  test cgroup {} (the task's processes: clients and the proxy)", parts.cgroup.path().display());
         println!("  bpffs for the pins at {}", parts.bpffs.path().display());
         target.extend([
             "--cgroup".into(),
@@ -160,8 +162,13 @@ fn run() -> Result<ExitCode, String> {
         let source = if destination.is_ipv4() { IpAddr::V4(REMOTE_V4) } else { IpAddr::V6(REMOTE_V6) };
         let connection = ingress(source, destination);
         let result = remote_client.connect(destination);
-        disagreements +=
-            report(&format!("from remote → {destination}"), &decide(&config, &local, &connection), &connection, result);
+        let decision = match decide(&config, &local, &connection) {
+            // sk_lookup hands the connection to the proxy's listener unchanged: the proxy's
+            // socket has the dialled address, not the REDIRECT's ProxyIngressPort.
+            Decision::Redirect { .. } if ebpf => Decision::Redirect { to: destination },
+            decision => decision,
+        };
+        disagreements += report(&format!("from remote → {destination}"), &decision, &connection, result);
     }
 
     show(&intercept, &[&["status"][..], &target, &["--task-definition", seed_arg]].concat(), SEED)?;
@@ -183,12 +190,13 @@ fn run() -> Result<ExitCode, String> {
 /// process leaves the cgroup), then the pins, then the cgroup.
 struct EbpfParts {
     _proxy: Listener,
+    _ingress_proxy: Listener,
     bpffs: TestBpffs,
     cgroup: intercept_tests::TestCgroup,
 }
 
 impl EbpfParts {
-    fn new(sandbox: &Sandbox, proxy_uid: Option<u32>, proxy_port: u16) -> Result<EbpfParts, String> {
+    fn new(sandbox: &Sandbox, proxy_uid: Option<u32>, proxy_port: u16, ingress_port: u16) -> Result<EbpfParts, String> {
         let host = require_privileges("intercept-live-demo --backend ebpf")
             .ok_or("the eBPF demo needs root, a writable cgroup2 mount and eBPF cgroup programs")?;
         let cgroup = host.create_cgroup().map_err(|e| format!("create the test cgroup: {e}"))?;
@@ -200,7 +208,17 @@ impl EbpfParts {
         // The proxy runs as IgnoredUID, as Envoy does in a task.
         let uid = proxy_uid.unwrap_or(1337);
         as_identity(&mut proxy, uid, uid);
-        Ok(EbpfParts { _proxy: Listener::spawn(proxy), bpffs, cgroup })
+        let proxy = Listener::spawn(proxy);
+        let mut ingress = cgroup.command(&probe);
+        ingress.args([
+            "serve",
+            "ingress-proxy",
+            &format!("127.0.0.1:{ingress_port}"),
+            &format!("[::1]:{ingress_port}"),
+        ]);
+        sandbox.task().enter(&mut ingress);
+        as_identity(&mut ingress, uid, uid);
+        Ok(EbpfParts { _proxy: proxy, _ingress_proxy: Listener::spawn(ingress), bpffs, cgroup })
     }
 }
 

@@ -1,7 +1,7 @@
 //! eBPF mode as `intercept apply|remove|status --backend ebpf` runs it: the programs on the
-//! task's cgroup for egress, and, until the eBPF ingress programs exist, the iptables
-//! backend's ingress half ([`crate::plan::ebpf::iptables_ingress`]) in the task's network
-//! namespace for inbound connections. `remove` removes both.
+//! task's cgroup, and the `sk_lookup` program on the task's network namespace for inbound
+//! connections. No netfilter rule is installed. `remove` also removes the iptables ingress
+//! rules an older intercept installed in eBPF mode.
 //!
 //! The namespace (`--netns`, `--netns-pid`, default the current one) also gives the task's own
 //! addresses, the local destinations the programs leave alone; they are read on a thread that
@@ -9,6 +9,7 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -17,10 +18,10 @@ use super::{ApplyOptions, Contents, Logs, Outcome, Status, Target};
 use crate::backend::iptables::{self, Iptables, Mode};
 use crate::config::ProxyConfig;
 use crate::netns::{self, Netns};
-use crate::plan::ebpf::{EbpfPlan, iptables_ingress};
+use crate::plan::ebpf::EbpfPlan;
 
 /// Where eBPF mode works: a cgroup and its pins for the programs, a network namespace for
-/// the local addresses and the ingress rules.
+/// the local addresses and the `sk_lookup` program.
 #[derive(Debug, Clone)]
 pub struct Request {
     /// `--cgroup`: a path, or `auto`.
@@ -28,8 +29,12 @@ pub struct Request {
     /// `--bpffs`; default [`super::DEFAULT_BPFFS`].
     pub bpffs: Option<PathBuf>,
     pub netns: netns::Target,
-    /// `--iptables-mode`, for the ingress half.
+    /// `--iptables-mode`: for `remove`, to clean up the iptables ingress rules of an older
+    /// install.
     pub iptables_mode: Option<Mode>,
+    /// `--ingress-fallback app`: while the proxy has no listener, inbound connections to
+    /// AppPorts go to the app (default: refused).
+    pub ingress_fallback_to_app: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,13 +43,14 @@ pub enum Error {
     Ebpf(#[from] super::Error),
     #[error(transparent)]
     Netns(#[from] netns::Error),
-    #[error("inbound redirection (the iptables ingress rules eBPF mode uses until eBPF ingress exists): {0}")]
+    #[error("the iptables ingress rules of an older install: {0}")]
     Ingress(#[source] iptables::Error),
-    #[error(
-        "inbound redirection failed after the eBPF programs were updated; egress follows the new \
-         configuration, inbound the old one: run `intercept apply` again. {0}"
-    )]
-    IngressAfterUpdate(#[source] iptables::Error),
+    #[error("opening the {target}: {source}")]
+    NetnsFd {
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -70,8 +76,10 @@ pub struct ApplyReport {
     pub outcome: Outcome,
     /// The namespace's own addresses, local destinations for the programs.
     pub local_addresses: Vec<IpAddr>,
-    /// The iptables ingress half: installed, updated or removed (`None`: nothing to do).
-    pub ingress: Option<iptables::Report>,
+    /// ProxyIngressPort when ingress is configured.
+    pub ingress_port: Option<u16>,
+    /// The proxy's listeners already listening, found and put into the map (with ingress).
+    pub adopted: Option<super::Adopted>,
     /// With `--bpf-log`: the programs' events, as long as this lives.
     #[serde(skip)]
     pub logs: Option<Logs>,
@@ -130,10 +138,34 @@ impl ApplyReport {
         let _ = writeln!(out, "pins: {}", self.pin_dir.display());
         let addrs: Vec<String> = self.local_addresses.iter().map(ToString::to_string).collect();
         let _ = writeln!(out, "local addresses of the {}: {}", self.netns, addrs.join(", "));
-        match &self.ingress {
-            Some(report) => {
-                out.push_str("inbound: the iptables backend's ingress rules (until eBPF ingress exists)\n");
-                out.push_str(&report.render_text("apply"));
+        match self.ingress_port {
+            Some(port) => {
+                let _ = writeln!(
+                    out,
+                    "inbound: AppPorts steered by sk_lookup to the proxy's listener on port {port} (no netfilter rule)"
+                );
+                if let Some(adopted) = &self.adopted {
+                    match adopted.listeners.len() {
+                        0 if adopted.problems.is_empty() => {
+                            let _ = writeln!(
+                                out,
+                                "inbound: no process of the cgroup listens on port {port} yet; its listener is \
+                                 taken when it starts listening"
+                            );
+                        }
+                        0 => {}
+                        n => {
+                            let _ = writeln!(out, "inbound: {n} listener(s) on port {port} already open, taken");
+                        }
+                    }
+                    for problem in &adopted.problems {
+                        let _ = writeln!(
+                            out,
+                            "inbound: WARNING: {problem}: if this is the proxy, its open listener is not taken: \
+                             restart the proxy"
+                        );
+                    }
+                }
             }
             None => out.push_str("inbound: no ingress configured\n"),
         }
@@ -141,22 +173,19 @@ impl ApplyReport {
     }
 }
 
-/// Installs or updates eBPF mode: the programs (egress) first, then the ingress half. A first
-/// install whose ingress half fails is removed again: nothing is left behind.
+/// Installs or updates eBPF mode: the cgroup programs, and the `sk_lookup` program on the
+/// task's network namespace (attached whether or not ingress is configured: without
+/// ProxyIngressPort it steers nothing, and a re-apply that adds ingress only updates maps).
 pub fn apply(request: &Request, config: &ProxyConfig, options: ApplyOptions) -> Result<ApplyReport, Error> {
     let target = Target::new(&request.cgroup, request.bpffs.as_deref())?;
     let netns = Netns::open(request.netns.clone())?;
     let local_addresses = netns.run(super::local_addresses)??;
-    let applied = super::apply(&target, &EbpfPlan::new(config), &local_addresses, options)?;
-    let ingress = match sync_ingress(request, config) {
-        Ok(report) => report,
-        Err(e) if applied.outcome == Outcome::Installed => {
-            super::remove(&target)?;
-            return Err(Error::Ingress(e));
-        }
-        Err(e) if applied.outcome == Outcome::Unchanged => return Err(Error::Ingress(e)),
-        Err(e) => return Err(Error::IngressAfterUpdate(e)),
-    };
+    let netns_fd = netns.fd().map_err(|source| Error::NetnsFd { target: request.netns.to_string(), source })?;
+    let plan = EbpfPlan::new(config).with_ingress_fallback_to_app(request.ingress_fallback_to_app);
+    let applied = super::apply(&target, &plan, &local_addresses, netns_fd.as_fd(), options)?;
+    let ingress = config.ingress.as_ref().map(|i| i.proxy_port);
+    // Listeners that started before the programs were attached are not in the map yet.
+    let adopted = ingress.map(|port| super::adopt_listeners(&target, port)).transpose()?;
     Ok(ApplyReport {
         cgroup: target.cgroup.clone(),
         cgroup_id: target.cgroup_id,
@@ -164,22 +193,10 @@ pub fn apply(request: &Request, config: &ProxyConfig, options: ApplyOptions) -> 
         netns: request.netns.to_string(),
         outcome: applied.outcome,
         local_addresses,
-        ingress,
+        ingress_port: ingress,
+        adopted,
         logs: applied.logs,
     })
-}
-
-/// The ingress half as the configuration wants it: installed with ingress, removed without
-/// (where iptables is not even installed, there is nothing to remove).
-fn sync_ingress(request: &Request, config: &ProxyConfig) -> Result<Option<iptables::Report>, iptables::Error> {
-    match iptables_ingress(config) {
-        Some(plan) => Iptables::open(request.netns.clone(), request.iptables_mode)?.apply(&plan, false).map(Some),
-        None => match Iptables::open(request.netns.clone(), request.iptables_mode) {
-            Ok(iptables) => iptables.remove(false).map(Some),
-            Err(iptables::Error::MissingProgram { .. }) => Ok(None),
-            Err(e) => Err(e),
-        },
-    }
 }
 
 /// What `remove` did.
@@ -192,6 +209,7 @@ pub struct RemoveReport {
     pub removed: bool,
     /// Cgroups that no longer exist whose pins were removed too (see [`super::prune`]).
     pub pruned: Vec<u64>,
+    /// The iptables ingress rules an older intercept installed in eBPF mode, removed.
     pub ingress: Option<iptables::Report>,
 }
 
@@ -222,7 +240,7 @@ impl RemoveReport {
 
 /// Removes the programs and their pins, then the pins of cgroups that no longer exist (a
 /// task's cgroup goes when the task ends, and its pins would keep the maps alive), then the
-/// iptables ingress half. Idempotent; a `--cgroup` that is gone is not an error.
+/// iptables ingress rules an older intercept installed in eBPF mode. Idempotent; a `--cgroup` that is gone is not an error.
 pub fn remove(request: &Request) -> Result<RemoveReport, Error> {
     let bpffs = request.bpffs.clone().unwrap_or_else(|| PathBuf::from(super::DEFAULT_BPFFS));
     let (cgroup, cgroup_exists, removed) = match Target::new(&request.cgroup, Some(&bpffs)) {
@@ -245,18 +263,17 @@ pub fn remove(request: &Request) -> Result<RemoveReport, Error> {
     Ok(RemoveReport { cgroup, cgroup_exists, removed, pruned, ingress })
 }
 
-/// `status`: both halves, and whether they are what the configuration (when given) asks for.
+/// `status`: the programs (the `sk_lookup` one included) and their counters, and whether they
+/// are what the configuration (when given) asks for.
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
     pub cgroup: PathBuf,
     pub pin_dir: PathBuf,
     /// `None`: nothing installed for the cgroup.
     pub ebpf: Option<Status>,
-    /// The iptables rules in the namespace; `None` where iptables is not installed.
-    pub ingress: Option<iptables::Status>,
     /// The programs are pinned and all attached.
     pub installed: bool,
-    /// Whether both halves are exactly what the configuration asks for; `None` without one.
+    /// Whether the maps hold exactly what the configuration asks for; `None` without one.
     pub matches: Option<bool>,
     /// Why it is not installed or does not match, one line each.
     pub reasons: Vec<String>,
@@ -276,9 +293,6 @@ impl StatusReport {
                 let _ = writeln!(out, "eBPF backend: cgroup {}: nothing installed", self.cgroup.display());
             }
         }
-        if let Some(ingress) = &self.ingress {
-            render_ingress(&mut out, ingress);
-        }
         out.push('\n');
         let verdict = match (self.installed, self.matches) {
             (true, Some(true)) => "installed, and matches the configuration",
@@ -291,31 +305,6 @@ impl StatusReport {
             let _ = writeln!(out, "  - {reason}");
         }
         out
-    }
-}
-
-/// The iptables rules with their counters. The iptables status's own verdict is left out: it
-/// judges by the egress chain, which eBPF mode never installs.
-fn render_ingress(out: &mut String, status: &iptables::Status) {
-    let _ = writeln!(out, "\ninbound: the iptables ingress rules, {} in the {}", status.mode, status.target);
-    for family in &status.families {
-        let label = match family.family {
-            crate::plan::iptables::Family::Ipv4 => "IPv4",
-            crate::plan::iptables::Family::Ipv6 => "IPv6",
-        };
-        if !family.readable {
-            let _ = writeln!(out, "  {label}: the nat table cannot be read");
-            continue;
-        }
-        let rules: Vec<_> = family.jumps.iter().chain(family.chains.iter().flat_map(|c| &c.rules)).collect();
-        if rules.is_empty() {
-            let _ = writeln!(out, "  {label}: no rules of intercept's");
-            continue;
-        }
-        let _ = writeln!(out, "  {label}, nat table:\n  {:>10} {:>12}  rule", "packets", "bytes");
-        for rule in rules {
-            let _ = writeln!(out, "  {:>10} {:>12}  {}", rule.packets, rule.bytes, rule.rule);
-        }
     }
 }
 
@@ -336,63 +325,20 @@ pub fn status(request: &Request, config: Option<&ProxyConfig>) -> Result<StatusR
         }
     };
     let netns = Netns::open(request.netns.clone())?;
-    let ingress_plan = config.and_then(iptables_ingress);
-    let ingress = match Iptables::open(request.netns.clone(), request.iptables_mode) {
-        Ok(iptables) => Some(iptables.status(ingress_plan.as_ref()).map_err(Error::Ingress)?),
-        Err(iptables::Error::MissingProgram { .. }) => None,
-        Err(e) => return Err(Error::Ingress(e)),
-    };
     let matches = match config {
         None => None,
         Some(config) => {
             let mut matches = true;
             if let Some(status) = &ebpf {
                 let local = netns.run(super::local_addresses)??;
-                let want = Contents::desired(&EbpfPlan::new(config), &local)?;
+                let plan = EbpfPlan::new(config).with_ingress_fallback_to_app(request.ingress_fallback_to_app);
+                let want = Contents::desired(&plan, &local)?;
                 let drift = status.contents.drift(&want);
                 matches &= drift.is_empty();
                 reasons.extend(drift);
             }
-            matches &= ingress_matches(ingress_plan.is_some(), ingress.as_ref(), &mut reasons);
             Some(matches && ebpf.is_some())
         }
     };
-    Ok(StatusReport {
-        cgroup: target.cgroup.clone(),
-        pin_dir: target.pin_dir(),
-        ebpf,
-        ingress,
-        installed,
-        matches,
-        reasons,
-    })
-}
-
-/// Whether the iptables rules are the ingress half the configuration asks for (none without
-/// ingress). The iptables status judges "installed" by its egress chain, which eBPF mode never
-/// installs; only its comparison with the plan counts here.
-fn ingress_matches(wanted: bool, ingress: Option<&iptables::Status>, reasons: &mut Vec<String>) -> bool {
-    match (wanted, ingress) {
-        (true, None) => {
-            reasons.push("ingress is configured, but iptables is not installed for its rules".to_owned());
-            false
-        }
-        (true, Some(status)) => {
-            let drift: Vec<String> = status.reasons.iter().skip(usize::from(!status.installed)).cloned().collect();
-            let ok = status.matches == Some(true);
-            if !ok {
-                reasons.extend(drift.into_iter().map(|r| format!("inbound (iptables): {r}")));
-            }
-            ok
-        }
-        (false, None) => true,
-        (false, Some(status)) => {
-            let any = status.families.iter().any(|f| !f.chains.is_empty() || !f.jumps.is_empty());
-            if any {
-                reasons
-                    .push("iptables rules of intercept are installed, but the configuration has no ingress".to_owned());
-            }
-            !any
-        }
-    }
+    Ok(StatusReport { cgroup: target.cgroup.clone(), pin_dir: target.pin_dir(), ebpf, installed, matches, reasons })
 }

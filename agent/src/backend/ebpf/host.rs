@@ -307,6 +307,48 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
 /// `bpf(BPF_OBJ_GET_INFO_BY_FD)` on a cgroup link: the id of the cgroup it is attached to,
 /// 0 once the kernel has detached it because the cgroup is gone.
 pub fn link_cgroup_id(link: BorrowedFd<'_>) -> io::Result<u64> {
+    const BPF_LINK_TYPE_CGROUP: u32 = 3;
+    let (link_type, target) = link_target(link)?;
+    if link_type != BPF_LINK_TYPE_CGROUP {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("link type {link_type} is not cgroup")));
+    }
+    Ok(target)
+}
+
+/// `bpf(BPF_OBJ_GET_INFO_BY_FD)` on a network namespace link: the inode of the namespace it is
+/// attached to, 0 once detached (the namespace is gone, or the link was detached).
+pub fn link_netns_ino(link: BorrowedFd<'_>) -> io::Result<u32> {
+    const BPF_LINK_TYPE_NETNS: u32 = 5;
+    let (link_type, target) = link_target(link)?;
+    if link_type != BPF_LINK_TYPE_NETNS {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("link type {link_type} is not netns")));
+    }
+    // The union's netns member starts with `__u32 netns_ino` (little-endian hosts).
+    Ok(target as u32)
+}
+
+/// `bpf(BPF_LINK_DETACH)`: detaches a link from its target at once; the link object stays
+/// (detached) as long as something holds it.
+pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    #[repr(C)]
+    struct DetachAttr {
+        link_fd: u32,
+        _pad: u32,
+    }
+    let attr = DetachAttr { link_fd: link.as_raw_fd() as u32, _pad: 0 };
+    // SAFETY: attr is a valid bpf_attr for BPF_LINK_DETACH and lives across the call.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, &attr as *const DetachAttr, size_of::<DetachAttr>() as u32)
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A link's type and the first 8 bytes of its type-specific info (`struct bpf_link_info`).
+fn link_target(link: BorrowedFd<'_>) -> io::Result<(u32, u64)> {
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     /// `struct bpf_link_info` up to its cgroup member (the union starts 8-byte aligned).
     #[repr(C)]
@@ -326,7 +368,6 @@ pub fn link_cgroup_id(link: BorrowedFd<'_>) -> io::Result<u64> {
         info_len: u32,
         info: u64,
     }
-    const BPF_LINK_TYPE_CGROUP: u32 = 3;
     let mut info = LinkInfo::default();
     let attr = InfoAttr {
         bpf_fd: link.as_raw_fd() as u32,
@@ -341,10 +382,62 @@ pub fn link_cgroup_id(link: BorrowedFd<'_>) -> io::Result<u64> {
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
-    if info.link_type != BPF_LINK_TYPE_CGROUP {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("link type {} is not cgroup", info.link_type)));
+    Ok((info.link_type, info.cgroup_id))
+}
+
+/// The TCP listening sockets of process `pid` bound to `port`: `(fd in the process, a
+/// duplicate here, whether it is AF_INET6)`. Duplicates with `pidfd_getfd(2)`.
+pub fn listeners_of(pid: u32, port: u16) -> io::Result<Vec<(i32, OwnedFd, bool)>> {
+    let fd_dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    let mut sockets = Vec::new();
+    for entry in fs::read_dir(&fd_dir)? {
+        let entry = entry?;
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        // Only sockets ("socket:[inode]"); a descriptor closed meanwhile is skipped.
+        if fs::read_link(entry.path()).is_ok_and(|target| target.as_os_str().as_bytes().starts_with(b"socket:")) {
+            sockets.push(fd);
+        }
     }
-    Ok(info.cgroup_id)
+    if sockets.is_empty() {
+        return Ok(Vec::new());
+    }
+    // SAFETY: pidfd_open takes a pid and flags; the returned fd is owned below.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if pidfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    let mut found = Vec::new();
+    for fd in sockets {
+        // SAFETY: pidfd_getfd takes a pidfd, a descriptor number of that process and flags.
+        let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+        if dup < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EBADF) {
+                continue;
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let socket = unsafe { OwnedFd::from_raw_fd(dup as RawFd) };
+        use nix::sys::socket::{SockaddrStorage, getsockname, getsockopt, sockopt};
+        let listening = getsockopt(&socket, sockopt::AcceptConn).unwrap_or(false);
+        let tcp = getsockopt(&socket, sockopt::SockType).is_ok_and(|t| t == nix::sys::socket::SockType::Stream);
+        if !listening || !tcp {
+            continue;
+        }
+        let Ok(addr) = getsockname::<SockaddrStorage>(socket.as_raw_fd()) else { continue };
+        let (bound, v6) = match (addr.as_sockaddr_in(), addr.as_sockaddr_in6()) {
+            (Some(v4), _) => (v4.port(), false),
+            (_, Some(v6)) => (v6.port(), true),
+            _ => continue,
+        };
+        if bound == port {
+            found.push((fd, socket, v6));
+        }
+    }
+    Ok(found)
 }
 
 /// `bpf(BPF_OBJ_PIN)`: pins the bpf object `fd` (here a link) at `path` on a bpffs.
