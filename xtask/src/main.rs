@@ -10,6 +10,8 @@
 //! - `bench`: setup, then the benchmark of every backend against no interception and the
 //!   reference rule shape, in a private sandbox; writes `docs/performance.md` and
 //!   `docs/perf/` (`--quick`: a reduced matrix, written to `target/bench/`).
+//! - `soak --minutes N`: setup, then the differential test (every backend against the
+//!   decision model on random configurations) for N minutes.
 
 mod bench;
 mod setup;
@@ -52,6 +54,12 @@ enum Task {
     Bench {
         #[arg(long)]
         quick: bool,
+    },
+    /// Setup, then the differential test (every backend against the decision model on random
+    /// configurations and connections, as root) for MINUTES instead of one batch.
+    Soak {
+        #[arg(long, value_name = "MINUTES")]
+        minutes: u64,
     },
 }
 
@@ -109,6 +117,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Test => test(&ws),
         Task::Demo { args } => demo(&ws, &args),
         Task::Bench { quick } => bench::run(&ws, quick),
+        Task::Soak { minutes } => soak(&ws, minutes),
     }
 }
 
@@ -212,6 +221,20 @@ fn demo(ws: &Workspace, args: &[String]) -> Result<ExitCode> {
     let status = cmd.status().with_context(|| format!("run {}", display(&cmd)))?;
     // The demo's own exit status is the answer; pass it on.
     Ok(status.code().and_then(|code| u8::try_from(code).ok()).map_or(ExitCode::FAILURE, ExitCode::from))
+}
+
+fn soak(ws: &Workspace, minutes: u64) -> Result<ExitCode> {
+    setup::run(ws)?;
+    if !setup::is_root() {
+        bail!("the soak applies every backend in sandbox namespaces and a test cgroup: run it as root");
+    }
+    step(&format!("soak: the differential test for {minutes} minute(s)"));
+    let mut cmd = ws.cargo();
+    // Set so that a missing privilege fails instead of skipping.
+    cmd.env("CI", "true").env("INTERCEPT_SOAK_SECONDS", (minutes * 60).to_string());
+    cmd.args(["test", "--package", "intercept-tests", "--test", "differential", "--", "--nocapture"]);
+    run_cmd(&mut cmd)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Announces a step.
