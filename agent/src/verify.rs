@@ -165,6 +165,23 @@ impl Installation {
         }
     }
 
+    /// The name (in `counters`) of the counter a connection to `destination` moves when the
+    /// exemption `exempt` leaves it alone.
+    fn exemption_counter(&self, counters: &Counters, exempt: Exempt, destination: IpAddr) -> Option<String> {
+        let (ebpf_counter, owner, meta) = match exempt {
+            Exempt::Uid(uid) => (Counter::IgnoredUid, format!("--uid-owner {uid} "), format!("meta skuid {uid} ")),
+            Exempt::Gid(gid) => (Counter::IgnoredGid, format!("--gid-owner {gid} "), format!("meta skgid {gid} ")),
+        };
+        let (prefix, needle) = match self {
+            Installation::Iptables(_) => {
+                (format!("{} -A {} ", family_label(destination), iptables_plan::EGRESS_CHAIN), owner)
+            }
+            Installation::Nftables(_) => (format!("{}: {meta}", nftables_plan::EGRESS_CHAIN), String::new()),
+            Installation::Ebpf(_) => return Some(ebpf_counter.name().to_owned()),
+        };
+        counters.keys().find(|name| name.starts_with(&prefix) && name.contains(&needle)).cloned()
+    }
+
     /// The name (in [`Installation::counters`]) of the counter a redirected connection to
     /// `destination` moves.
     fn redirect_counter(&self, destination: IpAddr) -> String {
@@ -305,8 +322,24 @@ pub struct ProbePlan {
     /// A TEST-NET address per family intercepted, at a port that is not ignored.
     pub destinations: Vec<SocketAddr>,
     pub workload: Identity,
-    /// `IgnoredUID 1337` / `IgnoredGID 1338` and the identity that has it.
-    pub ignored: Vec<(String, Identity)>,
+    /// Each exemption by identity, and an identity that has it (and no other).
+    pub ignored: Vec<(Exempt, Identity)>,
+}
+
+/// An exemption by identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exempt {
+    Uid(u32),
+    Gid(u32),
+}
+
+impl std::fmt::Display for Exempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exempt::Uid(uid) => write!(f, "IgnoredUID {uid}"),
+            Exempt::Gid(gid) => write!(f, "IgnoredGID {gid}"),
+        }
+    }
 }
 
 impl ProbePlan {
@@ -339,10 +372,10 @@ impl ProbePlan {
         let workload = Identity { uid: pick(config.ignored_uid), gid: pick(config.ignored_gid) };
         let mut ignored = Vec::new();
         if let Some(uid) = config.ignored_uid {
-            ignored.push((format!("IgnoredUID {uid}"), Identity { uid, gid: workload.gid }));
+            ignored.push((Exempt::Uid(uid), Identity { uid, gid: workload.gid }));
         }
         if let Some(gid) = config.ignored_gid {
-            ignored.push((format!("IgnoredGID {gid}"), Identity { uid: workload.uid, gid }));
+            ignored.push((Exempt::Gid(gid), Identity { uid: workload.uid, gid }));
         }
         Ok(ProbePlan { egress_port: config.proxy_egress_port, listen, destinations, workload, ignored })
     }
@@ -543,11 +576,11 @@ pub fn verify(
                 last = now;
             }
         }
-        for (label, identity) in &plan.ignored {
-            let check = format!("{label} (uid {} gid {}) dials {destination}", identity.uid, identity.gid);
+        for &(exempt, identity) in &plan.ignored {
+            let check = format!("{exempt} (uid {} gid {}) dials {destination}", identity.uid, identity.gid);
             let left = deadline.saturating_duration_since(Instant::now());
             let wait = IGNORED_WAIT.min(left.saturating_sub(PROBE_SLACK));
-            let Some(outcome) = probes.run(listen, destination, *identity, wait, deadline)? else {
+            let Some(outcome) = probes.run(listen, destination, identity, wait, deadline)? else {
                 report.push(timed_out(&check, timeout));
                 break 'probes;
             };
@@ -556,12 +589,27 @@ pub fn verify(
                 report.push(timed_out(&check, timeout));
                 break 'probes;
             }
-            let redirected = match method {
-                Method::Listener => outcome.accepted.is_some(),
-                Method::Counters => outcome.connected,
-            };
-            let expected = format!("not redirected: nothing answers at ProxyEgressPort {}", plan.egress_port);
-            report.push(Check::new(check, expected, outcome.describe(), !redirected));
+            match method {
+                Method::Listener => {
+                    let expected = format!("not redirected: nothing arrives at ProxyEgressPort {}", plan.egress_port);
+                    report.push(Check::new(check, expected, outcome.describe(), outcome.accepted.is_none()));
+                }
+                Method::Counters => {
+                    // The connection itself cannot tell the proxy from a server at the address:
+                    // the exemption's own counter can.
+                    let now = installation.counters()?;
+                    let Some(name) = installation.exemption_counter(&now, exempt, destination.ip()) else {
+                        report.push(Check::new(check, format!("a counter for {exempt}"), "none installed", false));
+                        last = now;
+                        continue;
+                    };
+                    let (was, is) = (last.get(&name).copied().unwrap_or(0), now.get(&name).copied().unwrap_or(0));
+                    let expected = format!("not redirected: counter `{name}` grows");
+                    let observed = format!("{}; `{name}` {was} -> {is}", outcome.describe());
+                    report.push(Check::new(check, expected, observed, is > was));
+                    last = now;
+                }
+            }
         }
     }
     let after = installation.counters()?;

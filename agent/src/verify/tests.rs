@@ -44,7 +44,7 @@ fn the_probe_plan_dials_test_net_as_a_workload_and_as_each_ignored_identity() {
     assert_eq!(plan.listen, ["127.0.0.1:15001".parse().unwrap(), "[::1]:15001".parse().unwrap()]);
     assert_eq!(plan.destinations, ["192.0.2.1:80".parse().unwrap(), "[2001:db8::1]:80".parse().unwrap()]);
     assert_eq!(plan.workload, Identity { uid: 65534, gid: 65534 });
-    assert_eq!(plan.ignored, [("IgnoredUID 1337".to_owned(), Identity { uid: 1337, gid: 65534 })]);
+    assert_eq!(plan.ignored, [(Exempt::Uid(1337), Identity { uid: 1337, gid: 65534 })]);
 }
 
 #[test]
@@ -62,8 +62,8 @@ fn the_probe_plan_avoids_what_the_configuration_ignores() {
     assert_eq!(
         plan.ignored,
         [
-            ("IgnoredUID 65534".to_owned(), Identity { uid: 65534, gid: 65533 }),
-            ("IgnoredGID 65534".to_owned(), Identity { uid: 65533, gid: 65534 }),
+            (Exempt::Uid(65534), Identity { uid: 65534, gid: 65533 }),
+            (Exempt::Gid(65534), Identity { uid: 65533, gid: 65534 }),
         ]
     );
 }
