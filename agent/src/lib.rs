@@ -12,6 +12,6 @@ pub mod model;
 pub mod netns;
 pub mod plan;
 pub mod report;
-pub mod verify;
 #[cfg(test)]
 mod testdata;
+pub mod verify;

@@ -311,7 +311,9 @@ fn verify_command(
     format: Format,
 ) -> Result<ExitCode> {
     if !config_given(config) {
-        eprintln!("error: verify needs the configuration to verify (--task-definition, --proxy-configuration, --from-env or the property flags)");
+        eprintln!(
+            "error: verify needs the configuration to verify (--task-definition, --proxy-configuration, --from-env or the property flags)"
+        );
         return Ok(ExitCode::from(EXIT_BAD_INPUT));
     }
     let validated = match config.read().and_then(|input| validate(&input.raw)) {

@@ -244,10 +244,9 @@ fn iptables_ingress(status: &iptables::Status, port: u16) -> (bool, String) {
             iptables_plan::Family::Ipv4 => "IPv4",
             iptables_plan::Family::Ipv6 => "IPv6",
         };
-        let jump = family
-            .jumps
-            .iter()
-            .any(|r| r.rule.starts_with("-A PREROUTING") && r.rule.ends_with(&format!("-j {}", iptables_plan::INGRESS_CHAIN)));
+        let jump = family.jumps.iter().any(|r| {
+            r.rule.starts_with("-A PREROUTING") && r.rule.ends_with(&format!("-j {}", iptables_plan::INGRESS_CHAIN))
+        });
         let redirect = family.chains.iter().any(|c| {
             c.name == iptables_plan::INGRESS_CHAIN
                 && c.rules.iter().any(|r| r.rule.contains(&format!("-j REDIRECT --to-ports {port}")))
@@ -288,8 +287,7 @@ fn nftables_ingress(status: &nftables::Status, port: u16) -> (bool, String) {
 }
 
 fn ebpf_ingress(status: Option<&ebpf::Status>, port: u16) -> (bool, String) {
-    let attached = status
-        .is_some_and(|s| s.programs.iter().any(|p| p.program == Program::SkLookup && p.attached));
+    let attached = status.is_some_and(|s| s.programs.iter().any(|p| p.program == Program::SkLookup && p.attached));
     let configured = status.is_some_and(|s| s.contents.config.proxy_ingress_port == port);
     (
         attached && configured,
@@ -368,7 +366,8 @@ impl ProbePlan {
             destinations.push(SocketAddr::new(v6, port));
             listen.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), config.proxy_egress_port));
         }
-        let pick = |ignored: Option<u32>| (0..=WORKLOAD_ID).rev().find(|&id| Some(id) != ignored).unwrap_or(WORKLOAD_ID);
+        let pick =
+            |ignored: Option<u32>| (0..=WORKLOAD_ID).rev().find(|&id| Some(id) != ignored).unwrap_or(WORKLOAD_ID);
         let workload = Identity { uid: pick(config.ignored_uid), gid: pick(config.ignored_gid) };
         let mut ignored = Vec::new();
         if let Some(uid) = config.ignored_uid {
@@ -531,16 +530,20 @@ pub fn verify(
     let plan = match ProbePlan::new(config) {
         Ok(plan) => plan,
         Err(why) => {
-            report.push(Check::new("a destination to dial", "a TEST-NET address and port that are not ignored", why, false));
+            report.push(Check::new(
+                "a destination to dial",
+                "a TEST-NET address and port that are not ignored",
+                why,
+                false,
+            ));
             return Ok(report.finish());
         }
     };
     let before = installation.counters()?;
     let probes = Probes::new(&netns, inspection.cgroup.as_deref())?;
-    let busy = netns.run(|| busy_addresses(&plan.listen))?.map_err(|source| Error::Io {
-        op: "trying to bind ProxyEgressPort on loopback",
-        source,
-    })?;
+    let busy = netns
+        .run(|| busy_addresses(&plan.listen))?
+        .map_err(|source| Error::Io { op: "trying to bind ProxyEgressPort on loopback", source })?;
     let method = if busy.is_empty() { Method::Listener } else { Method::Counters };
     report.method = Some(method);
     let listen: &[SocketAddr] = if method == Method::Listener { &plan.listen } else { &[] };
@@ -549,12 +552,14 @@ pub fn verify(
     'probes: for &destination in &plan.destinations {
         let identity = plan.workload;
         let check = format!("workload (uid {} gid {}) dials {destination}", identity.uid, identity.gid);
-        let Some(outcome) = probes.run(listen, destination, identity, deadline.saturating_duration_since(Instant::now()), deadline)?
+        let Some(outcome) =
+            probes.run(listen, destination, identity, deadline.saturating_duration_since(Instant::now()), deadline)?
         else {
             report.push(timed_out(&check, timeout));
             break 'probes;
         };
-        let loopback = if destination.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) };
+        let loopback =
+            if destination.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) };
         match method {
             Method::Listener => {
                 let expected = format!(
@@ -570,7 +575,8 @@ pub fn verify(
                 let now = installation.counters()?;
                 let name = installation.redirect_counter(destination.ip());
                 let (was, is) = (last.get(&name).copied().unwrap_or(0), now.get(&name).copied().unwrap_or(0));
-                let expected = format!("connects to the proxy on ProxyEgressPort {}; counter `{name}` grows", plan.egress_port);
+                let expected =
+                    format!("connects to the proxy on ProxyEgressPort {}; counter `{name}` grows", plan.egress_port);
                 let observed = format!("{}; `{name}` {was} -> {is}", outcome.describe());
                 report.push(Check::new(check, expected, observed, outcome.connected && is > was));
                 last = now;
@@ -703,12 +709,16 @@ impl<'a> Probes<'a> {
                 Err(source) => return Err(Error::Io { op: "waiting for a probe process", source }),
             }
         }
-        let output =
-            child.wait_with_output().map_err(|source| Error::Io { op: "reading a probe's answer", source })?;
+        let output = child.wait_with_output().map_err(|source| Error::Io { op: "reading a probe's answer", source })?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         let outcome: ProbeOutcome = serde_json::from_str(stdout.trim()).map_err(|e| Error::Probe {
             probe: probe.clone(),
-            message: format!("{} ({e}): {}{}", output.status, stdout.trim(), String::from_utf8_lossy(&output.stderr).trim()),
+            message: format!(
+                "{} ({e}): {}{}",
+                output.status,
+                stdout.trim(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
         })?;
         if let Some(message) = outcome.error {
             return Err(Error::Probe { probe, message });
@@ -776,7 +786,13 @@ pub struct Accepted {
 
 impl ProbeOutcome {
     fn failed(message: String) -> ProbeOutcome {
-        ProbeOutcome { error: Some(message), connected: false, timed_out: false, connect: String::new(), accepted: None }
+        ProbeOutcome {
+            error: Some(message),
+            connected: false,
+            timed_out: false,
+            connect: String::new(),
+            accepted: None,
+        }
     }
 
     fn describe(&self) -> String {
@@ -821,10 +837,23 @@ fn probe(args: &ProbeArgs) -> ProbeOutcome {
     let timeout = Duration::from_millis(args.connect_timeout_ms.max(1));
     let stream = TcpStream::connect_timeout(&args.dial, timeout);
     let (connected, timed_out, connect) = match &stream {
-        Ok(s) => (true, false, format!("connected (from {})", s.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()))),
+        Ok(s) => (
+            true,
+            false,
+            format!("connected (from {})", s.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string())),
+        ),
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
             (false, true, format!("no answer within {} ms", timeout.as_millis()))
         }
+        Err(e) if e.raw_os_error() == Some(libc::ENETUNREACH) => (
+            false,
+            false,
+            format!(
+                "connect failed: no route to {} (netfilter redirects after routing: the namespace needs a route \
+                 to it, e.g. a default route)",
+                args.dial.ip()
+            ),
+        ),
         Err(e) => (false, false, format!("connect failed: {e}")),
     };
     let accepted = match &stream {
@@ -874,7 +903,12 @@ fn original_destination(stream: &TcpStream, listener: SocketAddr) -> nix::Result
         }
         SocketAddr::V6(_) => {
             let sin6 = getsockopt(&fd, sockopt::Ip6tOriginalDst)?;
-            SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(sin6.sin6_addr.s6_addr), u16::from_be(sin6.sin6_port), 0, 0))
+            SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                0,
+                0,
+            ))
         }
     })
 }

@@ -141,7 +141,8 @@ fn netfilter(bin: &Path, backend: &str) {
     assert_eq!((json["verified"].as_bool(), json["method"].as_str()), (Some(true), Some("listener")), "{stdout}");
 
     // Drift: verify is told another ProxyEgressPort than the one installed.
-    let (code, stdout, _) = run(bin, &args("verify", &target, &[&seed[..], &["--proxy-egress-port", "15002"]].concat()));
+    let (code, stdout, _) =
+        run(bin, &args("verify", &target, &[&seed[..], &["--proxy-egress-port", "15002"]].concat()));
     assert_eq!(code, 3, "drift: {stdout}");
     assert!(stdout.contains("FAIL  matches the configuration"), "{stdout}");
 
@@ -149,7 +150,10 @@ fn netfilter(bin: &Path, backend: &str) {
     {
         let _proxy = Listeners::start(
             sandbox.task(),
-            &[(Role::EgressProxy, "0.0.0.0:15001".parse().unwrap()), (Role::EgressProxy, "[::]:15001".parse().unwrap())],
+            &[
+                (Role::EgressProxy, "0.0.0.0:15001".parse().unwrap()),
+                (Role::EgressProxy, "[::]:15001".parse().unwrap()),
+            ],
         );
         let (code, stdout, stderr) = run(bin, &args("verify", &target, &seed));
         assert_eq!(code, 0, "verify with the proxy running: {stdout}{stderr}");
@@ -236,7 +240,8 @@ fn verify_ebpf_with_the_port_free() {
     assert_port_left_free(sandbox.task());
     assert_eq!(cgroup.pids().unwrap(), Vec::<u32>::new(), "no probe process is left in the cgroup");
 
-    let (code, stdout, _) = run(&bin, &args("verify", &target, &[&seed[..], &["--proxy-egress-port", "15002"]].concat()));
+    let (code, stdout, _) =
+        run(&bin, &args("verify", &target, &[&seed[..], &["--proxy-egress-port", "15002"]].concat()));
     assert_eq!(code, 3, "drift: {stdout}");
     assert!(stdout.contains("FAIL  matches the configuration") && stdout.contains("15002"), "{stdout}");
 
