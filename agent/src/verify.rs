@@ -166,20 +166,20 @@ impl Installation {
     }
 
     /// The name (in `counters`) of the counter a connection to `destination` moves when the
-    /// exemption `exempt` leaves it alone.
+    /// exemption `exempt` leaves it alone; `None` when no such counter is installed.
     fn exemption_counter(&self, counters: &Counters, exempt: Exempt, destination: IpAddr) -> Option<String> {
-        let (ebpf_counter, owner, meta) = match exempt {
-            Exempt::Uid(uid) => (Counter::IgnoredUid, format!("--uid-owner {uid} "), format!("meta skuid {uid} ")),
-            Exempt::Gid(gid) => (Counter::IgnoredGid, format!("--gid-owner {gid} "), format!("meta skgid {gid} ")),
+        let ebpf_counter = match exempt {
+            Exempt::Uid(_) => Counter::IgnoredUid,
+            Exempt::Gid(_) => Counter::IgnoredGid,
         };
-        let (prefix, needle) = match self {
-            Installation::Iptables(_) => {
-                (format!("{} -A {} ", family_label(destination), iptables_plan::EGRESS_CHAIN), owner)
-            }
-            Installation::Nftables(_) => (format!("{}: {meta}", nftables_plan::EGRESS_CHAIN), String::new()),
+        let prefix = match self {
+            Installation::Iptables(_) => format!("{} {}", family_label(destination), iptables_plan::EGRESS_CHAIN),
+            Installation::Nftables(_) => nftables_plan::EGRESS_CHAIN.to_owned(),
             Installation::Ebpf(_) => return Some(ebpf_counter.name().to_owned()),
         };
-        counters.keys().find(|name| name.starts_with(&prefix) && name.contains(&needle)).cloned()
+        // The rule's comment, as the plan writes it.
+        let name = format!("{prefix}: never redirect {exempt}");
+        counters.contains_key(&name).then_some(name)
     }
 
     /// The name (in [`Installation::counters`]) of the counter a redirected connection to
@@ -205,14 +205,14 @@ fn iptables_counters(status: &iptables::Status) -> Counters {
             iptables_plan::Family::Ipv6 => "IPv6",
         };
         for rule in &family.jumps {
-            out.insert(format!("{label} {}", rule.rule), rule.packets);
+            out.insert(format!("{label} {}", rule_name(&rule.rule)), rule.packets);
         }
         for chain in &family.chains {
             for rule in &chain.rules {
                 let name = if chain.name == iptables_plan::EGRESS_CHAIN && rule.rule.contains("-j REDIRECT") {
                     format!("{label} egress redirect")
                 } else {
-                    format!("{label} {}", rule.rule)
+                    format!("{label} {}: {}", chain.name, rule_name(&rule.rule))
                 };
                 out.insert(name, rule.packets);
             }
@@ -228,12 +228,22 @@ fn nftables_counters(status: &nftables::Status) -> Counters {
             let name = if chain.name == nftables_plan::EGRESS_CHAIN && rule.rule.contains("redirect to") {
                 "egress redirect".to_owned()
             } else {
-                format!("{}: {}", chain.name, rule.rule)
+                format!("{}: {}", chain.name, rule_name(&rule.rule))
             };
             out.insert(name, rule.packets);
         }
     }
     out
+}
+
+/// A rule's name in the counters: its comment (every rule intercept installs has one, and the
+/// drift check has shown they are intercept's), else the whole rule.
+fn rule_name(rule: &str) -> &str {
+    const MARK: &str = "comment \"intercept: ";
+    rule.find(MARK)
+        .map(|at| &rule[at + MARK.len()..])
+        .and_then(|rest| rest.split_once('"'))
+        .map_or(rule, |(comment, _)| comment)
 }
 
 fn iptables_ingress(status: &iptables::Status, port: u16) -> (bool, String) {

@@ -26,8 +26,9 @@ const CLIENT: &str = env!("CARGO_BIN_EXE_intercept-test-client");
 const PROBE: &str = env!("CARGO_BIN_EXE_intercept-ebpf-probe");
 const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/ec2-taskB.json");
 const EGRESS_PORT: u16 = 15001;
-/// The seed's IgnoredUID.
+/// The seed's IgnoredUID, and the IgnoredGID the tests add to it.
 const IGNORED_UID: u32 = 1337;
+const IGNORED_GID: &str = "1338";
 const TEST_NET: [&str; 2] = ["192.0.2.1", "2001:db8::1"];
 
 fn run(bin: &Path, args: &[String]) -> (i32, String, String) {
@@ -84,15 +85,19 @@ fn drop_test_net(remote: &Netns) {
     remote.exec("ip6tables-nft", &["-A", "INPUT", "-p", "tcp", "-d", TEST_NET[1], "-j", "DROP"]);
 }
 
-/// `--timeout 1s` while the seed's ignored-identity probes (one per family, up to 1 s each)
+/// `--timeout 1s` while the ignored-identity probes (two per family, up to 1 s each)
 /// wait: verify stops at the deadline and says so.
 fn assert_timeout_honoured(bin: &Path, target: &[String]) {
     let started = Instant::now();
-    let (code, stdout, stderr) = run(bin, &args("verify", target, &["--task-definition", SEED, "--timeout", "1s"]));
+    let (code, stdout, stderr) = run(
+        bin,
+        &args("verify", target, &["--task-definition", SEED, "--ignored-gid", IGNORED_GID, "--timeout", "1s"]),
+    );
     let elapsed = started.elapsed();
     assert_eq!(code, 3, "timed out: {stdout}{stderr}");
     assert!(stdout.contains("within --timeout") && stdout.contains("timed out"), "{stdout}");
-    assert!(elapsed < Duration::from_millis(1900), "verify --timeout 1s took {elapsed:?}");
+    // Without the deadline the ignored-identity probes alone would wait 4 s and pass.
+    assert!(elapsed < Duration::from_secs(2), "verify --timeout 1s took {elapsed:?}");
 }
 
 /// The cases shared by the netfilter backends.
@@ -100,7 +105,7 @@ fn netfilter(bin: &Path, backend: &str) {
     let sandbox = sandbox();
     let netns = sandbox.task().path().display().to_string();
     let target: Vec<String> = ["--backend", backend, "--netns", &netns].map(str::to_owned).to_vec();
-    let seed = ["--task-definition", SEED];
+    let seed = ["--task-definition", SEED, "--ignored-gid", IGNORED_GID];
 
     // Nothing installed.
     let (code, stdout, stderr) = run(bin, &args("verify", &target, &seed));
@@ -131,6 +136,7 @@ fn netfilter(bin: &Path, backend: &str) {
         assert!(stdout.contains(&format!("SO_ORIGINAL_DST {dst}")), "{dst}: {stdout}");
     }
     assert!(stdout.contains(&format!("PASS  IgnoredUID {IGNORED_UID}")), "{stdout}");
+    assert!(stdout.contains(&format!("PASS  IgnoredGID {IGNORED_GID}")), "{stdout}");
     assert!(stdout.contains("counters the probes moved"), "{stdout}");
     assert_port_left_free(sandbox.task());
 
@@ -159,6 +165,7 @@ fn netfilter(bin: &Path, backend: &str) {
         assert_eq!(code, 0, "verify with the proxy running: {stdout}{stderr}");
         assert!(stdout.contains("proven through the redirect counter"), "{stdout}");
         assert!(stdout.contains("egress redirect` grows"), "{stdout}");
+        assert!(stdout.contains(&format!("never redirect IgnoredGID {IGNORED_GID}` grows")), "{stdout}");
         let dst: SocketAddr = "192.0.2.1:80".parse().unwrap();
         let reply = Client::new(CLIENT).netns(sandbox.task()).identity(1000, 1000).connect(dst).unwrap();
         assert_eq!((reply.role, reply.original), (Role::EgressProxy, Some(dst)), "{reply}");
@@ -215,7 +222,7 @@ fn verify_ebpf_with_the_port_free() {
     let cgroup = host.create_cgroup().expect("create a test cgroup");
     let bpffs = TestBpffs::mounted();
     let target = ebpf_target(cgroup.path(), bpffs.path(), sandbox.task());
-    let seed = ["--task-definition", SEED];
+    let seed = ["--task-definition", SEED, "--ignored-gid", IGNORED_GID];
 
     let (code, stdout, stderr) = run(&bin, &args("verify", &target, &seed));
     assert_eq!(code, 3, "nothing installed: {stdout}{stderr}");
@@ -262,7 +269,7 @@ fn verify_ebpf_with_the_proxy_running() {
     let world = EbpfSandbox::new(&host, PROBE, CLIENT);
     world.sandbox.topology.add_remote_addresses(&test_net());
     let target = ebpf_target(world.cgroup.path(), world.bpffs.path(), world.sandbox.task());
-    let seed = ["--task-definition", SEED];
+    let seed = ["--task-definition", SEED, "--ignored-gid", IGNORED_GID];
     let (code, stdout, stderr) = run(&bin, &args("apply", &target, &seed));
     assert_eq!(code, 0, "apply: {stdout}{stderr}");
 
@@ -270,6 +277,7 @@ fn verify_ebpf_with_the_proxy_running() {
     assert_eq!(code, 0, "verify with the proxy running: {stdout}{stderr}");
     assert!(stdout.contains("proven through the redirect counter"), "{stdout}");
     assert!(stdout.contains("`redirected` 0 -> 1") && stdout.contains("`redirected` 1 -> 2"), "{stdout}");
+    assert!(stdout.contains("`ignored-gid` 0 -> 1") && stdout.contains("`ignored-uid` 1 -> 2"), "{stdout}");
 
     let dst = SocketAddr::new(IpAddr::V4(PLAIN_V4), 80);
     let reply = world.egress(1000, 1000, dst).unwrap();

@@ -109,3 +109,19 @@ fn reports_render_as_text_and_json() {
     insta::assert_snapshot!("not_working_text", report(false).render(Format::Text));
     insta::assert_snapshot!("not_working_json", report(false).render(Format::Json));
 }
+
+#[test]
+fn rules_are_named_by_their_comment() {
+    assert_eq!(
+        rule_name(
+            r#"-A INTERCEPT_EGRESS -m owner --uid-owner 1337 -m comment --comment "intercept: never redirect IgnoredUID 1337" -j RETURN"#
+        ),
+        "never redirect IgnoredUID 1337"
+    );
+    assert_eq!(
+        rule_name(r#"meta skgid 7 counter return comment "intercept: never redirect IgnoredGID 7""#),
+        "never redirect IgnoredGID 7"
+    );
+    assert_eq!(rule_name("-A OUTPUT -j ACCEPT"), "-A OUTPUT -j ACCEPT", "no comment: the whole rule");
+    assert_eq!(Exempt::Gid(7).to_string(), "IgnoredGID 7", "the comment's wording, which the counter lookup relies on");
+}
