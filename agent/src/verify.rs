@@ -537,7 +537,7 @@ pub fn verify(
     if !(inspection.installed && inspection.matches) {
         return Ok(report.finish());
     }
-    let plan = match ProbePlan::new(config) {
+    let mut plan = match ProbePlan::new(config) {
         Ok(plan) => plan,
         Err(why) => {
             report.push(Check::new(
@@ -549,6 +549,17 @@ pub fn verify(
             return Ok(report.finish());
         }
     };
+    if config.ipv6 && !netns.run(|| TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_ok())? {
+        // The backends install nothing for IPv6 in such a namespace (see `status`'s warnings).
+        plan.listen.retain(SocketAddr::is_ipv4);
+        plan.destinations.retain(SocketAddr::is_ipv4);
+        report.push(Check::new(
+            "IPv6 in the namespace",
+            "IPv6 probed where the namespace has it",
+            "the namespace has no IPv6 loopback (IPv6 disabled): only IPv4 is probed",
+            true,
+        ));
+    }
     let before = installation.counters()?;
     let probes = Probes::new(&netns, inspection.cgroup.as_deref())?;
     let busy = netns
