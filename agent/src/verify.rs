@@ -448,6 +448,13 @@ impl VerifyReport {
         self.checks.push(check);
     }
 
+    /// Adds a probe's check; `false` when the deadline passed and probing ends.
+    fn step(&mut self, step: Step) -> bool {
+        let go_on = step.is_ok();
+        self.push(step.unwrap_or_else(|timed_out| timed_out));
+        go_on
+    }
+
     /// Settles the verdict: verified when there were checks and every one passed.
     pub fn finish(mut self) -> VerifyReport {
         self.verified = !self.checks.is_empty() && self.checks.iter().all(|c| c.passed);
@@ -561,81 +568,26 @@ pub fn verify(
         ));
     }
     let before = installation.counters()?;
-    let probes = Probes::new(&netns, inspection.cgroup.as_deref())?;
-    let busy = netns
-        .run(|| busy_addresses(&plan.listen))?
+    let in_use = netns
+        .run(|| port_in_use(&plan.listen))?
         .map_err(|source| Error::Io { op: "trying to bind ProxyEgressPort on loopback", source })?;
-    let method = if busy.is_empty() { Method::Listener } else { Method::Counters };
+    let method = if in_use { Method::Counters } else { Method::Listener };
     report.method = Some(method);
-    let listen: &[SocketAddr] = if method == Method::Listener { &plan.listen } else { &[] };
-
-    let mut last = before.clone();
+    let mut live = Live {
+        installation,
+        probes: Probes::new(&netns, inspection.cgroup.as_deref())?,
+        method,
+        deadline,
+        timeout,
+        last: before.clone(),
+    };
     'probes: for &destination in &plan.destinations {
-        let identity = plan.workload;
-        let check = format!("workload (uid {} gid {}) dials {destination}", identity.uid, identity.gid);
-        let Some(outcome) =
-            probes.run(listen, destination, identity, deadline.saturating_duration_since(Instant::now()), deadline)?
-        else {
-            report.push(timed_out(&check, timeout));
+        if !report.step(live.workload(&plan, destination)?) {
             break 'probes;
-        };
-        let loopback =
-            if destination.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) };
-        match method {
-            Method::Listener => {
-                let expected = format!(
-                    "redirected to {}, SO_ORIGINAL_DST {destination}",
-                    SocketAddr::new(loopback, plan.egress_port)
-                );
-                let passed = outcome.accepted.as_ref().is_some_and(|a| {
-                    a.listener == SocketAddr::new(loopback, plan.egress_port) && a.original_dst == Some(destination)
-                });
-                report.push(Check::new(check, expected, outcome.describe(), passed));
-            }
-            Method::Counters => {
-                let now = installation.counters()?;
-                let name = installation.redirect_counter(destination.ip());
-                let (was, is) = (last.get(&name).copied().unwrap_or(0), now.get(&name).copied().unwrap_or(0));
-                let expected =
-                    format!("connects to the proxy on ProxyEgressPort {}; counter `{name}` grows", plan.egress_port);
-                let observed = format!("{}; `{name}` {was} -> {is}", outcome.describe());
-                report.push(Check::new(check, expected, observed, outcome.connected && is > was));
-                last = now;
-            }
         }
         for &(exempt, identity) in &plan.ignored {
-            let check = format!("{exempt} (uid {} gid {}) dials {destination}", identity.uid, identity.gid);
-            let left = deadline.saturating_duration_since(Instant::now());
-            let wait = IGNORED_WAIT.min(left.saturating_sub(PROBE_SLACK));
-            let Some(outcome) = probes.run(listen, destination, identity, wait, deadline)? else {
-                report.push(timed_out(&check, timeout));
+            if !report.step(live.ignored(&plan, exempt, identity, destination)?) {
                 break 'probes;
-            };
-            if outcome.timed_out && wait < IGNORED_WAIT {
-                // The deadline cut the wait short: no verdict either way.
-                report.push(timed_out(&check, timeout));
-                break 'probes;
-            }
-            match method {
-                Method::Listener => {
-                    let expected = format!("not redirected: nothing arrives at ProxyEgressPort {}", plan.egress_port);
-                    report.push(Check::new(check, expected, outcome.describe(), outcome.accepted.is_none()));
-                }
-                Method::Counters => {
-                    // The connection itself cannot tell the proxy from a server at the address:
-                    // the exemption's own counter can.
-                    let now = installation.counters()?;
-                    let Some(name) = installation.exemption_counter(&now, exempt, destination.ip()) else {
-                        report.push(Check::new(check, format!("a counter for {exempt}"), "none installed", false));
-                        last = now;
-                        continue;
-                    };
-                    let (was, is) = (last.get(&name).copied().unwrap_or(0), now.get(&name).copied().unwrap_or(0));
-                    let expected = format!("not redirected: counter `{name}` grows");
-                    let observed = format!("{}; `{name}` {was} -> {is}", outcome.describe());
-                    report.push(Check::new(check, expected, observed, is > was));
-                    last = now;
-                }
             }
         }
     }
@@ -650,6 +602,110 @@ pub fn verify(
     Ok(report.finish())
 }
 
+/// A probe's check; `Err` holds the check that says the deadline passed, which ends probing.
+type Step = Result<Check, Check>;
+
+/// The live probes of one `verify`.
+struct Live<'a> {
+    installation: &'a Installation,
+    probes: Probes<'a>,
+    method: Method,
+    deadline: Instant,
+    timeout: Duration,
+    /// The counters as last read.
+    last: Counters,
+}
+
+impl Live<'_> {
+    /// The workload's dial to `destination`: redirected, with its original destination.
+    fn workload(&mut self, plan: &ProbePlan, destination: SocketAddr) -> Result<Step, Error> {
+        let identity = plan.workload;
+        let check = format!("workload (uid {} gid {}) dials {destination}", identity.uid, identity.gid);
+        let wait = self.deadline.saturating_duration_since(Instant::now()).saturating_sub(PROBE_SLACK);
+        let Some(outcome) = self.probes.run(self.listen(plan), destination, identity, wait, self.deadline)? else {
+            return Ok(Err(timed_out(&check, self.timeout)));
+        };
+        let landing = SocketAddr::new(
+            if destination.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) },
+            plan.egress_port,
+        );
+        Ok(Ok(match self.method {
+            Method::Listener => {
+                let passed = outcome
+                    .accepted
+                    .as_ref()
+                    .is_some_and(|a| a.listener == landing && a.original_dst == Some(destination));
+                let expected = format!("redirected to {landing}, SO_ORIGINAL_DST {destination}");
+                Check::new(check, expected, outcome.describe(), passed)
+            }
+            Method::Counters => {
+                let name = self.installation.redirect_counter(destination.ip());
+                let (was, is) = self.counter_moves(&name)?;
+                let expected =
+                    format!("connects to the proxy on ProxyEgressPort {}; counter `{name}` grows", plan.egress_port);
+                let observed = format!("{}; `{name}` {was} -> {is}", outcome.describe());
+                Check::new(check, expected, observed, outcome.connected && is > was)
+            }
+        }))
+    }
+
+    /// An ignored identity's dial to `destination`: not redirected.
+    fn ignored(
+        &mut self,
+        plan: &ProbePlan,
+        exempt: Exempt,
+        identity: Identity,
+        destination: SocketAddr,
+    ) -> Result<Step, Error> {
+        let check = format!("{exempt} (uid {} gid {}) dials {destination}", identity.uid, identity.gid);
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let wait = IGNORED_WAIT.min(left.saturating_sub(PROBE_SLACK));
+        let Some(outcome) = self.probes.run(self.listen(plan), destination, identity, wait, self.deadline)? else {
+            return Ok(Err(timed_out(&check, self.timeout)));
+        };
+        if outcome.timed_out && wait < IGNORED_WAIT {
+            // The deadline cut the wait short: no verdict either way.
+            return Ok(Err(timed_out(&check, self.timeout)));
+        }
+        Ok(Ok(match self.method {
+            Method::Listener => {
+                let expected = format!("not redirected: nothing arrives at ProxyEgressPort {}", plan.egress_port);
+                Check::new(check, expected, outcome.describe(), outcome.accepted.is_none())
+            }
+            Method::Counters => {
+                // The connection cannot tell the proxy from a server at the address: the
+                // exemption's own counter can.
+                match self.installation.exemption_counter(&self.last, exempt, destination.ip()) {
+                    None => Check::new(check, format!("a counter for {exempt}"), "none installed", false),
+                    Some(name) => {
+                        let (was, is) = self.counter_moves(&name)?;
+                        let expected = format!("not redirected: counter `{name}` grows");
+                        let observed = format!("{}; `{name}` {was} -> {is}", outcome.describe());
+                        Check::new(check, expected, observed, is > was)
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Where probes listen: ProxyEgressPort when it was free, nowhere when the proxy has it.
+    fn listen<'p>(&self, plan: &'p ProbePlan) -> &'p [SocketAddr] {
+        match self.method {
+            Method::Listener => &plan.listen,
+            Method::Counters => &[],
+        }
+    }
+
+    /// Reads the counters again: `name`'s value at the last read, and now.
+    fn counter_moves(&mut self, name: &str) -> Result<(u64, u64), Error> {
+        let now = self.installation.counters()?;
+        let was = self.last.get(name).copied().unwrap_or(0);
+        let is = now.get(name).copied().unwrap_or(0);
+        self.last = now;
+        Ok((was, is))
+    }
+}
+
 fn timed_out(check: &str, timeout: Duration) -> Check {
     Check::new(
         format!("{check}: within --timeout"),
@@ -659,18 +715,17 @@ fn timed_out(check: &str, timeout: Duration) -> Check {
     )
 }
 
-/// The addresses of `listen` something else listens on (bind fails with EADDRINUSE); run in
-/// the target namespace. The test sockets are closed at once.
-fn busy_addresses(listen: &[SocketAddr]) -> io::Result<Vec<SocketAddr>> {
-    let mut busy = Vec::new();
+/// Whether something else listens on one of `listen` (bind fails with EADDRINUSE); run in the
+/// target namespace. The test sockets are closed at once.
+fn port_in_use(listen: &[SocketAddr]) -> io::Result<bool> {
     for &addr in listen {
         match TcpListener::bind(addr) {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => busy.push(addr),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Ok(true),
             Err(e) => return Err(io::Error::new(e.kind(), format!("{addr}: {e}"))),
         }
     }
-    Ok(busy)
+    Ok(false)
 }
 
 /// Starts probe processes in the target namespace (and cgroup).
