@@ -17,9 +17,9 @@
 //!
 //! Nothing is left behind: the probes' listeners and sockets belong to the probe processes,
 //! which exit (or are killed, by pid, at the deadline) before `verify` returns. Counters are not
-//! rewritten: netfilter's cannot be decremented, and rewriting an eBPF per-CPU slot races with
-//! the programs' own increments, so it could lose real counts; the report says instead by how
-//! much the probes moved each counter.
+//! rewritten: netfilter's cannot be decremented, and an eBPF per-CPU counter is written whole
+//! (every CPU's slot at once), which would lose what the programs counted meanwhile; the report
+//! says instead by how much the probes moved each counter.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
