@@ -17,8 +17,8 @@
 //!
 //! Nothing is left behind: the probes' listeners and sockets belong to the probe processes,
 //! which exit (or are killed, by pid, at the deadline) before `verify` returns. Counters are not
-//! rewritten: netfilter's cannot be decremented, and an eBPF per-CPU counter is written whole
-//! (every CPU's slot at once), which would lose what the programs counted meanwhile; the report
+//! rewritten: netfilter's cannot be decremented, and a user-space write of an eBPF per-CPU counter
+//! replaces every CPU's slot at once, losing what the programs counted meanwhile; the report
 //! says instead by how much the probes moved each counter.
 
 use std::collections::BTreeMap;
