@@ -24,13 +24,13 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fmt::Write as _;
-use std::io;
+use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream};
 use std::os::fd::AsFd as _;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -772,34 +772,48 @@ impl<'a> Probes<'a> {
             join_cgroup(&mut command, procs);
         }
         let probe = format!("dial {dial} as uid {} gid {}", identity.uid, identity.gid);
-        let mut child = command.spawn().map_err(|source| Error::Io { op: "starting a probe process", source })?;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
+        let mut child =
+            ProbeChild(command.spawn().map_err(|source| Error::Io { op: "starting a probe process", source })?);
+        let status = loop {
+            match child.0.try_wait() {
+                Ok(Some(status)) => break status,
                 Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(2)),
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Ok(None);
-                }
+                // Dropping the child kills it.
+                Ok(None) => return Ok(None),
                 Err(source) => return Err(Error::Io { op: "waiting for a probe process", source }),
             }
+        };
+        // The probe has exited: its few lines are all in the pipes.
+        let mut stdout = String::new();
+        if let Some(pipe) = child.0.stdout.as_mut() {
+            pipe.read_to_string(&mut stdout).map_err(|source| Error::Io { op: "reading a probe's answer", source })?;
         }
-        let output = child.wait_with_output().map_err(|source| Error::Io { op: "reading a probe's answer", source })?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        let mut stderr = String::new();
+        if let Some(pipe) = child.0.stderr.as_mut() {
+            // Only to explain a probe that gave no answer.
+            let _ = pipe.read_to_string(&mut stderr);
+        }
         let outcome: ProbeOutcome = serde_json::from_str(stdout.trim()).map_err(|e| Error::Probe {
             probe: probe.clone(),
-            message: format!(
-                "{} ({e}): {}{}",
-                output.status,
-                stdout.trim(),
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
+            message: format!("{status} ({e}): {}{}", stdout.trim(), stderr.trim()),
         })?;
         if let Some(message) = outcome.error {
             return Err(Error::Probe { probe, message });
         }
         Ok(Some(outcome))
+    }
+}
+
+/// A probe process, killed (by pid) and reaped when dropped: on every path out of
+/// [`Probes::run`], a deadline or an error included, no probe outlives it.
+struct ProbeChild(Child);
+
+impl Drop for ProbeChild {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
     }
 }
 
