@@ -14,3 +14,4 @@ pub mod plan;
 pub mod report;
 #[cfg(test)]
 mod testdata;
+pub mod verify;

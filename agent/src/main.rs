@@ -1,11 +1,13 @@
 //! The `intercept` command line: the effectful edge around the library.
 //!
 //! Exit codes: 0 success, 1 failure of the operation (for `status`: not installed, or not
-//! matching the configuration), 2 bad input (nothing was changed).
+//! matching the configuration), 2 bad input (nothing was changed), 3 for `verify`:
+//! interception is not working.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -19,6 +21,7 @@ use intercept::lint::lint;
 use intercept::netns::{self, Target};
 use intercept::plan::{self, Backend, Format, IptablesPlan, NftablesPlan};
 use intercept::report::CheckReport;
+use intercept::verify::{self, Installation};
 
 const EXIT_BAD_INPUT: u8 = 2;
 
@@ -96,6 +99,26 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Prove that interception works in a live target: the installation matches the
+    /// configuration, a workload's connection to a TEST-NET address lands on ProxyEgressPort
+    /// with that original destination, and the ignored identities' connections do not. Exit 0
+    /// verified, 3 interception not working, 2 bad input, 1 failure.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long, value_enum)]
+        backend: Choice,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Give up (exit 3) after this long: 500ms, 5s, 1m
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = verify::parse_timeout)]
+        timeout: Duration,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// One probe of `verify`, which runs it in the target namespace and cgroup.
+    #[command(hide = true)]
+    VerifyProbe(verify::ProbeArgs),
     /// Run intercept on the seed guide's EC2 task definition: the check report and every
     /// backend's plan, without installing anything.
     Demo,
@@ -272,8 +295,52 @@ fn run(command: Command) -> Result<ExitCode> {
             })?;
             Ok(exit_code(status.exit_code()))
         }
+        Command::Verify { config, backend, target, timeout, format } => {
+            verify_command(&config, backend, &target, timeout, format)
+        }
+        Command::VerifyProbe(args) => Ok(exit_code(verify::probe_main(&args))),
         Command::Demo => demo(),
     }
+}
+
+fn verify_command(
+    config: &ConfigArgs,
+    backend: Choice,
+    target: &TargetArgs,
+    timeout: Duration,
+    format: Format,
+) -> Result<ExitCode> {
+    if !config_given(config) {
+        eprintln!(
+            "error: verify needs the configuration to verify (--task-definition, --proxy-configuration, --from-env or the property flags)"
+        );
+        return Ok(ExitCode::from(EXIT_BAD_INPUT));
+    }
+    let validated = match config.read().and_then(|input| validate(&input.raw)) {
+        Ok(validated) => validated,
+        Err(errors) => return Ok(bad_input(&errors)),
+    };
+    warn(&validated);
+    let Some(backend) = resolve(backend, target, false)?.map(|chosen| chosen[0]) else {
+        return Ok(ExitCode::from(EXIT_BAD_INPUT));
+    };
+    let installation = match backend {
+        Backend::Ebpf => ebpf_request(target).map(Installation::Ebpf),
+        Backend::Nftables => open_nftables(target)?.map(Installation::Nftables),
+        Backend::Iptables => open_backend(backend, target)?.map(Installation::Iptables),
+    };
+    let Some(installation) = installation else { return Ok(ExitCode::from(EXIT_BAD_INPUT)) };
+    let report = match verify::verify(&installation, &validated.config, target.target(), timeout) {
+        Ok(report) => report,
+        Err(verify::Error::Ebpf(e)) => return ebpf_error(e),
+        Err(verify::Error::Netns(e @ (netns::Error::Open { .. } | netns::Error::NotNetns { .. }))) => {
+            eprintln!("error: --netns/--netns-pid: {e}");
+            return Ok(ExitCode::from(EXIT_BAD_INPUT));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    print(&report.render(format))?;
+    Ok(exit_code(report.exit_code()))
 }
 
 /// The backend for `apply`, `remove` and `status`; `None` (after saying why) when the

@@ -1,0 +1,205 @@
+use super::*;
+use crate::config::{Ingress, PortRange, PortSet};
+
+fn config() -> ProxyConfig {
+    ProxyConfig {
+        ignored_uid: Some(1337),
+        ignored_gid: None,
+        proxy_egress_port: 15001,
+        ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
+        egress_ignored_ports: PortSet::new(),
+        egress_ignored_ips: Vec::new(),
+        implicit_exemptions: true,
+        ipv6: true,
+    }
+}
+
+#[test]
+fn timeouts_parse_with_units() {
+    let cases: [(&str, Result<Duration, ()>); 10] = [
+        ("5s", Ok(Duration::from_secs(5))),
+        ("5", Ok(Duration::from_secs(5))),
+        ("250ms", Ok(Duration::from_millis(250))),
+        ("2m", Ok(Duration::from_secs(120))),
+        (" 1s ", Ok(Duration::from_secs(1))),
+        ("0s", Err(())),
+        ("", Err(())),
+        ("5h", Err(())),
+        ("-1s", Err(())),
+        ("1.5s", Err(())),
+    ];
+    for (text, want) in cases {
+        let got = parse_timeout(text);
+        assert_eq!(got.clone().map_err(|_| ()), want, "{text:?}: {got:?}");
+        if let Err(message) = got {
+            assert!(message.contains(text.trim()), "the error names the value: {message}");
+        }
+    }
+}
+
+#[test]
+fn the_probe_plan_dials_test_net_as_a_workload_and_as_each_ignored_identity() {
+    let plan = ProbePlan::new(&config()).unwrap();
+    assert_eq!(plan.egress_port, 15001);
+    assert_eq!(plan.listen, ["127.0.0.1:15001".parse().unwrap(), "[::1]:15001".parse().unwrap()]);
+    assert_eq!(plan.destinations, ["192.0.2.1:80".parse().unwrap(), "[2001:db8::1]:80".parse().unwrap()]);
+    assert_eq!(plan.workload, Identity { uid: 65534, gid: 65534 });
+    assert_eq!(plan.ignored, [(Exempt::Uid(1337), Identity { uid: 1337, gid: 65534 })]);
+}
+
+#[test]
+fn the_probe_plan_avoids_what_the_configuration_ignores() {
+    let mut config = config();
+    config.ignored_uid = Some(WORKLOAD_ID);
+    config.ignored_gid = Some(WORKLOAD_ID);
+    config.ipv6 = false;
+    config.egress_ignored_ports = PortSet::from_ranges([PortRange { start: 80, end: 90 }]);
+    config.egress_ignored_ips = vec!["192.0.2.0/24".parse().unwrap()];
+    let plan = ProbePlan::new(&config).unwrap();
+    assert_eq!(plan.destinations, ["198.51.100.1:91".parse().unwrap()]);
+    assert_eq!(plan.listen, ["127.0.0.1:15001".parse().unwrap()]);
+    assert_eq!(plan.workload, Identity { uid: 65533, gid: 65533 });
+    assert_eq!(
+        plan.ignored,
+        [
+            (Exempt::Uid(65534), Identity { uid: 65534, gid: 65533 }),
+            (Exempt::Gid(65534), Identity { uid: 65533, gid: 65534 }),
+        ]
+    );
+}
+
+#[test]
+fn a_configuration_that_ignores_every_test_net_address_leaves_nothing_to_dial() {
+    let mut config = config();
+    config.egress_ignored_ips = vec!["0.0.0.0/0".parse().unwrap()];
+    let err = ProbePlan::new(&config).unwrap_err();
+    assert!(err.contains("EgressIgnoredIPs"), "{err}");
+}
+
+fn report(passed: bool) -> VerifyReport {
+    let mut report = VerifyReport::new("iptables", "network namespace /run/netns/task", Duration::from_secs(5));
+    report.method = Some(Method::Listener);
+    report.push(Check::new("installed", "intercept's rules with the jump to them", "installed", true));
+    report.push(Check::new(
+        "workload (uid 65534 gid 65534) dials 192.0.2.1:80",
+        "redirected to 127.0.0.1:15001, SO_ORIGINAL_DST 192.0.2.1:80",
+        if passed {
+            "connected (from 10.0.0.2:40000); arrived at 127.0.0.1:15001, SO_ORIGINAL_DST 192.0.2.1:80"
+        } else {
+            "connect failed: Connection refused (os error 111)"
+        },
+        passed,
+    ));
+    report.counters_moved.insert("IPv4 egress redirect".to_owned(), 1);
+    report.finish()
+}
+
+#[test]
+fn the_verdict_needs_every_check_to_pass() {
+    assert_eq!(report(true).exit_code(), 0);
+    assert!(report(true).verified);
+    assert_eq!(report(false).exit_code(), EXIT_NOT_WORKING);
+    let empty = VerifyReport::new("nftables", "the current network namespace", Duration::from_secs(1)).finish();
+    assert_eq!(empty.exit_code(), EXIT_NOT_WORKING, "no check, no proof");
+}
+
+#[test]
+fn reports_render_as_text_and_json() {
+    insta::assert_snapshot!("verified_text", report(true).render(Format::Text));
+    insta::assert_snapshot!("not_working_text", report(false).render(Format::Text));
+    insta::assert_snapshot!("not_working_json", report(false).render(Format::Json));
+}
+
+#[test]
+fn rules_are_named_by_their_comment() {
+    assert_eq!(
+        rule_name(
+            r#"-A INTERCEPT_EGRESS -m owner --uid-owner 1337 -m comment --comment "intercept: never redirect IgnoredUID 1337" -j RETURN"#
+        ),
+        "never redirect IgnoredUID 1337"
+    );
+    assert_eq!(
+        rule_name(r#"meta skgid 7 counter return comment "intercept: never redirect IgnoredGID 7""#),
+        "never redirect IgnoredGID 7"
+    );
+    assert_eq!(rule_name("-A OUTPUT -j ACCEPT"), "-A OUTPUT -j ACCEPT", "no comment: the whole rule");
+    assert_eq!(Exempt::Gid(7).to_string(), "IgnoredGID 7", "the comment's wording, which the counter lookup relies on");
+}
+
+fn rule(rule: &str, packets: u64) -> iptables::RuleStatus {
+    iptables::RuleStatus { rule: rule.to_owned(), packets, bytes: packets * 60 }
+}
+
+/// `status` of the seed's IPv4 rules (IPv6 unreadable), with counters.
+fn iptables_status(with_ingress: bool) -> iptables::Status {
+    let egress = vec![
+        rule(
+            r#"-A INTERCEPT_EGRESS -m owner --uid-owner 1337 -m comment --comment "intercept: never redirect IgnoredUID 1337" -j RETURN"#,
+            4,
+        ),
+        rule(
+            r#"-A INTERCEPT_EGRESS -p tcp -m comment --comment "intercept: redirect other egress TCP to ProxyEgressPort 15001" -j REDIRECT --to-ports 15001"#,
+            7,
+        ),
+    ];
+    let mut chains = vec![iptables::ChainStatus { name: "INTERCEPT_EGRESS".to_owned(), rules: egress }];
+    let mut jumps = vec![rule(
+        r#"-A OUTPUT -p tcp -m addrtype ! --dst-type LOCAL -m comment --comment "intercept: egress TCP to non-local destinations" -j INTERCEPT_EGRESS"#,
+        11,
+    )];
+    if with_ingress {
+        chains.push(iptables::ChainStatus {
+            name: "INTERCEPT_INGRESS".to_owned(),
+            rules: vec![rule(r#"-A INTERCEPT_INGRESS -p tcp -m multiport --dports 9080 -m comment --comment "intercept: redirect AppPorts to ProxyIngressPort 15000" -j REDIRECT --to-ports 15000"#, 0)],
+        });
+        jumps.push(rule(
+            r#"-A PREROUTING -p tcp -m addrtype ! --src-type LOCAL -m comment --comment "intercept: ingress TCP from non-local sources" -j INTERCEPT_INGRESS"#,
+            0,
+        ));
+    }
+    let ipv4 = iptables::FamilyStatus { family: iptables_plan::Family::Ipv4, readable: true, chains, jumps };
+    let ipv6 =
+        iptables::FamilyStatus { family: iptables_plan::Family::Ipv6, readable: false, chains: vec![], jumps: vec![] };
+    iptables::Status {
+        target: "the current network namespace".to_owned(),
+        mode: iptables::Mode::Nft,
+        detection: String::new(),
+        families: vec![ipv4, ipv6],
+        ipsets: vec![],
+        installed: true,
+        matches: Some(true),
+        reasons: vec![],
+        warnings: vec![],
+    }
+}
+
+#[test]
+fn iptables_counters_are_named_so_that_verify_finds_the_redirect_and_the_exemptions() {
+    let counters = iptables_counters(&iptables_status(false));
+    let names: Vec<(&str, u64)> = counters.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    assert_eq!(
+        names,
+        [
+            ("IPv4 INTERCEPT_EGRESS: never redirect IgnoredUID 1337", 4),
+            ("IPv4 egress TCP to non-local destinations", 11),
+            ("IPv4 egress redirect", 7),
+        ]
+    );
+    let destination: IpAddr = "192.0.2.1".parse().unwrap();
+    let uid = format!("IPv4 {}: never redirect {}", iptables_plan::EGRESS_CHAIN, Exempt::Uid(1337));
+    assert!(counters.contains_key(&uid), "the exemption counter verify looks up: {uid}");
+    assert!(counters.contains_key(&format!("{} egress redirect", family_label(destination))));
+}
+
+#[test]
+fn the_ingress_check_names_what_is_missing() {
+    let (whole, seen) = iptables_ingress(&iptables_status(true), 15000);
+    assert!(whole, "{seen}");
+    assert_eq!(seen, "IPv4: PREROUTING jump to INTERCEPT_INGRESS (present), REDIRECT to 15000 (present)");
+    let (whole, seen) = iptables_ingress(&iptables_status(true), 15005);
+    assert!(!whole);
+    assert!(seen.contains("REDIRECT to 15005 (MISSING)"), "{seen}");
+    let (whole, seen) = iptables_ingress(&iptables_status(false), 15000);
+    assert!(!whole);
+    assert!(seen.contains("PREROUTING jump to INTERCEPT_INGRESS (MISSING)"), "{seen}");
+}
