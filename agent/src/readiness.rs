@@ -173,7 +173,9 @@ pub struct Live {
 }
 
 /// Calls `poll` until it reports LIVE or `timeout` passes, sleeping per `backoff` between
-/// calls (never past the deadline). The error carries the last observation.
+/// calls (never past the deadline); each call gets the time left (at least
+/// [`MIN_POLL_TIMEOUT`]). The error carries the last state the admin reported, or when it never
+/// reported one, the last observation.
 pub fn poll_until_live(
     url: &str,
     timeout: Duration,
@@ -183,21 +185,35 @@ pub fn poll_until_live(
     let start = Instant::now();
     let deadline = start + timeout;
     let mut polls = 0;
+    let mut last_state = None;
     loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let observation = poll(remaining.max(Duration::from_millis(1)));
+        let observation = poll(deadline.saturating_duration_since(Instant::now()).max(MIN_POLL_TIMEOUT));
         polls += 1;
-        if observation == Observation::State(ServerState::Live) {
-            return Ok(Live { waited: start.elapsed(), polls });
+        match &observation {
+            Observation::State(ServerState::Live) => return Ok(Live { waited: start.elapsed(), polls }),
+            Observation::State(_) => last_state = Some(observation.clone()),
+            Observation::NotReady(_) => {}
         }
         tracing::debug!(url, %observation, "proxy not live yet");
+        let timed_out = || Error::Timeout {
+            url: url.to_owned(),
+            waited: timeout,
+            last: last_state.clone().unwrap_or_else(|| observation.clone()),
+        };
         let now = Instant::now();
         if now >= deadline {
-            return Err(Error::Timeout { url: url.to_owned(), waited: timeout, last: observation });
+            return Err(timed_out());
         }
         thread::sleep(backoff.delay(polls - 1).min(deadline - now));
+        if Instant::now() >= deadline {
+            return Err(timed_out());
+        }
     }
 }
+
+/// The least time one poll is given, so the last one before the deadline is not cut short
+/// into a meaningless timeout.
+pub const MIN_POLL_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// One GET of `url`, given at most `timeout`.
 pub fn fetch(url: &str, timeout: Duration) -> Observation {
@@ -341,13 +357,31 @@ mod tests {
     }
 
     #[test]
-    fn the_timeout_names_the_url_and_the_last_state() {
+    fn without_any_state_the_timeout_names_the_last_observation() {
         let fast = Backoff { initial: Duration::from_millis(1), max: Duration::from_millis(5) };
-        let err = poll_until_live(DEFAULT_ADMIN_URL, Duration::from_millis(30), fast, |remaining| {
-            assert!(remaining <= Duration::from_millis(30));
-            Observation::State(ServerState::Draining)
+        let err = poll_until_live("u", Duration::from_millis(10), fast, |_| {
+            Observation::NotReady("no answer (connection refused)".into())
         })
         .unwrap_err();
+        assert!(err.to_string().ends_with("last seen: no answer (connection refused)"), "{err}");
+    }
+
+    #[test]
+    fn the_timeout_names_the_url_and_the_last_state() {
+        let fast = Backoff { initial: Duration::from_millis(1), max: Duration::from_millis(5) };
+        let n = Cell::new(0);
+        let err = poll_until_live(DEFAULT_ADMIN_URL, Duration::from_millis(30), fast, |remaining| {
+            assert_eq!(remaining, MIN_POLL_TIMEOUT, "30 ms is less than the least time a poll gets");
+            n.set(n.get() + 1);
+            // A state, then polls without an answer: the state is what the error names.
+            if n.get() == 1 {
+                Observation::State(ServerState::Draining)
+            } else {
+                Observation::NotReady("no answer (timeout)".into())
+            }
+        })
+        .unwrap_err();
+        assert!(n.get() >= 2, "polled until the deadline");
         assert_eq!(
             err.to_string(),
             "the proxy at http://127.0.0.1:9901/server_info was not LIVE after 30ms (--proxy-timeout); last seen: \
