@@ -242,8 +242,11 @@ fn run(command: Command) -> Result<ExitCode> {
                 Backend::Iptables => BackendNeeds::Iptables { legacy: target.iptables_mode.map(|m| m == Mode::Legacy) },
             };
             let enters_netns = target.target() != netns::Target::Current;
-            privileges::check_and_restrict(&privileges::apply_requirements(needs, enters_netns), &privileges::optional(needs))
-                .map_err(|e| anyhow::anyhow!("{e}\nnothing was changed"))?;
+            privileges::check_and_restrict(
+                &privileges::apply_requirements(needs, enters_netns),
+                &privileges::optional(needs),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}\nnothing was changed"))?;
             let (before, after) = readiness.waits();
             let timeout = std::time::Duration::from_secs(readiness.proxy_timeout);
             if let (Some(url), false) = (before, dry_run) {

@@ -70,7 +70,9 @@ pub enum BackendNeeds {
     Nftables,
     /// `legacy`: `Some(true)` for iptables-legacy, `Some(false)` for iptables-nft, `None`
     /// when the variant is detected later (NET_RAW is then kept when held, see [`optional`]).
-    Iptables { legacy: Option<bool> },
+    Iptables {
+        legacy: Option<bool>,
+    },
 }
 
 /// The capabilities `apply` must hold: the backend's, and SYS_ADMIN to enter another
@@ -207,7 +209,8 @@ pub fn restrict_to(keep: &CapsHashSet) -> Result<(), Error> {
         caps::drop(None, CapSet::Ambient, *capability).map_err(drop_error("ambient"))?;
     }
     // Effective first: it must stay a subset of permitted at every step.
-    for (set, name) in [(CapSet::Effective, "effective"), (CapSet::Inheritable, "inheritable"), (CapSet::Permitted, "permitted")]
+    for (set, name) in
+        [(CapSet::Effective, "effective"), (CapSet::Inheritable, "inheritable"), (CapSet::Permitted, "permitted")]
     {
         let current = caps::read(None, set).map_err(Error::Read)?;
         let reduced: CapsHashSet = current.intersection(keep).copied().collect();

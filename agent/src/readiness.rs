@@ -112,9 +112,7 @@ impl fmt::Display for Observation {
 pub enum Error {
     #[error("--wait-for-proxy {url}: {reason}")]
     BadUrl { url: String, reason: String },
-    #[error(
-        "the proxy at {url} was not LIVE after {waited:?} (--proxy-timeout); last seen: {last}"
-    )]
+    #[error("the proxy at {url} was not LIVE after {waited:?} (--proxy-timeout); last seen: {last}")]
     Timeout { url: String, waited: Duration, last: Observation },
     #[error("--wait-for-proxy {url}: {source}")]
     Netns {
@@ -137,7 +135,9 @@ pub fn check_url(url: &str) -> Result<(), Error> {
     let bad = |reason: &str| Error::BadUrl { url: url.to_owned(), reason: reason.to_owned() };
     let uri: ureq::http::Uri = url.parse().map_err(|e: ureq::http::uri::InvalidUri| bad(&e.to_string()))?;
     if uri.scheme_str() != Some("http") {
-        return Err(bad("must be an http:// URL (the Envoy admin serves plain HTTP, e.g. http://127.0.0.1:9901/server_info)"));
+        return Err(bad(
+            "must be an http:// URL (the Envoy admin serves plain HTTP, e.g. http://127.0.0.1:9901/server_info)",
+        ));
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(bad("names no host"));

@@ -132,7 +132,14 @@ fn prove_minimal(bin: &Path, netns: &Netns, set: &[u32], apply: &[&str], target:
         assert_eq!(status(bin, target), 1, "without {}: something was installed", name(*missing));
     }
     let out = apply_with(bin, netns, set, apply);
-    assert_eq!(out.code, 0, "with {:?}: {}{}", set.iter().map(|c| name(*c)).collect::<Vec<_>>(), out.stdout, out.stderr);
+    assert_eq!(
+        out.code,
+        0,
+        "with {:?}: {}{}",
+        set.iter().map(|c| name(*c)).collect::<Vec<_>>(),
+        out.stdout,
+        out.stderr
+    );
     assert_eq!(status(bin, target), 0, "installed with the minimal set");
     remove(bin, target);
 }

@@ -236,7 +236,10 @@ fn readiness_bad_input_changes_nothing() {
     let bad_url = ["--wait-for-proxy", "https://127.0.0.1:9901/server_info", "--task-definition", SEED];
     let (code, text) = run(&bin, &[&["apply"][..], &target, &bad_url].concat());
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("error: --wait-for-proxy https://127.0.0.1:9901/server_info: must be an http:// URL"), "{text}");
+    assert!(
+        text.contains("error: --wait-for-proxy https://127.0.0.1:9901/server_info: must be an http:// URL"),
+        "{text}"
+    );
 
     // The deploy example with its init container asking to wait for the proxy it blocks.
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/ecs-task-definition-ec2.json");
@@ -248,8 +251,9 @@ fn readiness_bad_input_changes_nothing() {
     command.extend(["--install-when".into(), "proxy-live".into()]);
     let file = std::env::temp_dir().join(format!("intercept-deadlock-{}.json", std::process::id()));
     std::fs::write(&file, task_definition.to_string()).unwrap();
-    let args = [&["apply"][..], &target, &["--install-when", "proxy-live", "--task-definition", file.to_str().unwrap()]]
-        .concat();
+    let args =
+        [&["apply"][..], &target, &["--install-when", "proxy-live", "--task-definition", file.to_str().unwrap()]]
+            .concat();
     let (code, text) = run(&bin, &args);
     let _ = std::fs::remove_file(&file);
     assert_eq!(code, 2, "{text}");

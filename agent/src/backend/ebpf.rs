@@ -261,7 +261,9 @@ pub struct Applied {
 pub(crate) fn check_capabilities() -> Result<(), Error> {
     let held = privileges::effective().map_err(|e| Error::Capabilities(Box::new(e)))?;
     match privileges::missing(&privileges::EBPF, &held).first() {
-        Some(r) => Err(Error::MissingCapability { capability: capability_name(r.capability), needed_for: r.needed_for }),
+        Some(r) => {
+            Err(Error::MissingCapability { capability: capability_name(r.capability), needed_for: r.needed_for })
+        }
         None => Ok(()),
     }
 }
