@@ -241,9 +241,8 @@ fn run(command: Command) -> Result<ExitCode> {
                 Backend::Nftables => BackendNeeds::Nftables,
                 Backend::Iptables => BackendNeeds::Iptables { legacy: target.iptables_mode.map(|m| m == Mode::Legacy) },
             };
-            let enters_netns = target.target() != netns::Target::Current;
             privileges::check_and_restrict(
-                &privileges::apply_requirements(needs, enters_netns),
+                &privileges::apply_requirements(needs, &target.target()),
                 &privileges::optional(needs),
             )
             .map_err(|e| anyhow::anyhow!("{e}\nnothing was changed"))?;

@@ -10,6 +10,8 @@
 //! | `apply --backend nftables`             | NET_ADMIN                                     |
 //! | `apply --backend ebpf`                 | BPF, PERFMON, NET_ADMIN                       |
 //! | any of them with `--netns`/`--netns-pid` | + SYS_ADMIN                                 |
+//! | any of them with `--netns-pid`         | + SYS_PTRACE                                  |
+//! | … eBPF, optional (kept when held)      | SYS_ADMIN (mount the bpffs), SYS_PTRACE and DAC_READ_SEARCH (take a running proxy's listener) |
 //! | `intercept daemon`                     | [`DAEMON`]: all of the above                  |
 //!
 //! Capabilities belong to a thread, not to a process: [`restrict_to`] and [`drop_all`] change
@@ -19,6 +21,8 @@
 use std::fmt;
 
 use caps::{CapSet, Capability, CapsHashSet};
+
+use crate::netns::Target;
 
 /// A capability a mode needs, and why; the reason is part of the error that names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +41,11 @@ pub const NET_RAW_LEGACY: Requirement =
     need(Capability::CAP_NET_RAW, "iptables-legacy, which reads and writes its tables through a raw socket");
 pub const SYS_ADMIN_NETNS: Requirement =
     need(Capability::CAP_SYS_ADMIN, "entering the task's network namespace (--netns/--netns-pid, setns(2))");
+pub const SYS_PTRACE_NETNS_PID: Requirement = need(
+    Capability::CAP_SYS_PTRACE,
+    "opening /proc/PID/ns/net (--netns-pid) of a process of another user or with capabilities intercept does not \
+     hold",
+);
 
 /// What `apply --backend ebpf` needs. CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON,
 /// as it does in the kernel.
@@ -53,14 +62,33 @@ pub const EBPF: [Requirement; 3] = [
     ),
 ];
 
-/// What `intercept daemon` needs: every backend, in the tasks' network namespaces.
-pub const DAEMON: [Requirement; 6] = [
+/// eBPF: taking the proxy's ingress listener when it was listening before the programs were
+/// attached (`pidfd_getfd(2)` on a process of another user), as after waiting for it to be
+/// LIVE. Without it the proxy must restart before inbound connections reach it.
+pub const SYS_PTRACE_ADOPT: Requirement = need(
+    Capability::CAP_SYS_PTRACE,
+    "taking the ingress listener of a proxy that was already running (pidfd_getfd(2)), as when eBPF is installed \
+     once the proxy is LIVE",
+);
+
+/// eBPF, with [`SYS_PTRACE_ADOPT`]: listing the descriptors of a proxy that runs as another
+/// user (`/proc/PID/fd` is its owner's, mode 0500).
+pub const DAC_READ_SEARCH_ADOPT: Requirement = need(
+    Capability::CAP_DAC_READ_SEARCH,
+    "finding the ingress listener of a proxy that was already running among its descriptors (/proc/PID/fd)",
+);
+
+/// What `intercept daemon` needs: every backend, in the tasks' network namespaces, installed
+/// once the proxy is live.
+pub const DAEMON: [Requirement; 8] = [
     EBPF[0],
     EBPF[1],
     EBPF[2],
     NET_RAW_LEGACY,
     SYS_ADMIN_NETNS,
     need(Capability::CAP_SYS_ADMIN, "mounting the bpffs when it is not mounted yet"),
+    SYS_PTRACE_ADOPT,
+    DAC_READ_SEARCH_ADOPT,
 ];
 
 /// The backend a mode applies with; the iptables variant matters (legacy needs NET_RAW).
@@ -75,26 +103,31 @@ pub enum BackendNeeds {
     },
 }
 
-/// The capabilities `apply` must hold: the backend's, and SYS_ADMIN to enter another
-/// network namespace.
-pub fn apply_requirements(backend: BackendNeeds, enters_netns: bool) -> Vec<Requirement> {
+/// The capabilities `apply` must hold: the backend's, SYS_ADMIN to enter another network
+/// namespace, and SYS_PTRACE to open it through a process (`--netns-pid`).
+pub fn apply_requirements(backend: BackendNeeds, netns: &Target) -> Vec<Requirement> {
     let mut out = match backend {
         BackendNeeds::Ebpf => EBPF.to_vec(),
         BackendNeeds::Nftables | BackendNeeds::Iptables { legacy: Some(false) | None } => vec![NET_ADMIN_RULES],
         BackendNeeds::Iptables { legacy: Some(true) } => vec![NET_ADMIN_RULES, NET_RAW_LEGACY],
     };
-    if enters_netns {
-        out.push(SYS_ADMIN_NETNS);
+    match netns {
+        Target::Current => {}
+        Target::Path(_) => out.push(SYS_ADMIN_NETNS),
+        Target::Pid(_) => out.extend([SYS_ADMIN_NETNS, SYS_PTRACE_NETNS_PID]),
     }
     out
 }
 
 /// Capabilities `apply` keeps when it holds them although it may not need them: NET_RAW for
-/// iptables before the variant is detected; SYS_ADMIN for eBPF, to mount a bpffs that is not
-/// mounted yet.
+/// iptables before the variant is detected; for eBPF, SYS_ADMIN to mount a bpffs that is not
+/// mounted yet, SYS_PTRACE and DAC_READ_SEARCH to take a running proxy's listener
+/// ([`SYS_PTRACE_ADOPT`], [`DAC_READ_SEARCH_ADOPT`]).
 pub fn optional(backend: BackendNeeds) -> Vec<Capability> {
     match backend {
-        BackendNeeds::Ebpf => vec![Capability::CAP_SYS_ADMIN],
+        BackendNeeds::Ebpf => {
+            vec![Capability::CAP_SYS_ADMIN, Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH]
+        }
         BackendNeeds::Iptables { legacy: None } => vec![Capability::CAP_NET_RAW],
         BackendNeeds::Nftables | BackendNeeds::Iptables { legacy: Some(_) } => Vec::new(),
     }
@@ -244,25 +277,27 @@ mod tests {
 
     #[test]
     fn requirements_per_backend_and_namespace() {
-        let names = |backend, netns| -> Vec<String> {
+        let names = |backend, netns: &Target| -> Vec<String> {
             apply_requirements(backend, netns).iter().map(|r| r.capability.to_string()).collect()
         };
-        let cases: [(BackendNeeds, bool, &[&str]); 6] = [
-            (BackendNeeds::Ebpf, false, &["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]),
-            (BackendNeeds::Ebpf, true, &["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON", "CAP_SYS_ADMIN"]),
-            (BackendNeeds::Nftables, false, &["CAP_NET_ADMIN"]),
-            (BackendNeeds::Iptables { legacy: None }, true, &["CAP_NET_ADMIN", "CAP_SYS_ADMIN"]),
-            (BackendNeeds::Iptables { legacy: Some(false) }, false, &["CAP_NET_ADMIN"]),
-            (BackendNeeds::Iptables { legacy: Some(true) }, false, &["CAP_NET_ADMIN", "CAP_NET_RAW"]),
+        let (here, path, pid) = (Target::Current, Target::Path("/run/netns/t".into()), Target::Pid(7));
+        let cases: [(BackendNeeds, &Target, &[&str]); 7] = [
+            (BackendNeeds::Ebpf, &here, &["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]),
+            (BackendNeeds::Ebpf, &path, &["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON", "CAP_SYS_ADMIN"]),
+            (BackendNeeds::Nftables, &here, &["CAP_NET_ADMIN"]),
+            (BackendNeeds::Iptables { legacy: None }, &path, &["CAP_NET_ADMIN", "CAP_SYS_ADMIN"]),
+            (BackendNeeds::Iptables { legacy: None }, &pid, &["CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]),
+            (BackendNeeds::Iptables { legacy: Some(false) }, &here, &["CAP_NET_ADMIN"]),
+            (BackendNeeds::Iptables { legacy: Some(true) }, &here, &["CAP_NET_ADMIN", "CAP_NET_RAW"]),
         ];
         for (backend, netns, expected) in cases {
-            assert_eq!(names(backend, netns), expected, "{backend:?} netns={netns}");
+            assert_eq!(names(backend, netns), expected, "{backend:?} {netns:?}");
         }
     }
 
     #[test]
     fn missing_names_each_capability_once_with_the_kernel_stand_ins() {
-        let ebpf = apply_requirements(BackendNeeds::Ebpf, true);
+        let ebpf = apply_requirements(BackendNeeds::Ebpf, &Target::Path("/run/netns/t".into()));
         assert_eq!(missing(&ebpf, &set(&[Capability::CAP_NET_ADMIN, Capability::CAP_SYS_ADMIN])), vec![]);
         let without_perfmon = set(&[Capability::CAP_BPF, Capability::CAP_NET_ADMIN]);
         let names: Vec<Capability> = missing(&ebpf, &without_perfmon).iter().map(|r| r.capability).collect();
@@ -275,7 +310,9 @@ mod tests {
                 Capability::CAP_NET_ADMIN,
                 Capability::CAP_PERFMON,
                 Capability::CAP_NET_RAW,
-                Capability::CAP_SYS_ADMIN
+                Capability::CAP_SYS_ADMIN,
+                Capability::CAP_SYS_PTRACE,
+                Capability::CAP_DAC_READ_SEARCH
             ]
         );
     }
@@ -297,21 +334,32 @@ mod tests {
     #[test]
     fn the_keep_set_is_what_is_required_and_held_optional_ones() {
         let root = caps::all();
-        let ebpf = apply_requirements(BackendNeeds::Ebpf, false);
+        let ebpf = apply_requirements(BackendNeeds::Ebpf, &Target::Current);
         assert_eq!(
             keep_set(&ebpf, &optional(BackendNeeds::Ebpf), &root),
-            set(&[Capability::CAP_BPF, Capability::CAP_NET_ADMIN, Capability::CAP_PERFMON, Capability::CAP_SYS_ADMIN])
+            set(&[
+                Capability::CAP_BPF,
+                Capability::CAP_NET_ADMIN,
+                Capability::CAP_PERFMON,
+                Capability::CAP_SYS_ADMIN,
+                Capability::CAP_SYS_PTRACE,
+                Capability::CAP_DAC_READ_SEARCH
+            ])
         );
         // SYS_ADMIN held instead of BPF and PERFMON is what is kept for them.
         let stand_in = set(&[Capability::CAP_SYS_ADMIN, Capability::CAP_NET_ADMIN, Capability::CAP_CHOWN]);
         assert_eq!(keep_set(&ebpf, &[], &stand_in), set(&[Capability::CAP_SYS_ADMIN, Capability::CAP_NET_ADMIN]));
         let iptables = BackendNeeds::Iptables { legacy: None };
         assert_eq!(
-            keep_set(&apply_requirements(iptables, false), &optional(iptables), &set(&[Capability::CAP_NET_ADMIN])),
+            keep_set(
+                &apply_requirements(iptables, &Target::Current),
+                &optional(iptables),
+                &set(&[Capability::CAP_NET_ADMIN])
+            ),
             set(&[Capability::CAP_NET_ADMIN])
         );
         assert_eq!(
-            keep_set(&apply_requirements(iptables, false), &optional(iptables), &root),
+            keep_set(&apply_requirements(iptables, &Target::Current), &optional(iptables), &root),
             set(&[Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW])
         );
     }

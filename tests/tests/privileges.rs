@@ -29,6 +29,8 @@ const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/ec2-taskB.j
 
 const NET_ADMIN: u32 = 12;
 const NET_RAW: u32 = 13;
+const DAC_READ_SEARCH: u32 = 2;
+const SYS_PTRACE: u32 = 19;
 const SYS_ADMIN: u32 = 21;
 const PERFMON: u32 = 38;
 const BPF: u32 = 39;
@@ -38,6 +40,8 @@ fn name(cap: u32) -> &'static str {
         NET_ADMIN => "CAP_NET_ADMIN",
         NET_RAW => "CAP_NET_RAW",
         SYS_ADMIN => "CAP_SYS_ADMIN",
+        SYS_PTRACE => "CAP_SYS_PTRACE",
+        DAC_READ_SEARCH => "CAP_DAC_READ_SEARCH",
         PERFMON => "CAP_PERFMON",
         BPF => "CAP_BPF",
         other => panic!("no name for capability {other}"),
@@ -236,7 +240,7 @@ fn the_daemon_set_applies_every_backend_in_a_task_namespace() {
     }
     let Some(bin) = intercept_bin(test) else { return };
     let daemon: Vec<u32> = intercept::privileges::DAEMON.iter().map(|r| r.capability.index().into()).collect();
-    let mut expected = vec![BPF, NET_ADMIN, PERFMON, NET_RAW, SYS_ADMIN, SYS_ADMIN];
+    let mut expected = vec![BPF, NET_ADMIN, PERFMON, NET_RAW, SYS_ADMIN, SYS_ADMIN, SYS_PTRACE, DAC_READ_SEARCH];
     assert_eq!(daemon, expected, "the documented daemon set changed: update docs/deploy-ecs.md and deploy/");
     expected.dedup();
 
@@ -304,9 +308,11 @@ fn apply_keeps_running_without_any_capability() {
     assert_eq!(status_field(pid, "CapPrm:"), 0);
     assert_eq!(status_field(pid, "CapInh:"), 0);
     assert_eq!(status_field(pid, "CapAmb:"), 0);
-    // The bounding set went down to what apply needed (eBPF, SYS_ADMIN to enter the namespace)
-    // while it still held CAP_SETPCAP.
-    let needed = [BPF, PERFMON, NET_ADMIN, SYS_ADMIN].iter().fold(0u64, |m, c| m | (1 << c));
+    // The bounding set went down to what apply needed (eBPF, SYS_ADMIN to enter the namespace,
+    // SYS_PTRACE and DAC_READ_SEARCH to take a running proxy's listener) while it still held
+    // CAP_SETPCAP.
+    let needed =
+        [BPF, PERFMON, NET_ADMIN, SYS_ADMIN, SYS_PTRACE, DAC_READ_SEARCH].iter().fold(0u64, |m, c| m | (1 << c));
     assert_eq!(status_field(pid, "CapBnd:"), needed, "bounding set");
     assert_eq!(status(&bin, &target), 0, "installed");
     drop(child);
