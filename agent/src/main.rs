@@ -249,7 +249,12 @@ fn run(command: Command) -> Result<ExitCode> {
             let (before, after) = readiness.waits();
             let timeout = std::time::Duration::from_secs(readiness.proxy_timeout);
             if let (Some(url), false) = (before, dry_run) {
-                wait_for_proxy(url, timeout, &target).map_err(|e| e.context("nothing was installed"))?;
+                // A target that names nothing usable is bad input before any waiting.
+                if backend == Backend::Ebpf && ebpf_request(&target).is_none() {
+                    return Ok(ExitCode::from(EXIT_BAD_INPUT));
+                }
+                let Some(netns) = open_netns(&target)? else { return Ok(ExitCode::from(EXIT_BAD_INPUT)) };
+                wait_for_proxy(url, timeout, &netns).map_err(|e| e.context("nothing was installed"))?;
             }
             let mut logs = None;
             if backend == Backend::Ebpf {
@@ -269,7 +274,8 @@ fn run(command: Command) -> Result<ExitCode> {
                 print_report(&report, "apply", format)?;
             }
             if let (Some(url), false) = (after, dry_run) {
-                wait_for_proxy(url, timeout, &target).map_err(|e| e.context("interception is installed"))?;
+                let netns = netns::Netns::open(target.target())?;
+                wait_for_proxy(url, timeout, &netns).map_err(|e| e.context("interception is installed"))?;
             }
             // Installed: nothing more needs a capability (the eBPF events are read from a
             // ring buffer already open).
@@ -450,10 +456,23 @@ fn check_readiness(args: &ReadinessArgs, task_definition: Option<&serde_json::Va
     None
 }
 
-fn wait_for_proxy(url: &str, timeout: std::time::Duration, target: &TargetArgs) -> Result<()> {
-    let netns = netns::Netns::open(target.target())?;
+/// The target namespace, to wait for the proxy in; `None` (after saying why) when it names
+/// nothing usable: bad input, nothing was changed.
+fn open_netns(target: &TargetArgs) -> Result<Option<netns::Netns>> {
+    match netns::Netns::open(target.target()) {
+        Ok(netns) => Ok(Some(netns)),
+        Err(e @ (netns::Error::Open { .. } | netns::Error::NotNetns { .. })) => {
+            eprintln!("error: --netns/--netns-pid: {e}");
+            eprintln!("nothing was changed");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn wait_for_proxy(url: &str, timeout: std::time::Duration, netns: &netns::Netns) -> Result<()> {
     eprintln!("waiting up to {}s for the proxy at {url} to be LIVE", timeout.as_secs());
-    let live = readiness::wait_until_live(url, timeout, &netns)?;
+    let live = readiness::wait_until_live(url, timeout, netns)?;
     eprintln!("the proxy is LIVE ({} polls, {:.1?})", live.polls, live.waited);
     Ok(())
 }

@@ -241,6 +241,15 @@ fn readiness_bad_input_changes_nothing() {
         "{text}"
     );
 
+    // A namespace that is not there is bad input before any waiting.
+    let missing = ["--netns", "/nonexistent/netns", "--install-when", "proxy-live", "--task-definition", SEED];
+    let (code, text) = run(&bin, &[&["apply", "--backend", "iptables"][..], &missing].concat());
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("error: --netns/--netns-pid: cannot open the network namespace /nonexistent/netns"),
+        "{text}"
+    );
+
     // The deploy example with its init container asking to wait for the proxy it blocks.
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/ecs-task-definition-ec2.json");
     let mut task_definition: serde_json::Value =
