@@ -163,8 +163,9 @@ fn iptables_nft_needs_net_admin_and_sys_admin_only_to_enter_a_namespace() {
     let path = task.path().display().to_string();
     let target = ["--backend", "iptables", "--iptables-mode", "nft", "--netns", &path];
     let seed = ["--task-definition", SEED];
-    // In the task's namespace (the init container).
-    let inside = concat(&[&["apply", "--backend", "iptables", "--iptables-mode", "nft"], &seed]);
+    // In the task's namespace, the variant detected (the init container of
+    // deploy/ecs-task-definition-ec2.json).
+    let inside = concat(&[&["apply", "--backend", "iptables"], &seed]);
     prove_minimal(&bin, &task, &[NET_ADMIN], &inside, &target);
     // Entering it (the daemon).
     let entering = concat(&[&["apply"], &target, &seed]);
@@ -209,8 +210,8 @@ fn ebpf_target(cgroup: &Path, bpffs: &Path, netns: &Netns) -> Vec<String> {
 }
 
 #[test]
-fn ebpf_needs_bpf_perfmon_and_net_admin() {
-    let test = "ebpf_needs_bpf_perfmon_and_net_admin";
+fn ebpf_needs_bpf_perfmon_and_net_admin_or_sys_admin_in_their_place() {
+    let test = "ebpf_needs_bpf_perfmon_and_net_admin_or_sys_admin_in_their_place";
     let Some(host) = require_privileges(test) else { return };
     if !require_netns_privileges(test) {
         return;
@@ -227,6 +228,13 @@ fn ebpf_needs_bpf_perfmon_and_net_admin() {
     apply.extend(["--task-definition", SEED]);
     prove_minimal(&bin, &task, &[BPF, PERFMON, NET_ADMIN], &apply, &target);
     assert_eq!(bpffs.files(), Vec::<PathBuf>::new(), "remove left pins behind");
+
+    // What ECS can grant (its capability names have no BPF or PERFMON):
+    // deploy/ecs-task-definition-ec2-ebpf.json's SYS_ADMIN and NET_ADMIN.
+    let out = apply_with(&bin, &task, &[SYS_ADMIN, NET_ADMIN], &apply);
+    assert_eq!(out.code, 0, "with SYS_ADMIN and NET_ADMIN: {}{}", out.stdout, out.stderr);
+    assert_eq!(status(&bin, &target), 0);
+    remove(&bin, &target);
 }
 
 /// The daemon's documented set (`intercept::privileges::DAEMON`) is enough for every backend
