@@ -11,6 +11,8 @@ pub mod lint;
 pub mod model;
 pub mod netns;
 pub mod plan;
+pub mod privileges;
+pub mod readiness;
 pub mod report;
 #[cfg(test)]
 mod testdata;

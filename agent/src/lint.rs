@@ -26,7 +26,7 @@
 //! | proxy has `APPMESH_RESOURCE_ARN` or `APPMESH_VIRTUAL_NODE_NAME` (in `environment` or `secrets`), non-empty | error | `containerDefinitions[p].environment[.j.value]` |
 //! | … when `environmentFiles` may supply it | warning | `containerDefinitions[p].environment` |
 //! | another container runs as the ignored identity: its traffic bypasses the proxy, so it need not wait (the seed's X-Ray daemon) | warning | `containerDefinitions[i].user` |
-//! | every other essential container `dependsOn` the proxy | error (warning if not essential) | `containerDefinitions[i].dependsOn` |
+//! | every other essential container `dependsOn` the proxy (except init containers the proxy `dependsOn` with `SUCCESS`/`COMPLETE`) | error (warning if not essential) | `containerDefinitions[i].dependsOn` |
 //! | that dependency has condition `HEALTHY` | error | `containerDefinitions[i].dependsOn[j].condition` |
 //! | `portMappings` protocol `tcp`/`udp`, `containerPortRange` `first-last` | error | `containerDefinitions[i].portMappings[k].*` |
 //! | every AppPorts port is a tcp `containerPort` or in a tcp `containerPortRange` | error | the AppPorts property |
@@ -90,6 +90,9 @@ struct Proxy<'a> {
     index: usize,
     name: &'a str,
     user: Option<&'a str>,
+    /// The containers the proxy `dependsOn` with condition `SUCCESS` or `COMPLETE`: init
+    /// containers (intercept's own, in deploy/), which run and exit before the proxy starts.
+    init_containers: Vec<&'a str>,
 }
 
 impl<'c> Linter<'c> {
@@ -204,8 +207,18 @@ impl<'c> Linter<'c> {
 
     fn resolve_proxy<'a>(&mut self, name: &'a str, containers: &[Container<'a>]) -> Option<Proxy<'a>> {
         if let Some(index) = containers.iter().position(|c| c.name == Some(name)) {
-            let user = containers[index].node.get("user").and_then(|u| u.value().as_str());
-            return Some(Proxy { index, name, user });
+            let node = &containers[index].node;
+            let user = node.get("user").and_then(|u| u.value().as_str());
+            let init_containers = node
+                .value()
+                .get("dependsOn")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|d| matches!(d.get("condition").and_then(Value::as_str), Some("SUCCESS" | "COMPLETE")))
+                .filter_map(|d| d.get("containerName").and_then(Value::as_str))
+                .collect();
+            return Some(Proxy { index, name, user, init_containers });
         }
         if containers.is_empty() {
             // Already reported: containerDefinitions is empty or holds no objects.
@@ -422,6 +435,10 @@ impl<'c> Linter<'c> {
             None => None,
         };
         let essential = c.node.get("essential").and_then(|e| self.ok(e.as_bool())).unwrap_or(true);
+        // An init container the proxy waits for cannot wait for the proxy: that would be a cycle.
+        if c.name.is_some_and(|name| proxy.init_containers.contains(&name)) {
+            return;
+        }
 
         let dependency = self.dependency_on(c, proxy.name);
         if let (Some(node), Some(identity)) = (&user, self.bypass(user_text, proxy)) {

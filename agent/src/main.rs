@@ -20,6 +20,8 @@ use intercept::config::{ConfigArgs, ConfigErrors, Validated, validate};
 use intercept::lint::lint;
 use intercept::netns::{self, Target};
 use intercept::plan::{self, Backend, Format, IptablesPlan, NftablesPlan};
+use intercept::privileges::{self, BackendNeeds};
+use intercept::readiness::{self, InstallWhen};
 use intercept::report::CheckReport;
 use intercept::verify::{self, Installation};
 
@@ -70,6 +72,8 @@ enum Command {
         /// `intercept::bpf`) until interrupted; interception continues after that
         #[arg(long)]
         bpf_log: bool,
+        #[command(flatten)]
+        readiness: ReadinessArgs,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -152,6 +156,36 @@ struct TargetArgs {
     ingress_fallback: IngressFallback,
 }
 
+/// When `apply` installs, and the proxy it waits for (docs/deploy-ecs.md: which fits where).
+#[derive(Debug, Args)]
+struct ReadinessArgs {
+    /// proxy-live: wait until the proxy's admin reports LIVE, then install (nothing is ever
+    /// redirected to a port nobody listens on; connections before that bypass the proxy).
+    /// immediately: install at once, fail-closed (nothing bypasses the proxy; connections
+    /// before it listens are refused). An ECS init container the proxy waits for must use
+    /// immediately
+    #[arg(long, value_enum, value_name = "proxy-live|immediately", default_value = "immediately")]
+    install_when: InstallWhen,
+    /// The proxy admin URL whose `state` must be LIVE, polled from inside the target network
+    /// namespace; with --install-when immediately, apply waits for it after installing
+    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = readiness::DEFAULT_ADMIN_URL)]
+    wait_for_proxy: Option<String>,
+    /// How long to wait for the proxy to be LIVE before failing (exit 1)
+    #[arg(long, value_name = "SECONDS", default_value_t = readiness::DEFAULT_TIMEOUT_SECS)]
+    proxy_timeout: u64,
+}
+
+impl ReadinessArgs {
+    /// The URL to wait for before installing, and the one to wait for after.
+    fn waits(&self) -> (Option<&str>, Option<&str>) {
+        let url = self.wait_for_proxy.as_deref();
+        match self.install_when {
+            InstallWhen::ProxyLive => (Some(url.unwrap_or(readiness::DEFAULT_ADMIN_URL)), None),
+            InstallWhen::Immediately => (None, url),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum IngressFallback {
     Refuse,
@@ -204,32 +238,75 @@ fn run(command: Command) -> Result<ExitCode> {
             print(&plan::render(&validated.config, backend, format))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Apply { config, backend, target, dry_run, bpf_log, format } => {
-            let validated = match config.read().and_then(|input| validate(&input.raw)) {
+        Command::Apply { config, backend, target, dry_run, bpf_log, readiness, format } => {
+            let input = match config.read() {
+                Ok(input) => input,
+                Err(errors) => return Ok(bad_input(&errors)),
+            };
+            let validated = match validate(&input.raw) {
                 Ok(validated) => validated,
                 Err(errors) => return Ok(bad_input(&errors)),
             };
             warn(&validated);
+            if let Some(code) = check_readiness(&readiness, input.task_definition.as_ref()) {
+                return Ok(code);
+            }
             // Without `remove`, exactly one backend.
             let Some(backend) = resolve(backend, &target, false)?.map(|chosen| chosen[0]) else {
                 return Ok(ExitCode::from(EXIT_BAD_INPUT));
             };
-            if backend == Backend::Ebpf {
-                return apply_ebpf(&validated.config, &target, dry_run, bpf_log, format);
-            }
-            if bpf_log {
+            if bpf_log && backend != Backend::Ebpf {
                 eprintln!("error: --bpf-log is for --backend ebpf");
                 return Ok(ExitCode::from(EXIT_BAD_INPUT));
             }
-            if backend == Backend::Nftables {
+            let needs = match backend {
+                Backend::Ebpf => BackendNeeds::Ebpf,
+                Backend::Nftables => BackendNeeds::Nftables,
+                Backend::Iptables => BackendNeeds::Iptables { legacy: target.iptables_mode.map(|m| m == Mode::Legacy) },
+            };
+            privileges::check_and_restrict(
+                &privileges::apply_requirements(needs, &target.target()),
+                &privileges::optional(needs),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}\nnothing was changed"))?;
+            let (before, after) = readiness.waits();
+            let timeout = std::time::Duration::from_secs(readiness.proxy_timeout);
+            if let (Some(url), false) = (before, dry_run) {
+                // A target that names nothing usable is bad input before any waiting.
+                if backend == Backend::Ebpf && ebpf_request(&target).is_none() {
+                    return Ok(ExitCode::from(EXIT_BAD_INPUT));
+                }
+                let Some(netns) = open_netns(&target)? else { return Ok(ExitCode::from(EXIT_BAD_INPUT)) };
+                wait_for_proxy(url, timeout, &netns).map_err(|e| e.context("nothing was installed"))?;
+            }
+            let mut logs = None;
+            if backend == Backend::Ebpf {
+                match apply_ebpf(&validated.config, &target, dry_run, bpf_log, format)? {
+                    Ok(followed) => logs = followed,
+                    Err(code) => return Ok(code),
+                }
+            } else if backend == Backend::Nftables {
                 let Some(nft) = open_nftables(&target)? else { return Ok(ExitCode::from(EXIT_BAD_INPUT)) };
                 let report = nft.apply(&NftablesPlan::new(&validated.config), dry_run)?;
                 print_nftables_report(&[report], "apply", format)?;
-                return Ok(ExitCode::SUCCESS);
+            } else {
+                let Some(backend) = open_backend(backend, &target)? else {
+                    return Ok(ExitCode::from(EXIT_BAD_INPUT));
+                };
+                let report = backend.apply(&IptablesPlan::new(&validated.config), dry_run)?;
+                print_report(&report, "apply", format)?;
             }
-            let Some(backend) = open_backend(backend, &target)? else { return Ok(ExitCode::from(EXIT_BAD_INPUT)) };
-            let report = backend.apply(&IptablesPlan::new(&validated.config), dry_run)?;
-            print_report(&report, "apply", format)?;
+            if let (Some(url), false) = (after, dry_run) {
+                let netns = netns::Netns::open(target.target())?;
+                wait_for_proxy(url, timeout, &netns).map_err(|e| e.context("interception is installed"))?;
+            }
+            // Installed: nothing more needs a capability (the eBPF events are read from a
+            // ring buffer already open).
+            privileges::drop_all()?;
+            if let Some(logs) = logs {
+                eprintln!("logging the eBPF programs' events; interrupt to stop (interception continues)");
+                logs.follow();
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Remove { backend, target, dry_run, format } => {
@@ -399,34 +476,72 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// `Ok(Err(code))` for bad input (nothing changed); `Ok(Ok(logs))` once installed, with the
+/// programs' events to follow for `--bpf-log`.
 fn apply_ebpf(
     config: &intercept::config::ProxyConfig,
     target: &TargetArgs,
     dry_run: bool,
     bpf_log: bool,
     format: Format,
-) -> Result<ExitCode> {
+) -> Result<Result<Option<ebpf::Logs>, ExitCode>> {
     if dry_run {
         eprintln!(
             "error: --dry-run is not available with --backend ebpf; `intercept plan --backend ebpf` shows the maps"
         );
         eprintln!("nothing was changed");
-        return Ok(ExitCode::from(EXIT_BAD_INPUT));
+        return Ok(Err(ExitCode::from(EXIT_BAD_INPUT)));
     }
-    let Some(request) = ebpf_request(target) else { return Ok(ExitCode::from(EXIT_BAD_INPUT)) };
+    let Some(request) = ebpf_request(target) else { return Ok(Err(ExitCode::from(EXIT_BAD_INPUT))) };
     let mut report = match ebpf::cli::apply(&request, config, ApplyOptions { bpf_log }) {
         Ok(report) => report,
-        Err(e) => return ebpf_error(e),
+        Err(e) => return ebpf_error(e).map(Err),
     };
     print(&match format {
         Format::Text => report.render_text(),
         Format::Json => to_json(&report)?,
     })?;
-    if let Some(logs) = report.logs.take() {
-        eprintln!("logging the eBPF programs' events; interrupt to stop (interception continues)");
-        logs.follow();
+    Ok(Ok(report.logs.take()))
+}
+
+/// The readiness flags' bad input: a URL intercept cannot poll, or an init container asked
+/// to wait for a proxy that waits for it. `Some(exit code)` after saying why.
+fn check_readiness(args: &ReadinessArgs, task_definition: Option<&serde_json::Value>) -> Option<ExitCode> {
+    let (before, after) = args.waits();
+    if let Some(Err(e)) = before.or(after).map(readiness::check_url) {
+        eprintln!("error: {e}");
+        eprintln!("nothing was changed");
+        return Some(ExitCode::from(EXIT_BAD_INPUT));
     }
-    Ok(ExitCode::SUCCESS)
+    if before.is_some()
+        && let Some(why) = task_definition.and_then(readiness::init_container_deadlock)
+    {
+        eprintln!("error: {why}");
+        eprintln!("nothing was changed");
+        return Some(ExitCode::from(EXIT_BAD_INPUT));
+    }
+    None
+}
+
+/// The target namespace, to wait for the proxy in; `None` (after saying why) when it names
+/// nothing usable: bad input, nothing was changed.
+fn open_netns(target: &TargetArgs) -> Result<Option<netns::Netns>> {
+    match netns::Netns::open(target.target()) {
+        Ok(netns) => Ok(Some(netns)),
+        Err(e @ (netns::Error::Open { .. } | netns::Error::NotNetns { .. })) => {
+            eprintln!("error: --netns/--netns-pid: {e}");
+            eprintln!("nothing was changed");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn wait_for_proxy(url: &str, timeout: std::time::Duration, netns: &netns::Netns) -> Result<()> {
+    eprintln!("waiting up to {}s for the proxy at {url} to be LIVE", timeout.as_secs());
+    let live = readiness::wait_until_live(url, timeout, netns)?;
+    eprintln!("the proxy is LIVE ({} polls, {:.1?})", live.polls, live.waited);
+    Ok(())
 }
 
 fn remove_ebpf(target: &TargetArgs, dry_run: bool, format: Format) -> Result<ExitCode> {

@@ -219,8 +219,8 @@ fn a_missing_capability_is_named_with_how_to_get_it() {
     let (code, stdout, stderr) = text(&output);
     assert_eq!(code, 1, "{stdout}{stderr}");
     assert!(
-        stderr.contains("lacks the CAP_NET_ADMIN capability")
-            && stderr.contains("run it as root, or grant the capability"),
+        stderr.contains("missing capabilities CAP_NET_ADMIN, CAP_SYS_ADMIN\n")
+            && stderr.contains("run intercept as root, or grant them"),
         "{stderr}"
     );
     assert!(!sandbox.task().exec("iptables-nft-save", &[]).contains("INTERCEPT"));

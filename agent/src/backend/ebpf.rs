@@ -37,11 +37,12 @@ use aya::{Ebpf, EbpfError, EbpfLoader};
 use aya_log::EbpfLogger;
 use intercept_common::{IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP};
 
-pub use host::{Capability, Mount, attached_programs, cgroup_id, cgroup2_mount, is_bpffs, parse_mountinfo};
+pub use host::{Mount, attached_programs, cgroup_id, cgroup2_mount, is_bpffs, parse_mountinfo};
 pub use intercept_common::{Counter, MAP_NAMES};
 pub use maps::{Changes, Contents, Generations};
 
 use crate::plan::ebpf::EbpfPlan;
+use crate::privileges;
 
 /// Where bpffs is conventionally mounted; `--bpffs` chooses another place.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -143,6 +144,8 @@ pub enum Error {
     RootCgroup(PathBuf),
     #[error("missing capability {capability}: it is needed for {needed_for}")]
     MissingCapability { capability: &'static str, needed_for: &'static str },
+    #[error(transparent)]
+    Capabilities(Box<privileges::Error>),
     #[error("{count} addresses for {map}, which holds at most {capacity}")]
     TooManyLocalAddresses { map: &'static str, count: usize, capacity: u32 },
     #[error(
@@ -252,31 +255,26 @@ pub struct Applied {
     pub logs: Option<Logs>,
 }
 
-/// The capabilities `apply` needs, checked up front so a missing one is named before
-/// anything changes. CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, as in the kernel;
-/// it is needed in addition only when `apply` has to mount the bpffs.
-pub const APPLY_CAPABILITIES: [(Capability, &str); 3] = [
-    (Capability::Bpf, "creating eBPF maps and loading eBPF programs"),
-    (Capability::NetAdmin, "loading and attaching cgroup networking (sock_addr, sockops, sockopt) programs"),
-    (
-        Capability::Perfmon,
-        "loading the programs: the verifier allows their variable stack offsets (compiler-generated memset) only with it",
-    ),
-];
-
-/// Whether this process holds [`APPLY_CAPABILITIES`]: `apply` checks it first, and
-/// `--backend auto` asks it before choosing eBPF.
+/// Whether this process holds [`crate::privileges::EBPF`]: `apply` checks it first, and
+/// `--backend auto` asks it before choosing eBPF. CAP_SYS_ADMIN is needed in addition only
+/// when `apply` has to mount the bpffs.
 pub(crate) fn check_capabilities() -> Result<(), Error> {
-    let effective = host::effective_capabilities()?;
-    for (cap, needed_for) in APPLY_CAPABILITIES {
-        let held = host::has_capability(effective, cap)
-            || (matches!(cap, Capability::Bpf | Capability::Perfmon)
-                && host::has_capability(effective, Capability::SysAdmin));
-        if !held {
-            return Err(Error::MissingCapability { capability: cap.name(), needed_for });
+    let held = privileges::effective().map_err(|e| Error::Capabilities(Box::new(e)))?;
+    match privileges::missing(&privileges::EBPF, &held).first() {
+        Some(r) => {
+            Err(Error::MissingCapability { capability: capability_name(r.capability), needed_for: r.needed_for })
         }
+        None => Ok(()),
     }
-    Ok(())
+}
+
+fn capability_name(capability: caps::Capability) -> &'static str {
+    match capability {
+        caps::Capability::CAP_BPF => "CAP_BPF",
+        caps::Capability::CAP_PERFMON => "CAP_PERFMON",
+        caps::Capability::CAP_SYS_ADMIN => "CAP_SYS_ADMIN",
+        _ => "CAP_NET_ADMIN",
+    }
 }
 
 /// Installs `plan` on the target's cgroup, or brings an installation up to date in place.

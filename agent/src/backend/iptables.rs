@@ -249,8 +249,7 @@ impl Iptables<System> {
 }
 
 fn require_capability(cap: caps::Capability, short: &'static str, why: &'static str) -> Result<(), Error> {
-    // When the capability set cannot be read, the commands themselves will say what is wrong.
-    if caps::has_cap(None, caps::CapSet::Effective, cap).unwrap_or(true) {
+    if crate::privileges::holds(cap) {
         return Ok(());
     }
     let capability = match cap {

@@ -95,7 +95,7 @@ impl Nftables<System> {
     /// The backend for `target`. Checks the capability and that nft works in the
     /// namespace first, so that a missing piece is reported before anything runs.
     pub fn open(target: Target) -> Result<Nftables<System>, Error> {
-        if !caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_NET_ADMIN).unwrap_or(true) {
+        if !crate::privileges::holds(caps::Capability::CAP_NET_ADMIN) {
             return Err(Error::MissingCapability);
         }
         let backend = Nftables::new(System::new(Netns::open(target)?));

@@ -89,6 +89,27 @@ fn xray_daemon_bypass_without_config_compares_with_the_proxy_user() {
 }
 
 #[test]
+fn an_init_container_the_proxy_waits_for_need_not_wait_for_the_proxy() {
+    for condition in ["SUCCESS", "COMPLETE"] {
+        let td = mutated("ec2-taskB", |td| {
+            let init = json!({"name": "intercept-init", "image": "intercept", "essential": false, "user": "0"});
+            td["containerDefinitions"].as_array_mut().unwrap().insert(0, init);
+            td["containerDefinitions"][2]["dependsOn"] =
+                json!([{"containerName": "intercept-init", "condition": condition}]);
+        });
+        assert_clean(&td, &seed_config());
+    }
+    // Any other condition does not make it an init container: it must wait like the others.
+    let td = mutated("ec2-taskB", |td| {
+        let init = json!({"name": "intercept-init", "image": "intercept", "essential": false});
+        td["containerDefinitions"].as_array_mut().unwrap().insert(0, init);
+        td["containerDefinitions"][2]["dependsOn"] = json!([{"containerName": "intercept-init", "condition": "START"}]);
+    });
+    let d = single_warning(&td, "containerDefinitions[0].dependsOn", None);
+    assert!(d.message.contains("does not wait for the proxy"), "{d}");
+}
+
+#[test]
 fn ignored_identity_with_dependency_still_bypasses_the_proxy() {
     let td = mutated("ec2-xray-taskB", |td| {
         td["containerDefinitions"][2]["dependsOn"] = json!([{"containerName": "envoy", "condition": "HEALTHY"}]);

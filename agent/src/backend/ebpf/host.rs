@@ -1,6 +1,5 @@
 //! What the eBPF backend needs to know about the host: where cgroup2 and bpffs are mounted
-//! (from `/proc/self/mountinfo`), which cgroup `--cgroup` names, the capabilities this process
-//! holds, and which programs are attached to a cgroup.
+//! (from `/proc/self/mountinfo`), which cgroup `--cgroup` names, and which programs are attached to a cgroup.
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -14,7 +13,6 @@ use super::Error;
 
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 const SELF_CGROUP: &str = "/proc/self/cgroup";
-const SELF_STATUS: &str = "/proc/self/status";
 
 /// One line of mountinfo: where a file system is mounted, which part of it, and its type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,37 +163,6 @@ pub fn lock_bpffs(path: &Path) -> Result<nix::fcntl::Flock<fs::File>, Error> {
 /// Whether a bpffs is mounted exactly at `path` (canonical).
 pub fn is_bpffs(path: &Path) -> Result<bool, Error> {
     Ok(mounts()?.iter().any(|m| m.fstype == "bpf" && m.mount_point == path))
-}
-
-/// Capabilities the backend checks for before touching anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Capability {
-    NetAdmin = 12,
-    SysAdmin = 21,
-    Perfmon = 38,
-    Bpf = 39,
-}
-
-impl Capability {
-    pub fn name(self) -> &'static str {
-        match self {
-            Capability::NetAdmin => "CAP_NET_ADMIN",
-            Capability::SysAdmin => "CAP_SYS_ADMIN",
-            Capability::Perfmon => "CAP_PERFMON",
-            Capability::Bpf => "CAP_BPF",
-        }
-    }
-}
-
-/// The effective capability set of this process (`CapEff` in /proc/self/status).
-pub fn effective_capabilities() -> Result<u64, Error> {
-    let status = fs::read_to_string(SELF_STATUS).map_err(|e| Error::io("read", SELF_STATUS, e))?;
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:")).map(str::trim).unwrap_or("0");
-    Ok(u64::from_str_radix(hex, 16).unwrap_or(0))
-}
-
-pub fn has_capability(effective: u64, cap: Capability) -> bool {
-    effective & (1 << cap as u64) != 0
 }
 
 /// `bpf(BPF_PROG_QUERY)`: the ids of the programs attached to `cgroup` for `attach_type`
@@ -611,13 +578,5 @@ mod tests {
         for (field, expected) in cases {
             assert_eq!(unescape_octal(field), OsStr::new(expected), "{field}");
         }
-    }
-
-    #[test]
-    fn capability_bits() {
-        let eff = (1u64 << 39) | (1 << 12);
-        assert!(has_capability(eff, Capability::Bpf));
-        assert!(has_capability(eff, Capability::NetAdmin));
-        assert!(!has_capability(eff, Capability::SysAdmin));
     }
 }

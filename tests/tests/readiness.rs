@@ -1,0 +1,271 @@
+//! Proxy readiness through the `intercept` binary: a fake Envoy admin on the task
+//! namespace's loopback answers `PRE_INITIALIZING` until the test turns it `LIVE`.
+//! `--install-when proxy-live` installs nothing before that and everything after;
+//! `--install-when immediately --wait-for-proxy` installs first and returns once LIVE; a proxy
+//! that never becomes LIVE (or never answers) fails with the URL and the last state seen,
+//! nothing installed; bad URLs and an init container the proxy waits for are bad input.
+//!
+//! Needs root, the tools and the `intercept` binary (`cargo xtask test` builds it).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpListener,
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use intercept_tests::topology::{Netns, intercept_bin, require_netns_privileges};
+
+const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/ec2-taskB.json");
+const ADMIN_PORT: u16 = 9901;
+
+/// A fake Envoy admin: `GET /server_info` answers `{"state":"PRE_INITIALIZING"}` until
+/// [`FakeAdmin::go_live`], then `{"state":"LIVE"}`. Listens on 127.0.0.1 of the namespace it
+/// was created in; stops on drop.
+struct FakeAdmin {
+    live: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    requests: Arc<AtomicU32>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeAdmin {
+    fn start(netns: &Netns) -> FakeAdmin {
+        // The socket belongs to the namespace the thread that made it had joined.
+        let listener = netns.run(|| TcpListener::bind(("127.0.0.1", ADMIN_PORT)).expect("bind the fake admin"));
+        listener.set_nonblocking(true).unwrap();
+        let (live, stop, requests) =
+            (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
+        let thread = {
+            let (live, stop, requests) = (live.clone(), stop.clone(), requests.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok((mut stream, _)) = listener.accept() else {
+                        thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    stream.set_nonblocking(false).unwrap();
+                    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    let mut request = Vec::new();
+                    let mut buf = [0; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    // A client that gave up before sending anything gets no answer.
+                    if request.is_empty() {
+                        continue;
+                    }
+                    assert!(request.starts_with(b"GET /server_info "), "{}", String::from_utf8_lossy(&request));
+                    let state = if live.load(Ordering::SeqCst) { "LIVE" } else { "PRE_INITIALIZING" };
+                    let body = format!(r#"{{"version":"fake/1.29","state":"{state}","uptime_current_epoch":"1s"}}"#);
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: \
+                         close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes());
+                    requests.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        FakeAdmin { live, stop, requests, thread: Some(thread) }
+    }
+
+    fn go_live(&self) {
+        self.live.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until the admin has answered `n` requests.
+    fn wait_for_requests(&self, n: u32) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.requests.load(Ordering::SeqCst) < n {
+            assert!(Instant::now() < deadline, "intercept did not poll the admin {n} times in 20 s");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for FakeAdmin {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A child this test started: killed (by pid) and reaped on drop unless it was waited for.
+struct Apply(Option<Child>);
+
+impl Apply {
+    fn spawn(bin: &Path, args: &[&str]) -> Apply {
+        let child = Command::new(bin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn intercept apply");
+        Apply(Some(child))
+    }
+
+    fn running(&mut self) -> bool {
+        self.0.as_mut().expect("not waited for").try_wait().expect("try_wait").is_none()
+    }
+
+    fn finish(mut self) -> (i32, String) {
+        let output: Output = self.0.take().expect("not waited for").wait_with_output().expect("wait for intercept");
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.code().unwrap_or(-1), text)
+    }
+}
+
+impl Drop for Apply {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn run(bin: &Path, args: &[&str]) -> (i32, String) {
+    let output = Command::new(bin).args(args).output().expect("run intercept");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.code().unwrap_or(-1), text)
+}
+
+fn setup(test: &str) -> Option<(std::path::PathBuf, Netns)> {
+    if !require_netns_privileges(test) {
+        return None;
+    }
+    Some((intercept_bin(test)?, Netns::create("ready")))
+}
+
+fn installed(bin: &Path, target: &[&str]) -> bool {
+    let (code, text) = run(bin, &[&["status"][..], target].concat());
+    assert!(code == 0 || code == 1, "status: {text}");
+    code == 0
+}
+
+#[test]
+fn proxy_live_installs_only_once_the_admin_reports_live() {
+    let Some((bin, task)) = setup("proxy_live_installs_only_once_the_admin_reports_live") else { return };
+    let admin = FakeAdmin::start(&task);
+    let path = task.path().display().to_string();
+    let target = ["--backend", "iptables", "--netns", &path];
+    let apply = [&["apply"][..], &target, &["--task-definition", SEED, "--install-when", "proxy-live"]].concat();
+    let mut child = Apply::spawn(&bin, &apply);
+
+    admin.wait_for_requests(2);
+    assert!(child.running(), "apply returned while the proxy was PRE_INITIALIZING");
+    assert!(!installed(&bin, &target), "interception installed before the proxy was LIVE");
+    admin.go_live();
+    let (code, text) = child.finish();
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("the proxy is LIVE ("), "{text}");
+    assert!(installed(&bin, &target), "not installed after the proxy went LIVE: {text}");
+    run(&bin, &[&["remove"][..], &target].concat());
+}
+
+#[test]
+fn immediately_with_wait_for_proxy_installs_first_and_returns_once_live() {
+    let Some((bin, task)) = setup("immediately_with_wait_for_proxy_installs_first_and_returns_once_live") else {
+        return;
+    };
+    let admin = FakeAdmin::start(&task);
+    let path = task.path().display().to_string();
+    let target = ["--backend", "nftables", "--netns", &path];
+    let apply = [&["apply"][..], &target, &["--task-definition", SEED, "--wait-for-proxy"]].concat();
+    let mut child = Apply::spawn(&bin, &apply);
+
+    admin.wait_for_requests(2);
+    assert!(child.running(), "apply returned while the proxy was PRE_INITIALIZING");
+    assert!(installed(&bin, &target), "--install-when immediately: installed before waiting");
+    admin.go_live();
+    let (code, text) = child.finish();
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("the proxy is LIVE ("), "{text}");
+    run(&bin, &[&["remove"][..], &target].concat());
+}
+
+#[test]
+fn a_proxy_that_never_becomes_live_times_out_naming_the_url_and_the_last_state() {
+    let Some((bin, task)) = setup("a_proxy_that_never_becomes_live_times_out_naming_the_url_and_the_last_state") else {
+        return;
+    };
+    let _admin = FakeAdmin::start(&task);
+    let path = task.path().display().to_string();
+    let target = ["--backend", "iptables", "--netns", &path];
+    let live = ["--install-when", "proxy-live", "--proxy-timeout", "1"];
+    let (code, text) = run(&bin, &[&["apply"][..], &target, &live, &["--task-definition", SEED]].concat());
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(
+            "the proxy at http://127.0.0.1:9901/server_info was not LIVE after 1s (--proxy-timeout); last seen: state \
+             PRE_INITIALIZING"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("nothing was installed"), "{text}");
+    assert!(!installed(&bin, &target));
+
+    // Nobody listening on the port: the last thing seen is the refused connection.
+    let url = "http://127.0.0.1:9902/server_info";
+    let args = [&["apply"][..], &target, &live, &["--wait-for-proxy", url, "--task-definition", SEED]].concat();
+    let (code, text) = run(&bin, &args);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(&format!("the proxy at {url} was not LIVE after 1s")), "{text}");
+    assert!(text.contains("last seen: no answer ("), "{text}");
+    assert!(!installed(&bin, &target));
+}
+
+#[test]
+fn readiness_bad_input_changes_nothing() {
+    let Some((bin, task)) = setup("readiness_bad_input_changes_nothing") else { return };
+    let path = task.path().display().to_string();
+    let target = ["--backend", "iptables", "--netns", &path];
+    let bad_url = ["--wait-for-proxy", "https://127.0.0.1:9901/server_info", "--task-definition", SEED];
+    let (code, text) = run(&bin, &[&["apply"][..], &target, &bad_url].concat());
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("error: --wait-for-proxy https://127.0.0.1:9901/server_info: must be an http:// URL"),
+        "{text}"
+    );
+
+    // A namespace that is not there is bad input before any waiting.
+    let missing = ["--netns", "/nonexistent/netns", "--install-when", "proxy-live", "--task-definition", SEED];
+    let (code, text) = run(&bin, &[&["apply", "--backend", "iptables"][..], &missing].concat());
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("error: --netns/--netns-pid: cannot open the network namespace /nonexistent/netns"),
+        "{text}"
+    );
+
+    // The deploy example with its init container asking to wait for the proxy it blocks.
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/ecs-task-definition-ec2.json");
+    let mut task_definition: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&deploy).expect("read the deploy task definition")).unwrap();
+    let containers = task_definition["containerDefinitions"].as_array_mut().unwrap();
+    let init = containers.iter_mut().find(|c| c["name"] == "intercept-init").expect("the init container");
+    let command = init["command"].as_array_mut().unwrap();
+    command.extend(["--install-when".into(), "proxy-live".into()]);
+    let file = std::env::temp_dir().join(format!("intercept-deadlock-{}.json", std::process::id()));
+    std::fs::write(&file, task_definition.to_string()).unwrap();
+    let args =
+        [&["apply"][..], &target, &["--install-when", "proxy-live", "--task-definition", file.to_str().unwrap()]]
+            .concat();
+    let (code, text) = run(&bin, &args);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("--install-when proxy-live cannot work in container \"intercept-init\""), "{text}");
+    assert!(!installed(&bin, &target));
+}
