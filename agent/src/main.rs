@@ -13,9 +13,8 @@ use intercept::backend::auto::{self, Choice};
 use intercept::backend::ebpf::{self, ApplyOptions};
 use intercept::backend::iptables::{self, Iptables, Mode};
 use intercept::backend::nftables::{self, Nftables};
-use intercept::config::source::{Input, parse_task_definition};
+use intercept::config::source::parse_task_definition;
 use intercept::config::{ConfigArgs, ConfigErrors, Validated, validate};
-use intercept::lint::lint;
 use intercept::netns::{self, Target};
 use intercept::plan::{self, Backend, Format, IptablesPlan, NftablesPlan};
 use intercept::report::CheckReport;
@@ -165,7 +164,7 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Check { config, format } => {
-            let report = check(config.read(), config.no_implicit_exemptions);
+            let report = CheckReport::check(config.read(), config.no_implicit_exemptions);
             print(&match format {
                 Format::Text => report.render_text(),
                 Format::Json => report.render_json(),
@@ -475,25 +474,12 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
     Ok(json)
 }
 
-/// Validation and lint findings for one input, all at once.
-fn check(input: Result<Input, ConfigErrors>, no_implicit_exemptions: bool) -> CheckReport {
-    match input {
-        Ok(Input { raw, task_definition }) => {
-            let validation = validate(&raw);
-            let config = validation.as_ref().ok().map(|v| &v.config);
-            let findings = task_definition.as_ref().map(|doc| lint(doc, config));
-            CheckReport::new(raw.source.to_string(), validation.clone(), raw.implicit_exemptions, findings)
-        }
-        Err(errors) => CheckReport::new("input", Err(errors), !no_implicit_exemptions, None),
-    }
-}
-
 fn demo() -> Result<ExitCode> {
     let input = parse_task_definition(SEED_TASK_DEFINITION, SEED_ORIGIN)
         .map_err(|e| anyhow::anyhow!("the embedded seed task definition does not parse: {e}"))?;
     let validated = validate(&input.raw)
         .map_err(|e| anyhow::anyhow!("the embedded seed task definition does not validate: {e}"))?;
-    let report = check(Ok(input), false);
+    let report = CheckReport::check(Ok(input), false);
     let mut out = String::new();
     out.push_str(&banner("intercept check --task-definition examples/ec2-taskB.json"));
     out.push_str(&report.render_text());
