@@ -118,8 +118,8 @@ struct TargetArgs {
     /// relative to it, or `auto` (the parent of intercept's own cgroup)
     #[arg(long, value_name = "PATH|auto")]
     cgroup: Option<String>,
-    /// eBPF backend: the bpffs directory for the pins, mounted if it is not a bpffs;
-    /// default /sys/fs/bpf
+    /// eBPF backend: the bpffs directory for the pins, an existing directory, mounted if it
+    /// is not a bpffs; default /sys/fs/bpf
     #[arg(long, value_name = "PATH")]
     bpffs: Option<PathBuf>,
     /// eBPF backend: while the proxy has no ingress listener (restarting), inbound connections
@@ -309,26 +309,16 @@ fn ebpf_request(target: &TargetArgs) -> Option<ebpf::cli::Request> {
     })
 }
 
-/// An eBPF-mode error: a `--cgroup` or `--netns` that names nothing usable is bad input
-/// (exit 2, nothing changed); anything else fails the operation.
+/// An eBPF-mode error: a `--cgroup`, `--bpffs` or `--netns` that names nothing usable is bad
+/// input (exit 2, nothing changed); anything else fails the operation.
 fn ebpf_error(e: ebpf::cli::Error) -> Result<ExitCode> {
-    if e.is_bad_target() {
-        eprintln!("error: {}", error_chain(&e));
+    if let Some(option) = e.bad_target_option() {
+        // These errors' messages carry their cause already.
+        eprintln!("error: {option}: {e}");
         eprintln!("nothing was changed");
         return Ok(ExitCode::from(EXIT_BAD_INPUT));
     }
     Err(e.into())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn apply_ebpf(

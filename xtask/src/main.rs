@@ -10,8 +10,11 @@
 //! - `bench`: setup, then the benchmark of every backend against no interception and the
 //!   reference rule shape, in a private sandbox; writes `docs/performance.md` and
 //!   `docs/perf/` (`--quick`: a reduced matrix, written to `target/bench/`).
+//! - `fuzz --seconds N`: the cargo-fuzz target over every configuration reader for N seconds
+//!   (see `fuzz.rs`); non-zero exit and the crashing input's path when it finds a bug.
 
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -52,6 +55,12 @@ enum Task {
     Bench {
         #[arg(long)]
         quick: bool,
+    },
+    /// Fuzz every configuration reader and validation (cargo-fuzz, nightly) for N seconds from
+    /// the committed seeds, memory and per-input time bounded; installs cargo-fuzz if missing.
+    Fuzz {
+        #[arg(long, value_name = "N", default_value_t = 60)]
+        seconds: u32,
     },
 }
 
@@ -109,6 +118,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Test => test(&ws),
         Task::Demo { args } => demo(&ws, &args),
         Task::Bench { quick } => bench::run(&ws, quick),
+        Task::Fuzz { seconds } => fuzz::run(&ws, seconds),
     }
 }
 
