@@ -168,8 +168,8 @@ fn list(entry: &str, len: usize, last: &str) -> String {
 }
 
 fn generated() -> Vec<Case> {
-    let proxy_ingress = [("APPMESH_IGNORE_UID", "1337"), ("APPMESH_ENVOY_EGRESS_PORT", "15001")];
-    let mut env: Vec<(OsString, OsString)> = proxy_ingress.iter().map(|(k, v)| (k.into(), v.into())).collect();
+    let egress_only = [("APPMESH_IGNORE_UID", "1337"), ("APPMESH_ENVOY_EGRESS_PORT", "15001")];
+    let mut env: Vec<(OsString, OsString)> = egress_only.iter().map(|(k, v)| (k.into(), v.into())).collect();
     env.push(("APPMESH_EGRESS_IGNORED_IP".into(), list("10.0.0.1", LONG_ARG, "10.0.0.300").into()));
     let container = r#"{"name": "app"}"#;
     let task_definition_10mb = format!(
