@@ -250,11 +250,11 @@ impl<'a> Validation<'a> {
         let mut good: Vec<PortRange> = Vec::with_capacity(entries.len());
         let mut coverage = Coverage::new();
         let mut bad = false;
-        let mut shown = EntryDiagnostics::default();
+        let mut counts = EntryDiagnostics::default();
         for entry in entries {
             match entry {
                 Err(e) => {
-                    self.entry(&mut shown, p, Severity::Error, e.to_string());
+                    self.entry(&mut counts, p, Severity::Error, e.to_string());
                     bad = true;
                 }
                 Ok(r) => {
@@ -264,13 +264,13 @@ impl<'a> Validation<'a> {
                         } else {
                             format!("[{r}] overlaps [{earlier}]: the two are merged")
                         };
-                        self.entry(&mut shown, p, Severity::Warning, message);
+                        self.entry(&mut counts, p, Severity::Warning, message);
                     }
                     good.push(r);
                 }
             }
         }
-        self.hidden_entries(p, &shown);
+        self.hidden_entries(p, &counts);
         if bad { Slot::Invalid } else { Slot::Valid(good) }
     }
 
@@ -280,12 +280,12 @@ impl<'a> Validation<'a> {
         let mut good: Vec<IpNet> = Vec::new();
         let mut seen: HashSet<IpNet> = HashSet::new();
         let mut bad = false;
-        let mut shown = EntryDiagnostics::default();
+        let mut counts = EntryDiagnostics::default();
         for entry in parse::parse_ip_list(&p.value) {
             let net = match entry {
                 Ok(net) => net,
                 Err(e) => {
-                    self.entry(&mut shown, p, Severity::Error, e.to_string());
+                    self.entry(&mut counts, p, Severity::Error, e.to_string());
                     bad = true;
                     continue;
                 }
@@ -293,7 +293,7 @@ impl<'a> Validation<'a> {
             let net = match ipv4_mapped(net) {
                 Some(v4) => {
                     self.entry(
-                        &mut shown,
+                        &mut counts,
                         p,
                         Severity::Warning,
                         format!(
@@ -308,18 +308,18 @@ impl<'a> Validation<'a> {
             let normal = net.trunc();
             if normal != net {
                 self.entry(
-                    &mut shown,
+                    &mut counts,
                     p,
                     Severity::Warning,
                     format!("CIDR block [{net}] has host bits set: using {normal}"),
                 );
             }
             if !seen.insert(normal) {
-                self.entry(&mut shown, p, Severity::Warning, format!("[{normal}] is listed more than once"));
+                self.entry(&mut counts, p, Severity::Warning, format!("[{normal}] is listed more than once"));
             }
             if !ipv6 && matches!(net, IpNet::V6(_)) {
                 self.entry(
-                    &mut shown,
+                    &mut counts,
                     p,
                     Severity::Warning,
                     format!("[{normal}] is IPv6 but IPv6 interception is disabled: it has no effect"),
@@ -327,7 +327,7 @@ impl<'a> Validation<'a> {
             }
             good.push(normal);
         }
-        self.hidden_entries(p, &shown);
+        self.hidden_entries(p, &counts);
         if bad { Slot::Invalid } else { Slot::Valid(good) }
     }
 
