@@ -38,16 +38,8 @@ pub fn run(ws: &Workspace, seconds: u32) -> Result<ExitCode> {
     let artifacts = ws.root.join("fuzz").join("artifacts").join(TARGET);
 
     step(&format!("fuzz: {TARGET} for {seconds} s"));
-    let path = env::join_paths(
-        std::iter::once(tools.join("bin")).chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
-    )
-    .context("PATH")?;
-    let mut fuzz = ws.nightly_cargo();
-    fuzz.env("PATH", path)
-        .args(["fuzz", "run", "--fuzz-dir", "fuzz", "--sanitizer", "none", "--debug-assertions", "--target-dir"])
-        .arg(ws.target_dir.join("fuzz"))
-        .arg(TARGET)
-        .arg(&found)
+    let mut fuzz = fuzz_run(ws, &tools)?;
+    fuzz.arg(&found)
         .args(SEED_DIRS)
         .arg("--")
         .arg(format!("-max_total_time={seconds}"))
@@ -58,17 +50,31 @@ pub fn run(ws: &Workspace, seconds: u32) -> Result<ExitCode> {
         eprintln!("    FAILED: {e:#}");
         match newest_file(&artifacts) {
             Some(input) => eprintln!(
-                "    the failing input: {} (replay it: `{} {}`); fix the bug, then add the input to \
+                "    the failing input: {} (replay it: `{}`); fix the bug, then add the input to \
                  tests/bad-input/ (or fuzz/seeds/ when it is valid) as a regression",
                 input.display(),
-                display(ws.nightly_cargo().args(["fuzz", "run", "--sanitizer", "none", TARGET])),
-                input.display()
+                display(fuzz_run(ws, &tools)?.arg(&input)),
             ),
             None => eprintln!("    no failing input was written under {}", artifacts.display()),
         }
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cargo fuzz run <target>` with the nightly toolchain, the build settings of every run, and
+/// cargo-fuzz from `tools` on PATH; corpus directories or an input to replay come next.
+fn fuzz_run(ws: &Workspace, tools: &Path) -> Result<Command> {
+    let path = env::join_paths(
+        std::iter::once(tools.join("bin")).chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
+    )
+    .context("PATH")?;
+    let mut fuzz = ws.nightly_cargo();
+    fuzz.env("PATH", path)
+        .args(["fuzz", "run", "--fuzz-dir", "fuzz", "--sanitizer", "none", "--debug-assertions", "--target-dir"])
+        .arg(ws.target_dir.join("fuzz"))
+        .arg(TARGET);
+    Ok(fuzz)
 }
 
 fn install_cargo_fuzz(ws: &Workspace, tools: &Path) -> Result<()> {
