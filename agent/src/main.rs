@@ -15,9 +15,8 @@ use intercept::backend::auto::{self, Choice};
 use intercept::backend::ebpf::{self, ApplyOptions};
 use intercept::backend::iptables::{self, Iptables, Mode};
 use intercept::backend::nftables::{self, Nftables};
-use intercept::config::source::{Input, parse_task_definition};
+use intercept::config::source::parse_task_definition;
 use intercept::config::{ConfigArgs, ConfigErrors, Validated, validate};
-use intercept::lint::lint;
 use intercept::netns::{self, Target};
 use intercept::plan::{self, Backend, Format, IptablesPlan, NftablesPlan};
 use intercept::privileges::{self, BackendNeeds};
@@ -146,8 +145,8 @@ struct TargetArgs {
     /// relative to it, or `auto` (the parent of intercept's own cgroup)
     #[arg(long, value_name = "PATH|auto")]
     cgroup: Option<String>,
-    /// eBPF backend: the bpffs directory for the pins, mounted if it is not a bpffs;
-    /// default /sys/fs/bpf
+    /// eBPF backend: the bpffs directory for the pins, an existing directory, mounted if it
+    /// is not a bpffs; default /sys/fs/bpf
     #[arg(long, value_name = "PATH")]
     bpffs: Option<PathBuf>,
     /// eBPF backend: while the proxy has no ingress listener (restarting), inbound connections
@@ -222,7 +221,7 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Check { config, format } => {
-            let report = check(config.read(), config.no_implicit_exemptions);
+            let report = CheckReport::check(config.read(), config.no_implicit_exemptions);
             print(&match format {
                 Format::Text => report.render_text(),
                 Format::Json => report.render_json(),
@@ -454,26 +453,16 @@ fn ebpf_request(target: &TargetArgs) -> Option<ebpf::cli::Request> {
     })
 }
 
-/// An eBPF-mode error: a `--cgroup` or `--netns` that names nothing usable is bad input
-/// (exit 2, nothing changed); anything else fails the operation.
+/// An eBPF-mode error: a `--cgroup`, `--bpffs` or `--netns` that names nothing usable is bad
+/// input (exit 2, nothing changed); anything else fails the operation.
 fn ebpf_error(e: ebpf::cli::Error) -> Result<ExitCode> {
-    if e.is_bad_target() {
-        eprintln!("error: {}", error_chain(&e));
+    if let Some(option) = e.bad_target_option() {
+        // These errors' messages carry their cause already.
+        eprintln!("error: {option}: {e}");
         eprintln!("nothing was changed");
         return Ok(ExitCode::from(EXIT_BAD_INPUT));
     }
     Err(e.into())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// `Ok(Err(code))` for bad input (nothing changed); `Ok(Ok(logs))` once installed, with the
@@ -657,25 +646,12 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
     Ok(json)
 }
 
-/// Validation and lint findings for one input, all at once.
-fn check(input: Result<Input, ConfigErrors>, no_implicit_exemptions: bool) -> CheckReport {
-    match input {
-        Ok(Input { raw, task_definition }) => {
-            let validation = validate(&raw);
-            let config = validation.as_ref().ok().map(|v| &v.config);
-            let findings = task_definition.as_ref().map(|doc| lint(doc, config));
-            CheckReport::new(raw.source.to_string(), validation.clone(), raw.implicit_exemptions, findings)
-        }
-        Err(errors) => CheckReport::new("input", Err(errors), !no_implicit_exemptions, None),
-    }
-}
-
 fn demo() -> Result<ExitCode> {
     let input = parse_task_definition(SEED_TASK_DEFINITION, SEED_ORIGIN)
         .map_err(|e| anyhow::anyhow!("the embedded seed task definition does not parse: {e}"))?;
     let validated = validate(&input.raw)
         .map_err(|e| anyhow::anyhow!("the embedded seed task definition does not validate: {e}"))?;
-    let report = check(Ok(input), false);
+    let report = CheckReport::check(Ok(input), false);
     let mut out = String::new();
     out.push_str(&banner("intercept check --task-definition examples/ec2-taskB.json"));
     out.push_str(&report.render_text());

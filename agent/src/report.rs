@@ -9,7 +9,10 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
-use crate::config::{ConfigErrors, Diagnostic, METADATA_IPS, PortSet, ProxyConfig, SSH_PORT, Severity, Validated};
+use crate::config::{
+    ConfigErrors, Diagnostic, Input, METADATA_IPS, PortSet, ProxyConfig, SSH_PORT, Severity, Validated, validate,
+};
+use crate::lint::lint;
 
 /// Exit code of `intercept check` when any error was found (the project's code for bad input).
 pub const EXIT_ERRORS: i32 = 2;
@@ -102,6 +105,21 @@ impl ImplicitExemptions {
 }
 
 impl CheckReport {
+    /// What `intercept check` reports for one input: validation and, for a task definition,
+    /// lint findings, all at once. `no_implicit_exemptions` is the flag, for the report of an
+    /// input that could not be read.
+    pub fn check(input: Result<Input, ConfigErrors>, no_implicit_exemptions: bool) -> CheckReport {
+        match input {
+            Ok(Input { raw, task_definition }) => {
+                let validation = validate(&raw);
+                let config = validation.as_ref().ok().map(|v| &v.config);
+                let findings = task_definition.as_ref().map(|doc| lint(doc, config));
+                CheckReport::new(raw.source.to_string(), validation.clone(), raw.implicit_exemptions, findings)
+            }
+            Err(errors) => CheckReport::new("input", Err(errors), !no_implicit_exemptions, None),
+        }
+    }
+
     /// `validation` is the outcome of reading and validating the proxy configuration;
     /// `implicit_exemptions` says whether they are on (`--no-implicit-exemptions` not
     /// given), and is what the report shows when the configuration did not validate (a

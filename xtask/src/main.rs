@@ -12,8 +12,11 @@
 //!   `docs/perf/` (`--quick`: a reduced matrix, written to `target/bench/`).
 //! - `soak --minutes N`: setup, then the differential test (every backend against the
 //!   decision model on random configurations) for N minutes.
+//! - `fuzz --seconds N`: the cargo-fuzz target over every configuration reader for N seconds
+//!   (see `fuzz.rs`); non-zero exit and the crashing input's path when it finds a bug.
 
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -60,6 +63,12 @@ enum Task {
     Soak {
         #[arg(long, value_name = "MINUTES")]
         minutes: u64,
+    },
+    /// Fuzz every configuration reader and validation (cargo-fuzz, nightly) for N seconds from
+    /// the committed seeds, memory and per-input time bounded; installs cargo-fuzz if missing.
+    Fuzz {
+        #[arg(long, value_name = "N", default_value_t = 60)]
+        seconds: u32,
     },
 }
 
@@ -118,6 +127,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Demo { args } => demo(&ws, &args),
         Task::Bench { quick } => bench::run(&ws, quick),
         Task::Soak { minutes } => soak(&ws, minutes),
+        Task::Fuzz { seconds } => fuzz::run(&ws, seconds),
     }
 }
 

@@ -130,6 +130,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("{}: {reason}", path.display())]
+    Bpffs { path: PathBuf, reason: &'static str },
     #[error("no cgroup2 file system is mounted (looked in /proc/self/mountinfo)")]
     NoCgroup2,
     #[error("--cgroup auto: {reason}")]

@@ -4,6 +4,8 @@
 //! read into [`RawConfig`] by [`source`], then [`validate`] turns a [`RawConfig`] into a
 //! [`ProxyConfig`] or reports every problem at once.
 
+#[doc(hidden)]
+pub mod fuzz;
 pub mod parse;
 pub mod source;
 pub mod validate;

@@ -13,11 +13,23 @@ use super::parse::{self, ParseError, clip, list_entries};
 use super::source::{ProxyType, RawConfig, RawProperty, env_var};
 use super::{
     ConfigErrors, Diagnostic, ECS_MAX_IGNORED_PORTS, Ingress, PortRange, PortSet, Property, ProxyConfig, SSH_PORT,
-    Validated,
+    Severity, Validated,
 };
 
 /// The only proxy type ECS defines.
 pub const APPMESH: &str = "APPMESH";
+
+/// Per-entry errors, and separately warnings, shown for one list property; the rest are
+/// counted in a summary, so that a 1 MiB list of bad or repeated entries gets a screenful,
+/// not megabytes, and a bad entry is never hidden behind warnings.
+pub const LIST_DIAGNOSTICS_SHOWN: usize = 10;
+
+/// Per-entry diagnostics of one list, by severity: how many were shown, how many held back.
+#[derive(Default)]
+struct EntryDiagnostics {
+    errors: (usize, usize),
+    warnings: (usize, usize),
+}
 
 /// A property's value after parsing: absent (not given, or blank), given but wrong (already
 /// reported, so "missing" must not be reported as well), or good.
@@ -238,10 +250,11 @@ impl<'a> Validation<'a> {
         let mut good: Vec<PortRange> = Vec::with_capacity(entries.len());
         let mut coverage = Coverage::new();
         let mut bad = false;
+        let mut counts = EntryDiagnostics::default();
         for entry in entries {
             match entry {
                 Err(e) => {
-                    self.error(p.field(), Some(&p.value), e.to_string());
+                    self.entry(&mut counts, p, Severity::Error, e.to_string());
                     bad = true;
                 }
                 Ok(r) => {
@@ -251,12 +264,13 @@ impl<'a> Validation<'a> {
                         } else {
                             format!("[{r}] overlaps [{earlier}]: the two are merged")
                         };
-                        self.warning(p.field(), Some(&p.value), message);
+                        self.entry(&mut counts, p, Severity::Warning, message);
                     }
                     good.push(r);
                 }
             }
         }
+        self.hidden_entries(p, &counts);
         if bad { Slot::Invalid } else { Slot::Valid(good) }
     }
 
@@ -266,20 +280,22 @@ impl<'a> Validation<'a> {
         let mut good: Vec<IpNet> = Vec::new();
         let mut seen: HashSet<IpNet> = HashSet::new();
         let mut bad = false;
+        let mut counts = EntryDiagnostics::default();
         for entry in parse::parse_ip_list(&p.value) {
             let net = match entry {
                 Ok(net) => net,
                 Err(e) => {
-                    self.error(p.field(), Some(&p.value), e.to_string());
+                    self.entry(&mut counts, p, Severity::Error, e.to_string());
                     bad = true;
                     continue;
                 }
             };
             let net = match ipv4_mapped(net) {
                 Some(v4) => {
-                    self.warning(
-                        p.field(),
-                        Some(&p.value),
+                    self.entry(
+                        &mut counts,
+                        p,
+                        Severity::Warning,
                         format!(
                             "[{net}] is an IPv4-mapped IPv6 block: connections to such addresses are IPv4 \
                              connections and are decided as IPv4, so using {v4}"
@@ -291,25 +307,61 @@ impl<'a> Validation<'a> {
             };
             let normal = net.trunc();
             if normal != net {
-                self.warning(
-                    p.field(),
-                    Some(&p.value),
+                self.entry(
+                    &mut counts,
+                    p,
+                    Severity::Warning,
                     format!("CIDR block [{net}] has host bits set: using {normal}"),
                 );
             }
             if !seen.insert(normal) {
-                self.warning(p.field(), Some(&p.value), format!("[{normal}] is listed more than once"));
+                self.entry(&mut counts, p, Severity::Warning, format!("[{normal}] is listed more than once"));
             }
             if !ipv6 && matches!(net, IpNet::V6(_)) {
-                self.warning(
-                    p.field(),
-                    Some(&p.value),
+                self.entry(
+                    &mut counts,
+                    p,
+                    Severity::Warning,
                     format!("[{normal}] is IPv6 but IPv6 interception is disabled: it has no effect"),
                 );
             }
             good.push(normal);
         }
+        self.hidden_entries(p, &counts);
         if bad { Slot::Invalid } else { Slot::Valid(good) }
+    }
+
+    /// A diagnostic about one entry of a list, unless [`LIST_DIAGNOSTICS_SHOWN`] of its
+    /// severity have been shown for that list already.
+    fn entry(&mut self, counts: &mut EntryDiagnostics, p: &RawProperty, severity: Severity, message: String) {
+        let (shown, hidden) = match severity {
+            Severity::Error => &mut counts.errors,
+            Severity::Warning => &mut counts.warnings,
+        };
+        if *shown == LIST_DIAGNOSTICS_SHOWN {
+            *hidden += 1;
+            return;
+        }
+        *shown += 1;
+        match severity {
+            Severity::Error => self.error(p.field(), Some(&p.value), message),
+            Severity::Warning => self.warning(p.field(), Some(&p.value), message),
+        }
+    }
+
+    /// A summary of the per-entry diagnostics [`Self::entry`] held back, by severity.
+    fn hidden_entries(&mut self, p: &RawProperty, counts: &EntryDiagnostics) {
+        let (_, errors) = counts.errors;
+        if errors > 0 {
+            let message = format!("{errors} more invalid entries not shown (the first {LIST_DIAGNOSTICS_SHOWN} are)");
+            self.error(p.field(), Some(&p.value), message);
+        }
+        let (_, warnings) = counts.warnings;
+        if warnings > 0 {
+            let message =
+                format!("{warnings} more warnings about entries not shown (the first {LIST_DIAGNOSTICS_SHOWN} are)");
+            self.warning(p.field(), Some(&p.value), message);
+        }
     }
 
     fn requirements(&mut self) {

@@ -54,14 +54,20 @@ pub enum Error {
 }
 
 impl Error {
-    /// A `--cgroup` or `--netns` that names nothing usable: bad input, nothing changed.
-    pub fn is_bad_target(&self) -> bool {
-        matches!(
-            self,
+    /// The option naming nothing usable, when the error is one: a bad `--cgroup`, `--bpffs`
+    /// or `--netns` is bad input, refused before anything changes.
+    pub fn bad_target_option(&self) -> Option<&'static str> {
+        match self {
             Error::Ebpf(
-                super::Error::NotACgroup { .. } | super::Error::RootCgroup(_) | super::Error::CgroupAuto { .. }
-            ) | Error::Netns(netns::Error::Open { .. } | netns::Error::NotNetns { .. })
-        ) || matches!(self, Error::Ebpf(super::Error::Io { op: "open cgroup", .. }))
+                super::Error::NotACgroup { .. }
+                | super::Error::RootCgroup(_)
+                | super::Error::CgroupAuto { .. }
+                | super::Error::Io { op: "open cgroup", .. },
+            ) => Some("--cgroup"),
+            Error::Ebpf(super::Error::Bpffs { .. }) => Some("--bpffs"),
+            Error::Netns(netns::Error::Open { .. } | netns::Error::NotNetns { .. }) => Some("--netns/--netns-pid"),
+            _ => None,
+        }
     }
 }
 

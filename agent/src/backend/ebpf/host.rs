@@ -99,7 +99,14 @@ pub fn resolve_cgroup(arg: &str) -> Result<PathBuf, Error> {
             mount.mount_point.join(given.strip_prefix("/").unwrap_or(given))
         }
     };
-    let path = fs::canonicalize(&path).map_err(|e| Error::io("open cgroup", &path, e))?;
+    let path = match fs::canonicalize(&path) {
+        Ok(path) => path,
+        // Not under the mount, but there elsewhere: a directory that is not a cgroup.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && arg != "auto" && Path::new(arg).exists() => {
+            return Err(Error::NotACgroup { path: arg.into(), mount: mount.mount_point });
+        }
+        Err(e) => return Err(Error::io("open cgroup", &path, e)),
+    };
     if !path.starts_with(&mount.mount_point) {
         return Err(Error::NotACgroup { path, mount: mount.mount_point });
     }
@@ -132,12 +139,27 @@ pub fn cgroup_id(cgroup: &Path) -> Result<u64, Error> {
     Ok(fs::metadata(cgroup).map_err(|e| Error::io("stat", cgroup, e))?.ino())
 }
 
-/// Makes sure a bpffs is mounted at `path`, mounting one (mode 0700) if not. Returns whether
-/// this call mounted it.
+/// Makes sure a writable bpffs is mounted at `path`, an existing directory, mounting one
+/// (mode 0700) if none is. Returns whether this call mounted it. A missing path is refused
+/// rather than created: a mistyped `--bpffs` would otherwise leave a directory and a mount
+/// wherever it pointed.
 pub fn ensure_bpffs(path: &Path) -> Result<bool, Error> {
-    fs::create_dir_all(path).map_err(|e| Error::io("create bpffs directory", path, e))?;
-    let path = fs::canonicalize(path).map_err(|e| Error::io("resolve", path, e))?;
+    let bad = |reason| Error::Bpffs { path: path.to_owned(), reason };
+    let path = match fs::canonicalize(path) {
+        Ok(path) => path,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(bad("no such directory; name an existing directory (a bpffs is mounted on it if none is)"));
+        }
+        Err(e) => return Err(Error::io("resolve", path, e)),
+    };
+    if !path.is_dir() {
+        return Err(bad("not a directory"));
+    }
     if is_bpffs(&path)? {
+        let flags = nix::sys::statvfs::statvfs(&path).map_err(|e| Error::io("statvfs", &path, e.into()))?.flags();
+        if flags.contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+            return Err(bad("the bpffs there is mounted read-only, so nothing can be pinned in it"));
+        }
         return Ok(false);
     }
     nix::mount::mount(Some("bpf"), &path, Some("bpf"), nix::mount::MsFlags::empty(), Some("mode=0700")).map_err(

@@ -487,3 +487,28 @@ fn every_property_has_a_rule_here() {
         assert!(covered.contains(p.name()), "{p}");
     }
 }
+
+/// A long list with many bad or repeated entries gets the first few diagnostics of each
+/// severity and one summary each, and the errors are not hidden behind the warnings.
+#[test]
+fn long_lists_report_the_first_entries_and_count_the_rest() {
+    let shown = crate::config::validate::LIST_DIAGNOSTICS_SHOWN;
+    let ports = ["5000"; 40].iter().chain(&["x"; 25]).copied().collect::<Vec<_>>().join(",");
+    let result = check(&seed_with(&[("EgressIgnoredPorts", Some(&ports))]));
+    let diags = match &result {
+        Err(e) => &e.0,
+        Ok(v) => panic!("validated: {v:?}"),
+    };
+    let entry_errors = diags.iter().filter(|d| d.is_error() && d.message.starts_with("invalid port [x]")).count();
+    let repeats = diags.iter().filter(|d| d.message.contains("listed more than once")).count();
+    assert_eq!((entry_errors, repeats), (shown, shown), "{:#?}", render(&result));
+    let summaries: Vec<&str> =
+        diags.iter().filter(|d| d.message.contains("not shown")).map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        summaries,
+        [
+            format!("{} more invalid entries not shown (the first {shown} are)", 25 - shown),
+            format!("{} more warnings about entries not shown (the first {shown} are)", 39 - shown),
+        ]
+    );
+}

@@ -1,0 +1,83 @@
+//! The fuzz target's body (`fuzz/fuzz_targets/config.rs`), kept in the library so that the
+//! unit tests replay the committed seed corpus through exactly the same code without
+//! cargo-fuzz.
+//!
+//! One input is fed to every reader intercept has, as the binary would: a task definition and
+//! a bare proxyConfiguration on stdin (size limit, UTF-8, JSON, JSON types), the same bytes as
+//! an `APPMESH_*` environment (`KEY=VALUE` lines) and as command-line flags (one argument per
+//! line); whatever reads is validated, and what validates is linted, reported and planned for
+//! every backend. Any panic is a bug; so is an error result that holds no error.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use super::{ConfigArgs, ConfigErrors, Validated, validate};
+use crate::plan::{self, Backend, Format};
+use crate::report::CheckReport;
+
+/// The configuration flags as the `intercept` subcommands take them.
+#[derive(Debug, Parser)]
+#[command(name = "intercept")]
+struct Flags {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+/// Runs one fuzz input through every reader, validation, lint, the report and the plans.
+///
+/// # Panics
+/// When intercept has a bug: a reader or validation panics, or an error result carries no
+/// error, or a successful validation carries an error among its warnings.
+pub fn one_input(data: &[u8]) {
+    let stdin = |path: &str| ConfigArgs { task_definition: Some(PathBuf::from(path)), ..ConfigArgs::default() };
+    let no_env = |_: &str| None;
+    run(&stdin("-"), no_env, data);
+    let proxy = ConfigArgs { proxy_configuration: Some(PathBuf::from("-")), ..ConfigArgs::default() };
+    run(&proxy, no_env, data);
+
+    let text = String::from_utf8_lossy(data);
+    let env: HashMap<&str, &str> = text.lines().filter_map(|line| line.split_once('=')).collect();
+    let from_env = ConfigArgs { from_env: true, ..ConfigArgs::default() };
+    run(&from_env, |name: &str| env.get(name).map(|v| (*v).to_owned()), &[][..]);
+
+    // Flags name files too (`--task-definition FILE`): only stdin is read, so the fuzzer
+    // cannot make intercept open whatever path it spells.
+    let args = std::iter::once("intercept").chain(text.lines());
+    if let Ok(flags) = Flags::try_parse_from(args)
+        && [&flags.config.task_definition, &flags.config.proxy_configuration]
+            .iter()
+            .all(|path| path.as_ref().is_none_or(|p| p.as_os_str() == "-"))
+    {
+        run(&flags.config, |name: &str| env.get(name).map(|v| (*v).to_owned()), data);
+    }
+}
+
+fn run(args: &ConfigArgs, env: impl Fn(&str) -> Option<String>, stdin: &[u8]) {
+    let input = args.read_with(env, stdin);
+    match &input {
+        Ok(input) => match validate(&input.raw) {
+            Ok(Validated { config, warnings }) => {
+                assert!(warnings.iter().all(|d| !d.is_error()), "an error among the warnings: {warnings:?}");
+                for backend in [Backend::Ebpf, Backend::Iptables, Backend::Nftables] {
+                    for format in [Format::Text, Format::Json] {
+                        let _ = plan::render(&config, backend, format);
+                    }
+                }
+            }
+            Err(errors) => {
+                assert_has_errors(&errors);
+                let _ = errors.to_string();
+            }
+        },
+        Err(errors) => assert_has_errors(errors),
+    }
+    let report = CheckReport::check(input, args.no_implicit_exemptions);
+    let _ = report.render_text();
+    let _ = report.render_json();
+}
+
+fn assert_has_errors(errors: &ConfigErrors) {
+    assert!(errors.errors().count() > 0, "an Err without an error: {errors:?}");
+}
