@@ -41,6 +41,7 @@ pub use host::{Capability, Mount, attached_programs, cgroup_id, cgroup2_mount, i
 pub use intercept_common::{Counter, MAP_NAMES};
 pub use maps::{Changes, Contents, Generations};
 
+use crate::lock::{self, Held, Locks};
 use crate::plan::ebpf::EbpfPlan;
 
 /// Where bpffs is conventionally mounted; `--bpffs` chooses another place.
@@ -196,6 +197,8 @@ pub enum Error {
     StillAttached { program: &'static str },
     #[error("reading the eBPF programs' log")]
     Log(#[source] Box<aya_log::Error>),
+    #[error(transparent)]
+    Lock(#[from] lock::Error),
 }
 
 impl Error {
@@ -224,6 +227,39 @@ impl Target {
     pub fn pin_dir(&self) -> PathBuf {
         self.bpffs.join(PIN_ROOT).join(self.cgroup_id.to_string())
     }
+
+    /// Waits for any other `apply` or `remove` on this cgroup to finish, and keeps them out
+    /// until dropped (see [`crate::lock`]). Taken before the bpffs lock, which stays: it
+    /// guards the pin directories that several cgroups share.
+    fn lock(&self) -> Result<Held, Error> {
+        let key = lock::Key::cgroup(self.cgroup_id, format!("cgroup {}", self.cgroup.display()));
+        Ok(Locks::system().acquire(&key, lock::WAIT)?)
+    }
+
+    /// Staging directories an `apply` killed before it moved its pins into place left
+    /// behind (`<bpffs>/intercept/staging-<cgroup id>-<pid>`). Under the locks, no live
+    /// `apply` has one for this cgroup.
+    pub fn stale_staging(&self) -> Vec<PathBuf> {
+        let prefix = format!("staging-{}-", self.cgroup_id);
+        let Ok(entries) = fs::read_dir(self.bpffs.join(PIN_ROOT)) else { return Vec::new() };
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)))
+            .map(|e| e.path())
+            .collect();
+        found.sort();
+        found
+    }
+}
+
+/// Removes a directory of pins: the `sk_lookup` link detached first (the kernel would release
+/// it only later, from a work queue, once unpinned), then every pin.
+fn unpin_dir(dir: &Path) -> Result<(), Error> {
+    let path = dir.join(Program::SkLookup.link_pin());
+    if let Ok(link) = host::obj_get(&path) {
+        host::link_detach(link.as_fd()).map_err(|e| Error::io("detach the link pinned at", &path, e))?;
+    }
+    fs::remove_dir_all(dir).map_err(|e| Error::io("remove", dir, e))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -291,6 +327,7 @@ pub fn apply(
 ) -> Result<Applied, Error> {
     check_capabilities()?;
     let desired = Contents::desired(plan, local_addrs)?;
+    let _held = target.lock()?;
     host::ensure_bpffs(&target.bpffs)?;
     let _lock = host::lock_bpffs(&target.bpffs)?;
     let dir = target.pin_dir();
@@ -345,10 +382,11 @@ fn install(
 
     let root = target.bpffs.join(PIN_ROOT);
     fs::create_dir_all(&root).map_err(|e| Error::io("create", &root, e))?;
-    let staging = root.join(format!("staging-{}-{}", target.cgroup_id, std::process::id()));
-    if staging.exists() {
-        fs::remove_dir_all(&staging).map_err(|e| Error::io("remove stale", &staging, e))?;
+    // A killed apply's staging pins may hold links that still intercept: they go first.
+    for stale in target.stale_staging() {
+        unpin_dir(&stale)?;
     }
+    let staging = root.join(format!("staging-{}-{}", target.cgroup_id, std::process::id()));
     fs::create_dir(&staging).map_err(|e| Error::io("create", &staging, e))?;
     let pinned = pin_all(&staging, &maps, links)
         .and_then(|()| fs::rename(&staging, dir).map_err(|e| Error::io("move the pins into place at", dir, e)));
@@ -512,10 +550,17 @@ pub fn remove(target: &Target) -> Result<bool, Error> {
     if !host::is_bpffs(&bpffs)? {
         return Ok(false);
     }
+    let held = target.lock()?;
     let _lock = host::lock_bpffs(&bpffs)?;
+    let stale = target.stale_staging();
+    for dir in &stale {
+        unpin_dir(dir)?;
+    }
     let dir = target.pin_dir();
     if !dir.exists() {
-        return Ok(false);
+        let _ = fs::remove_dir(target.bpffs.join(PIN_ROOT));
+        held.release()?;
+        return Ok(!stale.is_empty());
     }
     // The programs' ids, to wait for their detachment below.
     let ids: Vec<(Program, u32)> = Program::ALL
@@ -554,6 +599,7 @@ pub fn remove(target: &Target) -> Result<bool, Error> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+    held.release()?;
     Ok(true)
 }
 

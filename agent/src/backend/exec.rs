@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::thread;
 
+use crate::lock::{self, Locks};
 use crate::netns::Netns;
 
 use super::iptables::Error;
@@ -73,6 +74,12 @@ pub trait Runner {
 
     /// What the target is, for messages.
     fn describe_target(&self) -> String;
+
+    /// Where the lock files serialising changes to targets live ([`crate::lock`]).
+    fn locks(&self) -> Locks;
+
+    /// The target namespace's lock.
+    fn lock_key(&self) -> Result<lock::Key, Error>;
 }
 
 /// The real thing: commands run in the namespace through [`Netns::command`].
@@ -163,6 +170,16 @@ impl Runner for System {
 
     fn describe_target(&self) -> String {
         self.netns.target().to_string()
+    }
+
+    fn locks(&self) -> Locks {
+        Locks::system()
+    }
+
+    fn lock_key(&self) -> Result<lock::Key, Error> {
+        self.netns
+            .lock_key()
+            .map_err(|source| Error::Spawn { call: format!("stat the {}", self.netns.target()), source })
     }
 }
 

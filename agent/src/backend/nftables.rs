@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use crate::backend::exec::{Call, Output, Runner, System};
 use crate::backend::iptables;
+use crate::lock::{self, Held};
 use crate::netns::{self, Netns, Target};
 use crate::plan::Format;
 use crate::plan::iptables::EGRESS_CHAIN as IPTABLES_EGRESS_CHAIN;
@@ -58,6 +59,8 @@ pub enum Error {
     Parse { call: String, message: String },
     #[error(transparent)]
     Netns(#[from] netns::Error),
+    #[error(transparent)]
+    Lock(#[from] lock::Error),
 }
 
 fn indented(stderr: &str) -> String {
@@ -128,7 +131,10 @@ impl<R: Runner> Nftables<R> {
 
     /// Installs `plan`, or replaces what is installed with it, in one transaction. Nothing
     /// runs when the table already is what the plan says. `dry_run`: say what would run.
+    /// Waits for any other `apply` or `remove` on the namespace to finish first (the lock of
+    /// [`crate::lock`]).
     pub fn apply(&self, plan: &NftablesPlan, dry_run: bool) -> Result<Report, Error> {
+        let _held = self.lock(dry_run)?;
         let installed = self.read()?;
         let reasons = match &installed {
             None => vec![format!("table {FAMILY} {TABLE} is not installed")],
@@ -140,13 +146,27 @@ impl<R: Runner> Nftables<R> {
 
     /// Removes the table. Nothing runs when there is none.
     pub fn remove(&self, dry_run: bool) -> Result<Report, Error> {
+        let held = self.lock(dry_run)?;
         let chains = self.chains()?;
         let (script, reasons) = if chains.ours || self.read()?.is_some() {
             (Some(REMOVE_SCRIPT.to_owned()), vec![format!("table {FAMILY} {TABLE} is installed")])
         } else {
             (None, Vec::new())
         };
-        self.finish(script, reasons, "nothing of intercept's is installed".to_owned(), chains, dry_run)
+        let report = self.finish(script, reasons, "nothing of intercept's is installed".to_owned(), chains, dry_run)?;
+        if let Some(held) = held {
+            held.release()?;
+        }
+        Ok(report)
+    }
+
+    /// The namespace's lock, for a change (a dry run changes nothing and takes none). One
+    /// `nft -f` transaction is all or nothing, so no marker is needed.
+    fn lock(&self, dry_run: bool) -> Result<Option<Held>, Error> {
+        if dry_run {
+            return Ok(None);
+        }
+        Ok(Some(self.runner.locks().acquire(&self.runner.lock_key()?, lock::WAIT)?))
     }
 
     fn finish(

@@ -312,6 +312,14 @@ pub fn status(request: &Request, config: Option<&ProxyConfig>) -> Result<StatusR
     let target = Target::new(&request.cgroup, request.bpffs.as_deref())?;
     let ebpf = super::status(&target)?;
     let mut reasons = Vec::new();
+    let stale = target.stale_staging();
+    for dir in &stale {
+        reasons.push(format!(
+            "an interrupted `intercept apply` left pins in {} (they may still intercept): `intercept apply` or \
+             `intercept remove` removes them",
+            dir.display()
+        ));
+    }
     let installed = match &ebpf {
         None => {
             reasons.push(format!("no eBPF programs are pinned for cgroup {}", target.cgroup.display()));
@@ -340,5 +348,6 @@ pub fn status(request: &Request, config: Option<&ProxyConfig>) -> Result<StatusR
             Some(matches && ebpf.is_some())
         }
     };
+    let installed = installed && stale.is_empty();
     Ok(StatusReport { cgroup: target.cgroup.clone(), pin_dir: target.pin_dir(), ebpf, installed, matches, reasons })
 }

@@ -462,3 +462,68 @@ fn the_plan_names_only_sets_intercept_knows_as_its_own() {
     assert!(!sync::is_own_set("intercept-egress-v4-other"));
     assert!(!sync::is_own_set("someone-else"));
 }
+
+/// A kill between the IPv4 and the IPv6 transaction (emulated: the lock taken, the marker
+/// written, only the IPv4 half run) leaves a mix that matches neither configuration; status
+/// says a change did not finish, and the next apply makes the namespace whole.
+#[test]
+fn an_interrupted_change_is_reported_until_the_next_apply_makes_it_whole() {
+    let fake = Fake::new();
+    let backend = nft(&fake);
+    let a = plan(&seed());
+    let b = plan(&ProxyConfig { proxy_egress_port: 15002, ..seed() });
+    backend.apply(&a, false).unwrap();
+
+    let held = backend.lock(false).unwrap().expect("a lock");
+    held.begin("apply").unwrap();
+    let state = backend.read_state().unwrap();
+    let (desired, _) = desired_state(Some(&b), &Ipv6::Usable, &state);
+    let changes = Changes::compute(&desired, &state);
+    backend.restore(Family::Ipv4, changes.family(Family::Ipv4).unwrap()).unwrap();
+    drop(held);
+
+    for plan in [&a, &b] {
+        let status = backend.status(Some(plan)).unwrap();
+        assert_eq!((status.matches, status.exit_code()), (Some(false), 1));
+        let unfinished = format!("an `intercept apply` (pid {}) did not finish", std::process::id());
+        assert_eq!(status.unfinished.as_deref(), Some(unfinished.as_str()));
+        assert!(status.reasons.iter().any(|r| r.starts_with(&unfinished)), "{:?}", status.reasons);
+        assert!(status.render_text().contains("installed, but does NOT match"), "{}", status.render_text());
+    }
+    let status = backend.status(None).unwrap();
+    assert_eq!((status.installed, status.exit_code()), (true, 1), "installed, but not whole");
+    assert!(status.render_text().contains("NOT whole: a change was interrupted"), "{}", status.render_text());
+
+    assert!(backend.apply(&b, false).unwrap().changed, "the IPv6 half is still to do");
+    let status = backend.status(Some(&b)).unwrap();
+    assert_eq!((status.unfinished.as_deref(), status.exit_code()), (None, 0));
+}
+
+/// Killed after its last command but before deleting the marker: the namespace is whole, so
+/// status matching it exits 0, and the next apply (with nothing to change) clears the marker.
+#[test]
+fn a_marker_over_a_whole_namespace_is_cleared_by_an_apply_that_changes_nothing() {
+    let fake = Fake::new();
+    let backend = nft(&fake);
+    let a = plan(&seed());
+    backend.apply(&a, false).unwrap();
+    backend.lock(false).unwrap().expect("a lock").begin("apply").unwrap();
+    let status = backend.status(Some(&a)).unwrap();
+    assert!(status.unfinished.is_some());
+    assert_eq!(status.exit_code(), 0, "{:?}", status.reasons);
+    assert!(!backend.apply(&a, false).unwrap().changed);
+    assert_eq!(backend.status(Some(&a)).unwrap().unfinished, None);
+}
+
+/// A change that fails and is rolled back leaves the namespace whole (as before): no marker.
+#[test]
+fn a_rolled_back_change_leaves_no_marker() {
+    let fake = Fake::new();
+    let backend = nft(&fake);
+    backend.apply(&plan(&seed()), false).unwrap();
+    fake.fail("ip6tables-nft-restore", "line {line}: RULE_APPEND failed (No such file or directory)");
+    let err = backend.apply(&plan(&ProxyConfig { proxy_egress_port: 15002, ..seed() }), false).unwrap_err();
+    assert!(matches!(err, Error::RolledBack { .. }), "{err}");
+    let status = backend.status(Some(&plan(&seed()))).unwrap();
+    assert_eq!((status.unfinished.as_deref(), status.exit_code()), (None, 0), "{:?}", status.reasons);
+}

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::backend::exec::{Call, Output, Runner};
 use crate::config::{Ingress, PortRange, PortSet, ProxyConfig};
+use crate::lock::{self, Locks, TempLocks};
 use crate::plan::nftables::{Elements, Match, Rule, Verdict};
 
 const SEED_LISTING: &str = include_str!("testdata/seed-listing.json");
@@ -120,6 +121,7 @@ struct FakeNft {
     /// The next `nft -f -` fails with this message.
     failure: RefCell<Option<String>>,
     calls: RefCell<Vec<Call>>,
+    locks: TempLocks,
 }
 
 impl FakeNft {
@@ -190,6 +192,14 @@ impl Runner for &FakeNft {
 
     fn describe_target(&self) -> String {
         "fake network namespace".to_owned()
+    }
+
+    fn locks(&self) -> Locks {
+        self.locks.locks()
+    }
+
+    fn lock_key(&self) -> Result<lock::Key, iptables::Error> {
+        Ok(lock::Key::netns(0, 1, "fake network namespace"))
     }
 }
 
