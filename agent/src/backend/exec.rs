@@ -97,6 +97,28 @@ impl System {
     }
 }
 
+/// Makes the command's process die with intercept (`PR_SET_PDEATHSIG`): an `intercept apply`
+/// that is killed takes its `iptables-restore` with it, so nothing changes once it is gone
+/// (a transaction the kernel committed stays committed; one it did not, never is).
+fn die_with_parent(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    let parent = std::process::id();
+    // SAFETY: between fork and exec the closure makes only async-signal-safe system calls
+    // (prctl, getppid) and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl: no signal will come.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// `program` on PATH or in the usual sbin directories.
 pub fn find_program(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -135,6 +157,7 @@ impl Runner for System {
             .stderr(Stdio::piped())
             // Untranslated messages: they are parsed for line numbers and shown verbatim.
             .env("LC_ALL", "C");
+        die_with_parent(&mut command);
         let spawn_error = |source| Error::Spawn { call: call.to_string(), source };
         let mut child = command.spawn().map_err(spawn_error)?;
         // Feed stdin from a thread so a large transaction cannot deadlock against a child
