@@ -554,7 +554,9 @@ fn desired_state(plan: Option<&IptablesPlan>, ipv6: &Ipv6, state: &State) -> (De
         .map(|p| p.ipsets.iter().filter(|s| s.family == Family::Ipv4 || v6_planned).cloned().collect())
         .unwrap_or_default();
     let v4 = plan.map(|p| Desired::from_plan(&p.v4)).unwrap_or_default();
-    (DesiredState { v4, v6, sets }, warnings)
+    let mut desired = DesiredState { v4, v6, sets };
+    sync::place_sets(&mut desired, state);
+    (desired, warnings)
 }
 
 /// What an apply or remove did (or, for a dry run, would do).

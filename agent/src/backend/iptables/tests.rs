@@ -212,41 +212,54 @@ fn a_failing_ipv4_half_changes_nothing_and_says_which_line() {
     insta::assert_snapshot!(err.to_string());
 }
 
+/// New contents are built under the set's other name while the rules keep matching on the
+/// live one; the rules' transaction switches to the new set, and the old one goes after.
+/// A set an interrupted run left under that name is destroyed first, whatever its maxelem.
 #[test]
-fn a_leftover_staging_set_is_destroyed_first_and_a_grown_set_is_swapped() {
+fn a_changed_set_is_built_under_its_other_name_and_the_rules_switch_to_it() {
     let fake = Fake::new();
-    // An interrupted run left a staging set with other parameters, and the live set has a
-    // smaller maxelem than the new list needs.
+    let backend = nft(&fake);
+    let small = ProxyConfig { egress_ignored_ips: many_cidrs(10), ipv6: false, ..seed() };
+    backend.apply(&plan(&small), false).unwrap();
+    let match_set = |name: &str| {
+        let rules = fake.table(Mode::Nft, Family::Ipv4).rules;
+        rules.iter().filter(|r| r.args.windows(2).any(|w| w == ["--match-set", name])).count()
+    };
+    assert_eq!(match_set("intercept-egress-v4"), 1);
     fake.add_set(IpSet {
         name: "intercept-egress-v4-next".into(),
         family: Family::Ipv4,
         maxelem: 1024,
         entries: vec![],
     });
-    fake.add_set(IpSet {
-        name: "intercept-egress-v4".into(),
-        family: Family::Ipv4,
-        maxelem: 65536,
-        entries: many_cidrs(10),
-    });
+
     let config = ProxyConfig { egress_ignored_ips: many_cidrs(70_000), ipv6: false, ..seed() };
-    let plan = plan(&config);
-    assert_eq!(plan.ipsets[0].maxelem, 131_072);
-    let report = nft(&fake).apply(&plan, true).unwrap();
+    let big = plan(&config);
+    assert_eq!(big.ipsets[0].maxelem, 131_072);
+    let report = backend.apply(&big, true).unwrap();
     let update = report.changes.ipset_update.as_deref().unwrap();
     let lines: Vec<&str> = update.lines().collect();
-    assert_eq!(lines[0], "destroy intercept-egress-v4-next");
-    assert_eq!(lines[1], "create intercept-egress-v4-next hash:net family inet maxelem 131072");
     assert_eq!(
-        lines[lines.len() - 2..],
-        ["swap intercept-egress-v4-next intercept-egress-v4", "destroy intercept-egress-v4-next"]
+        lines[..2],
+        ["destroy intercept-egress-v4-next", "create intercept-egress-v4-next hash:net family inet maxelem 131072"]
     );
-    assert!(!update.contains("create intercept-egress-v4 "), "the live set is not re-created");
+    assert!(!update.contains("swap") && !update.contains("intercept-egress-v4 "), "the live set is left alone");
+    assert!(report.changes.v4.as_deref().unwrap().contains("--match-set intercept-egress-v4-next dst"));
+    assert_eq!(report.changes.ipset_cleanup.as_deref(), Some("destroy intercept-egress-v4\n"));
 
-    nft(&fake).apply(&plan, false).unwrap();
+    backend.apply(&big, false).unwrap();
     let sets = fake.sets();
     assert_eq!(sets.len(), 1);
+    assert_eq!(sets[0].name, "intercept-egress-v4-next");
     assert_eq!((sets[0].maxelem, sets[0].entries.len()), (131_072, 70_002), "70,000 and the two metadata IPs");
+    assert_eq!((match_set("intercept-egress-v4"), match_set("intercept-egress-v4-next")), (0, 1));
+    assert!(backend.status(Some(&big)).unwrap().matches == Some(true));
+    assert!(!backend.apply(&big, false).unwrap().changed, "applying again changes nothing");
+
+    // The next change goes back to the first name.
+    backend.apply(&plan(&small), false).unwrap();
+    assert_eq!(fake.sets().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["intercept-egress-v4"]);
+    assert_eq!((match_set("intercept-egress-v4"), match_set("intercept-egress-v4-next")), (1, 0));
 }
 
 #[test]
