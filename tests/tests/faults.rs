@@ -121,7 +121,10 @@ enum State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Followed {
     Config(Config),
-    /// Neither: a connection that escaped interception, or went to the wrong proxy port.
+    /// Redirected, original destination intact, by the rules of the configuration that
+    /// ignores the destination: its ignored-networks lookup missed.
+    SetMiss(Config),
+    /// Neither: a connection that escaped interception, or went to the wrong place.
     Escaped,
 }
 
@@ -137,6 +140,8 @@ fn followed(dst: SocketAddr, reply: &Reply) -> Followed {
         (true, false) => Followed::Config(Config::B),
         (false, true) if redirected_to(Config::B) => Followed::Config(Config::B),
         (false, false) if redirected_to(Config::A) => Followed::Config(Config::A),
+        (false, true) if redirected_to(Config::A) => Followed::SetMiss(Config::A),
+        (false, false) if redirected_to(Config::B) => Followed::SetMiss(Config::B),
         _ => Followed::Escaped,
     }
 }
@@ -161,7 +166,7 @@ impl fmt::Display for Kind {
 enum Fixture {
     Netns(Sandbox),
     // The second egress proxy first: it is a process in the cgroup the sandbox removes.
-    Ebpf { _proxy_b: Listener, world: EbpfSandbox },
+    Ebpf { _proxy_b: Listener, world: Box<EbpfSandbox> },
 }
 
 /// One backend on a sandbox, driven through the CLI.
@@ -197,7 +202,7 @@ impl World {
                 proxy.args(["serve", "egress-proxy", &format!("127.0.0.1:{port}"), &format!("[::1]:{port}")]);
                 world.sandbox.task().enter(&mut proxy);
                 as_identity(&mut proxy, PROXY_UID, PROXY_UID);
-                Fixture::Ebpf { _proxy_b: Listener::spawn(proxy), world }
+                Fixture::Ebpf { _proxy_b: Listener::spawn(proxy), world: Box::new(world) }
             }
         };
         let sandbox = match &fixture {
@@ -549,6 +554,7 @@ struct Counts {
     followed_a: usize,
     followed_b: usize,
     failed: Vec<String>,
+    set_misses: Vec<String>,
     escaped: Vec<String>,
 }
 
@@ -559,13 +565,14 @@ impl Counts {
             Ok(reply) => match followed(dst, &reply) {
                 Followed::Config(Config::A) => self.followed_a += 1,
                 Followed::Config(Config::B) => self.followed_b += 1,
+                Followed::SetMiss(_) => self.set_misses.push(format!("{dst}: {reply}")),
                 Followed::Escaped => self.escaped.push(format!("{dst}: {reply}")),
             },
         }
     }
 
     fn total(&self) -> usize {
-        self.followed_a + self.followed_b + self.failed.len() + self.escaped.len()
+        self.followed_a + self.followed_b + self.failed.len() + self.set_misses.len() + self.escaped.len()
     }
 }
 
@@ -615,16 +622,25 @@ fn reconfiguration_under_load(kind: Kind, test: &str) {
     let counts = counts.into_inner().unwrap();
     println!(
         "{test}: {REPLACEMENTS} replacements in {:?}; connections: {} total, {} followed A, {} followed B, {} failed, \
-         {} escaped",
+         {} escaped ({} of them: redirected although the redirecting configuration ignores the destination)",
         started.elapsed(),
         counts.total(),
         counts.followed_a,
         counts.followed_b,
         counts.failed.len(),
-        counts.escaped.len()
+        counts.escaped.len() + counts.set_misses.len(),
+        counts.set_misses.len(),
     );
     assert!(counts.failed.is_empty(), "{kind}: connections failed during reconfiguration: {:#?}", counts.failed);
     assert!(counts.escaped.is_empty(), "{kind}: connections escaped during reconfiguration: {:#?}", counts.escaped);
+    // nftables: replacing the table in one transaction, the kernel publishes the new table's
+    // interval sets only after the switch to the new rules (docs/backends.md, "Concurrency
+    // and interruption"): a few connections in that instant meet the new rules with a set
+    // that does not match yet, and are redirected, with their original destination intact.
+    // Everything else holds for it as for the other backends; they must not miss at all.
+    if kind != Kind::Nftables {
+        assert!(counts.set_misses.is_empty(), "{kind}: ignored destinations redirected: {:#?}", counts.set_misses);
+    }
     assert!(counts.followed_a > 0 && counts.followed_b > 0, "{kind}: both configurations were live: {counts:?}");
     world.assert_nothing_left();
 }

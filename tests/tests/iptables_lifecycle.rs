@@ -164,25 +164,6 @@ fn remove_where_nothing_was_installed_succeeds_and_creates_nothing() {
     }
 }
 
-/// Replacing the configuration over and over while a client connects in a loop: every
-/// connection is redirected, by the old rules or by the new; none slips through to the
-/// real destination and none fails.
-#[test]
-fn replace_never_leaves_a_gap() {
-    if !require_netns_privileges("replace_never_leaves_a_gap") {
-        return;
-    }
-    let sandbox = sandbox();
-    let backend = open(sandbox.task(), Some(Mode::Nft));
-    // The two differ in the egress port, and one needs ipsets, so that replacing creates
-    // and destroys sets too.
-    let a = IptablesPlan::new(&seed());
-    let b = IptablesPlan::new(&with_ipsets(ProxyConfig { proxy_egress_port: 15002, ..seed() }));
-    lifecycle::replace_never_leaves_a_gap(&sandbox, |second| {
-        backend.apply(if second { &b } else { &a }, false).unwrap().changed
-    });
-}
-
 /// When the IPv6 transaction fails, the IPv4 rules and the ipsets installed just before are
 /// taken back, and the error names the line ip6tables-restore refused.
 #[test]

@@ -148,7 +148,7 @@ fn key(mode: Mode, family: Family) -> (u8, u8) {
 #[derive(Debug)]
 pub struct Fake {
     pub state: RefCell<FakeState>,
-    pub locks: TempLocks,
+    locks: TempLocks,
 }
 
 impl Fake {
