@@ -309,7 +309,10 @@ impl World {
             assert_eq!(followed(dst, &reply), expected, "{}: {dst} in state {state:?}: {reply}", self.kind);
         }
         let inbound = SocketAddr::new(IpAddr::V4(TASK_V4), APP_PORT);
-        let reply = Client::new(CLIENT).netns(self.sandbox().remote()).connect(inbound).expect("connect inbound");
+        let reply = Client::new(CLIENT)
+            .netns(self.sandbox().remote())
+            .connect(inbound)
+            .unwrap_or_else(|e| panic!("{}: inbound to AppPort in state {state:?}: {e}", self.kind));
         let expected = if state == State::Whole(Config::A) { Role::IngressProxy } else { Role::App };
         assert_eq!(reply.role, expected, "{}: inbound to AppPort in state {state:?}: {reply}", self.kind);
     }

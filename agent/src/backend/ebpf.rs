@@ -286,6 +286,15 @@ pub struct Applied {
     /// With [`ApplyOptions::bpf_log`]: reads the programs' events. Keep it alive while reading:
     /// dropping it closes its ring buffer.
     pub logs: Option<Logs>,
+    /// With ingress: the proxy's listeners put into `PROXY_LISTENERS` (see
+    /// [`adopt_into`]), before the configuration that steers inbound connections to them
+    /// took effect.
+    pub adopted: Option<Adopted>,
+}
+
+/// ProxyIngressPort, when the plan has ingress.
+fn ingress_port(plan: &EbpfPlan) -> Option<u16> {
+    Some(plan.config.proxy_ingress_port).filter(|&port| port != 0)
 }
 
 /// The capabilities `apply` needs, checked up front so a missing one is named before
@@ -332,7 +341,7 @@ pub fn apply(
     let _lock = host::lock_bpffs(&target.bpffs)?;
     let dir = target.pin_dir();
     if dir.exists() {
-        update(&dir, plan, &desired, options)
+        update(target, &dir, plan, &desired, options)
     } else {
         install(target, netns, &dir, plan, &desired, options)
     }
@@ -371,15 +380,6 @@ fn install(
     }
     maps::install(desired, 0, &mut maps)?;
 
-    // Everything is loaded and filled: attach. Until the pins exist, the links live only in
-    // this process and detach if anything below fails.
-    let cgroup = fs::File::open(&target.cgroup).map_err(|e| Error::io("open cgroup", &target.cgroup, e))?;
-    let mut links = Vec::new();
-    for program in Program::ALL {
-        let to = if program.on_netns() { netns } else { cgroup.as_fd() };
-        links.push((program, attach(&ebpf, program, to)?));
-    }
-
     let root = target.bpffs.join(PIN_ROOT);
     fs::create_dir_all(&root).map_err(|e| Error::io("create", &root, e))?;
     // A killed apply's staging pins may hold links that still intercept: they go first.
@@ -388,31 +388,54 @@ fn install(
     }
     let staging = root.join(format!("staging-{}-{}", target.cgroup_id, std::process::id()));
     fs::create_dir(&staging).map_err(|e| Error::io("create", &staging, e))?;
-    let pinned = pin_all(&staging, &maps, links)
-        .and_then(|()| fs::rename(&staging, dir).map_err(|e| Error::io("move the pins into place at", dir, e)));
-    if let Err(e) = pinned {
-        let _ = fs::remove_dir_all(&staging);
-        return Err(e);
+    let staged = stage(target, netns, &ebpf, plan, &maps, &staging).and_then(|adopted| {
+        fs::rename(&staging, dir).map_err(|e| Error::io("move the pins into place at", dir, e))?;
+        Ok(adopted)
+    });
+    match staged {
+        Ok(adopted) => Ok(Applied { outcome: Outcome::Installed, pin_dir: dir.to_owned(), logs, adopted }),
+        Err(e) => {
+            // Unpinned, the links detach: nothing stays attached.
+            let _ = fs::remove_dir_all(&staging);
+            Err(e)
+        }
     }
-    Ok(Applied { outcome: Outcome::Installed, pin_dir: dir.to_owned(), logs })
 }
 
-fn aya_log_common_level_debug() -> u8 {
-    // aya-log-common's Level: Error = 1, Warn, Info, Debug, Trace.
-    4
-}
-
-fn pin_all(staging: &Path, maps: &BTreeMap<&'static str, Map>, links: Vec<(Program, OwnedFd)>) -> Result<(), Error> {
+/// Pins the maps in `staging`, adopts the proxy's ingress listeners (the programs learn only
+/// those that start listening later), then attaches the programs and pins their links. Until
+/// the links are pinned they live only in this process, and detach if it fails or dies; once
+/// pinned in `staging`, `status` reports them and the next `apply` or `remove` unpins them.
+fn stage(
+    target: &Target,
+    netns: BorrowedFd<'_>,
+    ebpf: &Ebpf,
+    plan: &EbpfPlan,
+    maps: &BTreeMap<&'static str, Map>,
+    staging: &Path,
+) -> Result<Option<Adopted>, Error> {
     for (name, map) in maps {
         let path = staging.join(name);
         map.pin(&path).map_err(|e| Error::Pin { path, source: Box::new(e) })?;
+    }
+    let adopted = ingress_port(plan).map(|port| adopt_into(staging, &target.cgroup, port)).transpose()?;
+    let cgroup = fs::File::open(&target.cgroup).map_err(|e| Error::io("open cgroup", &target.cgroup, e))?;
+    let mut links = Vec::new();
+    for program in Program::ALL {
+        let to = if program.on_netns() { netns } else { cgroup.as_fd() };
+        links.push((program, attach(ebpf, program, to)?));
     }
     for (program, link) in links {
         let path = staging.join(program.link_pin());
         // Closing this process's fd afterwards leaves the link to the pin.
         host::obj_pin(link.as_fd(), &path).map_err(|e| Error::io("pin", &path, e))?;
     }
-    Ok(())
+    Ok(adopted)
+}
+
+fn aya_log_common_level_debug() -> u8 {
+    // aya-log-common's Level: Error = 1, Warn, Info, Debug, Trace.
+    4
 }
 
 fn load_error(e: EbpfError) -> Error {
@@ -497,7 +520,13 @@ fn open_pinned_links(dir: &Path) -> Result<Vec<(Program, aya::programs::links::L
         .collect()
 }
 
-fn update(dir: &Path, plan: &EbpfPlan, desired: &Contents, options: ApplyOptions) -> Result<Applied, Error> {
+fn update(
+    target: &Target,
+    dir: &Path,
+    plan: &EbpfPlan,
+    desired: &Contents,
+    options: ApplyOptions,
+) -> Result<Applied, Error> {
     let links = open_pinned_links(dir)?;
     let mut maps = open_pinned_maps(dir)?;
     for spec in plan.map_specs() {
@@ -513,6 +542,9 @@ fn update(dir: &Path, plan: &EbpfPlan, desired: &Contents, options: ApplyOptions
             return Err(Error::CapacityExceeded { map: spec.name, capacity, needed });
         }
     }
+    // Before the switch, so that ingress is never steered to a listener not yet known (the
+    // programs learn only those that start listening after they were attached).
+    let adopted = ingress_port(plan).map(|port| adopt_into(dir, &target.cgroup, port)).transpose()?;
     let generations = Generations::read(&maps)?;
     let outcome = if generations.active() == desired {
         if !generations.inactive_is_empty() {
@@ -528,7 +560,7 @@ fn update(dir: &Path, plan: &EbpfPlan, desired: &Contents, options: ApplyOptions
         )),
         _ => None,
     };
-    Ok(Applied { outcome, pin_dir: dir.to_owned(), logs })
+    Ok(Applied { outcome, pin_dir: dir.to_owned(), logs, adopted })
 }
 
 fn map_max_entries(map: &Map, name: &'static str) -> Result<u32, Error> {
@@ -961,7 +993,7 @@ impl log::Log for Printer {
     fn flush(&self) {}
 }
 
-/// What [`adopt_listeners`] found: the proxy's listening sockets on ProxyIngressPort put into
+/// What [`adopt_into`] found: the proxy's listening sockets on ProxyIngressPort put into
 /// `PROXY_LISTENERS`, and the ones it could not take.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Adopted {
@@ -978,15 +1010,16 @@ pub struct Adopted {
 /// (`cgroup.procs`, the cgroup itself, not its children), each of its socket descriptors
 /// (`/proc/PID/fd`), duplicated with `pidfd_getfd(2)` (which needs ptrace access to the process:
 /// CAP_SYS_PTRACE for a process of another user) and kept when it is a TCP listener on `port`.
-pub fn adopt_listeners(target: &Target, port: u16) -> Result<Adopted, Error> {
-    let dir = target.pin_dir();
+///
+/// `dir` holds the pinned map: the installation's, or its staging directory.
+fn adopt_into(dir: &Path, cgroup: &Path, port: u16) -> Result<Adopted, Error> {
     let path = dir.join(intercept_common::PROXY_LISTENERS_MAP);
     let data = MapData::from_pin(&path).map_err(maps::map_error(intercept_common::PROXY_LISTENERS_MAP))?;
     let mut listeners = aya::maps::SockMap::try_from(
         Map::from_map_data(data).map_err(maps::map_error(intercept_common::PROXY_LISTENERS_MAP))?,
     )
     .map_err(maps::map_error(intercept_common::PROXY_LISTENERS_MAP))?;
-    let procs_path = target.cgroup.join("cgroup.procs");
+    let procs_path = cgroup.join("cgroup.procs");
     let procs = fs::read_to_string(&procs_path).map_err(|e| Error::io("read", &procs_path, e))?;
     let mut adopted = Adopted::default();
     for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {

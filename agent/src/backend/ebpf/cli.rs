@@ -184,8 +184,6 @@ pub fn apply(request: &Request, config: &ProxyConfig, options: ApplyOptions) -> 
     let plan = EbpfPlan::new(config).with_ingress_fallback_to_app(request.ingress_fallback_to_app);
     let applied = super::apply(&target, &plan, &local_addresses, netns_fd.as_fd(), options)?;
     let ingress = config.ingress.as_ref().map(|i| i.proxy_port);
-    // Listeners that started before the programs were attached are not in the map yet.
-    let adopted = ingress.map(|port| super::adopt_listeners(&target, port)).transpose()?;
     Ok(ApplyReport {
         cgroup: target.cgroup.clone(),
         cgroup_id: target.cgroup_id,
@@ -194,7 +192,7 @@ pub fn apply(request: &Request, config: &ProxyConfig, options: ApplyOptions) -> 
         outcome: applied.outcome,
         local_addresses,
         ingress_port: ingress,
-        adopted,
+        adopted: applied.adopted,
         logs: applied.logs,
     })
 }
