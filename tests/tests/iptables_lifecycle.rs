@@ -48,17 +48,19 @@ fn restore(netns: &Netns, program: &str, input: &str) {
 }
 
 /// Everything xtables and ipset hold in the namespace, for before/after comparisons:
-/// both families of `mode`, every table, every ipset. Comments and (unless `counters`)
-/// packet counters are left out.
+/// both families of `mode`, every table, every ipset. Comments, chain policy counters and
+/// (unless `counters`) rule counters are left out.
 fn dump(netns: &Netns, mode: Mode, counters: bool) -> String {
     let args: &[&str] = if counters { &["-c"] } else { &[] };
     let mut out = String::new();
     for program in [format!("iptables-{}-save", mode.name()), format!("ip6tables-{}-save", mode.name())] {
         let text = netns.exec(&program, args);
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            // Chain policy counters are printed even without -c, and move with any traffic.
-            let line = match (counters, line.starts_with(':'), line.rfind(" [")) {
-                (false, true, Some(at)) => &line[..at],
+            // Chain policy counters are printed even without -c, and move with any traffic,
+            // the kernel's own included (an IPv6 MLD report or router solicitation may leave
+            // the task between two dumps); intercept never touches them.
+            let line = match (line.starts_with(':'), line.rfind(" [")) {
+                (true, Some(at)) => &line[..at],
                 _ => line,
             };
             out.push_str(line);
