@@ -222,6 +222,22 @@ fn parse_marker(text: &str) -> Unfinished {
     Unfinished { pid: pid.parse().ok(), operation: operation.to_owned() }
 }
 
+impl Locks {
+    /// Deletes `key`'s lock file and marker without taking the lock: for a target that no
+    /// longer exists (a removed cgroup), which nobody can lock again.
+    pub fn forget(&self, key: &Key) -> Result<(), Error> {
+        for path in [self.lock_path(key), self.marker_path(key)] {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(Error::Io { op: "remove", path, source: e });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A target's lock, held until dropped (or [`Held::release`]d).
 #[derive(Debug)]
 pub struct Held {
@@ -382,6 +398,19 @@ mod tests {
         held.complete().unwrap();
         held.release().unwrap();
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "release leaves no file");
+    }
+
+    #[test]
+    fn a_gone_target_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = Locks::in_dir(dir.path());
+        let gone = Key::cgroup(99, "a removed cgroup");
+        locks.acquire(&gone, WAIT).unwrap().begin("apply").unwrap();
+        let _other = locks.acquire(&key(), WAIT).unwrap();
+        locks.forget(&gone).unwrap();
+        locks.forget(&gone).unwrap();
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["netns-4-4026532281.lock"]);
     }
 
     #[test]

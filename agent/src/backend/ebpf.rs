@@ -637,8 +637,9 @@ pub fn remove(target: &Target) -> Result<bool, Error> {
 
 /// Removes the installations under `bpffs` whose cgroup no longer exists: every one of their
 /// links reports no cgroup (the kernel detaches a cgroup's links when the cgroup is removed),
-/// so their pins only keep maps alive. Returns the cgroup ids whose pins were removed. An
-/// installation it cannot judge (a link pin missing or unreadable) is left alone.
+/// so their pins only keep maps alive (their lock files go too). Returns the cgroup ids whose
+/// pins were removed. An installation it cannot judge (a link pin missing or unreadable) is
+/// left alone.
 pub fn prune(bpffs: &Path) -> Result<Vec<u64>, Error> {
     let bpffs = match fs::canonicalize(bpffs) {
         Ok(path) => path,
@@ -665,6 +666,7 @@ pub fn prune(bpffs: &Path) -> Result<Vec<u64>, Error> {
         });
         if orphaned {
             fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
+            Locks::system().forget(&lock::Key::cgroup(cgroup_id, format!("cgroup id {cgroup_id}")))?;
             pruned.push(cgroup_id);
         }
     }
