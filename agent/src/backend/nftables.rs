@@ -1,12 +1,12 @@
 //! The nftables backend: installs an [`NftablesPlan`] in a network namespace, replaces it,
 //! removes it, and reports what is installed.
 //!
-//! Everything intercept installs is one table, `inet intercept`, so every change is one
-//! `nft -f -` transaction: the plan's [apply script](NftablesPlan::apply_script) creates or
-//! replaces the table whole, the [remove script](crate::plan::nftables::REMOVE_SCRIPT)
-//! deletes it, and the kernel commits either completely or not at all; there is nothing to
-//! roll back. Nothing outside the table is read or written, so the rules of other tools
-//! (iptables-nft's `ip nat` table, firewalld's, Docker's) are left as they are.
+//! Everything intercept installs is one table, `inet intercept`. An apply is two `nft -f -`
+//! transactions ([`Steps`]): the sets whose elements change, under their other name, then
+//! every rule, switched to them; the [remove script](crate::plan::nftables::REMOVE_SCRIPT)
+//! deletes the table in one. The kernel commits each completely or not at all. Nothing
+//! outside the table is read or written, so the rules of other tools (iptables-nft's
+//! `ip nat` table, firewalld's, Docker's) are left as they are.
 //!
 //! Before changing anything the backend reads the table (`nft -j list table inet
 //! intercept`) and compares it with the plan, statement by statement and element by

@@ -40,6 +40,11 @@
 //! tables) stay as they are. [`REMOVE_SCRIPT`] is the same pair without the definition:
 //! removing twice, or removing what was never applied, succeeds.
 //!
+//! The backend runs the same table in two transactions instead ([`NftablesPlan::sets_script`],
+//! [`NftablesPlan::rules_script`]): the kernel makes the elements of a set match only once
+//! the transaction that filled them is over, after it has switched to that transaction's
+//! rules, so rules and the sets they start using must not arrive together.
+//!
 //! The script is nft's text syntax rather than its JSON (`nft -j -f -`): it is what
 //! `intercept plan` prints, so an operator can read it, diff it and check it with
 //! `nft -c -f`; it is written the way `nft list table` prints rules, so the backend can
