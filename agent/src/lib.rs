@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod config;
 pub mod lint;
+pub mod lock;
 pub mod model;
 pub mod netns;
 pub mod plan;

@@ -12,6 +12,7 @@ use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,6 +20,8 @@ use std::sync::Arc;
 use std::thread;
 
 use nix::sched::{CloneFlags, setns};
+
+use crate::lock;
 
 /// Which network namespace to work in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +117,13 @@ impl Netns {
         }
     }
 
+    /// The key of this namespace's lock ([`crate::lock`]): the device and inode of its nsfs
+    /// file, the same whichever path or pid names it.
+    pub fn lock_key(&self) -> io::Result<lock::Key> {
+        let metadata = File::from(self.fd()?).metadata()?;
+        Ok(lock::Key::netns(metadata.dev(), metadata.ino(), self.target.to_string()))
+    }
+
     /// A command that runs `program` inside this namespace: the child joins it between fork
     /// and exec; the calling process stays where it is.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
@@ -187,5 +197,13 @@ mod tests {
         assert_eq!(netns.target(), &Target::Current);
         assert_eq!(netns.run(|| 7).unwrap(), 7);
         assert_eq!(netns.command("true").get_program(), "true");
+    }
+
+    #[test]
+    fn a_namespace_is_locked_by_its_nsfs_inode() {
+        let key = Netns::current().lock_key().unwrap();
+        let nsfs = std::fs::metadata("/proc/self/ns/net").unwrap();
+        assert_eq!(key.name(), format!("netns-{}-{}", nsfs.dev(), nsfs.ino()));
+        assert_eq!(key.to_string(), "the current network namespace");
     }
 }

@@ -89,6 +89,13 @@ impl ChildCgroup {
 
 impl Drop for ChildCgroup {
     fn drop(&mut self) {
+        // As for a TestCgroup: the lock file an `apply` on it left goes with it.
+        if let Ok(id) = intercept::backend::ebpf::cgroup_id(&self.path) {
+            let key = intercept::lock::Key::cgroup(id, self.path.display().to_string());
+            if let Err(e) = intercept::lock::Locks::system().forget(&key) {
+                let _ = writeln!(io::stderr(), "{e}");
+            }
+        }
         let parent_procs = self.path.parent().expect("parent").join("cgroup.procs");
         let pids = fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
         for pid in pids.lines() {

@@ -46,6 +46,8 @@ pub enum FixtureError {
     Io { op: &'static str, path: PathBuf, error: io::Error },
     #[error(transparent)]
     Cgroup2(#[from] intercept::backend::ebpf::Error),
+    #[error(transparent)]
+    Lock(#[from] intercept::lock::Error),
 }
 
 fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FixtureError {
@@ -179,6 +181,9 @@ impl TestCgroup {
                 result => result.map_err(io_error("move a process back to", &parent_procs))?,
             }
         }
+        // The lock file an `apply` on this cgroup left (`intercept::lock`), forgotten once the
+        // cgroup is gone, as `remove` does for cgroups it prunes.
+        let id = intercept::backend::ebpf::cgroup_id(&self.path)?;
         // rmdir fails with EBUSY while an exiting process is still being accounted to the
         // cgroup; that settles within milliseconds.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -187,9 +192,11 @@ impl TestCgroup {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
                     thread::sleep(Duration::from_millis(10));
                 }
-                result => return result.map_err(io_error("remove cgroup", &self.path)),
+                result => break result.map_err(io_error("remove cgroup", &self.path))?,
             }
         }
+        let key = intercept::lock::Key::cgroup(id, self.path.display().to_string());
+        Ok(intercept::lock::Locks::system().forget(&key)?)
     }
 }
 

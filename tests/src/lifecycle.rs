@@ -1,25 +1,19 @@
 //! What the iptables and nftables backends' life-cycle tests share: a sandbox with one remote
-//! destination and two egress proxy ports, a client connecting to it from the task, other
-//! tools' xtables rules, and replacing the configuration while connections flow.
+//! destination and two egress proxy ports, a client connecting to it from the task, and other
+//! tools' xtables rules. (Replacing the configuration while connections flow, for every
+//! backend: `tests/tests/faults.rs`.)
 //!
 //! Backend-neutral: each test file opens its own backend and hands over what differs.
 
 use std::{
-    collections::BTreeSet,
     io::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     process::Stdio,
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread,
-    time::Duration,
 };
 
 use crate::{
     topology::Netns,
-    traffic::{Client, Reply, Role, Sandbox, SandboxSpec, connect_here},
+    traffic::{Client, Reply, Sandbox, SandboxSpec},
 };
 
 pub const REMOTE: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 5, 0, 1));
@@ -65,42 +59,4 @@ pub fn feed(netns: &Netns, program: &str, args: &[&str], input: &str) {
         netns.command(program).args(args).stdin(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{program}: {e}"));
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     assert!(child.wait().unwrap().success(), "{program} <<< {input}");
-}
-
-/// Replaces the configuration over and over while a client in the task connects to
-/// [`REMOTE`] in a loop: every connection must be redirected, by the old configuration or
-/// by the new; none may slip through to the real destination and none may fail.
-///
-/// `apply(second)` applies the first configuration (egress port 15001) or the second
-/// (15002) and returns whether it changed anything. The first is applied before the client
-/// starts; every replacement must change something.
-pub fn replace_never_leaves_a_gap(sandbox: &Sandbox, apply: impl Fn(bool) -> bool) {
-    apply(false);
-    let destination = SocketAddr::new(REMOTE, REMOTE_PORT);
-    let stop = AtomicBool::new(false);
-    let replies = Mutex::new(Vec::new());
-    thread::scope(|scope| {
-        scope.spawn(|| {
-            sandbox.task().run(|| {
-                while !stop.load(Ordering::Relaxed) {
-                    let reply = connect_here(destination);
-                    replies.lock().unwrap().push(reply);
-                }
-            })
-        });
-        for round in 0..20 {
-            assert!(apply(round % 2 == 0));
-            thread::sleep(Duration::from_millis(15));
-        }
-        stop.store(true, Ordering::Relaxed);
-    });
-    let replies = replies.into_inner().unwrap();
-    assert!(replies.len() >= 20, "only {} connections during 20 replacements", replies.len());
-    let mut ports = BTreeSet::new();
-    for reply in &replies {
-        let reply = reply.as_ref().unwrap_or_else(|e| panic!("a connection failed during a replace: {e}"));
-        assert_eq!((reply.role, reply.original), (Role::EgressProxy, Some(destination)), "{reply}");
-        ports.insert(reply.local.port());
-    }
-    assert_eq!(ports.into_iter().collect::<Vec<_>>(), [15001, 15002], "both configurations were live");
 }

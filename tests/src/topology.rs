@@ -203,6 +203,15 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // The lock file an `apply` on this namespace left (`intercept::lock`), forgotten with
+        // the namespace; the key is the nsfs inode, read while the namespace still exists.
+        if let Ok(nsfs) = self.file.metadata() {
+            use std::os::unix::fs::MetadataExt as _;
+            let key = intercept::lock::Key::netns(nsfs.dev(), nsfs.ino(), self.name.clone());
+            if let Err(e) = intercept::lock::Locks::system().forget(&key) {
+                let _ = writeln!(io::stderr(), "{e}");
+            }
+        }
         let result = Command::new("ip").args(["netns", "del", &self.name]).output();
         match result {
             Ok(output) if output.status.success() => {}

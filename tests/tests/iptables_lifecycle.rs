@@ -48,17 +48,19 @@ fn restore(netns: &Netns, program: &str, input: &str) {
 }
 
 /// Everything xtables and ipset hold in the namespace, for before/after comparisons:
-/// both families of `mode`, every table, every ipset. Comments and (unless `counters`)
-/// packet counters are left out.
+/// both families of `mode`, every table, every ipset. Comments, chain policy counters and
+/// (unless `counters`) rule counters are left out.
 fn dump(netns: &Netns, mode: Mode, counters: bool) -> String {
     let args: &[&str] = if counters { &["-c"] } else { &[] };
     let mut out = String::new();
     for program in [format!("iptables-{}-save", mode.name()), format!("ip6tables-{}-save", mode.name())] {
         let text = netns.exec(&program, args);
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            // Chain policy counters are printed even without -c, and move with any traffic.
-            let line = match (counters, line.starts_with(':'), line.rfind(" [")) {
-                (false, true, Some(at)) => &line[..at],
+            // Chain policy counters are printed even without -c, and move with any traffic,
+            // the kernel's own included (an IPv6 MLD report or router solicitation may leave
+            // the task between two dumps); intercept never touches them.
+            let line = match (line.starts_with(':'), line.rfind(" [")) {
+                (true, Some(at)) => &line[..at],
                 _ => line,
             };
             out.push_str(line);
@@ -162,25 +164,6 @@ fn remove_where_nothing_was_installed_succeeds_and_creates_nothing() {
     for program in ["iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"] {
         assert_eq!(netns.exec(program, &[]), "", "{program}: no table was created");
     }
-}
-
-/// Replacing the configuration over and over while a client connects in a loop: every
-/// connection is redirected, by the old rules or by the new; none slips through to the
-/// real destination and none fails.
-#[test]
-fn replace_never_leaves_a_gap() {
-    if !require_netns_privileges("replace_never_leaves_a_gap") {
-        return;
-    }
-    let sandbox = sandbox();
-    let backend = open(sandbox.task(), Some(Mode::Nft));
-    // The two differ in the egress port, and one needs ipsets, so that replacing creates
-    // and destroys sets too.
-    let a = IptablesPlan::new(&seed());
-    let b = IptablesPlan::new(&with_ipsets(ProxyConfig { proxy_egress_port: 15002, ..seed() }));
-    lifecycle::replace_never_leaves_a_gap(&sandbox, |second| {
-        backend.apply(if second { &b } else { &a }, false).unwrap().changed
-    });
 }
 
 /// When the IPv6 transaction fails, the IPv4 rules and the ipsets installed just before are

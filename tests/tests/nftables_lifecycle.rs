@@ -146,24 +146,6 @@ fn remove_where_nothing_was_installed_succeeds_and_creates_nothing() {
     assert_eq!(netns.exec("nft", &["list", "ruleset"]), "", "no table was created");
 }
 
-/// Replacing the configuration over and over while a client connects in a loop: every
-/// connection is redirected, by the old table or by the new; none slips through to the
-/// real destination and none fails.
-#[test]
-fn replace_never_leaves_a_gap() {
-    if !require_nft("replace_never_leaves_a_gap") {
-        return;
-    }
-    let sandbox = sandbox();
-    let backend = open(sandbox.task());
-    // Different egress ports and sets, so that every replace rewrites rules and sets.
-    let a = NftablesPlan::new(&seed());
-    let b = NftablesPlan::new(&with_networks(ProxyConfig { proxy_egress_port: 15002, ..seed() }));
-    lifecycle::replace_never_leaves_a_gap(&sandbox, |second| {
-        backend.apply(if second { &b } else { &a }, false).unwrap().changed
-    });
-}
-
 /// Hand edits are drift: status names them, apply puts the plan back.
 #[test]
 fn drift_is_reported_and_repaired() {

@@ -41,6 +41,7 @@ pub use host::{Mount, attached_programs, cgroup_id, cgroup2_mount, is_bpffs, par
 pub use intercept_common::{Counter, MAP_NAMES};
 pub use maps::{Changes, Contents, Generations};
 
+use crate::lock::{self, Held, Locks};
 use crate::plan::ebpf::EbpfPlan;
 use crate::privileges;
 
@@ -201,6 +202,8 @@ pub enum Error {
     StillAttached { program: &'static str },
     #[error("reading the eBPF programs' log")]
     Log(#[source] Box<aya_log::Error>),
+    #[error(transparent)]
+    Lock(#[from] lock::Error),
 }
 
 impl Error {
@@ -229,6 +232,39 @@ impl Target {
     pub fn pin_dir(&self) -> PathBuf {
         self.bpffs.join(PIN_ROOT).join(self.cgroup_id.to_string())
     }
+
+    /// Waits for any other `apply` or `remove` on this cgroup to finish, and keeps them out
+    /// until dropped (see [`crate::lock`]). Taken before the bpffs lock, which stays: it
+    /// guards the pin directories that several cgroups share.
+    fn lock(&self) -> Result<Held, Error> {
+        let key = lock::Key::cgroup(self.cgroup_id, format!("cgroup {}", self.cgroup.display()));
+        Ok(Locks::system().acquire(&key, lock::WAIT)?)
+    }
+
+    /// Staging directories an `apply` killed before it moved its pins into place left
+    /// behind (`<bpffs>/intercept/staging-<cgroup id>-<pid>`). Under the locks, no live
+    /// `apply` has one for this cgroup.
+    pub fn stale_staging(&self) -> Vec<PathBuf> {
+        let prefix = format!("staging-{}-", self.cgroup_id);
+        let Ok(entries) = fs::read_dir(self.bpffs.join(PIN_ROOT)) else { return Vec::new() };
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)))
+            .map(|e| e.path())
+            .collect();
+        found.sort();
+        found
+    }
+}
+
+/// Removes a directory of pins: the `sk_lookup` link detached first (the kernel would release
+/// it only later, from a work queue, once unpinned), then every pin.
+fn unpin_dir(dir: &Path) -> Result<(), Error> {
+    let path = dir.join(Program::SkLookup.link_pin());
+    if let Ok(link) = host::obj_get(&path) {
+        host::link_detach(link.as_fd()).map_err(|e| Error::io("detach the link pinned at", &path, e))?;
+    }
+    fs::remove_dir_all(dir).map_err(|e| Error::io("remove", dir, e))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -255,6 +291,15 @@ pub struct Applied {
     /// With [`ApplyOptions::bpf_log`]: reads the programs' events. Keep it alive while reading:
     /// dropping it closes its ring buffer.
     pub logs: Option<Logs>,
+    /// With ingress: the proxy's listeners put into `PROXY_LISTENERS` (see
+    /// [`adopt_into`]), before the configuration that steers inbound connections to them
+    /// took effect.
+    pub adopted: Option<Adopted>,
+}
+
+/// ProxyIngressPort, when the plan has ingress.
+fn ingress_port(plan: &EbpfPlan) -> Option<u16> {
+    Some(plan.config.proxy_ingress_port).filter(|&port| port != 0)
 }
 
 /// Whether this process holds [`crate::privileges::EBPF`]: `apply` checks it first, and
@@ -291,11 +336,12 @@ pub fn apply(
 ) -> Result<Applied, Error> {
     check_capabilities()?;
     let desired = Contents::desired(plan, local_addrs)?;
+    let _held = target.lock()?;
     host::ensure_bpffs(&target.bpffs)?;
     let _lock = host::lock_bpffs(&target.bpffs)?;
     let dir = target.pin_dir();
     if dir.exists() {
-        update(&dir, plan, &desired, options)
+        update(target, &dir, plan, &desired, options)
     } else {
         install(target, netns, &dir, plan, &desired, options)
     }
@@ -334,47 +380,62 @@ fn install(
     }
     maps::install(desired, 0, &mut maps)?;
 
-    // Everything is loaded and filled: attach. Until the pins exist, the links live only in
-    // this process and detach if anything below fails.
+    let root = target.bpffs.join(PIN_ROOT);
+    fs::create_dir_all(&root).map_err(|e| Error::io("create", &root, e))?;
+    // A killed apply's staging pins may hold links that still intercept: they go first.
+    for stale in target.stale_staging() {
+        unpin_dir(&stale)?;
+    }
+    let staging = root.join(format!("staging-{}-{}", target.cgroup_id, std::process::id()));
+    fs::create_dir(&staging).map_err(|e| Error::io("create", &staging, e))?;
+    let staged = stage(target, netns, &ebpf, plan, &maps, &staging).and_then(|adopted| {
+        fs::rename(&staging, dir).map_err(|e| Error::io("move the pins into place at", dir, e))?;
+        Ok(adopted)
+    });
+    match staged {
+        Ok(adopted) => Ok(Applied { outcome: Outcome::Installed, pin_dir: dir.to_owned(), logs, adopted }),
+        Err(e) => {
+            // Unpinned, the links detach: nothing stays attached.
+            let _ = fs::remove_dir_all(&staging);
+            Err(e)
+        }
+    }
+}
+
+/// Pins the maps in `staging`, adopts the proxy's ingress listeners (the programs learn only
+/// those that start listening later), then attaches the programs and pins their links. Until
+/// the links are pinned they live only in this process, and detach if it fails or dies; once
+/// pinned in `staging`, `status` reports them and the next `apply` or `remove` unpins them.
+fn stage(
+    target: &Target,
+    netns: BorrowedFd<'_>,
+    ebpf: &Ebpf,
+    plan: &EbpfPlan,
+    maps: &BTreeMap<&'static str, Map>,
+    staging: &Path,
+) -> Result<Option<Adopted>, Error> {
+    for (name, map) in maps {
+        let path = staging.join(name);
+        map.pin(&path).map_err(|e| Error::Pin { path, source: Box::new(e) })?;
+    }
+    let adopted = ingress_port(plan).map(|port| adopt_into(staging, &target.cgroup, port)).transpose()?;
     let cgroup = fs::File::open(&target.cgroup).map_err(|e| Error::io("open cgroup", &target.cgroup, e))?;
     let mut links = Vec::new();
     for program in Program::ALL {
         let to = if program.on_netns() { netns } else { cgroup.as_fd() };
-        links.push((program, attach(&ebpf, program, to)?));
-    }
-
-    let root = target.bpffs.join(PIN_ROOT);
-    fs::create_dir_all(&root).map_err(|e| Error::io("create", &root, e))?;
-    let staging = root.join(format!("staging-{}-{}", target.cgroup_id, std::process::id()));
-    if staging.exists() {
-        fs::remove_dir_all(&staging).map_err(|e| Error::io("remove stale", &staging, e))?;
-    }
-    fs::create_dir(&staging).map_err(|e| Error::io("create", &staging, e))?;
-    let pinned = pin_all(&staging, &maps, links)
-        .and_then(|()| fs::rename(&staging, dir).map_err(|e| Error::io("move the pins into place at", dir, e)));
-    if let Err(e) = pinned {
-        let _ = fs::remove_dir_all(&staging);
-        return Err(e);
-    }
-    Ok(Applied { outcome: Outcome::Installed, pin_dir: dir.to_owned(), logs })
-}
-
-fn aya_log_common_level_debug() -> u8 {
-    // aya-log-common's Level: Error = 1, Warn, Info, Debug, Trace.
-    4
-}
-
-fn pin_all(staging: &Path, maps: &BTreeMap<&'static str, Map>, links: Vec<(Program, OwnedFd)>) -> Result<(), Error> {
-    for (name, map) in maps {
-        let path = staging.join(name);
-        map.pin(&path).map_err(|e| Error::Pin { path, source: Box::new(e) })?;
+        links.push((program, attach(ebpf, program, to)?));
     }
     for (program, link) in links {
         let path = staging.join(program.link_pin());
         // Closing this process's fd afterwards leaves the link to the pin.
         host::obj_pin(link.as_fd(), &path).map_err(|e| Error::io("pin", &path, e))?;
     }
-    Ok(())
+    Ok(adopted)
+}
+
+fn aya_log_common_level_debug() -> u8 {
+    // aya-log-common's Level: Error = 1, Warn, Info, Debug, Trace.
+    4
 }
 
 fn load_error(e: EbpfError) -> Error {
@@ -459,7 +520,13 @@ fn open_pinned_links(dir: &Path) -> Result<Vec<(Program, aya::programs::links::L
         .collect()
 }
 
-fn update(dir: &Path, plan: &EbpfPlan, desired: &Contents, options: ApplyOptions) -> Result<Applied, Error> {
+fn update(
+    target: &Target,
+    dir: &Path,
+    plan: &EbpfPlan,
+    desired: &Contents,
+    options: ApplyOptions,
+) -> Result<Applied, Error> {
     let links = open_pinned_links(dir)?;
     let mut maps = open_pinned_maps(dir)?;
     for spec in plan.map_specs() {
@@ -475,6 +542,9 @@ fn update(dir: &Path, plan: &EbpfPlan, desired: &Contents, options: ApplyOptions
             return Err(Error::CapacityExceeded { map: spec.name, capacity, needed });
         }
     }
+    // Before the switch, so that ingress is never steered to a listener not yet known (the
+    // programs learn only those that start listening after they were attached).
+    let adopted = ingress_port(plan).map(|port| adopt_into(dir, &target.cgroup, port)).transpose()?;
     let generations = Generations::read(&maps)?;
     let outcome = if generations.active() == desired {
         if !generations.inactive_is_empty() {
@@ -490,7 +560,7 @@ fn update(dir: &Path, plan: &EbpfPlan, desired: &Contents, options: ApplyOptions
         )),
         _ => None,
     };
-    Ok(Applied { outcome, pin_dir: dir.to_owned(), logs })
+    Ok(Applied { outcome, pin_dir: dir.to_owned(), logs, adopted })
 }
 
 fn map_max_entries(map: &Map, name: &'static str) -> Result<u32, Error> {
@@ -512,10 +582,17 @@ pub fn remove(target: &Target) -> Result<bool, Error> {
     if !host::is_bpffs(&bpffs)? {
         return Ok(false);
     }
+    let held = target.lock()?;
     let _lock = host::lock_bpffs(&bpffs)?;
+    let stale = target.stale_staging();
+    for dir in &stale {
+        unpin_dir(dir)?;
+    }
     let dir = target.pin_dir();
     if !dir.exists() {
-        return Ok(false);
+        let _ = fs::remove_dir(target.bpffs.join(PIN_ROOT));
+        held.release()?;
+        return Ok(!stale.is_empty());
     }
     // The programs' ids, to wait for their detachment below.
     let ids: Vec<(Program, u32)> = Program::ALL
@@ -554,13 +631,15 @@ pub fn remove(target: &Target) -> Result<bool, Error> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+    held.release()?;
     Ok(true)
 }
 
 /// Removes the installations under `bpffs` whose cgroup no longer exists: every one of their
 /// links reports no cgroup (the kernel detaches a cgroup's links when the cgroup is removed),
-/// so their pins only keep maps alive. Returns the cgroup ids whose pins were removed. An
-/// installation it cannot judge (a link pin missing or unreadable) is left alone.
+/// so their pins only keep maps alive (their lock files go too). Returns the cgroup ids whose
+/// pins were removed. An installation it cannot judge (a link pin missing or unreadable) is
+/// left alone.
 pub fn prune(bpffs: &Path) -> Result<Vec<u64>, Error> {
     let bpffs = match fs::canonicalize(bpffs) {
         Ok(path) => path,
@@ -587,6 +666,7 @@ pub fn prune(bpffs: &Path) -> Result<Vec<u64>, Error> {
         });
         if orphaned {
             fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
+            Locks::system().forget(&lock::Key::cgroup(cgroup_id, format!("cgroup id {cgroup_id}")))?;
             pruned.push(cgroup_id);
         }
     }
@@ -915,7 +995,7 @@ impl log::Log for Printer {
     fn flush(&self) {}
 }
 
-/// What [`adopt_listeners`] found: the proxy's listening sockets on ProxyIngressPort put into
+/// What [`adopt_into`] found: the proxy's listening sockets on ProxyIngressPort put into
 /// `PROXY_LISTENERS`, and the ones it could not take.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Adopted {
@@ -932,15 +1012,16 @@ pub struct Adopted {
 /// (`cgroup.procs`, the cgroup itself, not its children), each of its socket descriptors
 /// (`/proc/PID/fd`), duplicated with `pidfd_getfd(2)` (which needs ptrace access to the process:
 /// CAP_SYS_PTRACE for a process of another user) and kept when it is a TCP listener on `port`.
-pub fn adopt_listeners(target: &Target, port: u16) -> Result<Adopted, Error> {
-    let dir = target.pin_dir();
+///
+/// `dir` holds the pinned map: the installation's, or its staging directory.
+fn adopt_into(dir: &Path, cgroup: &Path, port: u16) -> Result<Adopted, Error> {
     let path = dir.join(intercept_common::PROXY_LISTENERS_MAP);
     let data = MapData::from_pin(&path).map_err(maps::map_error(intercept_common::PROXY_LISTENERS_MAP))?;
     let mut listeners = aya::maps::SockMap::try_from(
         Map::from_map_data(data).map_err(maps::map_error(intercept_common::PROXY_LISTENERS_MAP))?,
     )
     .map_err(maps::map_error(intercept_common::PROXY_LISTENERS_MAP))?;
-    let procs_path = target.cgroup.join("cgroup.procs");
+    let procs_path = cgroup.join("cgroup.procs");
     let procs = fs::read_to_string(&procs_path).map_err(|e| Error::io("read", &procs_path, e))?;
     let mut adopted = Adopted::default();
     for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::thread;
 
+use crate::lock::{self, Locks};
 use crate::netns::Netns;
 
 use super::iptables::Error;
@@ -73,6 +74,12 @@ pub trait Runner {
 
     /// What the target is, for messages.
     fn describe_target(&self) -> String;
+
+    /// Where the lock files serialising changes to targets live ([`crate::lock`]).
+    fn locks(&self) -> Locks;
+
+    /// The target namespace's lock.
+    fn lock_key(&self) -> Result<lock::Key, Error>;
 }
 
 /// The real thing: commands run in the namespace through [`Netns::command`].
@@ -87,6 +94,28 @@ const SBIN: [&str; 3] = ["/usr/sbin", "/sbin", "/usr/local/sbin"];
 impl System {
     pub fn new(netns: Netns) -> System {
         System { netns }
+    }
+}
+
+/// Makes the command's process die with intercept (`PR_SET_PDEATHSIG`): an `intercept apply`
+/// that is killed takes its `iptables-restore` with it, so nothing changes once it is gone
+/// (a transaction the kernel committed stays committed; one it did not, never is).
+fn die_with_parent(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    let parent = std::process::id();
+    // SAFETY: between fork and exec the closure makes only async-signal-safe system calls
+    // (prctl, getppid) and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl: no signal will come.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+            }
+            Ok(())
+        });
     }
 }
 
@@ -128,6 +157,7 @@ impl Runner for System {
             .stderr(Stdio::piped())
             // Untranslated messages: they are parsed for line numbers and shown verbatim.
             .env("LC_ALL", "C");
+        die_with_parent(&mut command);
         let spawn_error = |source| Error::Spawn { call: call.to_string(), source };
         let mut child = command.spawn().map_err(spawn_error)?;
         // Feed stdin from a thread so a large transaction cannot deadlock against a child
@@ -163,6 +193,16 @@ impl Runner for System {
 
     fn describe_target(&self) -> String {
         self.netns.target().to_string()
+    }
+
+    fn locks(&self) -> Locks {
+        Locks::system()
+    }
+
+    fn lock_key(&self) -> Result<lock::Key, Error> {
+        self.netns
+            .lock_key()
+            .map_err(|source| Error::Spawn { call: format!("stat the {}", self.netns.target()), source })
     }
 }
 

@@ -26,6 +26,7 @@ use std::fmt::{self, Write as _};
 use serde::Serialize;
 
 use crate::backend::exec::{Call, Output, Runner, System};
+use crate::lock::{self, Held};
 use crate::netns::{self, Netns, Target};
 use crate::plan::IptablesPlan;
 use crate::plan::iptables::{EGRESS_CHAIN, Family, IpSet, TABLE};
@@ -100,6 +101,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Netns(#[from] netns::Error),
+    #[error(transparent)]
+    Lock(#[from] lock::Error),
     #[error("{cause}\nthe namespace was put back as it was before")]
     RolledBack { cause: Box<Error> },
     #[error(
@@ -279,19 +282,38 @@ impl<R: Runner> Iptables<R> {
 
     /// Installs `plan`, or replaces what intercept installed before with it. Nothing runs
     /// when it is installed already. `dry_run`: compute the transactions, run none.
+    ///
+    /// Waits for any other `apply` or `remove` on the namespace to finish first (the lock
+    /// of [`crate::lock`]). A change interrupted half-way (killed between the ipsets and
+    /// the rules, or between the IPv4 and IPv6 transactions) is made whole by the next
+    /// `apply` or `remove`, which starts from what is installed.
     pub fn apply(&self, plan: &IptablesPlan, dry_run: bool) -> Result<Report, Error> {
+        let held = self.lock(dry_run)?;
         let ipv6 = self.ipv6()?;
         let state = self.read_state()?;
         let (desired, warnings) = desired_state(Some(plan), &ipv6, &state);
-        self.sync(&desired, &state, warnings, dry_run)
+        self.sync(&desired, &state, warnings, held.as_ref().map(|h| (h, "apply")))
     }
 
     /// Removes everything intercept installed: its chains, its rules in other chains, its
     /// ipsets. Nothing runs when there is nothing to remove.
     pub fn remove(&self, dry_run: bool) -> Result<Report, Error> {
+        let held = self.lock(dry_run)?;
         let state = self.read_state()?;
         let (desired, warnings) = desired_state(None, &Ipv6::Usable, &state);
-        self.sync(&desired, &state, warnings, dry_run)
+        let report = self.sync(&desired, &state, warnings, held.as_ref().map(|h| (h, "remove")))?;
+        if let Some(held) = held {
+            held.release()?;
+        }
+        Ok(report)
+    }
+
+    /// The namespace's lock, for a change (a dry run changes nothing and takes none).
+    fn lock(&self, dry_run: bool) -> Result<Option<Held>, Error> {
+        if dry_run {
+            return Ok(None);
+        }
+        Ok(Some(self.runner.locks().acquire(&self.runner.lock_key()?, lock::WAIT)?))
     }
 
     /// What is installed, its counters, and whether it matches `plan` when one is given.
@@ -302,6 +324,7 @@ impl<R: Runner> Iptables<R> {
         let mut families = vec![FamilyStatus::new(Family::Ipv4, Some(&state.v4))];
         families.push(FamilyStatus::new(Family::Ipv6, state.v6.as_ref()));
         let installed = state.v4.chains.iter().any(|(name, _)| name == EGRESS_CHAIN) && !state.v4.jumps.is_empty();
+        let unfinished = self.runner.locks().unfinished(&self.runner.lock_key()?)?;
         let mut reasons = Vec::new();
         if !installed {
             reasons.push(if state.is_empty() {
@@ -319,6 +342,12 @@ impl<R: Runner> Iptables<R> {
             reasons.extend(drift);
             matches
         });
+        if let Some(unfinished) = &unfinished {
+            reasons.push(format!(
+                "{unfinished} (interrupted, or still running): the rules may be partly old, partly new; \
+                 `intercept apply` or `intercept remove` makes them whole"
+            ));
+        }
         Ok(Status {
             target: self.runner.describe_target(),
             mode: self.mode(),
@@ -329,6 +358,7 @@ impl<R: Runner> Iptables<R> {
             matches,
             reasons,
             warnings,
+            unfinished: unfinished.map(|u| u.to_string()),
         })
     }
 
@@ -399,13 +429,18 @@ impl<R: Runner> Iptables<R> {
         Ok(sets)
     }
 
+    /// Runs the changes from `before` to `desired` under `held`, the namespace's lock and
+    /// what the change is (`None`: a dry run). While they run, the lock's marker says that a
+    /// change is under way; it goes once the namespace is whole again (as desired, or rolled
+    /// back), and stays when a rollback failed or the process was killed.
     fn sync(
         &self,
         desired: &DesiredState,
         before: &State,
         warnings: Vec<String>,
-        dry_run: bool,
+        held: Option<(&Held, &str)>,
     ) -> Result<Report, Error> {
+        let dry_run = held.is_none();
         let changes = Changes::compute(desired, before);
         let report = Report {
             target: self.runner.describe_target(),
@@ -417,10 +452,14 @@ impl<R: Runner> Iptables<R> {
             changes,
             installed: summary(desired),
         };
-        if dry_run || report.changes.is_empty() {
+        let Some((held, operation)) = held else { return Ok(report) };
+        if report.changes.is_empty() {
+            // Whole already, even if an interrupted change left its marker.
+            held.complete()?;
             return Ok(report);
         }
-        self.run_changes(&report.changes).map_err(|(cause, rollback_due)| {
+        held.begin(operation)?;
+        let ran = self.run_changes(&report.changes).map_err(|(cause, rollback_due)| {
             if !rollback_due {
                 return cause;
             }
@@ -429,8 +468,14 @@ impl<R: Runner> Iptables<R> {
                 Ok(true) => Error::RolledBack { cause: Box::new(cause) },
                 Err(rollback) => Error::RollbackFailed { cause: Box::new(cause), rollback: Box::new(rollback) },
             }
-        })?;
-        Ok(report)
+        });
+        match ran {
+            Err(e @ Error::RollbackFailed { .. }) => Err(e),
+            ran => {
+                held.complete()?;
+                ran.map(|()| report)
+            }
+        }
     }
 
     /// Runs `changes` in order. On failure also says whether a rollback is due: after any
@@ -508,7 +553,9 @@ fn desired_state(plan: Option<&IptablesPlan>, ipv6: &Ipv6, state: &State) -> (De
         .map(|p| p.ipsets.iter().filter(|s| s.family == Family::Ipv4 || v6_planned).cloned().collect())
         .unwrap_or_default();
     let v4 = plan.map(|p| Desired::from_plan(&p.v4)).unwrap_or_default();
-    (DesiredState { v4, v6, sets }, warnings)
+    let mut desired = DesiredState { v4, v6, sets };
+    sync::place_sets(&mut desired, state);
+    (desired, warnings)
 }
 
 /// What an apply or remove did (or, for a dry run, would do).
@@ -590,12 +637,19 @@ pub struct Status {
     /// Why it is not installed or does not match, one sentence each.
     pub reasons: Vec<String>,
     pub warnings: Vec<String>,
+    /// An `apply` or `remove` began and did not finish (killed, or still running): what is
+    /// installed may be a mix of two configurations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unfinished: Option<String>,
 }
 
 impl Status {
-    /// 0 when installed and matching the configuration (if one was given), else 1.
+    /// 0 when installed and matching the configuration (if one was given), else 1; also 1
+    /// after an unfinished change, unless what is installed matches the configuration
+    /// exactly (then it is whole, whatever was interrupted).
     pub fn exit_code(&self) -> i32 {
-        super::status_exit_code(self.installed, self.matches)
+        let whole = self.unfinished.is_none() || self.matches == Some(true);
+        super::status_exit_code(self.installed && whole, self.matches)
     }
 
     /// For people; the warnings are not included (the CLI prints them to stderr).
@@ -632,6 +686,9 @@ impl Status {
         }
         out.push('\n');
         let verdict = match (self.installed, self.matches) {
+            (_, Some(true) | None) if self.unfinished.is_some() && self.exit_code() != 0 => {
+                "NOT whole: a change was interrupted"
+            }
             (true, Some(true)) => "installed, and matches the configuration",
             (true, Some(false)) => "installed, but does NOT match the configuration",
             (true, None) => "installed (give a configuration to check it for drift)",

@@ -40,6 +40,11 @@
 //! tables) stay as they are. [`REMOVE_SCRIPT`] is the same pair without the definition:
 //! removing twice, or removing what was never applied, succeeds.
 //!
+//! The backend runs the same table in two transactions instead ([`NftablesPlan::sets_script`],
+//! [`NftablesPlan::rules_script`]): the kernel makes the elements of a set match only once
+//! the transaction that filled them is over, after it has switched to that transaction's
+//! rules, so rules and the sets they start using must not arrive together.
+//!
 //! The script is nft's text syntax rather than its JSON (`nft -j -f -`): it is what
 //! `intercept plan` prints, so an operator can read it, diff it and check it with
 //! `nft -c -f`; it is written the way `nft list table` prints rules, so the backend can
@@ -81,6 +86,35 @@ pub const COMMENT_MAX: usize = 128;
 
 /// Removes the table if it exists, and succeeds if it does not: `nft -f -` input.
 pub const REMOVE_SCRIPT: &str = "add table inet intercept\ndelete table inet intercept\n";
+
+/// A set whose elements change is built under the other of its two names, `<name>` and
+/// `<name>_next` (see [`NftablesPlan::rules_script`]).
+pub const SECOND_NAME_SUFFIX: &str = "_next";
+
+/// The name each of a plan's sets lives under: its own, or its second name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetNames(Vec<(&'static str, String)>);
+
+impl SetNames {
+    pub fn set(&mut self, set: &'static str, name: String) {
+        self.0.retain(|(s, _)| *s != set);
+        self.0.push((set, name));
+    }
+
+    /// The name `set` lives under (its own unless said otherwise).
+    pub fn name<'a>(&'a self, set: &'a str) -> &'a str {
+        self.0.iter().find(|(s, _)| *s == set).map_or(set, |(_, name)| name.as_str())
+    }
+
+    /// `rule` (as [`Rule::render`] writes it) matching on the sets under their names.
+    pub fn rename(&self, rule: &str) -> String {
+        let mut rule = rule.to_owned();
+        for (set, name) in &self.0 {
+            rule = rule.replace(&format!("@{set} "), &format!("@{name} "));
+        }
+        rule
+    }
+}
 
 const TABLE_COMMENT: &str =
     "intercept: transparent TCP interception for the sidecar proxy; replaced as a whole by intercept";
@@ -262,7 +296,11 @@ impl Set {
     }
 
     fn push(&self, out: &mut String, summarise: bool) {
-        let _ = writeln!(out, "\tset {} {{", self.name);
+        self.push_as(self.name, out, summarise);
+    }
+
+    fn push_as(&self, name: &str, out: &mut String, summarise: bool) {
+        let _ = writeln!(out, "\tset {name} {{");
         let _ = writeln!(out, "\t\ttype {}", self.set_type.as_str());
         out.push_str("\t\tflags interval\n");
         let _ = writeln!(out, "\t\tcomment \"{}\"", self.comment);
@@ -412,6 +450,55 @@ impl NftablesPlan {
     /// The complete `nft -f -` input: creates or atomically replaces the table.
     pub fn apply_script(&self) -> String {
         self.render_script(false)
+    }
+
+    /// The first of the two transactions a backend replacing the table runs (see
+    /// [`NftablesPlan::rules_script`]): the sets in `build`, each under the name `names` gives
+    /// it, added to the table (created, with its comment, when `new_table`), after deleting the
+    /// sets in `stale` (left by an interrupted run; no rule uses them). No rule matches on the
+    /// new sets yet.
+    pub fn sets_script(&self, names: &SetNames, build: &[&str], stale: &[String], new_table: bool) -> String {
+        let mut out = format!("add table {FAMILY} {TABLE}\n");
+        for name in stale {
+            let _ = writeln!(out, "delete set {FAMILY} {TABLE} {name}");
+        }
+        let _ = writeln!(out, "table {FAMILY} {TABLE} {{");
+        if new_table {
+            let _ = writeln!(out, "\tcomment \"{TABLE_COMMENT}\"");
+        }
+        for set in self.sets.iter().filter(|s| build.contains(&s.name)) {
+            set.push_as(names.name(set.name), &mut out, false);
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// The second: every rule of the table replaced by the plan's, matching on the sets under
+    /// the names `names` gives them, and the chains and sets the plan has no use for deleted.
+    /// The kernel makes a set's elements match only once the transaction that filled it is
+    /// over, after it has switched to the new rules: rules switched to a set filled in the same
+    /// transaction would briefly match nothing.
+    pub fn rules_script(&self, names: &SetNames, delete_chains: &[String], delete_sets: &[String]) -> String {
+        let mut out = format!("add table {FAMILY} {TABLE}\nflush table {FAMILY} {TABLE}\n");
+        for chain in delete_chains {
+            let _ = writeln!(out, "delete chain {FAMILY} {TABLE} {chain}");
+        }
+        for set in delete_sets {
+            let _ = writeln!(out, "delete set {FAMILY} {TABLE} {set}");
+        }
+        let _ = writeln!(out, "table {FAMILY} {TABLE} {{");
+        for chain in &self.chains {
+            let _ = writeln!(out, "\tchain {} {{", chain.name);
+            if let Some(hook) = chain.hook {
+                let _ = writeln!(out, "\t\ttype nat hook {} priority {NAT_PRIORITY}; policy accept;", hook.as_str());
+            }
+            for rule in &chain.rules {
+                let _ = writeln!(out, "\t\t{}", names.rename(&rule.render()));
+            }
+            out.push_str("\t}\n");
+        }
+        out.push_str("}\n");
+        out
     }
 
     /// The `nft -f -` input that removes the table; see [`REMOVE_SCRIPT`].

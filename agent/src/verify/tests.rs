@@ -170,6 +170,7 @@ fn iptables_status(with_ingress: bool) -> iptables::Status {
         matches: Some(true),
         reasons: vec![],
         warnings: vec![],
+        unfinished: None,
     }
 }
 

@@ -190,8 +190,6 @@ pub fn apply(request: &Request, config: &ProxyConfig, options: ApplyOptions) -> 
     let plan = EbpfPlan::new(config).with_ingress_fallback_to_app(request.ingress_fallback_to_app);
     let applied = super::apply(&target, &plan, &local_addresses, netns_fd.as_fd(), options)?;
     let ingress = config.ingress.as_ref().map(|i| i.proxy_port);
-    // Listeners that started before the programs were attached are not in the map yet.
-    let adopted = ingress.map(|port| super::adopt_listeners(&target, port)).transpose()?;
     Ok(ApplyReport {
         cgroup: target.cgroup.clone(),
         cgroup_id: target.cgroup_id,
@@ -200,7 +198,7 @@ pub fn apply(request: &Request, config: &ProxyConfig, options: ApplyOptions) -> 
         outcome: applied.outcome,
         local_addresses,
         ingress_port: ingress,
-        adopted,
+        adopted: applied.adopted,
         logs: applied.logs,
     })
 }
@@ -318,6 +316,14 @@ pub fn status(request: &Request, config: Option<&ProxyConfig>) -> Result<StatusR
     let target = Target::new(&request.cgroup, request.bpffs.as_deref())?;
     let ebpf = super::status(&target)?;
     let mut reasons = Vec::new();
+    let stale = target.stale_staging();
+    for dir in &stale {
+        reasons.push(format!(
+            "an interrupted `intercept apply` left pins in {} (they may still intercept): `intercept apply` or \
+             `intercept remove` removes them",
+            dir.display()
+        ));
+    }
     let installed = match &ebpf {
         None => {
             reasons.push(format!("no eBPF programs are pinned for cgroup {}", target.cgroup.display()));
@@ -346,5 +352,6 @@ pub fn status(request: &Request, config: Option<&ProxyConfig>) -> Result<StatusR
             Some(matches && ebpf.is_some())
         }
     };
+    let installed = installed && stale.is_empty();
     Ok(StatusReport { cgroup: target.cgroup.clone(), pin_dir: target.pin_dir(), ebpf, installed, matches, reasons })
 }

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use super::save::{RuleSpec, split_words};
 use super::{Error, Mode};
 use crate::backend::exec::{Call, Output, Runner};
+use crate::lock::{self, Locks, TempLocks};
 use crate::plan::iptables::{Family, IpSet};
 
 const BUILTIN: [&str; 4] = ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"];
@@ -147,13 +148,14 @@ fn key(mode: Mode, family: Family) -> (u8, u8) {
 #[derive(Debug)]
 pub struct Fake {
     pub state: RefCell<FakeState>,
+    locks: TempLocks,
 }
 
 impl Fake {
     pub fn new() -> Fake {
         let mut state = FakeState::default();
         state.sysctl.insert("ipv6/conf/all/disable_ipv6".into(), "0".into());
-        Fake { state: RefCell::new(state) }
+        Fake { state: RefCell::new(state), locks: TempLocks::default() }
     }
 
     pub fn table(&self, mode: Mode, family: Family) -> FakeTable {
@@ -342,5 +344,13 @@ impl Runner for &Fake {
 
     fn describe_target(&self) -> String {
         "fake network namespace".to_owned()
+    }
+
+    fn locks(&self) -> Locks {
+        self.locks.locks()
+    }
+
+    fn lock_key(&self) -> Result<lock::Key, Error> {
+        Ok(lock::Key::netns(0, 1, "fake network namespace"))
     }
 }

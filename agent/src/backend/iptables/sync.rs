@@ -19,7 +19,8 @@ use crate::plan::iptables::{EGRESS_CHAIN, Family, FamilyPlan, INGRESS_CHAIN, IpS
 /// deletes its own rules there, recognised by their comment.
 pub const OWN_CHAINS: [&str; 2] = [EGRESS_CHAIN, INGRESS_CHAIN];
 
-/// The ipsets intercept owns, and their staging sets (`<name>-next`).
+/// The ipsets intercept owns; each also lives as `<name>-next` every other time its contents
+/// change (see [`place_sets`]).
 pub const OWN_SETS: [&str; 2] = ["intercept-egress-v4", "intercept-egress-v6"];
 
 pub fn is_own_set(name: &str) -> bool {
@@ -183,39 +184,67 @@ pub fn family_drift(desired: &Desired, installed: &Installed) -> Vec<String> {
     reasons
 }
 
-/// The `ipset restore` input that creates or updates every wanted set before the rules
-/// that match on it are installed, or `None` when all are up to date.
+/// Chooses the name each wanted set lives under, and makes the wanted rules match on it.
 ///
-/// A set is rebuilt under its staging name and swapped in, so the live set goes from its
-/// old members to the new at once. A staging set left behind by an interrupted run is
-/// destroyed first (nothing references it), whatever its `maxelem`: `create` would refuse
-/// to reuse one with other parameters. The live set is created only when missing, and
-/// `swap` does not care whether the two `maxelem`s agree, so a list that outgrew its
-/// `maxelem` is replaced the same way.
+/// A set has two names, `<name>` and `<name>-next`. When one of them already holds exactly
+/// the wanted networks, that one (nothing to do). Otherwise the new contents are built under
+/// the name no installed rule matches on, and the family's `iptables-restore` transaction
+/// switches the rules to it: the old rules keep the old set until the COMMIT, so no
+/// connection ever meets new networks with old rules (as swapping the live set's contents
+/// first would do) or the reverse. The old set is destroyed after the rules.
+pub fn place_sets(desired: &mut DesiredState, state: &State) {
+    let referenced = referenced_sets(state);
+    for want in &mut desired.sets {
+        let base = want.name.clone();
+        let names = [base.clone(), want.staging_name()];
+        let same = |name: &String| state.sets.iter().any(|have| have.name == *name && same_set(have, want));
+        let chosen = names
+            .iter()
+            .filter(|n| same(n))
+            .max_by_key(|n| referenced.contains(n.as_str()))
+            .or_else(|| names.iter().find(|n| !referenced.contains(n.as_str())))
+            .unwrap_or(&names[0])
+            .clone();
+        if chosen == base {
+            continue;
+        }
+        want.name = chosen.clone();
+        let families = std::iter::once(&mut desired.v4).chain(desired.v6.as_mut());
+        for rule in families.flat_map(|d| d.chains.iter_mut().flat_map(|(_, rules)| rules.iter_mut())) {
+            if let Some(at) = rule.args.windows(2).position(|w| w[0] == "--match-set" && w[1] == base) {
+                rule.args[at + 1] = chosen.clone();
+            }
+        }
+    }
+}
+
+/// The sets intercept's installed rules match on, in either family.
+fn referenced_sets(state: &State) -> BTreeSet<&str> {
+    let families = std::iter::once(&state.v4).chain(state.v6.as_ref());
+    families
+        .flat_map(|installed| installed.chains.iter().flat_map(|(_, rules)| rules))
+        .filter_map(|rule| rule.spec.args.windows(2).find(|w| w[0] == "--match-set").map(|w| w[1].as_str()))
+        .collect()
+}
+
+/// The `ipset restore` input that creates every wanted set (under the name [`place_sets`]
+/// chose) before the rules that match on it are installed, or `None` when all are there.
+/// A set under that name with other contents is one no rule matches on (left by an
+/// interrupted run): it is destroyed and built again.
 pub fn ipset_update(desired: &[IpSet], installed: &[IpSet]) -> Option<String> {
     let mut out = String::new();
     for want in desired {
-        let staging = want.staging_name();
         let have = installed.iter().find(|s| s.name == want.name);
-        let leftover = installed.iter().any(|s| s.name == staging);
         if have.is_some_and(|have| same_set(have, want)) {
-            if leftover {
-                let _ = writeln!(out, "destroy {staging}");
-            }
             continue;
         }
-        if leftover {
-            let _ = writeln!(out, "destroy {staging}");
+        if have.is_some() {
+            let _ = writeln!(out, "destroy {}", want.name);
         }
-        if have.is_none() {
-            let _ = writeln!(out, "{}", create_line(&want.name, want));
-        }
-        let _ = writeln!(out, "{}", create_line(&staging, want));
+        let _ = writeln!(out, "{}", create_line(&want.name, want));
         for net in sorted(&want.entries) {
-            let _ = writeln!(out, "add {staging} {net}");
+            let _ = writeln!(out, "add {} {net}", want.name);
         }
-        let _ = writeln!(out, "swap {staging} {}", want.name);
-        let _ = writeln!(out, "destroy {staging}");
     }
     (!out.is_empty()).then_some(out)
 }
@@ -225,7 +254,7 @@ pub fn ipset_update(desired: &[IpSet], installed: &[IpSet]) -> Option<String> {
 pub fn ipset_cleanup(desired: &[IpSet], installed: &[IpSet]) -> Option<String> {
     let mut out = String::new();
     for set in installed {
-        let wanted = desired.iter().any(|w| w.name == set.name || w.staging_name() == set.name);
+        let wanted = desired.iter().any(|w| w.name == set.name);
         if !wanted && is_own_set(&set.name) {
             let _ = writeln!(out, "destroy {}", set.name);
         }
@@ -304,12 +333,14 @@ impl State {
         self.v4.is_empty() && self.v6.as_ref().is_none_or(Installed::is_empty) && self.sets.is_empty()
     }
 
-    /// This state as the target of a rollback: everything exactly as it is now.
+    /// This state as the target of a rollback: the rules exactly as they are now, and the
+    /// sets they match on.
     pub fn as_desired(&self) -> DesiredState {
+        let referenced = referenced_sets(self);
         DesiredState {
             v4: Desired::from_installed(&self.v4),
             v6: self.v6.as_ref().map(Desired::from_installed),
-            sets: self.sets.iter().filter(|s| !s.name.ends_with(STAGING_SUFFIX)).cloned().collect(),
+            sets: self.sets.iter().filter(|s| referenced.contains(s.name.as_str())).cloned().collect(),
         }
     }
 }

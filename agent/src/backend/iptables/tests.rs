@@ -212,41 +212,54 @@ fn a_failing_ipv4_half_changes_nothing_and_says_which_line() {
     insta::assert_snapshot!(err.to_string());
 }
 
+/// New contents are built under the set's other name while the rules keep matching on the
+/// live one; the rules' transaction switches to the new set, and the old one goes after.
+/// A set an interrupted run left under that name is destroyed first, whatever its maxelem.
 #[test]
-fn a_leftover_staging_set_is_destroyed_first_and_a_grown_set_is_swapped() {
+fn a_changed_set_is_built_under_its_other_name_and_the_rules_switch_to_it() {
     let fake = Fake::new();
-    // An interrupted run left a staging set with other parameters, and the live set has a
-    // smaller maxelem than the new list needs.
+    let backend = nft(&fake);
+    let small = ProxyConfig { egress_ignored_ips: many_cidrs(10), ipv6: false, ..seed() };
+    backend.apply(&plan(&small), false).unwrap();
+    let match_set = |name: &str| {
+        let rules = fake.table(Mode::Nft, Family::Ipv4).rules;
+        rules.iter().filter(|r| r.args.windows(2).any(|w| w == ["--match-set", name])).count()
+    };
+    assert_eq!(match_set("intercept-egress-v4"), 1);
     fake.add_set(IpSet {
         name: "intercept-egress-v4-next".into(),
         family: Family::Ipv4,
         maxelem: 1024,
         entries: vec![],
     });
-    fake.add_set(IpSet {
-        name: "intercept-egress-v4".into(),
-        family: Family::Ipv4,
-        maxelem: 65536,
-        entries: many_cidrs(10),
-    });
+
     let config = ProxyConfig { egress_ignored_ips: many_cidrs(70_000), ipv6: false, ..seed() };
-    let plan = plan(&config);
-    assert_eq!(plan.ipsets[0].maxelem, 131_072);
-    let report = nft(&fake).apply(&plan, true).unwrap();
+    let big = plan(&config);
+    assert_eq!(big.ipsets[0].maxelem, 131_072);
+    let report = backend.apply(&big, true).unwrap();
     let update = report.changes.ipset_update.as_deref().unwrap();
     let lines: Vec<&str> = update.lines().collect();
-    assert_eq!(lines[0], "destroy intercept-egress-v4-next");
-    assert_eq!(lines[1], "create intercept-egress-v4-next hash:net family inet maxelem 131072");
     assert_eq!(
-        lines[lines.len() - 2..],
-        ["swap intercept-egress-v4-next intercept-egress-v4", "destroy intercept-egress-v4-next"]
+        lines[..2],
+        ["destroy intercept-egress-v4-next", "create intercept-egress-v4-next hash:net family inet maxelem 131072"]
     );
-    assert!(!update.contains("create intercept-egress-v4 "), "the live set is not re-created");
+    assert!(!update.contains("swap") && !update.contains("intercept-egress-v4 "), "the live set is left alone");
+    assert!(report.changes.v4.as_deref().unwrap().contains("--match-set intercept-egress-v4-next dst"));
+    assert_eq!(report.changes.ipset_cleanup.as_deref(), Some("destroy intercept-egress-v4\n"));
 
-    nft(&fake).apply(&plan, false).unwrap();
+    backend.apply(&big, false).unwrap();
     let sets = fake.sets();
     assert_eq!(sets.len(), 1);
+    assert_eq!(sets[0].name, "intercept-egress-v4-next");
     assert_eq!((sets[0].maxelem, sets[0].entries.len()), (131_072, 70_002), "70,000 and the two metadata IPs");
+    assert_eq!((match_set("intercept-egress-v4"), match_set("intercept-egress-v4-next")), (0, 1));
+    assert!(backend.status(Some(&big)).unwrap().matches == Some(true));
+    assert!(!backend.apply(&big, false).unwrap().changed, "applying again changes nothing");
+
+    // The next change goes back to the first name.
+    backend.apply(&plan(&small), false).unwrap();
+    assert_eq!(fake.sets().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["intercept-egress-v4"]);
+    assert_eq!((match_set("intercept-egress-v4"), match_set("intercept-egress-v4-next")), (1, 0));
 }
 
 #[test]
@@ -461,4 +474,69 @@ fn the_plan_names_only_sets_intercept_knows_as_its_own() {
     }
     assert!(!sync::is_own_set("intercept-egress-v4-other"));
     assert!(!sync::is_own_set("someone-else"));
+}
+
+/// A kill between the IPv4 and the IPv6 transaction (emulated: the lock taken, the marker
+/// written, only the IPv4 half run) leaves a mix that matches neither configuration; status
+/// says a change did not finish, and the next apply makes the namespace whole.
+#[test]
+fn an_interrupted_change_is_reported_until_the_next_apply_makes_it_whole() {
+    let fake = Fake::new();
+    let backend = nft(&fake);
+    let a = plan(&seed());
+    let b = plan(&ProxyConfig { proxy_egress_port: 15002, ..seed() });
+    backend.apply(&a, false).unwrap();
+
+    let held = backend.lock(false).unwrap().expect("a lock");
+    held.begin("apply").unwrap();
+    let state = backend.read_state().unwrap();
+    let (desired, _) = desired_state(Some(&b), &Ipv6::Usable, &state);
+    let changes = Changes::compute(&desired, &state);
+    backend.restore(Family::Ipv4, changes.family(Family::Ipv4).unwrap()).unwrap();
+    drop(held);
+
+    for plan in [&a, &b] {
+        let status = backend.status(Some(plan)).unwrap();
+        assert_eq!((status.matches, status.exit_code()), (Some(false), 1));
+        let unfinished = format!("an `intercept apply` (pid {}) did not finish", std::process::id());
+        assert_eq!(status.unfinished.as_deref(), Some(unfinished.as_str()));
+        assert!(status.reasons.iter().any(|r| r.starts_with(&unfinished)), "{:?}", status.reasons);
+        assert!(status.render_text().contains("installed, but does NOT match"), "{}", status.render_text());
+    }
+    let status = backend.status(None).unwrap();
+    assert_eq!((status.installed, status.exit_code()), (true, 1), "installed, but not whole");
+    assert!(status.render_text().contains("NOT whole: a change was interrupted"), "{}", status.render_text());
+
+    assert!(backend.apply(&b, false).unwrap().changed, "the IPv6 half is still to do");
+    let status = backend.status(Some(&b)).unwrap();
+    assert_eq!((status.unfinished.as_deref(), status.exit_code()), (None, 0));
+}
+
+/// Killed after its last command but before deleting the marker: the namespace is whole, so
+/// status matching it exits 0, and the next apply (with nothing to change) clears the marker.
+#[test]
+fn a_marker_over_a_whole_namespace_is_cleared_by_an_apply_that_changes_nothing() {
+    let fake = Fake::new();
+    let backend = nft(&fake);
+    let a = plan(&seed());
+    backend.apply(&a, false).unwrap();
+    backend.lock(false).unwrap().expect("a lock").begin("apply").unwrap();
+    let status = backend.status(Some(&a)).unwrap();
+    assert!(status.unfinished.is_some());
+    assert_eq!(status.exit_code(), 0, "{:?}", status.reasons);
+    assert!(!backend.apply(&a, false).unwrap().changed);
+    assert_eq!(backend.status(Some(&a)).unwrap().unfinished, None);
+}
+
+/// A change that fails and is rolled back leaves the namespace whole (as before): no marker.
+#[test]
+fn a_rolled_back_change_leaves_no_marker() {
+    let fake = Fake::new();
+    let backend = nft(&fake);
+    backend.apply(&plan(&seed()), false).unwrap();
+    fake.fail("ip6tables-nft-restore", "line {line}: RULE_APPEND failed (No such file or directory)");
+    let err = backend.apply(&plan(&ProxyConfig { proxy_egress_port: 15002, ..seed() }), false).unwrap_err();
+    assert!(matches!(err, Error::RolledBack { .. }), "{err}");
+    let status = backend.status(Some(&plan(&seed()))).unwrap();
+    assert_eq!((status.unfinished.as_deref(), status.exit_code()), (None, 0), "{:?}", status.reasons);
 }

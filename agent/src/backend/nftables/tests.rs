@@ -4,13 +4,13 @@
 //! fake's listings are checked against it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
 use super::*;
 use crate::backend::exec::{Call, Output, Runner};
 use crate::config::{Ingress, PortRange, PortSet, ProxyConfig};
+use crate::lock::{self, Locks, TempLocks};
 use crate::plan::nftables::{Elements, Match, Rule, Verdict};
 
 const SEED_LISTING: &str = include_str!("testdata/seed-listing.json");
@@ -113,13 +113,14 @@ fn expr(rule: &Rule) -> Vec<Value> {
 #[derive(Default)]
 struct FakeNft {
     table: RefCell<Option<String>>,
-    /// Apply script → the listing after it.
-    scripts: HashMap<String, String>,
+    /// The plans whose rules transactions it applies (see [`FakeNft::run_rules`]).
+    plans: Vec<NftablesPlan>,
     /// `(family, table, chain)` of other tables' chains.
     foreign_chains: Vec<(&'static str, &'static str, &'static str)>,
     /// The next `nft -f -` fails with this message.
     failure: RefCell<Option<String>>,
     calls: RefCell<Vec<Call>>,
+    locks: TempLocks,
 }
 
 impl FakeNft {
@@ -128,8 +129,29 @@ impl FakeNft {
     }
 
     fn knows(mut self, plan: &NftablesPlan) -> FakeNft {
-        self.scripts.insert(plan.apply_script(), listing_of(plan));
+        self.plans.push(plan.clone());
         self
+    }
+
+    /// The listing after the rules transaction `script` of an apply (see
+    /// [`NftablesPlan::rules_script`]): the plan it installs, its sets under the names the
+    /// script uses. A sets transaction changes nothing a test looks at.
+    fn run_rules(&self, script: &str) -> Option<String> {
+        let own_names: String = script
+            .lines()
+            .filter(|l| !l.starts_with("delete "))
+            .map(|l| format!("{}\n", l.replace(&format!("{SECOND_NAME_SUFFIX} "), " ")))
+            .collect();
+        let plan = self.plans.iter().find(|p| p.rules_script(&SetNames::default(), &[], &[]) == own_names)?;
+        let mut listing = listing_of(plan);
+        for set in &plan.sets {
+            if script.contains(&format!("@{}{SECOND_NAME_SUFFIX} ", set.name)) {
+                listing = listing
+                    .replace(&format!("\"{}\"", set.name), &format!("\"{}{SECOND_NAME_SUFFIX}\"", set.name))
+                    .replace(&format!("\"@{}\"", set.name), &format!("\"@{}{SECOND_NAME_SUFFIX}\"", set.name));
+            }
+        }
+        Some(listing)
     }
 
     /// The `nft -f -` inputs run so far.
@@ -172,12 +194,12 @@ impl Runner for &FakeNft {
                     return Ok(Output { code: Some(1), stdout: String::new(), stderr });
                 }
                 let script = call.stdin.as_deref().unwrap();
-                let after = if script == REMOVE_SCRIPT {
-                    None
-                } else {
-                    Some(self.scripts.get(script).expect("a script the test registered").clone())
-                };
-                *self.table.borrow_mut() = after;
+                if script == REMOVE_SCRIPT {
+                    *self.table.borrow_mut() = None;
+                } else if script.contains(&format!("\nflush table {FAMILY} {TABLE}\n")) {
+                    *self.table.borrow_mut() =
+                        Some(self.run_rules(script).expect("the rules of a plan the test registered"));
+                }
                 ok(String::new())
             }
             _ => panic!("unexpected call {call}"),
@@ -190,6 +212,14 @@ impl Runner for &FakeNft {
 
     fn describe_target(&self) -> String {
         "fake network namespace".to_owned()
+    }
+
+    fn locks(&self) -> Locks {
+        self.locks.locks()
+    }
+
+    fn lock_key(&self) -> Result<lock::Key, iptables::Error> {
+        Ok(lock::Key::netns(0, 1, "fake network namespace"))
     }
 }
 
@@ -273,6 +303,30 @@ fn tampered(edit: impl FnOnce(&mut Vec<Value>)) -> Installed {
 
 fn find<'a>(objects: &'a mut [Value], kind: &str, pred: impl Fn(&Value) -> bool) -> &'a mut Value {
     objects.iter_mut().filter_map(|o| o.get_mut(kind)).find(|o| pred(o)).unwrap()
+}
+
+/// A set under its second name is the plan's set; under both names, an apply stopped between
+/// its two transactions.
+#[test]
+fn sets_under_their_second_name_are_the_plans_and_under_both_an_unfinished_apply() {
+    let plan = NftablesPlan::new(&seed());
+    let renamed = tampered(|objects| {
+        find(objects, "set", |s| s["name"] == "ignored_v4")["name"] = json!("ignored_v4_next");
+        for rule in objects.iter_mut().filter_map(|o| o.get_mut("rule")) {
+            let text = rule.to_string().replace("\"@ignored_v4\"", "\"@ignored_v4_next\"");
+            *rule = serde_json::from_str(&text).unwrap();
+        }
+    });
+    assert_eq!(renamed.drift(&plan), Vec::<String>::new());
+    let twice = tampered(|objects| {
+        let mut second = json!({"set": find(objects, "set", |s| s["name"] == "ignored_v4").clone()});
+        second["set"]["name"] = json!("ignored_v4_next");
+        objects.push(second);
+    });
+    assert_eq!(
+        twice.drift(&plan),
+        ["set ignored_v4 is installed twice, as ignored_v4 and ignored_v4_next (an apply did not finish)"]
+    );
 }
 
 #[test]
@@ -369,20 +423,26 @@ fn apply_installs_once_then_has_nothing_to_do() {
     let report = backend.apply(&plan, false).unwrap();
     assert!(report.changed && !report.dry_run);
     assert_eq!(report.reasons, ["table inet intercept is not installed"]);
-    assert_eq!(fake.scripts_run(), [plan.apply_script()]);
-    assert_eq!(report.script.as_deref(), Some(plan.apply_script().as_str()));
+    // The table and its sets, then the rules: no rule ever matches on a set filled in its own
+    // transaction.
+    let names = SetNames::default();
+    let all: Vec<&str> = plan.sets.iter().map(|s| s.name).collect();
+    let steps = [plan.sets_script(&names, &all, &[], true), plan.rules_script(&names, &[], &[])];
+    assert_eq!(fake.scripts_run(), steps);
+    assert!(steps[0].contains("comment \"intercept: ") && !steps[0].contains("chain "), "{}", steps[0]);
+    assert_eq!(report.script, Some(format!("{}\n# then, in a second nft -f - transaction:\n{}", steps[0], steps[1])));
     assert!(report.render_text("apply").ends_with(
         "done: table inet intercept: 4 chains, 7 rules, sets ignored_ports (1), ignored_v4 (2), app_ports (1)\n"
     ));
 
     let again = backend.apply(&plan, false).unwrap();
     assert!(!again.changed && again.script.is_none() && again.reasons.is_empty());
-    assert_eq!(fake.scripts_run().len(), 1, "the second apply runs nothing");
+    assert_eq!(fake.scripts_run().len(), 2, "the second apply runs nothing");
     assert!(again.render_text("apply").contains("nothing to change"));
 }
 
 #[test]
-fn apply_replaces_a_different_table_in_one_transaction() {
+fn apply_builds_changed_sets_under_their_other_name_then_switches_the_rules_to_them() {
     let (seed_plan, other_plan) = (NftablesPlan::new(&seed()), NftablesPlan::new(&other()));
     let fake = FakeNft::with_table(SEED_LISTING).knows(&other_plan);
     let backend = Nftables::new(&fake);
@@ -390,13 +450,20 @@ fn apply_replaces_a_different_table_in_one_transaction() {
     assert!(report.changed);
     assert!(report.reasons.iter().any(|r| r.starts_with("set ignored_ports: 1 planned element missing (3000-3010)")));
     assert!(report.reasons.iter().any(|r| r == "chain prerouting is not in the plan"));
-    // One script, starting with the add/delete pair: replaced, never removed first.
-    assert_eq!(fake.scripts_run(), [other_plan.apply_script()]);
-    assert!(fake.scripts_run()[0].starts_with(REMOVE_SCRIPT));
-    assert_eq!(
-        Installed::parse(fake.table.borrow().as_deref().unwrap()).unwrap().drift(&other_plan),
-        Vec::<String>::new()
-    );
+    // The changed sets under their second names, then every rule replaced (never the table
+    // removed first); the old sets and the ingress chains go with the rules.
+    let scripts = fake.scripts_run();
+    assert_eq!(scripts.len(), 2, "{scripts:?}");
+    assert!(scripts[0].starts_with("add table inet intercept\ntable inet intercept {\n\tset ignored_ports_next {"));
+    assert!(!scripts[0].contains("delete") && !scripts[0].contains("chain"), "{}", scripts[0]);
+    assert!(scripts[1].starts_with("add table inet intercept\nflush table inet intercept\n"), "{}", scripts[1]);
+    for line in ["delete chain inet intercept prerouting", "delete set inet intercept ignored_ports"] {
+        assert!(scripts[1].lines().any(|l| l == line), "{line}: {}", scripts[1]);
+    }
+    assert!(scripts[1].contains("tcp dport @ignored_ports_next counter return"), "{}", scripts[1]);
+    let installed = Installed::parse(fake.table.borrow().as_deref().unwrap()).unwrap();
+    assert!(installed.sets.iter().any(|s| s.name == "ignored_ports_next"));
+    assert_eq!(installed.drift(&other_plan), Vec::<String>::new(), "the second names are the plan's sets");
     assert!(backend.apply(&other_plan, false).unwrap().script.is_none());
     assert!(!backend.read().unwrap().unwrap().drift(&seed_plan).is_empty());
 }
@@ -409,9 +476,11 @@ fn dry_run_says_what_would_run_and_runs_nothing() {
     assert!(!report.changed && report.dry_run);
     assert!(fake.scripts_run().is_empty());
     let text = report.render_text("apply");
-    assert!(text.contains(&format!("# dry run: would run nft -f -\n{}", plan.apply_script())), "{text}");
+    let script = report.script.clone().unwrap();
+    assert!(script.contains("\n# then, in a second nft -f - transaction:\n"), "{script}");
+    assert!(text.contains(&format!("# dry run: would run nft -f -\n{script}")), "{text}");
     let json: Value = serde_json::from_str(&report.render("apply", Format::Json)).unwrap();
-    assert_eq!(json["script"], plan.apply_script());
+    assert_eq!(json["script"], script);
 
     let fake = FakeNft::with_table(SEED_LISTING);
     let report = Nftables::new(&fake).remove(true).unwrap();
