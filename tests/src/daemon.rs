@@ -158,7 +158,8 @@ impl Daemon {
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
         let mut stream = TcpStream::connect_timeout(&self.metrics_addr, Duration::from_secs(1)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.metrics_addr).ok()?;
+        // HTTP/1.0: the body comes whole, not chunked.
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.metrics_addr).ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         let (head, body) = response.split_once("\r\n\r\n")?;
