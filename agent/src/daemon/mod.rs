@@ -337,7 +337,7 @@ impl Daemon {
     fn remove_all(mut self) -> Result<(), Error> {
         let mut failed = 0;
         for installed in self.records.clone().into_values() {
-            let action = Action::Remove { installed, reason: RemoveReason::FileDeleted };
+            let action = Action::Remove { installed, reason: RemoveReason::Shutdown };
             if self.execute(&action, &BTreeSet::new()).is_err() {
                 failed += 1;
             }

@@ -98,6 +98,8 @@ pub enum RemoveReason {
     CgroupGone,
     /// The task file moved the task elsewhere; the new target is applied first.
     Replaced,
+    /// The daemon is stopping with `--remove-on-exit` (not a decision of [`reconcile`]).
+    Shutdown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -355,6 +355,18 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_examples_parse() {
+        for (name, text, backend) in [
+            ("taskB-1.json", include_str!("../../../examples/daemon/taskB-1.json"), Backend::Ebpf),
+            ("taskC-1.json", include_str!("../../../examples/daemon/taskC-1.json"), Backend::Nftables),
+        ] {
+            let spec = parse(Path::new(name), text).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(spec.backend, backend);
+            assert_eq!(spec.config.proxy_egress_port, 15001, "{name}");
+        }
+    }
+
+    #[test]
     fn task_files_are_json_files_not_hidden_ones() {
         for (path, want) in [
             ("/t/task1.json", Some("task1")),
