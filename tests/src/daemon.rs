@@ -63,12 +63,7 @@ impl DaemonDirs {
     pub fn recorded(&self) -> Vec<String> {
         let Ok(text) = fs::read_to_string(self.state().join("state.json")) else { return Vec::new() };
         let json: serde_json::Value = serde_json::from_str(&text).expect("the state record is JSON");
-        json["tasks"]
-            .as_array()
-            .expect("tasks")
-            .iter()
-            .map(|t| t["id"].as_str().expect("id").to_owned())
-            .collect()
+        json["tasks"].as_array().expect("tasks").iter().map(|t| t["id"].as_str().expect("id").to_owned()).collect()
     }
 }
 
@@ -191,7 +186,10 @@ impl Daemon {
                 panic!("the daemon exited ({status}) while waiting until {what}; its log:\n{}", self.log().join("\n"));
             }
             if Instant::now() > deadline {
-                panic!("timed out after {timeout:?} waiting until {what}; the daemon's log:\n{}", self.log().join("\n"));
+                panic!(
+                    "timed out after {timeout:?} waiting until {what}; the daemon's log:\n{}",
+                    self.log().join("\n")
+                );
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -206,7 +204,11 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().expect("wait for the daemon") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "the daemon did not exit after {signal}; log:\n{}", self.log().join("\n"));
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit after {signal}; log:\n{}",
+                self.log().join("\n")
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }

@@ -60,7 +60,11 @@ fn ebpf_installed(cgroup: &Path, bpffs: &Path) -> bool {
 }
 
 fn iptables_installed(netns: &Netns) -> bool {
-    Iptables::open(netns::Target::Path(netns.path()), None).expect("open iptables").status(None).expect("status").exit_code()
+    Iptables::open(netns::Target::Path(netns.path()), None)
+        .expect("open iptables")
+        .status(None)
+        .expect("status")
+        .exit_code()
         == 0
 }
 
@@ -234,7 +238,8 @@ fn sigterm_leaves_interception_and_remove_on_exit_removes_it() {
     let proxy = seed_proxy_configuration("22");
     dirs.write_task("bpf", &task_json("bpf", "ebpf", ebpf_cgroup.path(), &ebpf_netns.path(), &proxy));
     dirs.write_task("ipt", &task_json("ipt", "iptables", iptables_cgroup.path(), &iptables_netns.path(), &proxy));
-    let mut daemon = Daemon::start(&bin, &dirs, bpffs.path(), &["--resync-interval", NO_RESYNC, "--log-format", "json"]);
+    let mut daemon =
+        Daemon::start(&bin, &dirs, bpffs.path(), &["--resync-interval", NO_RESYNC, "--log-format", "json"]);
     daemon.wait_until("both tasks are applied", WAIT, |d| d.metric(r#"intercept_tasks{state="applied"}"#) == 2.0);
     let log = daemon.log();
     let applied: Vec<serde_json::Value> = log

@@ -114,9 +114,8 @@ impl Metrics {
                             }
                         }
                         "/healthz" if reconciled.load(Ordering::Relaxed) => tiny_http::Response::from_string("ok\n"),
-                        "/healthz" => {
-                            tiny_http::Response::from_string("no reconcile pass has completed yet\n").with_status_code(503)
-                        }
+                        "/healthz" => tiny_http::Response::from_string("no reconcile pass has completed yet\n")
+                            .with_status_code(503),
                         _ => tiny_http::Response::from_string("not found: try /metrics or /healthz\n")
                             .with_status_code(404),
                     };

@@ -223,11 +223,29 @@ mod tests {
         #[allow(clippy::type_complexity)]
         let cases: Vec<(&str, Vec<Desired>, &BTreeSet<String>, Vec<Actual>, &str)> = vec![
             ("nothing at all", vec![], &none, vec![], ""),
-            ("new files are applied", vec![desired(a.clone()), desired(b.clone())], &none, vec![], "apply a ebpf (New)\napply b iptables (New)\n"),
+            (
+                "new files are applied",
+                vec![desired(a.clone()), desired(b.clone())],
+                &none,
+                vec![],
+                "apply a ebpf (New)\napply b iptables (New)\n",
+            ),
             ("applied and intact: nothing", vec![desired(a.clone())], &none, vec![actual(&a, Some(true))], ""),
             ("applied, not checked: nothing", vec![desired(a.clone())], &none, vec![actual(&a, None)], ""),
-            ("applied but drifted: re-applied", vec![desired(a.clone())], &none, vec![actual(&a, Some(false))], "apply a ebpf (Drifted)\n"),
-            ("changed config: applied in place", vec![desired(a_changed.clone())], &none, vec![actual(&a, Some(true))], "apply a ebpf (Changed)\n"),
+            (
+                "applied but drifted: re-applied",
+                vec![desired(a.clone())],
+                &none,
+                vec![actual(&a, Some(false))],
+                "apply a ebpf (Drifted)\n",
+            ),
+            (
+                "changed config: applied in place",
+                vec![desired(a_changed.clone())],
+                &none,
+                vec![actual(&a, Some(true))],
+                "apply a ebpf (Changed)\n",
+            ),
             (
                 "changed backend: new applied, then old removed",
                 vec![desired(a_moved.clone())],
@@ -235,10 +253,22 @@ mod tests {
                 vec![actual(&a, Some(true))],
                 "apply a nftables (Changed)\nremove a ebpf (Replaced)\n",
             ),
-            ("file deleted: removed", vec![], &none, vec![actual(&a, Some(true)), actual(&b, None)], "remove a ebpf (FileDeleted)\nremove b iptables (FileDeleted)\n"),
+            (
+                "file deleted: removed",
+                vec![],
+                &none,
+                vec![actual(&a, Some(true)), actual(&b, None)],
+                "remove a ebpf (FileDeleted)\nremove b iptables (FileDeleted)\n",
+            ),
             ("file unreadable: left alone", vec![], &unreadable_a, vec![actual(&a, Some(true))], ""),
             ("file unreadable, drifted: left alone", vec![], &unreadable_a, vec![actual(&a, Some(false))], ""),
-            ("cgroup gone: cleaned up", vec![gone(&a)], &none, vec![actual(&a, Some(false))], "remove a ebpf (CgroupGone)\n"),
+            (
+                "cgroup gone: cleaned up",
+                vec![gone(&a)],
+                &none,
+                vec![actual(&a, Some(false))],
+                "remove a ebpf (CgroupGone)\n",
+            ),
             ("cgroup gone, nothing installed: nothing", vec![gone(&a)], &none, vec![], ""),
             (
                 "mixed, in id order",

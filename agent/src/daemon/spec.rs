@@ -107,7 +107,9 @@ pub fn parse(file: &Path, text: &str) -> Result<TaskSpec, SpecError> {
             problems.push(Diagnostic::error(
                 "id",
                 Some(id),
-                format!("not a safe task id: 1 to {MAX_ID_LEN} letters, digits, '_', '-' or '.', not starting with '.'"),
+                format!(
+                    "not a safe task id: 1 to {MAX_ID_LEN} letters, digits, '_', '-' or '.', not starting with '.'"
+                ),
             ));
         } else if task_id_of(file) != Some(id.as_str()) {
             problems.push(Diagnostic::error(
@@ -164,7 +166,9 @@ pub fn parse(file: &Path, text: &str) -> Result<TaskSpec, SpecError> {
             ));
             None
         }
-        (Some(doc), None) => config_of(parse_task_definition(&doc.to_string(), &origin), "taskDefinition.", &mut problems),
+        (Some(doc), None) => {
+            config_of(parse_task_definition(&doc.to_string(), &origin), "taskDefinition.", &mut problems)
+        }
         (None, Some(doc)) => {
             config_of(parse_proxy_configuration(&doc.to_string(), &origin), "proxyConfiguration.", &mut problems)
         }
@@ -232,8 +236,9 @@ mod tests {
 
     #[test]
     fn proxy_configuration_file_parses() {
-        let spec = parse(Path::new("/etc/intercept/tasks/task1.json"), &file(&format!(r#""proxyConfiguration": {PROXY}"#)))
-            .unwrap();
+        let spec =
+            parse(Path::new("/etc/intercept/tasks/task1.json"), &file(&format!(r#""proxyConfiguration": {PROXY}"#)))
+                .unwrap();
         assert_eq!(spec.id, "task1");
         assert_eq!(spec.cgroup, "/ecs/task1");
         assert_eq!(spec.netns, Some(PathBuf::from("/run/netns/task1")));
@@ -274,12 +279,18 @@ mod tests {
     fn bad_files_name_the_field_and_the_value() {
         let proxy = format!(r#""proxyConfiguration": {PROXY}"#);
         let cases: Vec<(&str, String, Vec<&str>)> = vec![
-            ("task1.json", "{".into(), vec!["error: (file): not valid JSON: EOF while parsing an object at line 1 column 1"]),
+            (
+                "task1.json",
+                "{".into(),
+                vec!["error: (file): not valid JSON: EOF while parsing an object at line 1 column 1"],
+            ),
             ("task1.json", "[]".into(), vec!["error: (file): must be a JSON object"]),
             (
                 "task2.json",
                 file(&proxy),
-                vec![r#"error: id = "task1": the file must be named task1.json, so that deleting the file removes this task"#],
+                vec![
+                    r#"error: id = "task1": the file must be named task1.json, so that deleting the file removes this task"#,
+                ],
             ),
             (
                 "x.json",
@@ -332,11 +343,7 @@ mod tests {
             (
                 "task1.json",
                 r#"{"proxyConfiguration": {}}"#.into(),
-                vec![
-                    "error: id: missing",
-                    "error: cgroup: missing",
-                    "error: backend: missing",
-                ],
+                vec!["error: id: missing", "error: cgroup: missing", "error: backend: missing"],
             ),
         ];
         for (name, text, want) in cases {

@@ -100,6 +100,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(FILE), "{").unwrap();
         let err = load(dir.path()).unwrap_err().to_string();
-        assert!(err.starts_with(&format!("the state record {} is not valid", dir.path().join(FILE).display())), "{err}");
+        assert!(
+            err.starts_with(&format!("the state record {} is not valid", dir.path().join(FILE).display())),
+            "{err}"
+        );
     }
 }

@@ -128,8 +128,8 @@ fn daemon_memory(args: &[String]) -> Result<()> {
     }
     let started = Instant::now();
     let mut daemon = Daemon::start(&intercept, &dirs, bpffs.path(), &["--remove-on-exit", "--resync-interval", "2s"]);
-    let applied = format!(r#"intercept_tasks{{state="applied"}}"#);
-    daemon.wait_until("every task is applied", Duration::from_secs(600), |d| d.metric(&applied) == tasks as f64);
+    let applied = r#"intercept_tasks{state="applied"}"#;
+    daemon.wait_until("every task is applied", Duration::from_secs(600), |d| d.metric(applied) == tasks as f64);
     let applied_in = started.elapsed();
     let passes = daemon.metric("intercept_reconcile_duration_seconds_count");
     daemon.wait_until("two full resyncs ran", Duration::from_secs(60), |d| {
