@@ -103,8 +103,18 @@ fn task_files_added_changed_corrupted_deleted_with_metrics() {
     daemon.wait_until("the bad file is reported", WAIT, |d| {
         d.metric("intercept_task_file_errors_total") == 1.0 && d.metric(r#"intercept_tasks{state="invalid"}"#) == 1.0
     });
+    // A second task for t1's cgroup is refused; deleting its file leaves t1 alone.
+    dirs.write_task("dup", &ebpf_task(&world, "dup", "22,80"));
+    daemon.wait_until("the conflict is reported", WAIT, |d| {
+        d.metric("intercept_task_file_errors_total") == 2.0 && d.metric(r#"intercept_tasks{state="invalid"}"#) == 2.0
+    });
+    assert!(daemon.log().iter().any(|l| l.contains("is task t1's")), "{:#?}", daemon.log());
+    dirs.delete_task("dup");
+    daemon.wait_until("dup is gone", WAIT, |d| d.metric(r#"intercept_tasks{state="invalid"}"#) == 1.0);
+    assert_eq!(daemon.metric(r#"intercept_remove_total{result="ok"}"#), 0.0);
+    assert!(ebpf_installed(world.cgroup.path(), world.bpffs.path()));
     dirs.overwrite_task("t1", r#"{"id": "t1"}"#);
-    daemon.wait_until("t1's bad version is reported", WAIT, |d| d.metric("intercept_task_file_errors_total") == 2.0);
+    daemon.wait_until("t1's bad version is reported", WAIT, |d| d.metric("intercept_task_file_errors_total") == 3.0);
     assert!(ebpf_installed(world.cgroup.path(), world.bpffs.path()), "t1's interception stays while its file exists");
     assert!(
         daemon.log().iter().any(|l| l.contains("task file") && l.contains(r#"cgroup: missing"#)),

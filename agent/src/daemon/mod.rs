@@ -232,25 +232,20 @@ impl Daemon {
         let mut desired = Vec::new();
         let mut unreadable = BTreeSet::new();
         let mut broken = 0;
-        let mut seen = BTreeSet::new();
+        // This pass's problem with each bad file, by task id.
+        let mut problems = BTreeMap::new();
         for entry in entries.flatten() {
             let path = entry.path();
             let Some(id) = spec::task_id_of(&path).map(str::to_owned) else { continue };
-            seen.insert(id.clone());
             let parsed = read_task_file(&path).and_then(|text| spec::parse(&path, &text).map_err(|e| e.to_string()));
             let spec = match parsed {
                 Ok(spec) => spec,
                 Err(problem) => {
-                    if self.reported.get(&id) != Some(&problem) {
-                        error!(task = %id, file = %path.display(), error = %problem, "task file skipped");
-                        self.metrics.file_errors.inc();
-                        self.reported.insert(id.clone(), problem);
-                    }
+                    problems.insert(id.clone(), problem);
                     unreadable.insert(id);
                     continue;
                 }
             };
-            self.reported.remove(&id);
             match self.host.cgroup_exists(&spec.cgroup) {
                 Ok(cgroup_exists) => desired.push(Desired { spec, cgroup_exists }),
                 Err(e) => {
@@ -260,7 +255,21 @@ impl Daemon {
                 }
             }
         }
-        self.reported.retain(|id, _| seen.contains(id));
+        let specs: Vec<spec::TaskSpec> = desired.iter().map(|d| d.spec.clone()).collect();
+        for (id, owner, place) in reconcile::conflicts(&specs, &self.records) {
+            problems
+                .insert(id.clone(), format!("the {place} is task {owner}'s: one installation cannot serve two tasks"));
+            desired.retain(|d| d.spec.id != id);
+            unreadable.insert(id);
+        }
+        // Each problem is reported once, until the file changes or is fixed.
+        for (id, problem) in &problems {
+            if self.reported.get(id) != Some(problem) {
+                error!(task = %id, error = %problem, "task file skipped");
+                self.metrics.file_errors.inc();
+            }
+        }
+        self.reported = problems;
         (desired, unreadable, broken)
     }
 

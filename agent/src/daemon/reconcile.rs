@@ -160,6 +160,40 @@ pub fn reconcile(desired: &[Desired], unreadable: &BTreeSet<String>, actual: &[A
     actions
 }
 
+/// Where a task's interception lives, for conflicts: an eBPF installation is its cgroup's, the
+/// rule backends' are their network namespace's. Two tasks in one place would share (and
+/// fight over) one installation, and removing either would remove the other's.
+fn place(spec: &TaskSpec) -> String {
+    match spec.backend {
+        Backend::Ebpf => format!("cgroup {}", spec.cgroup.trim_matches('/')),
+        Backend::Iptables | Backend::Nftables => match &spec.netns {
+            Some(netns) => format!("network namespace {}", netns.display()),
+            None => "the daemon's network namespace".to_owned(),
+        },
+    }
+}
+
+/// Task files that ask for a place another task has: `(id, the other task's id, the place)`.
+/// The task already installed there keeps it; between new ones the first id does. The caller
+/// leaves a conflicting task alone (like a bad file) until the conflict is gone.
+pub fn conflicts(specs: &[TaskSpec], recorded: &BTreeMap<String, Installed>) -> Vec<(String, String, String)> {
+    let mut ordered: Vec<&TaskSpec> = specs.iter().collect();
+    ordered.sort_by_key(|s| (!recorded.contains_key(&s.id), s.id.clone()));
+    let mut owners: BTreeMap<String, &str> = BTreeMap::new();
+    let mut out = Vec::new();
+    for spec in ordered {
+        let place = place(spec);
+        match owners.get(&place) {
+            Some(owner) => out.push((spec.id.clone(), (*owner).to_owned(), place)),
+            None => {
+                owners.insert(place, &spec.id);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::fmt::Write as _;
@@ -299,6 +333,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn two_tasks_in_one_place_conflict_and_the_installed_one_keeps_it() {
+        let a = spec("a", Backend::Ebpf, 15001);
+        let mut b = spec("b", Backend::Ebpf, 15002);
+        b.cgroup = "ecs/a/".into();
+        let mut c = spec("c", Backend::Iptables, 15001);
+        c.netns = a.netns.clone();
+        let mut d = spec("d", Backend::Nftables, 15001);
+        d.netns = a.netns.clone();
+        let specs = [a.clone(), b.clone(), c.clone(), d];
+        let none = BTreeMap::new();
+        assert_eq!(
+            conflicts(&specs, &none),
+            vec![
+                ("b".into(), "a".into(), "cgroup ecs/a".into()),
+                ("d".into(), "c".into(), "network namespace /run/netns/a".into()),
+            ],
+            "an eBPF task and a rule task may share a namespace; two in one cgroup or two rule tasks in one namespace may not"
+        );
+        let b_installed: BTreeMap<String, Installed> = [("b".to_owned(), Installed::of(&b))].into();
+        assert_eq!(conflicts(&[a, b], &b_installed), vec![("a".into(), "b".into(), "cgroup ecs/a".into())]);
     }
 
     #[test]
