@@ -191,7 +191,11 @@ fn main() -> ExitCode {
         // The programs' events are debug events: `--bpf-log` asks for them.
         filter = filter.add_directive("intercept::bpf=debug".parse().expect("a valid directive"));
     }
-    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // No colour codes in a log file or a journal.
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.log_format {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),
