@@ -258,6 +258,11 @@ fn sigterm_leaves_interception_and_remove_on_exit_removes_it() {
         .filter(|l: &serde_json::Value| l["fields"]["message"] == "applied")
         .collect();
     assert_eq!(applied.len(), 2, "{log:#?}");
+    let metrics = daemon.metrics();
+    for decision in ["redirected", "ignored-uid", "ignored-port", "ignored-ip", "ingress-steered"] {
+        let sample = format!(r#"intercept_task_connections_total{{task="ipt",decision="{decision}"}}"#);
+        assert_eq!(metrics.get(&sample), Some(&0.0), "the iptables task's rule counters: {metrics:#?}");
+    }
 
     assert!(daemon.stop(Signal::SIGTERM).success());
     assert!(ebpf_installed(ebpf_cgroup.path(), bpffs.path()), "SIGTERM leaves the eBPF task intercepted");
