@@ -22,9 +22,6 @@ use super::reconcile::Installed;
 
 type Labels = [(&'static str, &'static str); 1];
 
-/// The task states `intercept_tasks{state}` counts.
-pub const TASK_STATES: [&str; 4] = ["applied", "failed", "invalid", "cgroup_missing"];
-
 /// The daemon's own metrics; the clones registered share their values with these.
 #[derive(Debug, Clone)]
 pub struct Metrics {

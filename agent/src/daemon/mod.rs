@@ -204,7 +204,9 @@ impl Daemon {
                 failed.insert(action.id().to_owned());
             }
         }
-        let applied = desired.iter().filter(|d| self.records.contains_key(&d.spec.id)).count();
+        // A task whose new version failed to apply counts as failed, though its old one stays.
+        let applied =
+            desired.iter().filter(|d| self.records.contains_key(&d.spec.id) && !failed.contains(&d.spec.id)).count();
         let missing = desired.iter().filter(|d| !d.cgroup_exists).count();
         let states = [
             ("applied", applied),
