@@ -39,10 +39,14 @@ impl Installed {
         }
     }
 
-    /// Whether `spec` installs in the same place (backend, cgroup, namespace) as this: then
-    /// applying it replaces this in place, with no moment without interception.
-    fn same_target(&self, spec: &TaskSpec) -> bool {
-        self.backend == spec.backend && self.cgroup == spec.cgroup && self.netns == spec.netns
+    /// Whether applying `spec` updates this installation in place (the same backend in the
+    /// same [`place`]), so there is nothing else to remove afterwards. An eBPF task whose
+    /// namespace changed but not its cgroup is updated in place too: its programs follow the
+    /// cgroup (its `sk_lookup` program stays on the namespace it was first attached to).
+    fn replaced_in_place_by(&self, spec: &TaskSpec) -> bool {
+        self.backend == spec.backend
+            && place(self.backend, &self.cgroup, self.netns.as_deref())
+                == place(spec.backend, &spec.cgroup, spec.netns.as_deref())
     }
 }
 
@@ -138,7 +142,7 @@ pub fn reconcile(desired: &[Desired], unreadable: &BTreeSet<String>, actual: &[A
             None => actions.push(Action::Apply { spec: d.spec.clone(), reason: ApplyReason::New }),
             Some(record) if record.installed.fingerprint != d.spec.fingerprint() => {
                 actions.push(Action::Apply { spec: d.spec.clone(), reason: ApplyReason::Changed });
-                if !record.installed.same_target(&d.spec) {
+                if !record.installed.replaced_in_place_by(&d.spec) {
                     actions
                         .push(Action::Remove { installed: record.installed.clone(), reason: RemoveReason::Replaced });
                 }
@@ -163,10 +167,10 @@ pub fn reconcile(desired: &[Desired], unreadable: &BTreeSet<String>, actual: &[A
 /// Where a task's interception lives, for conflicts: an eBPF installation is its cgroup's, the
 /// rule backends' are their network namespace's. Two tasks in one place would share (and
 /// fight over) one installation, and removing either would remove the other's.
-fn place(spec: &TaskSpec) -> String {
-    match spec.backend {
-        Backend::Ebpf => format!("cgroup {}", spec.cgroup.trim_matches('/')),
-        Backend::Iptables | Backend::Nftables => match &spec.netns {
+fn place(backend: Backend, cgroup: &str, netns: Option<&std::path::Path>) -> String {
+    match backend {
+        Backend::Ebpf => format!("cgroup {}", cgroup.trim_matches('/')),
+        Backend::Iptables | Backend::Nftables => match netns {
             Some(netns) => format!("network namespace {}", netns.display()),
             None => "the daemon's network namespace".to_owned(),
         },
@@ -182,7 +186,7 @@ pub fn conflicts(specs: &[TaskSpec], recorded: &BTreeMap<String, Installed>) -> 
     let mut owners: BTreeMap<String, &str> = BTreeMap::new();
     let mut out = Vec::new();
     for spec in ordered {
-        let place = place(spec);
+        let place = place(spec.backend, &spec.cgroup, spec.netns.as_deref());
         match owners.get(&place) {
             Some(owner) => out.push((spec.id.clone(), (*owner).to_owned(), place)),
             None => {
@@ -250,7 +254,13 @@ mod tests {
         let a_changed = spec("a", Backend::Ebpf, 15002);
         let mut a_moved = a.clone();
         a_moved.backend = Backend::Nftables;
+        let mut a_recgrouped = a.clone();
+        a_recgrouped.cgroup = "/ecs/a2".into();
+        let mut a_renetns = a.clone();
+        a_renetns.netns = Some(PathBuf::from("/run/netns/a2"));
         let b = spec("b", Backend::Iptables, 15001);
+        let mut b_nft = b.clone();
+        b_nft.backend = Backend::Nftables;
         let none = BTreeSet::new();
         let unreadable_a: BTreeSet<String> = ["a".to_owned()].into();
         let gone = |s: &TaskSpec| Desired { spec: s.clone(), cgroup_exists: false };
@@ -286,6 +296,27 @@ mod tests {
                 &none,
                 vec![actual(&a, Some(true))],
                 "apply a nftables (Changed)\nremove a ebpf (Replaced)\n",
+            ),
+            (
+                "changed cgroup: new applied, then old removed",
+                vec![desired(a_recgrouped.clone())],
+                &none,
+                vec![actual(&a, Some(true))],
+                "apply a ebpf (Changed)\nremove a ebpf (Replaced)\n",
+            ),
+            (
+                "eBPF namespace changed, same cgroup: updated in place, nothing removed",
+                vec![desired(a_renetns.clone())],
+                &none,
+                vec![actual(&a, Some(true))],
+                "apply a ebpf (Changed)\n",
+            ),
+            (
+                "iptables to nftables in one namespace: the old rules go",
+                vec![desired(b_nft.clone())],
+                &none,
+                vec![actual(&b, Some(true))],
+                "apply b nftables (Changed)\nremove b iptables (Replaced)\n",
             ),
             (
                 "file deleted: removed",
