@@ -127,7 +127,7 @@ impl Metrics {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("serving metrics on {addr}: {source}")]
+#[error("serving metrics on {addr}")]
 pub struct ServeError {
     addr: SocketAddr,
     #[source]

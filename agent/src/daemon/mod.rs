@@ -49,13 +49,13 @@ pub struct Options {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the tasks directory {}: {source}", path.display())]
+    #[error("the tasks directory {}", path.display())]
     TasksDir {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("watching the tasks directory {}: {source}", path.display())]
+    #[error("watching the tasks directory {}", path.display())]
     Watch {
         path: PathBuf,
         #[source]
@@ -65,7 +65,7 @@ pub enum Error {
     State(#[from] state::Error),
     #[error(transparent)]
     Metrics(#[from] metrics::ServeError),
-    #[error("installing the SIGTERM/SIGINT handlers: {0}")]
+    #[error("installing the SIGTERM/SIGINT handlers")]
     Signals(#[source] io::Error),
     #[error("{failed} task(s) could not be removed on exit")]
     RemoveOnExit { failed: usize },
@@ -340,7 +340,7 @@ impl Daemon {
     fn save(&self) {
         // The next successful save catches up; until then a restart re-applies (idempotent).
         if let Err(e) = state::save(&self.options.state_dir, &self.records) {
-            error!(error = %e, "saving the state record");
+            error!(error = %error_chain(&e), "saving the state record");
         }
     }
 

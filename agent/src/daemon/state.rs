@@ -17,14 +17,14 @@ pub const FILE: &str = "state.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("the state record {} is not valid: {source}", path.display())]
+    #[error("the state record {} is not valid", path.display())]
     Parse {
         path: PathBuf,
         #[source]
