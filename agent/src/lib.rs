@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod daemon;
 pub mod lint;
 pub mod lock;
 pub mod model;

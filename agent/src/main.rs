@@ -35,6 +35,16 @@ const SEED_ORIGIN: &str = "examples/ec2-taskB.json (embedded)";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to stderr: text for people, json (one object a line) for
+    /// log collectors
+    #[arg(long, value_enum, global = true, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +135,33 @@ enum Command {
     /// Run intercept on the seed guide's EC2 task definition: the check report and every
     /// backend's plan, without installing anything.
     Demo,
+    /// Keep the host's interception equal to a directory of task files (one JSON file per
+    /// task; see docs/daemon.md), with Prometheus metrics. SIGTERM leaves interception in place.
+    Daemon(DaemonArgs),
+}
+
+#[derive(Debug, Args)]
+struct DaemonArgs {
+    /// The desired state: one `<id>.json` file per task
+    #[arg(long, value_name = "DIR", default_value = "/etc/intercept/tasks")]
+    tasks_dir: PathBuf,
+    /// Where the daemon records what it installed, to adopt it after a restart
+    #[arg(long, value_name = "DIR", default_value = "/run/intercept/daemon")]
+    state_dir: PathBuf,
+    /// eBPF backend: the bpffs directory for the pins, mounted if it is not a bpffs
+    #[arg(long, value_name = "PATH", default_value = intercept::backend::ebpf::DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Serve Prometheus metrics on /metrics and health on /healthz (port 0: any free port)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    metrics_addr: std::net::SocketAddr,
+    /// Full resync (every file re-read, every installation checked) this often, besides the
+    /// passes that file changes trigger
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    resync_interval: std::time::Duration,
+    /// On SIGTERM/SIGINT, remove the interception of every task the daemon manages (default:
+    /// leave it in place, so a daemon upgrade is invisible to the tasks)
+    #[arg(long)]
+    remove_on_exit: bool,
 }
 
 /// Where `apply`, `remove` and `status` work, and how.
@@ -203,12 +240,22 @@ impl TargetArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    // The daemon's log is its record of what it did: info by default.
+    let default_level = if matches!(cli.command, Command::Daemon(_)) { "info" } else { "warn" };
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into());
     if matches!(cli.command, Command::Apply { bpf_log: true, .. }) {
         // The programs' events are debug events: `--bpf-log` asks for them.
         filter = filter.add_directive("intercept::bpf=debug".parse().expect("a valid directive"));
     }
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // No colour codes in a log file or a journal.
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(err) => {
@@ -376,6 +423,23 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::VerifyProbe(args) => Ok(exit_code(verify::probe_main(&args))),
         Command::Demo => demo(),
+        Command::Daemon(args) => {
+            if args.resync_interval.is_zero() {
+                eprintln!("error: --resync-interval: must be longer than 0");
+                return Ok(ExitCode::from(EXIT_BAD_INPUT));
+            }
+            // Before any thread starts: capabilities are per thread.
+            privileges::check_and_restrict(&privileges::DAEMON, &[])?;
+            intercept::daemon::run(intercept::daemon::Options {
+                tasks_dir: args.tasks_dir,
+                state_dir: args.state_dir,
+                bpffs: args.bpffs,
+                metrics_addr: args.metrics_addr,
+                resync_interval: args.resync_interval,
+                remove_on_exit: args.remove_on_exit,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

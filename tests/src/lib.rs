@@ -29,6 +29,7 @@ use aya::programs::ProgramType;
 use intercept::config::ProxyConfig;
 
 pub mod cases;
+pub mod daemon;
 pub mod ebpf;
 pub mod lifecycle;
 pub mod topology;

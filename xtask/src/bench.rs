@@ -2,6 +2,8 @@
 //! intercept-bench.rs`) in release mode and runs it as root. The full matrix writes
 //! `docs/performance.md`, `docs/perf/connection-rate.svg` and `docs/perf/samples.csv`; a quick
 //! run writes the same files under `<target dir>/bench/`, so it never replaces a full run's.
+//! `cargo xtask bench --daemon` measures `intercept daemon`'s memory with 100 eBPF tasks
+//! instead (printed; docs/daemon.md quotes it).
 
 use std::process::{Command, ExitCode};
 
@@ -9,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{Workspace, display, run_cmd, setup, step};
 
-pub fn run(ws: &Workspace, quick: bool) -> Result<ExitCode> {
+pub fn run(ws: &Workspace, quick: bool, daemon: bool) -> Result<ExitCode> {
     setup::run(ws)?;
     if !setup::is_root() {
         bail!(
@@ -31,6 +33,15 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<ExitCode> {
         "--bin",
         "intercept-bench",
     ]))?;
+    let release = ws.target_dir.join("release");
+    if daemon {
+        step("bench: intercept daemon's memory with 100 eBPF tasks");
+        let mut cmd = Command::new(release.join("intercept-bench"));
+        cmd.env("INTERCEPT_BIN", release.join("intercept")).current_dir(&ws.root).args(["daemon", "--tasks", "100"]);
+        println!("    $ {}", display(&cmd));
+        let status = cmd.status().with_context(|| format!("run {}", display(&cmd)))?;
+        return Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
     let (doc, perf_dir) = if quick {
         let dir = ws.target_dir.join("bench");
         (dir.join("performance.md"), dir)
@@ -38,7 +49,6 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<ExitCode> {
         (ws.root.join("docs/performance.md"), ws.root.join("docs/perf"))
     };
     step(if quick { "bench: the quick matrix" } else { "bench: the full matrix" });
-    let release = ws.target_dir.join("release");
     let mut cmd = Command::new(release.join("intercept-bench"));
     cmd.env("INTERCEPT_BIN", release.join("intercept")).current_dir(&ws.root).arg("run");
     if quick {

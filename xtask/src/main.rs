@@ -9,7 +9,8 @@
 //!   the offline `intercept demo`, which is also what runs without root.
 //! - `bench`: setup, then the benchmark of every backend against no interception and the
 //!   reference rule shape, in a private sandbox; writes `docs/performance.md` and
-//!   `docs/perf/` (`--quick`: a reduced matrix, written to `target/bench/`).
+//!   `docs/perf/` (`--quick`: a reduced matrix, written to `target/bench/`; `--daemon`: `intercept
+//!   daemon`'s memory with 100 tasks).
 //! - `soak --minutes N`: setup, then the differential test (every backend against the
 //!   decision model on random configurations) for N minutes.
 //! - `fuzz --seconds N`: the cargo-fuzz target over every configuration reader for N seconds
@@ -57,6 +58,9 @@ enum Task {
     Bench {
         #[arg(long)]
         quick: bool,
+        /// Measure `intercept daemon`'s memory with 100 eBPF tasks instead (printed)
+        #[arg(long, conflicts_with = "quick")]
+        daemon: bool,
     },
     /// Setup, then the differential test (every backend against the decision model on random
     /// configurations and connections, as root) for MINUTES instead of one batch.
@@ -125,7 +129,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Setup => setup::run(&ws).map(|()| ExitCode::SUCCESS),
         Task::Test => test(&ws),
         Task::Demo { args } => demo(&ws, &args),
-        Task::Bench { quick } => bench::run(&ws, quick),
+        Task::Bench { quick, daemon } => bench::run(&ws, quick, daemon),
         Task::Soak { minutes } => soak(&ws, minutes),
         Task::Fuzz { seconds } => fuzz::run(&ws, seconds),
     }

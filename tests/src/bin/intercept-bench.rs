@@ -44,9 +44,10 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use intercept_tests::{
     TestCgroup,
+    daemon::{Daemon, DaemonDirs, seed_proxy_configuration, task_json},
     ebpf::{TestBpffs, as_identity},
     require_privileges,
-    topology::{Netns, Topology, require_nft},
+    topology::{Netns, Topology, require_netns_privileges, require_nft},
 };
 use nix::{
     sched::{CpuSet, sched_setaffinity},
@@ -81,8 +82,10 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("proxy") => proxy(&args[1..]),
         Some("client") => client(&args[1..]),
+        Some("daemon") => daemon_memory(&args[1..]),
         _ => Err(anyhow::anyhow!(
-            "usage: intercept-bench run [--quick] --doc FILE --perf-dir DIR (as root, INTERCEPT_BIN=<intercept>)"
+            "usage: intercept-bench run [--quick] --doc FILE --perf-dir DIR | daemon [--tasks N] (as root, \
+             INTERCEPT_BIN=<intercept>)"
         )),
     };
     match result {
@@ -92,6 +95,71 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `intercept daemon`'s memory with many tasks.
+
+/// `daemon [--tasks N]` (default 100): N task cgroups and network namespaces, one eBPF task
+/// file each; starts `intercept daemon` on them, waits until every task is applied, scrapes its
+/// metrics (which reads every task's counters) and lets it run full resyncs (which check every
+/// installation), then reads its resident memory (VmRSS now, VmHWM the peak) from
+/// /proc/PID/status. The daemon removes everything on SIGTERM (`--remove-on-exit`).
+fn daemon_memory(args: &[String]) -> Result<()> {
+    let tasks: usize = match args {
+        [] => 100,
+        [flag, n] if flag == "--tasks" => n.parse().with_context(|| format!("--tasks {n}"))?,
+        _ => bail!("usage: intercept-bench daemon [--tasks N]"),
+    };
+    let intercept =
+        PathBuf::from(env::var_os("INTERCEPT_BIN").context("INTERCEPT_BIN (the intercept binary) is not set")?);
+    ensure!(intercept.is_file(), "no intercept binary at {}", intercept.display());
+    ensure!(require_netns_privileges("intercept-bench"), "cannot run the benchmark here (see above)");
+    let host = require_privileges("intercept-bench").context("cannot run the benchmark here (see above)")?;
+    // Declared before the daemon, dropped after it.
+    let bpffs = TestBpffs::mounted();
+    let cgroups = (0..tasks).map(|_| host.create_cgroup()).collect::<Result<Vec<_>, _>>()?;
+    let namespaces: Vec<Netns> = (0..tasks).map(|_| Netns::create("bench")).collect();
+    let dirs = DaemonDirs::new();
+    let proxy = seed_proxy_configuration("22");
+    for (i, (cgroup, netns)) in cgroups.iter().zip(&namespaces).enumerate() {
+        let id = format!("task{i}");
+        dirs.write_task(&id, &task_json(&id, "ebpf", cgroup.path(), &netns.path(), &proxy));
+    }
+    let started = Instant::now();
+    let mut daemon = Daemon::start(&intercept, &dirs, bpffs.path(), &["--remove-on-exit", "--resync-interval", "2s"]);
+    let applied = r#"intercept_tasks{state="applied"}"#;
+    daemon.wait_until("every task is applied", Duration::from_secs(600), |d| d.metric(applied) == tasks as f64);
+    let applied_in = started.elapsed();
+    let passes = daemon.metric("intercept_reconcile_duration_seconds_count");
+    daemon.wait_until("two full resyncs ran", Duration::from_secs(60), |d| {
+        d.metric("intercept_reconcile_duration_seconds_count") >= passes + 2.0
+    });
+    let exported = daemon.metrics().keys().filter(|k| k.starts_with("intercept_task_connections_total{")).count();
+    ensure!(exported >= tasks, "the metrics export counters for {exported} series, fewer than the {tasks} tasks");
+    let status = fs::read_to_string(format!("/proc/{}/status", daemon.pid())).context("read the daemon's status")?;
+    let kib = |key: &str| -> Result<u64> {
+        let line = status.lines().find(|l| l.starts_with(key)).with_context(|| format!("{key} in /proc/PID/status"))?;
+        field_kib(line)
+    };
+    let (rss, hwm) = (kib("VmRSS:")?, kib("VmHWM:")?);
+    let stopping = Instant::now();
+    ensure!(daemon.stop(nix::sys::signal::Signal::SIGTERM).success(), "the daemon failed on SIGTERM");
+    println!(
+        "intercept daemon with {tasks} eBPF tasks: all applied {:.1} s after start; resident memory {:.1} MiB \
+         (VmRSS), peak {:.1} MiB (VmHWM); removed on SIGTERM in {:.1} s",
+        applied_in.as_secs_f64(),
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        stopping.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `VmRSS:     1234 kB` → 1234.
+fn field_kib(line: &str) -> Result<u64> {
+    let value = line.split_whitespace().nth(1).with_context(|| format!("no value in {line:?}"))?;
+    value.parse().with_context(|| format!("not a number in {line:?}"))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,386 @@
+//! `intercept daemon`: keeps the host's interception equal to a directory of task files.
+//!
+//! Each pass reads every task file ([`spec`]), observes the host ([`host`]), decides
+//! ([`reconcile::reconcile`], pure) and runs the actions, recording what it installed
+//! ([`state`]) so that a restarted daemon adopts its earlier work. A pass runs on start, after
+//! every burst of changes in the directory (inotify, through `notify`), and every
+//! `--resync-interval`; the periodic pass also checks that every installation is still whole.
+//!
+//! SIGTERM and SIGINT end the loop and leave interception in place (a daemon upgrade is
+//! invisible to the tasks) unless `--remove-on-exit` is given.
+
+pub mod host;
+pub mod metrics;
+pub mod reconcile;
+pub mod spec;
+pub mod state;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{self, Read as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use notify::Watcher as _;
+use tracing::{error, info, warn};
+
+use self::host::Host;
+use self::metrics::Metrics;
+use self::reconcile::{Action, Actual, Desired, Installed, RemoveReason};
+use crate::config::source::MAX_INPUT_BYTES;
+
+/// A burst of file events ends after this long without another one.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// ... or after this long, however busy the directory is.
+const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub tasks_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub metrics_addr: SocketAddr,
+    pub resync_interval: Duration,
+    pub remove_on_exit: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the tasks directory {}", path.display())]
+    TasksDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("watching the tasks directory {}", path.display())]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+    #[error(transparent)]
+    State(#[from] state::Error),
+    #[error(transparent)]
+    Metrics(#[from] metrics::ServeError),
+    #[error("installing the SIGTERM/SIGINT handlers")]
+    Signals(#[source] io::Error),
+    #[error("{failed} task(s) could not be removed on exit")]
+    RemoveOnExit { failed: usize },
+}
+
+enum Event {
+    /// Something changed in the tasks directory.
+    Files,
+    WatchFailed(notify::Error),
+    Stop(i32),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(options: Options) -> Result<(), Error> {
+    fs::create_dir_all(&options.tasks_dir)
+        .map_err(|source| Error::TasksDir { path: options.tasks_dir.clone(), source })?;
+    let host = Host { bpffs: options.bpffs.clone() };
+    let (metrics, registry) = Metrics::new(host.clone());
+    let records = state::load(&options.state_dir)?;
+    if !records.is_empty() {
+        info!(tasks = records.len(), state = %options.state_dir.display(), "adopting the tasks of an earlier run");
+    }
+    let bound = metrics.serve(registry, options.metrics_addr)?;
+    info!(addr = %bound, "serving /metrics and /healthz");
+
+    let (tx, rx) = mpsc::channel();
+    let files = tx.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let _ = match event {
+            Ok(event) if is_relevant(&event) => files.send(Event::Files),
+            Ok(_) => Ok(()),
+            Err(e) => files.send(Event::WatchFailed(e)),
+        };
+    })
+    .map_err(|source| Error::Watch { path: options.tasks_dir.clone(), source })?;
+    watcher
+        .watch(&options.tasks_dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|source| Error::Watch { path: options.tasks_dir.clone(), source })?;
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .map_err(Error::Signals)?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let _ = tx.send(Event::Stop(signal));
+            }
+        })
+        .map_err(Error::Signals)?;
+
+    let mut daemon = Daemon { options, host, metrics, records, reported: BTreeMap::new() };
+    daemon.pass(true);
+    let mut next_resync = Instant::now() + daemon.options.resync_interval;
+    loop {
+        let timeout = next_resync.saturating_duration_since(Instant::now());
+        let mut event = rx.recv_timeout(timeout);
+        if let Ok(Event::Files) = event {
+            let pending = debounce(&rx);
+            daemon.pass(false);
+            match pending {
+                Some(other) => event = Ok(other),
+                None => continue,
+            }
+        }
+        match event {
+            Ok(Event::Files) => {}
+            Ok(Event::WatchFailed(e)) => {
+                // The periodic pass still catches every change.
+                warn!(error = %e, "watching the tasks directory");
+            }
+            Ok(Event::Stop(signal)) => {
+                info!(signal, "stopping");
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                daemon.pass(true);
+                next_resync = Instant::now() + daemon.options.resync_interval;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    drop(watcher);
+    if daemon.options.remove_on_exit {
+        return daemon.remove_all();
+    }
+    info!(tasks = daemon.records.len(), "interception left in place (no --remove-on-exit)");
+    Ok(())
+}
+
+/// A change to a task file (not an access, not an editor's temp file).
+fn is_relevant(event: &notify::Event) -> bool {
+    !matches!(event.kind, notify::EventKind::Access(_)) && event.paths.iter().any(|p| spec::task_id_of(p).is_some())
+}
+
+/// Waits for the burst of file events to end (a writer's create, write and rename), so the
+/// pass sees the files as they end up. Returns another kind of event that arrived meanwhile,
+/// for the loop to handle after the pass.
+fn debounce(rx: &mpsc::Receiver<Event>) -> Option<Event> {
+    let deadline = Instant::now() + DEBOUNCE_MAX;
+    while Instant::now() < deadline {
+        match rx.recv_timeout(DEBOUNCE) {
+            Ok(Event::Files) => {}
+            Ok(other) => return Some(other),
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+struct Daemon {
+    options: Options,
+    host: Host,
+    metrics: Metrics,
+    /// What the daemon installed, by task id: its state record.
+    records: BTreeMap<String, Installed>,
+    /// The last problem reported per task id, so an unchanged bad file is reported once.
+    reported: BTreeMap<String, String>,
+}
+
+impl Daemon {
+    /// One reconcile pass; `check_host` also checks that each installation is still whole.
+    fn pass(&mut self, check_host: bool) {
+        let started = Instant::now();
+        let (desired, unreadable, broken) = self.read_tasks();
+        let actual: Vec<Actual> = self
+            .records
+            .values()
+            .map(|installed| Actual {
+                installed: installed.clone(),
+                intact: check_host.then(|| self.intact(installed)).flatten(),
+            })
+            .collect();
+        let actions = reconcile::reconcile(&desired, &unreadable, &actual);
+        let mut failed = BTreeSet::new();
+        for action in actions {
+            if let Err(()) = self.execute(&action, &failed) {
+                failed.insert(action.id().to_owned());
+            }
+        }
+        // A task whose new version failed to apply counts as failed, though its old one stays.
+        let applied =
+            desired.iter().filter(|d| self.records.contains_key(&d.spec.id) && !failed.contains(&d.spec.id)).count();
+        let missing = desired.iter().filter(|d| !d.cgroup_exists).count();
+        let states = [
+            ("applied", applied),
+            ("failed", failed.len() + broken),
+            ("invalid", unreadable.len() - broken),
+            ("cgroup_missing", missing),
+        ];
+        self.metrics.reconciled(&states, self.records.values().cloned().collect());
+        self.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The task files: the specs that parsed (with whether their cgroup exists), and the ids
+    /// of files to leave alone: unreadable ones, and (counted apart, the third value) ones
+    /// whose cgroup path cannot be judged.
+    fn read_tasks(&mut self) -> (Vec<Desired>, BTreeSet<String>, usize) {
+        let entries = match fs::read_dir(&self.options.tasks_dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                // Nothing can be told about the files: act as if every task's file were there
+                // but unreadable, so nothing is removed.
+                error!(dir = %self.options.tasks_dir.display(), error = %e, "reading the tasks directory");
+                return (Vec::new(), self.records.keys().cloned().collect(), 0);
+            }
+        };
+        let mut desired = Vec::new();
+        let mut unreadable = BTreeSet::new();
+        let mut broken = 0;
+        // This pass's problem with each bad file, by task id.
+        let mut problems = BTreeMap::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(id) = spec::task_id_of(&path).map(str::to_owned) else { continue };
+            let parsed = read_task_file(&path).and_then(|text| spec::parse(&path, &text).map_err(|e| e.to_string()));
+            let spec = match parsed {
+                Ok(spec) => spec,
+                Err(problem) => {
+                    problems.insert(id.clone(), problem);
+                    unreadable.insert(id);
+                    continue;
+                }
+            };
+            match self.host.cgroup_exists(&spec.cgroup) {
+                Ok(cgroup_exists) => desired.push(Desired { spec, cgroup_exists }),
+                Err(e) => {
+                    error!(task = %id, cgroup = %spec.cgroup, error = %e, "task's cgroup");
+                    unreadable.insert(id);
+                    broken += 1;
+                }
+            }
+        }
+        let specs: Vec<spec::TaskSpec> = desired.iter().map(|d| d.spec.clone()).collect();
+        for (id, owner, place) in reconcile::conflicts(&specs, &self.records) {
+            problems
+                .insert(id.clone(), format!("the {place} is task {owner}'s: one installation cannot serve two tasks"));
+            desired.retain(|d| d.spec.id != id);
+            unreadable.insert(id);
+        }
+        // Each problem is reported once, until the file changes or is fixed.
+        for (id, problem) in &problems {
+            if self.reported.get(id) != Some(problem) {
+                error!(task = %id, error = %problem, "task file skipped");
+                self.metrics.file_errors.inc();
+            }
+        }
+        self.reported = problems;
+        (desired, unreadable, broken)
+    }
+
+    fn intact(&self, installed: &Installed) -> Option<bool> {
+        match self.host.intact(installed) {
+            Ok(intact) => Some(intact),
+            Err(e) => {
+                warn!(task = %installed.id, error = %e, "checking the task's installation");
+                None
+            }
+        }
+    }
+
+    /// Runs one action and records it; `Err` when it failed (logged and counted). The removal
+    /// that an apply replaces is skipped when that apply failed: the old interception stays.
+    fn execute(&mut self, action: &Action, failed: &BTreeSet<String>) -> Result<(), ()> {
+        match action {
+            Action::Apply { spec, reason } => {
+                let result = self.host.apply(spec);
+                self.metrics.applied(result.is_ok());
+                match result {
+                    Ok(()) => {
+                        info!(task = %spec.id, backend = spec.backend.name(), cgroup = %spec.cgroup, reason = ?reason, "applied");
+                        self.records.insert(spec.id.clone(), Installed::of(spec));
+                        self.save();
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let e = error_chain(&e);
+                        error!(task = %spec.id, backend = spec.backend.name(), reason = ?reason, error = %e, "apply failed");
+                        Err(())
+                    }
+                }
+            }
+            Action::Remove { installed, reason } => {
+                if *reason == RemoveReason::Replaced && failed.contains(&installed.id) {
+                    return Ok(());
+                }
+                let result = self.host.remove(installed);
+                self.metrics.removed(result.is_ok());
+                match result {
+                    Ok(()) => {
+                        if *reason == RemoveReason::CgroupGone {
+                            self.metrics.cgroup_gone.inc();
+                            warn!(task = %installed.id, cgroup = %installed.cgroup, "the task's cgroup is gone: cleaned up");
+                        } else {
+                            info!(task = %installed.id, backend = installed.backend.name(), reason = ?reason, "removed");
+                        }
+                        // A replaced record was overwritten by the apply before it.
+                        if *reason != RemoveReason::Replaced {
+                            self.records.remove(&installed.id);
+                            self.save();
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let e = error_chain(&e);
+                        error!(task = %installed.id, backend = installed.backend.name(), reason = ?reason, error = %e, "remove failed");
+                        Err(())
+                    }
+                }
+            }
+        }
+    }
+
+    fn save(&self) {
+        // The next successful save catches up; until then a restart re-applies (idempotent).
+        if let Err(e) = state::save(&self.options.state_dir, &self.records) {
+            error!(error = %error_chain(&e), "saving the state record");
+        }
+    }
+
+    /// `--remove-on-exit`: removes every task the daemon manages.
+    fn remove_all(mut self) -> Result<(), Error> {
+        let mut failed = 0;
+        for installed in self.records.clone().into_values() {
+            let action = Action::Remove { installed, reason: RemoveReason::Shutdown };
+            if self.execute(&action, &BTreeSet::new()).is_err() {
+                failed += 1;
+            }
+        }
+        if failed > 0 {
+            return Err(Error::RemoveOnExit { failed });
+        }
+        info!("every task's interception removed (--remove-on-exit)");
+        Ok(())
+    }
+}
+
+/// A task file's text; a file larger than any task file is refused unread.
+fn read_task_file(path: &Path) -> Result<String, String> {
+    let file = fs::File::open(path).map_err(|e| format!("task file {}: {e}", path.display()))?;
+    let mut text = String::new();
+    file.take(MAX_INPUT_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("task file {}: {e}", path.display()))?;
+    if text.len() > MAX_INPUT_BYTES {
+        return Err(format!("task file {}: larger than {MAX_INPUT_BYTES} bytes", path.display()));
+    }
+    Ok(text)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
