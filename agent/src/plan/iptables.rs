@@ -299,8 +299,10 @@ impl IptablesPlan {
     pub fn render_text(&self) -> String {
         let mut out = String::new();
         out.push_str("# intercept plan: iptables backend\n");
-        out.push_str("# One `iptables-restore --noflush` transaction per family (nat table); ipsets are restored\n");
-        out.push_str("# first. Every rule's comment starts with \"intercept: \".\n");
+        out.push_str("# What intercept installs, as the input that installs it by hand in a namespace without it:\n");
+        out.push_str("# ipsets first, then one `iptables-restore --noflush` transaction per family (nat table).\n");
+        out.push_str("# `apply` runs only the difference with what is installed (docs/backends.md, Transactions).\n");
+        out.push_str("# Every rule's comment starts with \"intercept: \".\n");
         if !self.ipsets.is_empty() {
             out.push_str("\n# ipset restore\n");
             for set in &self.ipsets {

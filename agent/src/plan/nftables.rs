@@ -532,12 +532,11 @@ impl NftablesPlan {
     pub fn render_text(&self) -> String {
         let mut out = String::new();
         out.push_str("# intercept plan: nftables backend\n");
-        out.push_str("# One `nft -f -` transaction: `add table` + `delete table` + the table's definition replace\n");
-        out.push_str("# table inet intercept atomically, whether or not it exists. Every rule has a counter and a\n");
-        out.push_str(
-            "# comment starting with \"intercept: \". Long sets are summarised here; the backend applies them\n",
-        );
-        out.push_str("# whole.\n\n");
+        out.push_str("# What intercept installs, as one `nft -f -` script that installs it by hand: `add table` +\n");
+        out.push_str("# `delete table` + the table's definition replace table inet intercept in one transaction.\n");
+        out.push_str("# `apply` first fills changed sets under a second name, then switches the rules to them in a\n");
+        out.push_str("# second transaction (docs/backends.md, Transactions). Every rule has a counter and a comment\n");
+        out.push_str("# starting with \"intercept: \". Long sets are summarised here; the backend applies them whole.\n\n");
         out.push_str(&self.render_script(true));
         out.push_str("\n# remove (nft -f -):\n");
         for line in REMOVE_SCRIPT.lines() {
