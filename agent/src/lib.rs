@@ -19,3 +19,15 @@ pub mod report;
 #[cfg(test)]
 mod testdata;
 pub mod verify;
+
+/// An error and its sources, on one line: for messages that must name the root cause.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

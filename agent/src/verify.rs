@@ -22,15 +22,12 @@
 //! says instead by how much the probes moved each counter.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fmt::Write as _;
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream};
 use std::os::fd::AsFd as _;
-use std::os::unix::ffi::OsStrExt as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -731,19 +728,15 @@ fn port_in_use(listen: &[SocketAddr]) -> io::Result<bool> {
 /// Starts probe processes in the target namespace (and cgroup).
 struct Probes<'a> {
     netns: &'a Netns,
-    /// `<cgroup>/cgroup.procs`, which a probe writes itself into before it runs.
-    cgroup_procs: Option<CString>,
+    /// The cgroup a probe joins before it runs (eBPF mode).
+    cgroup: Option<&'a Path>,
     exe: PathBuf,
 }
 
 impl<'a> Probes<'a> {
-    fn new(netns: &'a Netns, cgroup: Option<&Path>) -> Result<Probes<'a>, Error> {
+    fn new(netns: &'a Netns, cgroup: Option<&'a Path>) -> Result<Probes<'a>, Error> {
         let exe = std::env::current_exe().map_err(|source| Error::Io { op: "finding this program", source })?;
-        let cgroup_procs = cgroup
-            .map(|c| CString::new(c.join("cgroup.procs").as_os_str().as_bytes()))
-            .transpose()
-            .map_err(|e| Error::Io { op: "the cgroup path", source: io::Error::new(io::ErrorKind::InvalidInput, e) })?;
-        Ok(Probes { netns, cgroup_procs, exe })
+        Ok(Probes { netns, cgroup, exe })
     }
 
     /// Runs one probe; `None` when `deadline` passed first (the process was killed).
@@ -768,8 +761,8 @@ impl<'a> Probes<'a> {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some(procs) = self.cgroup_procs.clone() {
-            join_cgroup(&mut command, procs);
+        if let Some(cgroup) = self.cgroup {
+            ebpf::join_cgroup(&mut command, cgroup).map_err(|source| Error::Io { op: "the cgroup path", source })?;
         }
         let probe = format!("dial {dial} as uid {} gid {}", identity.uid, identity.gid);
         let mut child =
@@ -814,25 +807,6 @@ impl Drop for ProbeChild {
             let _ = self.0.kill();
         }
         let _ = self.0.wait();
-    }
-}
-
-/// Makes `command` join the cgroup whose `cgroup.procs` is `procs` before it runs.
-fn join_cgroup(command: &mut Command, procs: CString) {
-    // SAFETY: between fork and exec the closure only makes async-signal-safe system calls
-    // (open, write, close) on memory allocated before the fork.
-    unsafe {
-        command.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // "0" moves the writing process.
-            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-            let result = if written == 1 { Ok(()) } else { Err(io::Error::last_os_error()) };
-            libc::close(fd);
-            result
-        });
     }
 }
 

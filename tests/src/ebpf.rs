@@ -485,14 +485,4 @@ pub fn as_identity(command: &mut Command, uid: u32, gid: u32) {
     }
 }
 
-/// An error and its sources, on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub use intercept::error_chain;

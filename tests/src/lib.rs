@@ -14,10 +14,7 @@ use std::{
     ffi::{CString, OsStr},
     fs,
     io::{self, Write as _},
-    os::unix::{
-        ffi::{OsStrExt as _, OsStringExt as _},
-        process::CommandExt as _,
-    },
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
     process::{self, Child, Command, ExitStatus},
     sync::atomic::{AtomicU32, Ordering},
@@ -216,24 +213,9 @@ impl Drop for TestCgroup {
 /// A command whose process joins the cgroup at `cgroup` between fork and exec, so everything
 /// the program does runs in the cgroup; the test runner itself stays where it is.
 pub fn command_in_cgroup(cgroup: &Path, program: impl AsRef<OsStr>) -> Command {
-    let procs = CString::new(cgroup.join(CGROUP_PROCS).into_os_string().into_vec())
-        .expect("cgroup paths built from mountinfo contain no NUL");
     let mut command = Command::new(program);
-    // SAFETY: the closure only makes async-signal-safe calls (open, write, close) on memory
-    // allocated before the fork, as required between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // "0" moves the writing process.
-            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-            let result = if written == 1 { Ok(()) } else { Err(io::Error::last_os_error()) };
-            libc::close(fd);
-            result
-        });
-    }
+    intercept::backend::ebpf::join_cgroup(&mut command, cgroup)
+        .expect("cgroup paths built from mountinfo contain no NUL");
     command
 }
 

@@ -37,7 +37,7 @@ use aya::{Ebpf, EbpfError, EbpfLoader};
 use aya_log::EbpfLogger;
 use intercept_common::{IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP};
 
-pub use host::{Mount, attached_programs, cgroup_id, cgroup2_mount, is_bpffs, parse_mountinfo};
+pub use host::{Mount, attached_programs, cgroup_id, cgroup2_mount, is_bpffs, join_cgroup, parse_mountinfo};
 pub use intercept_common::{Counter, MAP_NAMES};
 pub use maps::{Changes, Contents, Generations};
 

@@ -31,6 +31,7 @@ use self::host::Host;
 use self::metrics::Metrics;
 use self::reconcile::{Action, Actual, Desired, Installed, RemoveReason};
 use crate::config::source::MAX_INPUT_BYTES;
+use crate::error_chain;
 
 /// A burst of file events ends after this long without another one.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -372,15 +373,4 @@ fn read_task_file(path: &Path) -> Result<String, String> {
         return Err(format!("task file {}: larger than {MAX_INPUT_BYTES} bytes", path.display()));
     }
     Ok(text)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -536,7 +536,9 @@ impl NftablesPlan {
         out.push_str("# `delete table` + the table's definition replace table inet intercept in one transaction.\n");
         out.push_str("# `apply` first fills changed sets under a second name, then switches the rules to them in a\n");
         out.push_str("# second transaction (docs/backends.md, Transactions). Every rule has a counter and a comment\n");
-        out.push_str("# starting with \"intercept: \". Long sets are summarised here; the backend applies them whole.\n\n");
+        out.push_str(
+            "# starting with \"intercept: \". Long sets are summarised here; the backend applies them whole.\n\n",
+        );
         out.push_str(&self.render_script(true));
         out.push_str("\n# remove (nft -f -):\n");
         for line in REMOVE_SCRIPT.lines() {

@@ -1,13 +1,15 @@
 //! What the eBPF backend needs to know about the host: where cgroup2 and bpffs are mounted
 //! (from `/proc/self/mountinfo`), which cgroup `--cgroup` names, and which programs are attached to a cgroup.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use super::Error;
 
@@ -538,6 +540,29 @@ fn map_create(map_type: u32, inner_map_fd: Option<u32>) -> io::Result<OwnedFd> {
     }
     // SAFETY: the kernel returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Makes `command`'s process join the cgroup at `cgroup` between fork and exec, so the program
+/// runs in it from its first instruction while the caller stays where it is.
+pub fn join_cgroup(command: &mut Command, cgroup: &Path) -> io::Result<()> {
+    let procs = CString::new(cgroup.join("cgroup.procs").into_os_string().into_vec())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: between fork and exec the closure only makes async-signal-safe system calls
+    // (open, write, close) on memory allocated before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // "0" moves the writing process.
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let result = if written == 1 { Ok(()) } else { Err(io::Error::last_os_error()) };
+            libc::close(fd);
+            result
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
