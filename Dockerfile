@@ -1,7 +1,7 @@
 # The intercept image: the init container of an ECS task (`intercept apply`), or the
 # daemon's binary. See docs/deploy-ecs.md.
 #
-# The build steps are the README's "Build" commands: `cargo xtask setup`, then
+# The build steps are the commands of the README's "Deploying" section: `cargo xtask setup`, then
 # `cargo build --release -p intercept --bin intercept`.
 
 # Builder: stable Rust (userspace) + what `cargo xtask setup` adds: the nightly toolchain
