@@ -371,13 +371,7 @@ mod tests {
             ),
             ("cgroup gone, nothing installed: nothing", vec![gone(&a)], &none, vec![], ""),
             ("proxy-live, proxy not LIVE: held back", vec![waiting(a.clone(), false)], &none, vec![], ""),
-            (
-                "proxy-live, proxy LIVE: applied",
-                vec![waiting(a.clone(), true)],
-                &none,
-                vec![],
-                "apply a ebpf (New)\n",
-            ),
+            ("proxy-live, proxy LIVE: applied", vec![waiting(a.clone(), true)], &none, vec![], "apply a ebpf (New)\n"),
             (
                 "proxy-live, held back; an immediately task beside it is applied",
                 vec![waiting(a.clone(), false), desired(b.clone())],

@@ -169,11 +169,7 @@ pub fn parse(file: &Path, text: &str) -> Result<TaskSpec, SpecError> {
         Some(Value::String(name)) if name == "immediately" => Some(InstallWhen::Immediately),
         Some(other) => {
             let value = other.as_str().map_or_else(|| other.to_string(), str::to_owned);
-            problems.push(Diagnostic::error(
-                "installWhen",
-                Some(&value),
-                "must be \"proxy-live\" or \"immediately\"",
-            ));
+            problems.push(Diagnostic::error("installWhen", Some(&value), "must be \"proxy-live\" or \"immediately\""));
             None
         }
     };
