@@ -440,12 +440,18 @@ mod tests {
 
     #[test]
     fn the_documented_examples_parse() {
-        for (name, text, backend) in [
-            ("taskB-1.json", include_str!("../../../examples/daemon/taskB-1.json"), Backend::Ebpf),
-            ("taskC-1.json", include_str!("../../../examples/daemon/taskC-1.json"), Backend::Nftables),
+        for (name, text, backend, install_when) in [
+            ("taskB-1.json", include_str!("../../../examples/daemon/taskB-1.json"), Backend::Ebpf, None),
+            (
+                "taskC-1.json",
+                include_str!("../../../examples/daemon/taskC-1.json"),
+                Backend::Nftables,
+                Some(InstallWhen::ProxyLive),
+            ),
         ] {
             let spec = parse(Path::new(name), text).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(spec.backend, backend);
+            assert_eq!(spec.install_when, install_when, "{name}");
             assert_eq!(spec.config.proxy_egress_port, 15001, "{name}");
         }
     }
