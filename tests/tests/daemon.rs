@@ -318,15 +318,20 @@ fn a_proxy_live_task_waits_for_its_proxy_and_an_immediately_task_beside_it_does_
             && d.metric("intercept_proxy_timeouts_total") == 1.0
     });
     assert!(!iptables_installed(&waits_netns), "installed while the proxy was PRE_INITIALIZING");
-    let log = daemon.log().join("\n");
-    assert!(log.contains("waiting for the proxy to be LIVE before installing"), "{log}");
-    assert!(log.contains("not LIVE after --proxy-timeout"), "{log}");
+    daemon.wait_until("the log says waits is waiting, then overdue", WAIT, |d| {
+        let log = d.log().join("\n");
+        log.contains("waiting for the proxy to be LIVE before installing")
+            && log.contains("not LIVE after --proxy-timeout")
+    });
 
     admin.go_live();
     daemon.wait_until("waits is applied once its proxy is LIVE", WAIT, |d| {
         d.metric(r#"intercept_tasks{state="applied"}"#) == 2.0
     });
     assert!(iptables_installed(&waits_netns));
+    daemon.wait_until("the log says waits was installed once LIVE", WAIT, |d| {
+        d.log().iter().any(|l| l.contains("the proxy is LIVE: installed") && l.contains("waits"))
+    });
     let metrics = daemon.metrics();
     for state in ["failed", "waiting_for_proxy"] {
         assert_eq!(metrics.get(&format!(r#"intercept_tasks{{state="{state}"}}"#)), Some(&0.0), "{metrics:#?}");

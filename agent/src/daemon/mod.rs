@@ -274,12 +274,19 @@ impl Daemon {
     }
 
     /// Keeps track of the tasks waiting for their proxy after a pass: logs a task that starts
-    /// waiting, and reports (once) one that has waited longer than `--proxy-timeout`. Returns
-    /// how many have.
+    /// waiting and one that stopped because it was installed, and reports (once) one that has
+    /// waited longer than `--proxy-timeout`. Returns how many have.
     fn track_waiting(&mut self, desired: &[Desired], observations: &BTreeMap<String, Observation>) -> usize {
         let now = Instant::now();
         let waiting = reconcile::waiting_for_proxy(desired, &self.records);
-        self.waiting.retain(|id, _| waiting.contains(&id.as_str()));
+        let records = &self.records;
+        self.waiting.retain(|id, w| {
+            let still = waiting.contains(&id.as_str());
+            if !still && records.contains_key(id) {
+                info!(task = %id, waited = ?now.duration_since(w.since), "the proxy is LIVE: installed");
+            }
+            still
+        });
         let timeout = self.options.proxy_timeout;
         for d in desired.iter().filter(|d| waiting.contains(&d.spec.id.as_str())) {
             let id = &d.spec.id;
