@@ -162,6 +162,15 @@ struct DaemonArgs {
     /// leave it in place, so a daemon upgrade is invisible to the tasks)
     #[arg(long)]
     remove_on_exit: bool,
+    /// When to install a task whose file has no `installWhen`. proxy-live: once its proxy's
+    /// admin (`proxyAdminUrl`) reports LIVE (connections before that bypass the proxy);
+    /// immediately: at once, fail-closed (connections before the proxy listens are refused)
+    #[arg(long, value_enum, value_name = "proxy-live|immediately", default_value = "immediately")]
+    install_when: InstallWhen,
+    /// How long a task may wait for its proxy to be LIVE before it is reported as failed (it
+    /// keeps waiting, and is installed once the proxy is LIVE)
+    #[arg(long, value_name = "SECONDS", default_value_t = readiness::DEFAULT_TIMEOUT_SECS)]
+    proxy_timeout: u64,
 }
 
 /// Where `apply`, `remove` and `status` work, and how.
@@ -437,6 +446,8 @@ fn run(command: Command) -> Result<ExitCode> {
                 metrics_addr: args.metrics_addr,
                 resync_interval: args.resync_interval,
                 remove_on_exit: args.remove_on_exit,
+                install_when: args.install_when,
+                proxy_timeout: std::time::Duration::from_secs(args.proxy_timeout),
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -243,8 +243,8 @@ pub fn fetch(url: &str, timeout: Duration) -> Observation {
 }
 
 /// Waits until the admin at `url` reports LIVE, polling from inside `netns`, for at most
-/// `timeout`. What `apply --install-when proxy-live` does before installing, and what the
-/// daemon calls per task.
+/// `timeout`. What `apply --install-when proxy-live` does before installing (the daemon,
+/// which must not block on one task, [`fetch`]es once per pass instead).
 pub fn wait_until_live(url: &str, timeout: Duration, netns: &Netns) -> Result<Live, Error> {
     check_url(url)?;
     netns

@@ -29,6 +29,7 @@ pub mod cases;
 pub mod daemon;
 pub mod ebpf;
 pub mod lifecycle;
+pub mod readiness;
 pub mod topology;
 pub mod traffic;
 

@@ -1,8 +1,9 @@
 //! `intercept daemon` as a child process on test cgroups, test namespaces and a test bpffs:
 //! task files added, changed (renamed into place and overwritten), corrupted and deleted; a
 //! task's cgroup removed; SIGKILL and restart under load with adoption; SIGTERM leaving
-//! interception in place and `--remove-on-exit` removing it; the metrics endpoint scraped and
-//! parsed throughout.
+//! interception in place and `--remove-on-exit` removing it; a `proxy-live` task held back
+//! until a fake Envoy admin in its namespace reports LIVE, beside an `immediately` one; the
+//! metrics endpoint scraped and parsed throughout.
 //!
 //! Needs root and the `intercept` binary (`cargo xtask test` builds it; see
 //! `intercept_tests::topology::intercept_bin`).
@@ -28,6 +29,7 @@ use intercept::{
 use intercept_tests::{
     daemon::{Daemon, DaemonDirs, seed_proxy_configuration, task_json},
     ebpf::{ChildCgroup, EbpfSandbox, PLAIN_V4, TestBpffs},
+    readiness::FakeAdmin,
     require_privileges,
     topology::{Netns, intercept_bin, require_netns_privileges},
     traffic::Role,
@@ -276,4 +278,76 @@ fn sigterm_leaves_interception_and_remove_on_exit_removes_it() {
     assert!(!ebpf_installed(ebpf_cgroup.path(), bpffs.path()), "--remove-on-exit removes the eBPF task");
     assert!(!iptables_installed(&iptables_netns), "--remove-on-exit removes the iptables task");
     assert_eq!(dirs.recorded(), Vec::<String>::new());
+}
+
+#[test]
+fn a_proxy_live_task_waits_for_its_proxy_and_an_immediately_task_beside_it_does_not() {
+    let test = "a_proxy_live_task_waits_for_its_proxy_and_an_immediately_task_beside_it_does_not";
+    let Some(host) = require_privileges(test) else { return };
+    let Some(bin) = intercept_bin(test) else { return };
+    if !require_netns_privileges(test) {
+        return;
+    }
+    let (waits_cgroup, now_cgroup) = (host.create_cgroup().expect("cgroup"), host.create_cgroup().expect("cgroup"));
+    let (waits_netns, now_netns) = (Netns::create("daemon"), Netns::create("daemon"));
+    let admin = FakeAdmin::start(&waits_netns);
+    let bpffs = TestBpffs::mounted();
+    let dirs = DaemonDirs::new();
+    let proxy = seed_proxy_configuration("22");
+    let mut waits: serde_json::Value =
+        serde_json::from_str(&task_json("waits", "iptables", waits_cgroup.path(), &waits_netns.path(), &proxy))
+            .expect("JSON");
+    waits["installWhen"] = "proxy-live".into();
+    dirs.write_task("waits", &waits.to_string());
+    dirs.write_task("now", &task_json("now", "iptables", now_cgroup.path(), &now_netns.path(), &proxy));
+    // No resync: only the daemon's re-checks of the waiting task can install it.
+    let mut daemon =
+        Daemon::start(&bin, &dirs, bpffs.path(), &["--resync-interval", NO_RESYNC, "--proxy-timeout", "4"]);
+    daemon.wait_until("now is applied and waits is waiting", WAIT, |d| {
+        d.metric(r#"intercept_tasks{state="applied"}"#) == 1.0
+            && d.metric(r#"intercept_tasks{state="waiting_for_proxy"}"#) == 1.0
+    });
+    admin.wait_for_requests(3);
+    assert!(iptables_installed(&now_netns), "the immediately task is installed at once");
+    assert!(!iptables_installed(&waits_netns), "installed while the proxy was PRE_INITIALIZING");
+    assert_eq!(dirs.recorded(), ["now"]);
+
+    daemon.wait_until("the wait outlasts --proxy-timeout", WAIT, |d| {
+        d.metric(r#"intercept_tasks{state="failed"}"#) == 1.0
+            && d.metric(r#"intercept_tasks{state="waiting_for_proxy"}"#) == 0.0
+            && d.metric("intercept_proxy_timeouts_total") == 1.0
+    });
+    assert!(!iptables_installed(&waits_netns), "installed while the proxy was PRE_INITIALIZING");
+    daemon.wait_until("the log says waits is waiting, then overdue", WAIT, |d| {
+        let log = d.log().join("\n");
+        log.contains("waiting for the proxy to be LIVE before installing")
+            && log.contains("not LIVE after --proxy-timeout")
+    });
+
+    admin.go_live();
+    daemon.wait_until("waits is applied once its proxy is LIVE", WAIT, |d| {
+        d.metric(r#"intercept_tasks{state="applied"}"#) == 2.0
+    });
+    assert!(iptables_installed(&waits_netns));
+    daemon.wait_until("the log says waits was installed once LIVE", WAIT, |d| {
+        d.log().iter().any(|l| l.contains("the proxy is LIVE: installed") && l.contains("waits"))
+    });
+    let metrics = daemon.metrics();
+    for state in ["failed", "waiting_for_proxy"] {
+        assert_eq!(metrics.get(&format!(r#"intercept_tasks{{state="{state}"}}"#)), Some(&0.0), "{metrics:#?}");
+    }
+
+    // Fail-closed once installed: the proxy going away (its admin refusing connections) does
+    // not take the interception with it, whatever passes run.
+    drop(admin);
+    dirs.write_task(
+        "now",
+        &task_json("now", "iptables", now_cgroup.path(), &now_netns.path(), &seed_proxy_configuration("23")),
+    );
+    daemon
+        .wait_until("the change to now is applied", WAIT, |d| d.metric(r#"intercept_apply_total{result="ok"}"#) == 3.0);
+    assert!(iptables_installed(&waits_netns), "the proxy's restart removed interception");
+    assert_eq!(daemon.metric(r#"intercept_tasks{state="applied"}"#), 2.0);
+    assert_eq!(dirs.recorded(), ["now", "waits"]);
+    assert!(daemon.stop(Signal::SIGTERM).success());
 }

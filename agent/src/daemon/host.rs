@@ -3,12 +3,14 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::backend::ebpf::{self, ApplyOptions, Counter, Target as EbpfTarget, cli};
 use crate::backend::iptables::{self, Iptables};
 use crate::backend::nftables::{self, Nftables};
 use crate::netns;
 use crate::plan::{Backend, IptablesPlan, NftablesPlan};
+use crate::readiness::{self, Observation};
 
 use super::reconcile::Installed;
 use super::spec::TaskSpec;
@@ -94,6 +96,15 @@ impl Host {
             },
         }
         Ok(())
+    }
+
+    /// One look at the task's proxy admin, from inside the task's network namespace (the
+    /// daemon's own without one: host networking), given at most `timeout`.
+    pub fn proxy(&self, spec: &TaskSpec, timeout: Duration) -> Observation {
+        let url = &spec.proxy_admin_url;
+        netns::Netns::open(netns_target(spec.netns.as_deref()))
+            .and_then(|netns| netns.run(|| readiness::fetch(url, timeout)))
+            .unwrap_or_else(|e| Observation::NotReady(format!("the task's network namespace: {e}")))
     }
 
     /// Whether the installation is still whole: programs pinned and attached, rules in place.

@@ -29,6 +29,7 @@ pub struct Metrics {
     remove: Family<Labels, Counter>,
     pub file_errors: Counter,
     pub cgroup_gone: Counter,
+    pub proxy_timeouts: Counter,
     pub reconcile_duration: Histogram,
     tasks: Family<Labels, Gauge>,
     /// What the daemon manages, for the scrape-time counters.
@@ -45,6 +46,7 @@ impl Metrics {
             remove: Family::default(),
             file_errors: Counter::default(),
             cgroup_gone: Counter::default(),
+            proxy_timeouts: Counter::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 4.0, 8)),
             tasks: Family::default(),
             managed: Arc::default(),
@@ -62,6 +64,11 @@ impl Metrics {
             "intercept_cgroup_gone",
             "Tasks cleaned up because their cgroup disappeared",
             metrics.cgroup_gone.clone(),
+        );
+        registry.register(
+            "intercept_proxy_timeouts",
+            "Tasks that waited for their proxy to be LIVE longer than --proxy-timeout (each wait counts once)",
+            metrics.proxy_timeouts.clone(),
         );
         registry.register(
             "intercept_reconcile_duration_seconds",

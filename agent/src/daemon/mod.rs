@@ -5,6 +5,8 @@
 //! ([`state`]) so that a restarted daemon adopts its earlier work. A pass runs on start, after
 //! every burst of changes in the directory (inotify, through `notify`), and every
 //! `--resync-interval`; the periodic pass also checks that every installation is still whole.
+//! While a task waits for its proxy to be LIVE (`proxy-live`), a pass also runs every
+//! [`PROXY_RECHECK`].
 //!
 //! SIGTERM and SIGINT end the loop and leave interception in place (a daemon upgrade is
 //! invisible to the tasks) unless `--remove-on-exit` is given.
@@ -32,11 +34,17 @@ use self::metrics::Metrics;
 use self::reconcile::{Action, Actual, Desired, Installed, RemoveReason};
 use crate::config::source::MAX_INPUT_BYTES;
 use crate::error_chain;
+use crate::readiness::{InstallWhen, Observation, ServerState};
 
 /// A burst of file events ends after this long without another one.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// ... or after this long, however busy the directory is.
 const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
+/// How often the proxies of waiting tasks are looked at again.
+pub const PROXY_RECHECK: Duration = Duration::from_millis(500);
+/// How long one look at a proxy admin may take: the looks run in parallel, so a pass waits
+/// about this long at most for all of them, and the tasks that do not wait are applied after.
+pub const PROXY_FETCH_TIMEOUT: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -46,6 +54,10 @@ pub struct Options {
     pub metrics_addr: SocketAddr,
     pub resync_interval: Duration,
     pub remove_on_exit: bool,
+    /// When a task whose file does not say (`installWhen`) is installed.
+    pub install_when: InstallWhen,
+    /// How long a task may wait for its proxy before it counts as failed (it keeps waiting).
+    pub proxy_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,11 +128,14 @@ pub fn run(options: Options) -> Result<(), Error> {
         })
         .map_err(Error::Signals)?;
 
-    let mut daemon = Daemon { options, host, metrics, records, reported: BTreeMap::new() };
+    let mut daemon = Daemon { options, host, metrics, records, reported: BTreeMap::new(), waiting: BTreeMap::new() };
     daemon.pass(true);
     let mut next_resync = Instant::now() + daemon.options.resync_interval;
     loop {
-        let timeout = next_resync.saturating_duration_since(Instant::now());
+        let mut timeout = next_resync.saturating_duration_since(Instant::now());
+        if !daemon.waiting.is_empty() {
+            timeout = timeout.min(PROXY_RECHECK);
+        }
         let mut event = rx.recv_timeout(timeout);
         if let Ok(Event::Files) = event {
             let pending = debounce(&rx);
@@ -139,6 +154,10 @@ pub fn run(options: Options) -> Result<(), Error> {
             Ok(Event::Stop(signal)) => {
                 info!(signal, "stopping");
                 break;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < next_resync => {
+                // A task waits for its proxy: a pass like a file event's, which looks again.
+                daemon.pass(false);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 daemon.pass(true);
@@ -183,13 +202,23 @@ struct Daemon {
     records: BTreeMap<String, Installed>,
     /// The last problem reported per task id, so an unchanged bad file is reported once.
     reported: BTreeMap<String, String>,
+    /// The tasks waiting for their proxy to be LIVE, by id.
+    waiting: BTreeMap<String, Waiting>,
+}
+
+/// A task held back until its proxy is LIVE.
+struct Waiting {
+    since: Instant,
+    /// Whether it has waited longer than `--proxy-timeout` (reported once, counted as failed).
+    overdue: bool,
 }
 
 impl Daemon {
     /// One reconcile pass; `check_host` also checks that each installation is still whole.
     fn pass(&mut self, check_host: bool) {
         let started = Instant::now();
-        let (desired, unreadable, broken) = self.read_tasks();
+        let (mut desired, unreadable, broken) = self.read_tasks();
+        let observations = self.observe_proxies(&mut desired);
         let actual: Vec<Actual> = self
             .records
             .values()
@@ -209,14 +238,75 @@ impl Daemon {
         let applied =
             desired.iter().filter(|d| self.records.contains_key(&d.spec.id) && !failed.contains(&d.spec.id)).count();
         let missing = desired.iter().filter(|d| !d.cgroup_exists).count();
+        let overdue = self.track_waiting(&desired, &observations);
         let states = [
             ("applied", applied),
-            ("failed", failed.len() + broken),
+            ("failed", failed.len() + broken + overdue),
             ("invalid", unreadable.len() - broken),
             ("cgroup_missing", missing),
+            ("waiting_for_proxy", self.waiting.len() - overdue),
         ];
         self.metrics.reconciled(&states, self.records.values().cloned().collect());
         self.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Looks at the proxy of every task that waits for it ([`reconcile::awaits_proxy`]), all at
+    /// once, and marks the LIVE ones; returns what was seen, by task id.
+    fn observe_proxies(&self, desired: &mut [Desired]) -> BTreeMap<String, Observation> {
+        let host = &self.host;
+        let seen: Vec<(usize, Observation)> = thread::scope(|scope| {
+            let looks: Vec<_> = desired
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| reconcile::awaits_proxy(d, self.records.contains_key(&d.spec.id)))
+                .map(|(i, d)| (i, scope.spawn(move || host.proxy(&d.spec, PROXY_FETCH_TIMEOUT))))
+                .collect();
+            looks
+                .into_iter()
+                .map(|(i, look)| (i, look.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))))
+                .collect()
+        });
+        let mut observations = BTreeMap::new();
+        for (i, observation) in seen {
+            desired[i].proxy_live = observation == Observation::State(ServerState::Live);
+            observations.insert(desired[i].spec.id.clone(), observation);
+        }
+        observations
+    }
+
+    /// Keeps track of the tasks waiting for their proxy after a pass: logs a task that starts
+    /// waiting and one that stopped because it was installed, and reports (once) one that has
+    /// waited longer than `--proxy-timeout`. Returns how many have.
+    fn track_waiting(&mut self, desired: &[Desired], observations: &BTreeMap<String, Observation>) -> usize {
+        let now = Instant::now();
+        let waiting = reconcile::waiting_for_proxy(desired, &self.records);
+        let records = &self.records;
+        self.waiting.retain(|id, w| {
+            let still = waiting.contains(&id.as_str());
+            if !still && records.contains_key(id) {
+                info!(task = %id, waited = ?now.duration_since(w.since), "the proxy is LIVE: installed");
+            }
+            still
+        });
+        let timeout = self.options.proxy_timeout;
+        for d in desired.iter().filter(|d| waiting.contains(&d.spec.id.as_str())) {
+            let id = &d.spec.id;
+            let url = &d.spec.proxy_admin_url;
+            let last = observations.get(id).map(ToString::to_string).unwrap_or_default();
+            let entry = self.waiting.entry(id.clone()).or_insert_with(|| {
+                info!(task = %id, url = %url, last = %last, "waiting for the proxy to be LIVE before installing");
+                Waiting { since: now, overdue: false }
+            });
+            if !entry.overdue && now.duration_since(entry.since) >= timeout {
+                entry.overdue = true;
+                self.metrics.proxy_timeouts.inc();
+                error!(
+                    task = %id, url = %url, last = %last, waited = ?timeout,
+                    "the proxy is not LIVE after --proxy-timeout: nothing installed; still waiting"
+                );
+            }
+        }
+        self.waiting.values().filter(|w| w.overdue).count()
     }
 
     /// The task files: the specs that parsed (with whether their cgroup exists), and the ids
@@ -250,7 +340,10 @@ impl Daemon {
                 }
             };
             match self.host.cgroup_exists(&spec.cgroup) {
-                Ok(cgroup_exists) => desired.push(Desired { spec, cgroup_exists }),
+                Ok(cgroup_exists) => {
+                    let install_when = spec.install_when.unwrap_or(self.options.install_when);
+                    desired.push(Desired { spec, cgroup_exists, install_when, proxy_live: false });
+                }
                 Err(e) => {
                     error!(task = %id, cgroup = %spec.cgroup, error = %e, "task's cgroup");
                     unreadable.insert(id);

@@ -6,6 +6,10 @@
 //! exists, even when the file has become unreadable or the record disagrees with it. A file
 //! that cannot be parsed keeps whatever was installed for its task; a changed target (another
 //! backend, cgroup or namespace) is applied before the old one is removed.
+//!
+//! A task that waits for its proxy (`proxy-live`) is first installed only once the caller
+//! observed its proxy LIVE ([`Desired::proxy_live`], asked for by [`awaits_proxy`]); once
+//! installed it is never held back again, so a restarting proxy never removes interception.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -14,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::spec::TaskSpec;
 use crate::plan::Backend;
+use crate::readiness::InstallWhen;
 
 /// What the daemon installed for a task, as its state record keeps it: enough to remove it
 /// without the task file.
@@ -68,11 +73,34 @@ mod backend_name {
     }
 }
 
-/// A task file that parsed, and what the daemon saw of its cgroup.
+/// A task file that parsed, and what the daemon saw of its cgroup and its proxy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
     pub spec: TaskSpec,
     pub cgroup_exists: bool,
+    /// The file's `installWhen`, or the daemon's `--install-when`.
+    pub install_when: InstallWhen,
+    /// Whether the proxy's admin answered LIVE in this pass; only looked at (and only
+    /// observed) when [`awaits_proxy`] says so.
+    pub proxy_live: bool,
+}
+
+/// Whether the task may be installed only once its proxy is LIVE: a `proxy-live` task that is
+/// not installed yet (`recorded`: the daemon installed it before) and can be (its cgroup
+/// exists). The caller observes [`Desired::proxy_live`] for exactly these.
+pub fn awaits_proxy(desired: &Desired, recorded: bool) -> bool {
+    desired.install_when == InstallWhen::ProxyLive && !recorded && desired.cgroup_exists
+}
+
+/// The tasks held back because their proxy is not LIVE yet, in id order.
+pub fn waiting_for_proxy<'a>(desired: &'a [Desired], recorded: &BTreeMap<String, Installed>) -> Vec<&'a str> {
+    let mut ids: Vec<&str> = desired
+        .iter()
+        .filter(|d| awaits_proxy(d, recorded.contains_key(&d.spec.id)) && !d.proxy_live)
+        .map(|d| d.spec.id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids
 }
 
 /// A record of the state, and whether the installation is still whole on the host; `None`
@@ -139,6 +167,7 @@ pub fn reconcile(desired: &[Desired], unreadable: &BTreeSet<String>, actual: &[A
             continue;
         }
         match record {
+            None if awaits_proxy(d, false) && !d.proxy_live => {}
             None => actions.push(Action::Apply { spec: d.spec.clone(), reason: ApplyReason::New }),
             Some(record) if record.installed.fingerprint != d.spec.fingerprint() => {
                 actions.push(Action::Apply { spec: d.spec.clone(), reason: ApplyReason::Changed });
@@ -221,11 +250,17 @@ mod tests {
                 implicit_exemptions: true,
                 ipv6: true,
             },
+            install_when: None,
+            proxy_admin_url: crate::readiness::DEFAULT_ADMIN_URL.into(),
         }
     }
 
     fn desired(spec: TaskSpec) -> Desired {
-        Desired { spec, cgroup_exists: true }
+        Desired { spec, cgroup_exists: true, install_when: InstallWhen::Immediately, proxy_live: false }
+    }
+
+    fn waiting(spec: TaskSpec, proxy_live: bool) -> Desired {
+        Desired { spec, cgroup_exists: true, install_when: InstallWhen::ProxyLive, proxy_live }
     }
 
     fn actual(spec: &TaskSpec, intact: Option<bool>) -> Actual {
@@ -263,7 +298,7 @@ mod tests {
         b_nft.backend = Backend::Nftables;
         let none = BTreeSet::new();
         let unreadable_a: BTreeSet<String> = ["a".to_owned()].into();
-        let gone = |s: &TaskSpec| Desired { spec: s.clone(), cgroup_exists: false };
+        let gone = |s: &TaskSpec| Desired { cgroup_exists: false, ..desired(s.clone()) };
         #[allow(clippy::type_complexity)]
         let cases: Vec<(&str, Vec<Desired>, &BTreeSet<String>, Vec<Actual>, &str)> = vec![
             ("nothing at all", vec![], &none, vec![], ""),
@@ -335,6 +370,50 @@ mod tests {
                 "remove a ebpf (CgroupGone)\n",
             ),
             ("cgroup gone, nothing installed: nothing", vec![gone(&a)], &none, vec![], ""),
+            ("proxy-live, proxy not LIVE: held back", vec![waiting(a.clone(), false)], &none, vec![], ""),
+            ("proxy-live, proxy LIVE: applied", vec![waiting(a.clone(), true)], &none, vec![], "apply a ebpf (New)\n"),
+            (
+                "proxy-live, held back; an immediately task beside it is applied",
+                vec![waiting(a.clone(), false), desired(b.clone())],
+                &none,
+                vec![],
+                "apply b iptables (New)\n",
+            ),
+            (
+                "proxy-live, installed, proxy not LIVE (restarting): drift still repaired",
+                vec![waiting(a.clone(), false)],
+                &none,
+                vec![actual(&a, Some(false))],
+                "apply a ebpf (Drifted)\n",
+            ),
+            (
+                "proxy-live, installed, proxy not LIVE: a changed file is still applied",
+                vec![waiting(a_changed.clone(), false)],
+                &none,
+                vec![actual(&a, Some(true))],
+                "apply a ebpf (Changed)\n",
+            ),
+            (
+                "proxy-live, installed, proxy not LIVE: kept",
+                vec![waiting(a.clone(), false)],
+                &none,
+                vec![actual(&a, Some(true))],
+                "",
+            ),
+            (
+                "proxy-live, file deleted while installed: removed",
+                vec![],
+                &none,
+                vec![actual(&a, Some(true))],
+                "remove a ebpf (FileDeleted)\n",
+            ),
+            (
+                "proxy-live, cgroup gone: cleaned up, not waited for",
+                vec![Desired { cgroup_exists: false, ..waiting(a.clone(), false) }],
+                &none,
+                vec![actual(&a, None)],
+                "remove a ebpf (CgroupGone)\n",
+            ),
             (
                 "mixed, in id order",
                 vec![desired(b.clone()), desired(a_changed.clone())],
@@ -364,6 +443,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn only_proxy_live_tasks_not_yet_installed_wait_and_are_checked() {
+        let a = spec("a", Backend::Ebpf, 15001);
+        let b = spec("b", Backend::Ebpf, 15001);
+        let c = spec("c", Backend::Ebpf, 15001);
+        let d = spec("d", Backend::Ebpf, 15001);
+        let desired = [
+            waiting(d.clone(), false),
+            waiting(a.clone(), false),
+            waiting(b.clone(), true),
+            desired(c.clone()),
+            Desired { cgroup_exists: false, ..waiting(spec("e", Backend::Ebpf, 1), false) },
+        ];
+        let none = BTreeMap::new();
+        assert_eq!(waiting_for_proxy(&desired, &none), ["a", "d"]);
+        let installed: BTreeMap<String, Installed> = [("a".to_owned(), Installed::of(&a))].into();
+        assert_eq!(waiting_for_proxy(&desired, &installed), ["d"], "installed once: never waits again");
+        let checked: Vec<bool> = desired.iter().map(|x| awaits_proxy(x, installed.contains_key(&x.spec.id))).collect();
+        assert_eq!(checked, [true, false, true, false, false], "immediately, installed and cgroup-less: not checked");
     }
 
     #[test]

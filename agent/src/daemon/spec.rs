@@ -5,7 +5,8 @@
 //! {"id": "task1", "cgroup": "/ecs/task1", "netns": "/run/netns/task1", "backend": "ebpf",
 //!  "taskDefinition": {...}}
 //! ```
-//! with `proxyConfiguration` instead of `taskDefinition` for a bare proxy configuration. The
+//! with `proxyConfiguration` instead of `taskDefinition` for a bare proxy configuration, and
+//! optionally `installWhen` (`proxy-live`, `immediately`) and `proxyAdminUrl`. The
 //! file is named `<id>.json`, so that a file and a task are one and the same thing: a file
 //! deleted is a task gone, whatever the file held.
 
@@ -18,6 +19,7 @@ use serde_json::{Map, Value};
 use crate::config::source::{parse_proxy_configuration, parse_task_definition};
 use crate::config::{ConfigErrors, Diagnostic, ProxyConfig, validate};
 use crate::plan::Backend;
+use crate::readiness::{self, InstallWhen};
 
 /// Task ids name files, state entries and metric labels: letters, digits, `_`, `-`, `.`,
 /// not starting with `.`, at most this long.
@@ -38,11 +40,16 @@ pub struct TaskSpec {
     pub netns: Option<PathBuf>,
     pub backend: Backend,
     pub config: ProxyConfig,
+    /// When to install; `None`: the daemon's `--install-when`.
+    pub install_when: Option<InstallWhen>,
+    /// The proxy admin polled before a `proxy-live` install, from inside [`Self::netns`].
+    pub proxy_admin_url: String,
 }
 
 impl TaskSpec {
     /// Identifies what is installed for this spec: equal fingerprints, nothing to change.
     /// Stable for one build of the daemon (a new build may re-apply once, which is idempotent).
+    /// When to install is not part of it: it changes nothing once installed.
     pub fn fingerprint(&self) -> u64 {
         let mut hasher = DefaultHasher::new();
         self.backend.name().hash(&mut hasher);
@@ -156,6 +163,29 @@ pub fn parse(file: &Path, text: &str) -> Result<TaskSpec, SpecError> {
             "missing: the iptables and nftables backends install rules in the task's network namespace",
         ));
     }
+    let install_when = match top.get("installWhen") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) if name == "proxy-live" => Some(InstallWhen::ProxyLive),
+        Some(Value::String(name)) if name == "immediately" => Some(InstallWhen::Immediately),
+        Some(other) => {
+            let value = other.as_str().map_or_else(|| other.to_string(), str::to_owned);
+            problems.push(Diagnostic::error("installWhen", Some(&value), "must be \"proxy-live\" or \"immediately\""));
+            None
+        }
+    };
+    let proxy_admin_url = match top.get("proxyAdminUrl") {
+        None | Some(Value::Null) => readiness::DEFAULT_ADMIN_URL.to_owned(),
+        Some(Value::String(url)) => {
+            if let Err(readiness::Error::BadUrl { reason, .. }) = readiness::check_url(url) {
+                problems.push(Diagnostic::error("proxyAdminUrl", Some(url), reason));
+            }
+            url.clone()
+        }
+        Some(other) => {
+            problems.push(Diagnostic::error("proxyAdminUrl", Some(&other.to_string()), "must be a string"));
+            String::new()
+        }
+    };
     let origin = file.display().to_string();
     let config = match (top.get("taskDefinition"), top.get("proxyConfiguration")) {
         (Some(_), Some(_)) | (None, None) => {
@@ -175,13 +205,14 @@ pub fn parse(file: &Path, text: &str) -> Result<TaskSpec, SpecError> {
     };
     match (id, cgroup, backend, config) {
         (Some(id), Some(cgroup), Some(backend), Some(config)) if problems.is_empty() => {
-            Ok(TaskSpec { id, cgroup, netns, backend, config })
+            Ok(TaskSpec { id, cgroup, netns, backend, config, install_when, proxy_admin_url })
         }
         _ => Err(error(problems)),
     }
 }
 
-const KEYS: [&str; 6] = ["id", "cgroup", "netns", "backend", "taskDefinition", "proxyConfiguration"];
+const KEYS: [&str; 8] =
+    ["id", "cgroup", "netns", "backend", "taskDefinition", "proxyConfiguration", "installWhen", "proxyAdminUrl"];
 
 fn string_field(top: &Map<String, Value>, key: &str, problems: &mut Vec<Diagnostic>) -> Option<String> {
     match top.get(key) {
@@ -245,6 +276,30 @@ mod tests {
         assert_eq!(spec.backend, Backend::Ebpf);
         assert_eq!(spec.config.proxy_egress_port, 15001);
         assert_eq!(spec.config.ignored_uid, Some(1337));
+        assert_eq!(spec.install_when, None, "the daemon's --install-when");
+        assert_eq!(spec.proxy_admin_url, readiness::DEFAULT_ADMIN_URL);
+    }
+
+    #[test]
+    fn install_when_and_the_admin_url_are_read_and_left_out_of_the_fingerprint() {
+        let base = parse(Path::new("task1.json"), &file(&format!(r#""proxyConfiguration": {PROXY}"#))).unwrap();
+        for (fields, want) in [
+            (r#""installWhen": "proxy-live""#, Some(InstallWhen::ProxyLive)),
+            (r#""installWhen": "immediately""#, Some(InstallWhen::Immediately)),
+            (r#""installWhen": null"#, None),
+        ] {
+            let spec =
+                parse(Path::new("task1.json"), &file(&format!(r#"{fields}, "proxyConfiguration": {PROXY}"#))).unwrap();
+            assert_eq!(spec.install_when, want, "{fields}");
+            assert_eq!(spec.fingerprint(), base.fingerprint(), "{fields}: installed is installed, however it waited");
+        }
+        let url = "http://[::1]:19901/server_info";
+        let spec = parse(
+            Path::new("task1.json"),
+            &file(&format!(r#""proxyAdminUrl": "{url}", "proxyConfiguration": {PROXY}"#)),
+        )
+        .unwrap();
+        assert_eq!(spec.proxy_admin_url, url);
     }
 
     #[test]
@@ -334,9 +389,31 @@ mod tests {
             ),
             (
                 "task1.json",
+                file(&format!(r#""installWhen": "proxy_live", {proxy}"#)),
+                vec![r#"error: installWhen = "proxy_live": must be "proxy-live" or "immediately""#],
+            ),
+            (
+                "task1.json",
+                file(&format!(r#""installWhen": true, {proxy}"#)),
+                vec![r#"error: installWhen = "true": must be "proxy-live" or "immediately""#],
+            ),
+            (
+                "task1.json",
+                file(&format!(r#""proxyAdminUrl": "https://127.0.0.1:9901/server_info", {proxy}"#)),
+                vec![
+                    r#"error: proxyAdminUrl = "https://127.0.0.1:9901/server_info": must be an http:// URL (the Envoy admin serves plain HTTP, e.g. http://127.0.0.1:9901/server_info)"#,
+                ],
+            ),
+            (
+                "task1.json",
+                file(&format!(r#""proxyAdminUrl": 9901, {proxy}"#)),
+                vec![r#"error: proxyAdminUrl = "9901": must be a string"#],
+            ),
+            (
+                "task1.json",
                 file(r#""extra": 1"#),
                 vec![
-                    "error: extra: unknown field; the fields are id, cgroup, netns, backend, taskDefinition, proxyConfiguration",
+                    "error: extra: unknown field; the fields are id, cgroup, netns, backend, taskDefinition, proxyConfiguration, installWhen, proxyAdminUrl",
                     "error: taskDefinition: give exactly one of taskDefinition (an ECS task definition) and proxyConfiguration",
                 ],
             ),
@@ -363,12 +440,18 @@ mod tests {
 
     #[test]
     fn the_documented_examples_parse() {
-        for (name, text, backend) in [
-            ("taskB-1.json", include_str!("../../../examples/daemon/taskB-1.json"), Backend::Ebpf),
-            ("taskC-1.json", include_str!("../../../examples/daemon/taskC-1.json"), Backend::Nftables),
+        for (name, text, backend, install_when) in [
+            ("taskB-1.json", include_str!("../../../examples/daemon/taskB-1.json"), Backend::Ebpf, None),
+            (
+                "taskC-1.json",
+                include_str!("../../../examples/daemon/taskC-1.json"),
+                Backend::Nftables,
+                Some(InstallWhen::ProxyLive),
+            ),
         ] {
             let spec = parse(Path::new(name), text).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(spec.backend, backend);
+            assert_eq!(spec.install_when, install_when, "{name}");
             assert_eq!(spec.config.proxy_egress_port, 15001, "{name}");
         }
     }
