@@ -12,7 +12,7 @@
 //! | any of them with `--netns`/`--netns-pid` | + SYS_ADMIN                                 |
 //! | any of them with `--netns-pid`         | + SYS_PTRACE                                  |
 //! | … eBPF, optional (kept when held)      | SYS_ADMIN (mount the bpffs), SYS_PTRACE and DAC_READ_SEARCH (take a running proxy's listener) |
-//! | `intercept daemon`                     | [`DAEMON`]: all of the above                  |
+//! | `intercept daemon`                     | [`DAEMON`]: all of the above, SYS_ADMIN standing in for BPF and PERFMON |
 //!
 //! Capabilities belong to a thread, not to a process: [`restrict_to`] and [`drop_all`] change
 //! the calling thread (and what the threads and commands it starts afterwards inherit), so a
@@ -79,14 +79,17 @@ pub const DAC_READ_SEARCH_ADOPT: Requirement = need(
 );
 
 /// What `intercept daemon` needs: every backend, in the tasks' network namespaces, installed
-/// once the proxy is live.
-pub const DAEMON: [Requirement; 8] = [
-    EBPF[0],
+/// once the proxy is live. It needs CAP_SYS_ADMIN anyway (setns), and the kernel accepts that
+/// in place of CAP_BPF and CAP_PERFMON, so those two would add nothing.
+pub const DAEMON: [Requirement; 6] = [
     EBPF[1],
-    EBPF[2],
     NET_RAW_LEGACY,
     SYS_ADMIN_NETNS,
-    need(Capability::CAP_SYS_ADMIN, "mounting the bpffs when it is not mounted yet"),
+    need(
+        Capability::CAP_SYS_ADMIN,
+        "mounting the bpffs when it is not mounted yet, and loading eBPF programs (in place of CAP_BPF and \
+         CAP_PERFMON)",
+    ),
     SYS_PTRACE_ADOPT,
     DAC_READ_SEARCH_ADOPT,
 ];
@@ -306,9 +309,7 @@ mod tests {
         assert_eq!(
             daemon,
             [
-                Capability::CAP_BPF,
                 Capability::CAP_NET_ADMIN,
-                Capability::CAP_PERFMON,
                 Capability::CAP_NET_RAW,
                 Capability::CAP_SYS_ADMIN,
                 Capability::CAP_SYS_PTRACE,

@@ -110,6 +110,17 @@ impl Daemon {
     /// Starts `bin daemon` on `dirs` and `bpffs` with `extra` flags, and waits until its
     /// metrics endpoint answers.
     pub fn start(bin: &Path, dirs: &DaemonDirs, bpffs: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_with(bin, dirs, bpffs, extra, |_| {})
+    }
+
+    /// [`Daemon::start`], with `prepare` adding to the command first (e.g. pre-exec steps).
+    pub fn start_with(
+        bin: &Path,
+        dirs: &DaemonDirs,
+        bpffs: &Path,
+        extra: &[&str],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = Command::new(bin);
         command
@@ -126,6 +137,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        prepare(&mut command);
         let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("piped stderr");

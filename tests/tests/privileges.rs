@@ -3,7 +3,8 @@
 //! minimal set succeeds, for each backend; with one capability of the set removed it exits 1
 //! naming that capability, and nothing is installed. The daemon's set (`privileges::DAEMON`)
 //! is enough for every backend in a task's namespace; and `apply` drops its capabilities
-//! (seen on a `--bpf-log` apply, which keeps running).
+//! (seen on a `--bpf-log` apply, which keeps running). `intercept daemon` itself checks its
+//! set at start, naming a missing capability, and works with exactly that set.
 //!
 //! The child joins the task's namespace before its capabilities are reduced, as an ECS init
 //! container starts in the task's namespace; `--netns` cases enter it themselves.
@@ -20,6 +21,7 @@ use std::{
 };
 
 use intercept_tests::{
+    daemon::{Daemon, DaemonDirs, free_port, seed_proxy_configuration, task_json},
     ebpf::TestBpffs,
     require_privileges,
     topology::{Netns, intercept_bin, require_netns_privileges, require_nft},
@@ -248,7 +250,7 @@ fn the_daemon_set_applies_every_backend_in_a_task_namespace() {
     }
     let Some(bin) = intercept_bin(test) else { return };
     let daemon: Vec<u32> = intercept::privileges::DAEMON.iter().map(|r| r.capability.index().into()).collect();
-    let mut expected = vec![BPF, NET_ADMIN, PERFMON, NET_RAW, SYS_ADMIN, SYS_ADMIN, SYS_PTRACE, DAC_READ_SEARCH];
+    let mut expected = vec![NET_ADMIN, NET_RAW, SYS_ADMIN, SYS_ADMIN, SYS_PTRACE, DAC_READ_SEARCH];
     assert_eq!(daemon, expected, "the documented daemon set changed: update docs/deploy-ecs.md and deploy/");
     expected.dedup();
 
@@ -271,6 +273,85 @@ fn the_daemon_set_applies_every_backend_in_a_task_namespace() {
         assert_eq!(status(&bin, target), 0, "{target:?}");
         remove(&bin, target);
     }
+}
+
+/// The daemon's set, deduplicated (`privileges::DAEMON` names CAP_SYS_ADMIN for two needs).
+fn daemon_set() -> Vec<u32> {
+    let mut set: Vec<u32> = intercept::privileges::DAEMON.iter().map(|r| r.capability.index().into()).collect();
+    set.sort_unstable();
+    set.dedup();
+    set
+}
+
+/// `intercept daemon` with one capability of its set missing exits 1 at start, naming it and
+/// installing nothing; with exactly its set it installs an eBPF task and an nftables task, and
+/// holds no other capability while it runs.
+#[test]
+fn the_daemon_runs_with_exactly_its_set_and_names_a_missing_one() {
+    let test = "the_daemon_runs_with_exactly_its_set_and_names_a_missing_one";
+    let Some(host) = require_privileges(test) else { return };
+    if !require_nft(test) {
+        return;
+    }
+    let Some(bin) = intercept_bin(test) else { return };
+    let set = daemon_set();
+    let bpffs = TestBpffs::mounted();
+    let task = Netns::create("caps");
+    let cgroup = host.create_cgroup().expect("create a test cgroup");
+    let dirs = DaemonDirs::new();
+    let proxy = seed_proxy_configuration("22");
+    dirs.write_task("ebpf-task", &task_json("ebpf-task", "ebpf", cgroup.path(), &task.path(), &proxy));
+    dirs.write_task("nft-task", &task_json("nft-task", "nftables", cgroup.path(), &task.path(), &proxy));
+    let ebpf = ebpf_target(cgroup.path(), bpffs.path(), &task);
+    let ebpf: Vec<&str> = ebpf.iter().map(String::as_str).collect();
+    let path = task.path().display().to_string();
+    let nft = ["--backend", "nftables", "--netns", path.as_str()];
+
+    for missing in &set {
+        let reduced: Vec<u32> = set.iter().copied().filter(|c| c != missing).collect();
+        let mut command = Command::new(&bin);
+        command
+            .arg("daemon")
+            .arg("--tasks-dir")
+            .arg(dirs.tasks())
+            .arg("--state-dir")
+            .arg(dirs.state())
+            .arg("--bpffs")
+            .arg(bpffs.path())
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        with_exactly(&mut command, &reduced);
+        let mut child = Child(command.spawn().expect("spawn intercept daemon"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let exit = loop {
+            if let Some(exit) = child.0.try_wait().expect("wait for the daemon") {
+                break exit;
+            }
+            assert!(Instant::now() < deadline, "without {}: the daemon is still running", name(*missing));
+            thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        io::Read::read_to_string(&mut child.0.stderr.take().expect("piped stderr"), &mut stderr).unwrap();
+        assert_eq!(exit.code(), Some(1), "without {}: {stderr}", name(*missing));
+        assert!(stderr.contains(name(*missing)), "without {}: {stderr}", name(*missing));
+        assert_eq!(status(&bin, &ebpf), 1, "without {}: an eBPF task was installed", name(*missing));
+        assert_eq!(status(&bin, &nft), 1, "without {}: an nftables task was installed", name(*missing));
+    }
+
+    let mut daemon = Daemon::start_with(&bin, &dirs, bpffs.path(), &[], |command| with_exactly(command, &set));
+    daemon.wait_until("both tasks are installed", Duration::from_secs(30), |_| {
+        status(&bin, &ebpf) == 0 && status(&bin, &nft) == 0
+    });
+    let allowed = set.iter().fold(0u64, |m, c| m | (1 << c));
+    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let held = status_field(daemon.pid(), field);
+        assert_eq!(held & !allowed, 0, "{field} {held:x} holds more than the daemon's set {allowed:x}");
+    }
+    daemon.stop(nix::sys::signal::Signal::SIGTERM);
+    remove(&bin, &ebpf);
+    remove(&bin, &nft);
 }
 
 fn status_field(pid: u32, field: &str) -> u64 {
