@@ -113,15 +113,9 @@ impl Daemon {
         Daemon::start_with(bin, dirs, bpffs, extra, |_| {})
     }
 
-    /// [`Daemon::start`], with `prepare` adding to the command first (e.g. pre-exec steps).
-    pub fn start_with(
-        bin: &Path,
-        dirs: &DaemonDirs,
-        bpffs: &Path,
-        extra: &[&str],
-        prepare: impl FnOnce(&mut Command),
-    ) -> Daemon {
-        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    /// `bin daemon` on `dirs` and `bpffs` with metrics on `metrics_addr` and `extra` flags; its
+    /// standard error piped, for the log.
+    pub fn command(bin: &Path, dirs: &DaemonDirs, bpffs: &Path, metrics_addr: SocketAddr, extra: &[&str]) -> Command {
         let mut command = Command::new(bin);
         command
             .arg("daemon")
@@ -137,6 +131,19 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        command
+    }
+
+    /// [`Daemon::start`], with `prepare` adding to the command first (e.g. pre-exec steps).
+    pub fn start_with(
+        bin: &Path,
+        dirs: &DaemonDirs,
+        bpffs: &Path,
+        extra: &[&str],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Daemon {
+        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut command = Daemon::command(bin, dirs, bpffs, metrics_addr, extra);
         prepare(&mut command);
         let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
         let log = Arc::new(Mutex::new(Vec::new()));

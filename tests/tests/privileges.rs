@@ -13,6 +13,7 @@
 
 use std::{
     fs, io,
+    net::SocketAddr,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -309,19 +310,8 @@ fn the_daemon_runs_with_exactly_its_set_and_names_a_missing_one() {
 
     for missing in &set {
         let reduced: Vec<u32> = set.iter().copied().filter(|c| c != missing).collect();
-        let mut command = Command::new(&bin);
-        command
-            .arg("daemon")
-            .arg("--tasks-dir")
-            .arg(dirs.tasks())
-            .arg("--state-dir")
-            .arg(dirs.state())
-            .arg("--bpffs")
-            .arg(bpffs.path())
-            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut command = Daemon::command(&bin, &dirs, bpffs.path(), metrics, &[]);
         with_exactly(&mut command, &reduced);
         let mut child = Child(command.spawn().expect("spawn intercept daemon"));
         let deadline = Instant::now() + Duration::from_secs(20);

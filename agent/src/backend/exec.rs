@@ -80,6 +80,15 @@ pub trait Runner {
 
     /// The target namespace's lock.
     fn lock_key(&self) -> Result<lock::Key, Error>;
+
+    /// The target namespace's lock, held for a change; none for a dry run, which changes
+    /// nothing.
+    fn lock_for_change(&self, dry_run: bool) -> Result<Option<lock::Held>, Error> {
+        if dry_run {
+            return Ok(None);
+        }
+        Ok(Some(self.locks().acquire(&self.lock_key()?, lock::WAIT)?))
+    }
 }
 
 /// The real thing: commands run in the namespace through [`Netns::command`].

@@ -288,7 +288,7 @@ impl<R: Runner> Iptables<R> {
     /// the rules, or between the IPv4 and IPv6 transactions) is made whole by the next
     /// `apply` or `remove`, which starts from what is installed.
     pub fn apply(&self, plan: &IptablesPlan, dry_run: bool) -> Result<Report, Error> {
-        let held = self.lock(dry_run)?;
+        let held = self.runner.lock_for_change(dry_run)?;
         let ipv6 = self.ipv6()?;
         let state = self.read_state()?;
         let (desired, warnings) = desired_state(Some(plan), &ipv6, &state);
@@ -298,7 +298,7 @@ impl<R: Runner> Iptables<R> {
     /// Removes everything intercept installed: its chains, its rules in other chains, its
     /// ipsets. Nothing runs when there is nothing to remove.
     pub fn remove(&self, dry_run: bool) -> Result<Report, Error> {
-        let held = self.lock(dry_run)?;
+        let held = self.runner.lock_for_change(dry_run)?;
         let state = self.read_state()?;
         let (desired, warnings) = desired_state(None, &Ipv6::Usable, &state);
         let report = self.sync(&desired, &state, warnings, held.as_ref().map(|h| (h, "remove")))?;
@@ -306,14 +306,6 @@ impl<R: Runner> Iptables<R> {
             held.release()?;
         }
         Ok(report)
-    }
-
-    /// The namespace's lock, for a change (a dry run changes nothing and takes none).
-    fn lock(&self, dry_run: bool) -> Result<Option<Held>, Error> {
-        if dry_run {
-            return Ok(None);
-        }
-        Ok(Some(self.runner.locks().acquire(&self.runner.lock_key()?, lock::WAIT)?))
     }
 
     /// What is installed, its counters, and whether it matches `plan` when one is given.

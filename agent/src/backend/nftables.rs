@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::backend::exec::{Call, Output, Runner, System};
 use crate::backend::iptables;
-use crate::lock::{self, Held};
+use crate::lock;
 use crate::netns::{self, Netns, Target};
 use crate::plan::Format;
 use crate::plan::iptables::EGRESS_CHAIN as IPTABLES_EGRESS_CHAIN;
@@ -72,13 +72,14 @@ fn indented(stderr: &str) -> String {
 }
 
 impl From<iptables::Error> for Error {
-    /// The shared runner reports with the iptables backend's error type; only these three
+    /// The shared runner reports with the iptables backend's error type; only these four
     /// come out of it.
     fn from(e: iptables::Error) -> Error {
         match e {
             iptables::Error::MissingProgram { .. } => Error::MissingProgram,
             iptables::Error::Spawn { call, source } => Error::Spawn { call, source },
             iptables::Error::Netns(e) => Error::Netns(e),
+            iptables::Error::Lock(e) => Error::Lock(e),
             other => Error::Failed { call: NFT.to_owned(), status: "error".to_owned(), stderr: other.to_string() },
         }
     }
@@ -140,7 +141,7 @@ impl<R: Runner> Nftables<R> {
     /// `remove` on the namespace to finish first (the lock of [`crate::lock`]); while it
     /// changes things, the lock's marker says so, for `status`.
     pub fn apply(&self, plan: &NftablesPlan, dry_run: bool) -> Result<Report, Error> {
-        let held = self.lock(dry_run)?;
+        let held = self.runner.lock_for_change(dry_run)?;
         let installed = self.read()?;
         let reasons = match &installed {
             None => vec![format!("table {FAMILY} {TABLE} is not installed")],
@@ -178,7 +179,7 @@ impl<R: Runner> Nftables<R> {
 
     /// Removes the table. Nothing runs when there is none.
     pub fn remove(&self, dry_run: bool) -> Result<Report, Error> {
-        let held = self.lock(dry_run)?;
+        let held = self.runner.lock_for_change(dry_run)?;
         let chains = self.chains()?;
         let (script, reasons) = if chains.ours || self.read()?.is_some() {
             (Some(REMOVE_SCRIPT.to_owned()), vec![format!("table {FAMILY} {TABLE} is installed")])
@@ -190,15 +191,6 @@ impl<R: Runner> Nftables<R> {
             held.release()?;
         }
         Ok(report)
-    }
-
-    /// The namespace's lock, for a change (a dry run changes nothing and takes none). One
-    /// `nft -f` transaction is all or nothing, so no marker is needed.
-    fn lock(&self, dry_run: bool) -> Result<Option<Held>, Error> {
-        if dry_run {
-            return Ok(None);
-        }
-        Ok(Some(self.runner.locks().acquire(&self.runner.lock_key()?, lock::WAIT)?))
     }
 
     fn finish(

@@ -487,7 +487,7 @@ fn an_interrupted_change_is_reported_until_the_next_apply_makes_it_whole() {
     let b = plan(&ProxyConfig { proxy_egress_port: 15002, ..seed() });
     backend.apply(&a, false).unwrap();
 
-    let held = backend.lock(false).unwrap().expect("a lock");
+    let held = backend.runner.lock_for_change(false).unwrap().expect("a lock");
     held.begin("apply").unwrap();
     let state = backend.read_state().unwrap();
     let (desired, _) = desired_state(Some(&b), &Ipv6::Usable, &state);
@@ -520,7 +520,7 @@ fn a_marker_over_a_whole_namespace_is_cleared_by_an_apply_that_changes_nothing()
     let backend = nft(&fake);
     let a = plan(&seed());
     backend.apply(&a, false).unwrap();
-    backend.lock(false).unwrap().expect("a lock").begin("apply").unwrap();
+    backend.runner.lock_for_change(false).unwrap().expect("a lock").begin("apply").unwrap();
     let status = backend.status(Some(&a)).unwrap();
     assert!(status.unfinished.is_some());
     assert_eq!(status.exit_code(), 0, "{:?}", status.reasons);
