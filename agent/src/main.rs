@@ -317,7 +317,10 @@ fn run(command: Command) -> Result<ExitCode> {
             let needs = match backend {
                 Backend::Ebpf => BackendNeeds::Ebpf,
                 Backend::Nftables => BackendNeeds::Nftables,
-                Backend::Iptables => BackendNeeds::Iptables { legacy: target.iptables_mode.map(|m| m == Mode::Legacy) },
+                Backend::Iptables => BackendNeeds::Iptables {
+                    legacy: target.iptables_mode.map(|m| m == Mode::Legacy),
+                    ipsets: !IptablesPlan::new(&validated.config).ipsets.is_empty(),
+                },
             };
             privileges::check_and_restrict(
                 &privileges::apply_requirements(needs, &target.target()),

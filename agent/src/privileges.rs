@@ -7,6 +7,7 @@
 //! |----------------------------------------|-----------------------------------------------|
 //! | `apply --backend iptables` (nft)       | NET_ADMIN                                     |
 //! | `apply --backend iptables` (legacy)    | NET_ADMIN, NET_RAW                            |
+//! | `apply --backend iptables` (ipsets)    | NET_ADMIN, NET_RAW                            |
 //! | `apply --backend nftables`             | NET_ADMIN                                     |
 //! | `apply --backend ebpf`                 | BPF, PERFMON, NET_ADMIN                       |
 //! | any of them with `--netns`/`--netns-pid` | + SYS_ADMIN                                 |
@@ -39,6 +40,11 @@ pub const NET_ADMIN_RULES: Requirement =
     need(Capability::CAP_NET_ADMIN, "reading and changing the namespace's netfilter rules and ipsets");
 pub const NET_RAW_LEGACY: Requirement =
     need(Capability::CAP_NET_RAW, "iptables-legacy, which reads and writes its tables through a raw socket");
+pub const NET_RAW_SETS: Requirement = need(
+    Capability::CAP_NET_RAW,
+    "iptables' set match (more than 8 ignored networks per family go into an ipset), which looks the set up \
+     through a raw socket",
+);
 pub const SYS_ADMIN_NETNS: Requirement =
     need(Capability::CAP_SYS_ADMIN, "entering the task's network namespace (--netns/--netns-pid, setns(2))");
 pub const SYS_PTRACE_NETNS_PID: Requirement = need(
@@ -94,15 +100,18 @@ pub const DAEMON: [Requirement; 6] = [
     DAC_READ_SEARCH_ADOPT,
 ];
 
-/// The backend a mode applies with; the iptables variant matters (legacy needs NET_RAW).
+/// The backend a mode applies with; for iptables, the variant and the ipsets matter (legacy
+/// and the set match need NET_RAW).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendNeeds {
     Ebpf,
     Nftables,
     /// `legacy`: `Some(true)` for iptables-legacy, `Some(false)` for iptables-nft, `None`
     /// when the variant is detected later (NET_RAW is then kept when held, see [`optional`]).
+    /// `ipsets`: the plan matches ignored networks in an ipset.
     Iptables {
         legacy: Option<bool>,
+        ipsets: bool,
     },
 }
 
@@ -111,8 +120,11 @@ pub enum BackendNeeds {
 pub fn apply_requirements(backend: BackendNeeds, netns: &Target) -> Vec<Requirement> {
     let mut out = match backend {
         BackendNeeds::Ebpf => EBPF.to_vec(),
-        BackendNeeds::Nftables | BackendNeeds::Iptables { legacy: Some(false) | None } => vec![NET_ADMIN_RULES],
-        BackendNeeds::Iptables { legacy: Some(true) } => vec![NET_ADMIN_RULES, NET_RAW_LEGACY],
+        BackendNeeds::Nftables | BackendNeeds::Iptables { legacy: Some(false) | None, ipsets: false } => {
+            vec![NET_ADMIN_RULES]
+        }
+        BackendNeeds::Iptables { legacy: Some(true), .. } => vec![NET_ADMIN_RULES, NET_RAW_LEGACY],
+        BackendNeeds::Iptables { ipsets: true, .. } => vec![NET_ADMIN_RULES, NET_RAW_SETS],
     };
     match netns {
         Target::Current => {}
@@ -123,7 +135,8 @@ pub fn apply_requirements(backend: BackendNeeds, netns: &Target) -> Vec<Requirem
 }
 
 /// Capabilities `apply` keeps when it holds them although it may not need them: NET_RAW for
-/// iptables before the variant is detected; for eBPF, SYS_ADMIN to mount a bpffs that is not
+/// iptables (before the variant is detected, and for deleting the set match of an earlier
+/// configuration that had ipsets); for eBPF, SYS_ADMIN to mount a bpffs that is not
 /// mounted yet, SYS_PTRACE and DAC_READ_SEARCH to take a running proxy's listener
 /// ([`SYS_PTRACE_ADOPT`], [`DAC_READ_SEARCH_ADOPT`]).
 pub fn optional(backend: BackendNeeds) -> Vec<Capability> {
@@ -131,8 +144,8 @@ pub fn optional(backend: BackendNeeds) -> Vec<Capability> {
         BackendNeeds::Ebpf => {
             vec![Capability::CAP_SYS_ADMIN, Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH]
         }
-        BackendNeeds::Iptables { legacy: None } => vec![Capability::CAP_NET_RAW],
-        BackendNeeds::Nftables | BackendNeeds::Iptables { legacy: Some(_) } => Vec::new(),
+        BackendNeeds::Iptables { .. } => vec![Capability::CAP_NET_RAW],
+        BackendNeeds::Nftables => Vec::new(),
     }
 }
 
@@ -284,14 +297,17 @@ mod tests {
             apply_requirements(backend, netns).iter().map(|r| r.capability.to_string()).collect()
         };
         let (here, path, pid) = (Target::Current, Target::Path("/run/netns/t".into()), Target::Pid(7));
-        let cases: [(BackendNeeds, &Target, &[&str]); 7] = [
+        let iptables = |legacy, ipsets| BackendNeeds::Iptables { legacy, ipsets };
+        let cases: [(BackendNeeds, &Target, &[&str]); 9] = [
             (BackendNeeds::Ebpf, &here, &["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]),
             (BackendNeeds::Ebpf, &path, &["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON", "CAP_SYS_ADMIN"]),
             (BackendNeeds::Nftables, &here, &["CAP_NET_ADMIN"]),
-            (BackendNeeds::Iptables { legacy: None }, &path, &["CAP_NET_ADMIN", "CAP_SYS_ADMIN"]),
-            (BackendNeeds::Iptables { legacy: None }, &pid, &["CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]),
-            (BackendNeeds::Iptables { legacy: Some(false) }, &here, &["CAP_NET_ADMIN"]),
-            (BackendNeeds::Iptables { legacy: Some(true) }, &here, &["CAP_NET_ADMIN", "CAP_NET_RAW"]),
+            (iptables(None, false), &path, &["CAP_NET_ADMIN", "CAP_SYS_ADMIN"]),
+            (iptables(None, false), &pid, &["CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]),
+            (iptables(Some(false), false), &here, &["CAP_NET_ADMIN"]),
+            (iptables(Some(true), false), &here, &["CAP_NET_ADMIN", "CAP_NET_RAW"]),
+            (iptables(Some(false), true), &here, &["CAP_NET_ADMIN", "CAP_NET_RAW"]),
+            (iptables(None, true), &path, &["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN"]),
         ];
         for (backend, netns, expected) in cases {
             assert_eq!(names(backend, netns), expected, "{backend:?} {netns:?}");
@@ -350,7 +366,7 @@ mod tests {
         // SYS_ADMIN held instead of BPF and PERFMON is what is kept for them.
         let stand_in = set(&[Capability::CAP_SYS_ADMIN, Capability::CAP_NET_ADMIN, Capability::CAP_CHOWN]);
         assert_eq!(keep_set(&ebpf, &[], &stand_in), set(&[Capability::CAP_SYS_ADMIN, Capability::CAP_NET_ADMIN]));
-        let iptables = BackendNeeds::Iptables { legacy: None };
+        let iptables = BackendNeeds::Iptables { legacy: None, ipsets: false };
         assert_eq!(
             keep_set(
                 &apply_requirements(iptables, &Target::Current),

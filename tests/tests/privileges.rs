@@ -156,8 +156,8 @@ fn concat<'a>(parts: &[&[&'a str]]) -> Vec<&'a str> {
 }
 
 #[test]
-fn iptables_nft_needs_net_admin_and_sys_admin_only_to_enter_a_namespace() {
-    let test = "iptables_nft_needs_net_admin_and_sys_admin_only_to_enter_a_namespace";
+fn iptables_nft_needs_net_admin_sys_admin_to_enter_a_namespace_and_net_raw_for_ipsets() {
+    let test = "iptables_nft_needs_net_admin_sys_admin_to_enter_a_namespace_and_net_raw_for_ipsets";
     if !require_netns_privileges(test) {
         return;
     }
@@ -173,6 +173,12 @@ fn iptables_nft_needs_net_admin_and_sys_admin_only_to_enter_a_namespace() {
     // Entering it (the daemon).
     let entering = concat(&[&["apply"], &target, &seed]);
     prove_minimal(&bin, &task, &[NET_ADMIN, SYS_ADMIN], &entering, &target);
+    // More than 8 ignored networks go into an ipset, whose match iptables looks up through a
+    // raw socket.
+    let networks: Vec<String> = (0..9).map(|i| format!("10.{}.0.0/16", 2 * i)).collect();
+    let networks = networks.join(",");
+    let with_ipsets = concat(&[&inside, &["--egress-ignored-ips", &networks]]);
+    prove_minimal(&bin, &task, &[NET_ADMIN, NET_RAW], &with_ipsets, &target);
 }
 
 #[test]
