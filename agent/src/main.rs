@@ -314,12 +314,13 @@ fn run(command: Command) -> Result<ExitCode> {
                 eprintln!("error: --bpf-log is for --backend ebpf");
                 return Ok(ExitCode::from(EXIT_BAD_INPUT));
             }
+            let iptables_plan = (backend == Backend::Iptables).then(|| IptablesPlan::new(&validated.config));
             let needs = match backend {
                 Backend::Ebpf => BackendNeeds::Ebpf,
                 Backend::Nftables => BackendNeeds::Nftables,
                 Backend::Iptables => BackendNeeds::Iptables {
                     legacy: target.iptables_mode.map(|m| m == Mode::Legacy),
-                    ipsets: !IptablesPlan::new(&validated.config).ipsets.is_empty(),
+                    ipsets: iptables_plan.as_ref().is_some_and(|plan| !plan.ipsets.is_empty()),
                 },
             };
             privileges::check_and_restrict(
@@ -351,7 +352,8 @@ fn run(command: Command) -> Result<ExitCode> {
                 let Some(backend) = open_backend(backend, &target)? else {
                     return Ok(ExitCode::from(EXIT_BAD_INPUT));
                 };
-                let report = backend.apply(&IptablesPlan::new(&validated.config), dry_run)?;
+                let plan = iptables_plan.expect("built above for the iptables backend");
+                let report = backend.apply(&plan, dry_run)?;
                 print_report(&report, "apply", format)?;
             }
             if let (Some(url), false) = (after, dry_run) {

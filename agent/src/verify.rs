@@ -113,41 +113,24 @@ impl Installation {
 
     fn inspect(&self, config: &ProxyConfig) -> Result<Inspection, Error> {
         let ingress_port = config.ingress.as_ref().map(|i| i.proxy_port);
-        match self {
+        let (installed, matches, reasons, ingress, cgroup) = match self {
             Installation::Iptables(backend) => {
                 let status = backend.status(Some(&IptablesPlan::new(config)))?;
                 let ingress = ingress_port.map(|port| iptables_ingress(&status, port));
-                Ok(Inspection {
-                    installed: status.installed,
-                    matches: status.matches == Some(true),
-                    reasons: status.reasons,
-                    ingress,
-                    cgroup: None,
-                })
+                (status.installed, status.matches, status.reasons, ingress, None)
             }
             Installation::Nftables(backend) => {
                 let status = backend.status(Some(&NftablesPlan::new(config)))?;
                 let ingress = ingress_port.map(|port| nftables_ingress(&status, port));
-                Ok(Inspection {
-                    installed: status.installed,
-                    matches: status.matches == Some(true),
-                    reasons: status.reasons,
-                    ingress,
-                    cgroup: None,
-                })
+                (status.installed, status.matches, status.reasons, ingress, None)
             }
             Installation::Ebpf(request) => {
                 let status = ebpf::cli::status(request, Some(config))?;
                 let ingress = ingress_port.map(|port| ebpf_ingress(status.ebpf.as_ref(), port));
-                Ok(Inspection {
-                    installed: status.installed,
-                    matches: status.matches == Some(true),
-                    reasons: status.reasons,
-                    ingress,
-                    cgroup: Some(status.cgroup),
-                })
+                (status.installed, status.matches, status.reasons, ingress, Some(status.cgroup))
             }
-        }
+        };
+        Ok(Inspection { installed, matches: matches == Some(true), reasons, ingress, cgroup })
     }
 
     /// Every counter of the installation, by a name that is stable across reads.

@@ -22,6 +22,7 @@ use std::{
 };
 
 use intercept_tests::{
+    Privileged, TestCgroup,
     daemon::{Daemon, DaemonDirs, free_port, seed_proxy_configuration, task_json},
     ebpf::TestBpffs,
     require_privileges,
@@ -209,13 +210,34 @@ fn nftables_needs_net_admin() {
     prove_minimal(&bin, &task, &[NET_ADMIN], &apply, &target);
 }
 
-fn ebpf_target(cgroup: &Path, bpffs: &Path, netns: &Netns) -> Vec<String> {
-    ["--backend", "ebpf", "--cgroup"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([cgroup.display().to_string(), "--bpffs".into(), bpffs.display().to_string()])
-        .chain(["--netns".into(), netns.path().display().to_string()])
-        .collect()
+/// What an eBPF test installs into: a task namespace, a test cgroup and a bpffs of its own
+/// (fields in drop order: the pins, then the cgroup, then the namespace).
+struct EbpfWorld {
+    bpffs: TestBpffs,
+    cgroup: TestCgroup,
+    task: Netns,
+}
+
+impl EbpfWorld {
+    fn new(host: &Privileged) -> EbpfWorld {
+        let task = Netns::create("caps");
+        let cgroup = host.create_cgroup().expect("create a test cgroup");
+        EbpfWorld { bpffs: TestBpffs::mounted(), cgroup, task }
+    }
+
+    /// `--backend ebpf --cgroup … --bpffs … --netns …`.
+    fn target(&self) -> Vec<String> {
+        ["--backend", "ebpf", "--cgroup"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                self.cgroup.path().display().to_string(),
+                "--bpffs".into(),
+                self.bpffs.path().display().to_string(),
+            ])
+            .chain(["--netns".into(), self.task.path().display().to_string()])
+            .collect()
+    }
 }
 
 #[test]
@@ -226,21 +248,19 @@ fn ebpf_needs_bpf_perfmon_and_net_admin_or_sys_admin_in_their_place() {
         return;
     }
     let Some(bin) = intercept_bin(test) else { return };
-    let task = Netns::create("caps");
-    let cgroup = host.create_cgroup().expect("create a test cgroup");
-    let bpffs = TestBpffs::mounted();
-    let target = ebpf_target(cgroup.path(), bpffs.path(), &task);
+    let world = EbpfWorld::new(&host);
+    let target = world.target();
     let target: Vec<&str> = target.iter().map(String::as_str).collect();
     // Without --netns: the child is in the task's namespace already.
     let mut apply = vec!["apply"];
     apply.extend(&target[..6]);
     apply.extend(["--task-definition", SEED]);
-    prove_minimal(&bin, &task, &[BPF, PERFMON, NET_ADMIN], &apply, &target);
-    assert_eq!(bpffs.files(), Vec::<PathBuf>::new(), "remove left pins behind");
+    prove_minimal(&bin, &world.task, &[BPF, PERFMON, NET_ADMIN], &apply, &target);
+    assert_eq!(world.bpffs.files(), Vec::<PathBuf>::new(), "remove left pins behind");
 
     // What ECS can grant (its capability names have no BPF or PERFMON):
     // deploy/ecs-task-definition-ec2-ebpf.json's SYS_ADMIN and NET_ADMIN.
-    let out = apply_with(&bin, &task, &[SYS_ADMIN, NET_ADMIN], &apply);
+    let out = apply_with(&bin, &world.task, &[SYS_ADMIN, NET_ADMIN], &apply);
     assert_eq!(out.code, 0, "with SYS_ADMIN and NET_ADMIN: {}{}", out.stdout, out.stderr);
     assert_eq!(status(&bin, &target), 0);
     remove(&bin, &target);
@@ -261,11 +281,9 @@ fn the_daemon_set_applies_every_backend_in_a_task_namespace() {
     assert_eq!(daemon, expected, "the documented daemon set changed: update docs/deploy-ecs.md and deploy/");
     expected.dedup();
 
-    let task = Netns::create("caps");
-    let path = task.path().display().to_string();
-    let cgroup = host.create_cgroup().expect("create a test cgroup");
-    let bpffs = TestBpffs::mounted();
-    let ebpf = ebpf_target(cgroup.path(), bpffs.path(), &task);
+    let world = EbpfWorld::new(&host);
+    let path = world.task.path().display().to_string();
+    let ebpf = world.target();
     let ebpf: Vec<&str> = ebpf.iter().map(String::as_str).collect();
     let targets: [Vec<&str>; 3] = [
         ebpf,
@@ -302,14 +320,13 @@ fn the_daemon_runs_with_exactly_its_set_and_names_a_missing_one() {
     }
     let Some(bin) = intercept_bin(test) else { return };
     let set = daemon_set();
-    let bpffs = TestBpffs::mounted();
-    let task = Netns::create("caps");
-    let cgroup = host.create_cgroup().expect("create a test cgroup");
+    let world = EbpfWorld::new(&host);
+    let (bpffs, cgroup, task) = (&world.bpffs, &world.cgroup, &world.task);
     let dirs = DaemonDirs::new();
     let proxy = seed_proxy_configuration("22");
     dirs.write_task("ebpf-task", &task_json("ebpf-task", "ebpf", cgroup.path(), &task.path(), &proxy));
     dirs.write_task("nft-task", &task_json("nft-task", "nftables", cgroup.path(), &task.path(), &proxy));
-    let ebpf = ebpf_target(cgroup.path(), bpffs.path(), &task);
+    let ebpf = world.target();
     let ebpf: Vec<&str> = ebpf.iter().map(String::as_str).collect();
     let path = task.path().display().to_string();
     let nft = ["--backend", "nftables", "--netns", path.as_str()];
@@ -374,10 +391,8 @@ fn apply_keeps_running_without_any_capability() {
         return;
     }
     let Some(bin) = intercept_bin(test) else { return };
-    let task = Netns::create("caps");
-    let cgroup = host.create_cgroup().expect("create a test cgroup");
-    let bpffs = TestBpffs::mounted();
-    let target = ebpf_target(cgroup.path(), bpffs.path(), &task);
+    let world = EbpfWorld::new(&host);
+    let target = world.target();
     let target: Vec<&str> = target.iter().map(String::as_str).collect();
 
     // Full root; --bpf-log keeps it running after apply, following the programs' events.
