@@ -38,6 +38,7 @@
 //! `user` equals the proxy container's.
 
 mod json;
+mod ports;
 mod user;
 
 #[cfg(test)]
@@ -47,6 +48,7 @@ use serde_json::Value;
 
 use crate::config::{Diagnostic, PortRange, PortSet, Property, ProxyConfig};
 use json::Node;
+use ports::{difference, intersection, parse_range};
 use user::Exemption;
 
 /// The Envoy admin check of the seed guide, which only passes once Envoy is LIVE.
@@ -662,41 +664,6 @@ fn property_path(td: &Node<'_>, property: Property) -> String {
         Some(i) => format!("{}.properties[{i}].value", td.child_path("proxyConfiguration")),
         None => property.name().to_owned(),
     }
-}
-
-fn parse_range(s: &str) -> Option<PortRange> {
-    let (start, end) = s.split_once('-')?;
-    let (start, end) = (start.parse().ok()?, end.parse().ok()?);
-    (start <= end).then_some(PortRange { start, end })
-}
-
-/// The ports of `range` that `set` does not contain.
-fn difference(range: PortRange, set: &PortSet) -> Vec<PortRange> {
-    let mut left = Vec::new();
-    let mut next = u32::from(range.start);
-    for r in set.ranges() {
-        if u32::from(r.end) < next || r.start > range.end {
-            continue;
-        }
-        if u32::from(r.start) > next {
-            left.push(PortRange { start: next as u16, end: r.start - 1 });
-        }
-        next = u32::from(r.end) + 1;
-    }
-    if next <= u32::from(range.end) {
-        left.push(PortRange { start: next as u16, end: range.end });
-    }
-    left
-}
-
-fn intersection(range: PortRange, set: &PortSet) -> Vec<PortRange> {
-    set.ranges()
-        .iter()
-        .filter_map(|r| {
-            let (start, end) = (r.start.max(range.start), r.end.min(range.end));
-            (start <= end).then_some(PortRange { start, end })
-        })
-        .collect()
 }
 
 fn identity_names(config: &ProxyConfig) -> String {

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::config::ProxyConfig;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// A connection made by a process of the task.
@@ -44,7 +44,7 @@ pub struct Connection {
 }
 
 /// Why a connection was left alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reason {
     NotTcp,
@@ -81,6 +81,16 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.describe())
     }
+}
+
+/// What a plan's rule, set or map entry stands for, in the model's own terms: the decision it
+/// makes for the connections it matches (without the address a redirect goes to). Plans carry
+/// it so that counters are read by decision, never by a rule's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Effect {
+    Redirect(Direction),
+    Untouched(Reason),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -100,53 +100,16 @@ pub const DAEMON: [Requirement; 6] = [
     DAC_READ_SEARCH_ADOPT,
 ];
 
-/// The backend a mode applies with; for iptables, the variant and the ipsets matter (legacy
-/// and the set match need NET_RAW).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendNeeds {
-    Ebpf,
-    Nftables,
-    /// `legacy`: `Some(true)` for iptables-legacy, `Some(false)` for iptables-nft, `None`
-    /// when the variant is detected later (NET_RAW is then kept when held, see [`optional`]).
-    /// `ipsets`: the plan matches ignored networks in an ipset.
-    Iptables {
-        legacy: Option<bool>,
-        ipsets: bool,
-    },
-}
-
 /// The capabilities `apply` must hold: the backend's, SYS_ADMIN to enter another network
 /// namespace, and SYS_PTRACE to open it through a process (`--netns-pid`).
-pub fn apply_requirements(backend: BackendNeeds, netns: &Target) -> Vec<Requirement> {
-    let mut out = match backend {
-        BackendNeeds::Ebpf => EBPF.to_vec(),
-        BackendNeeds::Nftables | BackendNeeds::Iptables { legacy: Some(false) | None, ipsets: false } => {
-            vec![NET_ADMIN_RULES]
-        }
-        BackendNeeds::Iptables { legacy: Some(true), .. } => vec![NET_ADMIN_RULES, NET_RAW_LEGACY],
-        BackendNeeds::Iptables { ipsets: true, .. } => vec![NET_ADMIN_RULES, NET_RAW_SETS],
-    };
+pub fn apply_requirements(backend: &[Requirement], netns: &Target) -> Vec<Requirement> {
+    let mut out = backend.to_vec();
     match netns {
         Target::Current => {}
         Target::Path(_) => out.push(SYS_ADMIN_NETNS),
         Target::Pid(_) => out.extend([SYS_ADMIN_NETNS, SYS_PTRACE_NETNS_PID]),
     }
     out
-}
-
-/// Capabilities `apply` keeps when it holds them although it may not need them: NET_RAW for
-/// iptables (before the variant is detected, and for deleting the set match of an earlier
-/// configuration that had ipsets); for eBPF, SYS_ADMIN to mount a bpffs that is not
-/// mounted yet, SYS_PTRACE and DAC_READ_SEARCH to take a running proxy's listener
-/// ([`SYS_PTRACE_ADOPT`], [`DAC_READ_SEARCH_ADOPT`]).
-pub fn optional(backend: BackendNeeds) -> Vec<Capability> {
-    match backend {
-        BackendNeeds::Ebpf => {
-            vec![Capability::CAP_SYS_ADMIN, Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH]
-        }
-        BackendNeeds::Iptables { .. } => vec![Capability::CAP_NET_RAW],
-        BackendNeeds::Nftables => Vec::new(),
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -292,31 +255,18 @@ mod tests {
     }
 
     #[test]
-    fn requirements_per_backend_and_namespace() {
-        let names = |backend, netns: &Target| -> Vec<String> {
-            apply_requirements(backend, netns).iter().map(|r| r.capability.to_string()).collect()
+    fn entering_another_namespace_adds_its_capabilities() {
+        let names = |netns: &Target| -> Vec<String> {
+            apply_requirements(&[NET_ADMIN_RULES], netns).iter().map(|r| r.capability.to_string()).collect()
         };
-        let (here, path, pid) = (Target::Current, Target::Path("/run/netns/t".into()), Target::Pid(7));
-        let iptables = |legacy, ipsets| BackendNeeds::Iptables { legacy, ipsets };
-        let cases: [(BackendNeeds, &Target, &[&str]); 9] = [
-            (BackendNeeds::Ebpf, &here, &["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]),
-            (BackendNeeds::Ebpf, &path, &["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON", "CAP_SYS_ADMIN"]),
-            (BackendNeeds::Nftables, &here, &["CAP_NET_ADMIN"]),
-            (iptables(None, false), &path, &["CAP_NET_ADMIN", "CAP_SYS_ADMIN"]),
-            (iptables(None, false), &pid, &["CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]),
-            (iptables(Some(false), false), &here, &["CAP_NET_ADMIN"]),
-            (iptables(Some(true), false), &here, &["CAP_NET_ADMIN", "CAP_NET_RAW"]),
-            (iptables(Some(false), true), &here, &["CAP_NET_ADMIN", "CAP_NET_RAW"]),
-            (iptables(None, true), &path, &["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN"]),
-        ];
-        for (backend, netns, expected) in cases {
-            assert_eq!(names(backend, netns), expected, "{backend:?} {netns:?}");
-        }
+        assert_eq!(names(&Target::Current), ["CAP_NET_ADMIN"]);
+        assert_eq!(names(&Target::Path("/run/netns/t".into())), ["CAP_NET_ADMIN", "CAP_SYS_ADMIN"]);
+        assert_eq!(names(&Target::Pid(7)), ["CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]);
     }
 
     #[test]
     fn missing_names_each_capability_once_with_the_kernel_stand_ins() {
-        let ebpf = apply_requirements(BackendNeeds::Ebpf, &Target::Path("/run/netns/t".into()));
+        let ebpf = apply_requirements(&EBPF, &Target::Path("/run/netns/t".into()));
         assert_eq!(missing(&ebpf, &set(&[Capability::CAP_NET_ADMIN, Capability::CAP_SYS_ADMIN])), vec![]);
         let without_perfmon = set(&[Capability::CAP_BPF, Capability::CAP_NET_ADMIN]);
         let names: Vec<Capability> = missing(&ebpf, &without_perfmon).iter().map(|r| r.capability).collect();
@@ -351,9 +301,10 @@ mod tests {
     #[test]
     fn the_keep_set_is_what_is_required_and_held_optional_ones() {
         let root = caps::all();
-        let ebpf = apply_requirements(BackendNeeds::Ebpf, &Target::Current);
+        let ebpf = apply_requirements(&EBPF, &Target::Current);
+        let adopt = [Capability::CAP_SYS_ADMIN, Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH];
         assert_eq!(
-            keep_set(&ebpf, &optional(BackendNeeds::Ebpf), &root),
+            keep_set(&ebpf, &adopt, &root),
             set(&[
                 Capability::CAP_BPF,
                 Capability::CAP_NET_ADMIN,
@@ -366,19 +317,10 @@ mod tests {
         // SYS_ADMIN held instead of BPF and PERFMON is what is kept for them.
         let stand_in = set(&[Capability::CAP_SYS_ADMIN, Capability::CAP_NET_ADMIN, Capability::CAP_CHOWN]);
         assert_eq!(keep_set(&ebpf, &[], &stand_in), set(&[Capability::CAP_SYS_ADMIN, Capability::CAP_NET_ADMIN]));
-        let iptables = BackendNeeds::Iptables { legacy: None, ipsets: false };
-        assert_eq!(
-            keep_set(
-                &apply_requirements(iptables, &Target::Current),
-                &optional(iptables),
-                &set(&[Capability::CAP_NET_ADMIN])
-            ),
-            set(&[Capability::CAP_NET_ADMIN])
-        );
-        assert_eq!(
-            keep_set(&apply_requirements(iptables, &Target::Current), &optional(iptables), &root),
-            set(&[Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW])
-        );
+        let rules = apply_requirements(&[NET_ADMIN_RULES], &Target::Current);
+        let raw = [Capability::CAP_NET_RAW];
+        assert_eq!(keep_set(&rules, &raw, &set(&[Capability::CAP_NET_ADMIN])), set(&[Capability::CAP_NET_ADMIN]));
+        assert_eq!(keep_set(&rules, &raw, &root), set(&[Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW]));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::{
 };
 
 use intercept::{
-    backend::ebpf::{ApplyOptions, Target, cli},
+    backend::ebpf::{ApplyOptions, Target, task},
     config::{Ingress, PortRange, PortSet, ProxyConfig},
     netns as agent_netns,
 };
@@ -436,8 +436,8 @@ impl EbpfSandbox {
     }
 
     /// `--cgroup`, `--bpffs` and `--netns` (the task namespace) for eBPF mode.
-    pub fn request(&self) -> cli::Request {
-        cli::Request {
+    pub fn request(&self) -> task::Request {
+        task::Request {
             cgroup: self.cgroup.path().to_str().expect("UTF-8 cgroup path").to_owned(),
             bpffs: Some(self.bpffs.path().to_owned()),
             netns: agent_netns::Target::Path(self.sandbox.task().path()),
@@ -452,8 +452,8 @@ impl EbpfSandbox {
     }
 
     /// eBPF mode applied through the library, as the CLI does.
-    pub fn apply(&self, config: &ProxyConfig) -> cli::ApplyReport {
-        cli::apply(&self.request(), config, ApplyOptions::default())
+    pub fn apply(&self, config: &ProxyConfig) -> task::ApplyReport {
+        task::apply(&self.request(), config, ApplyOptions::default())
             .unwrap_or_else(|e| panic!("apply: {}", error_chain(&e)))
     }
 

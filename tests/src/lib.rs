@@ -10,7 +10,6 @@
 //! processes under test are children placed in the cgroup before they run.
 
 use std::{
-    env,
     ffi::{CString, OsStr},
     fs,
     io::{self, Write as _},
@@ -73,22 +72,18 @@ impl Privileged {
 }
 
 /// Checks that this test can run: root, a writable cgroup2 mount, and a kernel that loads
-/// cgroup sock_addr programs.
+/// cgroup sock_addr programs; fails the test, saying why, when it cannot.
 ///
-/// When it cannot, the test must not pass by accident: under `CI=true` (or `CI=1`) this
-/// panics with the reason; elsewhere it prints `SKIP <test>: <reason>` to stderr (past the
-/// test harness's output capture) and returns `None`, and the caller returns early.
-pub fn require_privileges(test: &str) -> Option<Privileged> {
-    match check_privileges() {
-        Ok(privileged) => Some(privileged),
-        Err(reason) => {
-            cannot_run(test, &reason);
-            None
-        }
-    }
+/// Privileged tests are `#[ignore]`d, so a plain `cargo test` lists them as ignored rather
+/// than passing them; `cargo xtask test` runs them with `--include-ignored`, and any that
+/// cannot run fails. None passes by skipping.
+pub fn require_privileges(test: &str) -> Privileged {
+    privileges().unwrap_or_else(|reason| cannot_run(test, &reason))
 }
 
-fn check_privileges() -> Result<Privileged, String> {
+/// Why privileged tests cannot run here, if they cannot (for the fixtures' binaries, which
+/// report it as an error).
+pub fn privileges() -> Result<Privileged, String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Err("needs root (bpf(2) and cgroup writes); run it as root, e.g. `sudo -E cargo xtask test`".into());
@@ -111,17 +106,9 @@ fn check_privileges() -> Result<Privileged, String> {
     Ok(Privileged { cgroup2 })
 }
 
-/// Reports that `test` cannot run because of `reason`: a panic under CI, a SKIP line elsewhere.
-pub fn cannot_run(test: &str, reason: &str) {
-    if running_in_ci() {
-        panic!("{test} cannot run under CI: {reason}");
-    }
-    // Written to the stderr handle, not with eprintln!, which the test harness captures.
-    let _ = writeln!(io::stderr(), "SKIP {test}: {reason} (under CI=true this fails)");
-}
-
-fn running_in_ci() -> bool {
-    env::var("CI").is_ok_and(|ci| ci == "1" || ci.eq_ignore_ascii_case("true"))
+/// Fails `test`, which cannot run because of `reason`.
+pub fn cannot_run(test: &str, reason: &str) -> ! {
+    panic!("{test} cannot run here: {reason}")
 }
 
 /// The mount point of the first cgroup2 file system in this process's mount namespace. The

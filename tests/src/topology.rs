@@ -57,14 +57,17 @@ const TOOLS: [(&str, &str); 6] = [
     ("ipset", "ipset"),
 ];
 
-/// Checks that namespace tests can run here: root and the tools. Like
-/// [`crate::require_privileges`], a panic under `CI=true`, a `SKIP` line (and `false`)
-/// elsewhere.
-pub fn require_netns_privileges(test: &str) -> bool {
+/// Checks that namespace tests can run here, root and the tools; like
+/// [`crate::require_privileges`], fails the test when they cannot.
+pub fn require_netns_privileges(test: &str) {
+    netns_privileges().unwrap_or_else(|reason| cannot_run(test, &reason));
+}
+
+/// Why network namespaces and the rule backends' tools cannot be used here, if they cannot.
+pub fn netns_privileges() -> Result<(), String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        cannot_run(test, "needs root (network namespaces, iptables); run it as root, e.g. `sudo -E cargo xtask test`");
-        return false;
+        return Err("needs root (network namespaces, iptables); run it as root, e.g. `sudo -E cargo xtask test`".into());
     }
     let missing: Vec<String> = TOOLS
         .iter()
@@ -72,22 +75,23 @@ pub fn require_netns_privileges(test: &str) -> bool {
         .map(|(tool, package)| format!("{tool} (package {package})"))
         .collect();
     if !missing.is_empty() {
-        cannot_run(test, &format!("missing {}; `cargo xtask setup` installs them", missing.join(", ")));
-        return false;
+        return Err(format!("missing {}; `cargo xtask setup` installs them", missing.join(", ")));
     }
-    true
+    Ok(())
 }
 
 /// [`require_netns_privileges`], and nft (for the nftables backend's tests).
-pub fn require_nft(test: &str) -> bool {
-    if !require_netns_privileges(test) {
-        return false;
+pub fn require_nft(test: &str) {
+    nft().unwrap_or_else(|reason| cannot_run(test, &reason));
+}
+
+/// Why the nftables backend's tests cannot run here, if they cannot.
+pub fn nft() -> Result<(), String> {
+    netns_privileges()?;
+    match intercept::backend::exec::find_program("nft") {
+        Some(_) => Ok(()),
+        None => Err("nft not found (package nftables); `cargo xtask setup` installs it".into()),
     }
-    if intercept::backend::exec::find_program("nft").is_none() {
-        cannot_run(test, "nft not found (package nftables); `cargo xtask setup` installs it");
-        return false;
-    }
-    true
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -325,16 +329,19 @@ impl Drop for Sleeper {
 /// The `intercept` binary for CLI tests: `$INTERCEPT_BIN` (set by `cargo xtask test`, which
 /// builds it first), else `intercept` next to the test executable's directory
 /// (`target/<profile>/`). `None` (after [`cannot_run`]) when there is none.
-pub fn intercept_bin(test: &str) -> Option<PathBuf> {
+pub fn intercept_bin(test: &str) -> PathBuf {
+    find_intercept_bin().unwrap_or_else(|reason| cannot_run(test, &reason))
+}
+
+/// The `intercept` binary: `INTERCEPT_BIN`, else the one next to the running executable's
+/// directory (`target/<profile>/`).
+pub fn find_intercept_bin() -> Result<PathBuf, String> {
     let path = std::env::var_os("INTERCEPT_BIN").map(PathBuf::from).or_else(|| {
         let exe = std::env::current_exe().ok()?;
         Some(exe.parent()?.parent()?.join("intercept"))
     });
     match path {
-        Some(path) if path.is_file() => Some(path),
-        other => {
-            cannot_run(test, &format!("no intercept binary at {other:?}: build it with `cargo build -p intercept`"));
-            None
-        }
+        Some(path) if path.is_file() => Ok(path),
+        other => Err(format!("no intercept binary at {other:?}: build it with `cargo build -p intercept`")),
     }
 }

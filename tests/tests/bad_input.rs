@@ -78,13 +78,12 @@ fn text(bytes: &[u8]) -> String {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn every_bad_input_is_refused_by_every_backend_and_nothing_is_installed() {
     let test = "every_bad_input_is_refused_by_every_backend_and_nothing_is_installed";
-    let Some(host) = require_privileges(test) else { return };
-    if !require_nft(test) {
-        return;
-    }
-    let Some(bin) = intercept_bin(test) else { return };
+    let host = require_privileges(test);
+    require_nft(test);
+    let bin = intercept_bin(test);
     let world = World::new(&host);
     let cases = corpus::cases();
     let mut problems = Vec::new();
@@ -142,13 +141,12 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn hostile_targets_are_refused_with_the_option_and_path_and_leave_nothing() {
     let test = "hostile_targets_are_refused_with_the_option_and_path_and_leave_nothing";
-    let Some(host) = require_privileges(test) else { return };
-    if !require_nft(test) {
-        return;
-    }
-    let Some(bin) = intercept_bin(test) else { return };
+    let host = require_privileges(test);
+    require_nft(test);
+    let bin = intercept_bin(test);
     let world = World::new(&host);
     let regular = tempfile::NamedTempFile::new().unwrap();
     let directory = tempfile::tempdir().unwrap();

@@ -71,10 +71,11 @@ fn iptables_installed(netns: &Netns) -> bool {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn task_files_added_changed_corrupted_deleted_with_metrics() {
     let test = "task_files_added_changed_corrupted_deleted_with_metrics";
-    let Some(host) = require_privileges(test) else { return };
-    let Some(bin) = intercept_bin(test) else { return };
+    let host = require_privileges(test);
+    let bin = intercept_bin(test);
     let world = EbpfSandbox::new(&host, PROBE, CLIENT);
     let dirs = DaemonDirs::new();
     let mut daemon = Daemon::start(&bin, &dirs, world.bpffs.path(), &["--resync-interval", NO_RESYNC]);
@@ -140,13 +141,12 @@ fn task_files_added_changed_corrupted_deleted_with_metrics() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn a_task_whose_cgroup_disappears_is_cleaned_up_and_reported() {
     let test = "a_task_whose_cgroup_disappears_is_cleaned_up_and_reported";
-    let Some(host) = require_privileges(test) else { return };
-    let Some(bin) = intercept_bin(test) else { return };
-    if !require_netns_privileges(test) {
-        return;
-    }
+    let host = require_privileges(test);
+    let bin = intercept_bin(test);
+    require_netns_privileges(test);
     let parent = host.create_cgroup().expect("create a test cgroup");
     let child = ChildCgroup::create(&parent);
     let netns = Netns::create("daemon");
@@ -170,10 +170,11 @@ fn a_task_whose_cgroup_disappears_is_cleaned_up_and_reported() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn killed_and_restarted_under_load_no_connection_escapes_and_tasks_are_adopted() {
     let test = "killed_and_restarted_under_load_no_connection_escapes_and_tasks_are_adopted";
-    let Some(host) = require_privileges(test) else { return };
-    let Some(bin) = intercept_bin(test) else { return };
+    let host = require_privileges(test);
+    let bin = intercept_bin(test);
     let world = Arc::new(EbpfSandbox::new(&host, PROBE, CLIENT));
     // A second task whose file is deleted while the daemon is down.
     let other_cgroup = host.create_cgroup().expect("create a test cgroup");
@@ -234,13 +235,12 @@ fn killed_and_restarted_under_load_no_connection_escapes_and_tasks_are_adopted()
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn sigterm_leaves_interception_and_remove_on_exit_removes_it() {
     let test = "sigterm_leaves_interception_and_remove_on_exit_removes_it";
-    let Some(host) = require_privileges(test) else { return };
-    let Some(bin) = intercept_bin(test) else { return };
-    if !require_netns_privileges(test) {
-        return;
-    }
+    let host = require_privileges(test);
+    let bin = intercept_bin(test);
+    require_netns_privileges(test);
     let ebpf_cgroup = host.create_cgroup().expect("create a test cgroup");
     let iptables_cgroup = host.create_cgroup().expect("create a test cgroup");
     let ebpf_netns = Netns::create("daemon");
@@ -281,13 +281,12 @@ fn sigterm_leaves_interception_and_remove_on_exit_removes_it() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn a_proxy_live_task_waits_for_its_proxy_and_an_immediately_task_beside_it_does_not() {
     let test = "a_proxy_live_task_waits_for_its_proxy_and_an_immediately_task_beside_it_does_not";
-    let Some(host) = require_privileges(test) else { return };
-    let Some(bin) = intercept_bin(test) else { return };
-    if !require_netns_privileges(test) {
-        return;
-    }
+    let host = require_privileges(test);
+    let bin = intercept_bin(test);
+    require_netns_privileges(test);
     let (waits_cgroup, now_cgroup) = (host.create_cgroup().expect("cgroup"), host.create_cgroup().expect("cgroup"));
     let (waits_netns, now_netns) = (Netns::create("daemon"), Netns::create("daemon"));
     let admin = FakeAdmin::start(&waits_netns);

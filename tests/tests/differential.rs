@@ -22,15 +22,11 @@ use std::{
 };
 
 use intercept::{
-    backend::{
-        ebpf::{ApplyOptions, cli},
-        iptables::Iptables,
-        nftables::Nftables,
-    },
+    backend::{self, ApplyOptions, Backend, Kind},
     config::{Ingress, PortRange, PortSet, ProxyConfig},
     model::{Connection, Decision, Direction, canonical, decide},
-    netns::Target,
-    plan::{IptablesPlan, NftablesPlan},
+    netns,
+    plan::Format,
 };
 use intercept_tests::{
     TestCgroup,
@@ -287,14 +283,27 @@ impl World {
         World { _proxies: proxies, bpffs: TestBpffs::mounted(), cgroup, sandbox }
     }
 
-    fn ebpf_request(&self) -> cli::Request {
-        cli::Request {
-            cgroup: self.cgroup.path().to_str().expect("UTF-8 cgroup path").to_owned(),
+    /// Where every backend works: the task namespace, the test cgroup, the test bpffs.
+    fn target(&self) -> backend::Target {
+        backend::Target {
+            cgroup: Some(self.cgroup.path().to_str().expect("UTF-8 cgroup path").to_owned()),
             bpffs: Some(self.bpffs.path().to_owned()),
-            netns: Target::Path(self.sandbox.task().path()),
-            iptables_mode: None,
-            ingress_fallback_to_app: false,
+            ..backend::Target::netns(netns::Target::Path(self.sandbox.task().path()))
         }
+    }
+
+    /// Every backend, through the interface the CLI and the daemon use.
+    fn backends(&self) -> Vec<Box<dyn Backend>> {
+        Kind::ALL.iter().map(|&kind| backend::open(kind, &self.target()).expect("open the backend")).collect()
+    }
+
+    /// What any backend left: anything it says is installed, or anything pinned in the bpffs.
+    fn leftovers(&self, backend: &dyn Backend) -> Option<String> {
+        if backend.present().expect("look for leftovers") {
+            return Some(backend.status(None).expect("status").report.render(Format::Text));
+        }
+        let files = self.bpffs.files();
+        (!files.is_empty()).then(|| format!("pinned: {files:?}"))
     }
 
     fn connect(&self, probe: &Probe) -> Result<Reply, String> {
@@ -304,66 +313,6 @@ impl World {
                 client.netns(self.sandbox.task()).cgroup(&self.cgroup).identity(uid, gid).connect(probe.dialled())
             }
             Probe::Ingress { .. } => client.netns(self.sandbox.remote()).connect(probe.dialled()),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Backend {
-    Iptables,
-    Nftables,
-    Ebpf,
-}
-
-impl Backend {
-    const ALL: [Backend; 3] = [Backend::Iptables, Backend::Nftables, Backend::Ebpf];
-
-    fn apply(self, world: &World, config: &ProxyConfig) -> Result<(), String> {
-        let netns = || Target::Path(world.sandbox.task().path());
-        match self {
-            Backend::Iptables => Iptables::open(netns(), None)
-                .and_then(|b| b.apply(&IptablesPlan::new(config), false))
-                .map(drop)
-                .map_err(|e| error_chain(&e)),
-            Backend::Nftables => Nftables::open(netns())
-                .and_then(|b| b.apply(&NftablesPlan::new(config), false))
-                .map(drop)
-                .map_err(|e| error_chain(&e)),
-            Backend::Ebpf => cli::apply(&world.ebpf_request(), config, ApplyOptions::default())
-                .map(drop)
-                .map_err(|e| error_chain(&e)),
-        }
-    }
-
-    fn remove(self, world: &World) -> Result<(), String> {
-        let netns = || Target::Path(world.sandbox.task().path());
-        match self {
-            Backend::Iptables => {
-                Iptables::open(netns(), None).and_then(|b| b.remove(false)).map(drop).map_err(|e| error_chain(&e))
-            }
-            Backend::Nftables => {
-                Nftables::open(netns()).and_then(|b| b.remove(false)).map(drop).map_err(|e| error_chain(&e))
-            }
-            Backend::Ebpf => cli::remove(&world.ebpf_request()).map(drop).map_err(|e| error_chain(&e)),
-        }
-    }
-
-    /// Whether anything of this backend is left in the sandbox.
-    fn leftovers(self, world: &World) -> Option<String> {
-        let netns = || Target::Path(world.sandbox.task().path());
-        match self {
-            Backend::Iptables => {
-                let status = Iptables::open(netns(), None).and_then(|b| b.status(None)).expect("iptables status");
-                (status.installed || !status.ipsets.is_empty()).then(|| status.render_text())
-            }
-            Backend::Nftables => {
-                let status = Nftables::open(netns()).and_then(|b| b.status(None)).expect("nftables status");
-                status.table.is_some().then(|| format!("{:?}", status.table))
-            }
-            Backend::Ebpf => {
-                let files = world.bpffs.files();
-                (!files.is_empty()).then(|| format!("pinned: {files:?}"))
-            }
         }
     }
 }
@@ -393,7 +342,7 @@ fn seen(reply: &Result<Reply, String>) -> Seen {
 /// loopback port; inbound arrives at ProxyIngressPort on the dialled address (REDIRECT),
 /// or, with eBPF, unchanged on the proxy's socket (`sk_lookup` assigns the connection, the
 /// packet is not rewritten). An untouched connection arrives at its destination.
-fn judge(backend: Backend, decision: &Decision, connection: &Connection, reply: &Reply) -> Result<(), String> {
+fn judge(backend: Kind, decision: &Decision, connection: &Connection, reply: &Reply) -> Result<(), String> {
     let wrong = |what: &str| Err(format!("{what}: the model says {decision}, but {reply} answered"));
     match decision {
         Decision::Redirect { to } => {
@@ -402,7 +351,7 @@ fn judge(backend: Backend, decision: &Decision, connection: &Connection, reply: 
                 Direction::Ingress => Role::IngressProxy,
             };
             let arrived_at = match (connection.direction, backend) {
-                (Direction::Ingress, Backend::Ebpf) => connection.destination,
+                (Direction::Ingress, Kind::Ebpf) => connection.destination,
                 _ => *to,
             };
             if reply.role != proxy {
@@ -432,7 +381,7 @@ struct Tally {
     cases: usize,
     connections: usize,
     redirected: usize,
-    by_backend: BTreeMap<Backend, usize>,
+    by_backend: BTreeMap<Kind, usize>,
 }
 
 /// Applies the case's configuration with each backend, runs its connections, removes it
@@ -441,10 +390,11 @@ fn run_case(world: &World, case: &Case, tally: &mut Tally) -> Result<(), TestCas
     let local = Topology::task_local_addrs();
     let decisions: Vec<Decision> = case.probes.iter().map(|p| decide(&case.config, &local, &p.connection())).collect();
     let mut problems = Vec::new();
-    let mut seen_by: Vec<(Backend, Vec<Seen>)> = Vec::new();
-    for backend in Backend::ALL {
-        if let Err(e) = backend.apply(world, &case.config) {
-            return Err(TestCaseError::fail(format!("{backend:?} apply: {e}")));
+    let mut seen_by: Vec<(Kind, Vec<Seen>)> = Vec::new();
+    for handle in world.backends() {
+        let backend = handle.kind();
+        if let Err(e) = handle.apply(&case.config, ApplyOptions::default()) {
+            return Err(TestCaseError::fail(format!("{backend:?} apply: {}", error_chain(&e))));
         }
         let mut observed = Vec::new();
         for (probe, decision) in case.probes.iter().zip(&decisions) {
@@ -460,10 +410,10 @@ fn run_case(world: &World, case: &Case, tally: &mut Tally) -> Result<(), TestCas
         }
         *tally.by_backend.entry(backend).or_default() += observed.len();
         seen_by.push((backend, observed));
-        if let Err(e) = backend.remove(world) {
-            return Err(TestCaseError::fail(format!("{backend:?} remove: {e}")));
+        if let Err(e) = handle.remove(false) {
+            return Err(TestCaseError::fail(format!("{backend:?} remove: {}", error_chain(&e))));
         }
-        if let Some(left) = backend.leftovers(world) {
+        if let Some(left) = world.leftovers(handle.as_ref()) {
             return Err(TestCaseError::fail(format!("{backend:?} left something after remove: {left}")));
         }
     }
@@ -497,12 +447,11 @@ fn soak_seconds() -> Option<u64> {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn every_backend_agrees_with_the_model_on_random_configurations() {
     let test = "every_backend_agrees_with_the_model_on_random_configurations";
-    let Some(host) = require_privileges(test) else { return };
-    if !require_nft(test) {
-        return;
-    }
+    let host = require_privileges(test);
+    require_nft(test);
     let world = World::new(host.create_cgroup().expect("create a test cgroup"));
     let started = Instant::now();
     let deadline = soak_seconds().map(|s| started + Duration::from_secs(s));
@@ -530,8 +479,8 @@ fn every_backend_agrees_with_the_model_on_random_configurations() {
             break;
         }
     }
-    for backend in Backend::ALL {
-        assert_eq!(backend.leftovers(&world), None, "{backend:?}");
+    for backend in world.backends() {
+        assert_eq!(world.leftovers(backend.as_ref()), None, "{:?}", backend.kind());
     }
     let tally = tally.into_inner();
     eprintln!(
@@ -567,23 +516,23 @@ fn judge_tells_the_backends_apart_where_they_differ_by_design() {
     let at = |role, local, original| Reply { role, local, original };
     let redirected = at(Role::IngressProxy, SocketAddr::new(inbound.ip(), INGRESS_PORT), Some(inbound));
     let assigned = at(Role::IngressProxy, inbound, Some(inbound));
-    assert_eq!(judge(Backend::Iptables, &decision, &connection, &redirected), Ok(()));
-    assert!(judge(Backend::Iptables, &decision, &connection, &assigned).is_err());
-    assert_eq!(judge(Backend::Ebpf, &decision, &connection, &assigned), Ok(()));
-    assert!(judge(Backend::Ebpf, &decision, &connection, &redirected).is_err());
-    assert!(judge(Backend::Nftables, &decision, &connection, &at(Role::App, inbound, None)).is_err());
+    assert_eq!(judge(Kind::Iptables, &decision, &connection, &redirected), Ok(()));
+    assert!(judge(Kind::Iptables, &decision, &connection, &assigned).is_err());
+    assert_eq!(judge(Kind::Ebpf, &decision, &connection, &assigned), Ok(()));
+    assert!(judge(Kind::Ebpf, &decision, &connection, &redirected).is_err());
+    assert!(judge(Kind::Nftables, &decision, &connection, &at(Role::App, inbound, None)).is_err());
     let wrong_original = at(Role::IngressProxy, inbound, Some(SocketAddr::new(inbound.ip(), 9081)));
-    assert!(judge(Backend::Ebpf, &decision, &connection, &wrong_original).is_err());
+    assert!(judge(Kind::Ebpf, &decision, &connection, &wrong_original).is_err());
 
     let outbound = SocketAddr::new(IpAddr::V4(POOL_V4[0]), 80);
     let connection = Probe::Egress { uid: 1000, gid: 1000, destination: outbound, mapped: true }.connection();
     assert_eq!(connection.destination, outbound, "an IPv4-mapped destination is an IPv4 connection");
     let decision = decide(&config, &local, &connection);
     let proxy = at(Role::EgressProxy, SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), EGRESS_PORT), Some(outbound));
-    assert_eq!(judge(Backend::Ebpf, &decision, &connection, &proxy), Ok(()));
-    assert!(judge(Backend::Ebpf, &decision, &connection, &at(Role::Remote, outbound, None)).is_err());
+    assert_eq!(judge(Kind::Ebpf, &decision, &connection, &proxy), Ok(()));
+    assert!(judge(Kind::Ebpf, &decision, &connection, &at(Role::Remote, outbound, None)).is_err());
     let ignored = Probe::Egress { uid: IGNORED_UID, gid: 1000, destination: outbound, mapped: false }.connection();
     let decision = decide(&config, &local, &ignored);
-    assert!(judge(Backend::Iptables, &decision, &ignored, &proxy).is_err());
-    assert_eq!(judge(Backend::Iptables, &decision, &ignored, &at(Role::Remote, outbound, None)), Ok(()));
+    assert!(judge(Kind::Iptables, &decision, &ignored, &proxy).is_err());
+    assert_eq!(judge(Kind::Iptables, &decision, &ignored, &at(Role::Remote, outbound, None)), Ok(()));
 }

@@ -231,10 +231,9 @@ fn counters(world: &World) -> BTreeMap<Counter, u64> {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn every_decision_reason_matches_the_model() {
-    let Some(host) = require_privileges("every_decision_reason_matches_the_model") else {
-        return;
-    };
+    let host = require_privileges("every_decision_reason_matches_the_model");
     let cases = seed_cases();
     let mut dsts: Vec<SocketAddr> = cases.iter().map(|c| c.3).collect();
     dsts.push("192.0.2.10:53".parse().unwrap());
@@ -258,10 +257,9 @@ fn every_decision_reason_matches_the_model() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn ipv6_switched_off_and_reapplied_in_place() {
-    let Some(host) = require_privileges("ipv6_switched_off_and_reapplied_in_place") else {
-        return;
-    };
+    let host = require_privileges("ipv6_switched_off_and_reapplied_in_place");
     let cases = seed_cases();
     let dsts: Vec<SocketAddr> = cases.iter().map(|c| c.3).collect();
     let world = World::new(&host, &dsts);
@@ -291,10 +289,9 @@ fn run_probe(world: &World, mut command: Command, args: &[&str]) {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn churn_leaves_the_pairing_maps_at_their_idle_size() {
-    let Some(host) = require_privileges("churn_leaves_the_pairing_maps_at_their_idle_size") else {
-        return;
-    };
+    let host = require_privileges("churn_leaves_the_pairing_maps_at_their_idle_size");
     const N: usize = 10_000;
     let world = World::new(&host, &["192.0.2.10:80".parse().unwrap()]);
     world.apply(&seed_config());
@@ -323,10 +320,9 @@ fn churn_leaves_the_pairing_maps_at_their_idle_size() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn interception_outlives_the_applying_process_and_remove_leaves_nothing() {
-    let Some(host) = require_privileges("interception_outlives_the_applying_process_and_remove_leaves_nothing") else {
-        return;
-    };
+    let host = require_privileges("interception_outlives_the_applying_process_and_remove_leaves_nothing");
     let dst: SocketAddr = "192.0.2.10:80".parse().unwrap();
     let world = World::new(&host, &[dst]);
     let mut apply = Command::new(PROBE);
@@ -359,10 +355,9 @@ fn interception_outlives_the_applying_process_and_remove_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn cgroups_are_independent_children_are_intercepted_outsiders_are_not() {
-    let Some(host) = require_privileges("cgroups_are_independent_children_are_intercepted_outsiders_are_not") else {
-        return;
-    };
+    let host = require_privileges("cgroups_are_independent_children_are_intercepted_outsiders_are_not");
     let dst: SocketAddr = "192.0.2.10:80".parse().unwrap();
     let world = World::new(&host, &[dst]);
     world.apply(&seed_config());
@@ -407,10 +402,9 @@ fn cgroups_are_independent_children_are_intercepted_outsiders_are_not() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn a_hundred_thousand_ignored_cidrs_install_and_work() {
-    let Some(host) = require_privileges("a_hundred_thousand_ignored_cidrs_install_and_work") else {
-        return;
-    };
+    let host = require_privileges("a_hundred_thousand_ignored_cidrs_install_and_work");
     const N: u32 = 100_000;
     let ignored: SocketAddr = "198.18.100.5:80".parse().unwrap();
     let redirected: SocketAddr = "192.0.2.10:80".parse().unwrap();
@@ -435,11 +429,9 @@ fn a_hundred_thousand_ignored_cidrs_install_and_work() {
 /// (one configuration's proxy port with the other's exemptions) would show up as a
 /// connection at the wrong proxy port, and a lost one as a count short.
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn reapply_while_connections_flow_follows_the_old_or_the_new_configuration() {
-    let Some(host) = require_privileges("reapply_while_connections_flow_follows_the_old_or_the_new_configuration")
-    else {
-        return;
-    };
+    let host = require_privileges("reapply_while_connections_flow_follows_the_old_or_the_new_configuration");
     const N: usize = 1_500;
     const OTHER_PROXY_PORT: u16 = PROXY_PORT + 1;
     let v4: SocketAddr = "192.0.2.10:80".parse().unwrap();
@@ -545,13 +537,12 @@ fn reapply_while_connections_flow_follows_the_old_or_the_new_configuration() {
 /// into the other generation (as an apply does before it flips) change nothing until the flip,
 /// and everything at once after it.
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn the_programs_read_only_the_active_generation() {
     use aya::maps::{Array, LpmTrie, Map, MapData, lpm_trie::Key};
     use intercept_common::{ACTIVE_MAP, CONFIG_MAP, GENERATION_BITS, GlobalConfig, IGNORED_NETS_V4_MAP, LpmDataV4};
 
-    let Some(host) = require_privileges("the_programs_read_only_the_active_generation") else {
-        return;
-    };
+    let host = require_privileges("the_programs_read_only_the_active_generation");
     let dst: SocketAddr = "192.0.2.10:80".parse().unwrap();
     let world = World::new(&host, &[dst]);
     let config = seed_config();
@@ -589,10 +580,9 @@ fn the_programs_read_only_the_active_generation() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn apply_needs_only_cap_bpf_net_admin_perfmon_and_names_a_missing_one() {
-    let Some(host) = require_privileges("apply_needs_only_cap_bpf_net_admin_perfmon_and_names_a_missing_one") else {
-        return;
-    };
+    let host = require_privileges("apply_needs_only_cap_bpf_net_admin_perfmon_and_names_a_missing_one");
     let dst: SocketAddr = "192.0.2.10:80".parse().unwrap();
     let world = World::new(&host, &[dst]);
     let apply_with = |caps: &str| {
@@ -619,10 +609,9 @@ fn apply_needs_only_cap_bpf_net_admin_perfmon_and_names_a_missing_one() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn the_agent_mounts_bpffs_when_absent_and_a_failed_apply_leaves_nothing() {
-    let Some(host) = require_privileges("the_agent_mounts_bpffs_when_absent_and_a_failed_apply_leaves_nothing") else {
-        return;
-    };
+    let host = require_privileges("the_agent_mounts_bpffs_when_absent_and_a_failed_apply_leaves_nothing");
     let cgroup = host.create_cgroup().expect("cgroup");
     let bpffs = TestBpffs::unmounted();
     let target = Target::new(cgroup.path().to_str().unwrap(), Some(bpffs.path())).unwrap();
@@ -651,10 +640,9 @@ fn the_agent_mounts_bpffs_when_absent_and_a_failed_apply_leaves_nothing() {
 /// A task's cgroup goes when the task ends; the kernel detaches its links, but the pins would
 /// keep the maps alive. `prune` removes exactly those installations.
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn the_pins_of_a_removed_cgroup_are_pruned_and_only_those() {
-    let Some(host) = require_privileges("the_pins_of_a_removed_cgroup_are_pruned_and_only_those") else {
-        return;
-    };
+    let host = require_privileges("the_pins_of_a_removed_cgroup_are_pruned_and_only_those");
     let bpffs = TestBpffs::mounted();
     let kept = host.create_cgroup().expect("cgroup");
     let gone = host.create_cgroup().expect("cgroup");

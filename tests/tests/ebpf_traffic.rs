@@ -14,7 +14,7 @@ use std::{
 };
 
 use intercept::{
-    backend::ebpf::{self, Counter, Outcome, cli},
+    backend::ebpf::{self, Counter, Outcome, task},
     config::ProxyConfig,
     model::{self, Decision, Reason, decide},
 };
@@ -122,10 +122,9 @@ fn counters(world: &EbpfSandbox) -> BTreeMap<Counter, u64> {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn every_egress_decision_reason_matches_the_model_ipv4_ipv6_and_mapped() {
-    let Some(host) = require_privileges("every_egress_decision_reason_matches_the_model_ipv4_ipv6_and_mapped") else {
-        return;
-    };
+    let host = require_privileges("every_egress_decision_reason_matches_the_model_ipv4_ipv6_and_mapped");
     let world = EbpfSandbox::new(&host, PROBE, CLIENT);
     let config = seed_config();
     let report = world.apply(&config);
@@ -204,10 +203,9 @@ fn sk_lookup_programs(world: &EbpfSandbox) -> Vec<u32> {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn ingress_is_steered_by_sk_lookup_without_netfilter() {
-    let Some(host) = require_privileges("ingress_is_steered_by_sk_lookup_without_netfilter") else {
-        return;
-    };
+    let host = require_privileges("ingress_is_steered_by_sk_lookup_without_netfilter");
     // The ingress proxy listens before the programs exist: apply finds its listeners.
     let world = EbpfSandbox::new(&host, PROBE, CLIENT);
     let config = seed_config();
@@ -240,7 +238,7 @@ fn ingress_is_steered_by_sk_lookup_without_netfilter() {
     assert_eq!(counters(&world).get(&Counter::IngressSteered), Some(&2), "nothing more steered");
 
     // Status shows the ingress program and its counters.
-    let status = cli::status(&world.request(), Some(&config)).unwrap();
+    let status = task::status(&world.request(), Some(&config)).unwrap();
     assert_eq!(status.exit_code(), 0, "{}", status.render_text());
     let text = status.render_text();
     assert!(text.contains("sk_lookup") && text.contains("steer_ingress"), "{text}");
@@ -265,7 +263,7 @@ fn ingress_is_steered_by_sk_lookup_without_netfilter() {
     // `--ingress-fallback app`: during the gap, AppPort connections reach the app.
     let mut request = world.request();
     request.ingress_fallback_to_app = true;
-    let report = cli::apply(&request, &config, Default::default()).unwrap();
+    let report = task::apply(&request, &config, Default::default()).unwrap();
     assert!(matches!(report.outcome, Outcome::Updated(_)), "the fallback is in CONFIG");
     world.stop_ingress_proxy();
     for (dst, _) in ingress_cases(&config) {
@@ -296,12 +294,12 @@ fn ingress_is_steered_by_sk_lookup_without_netfilter() {
     world.apply(&egress_only);
     assert_eq!(check_ingress(&world, &egress_only), 0);
 
-    let removed = cli::remove(&world.request()).unwrap();
+    let removed = task::remove(&world.request()).unwrap();
     assert!(removed.removed);
     assert!(world.bpffs.files().is_empty(), "nothing pinned after remove: {:?}", world.bpffs.files());
     assert!(sk_lookup_programs(&world).is_empty(), "no sk_lookup program on the task namespace after remove");
     assert_no_netfilter(&world);
-    let status = cli::status(&world.request(), None).unwrap();
+    let status = task::status(&world.request(), None).unwrap();
     assert_eq!(status.exit_code(), 1);
     assert!(status.ebpf.is_none());
 }

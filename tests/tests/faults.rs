@@ -19,7 +19,7 @@
 //! Needs root and the `intercept` binary (`cargo xtask test` builds it).
 
 use std::{
-    fmt, fs,
+    fs,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::{Command, Stdio},
@@ -32,7 +32,10 @@ use std::{
 };
 
 use intercept::{
-    backend::ebpf::{self as agent_ebpf, Program},
+    backend::{
+        Kind,
+        ebpf::{self as agent_ebpf, Program},
+    },
     netns::{Netns as AgentNetns, Target},
 };
 use intercept_tests::{
@@ -146,23 +149,6 @@ fn followed(dst: SocketAddr, reply: &Reply) -> Followed {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Iptables,
-    Nftables,
-    Ebpf,
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Kind::Iptables => "iptables",
-            Kind::Nftables => "nftables",
-            Kind::Ebpf => "ebpf",
-        })
-    }
-}
-
 enum Fixture {
     Netns(Sandbox),
     // The second egress proxy first: it is a process in the cgroup the sandbox removes.
@@ -179,14 +165,23 @@ struct World {
 }
 
 impl World {
-    /// `None` (after the guards said why) when the test cannot run here.
-    fn new(kind: Kind, test: &str) -> Option<World> {
+    /// Fails the test (the guards say why) when it cannot run here.
+    fn new(kind: Kind, test: &str) -> World {
         let host = match kind {
-            Kind::Iptables => require_netns_privileges(test).then_some(None)?,
-            Kind::Nftables => require_nft(test).then_some(None)?,
-            Kind::Ebpf => Some(require_privileges(test).filter(|_| require_netns_privileges(test))?),
+            Kind::Iptables => {
+                require_netns_privileges(test);
+                None
+            }
+            Kind::Nftables => {
+                require_nft(test);
+                None
+            }
+            Kind::Ebpf => {
+                require_netns_privileges(test);
+                Some(require_privileges(test))
+            }
         };
-        let bin = intercept_bin(test)?;
+        let bin = intercept_bin(test);
         let fixture = match host {
             None => Fixture::Netns(Sandbox::new(&SandboxSpec {
                 egress_proxy_ports: vec![Config::A.egress_port(), Config::B.egress_port()],
@@ -219,7 +214,7 @@ impl World {
         for config in [Config::A, Config::B] {
             fs::write(configs.path().join(format!("{config:?}.json")), config.json()).expect("write a configuration");
         }
-        Some(World { kind, bin, fixture, target, configs })
+        World { kind, bin, fixture, target, configs }
     }
 
     fn sandbox(&self) -> &Sandbox {
@@ -394,7 +389,7 @@ fn median(mut durations: Vec<Duration>) -> Duration {
 const KILLS: usize = 25;
 
 fn killed_applies_leave_old_or_new(kind: Kind, test: &str) {
-    let Some(world) = World::new(kind, test) else { return };
+    let world = World::new(kind, test);
     let mut rng = rng(test);
     // How long applies take here: a first install, and replacements.
     let install = world.must("apply", Some(Config::A));
@@ -461,16 +456,19 @@ fn state_next(state: State) -> Config {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn killed_applies_leave_old_or_new_iptables() {
     killed_applies_leave_old_or_new(Kind::Iptables, "killed_applies_leave_old_or_new_iptables");
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn killed_applies_leave_old_or_new_nftables() {
     killed_applies_leave_old_or_new(Kind::Nftables, "killed_applies_leave_old_or_new_nftables");
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn killed_applies_leave_old_or_new_ebpf() {
     killed_applies_leave_old_or_new(Kind::Ebpf, "killed_applies_leave_old_or_new_ebpf");
 }
@@ -485,7 +483,7 @@ enum Op {
 }
 
 fn concurrent_changes_serialise(kind: Kind, test: &str) {
-    let Some(world) = World::new(kind, test) else { return };
+    let world = World::new(kind, test);
     let mut rng = rng(test);
     let ops = [Op::Apply(Config::A), Op::Apply(Config::B), Op::Remove];
     let mut outcomes = Vec::new();
@@ -529,16 +527,19 @@ fn concurrent_changes_serialise(kind: Kind, test: &str) {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn concurrent_changes_serialise_iptables() {
     concurrent_changes_serialise(Kind::Iptables, "concurrent_changes_serialise_iptables");
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn concurrent_changes_serialise_nftables() {
     concurrent_changes_serialise(Kind::Nftables, "concurrent_changes_serialise_nftables");
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn concurrent_changes_serialise_ebpf() {
     concurrent_changes_serialise(Kind::Ebpf, "concurrent_changes_serialise_ebpf");
 }
@@ -576,7 +577,7 @@ const REPLACEMENTS: usize = 20;
 const LOADERS: usize = 2;
 
 fn reconfiguration_under_load(kind: Kind, test: &str) {
-    let Some(world) = World::new(kind, test) else { return };
+    let world = World::new(kind, test);
     world.must("apply", Some(Config::A));
     let stop = AtomicBool::new(false);
     let counts = Mutex::new(Counts::default());
@@ -634,16 +635,19 @@ fn reconfiguration_under_load(kind: Kind, test: &str) {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn reconfiguration_under_load_iptables() {
     reconfiguration_under_load(Kind::Iptables, "reconfiguration_under_load_iptables");
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn reconfiguration_under_load_nftables() {
     reconfiguration_under_load(Kind::Nftables, "reconfiguration_under_load_nftables");
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn reconfiguration_under_load_ebpf() {
     reconfiguration_under_load(Kind::Ebpf, "reconfiguration_under_load_ebpf");
 }

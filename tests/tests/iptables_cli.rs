@@ -40,16 +40,15 @@ fn sandbox() -> Sandbox {
     })
 }
 
-fn setup(test: &str) -> Option<(PathBuf, Sandbox)> {
-    if !require_netns_privileges(test) {
-        return None;
-    }
-    Some((intercept_bin(test)?, sandbox()))
+fn setup(test: &str) -> (PathBuf, Sandbox) {
+    require_netns_privileges(test);
+    (intercept_bin(test), sandbox())
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn apply_status_remove_by_namespace_path() {
-    let Some((bin, sandbox)) = setup("apply_status_remove_by_namespace_path") else { return };
+    let (bin, sandbox) = setup("apply_status_remove_by_namespace_path");
     let netns = sandbox.task().path();
     let netns = netns.to_str().unwrap();
     let target = ["--backend", "iptables", "--netns", netns];
@@ -104,8 +103,9 @@ fn apply_status_remove_by_namespace_path() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn apply_by_pid_in_legacy_mode_with_a_dry_run_first() {
-    let Some((bin, sandbox)) = setup("apply_by_pid_in_legacy_mode_with_a_dry_run_first") else { return };
+    let (bin, sandbox) = setup("apply_by_pid_in_legacy_mode_with_a_dry_run_first");
     let sleeper = Sleeper::start(sandbox.task());
     let pid = sleeper.pid().to_string();
     let target = ["--backend", "iptables", "--netns-pid", &pid, "--iptables-mode", "legacy"];
@@ -143,8 +143,9 @@ fn apply_by_pid_in_legacy_mode_with_a_dry_run_first() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn bad_targets_and_bad_configurations_exit_2_and_change_nothing() {
-    let Some((bin, sandbox)) = setup("bad_targets_and_bad_configurations_exit_2_and_change_nothing") else { return };
+    let (bin, sandbox) = setup("bad_targets_and_bad_configurations_exit_2_and_change_nothing");
     let config = ["--proxy-egress-port", "15001", "--ignored-uid", "1337"];
 
     let missing = ["apply", "--backend", "iptables", "--netns", "/run/netns/intercept-no-such-namespace"];
@@ -177,8 +178,9 @@ fn bad_targets_and_bad_configurations_exit_2_and_change_nothing() {
 /// The error of a refused transaction shows the line it refers to, and the namespace is
 /// left as it was.
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn a_refused_transaction_names_its_line() {
-    let Some((bin, sandbox)) = setup("a_refused_transaction_names_its_line") else { return };
+    let (bin, sandbox) = setup("a_refused_transaction_names_its_line");
     let netns = sandbox.task().path();
     let target = ["--backend", "iptables", "--netns", netns.to_str().unwrap()];
     // Someone else's rule jumps to a chain named like intercept's ingress chain, so an
@@ -206,8 +208,9 @@ fn a_refused_transaction_names_its_line() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn a_missing_capability_is_named_with_how_to_get_it() {
-    let Some((bin, sandbox)) = setup("a_missing_capability_is_named_with_how_to_get_it") else { return };
+    let (bin, sandbox) = setup("a_missing_capability_is_named_with_how_to_get_it");
     let netns = sandbox.task().path();
     let output = Command::new(&bin)
         .args(["apply", "--backend", "iptables", "--netns", netns.to_str().unwrap()])

@@ -80,9 +80,7 @@ fn egress_reply(sandbox: &Sandbox) -> intercept_tests::traffic::Reply {
 }
 
 fn apply_twice_changes_nothing(test: &str, mode: Mode) {
-    if !require_netns_privileges(test) {
-        return;
-    }
+    require_netns_privileges(test);
     let sandbox = sandbox();
     install_foreign_state(sandbox.task(), mode);
     let backend = open(sandbox.task(), Some(mode));
@@ -101,19 +99,19 @@ fn apply_twice_changes_nothing(test: &str, mode: Mode) {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn apply_twice_changes_nothing_nft() {
     apply_twice_changes_nothing("apply_twice_changes_nothing_nft", Mode::Nft);
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn apply_twice_changes_nothing_legacy() {
     apply_twice_changes_nothing("apply_twice_changes_nothing_legacy", Mode::Legacy);
 }
 
 fn remove_twice_leaves_only_what_others_installed(test: &str, mode: Mode) {
-    if !require_netns_privileges(test) {
-        return;
-    }
+    require_netns_privileges(test);
     let sandbox = sandbox();
     install_foreign_state(sandbox.task(), mode);
     let pristine = dump(sandbox.task(), mode, false);
@@ -140,11 +138,13 @@ fn remove_twice_leaves_only_what_others_installed(test: &str, mode: Mode) {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn remove_twice_leaves_only_what_others_installed_nft() {
     remove_twice_leaves_only_what_others_installed("remove_twice_leaves_only_what_others_installed_nft", Mode::Nft);
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn remove_twice_leaves_only_what_others_installed_legacy() {
     remove_twice_leaves_only_what_others_installed(
         "remove_twice_leaves_only_what_others_installed_legacy",
@@ -153,10 +153,9 @@ fn remove_twice_leaves_only_what_others_installed_legacy() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn remove_where_nothing_was_installed_succeeds_and_creates_nothing() {
-    if !require_netns_privileges("remove_where_nothing_was_installed_succeeds_and_creates_nothing") {
-        return;
-    }
+    require_netns_privileges("remove_where_nothing_was_installed_succeeds_and_creates_nothing");
     let netns = Netns::create("pristine");
     let backend = open(&netns, None);
     let report = backend.remove(false).unwrap();
@@ -169,10 +168,9 @@ fn remove_where_nothing_was_installed_succeeds_and_creates_nothing() {
 /// When the IPv6 transaction fails, the IPv4 rules and the ipsets installed just before are
 /// taken back, and the error names the line ip6tables-restore refused.
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn a_failing_ipv6_half_is_rolled_back() {
-    if !require_netns_privileges("a_failing_ipv6_half_is_rolled_back") {
-        return;
-    }
+    require_netns_privileges("a_failing_ipv6_half_is_rolled_back");
     let sandbox = sandbox();
     let backend = open(sandbox.task(), Some(Mode::Nft));
     backend.apply(&IptablesPlan::new(&seed()), false).unwrap();
@@ -196,10 +194,9 @@ fn a_failing_ipv6_half_is_rolled_back() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn a_namespace_without_ipv6_gets_the_ipv4_half_and_a_warning() {
-    if !require_netns_privileges("a_namespace_without_ipv6_gets_the_ipv4_half_and_a_warning") {
-        return;
-    }
+    require_netns_privileges("a_namespace_without_ipv6_gets_the_ipv4_half_and_a_warning");
     let sandbox = sandbox();
     sandbox.task().sysctl("net.ipv6.conf.all.disable_ipv6", "1");
     let backend = open(sandbox.task(), Some(Mode::Nft));
@@ -220,10 +217,9 @@ fn a_namespace_without_ipv6_gets_the_ipv4_half_and_a_warning() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn the_mode_follows_the_rules_already_in_the_namespace() {
-    if !require_netns_privileges("the_mode_follows_the_rules_already_in_the_namespace") {
-        return;
-    }
+    require_netns_privileges("the_mode_follows_the_rules_already_in_the_namespace");
     let sandbox = sandbox();
     restore(sandbox.task(), "iptables-legacy-restore", "*filter\n-A INPUT -s 10.9.9.9/32 -j DROP\nCOMMIT\n");
     let backend = open(sandbox.task(), None);
@@ -246,10 +242,9 @@ fn the_mode_follows_the_rules_already_in_the_namespace() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn ingress_from_the_task_itself_is_not_redirected() {
-    if !require_netns_privileges("ingress_from_the_task_itself_is_not_redirected") {
-        return;
-    }
+    require_netns_privileges("ingress_from_the_task_itself_is_not_redirected");
     let sandbox = sandbox();
     open(sandbox.task(), None).apply(&IptablesPlan::new(&seed()), false).unwrap();
     let client = Client::new(CLIENT).netns(sandbox.task()).identity(1000, 1000);

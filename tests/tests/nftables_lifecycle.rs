@@ -81,10 +81,9 @@ fn egress_reply(sandbox: &Sandbox) -> Reply {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn apply_twice_changes_nothing_and_keeps_the_counters() {
-    if !require_nft("apply_twice_changes_nothing_and_keeps_the_counters") {
-        return;
-    }
+    require_nft("apply_twice_changes_nothing_and_keeps_the_counters");
     let sandbox = sandbox();
     install_foreign_state(sandbox.task());
     let backend = open(sandbox.task());
@@ -103,10 +102,9 @@ fn apply_twice_changes_nothing_and_keeps_the_counters() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn replace_and_remove_twice_leave_only_what_others_installed() {
-    if !require_nft("replace_and_remove_twice_leave_only_what_others_installed") {
-        return;
-    }
+    require_nft("replace_and_remove_twice_leave_only_what_others_installed");
     let sandbox = sandbox();
     install_foreign_state(sandbox.task());
     let pristine = others(sandbox.task());
@@ -136,10 +134,9 @@ fn replace_and_remove_twice_leave_only_what_others_installed() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn remove_where_nothing_was_installed_succeeds_and_creates_nothing() {
-    if !require_nft("remove_where_nothing_was_installed_succeeds_and_creates_nothing") {
-        return;
-    }
+    require_nft("remove_where_nothing_was_installed_succeeds_and_creates_nothing");
     let netns = Netns::create("pristine");
     let backend = open(&netns);
     assert!(!backend.remove(false).unwrap().changed);
@@ -148,10 +145,9 @@ fn remove_where_nothing_was_installed_succeeds_and_creates_nothing() {
 
 /// Hand edits are drift: status names them, apply puts the plan back.
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn drift_is_reported_and_repaired() {
-    if !require_nft("drift_is_reported_and_repaired") {
-        return;
-    }
+    require_nft("drift_is_reported_and_repaired");
     let sandbox = sandbox();
     let backend = open(sandbox.task());
     let plan = NftablesPlan::new(&seed());
@@ -182,10 +178,9 @@ fn drift_is_reported_and_repaired() {
 /// A transaction nft refuses changes nothing: the old table stays live. The refusal is
 /// forced with overlapping interval elements, which no plan contains.
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn a_refused_transaction_leaves_the_old_table_live() {
-    if !require_nft("a_refused_transaction_leaves_the_old_table_live") {
-        return;
-    }
+    require_nft("a_refused_transaction_leaves_the_old_table_live");
     let sandbox = sandbox();
     let backend = open(sandbox.task());
     let plan = NftablesPlan::new(&seed());
@@ -206,10 +201,9 @@ fn a_refused_transaction_leaves_the_old_table_live() {
 /// nftables needs nothing IPv6 from the namespace: with IPv6 disabled there, the same
 /// table installs, IPv4 is intercepted, and there is nothing to warn about.
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn a_namespace_without_ipv6_takes_the_same_table() {
-    if !require_nft("a_namespace_without_ipv6_takes_the_same_table") {
-        return;
-    }
+    require_nft("a_namespace_without_ipv6_takes_the_same_table");
     let sandbox = sandbox();
     sandbox.task().sysctl("net.ipv6.conf.all.disable_ipv6", "1");
     let backend = open(sandbox.task());
@@ -224,11 +218,10 @@ fn a_namespace_without_ipv6_takes_the_same_table() {
 /// The CLI: `--backend nftables`, and `--backend auto`, which picks nftables here, says
 /// why, and goes on with whatever is installed.
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn the_cli_applies_reports_and_removes() {
-    if !require_nft("the_cli_applies_reports_and_removes") {
-        return;
-    }
-    let Some(bin) = intercept_bin("the_cli_applies_reports_and_removes") else { return };
+    require_nft("the_cli_applies_reports_and_removes");
+    let bin = intercept_bin("the_cli_applies_reports_and_removes");
     let sandbox = sandbox();
     let netns = sandbox.task().path();
     let netns = netns.to_str().unwrap();
@@ -284,11 +277,10 @@ fn the_cli_applies_reports_and_removes() {
 /// `--backend auto` goes on with what is installed: the iptables backend's rules are
 /// kept (not doubled by a table), and `remove` takes both backends' when both are there.
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn auto_follows_what_is_installed() {
-    if !require_nft("auto_follows_what_is_installed") {
-        return;
-    }
-    let Some(bin) = intercept_bin("auto_follows_what_is_installed") else { return };
+    require_nft("auto_follows_what_is_installed");
+    let bin = intercept_bin("auto_follows_what_is_installed");
     let sandbox = sandbox();
     let netns = sandbox.task().path();
     let netns = netns.to_str().unwrap();

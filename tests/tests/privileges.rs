@@ -157,12 +157,11 @@ fn concat<'a>(parts: &[&[&'a str]]) -> Vec<&'a str> {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn iptables_nft_needs_net_admin_sys_admin_to_enter_a_namespace_and_net_raw_for_ipsets() {
     let test = "iptables_nft_needs_net_admin_sys_admin_to_enter_a_namespace_and_net_raw_for_ipsets";
-    if !require_netns_privileges(test) {
-        return;
-    }
-    let Some(bin) = intercept_bin(test) else { return };
+    require_netns_privileges(test);
+    let bin = intercept_bin(test);
     let task = Netns::create("caps");
     let path = task.path().display().to_string();
     let target = ["--backend", "iptables", "--iptables-mode", "nft", "--netns", &path];
@@ -183,12 +182,11 @@ fn iptables_nft_needs_net_admin_sys_admin_to_enter_a_namespace_and_net_raw_for_i
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn iptables_legacy_needs_net_raw_too() {
     let test = "iptables_legacy_needs_net_raw_too";
-    if !require_netns_privileges(test) {
-        return;
-    }
-    let Some(bin) = intercept_bin(test) else { return };
+    require_netns_privileges(test);
+    let bin = intercept_bin(test);
     let task = Netns::create("caps");
     let path = task.path().display().to_string();
     let target = ["--backend", "iptables", "--iptables-mode", "legacy", "--netns", &path];
@@ -197,12 +195,11 @@ fn iptables_legacy_needs_net_raw_too() {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn nftables_needs_net_admin() {
     let test = "nftables_needs_net_admin";
-    if !require_nft(test) {
-        return;
-    }
-    let Some(bin) = intercept_bin(test) else { return };
+    require_nft(test);
+    let bin = intercept_bin(test);
     let task = Netns::create("caps");
     let path = task.path().display().to_string();
     let target = ["--backend", "nftables", "--netns", &path];
@@ -241,13 +238,12 @@ impl EbpfWorld {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn ebpf_needs_bpf_perfmon_and_net_admin_or_sys_admin_in_their_place() {
     let test = "ebpf_needs_bpf_perfmon_and_net_admin_or_sys_admin_in_their_place";
-    let Some(host) = require_privileges(test) else { return };
-    if !require_netns_privileges(test) {
-        return;
-    }
-    let Some(bin) = intercept_bin(test) else { return };
+    let host = require_privileges(test);
+    require_netns_privileges(test);
+    let bin = intercept_bin(test);
     let world = EbpfWorld::new(&host);
     let target = world.target();
     let target: Vec<&str> = target.iter().map(String::as_str).collect();
@@ -269,13 +265,12 @@ fn ebpf_needs_bpf_perfmon_and_net_admin_or_sys_admin_in_their_place() {
 /// The daemon's documented set (`intercept::privileges::DAEMON`) is enough for every backend
 /// in a namespace it enters.
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn the_daemon_set_applies_every_backend_in_a_task_namespace() {
     let test = "the_daemon_set_applies_every_backend_in_a_task_namespace";
-    let Some(host) = require_privileges(test) else { return };
-    if !require_nft(test) {
-        return;
-    }
-    let Some(bin) = intercept_bin(test) else { return };
+    let host = require_privileges(test);
+    require_nft(test);
+    let bin = intercept_bin(test);
     let daemon: Vec<u32> = intercept::privileges::DAEMON.iter().map(|r| r.capability.index().into()).collect();
     let mut expected = vec![NET_ADMIN, NET_RAW, SYS_ADMIN, SYS_ADMIN, SYS_PTRACE, DAC_READ_SEARCH];
     assert_eq!(daemon, expected, "the documented daemon set changed: update docs/deploy-ecs.md and deploy/");
@@ -312,13 +307,12 @@ fn daemon_set() -> Vec<u32> {
 /// installing nothing; with exactly its set it installs an eBPF task and an nftables task, and
 /// holds no other capability while it runs.
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn the_daemon_runs_with_exactly_its_set_and_names_a_missing_one() {
     let test = "the_daemon_runs_with_exactly_its_set_and_names_a_missing_one";
-    let Some(host) = require_privileges(test) else { return };
-    if !require_nft(test) {
-        return;
-    }
-    let Some(bin) = intercept_bin(test) else { return };
+    let host = require_privileges(test);
+    require_nft(test);
+    let bin = intercept_bin(test);
     let set = daemon_set();
     let world = EbpfWorld::new(&host);
     let (bpffs, cgroup, task) = (&world.bpffs, &world.cgroup, &world.task);
@@ -384,13 +378,12 @@ impl Drop for Child {
 }
 
 #[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn apply_keeps_running_without_any_capability() {
     let test = "apply_keeps_running_without_any_capability";
-    let Some(host) = require_privileges(test) else { return };
-    if !require_netns_privileges(test) {
-        return;
-    }
-    let Some(bin) = intercept_bin(test) else { return };
+    let host = require_privileges(test);
+    require_netns_privileges(test);
+    let bin = intercept_bin(test);
     let world = EbpfWorld::new(&host);
     let target = world.target();
     let target: Vec<&str> = target.iter().map(String::as_str).collect();

@@ -1,5 +1,5 @@
-//! `--backend auto`: which backend `apply`, `remove` and `status` use when the user does
-//! not say, and why.
+//! `--backend auto`: which backend `apply`, `remove`, `status` and `verify` use when the user
+//! does not say, and why.
 //!
 //! What is already installed comes first, so that a re-apply replaces it in place instead
 //! of adding a second interception next to it, and `remove` removes whatever intercept
@@ -7,42 +7,7 @@
 //! given with `--cgroup`, and the kernel and the process's capabilities allow it), then
 //! nftables (when nft works in the namespace), then iptables.
 
-use std::path::Path;
-
-use aya::programs::ProgramType;
-use serde::Serialize;
-
-use crate::backend::ebpf;
-use crate::backend::iptables::{self, Iptables};
-use crate::backend::nftables::{self, Nftables};
-use crate::netns::{self, Target};
-use crate::plan::Backend;
-
-/// What `--backend` accepts for `apply`, `remove` and `status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Choice {
-    /// What is installed, else the best backend this host supports (see `docs/backends.md`).
-    Auto,
-    /// iptables `nat` rules (behaviour-compatible with the ECS App Mesh CNI plugin).
-    Iptables,
-    /// eBPF programs and the maps they read.
-    Ebpf,
-    /// A native nftables table, `inet intercept`, replaced as a whole by one `nft -f` transaction.
-    Nftables,
-}
-
-impl Choice {
-    /// The backend itself, `None` for `auto`.
-    pub fn backend(self) -> Option<Backend> {
-        match self {
-            Choice::Auto => None,
-            Choice::Iptables => Some(Backend::Iptables),
-            Choice::Ebpf => Some(Backend::Ebpf),
-            Choice::Nftables => Some(Backend::Nftables),
-        }
-    }
-}
+use super::{Error, Kind, Target, open};
 
 /// What auto found out about the host, the cgroup and the namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,14 +21,14 @@ pub struct Facts {
     pub nftables: Result<(), String>,
     /// intercept's nftables table is installed.
     pub nftables_installed: bool,
-    /// intercept's iptables rules (its egress chain and the jump to it) are installed.
+    /// Something of intercept's iptables rules or sets is installed.
     pub iptables_installed: bool,
 }
 
 /// A backend and why it was chosen.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selection {
-    pub backend: Backend,
+    pub backend: Kind,
     pub reason: String,
 }
 
@@ -74,9 +39,9 @@ pub fn choose(facts: &Facts) -> Selection {
     }
     let pick = |backend, reason: String| Selection { backend, reason };
     match (&facts.ebpf, &facts.nftables) {
-        (Ok(()), _) => pick(Backend::Ebpf, "the kernel and intercept's capabilities allow eBPF".to_owned()),
-        (Err(no_ebpf), Ok(())) => pick(Backend::Nftables, format!("not eBPF: {no_ebpf}; nft works here")),
-        (Err(no_ebpf), Err(no_nft)) => pick(Backend::Iptables, format!("not eBPF: {no_ebpf}; not nftables: {no_nft}")),
+        (Ok(()), _) => pick(Kind::Ebpf, "the kernel and intercept's capabilities allow eBPF".to_owned()),
+        (Err(no_ebpf), Ok(())) => pick(Kind::Nftables, format!("not eBPF: {no_ebpf}; nft works here")),
+        (Err(no_ebpf), Err(no_nft)) => pick(Kind::Iptables, format!("not eBPF: {no_ebpf}; not nftables: {no_nft}")),
     }
 }
 
@@ -89,9 +54,9 @@ pub fn choose_for_remove(facts: &Facts) -> Vec<Selection> {
 
 fn installed(facts: &Facts) -> Vec<Selection> {
     [
-        (facts.ebpf_installed, Backend::Ebpf, "intercept's eBPF programs are pinned for the cgroup"),
-        (facts.nftables_installed, Backend::Nftables, "intercept's nftables table is installed here"),
-        (facts.iptables_installed, Backend::Iptables, "intercept's iptables rules are installed here"),
+        (facts.ebpf_installed, Kind::Ebpf, "intercept's eBPF programs are pinned for the cgroup"),
+        (facts.nftables_installed, Kind::Nftables, "intercept's nftables table is installed here"),
+        (facts.iptables_installed, Kind::Iptables, "intercept's iptables rules are installed here"),
     ]
     .into_iter()
     .filter(|(installed, ..)| *installed)
@@ -99,66 +64,23 @@ fn installed(facts: &Facts) -> Vec<Selection> {
     .collect()
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("--netns/--netns-pid: {0}")]
-    Netns(#[from] netns::Error),
-    #[error("--cgroup: {0}")]
-    Cgroup(#[source] ebpf::Error),
-    #[error(transparent)]
-    Nftables(nftables::Error),
-    #[error(transparent)]
-    Iptables(iptables::Error),
-}
-
-impl Error {
-    /// A `--netns` or `--cgroup` that names nothing usable: bad input, nothing changed.
-    pub fn is_bad_target(&self) -> bool {
-        matches!(self, Error::Netns(netns::Error::Open { .. } | netns::Error::NotNetns { .. }) | Error::Cgroup(_))
-    }
-}
-
-/// Looks at the host, the cgroup (when `cgroup` is given) and the namespace: what each
-/// backend needs, and what intercept installed with each. Reads only.
-pub fn probe(target: &Target, cgroup: Option<&str>, bpffs: Option<&Path>) -> Result<Facts, Error> {
-    let (ebpf, ebpf_installed) = match cgroup {
+/// Looks at the host, the cgroup (when one is given) and the namespace: whether each backend
+/// can work here, and what intercept installed with each. Reads only; a target that names
+/// nothing usable is an error.
+pub fn probe(target: &Target) -> Result<Facts, Error> {
+    let (ebpf, ebpf_installed) = match target.cgroup {
         None => (Err("no --cgroup given (the eBPF backend works on the task's cgroup)".to_owned()), false),
-        Some(cgroup) => {
-            let target = ebpf::Target::new(cgroup, bpffs).map_err(Error::Cgroup)?;
-            (ebpf_usable(), target.pin_dir().is_dir())
+        Some(_) => {
+            let backend = open(Kind::Ebpf, target)?;
+            let installed = backend.present()?;
+            (backend.usable(), installed)
         }
     };
-    let (nftables, nftables_installed) = match Nftables::open(target.clone()) {
-        Ok(backend) => (Ok(()), backend.is_installed().map_err(Error::Nftables)?),
-        Err(nftables::Error::Netns(e)) => return Err(Error::Netns(e)),
-        Err(e) => (Err(e.to_string()), false),
-    };
-    let iptables_installed = match Iptables::open(target.clone(), None) {
-        Ok(backend) => backend.status(None).map_err(Error::Iptables)?.installed,
-        Err(iptables::Error::Netns(e)) => return Err(Error::Netns(e)),
-        // Without usable iptables nothing can have been installed with them.
-        Err(_) => false,
-    };
+    let backend = open(Kind::Nftables, target)?;
+    let nftables = backend.usable();
+    let nftables_installed = nftables.is_ok() && backend.present()?;
+    let iptables_installed = open(Kind::Iptables, target)?.present()?;
     Ok(Facts { ebpf, ebpf_installed, nftables, nftables_installed, iptables_installed })
-}
-
-/// The capabilities the eBPF backend checks before applying, and the program types it
-/// loads.
-fn ebpf_usable() -> Result<(), String> {
-    ebpf::check_capabilities().map_err(|e| e.to_string())?;
-    let program_types = [
-        (ProgramType::CgroupSockAddr, "cgroup sock_addr"),
-        (ProgramType::SockOps, "sockops"),
-        (ProgramType::CgroupSockopt, "cgroup sockopt"),
-    ];
-    for (program_type, name) in program_types {
-        match aya::sys::is_program_supported(program_type) {
-            Ok(true) => {}
-            Ok(false) => return Err(format!("the kernel does not support {name} eBPF programs")),
-            Err(e) => return Err(format!("cannot probe the kernel for {name} eBPF programs: {e}")),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -181,20 +103,16 @@ mod tests {
     fn what_is_installed_comes_first_then_ebpf_nftables_iptables() {
         let no_cgroup = Err("no --cgroup given");
         let cases = [
-            (facts(Ok(()), Ok(()), NONE), Backend::Ebpf, "the kernel and intercept's capabilities allow eBPF"),
-            (facts(no_cgroup, Ok(()), NONE), Backend::Nftables, "not eBPF: no --cgroup given; nft works here"),
+            (facts(Ok(()), Ok(()), NONE), Kind::Ebpf, "the kernel and intercept's capabilities allow eBPF"),
+            (facts(no_cgroup, Ok(()), NONE), Kind::Nftables, "not eBPF: no --cgroup given; nft works here"),
             (
                 facts(no_cgroup, Err("nft not found"), NONE),
-                Backend::Iptables,
+                Kind::Iptables,
                 "not eBPF: no --cgroup given; not nftables: nft not found",
             ),
-            (
-                facts(Ok(()), Ok(()), [false, false, true]),
-                Backend::Iptables,
-                "intercept's iptables rules are installed",
-            ),
-            (facts(Ok(()), Ok(()), [false, true, true]), Backend::Nftables, "intercept's nftables table is installed"),
-            (facts(no_cgroup, Ok(()), [true, true, false]), Backend::Ebpf, "intercept's eBPF programs are pinned"),
+            (facts(Ok(()), Ok(()), [false, false, true]), Kind::Iptables, "intercept's iptables rules are installed"),
+            (facts(Ok(()), Ok(()), [false, true, true]), Kind::Nftables, "intercept's nftables table is installed"),
+            (facts(no_cgroup, Ok(()), [true, true, false]), Kind::Ebpf, "intercept's eBPF programs are pinned"),
         ];
         for (facts, backend, reason) in cases {
             let selection = choose(&facts);
@@ -206,20 +124,9 @@ mod tests {
     #[test]
     fn remove_takes_everything_installed() {
         let backends = |facts: Facts| choose_for_remove(&facts).iter().map(|s| s.backend).collect::<Vec<_>>();
-        assert_eq!(
-            backends(facts(Ok(()), Ok(()), [true, true, true])),
-            [Backend::Ebpf, Backend::Nftables, Backend::Iptables]
-        );
-        assert_eq!(backends(facts(Err("x"), Ok(()), [false, true, true])), [Backend::Nftables, Backend::Iptables]);
-        assert_eq!(backends(facts(Err("x"), Ok(()), NONE)), [Backend::Nftables]);
-        assert_eq!(backends(facts(Err("x"), Err("no nft"), NONE)), [Backend::Iptables]);
-    }
-
-    #[test]
-    fn choices_name_their_backend() {
-        assert_eq!(Choice::Auto.backend(), None);
-        assert_eq!(Choice::Nftables.backend(), Some(Backend::Nftables));
-        assert_eq!(Choice::Iptables.backend(), Some(Backend::Iptables));
-        assert_eq!(Choice::Ebpf.backend(), Some(Backend::Ebpf));
+        assert_eq!(backends(facts(Ok(()), Ok(()), [true, true, true])), [Kind::Ebpf, Kind::Nftables, Kind::Iptables]);
+        assert_eq!(backends(facts(Err("x"), Ok(()), [false, true, true])), [Kind::Nftables, Kind::Iptables]);
+        assert_eq!(backends(facts(Err("x"), Ok(()), NONE)), [Kind::Nftables]);
+        assert_eq!(backends(facts(Err("x"), Err("no nft"), NONE)), [Kind::Iptables]);
     }
 }

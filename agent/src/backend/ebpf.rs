@@ -17,12 +17,15 @@
 //! - [`remove`] deletes the directory: links, maps, and with them the programs, go.
 //! - [`status`] reads the pinned state: programs, maps, counters.
 
-pub mod cli;
+mod adopt;
 mod host;
+mod logs;
 mod maps;
+mod program;
+mod status;
+pub mod task;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::fs;
 use std::io;
 use std::net::IpAddr;
@@ -37,9 +40,14 @@ use aya::{Ebpf, EbpfError, EbpfLoader};
 use aya_log::EbpfLogger;
 use intercept_common::{IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP};
 
+pub use adopt::Adopted;
+use adopt::adopt_into;
 pub use host::{Mount, attached_programs, cgroup_id, cgroup2_mount, is_bpffs, join_cgroup, parse_mountinfo};
 pub use intercept_common::{Counter, MAP_NAMES};
+pub use logs::{Logs, Printer};
 pub use maps::{Changes, Contents, Generations};
+pub use program::Program;
+pub use status::{ProgramStatus, Status, status};
 
 use crate::lock::{self, Held, Locks};
 use crate::plan::ebpf::EbpfPlan;
@@ -53,73 +61,6 @@ pub const PIN_ROOT: &str = "intercept";
 /// The eBPF object (ELF, bpfel) built from `ebpf/`, 8-byte aligned as aya requires.
 pub fn object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/intercept"))
-}
-
-/// A program of the object and where it attaches: the task's cgroup, or for
-/// [`Program::SkLookup`] its network namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Program {
-    /// `cgroup/connect4`: connect(2) on AF_INET sockets.
-    Connect4,
-    /// `cgroup/connect6`: connect(2) on AF_INET6 sockets (IPv6 and IPv4-mapped destinations).
-    Connect6,
-    /// `sockops`: pairs redirected connections with their 4-tuple, cleans up on close.
-    Sockops,
-    /// `cgroup/getsockopt`: answers SO_ORIGINAL_DST.
-    Getsockopt,
-    /// `sk_lookup`, on the task's network namespace: steers inbound connections to AppPorts
-    /// to the proxy's listener.
-    SkLookup,
-}
-
-impl Program {
-    pub const ALL: [Program; 5] =
-        [Program::Connect4, Program::Connect6, Program::Sockops, Program::Getsockopt, Program::SkLookup];
-    /// The programs attached to the cgroup.
-    pub const CGROUP: [Program; 4] = [Program::Connect4, Program::Connect6, Program::Sockops, Program::Getsockopt];
-
-    /// Whether the program attaches to the network namespace rather than the cgroup.
-    pub const fn on_netns(self) -> bool {
-        matches!(self, Program::SkLookup)
-    }
-
-    /// The program's name in the object (its function name in `ebpf/src/main.rs`).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Program::Connect4 => "connect4",
-            Program::Connect6 => "connect6",
-            Program::Sockops => "track_sockets",
-            Program::Getsockopt => "getsockopt",
-            Program::SkLookup => "steer_ingress",
-        }
-    }
-
-    /// The ELF section, i.e. the kind of hook.
-    pub const fn section(self) -> &'static str {
-        match self {
-            Program::Connect4 => "cgroup/connect4",
-            Program::Connect6 => "cgroup/connect6",
-            Program::Sockops => "sockops",
-            Program::Getsockopt => "cgroup/getsockopt",
-            Program::SkLookup => "sk_lookup",
-        }
-    }
-
-    /// The kernel's `bpf_attach_type` (uapi `linux/bpf.h`).
-    pub const fn attach_type(self) -> u32 {
-        match self {
-            Program::Connect4 => 10,   // BPF_CGROUP_INET4_CONNECT
-            Program::Connect6 => 11,   // BPF_CGROUP_INET6_CONNECT
-            Program::Sockops => 3,     // BPF_CGROUP_SOCK_OPS
-            Program::Getsockopt => 21, // BPF_CGROUP_GETSOCKOPT
-            Program::SkLookup => 36,   // BPF_SK_LOOKUP
-        }
-    }
-
-    /// The file name of the link's pin in the installation directory.
-    pub fn link_pin(self) -> String {
-        format!("link-{}", self.name())
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -675,264 +616,6 @@ pub fn prune(bpffs: &Path) -> Result<Vec<u64>, Error> {
     Ok(pruned)
 }
 
-/// A program of an installation, from its pinned link.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProgramStatus {
-    pub program: Program,
-    pub link_id: u32,
-    pub program_id: u32,
-    /// Whether the kernel lists the program among the cgroup's attached programs (for the
-    /// `sk_lookup` program: whether its link is still attached to a network namespace).
-    pub attached: bool,
-}
-
-/// What is installed on a cgroup, read from its pins.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    pub cgroup: PathBuf,
-    pub cgroup_id: u64,
-    pub pin_dir: PathBuf,
-    pub programs: Vec<ProgramStatus>,
-    /// The generation of the maps the programs use.
-    pub generation: u32,
-    /// What the active generation holds: the configuration enforced.
-    pub contents: Contents,
-    pub counters: Vec<(Counter, u64)>,
-    /// Entries of the pairing maps: redirected connects not yet established, and established
-    /// redirected connections whose proxy socket is open.
-    pub pending: usize,
-    pub established: usize,
-}
-
-/// The target's installation, or `None` when nothing is installed for it.
-pub fn status(target: &Target) -> Result<Option<Status>, Error> {
-    let dir = target.pin_dir();
-    let bpffs = match fs::canonicalize(&target.bpffs) {
-        Ok(path) => path,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("resolve", &target.bpffs, e)),
-    };
-    if !host::is_bpffs(&bpffs)? || !dir.exists() {
-        return Ok(None);
-    }
-    let links = open_pinned_links(&dir)?;
-    let maps = open_pinned_maps(&dir)?;
-    let mut programs = Vec::new();
-    for (program, info) in links {
-        let attached = if program.on_netns() {
-            let path = dir.join(program.link_pin());
-            host::obj_get(&path)
-                .and_then(|link| host::link_netns_ino(link.as_fd()))
-                .map_err(|e| Error::io("read the link pinned at", &path, e))?
-                != 0
-        } else {
-            host::attached_programs(&target.cgroup, program.attach_type())?.contains(&info.program_id())
-        };
-        programs.push(ProgramStatus { program, link_id: info.id(), program_id: info.program_id(), attached });
-    }
-    let (pending, established) = maps::pairing_sizes(&maps)?;
-    let generations = Generations::read(&maps)?;
-    Ok(Some(Status {
-        cgroup: target.cgroup.clone(),
-        cgroup_id: target.cgroup_id,
-        pin_dir: dir,
-        programs,
-        generation: generations.active,
-        contents: generations.active().clone(),
-        counters: maps::read_counters(&maps)?,
-        pending,
-        established,
-    }))
-}
-
-impl Status {
-    /// Human-readable report for `intercept status`.
-    pub fn render_text(&self) -> String {
-        let mut out = String::new();
-        let c = &self.contents.config;
-        let _ = writeln!(out, "eBPF backend: cgroup {} (id {})", self.cgroup.display(), self.cgroup_id);
-        let _ = writeln!(out, "pins: {}", self.pin_dir.display());
-        out.push_str("programs:\n");
-        for p in &self.programs {
-            let _ = writeln!(
-                out,
-                "  {:<18} {:<14} program {:>6}  link {:>6}  {}",
-                p.program.section(),
-                p.program.name(),
-                p.program_id,
-                p.link_id,
-                if p.attached { "attached" } else { "NOT ATTACHED" }
-            );
-        }
-        let _ = writeln!(out, "configuration enforced (map generation {}):", self.generation);
-        let opt = |has: u8, v: u32| if has != 0 { v.to_string() } else { "-".to_owned() };
-        let _ = writeln!(out, "  IgnoredUID         {}", opt(c.has_ignored_uid, c.ignored_uid));
-        let _ = writeln!(out, "  IgnoredGID         {}", opt(c.has_ignored_gid, c.ignored_gid));
-        let _ = writeln!(out, "  ProxyEgressPort    {}", c.proxy_egress_port);
-        let _ = writeln!(
-            out,
-            "  ProxyIngressPort   {}",
-            if c.proxy_ingress_port == 0 { "-".to_owned() } else { c.proxy_ingress_port.to_string() }
-        );
-        let _ = writeln!(out, "  IPv6               {}", if c.ipv6 != 0 { "intercepted" } else { "left alone" });
-        let list = |v: Vec<String>| if v.is_empty() { "-".to_owned() } else { summarise(&v) };
-        let _ = writeln!(
-            out,
-            "  EgressIgnoredPorts {}",
-            list(self.contents.ignored_ports.iter().map(u16::to_string).collect())
-        );
-        let _ = writeln!(
-            out,
-            "  EgressIgnoredIPs   {}",
-            list(self.contents.ignored_nets().iter().map(ToString::to_string).collect())
-        );
-        let _ = writeln!(
-            out,
-            "  AppPorts           {}",
-            list(self.contents.app_ports.iter().map(u16::to_string).collect())
-        );
-        let _ = writeln!(
-            out,
-            "  local destinations {}",
-            list(self.contents.local_nets().iter().map(ToString::to_string).collect())
-        );
-        let _ = writeln!(
-            out,
-            "  inbound            {}",
-            if c.proxy_ingress_port == 0 {
-                "no ingress configured".to_owned()
-            } else {
-                format!(
-                    "AppPorts from non-local sources to the proxy's listener on {} (sk_lookup); without a \
-                     listener: {}",
-                    c.proxy_ingress_port,
-                    if c.ingress_fallback == intercept_common::INGRESS_FALLBACK_APP { "to the app" } else { "refused" }
-                )
-            }
-        );
-        out.push_str("counters:\n");
-        for (counter, value) in &self.counters {
-            let _ = writeln!(out, "  {:<18} {value}", counter.name());
-        }
-        let _ = writeln!(
-            out,
-            "original destinations: {} pending connect(s), {} established connection(s)",
-            self.pending, self.established
-        );
-        out
-    }
-
-    /// Differences between what is installed and `want` (e.g. from the configuration given to
-    /// `status`), one line each; empty when they agree. Detached programs count as drift.
-    pub fn drift(&self, want: &Contents) -> Vec<String> {
-        let mut out = self.detached();
-        out.extend(self.contents.drift(want));
-        out
-    }
-
-    /// Pinned programs the cgroup does not list as attached, one line each.
-    pub fn detached(&self) -> Vec<String> {
-        self.programs
-            .iter()
-            .filter(|p| !p.attached)
-            .map(|p| {
-                let to = if p.program.on_netns() { "a network namespace" } else { "the cgroup" };
-                format!("{} ({}) is pinned but not attached to {to}", p.program.name(), p.program.section())
-            })
-            .collect()
-    }
-
-    pub fn counter(&self, counter: Counter) -> u64 {
-        self.counters.iter().find(|(c, _)| *c == counter).map_or(0, |(_, v)| *v)
-    }
-}
-
-/// The JSON of `intercept status --backend ebpf --format json`: the configuration enforced in
-/// the configuration's own terms, counters by name.
-impl serde::Serialize for Status {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        #[derive(serde::Serialize)]
-        struct ProgramJson {
-            name: &'static str,
-            hook: &'static str,
-            program_id: u32,
-            link_id: u32,
-            attached: bool,
-        }
-        #[derive(serde::Serialize)]
-        struct ConfigJson {
-            ignored_uid: Option<u32>,
-            ignored_gid: Option<u32>,
-            proxy_egress_port: u16,
-            proxy_ingress_port: Option<u16>,
-            /// "refuse" or "app", with ingress.
-            ingress_fallback: Option<&'static str>,
-            ipv6: bool,
-            egress_ignored_ports: Vec<u16>,
-            egress_ignored_ips: Vec<ipnet::IpNet>,
-            app_ports: Vec<u16>,
-            local_destinations: Vec<ipnet::IpNet>,
-        }
-        #[derive(serde::Serialize)]
-        struct StatusJson<'a> {
-            cgroup: &'a Path,
-            cgroup_id: u64,
-            pin_dir: &'a Path,
-            programs: Vec<ProgramJson>,
-            generation: u32,
-            configuration: ConfigJson,
-            counters: BTreeMap<&'static str, u64>,
-            pending_connects: usize,
-            established_connections: usize,
-        }
-        let c = &self.contents.config;
-        StatusJson {
-            cgroup: &self.cgroup,
-            cgroup_id: self.cgroup_id,
-            pin_dir: &self.pin_dir,
-            programs: self
-                .programs
-                .iter()
-                .map(|p| ProgramJson {
-                    name: p.program.name(),
-                    hook: p.program.section(),
-                    program_id: p.program_id,
-                    link_id: p.link_id,
-                    attached: p.attached,
-                })
-                .collect(),
-            generation: self.generation,
-            configuration: ConfigJson {
-                ignored_uid: (c.has_ignored_uid != 0).then_some(c.ignored_uid),
-                ignored_gid: (c.has_ignored_gid != 0).then_some(c.ignored_gid),
-                proxy_egress_port: c.proxy_egress_port,
-                proxy_ingress_port: (c.proxy_ingress_port != 0).then_some(c.proxy_ingress_port),
-                ingress_fallback: (c.proxy_ingress_port != 0).then_some(
-                    if c.ingress_fallback == intercept_common::INGRESS_FALLBACK_APP { "app" } else { "refuse" },
-                ),
-                ipv6: c.ipv6 != 0,
-                egress_ignored_ports: self.contents.ignored_ports.iter().copied().collect(),
-                egress_ignored_ips: self.contents.ignored_nets(),
-                app_ports: self.contents.app_ports.iter().copied().collect(),
-                local_destinations: self.contents.local_nets(),
-            },
-            counters: self.counters.iter().map(|(c, v)| (c.name(), *v)).collect(),
-            pending_connects: self.pending,
-            established_connections: self.established,
-        }
-        .serialize(serializer)
-    }
-}
-
-fn summarise(items: &[String]) -> String {
-    const SHOWN: usize = 8;
-    if items.len() <= SHOWN {
-        items.join(",")
-    } else {
-        format!("{},… ({} in all)", items[..SHOWN].join(","), items.len())
-    }
-}
-
 /// The addresses of the current network namespace's interfaces: the task's own addresses,
 /// which count as local destinations.
 pub fn local_addresses() -> Result<Vec<IpAddr>, Error> {
@@ -951,97 +634,4 @@ pub fn local_addresses() -> Result<Vec<IpAddr>, Error> {
     out.sort();
     out.dedup();
     Ok(out)
-}
-
-/// The programs' debug events (aya-log), forwarded to `tracing` (target `intercept::bpf`) at
-/// their own level. The ring buffer lives as long as this value.
-pub struct Logs(EbpfLogger<Printer>);
-
-impl Logs {
-    /// Forwards the events that arrived since the last call.
-    pub fn flush(&mut self) {
-        self.0.flush();
-    }
-
-    /// Forwards events as they arrive, forever (the pins keep interception going when this
-    /// process is killed).
-    pub fn follow(mut self) -> ! {
-        loop {
-            self.flush();
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-/// aya-log's `log::Log` sink: each record becomes a `tracing` event.
-pub struct Printer;
-
-impl log::Log for Printer {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        let message = record.args();
-        match record.level() {
-            log::Level::Error => tracing::error!(target: "intercept::bpf", "{message}"),
-            log::Level::Warn => tracing::warn!(target: "intercept::bpf", "{message}"),
-            log::Level::Info => tracing::info!(target: "intercept::bpf", "{message}"),
-            log::Level::Debug => tracing::debug!(target: "intercept::bpf", "{message}"),
-            log::Level::Trace => tracing::trace!(target: "intercept::bpf", "{message}"),
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-/// What [`adopt_into`] found: the proxy's listening sockets on ProxyIngressPort put into
-/// `PROXY_LISTENERS`, and the ones it could not take.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Adopted {
-    /// `(pid, fd)` of each listener put into the map.
-    pub listeners: Vec<(u32, i32)>,
-    /// Why a process's sockets could not be looked at, one line each.
-    pub problems: Vec<String>,
-}
-
-/// Puts the listening sockets on `port` of the cgroup's processes into `PROXY_LISTENERS`.
-///
-/// The `sockops` program inserts a listener when it starts listening; a proxy that was already
-/// listening when the programs were attached is found here instead: each process of the cgroup
-/// (`cgroup.procs`, the cgroup itself, not its children), each of its socket descriptors
-/// (`/proc/PID/fd`), duplicated with `pidfd_getfd(2)` (which needs ptrace access to the process:
-/// CAP_SYS_PTRACE for a process of another user) and kept when it is a TCP listener on `port`.
-///
-/// `dir` holds the pinned map: the installation's, or its staging directory.
-fn adopt_into(dir: &Path, cgroup: &Path, port: u16) -> Result<Adopted, Error> {
-    let path = dir.join(intercept_common::PROXY_LISTENERS_MAP);
-    let data = MapData::from_pin(&path).map_err(maps::map_error(intercept_common::PROXY_LISTENERS_MAP))?;
-    let mut listeners = aya::maps::SockMap::try_from(
-        Map::from_map_data(data).map_err(maps::map_error(intercept_common::PROXY_LISTENERS_MAP))?,
-    )
-    .map_err(maps::map_error(intercept_common::PROXY_LISTENERS_MAP))?;
-    let procs_path = cgroup.join("cgroup.procs");
-    let procs = fs::read_to_string(&procs_path).map_err(|e| Error::io("read", &procs_path, e))?;
-    let mut adopted = Adopted::default();
-    for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-        match host::listeners_of(pid, port) {
-            Ok(found) => {
-                for (fd, socket, v6) in found {
-                    let slot = if v6 { intercept_common::LISTENER_V6 } else { intercept_common::LISTENER_V4 };
-                    match listeners.set(slot, &socket, 0) {
-                        Ok(()) => adopted.listeners.push((pid, fd)),
-                        Err(e) => adopted.problems.push(format!("process {pid}, fd {fd}: {e}")),
-                    }
-                }
-            }
-            // The process ended meanwhile: nothing to adopt.
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) || e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => adopted
-                .problems
-                .push(format!("process {pid}: {e} (taking another process's socket needs CAP_SYS_PTRACE)")),
-            Err(e) => adopted.problems.push(format!("process {pid}: {e}")),
-        }
-    }
-    Ok(adopted)
 }

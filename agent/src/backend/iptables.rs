@@ -13,6 +13,8 @@
 //! on them are gone. When the IPv6 transaction fails, the IPv4 one (and the ipsets) are put
 //! back as they were, so the namespace ends either fully configured or as before.
 
+mod handle;
+mod report;
 pub mod save;
 pub mod sync;
 
@@ -21,17 +23,21 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use serde::Serialize;
 
+use crate::backend::counters::{self, Counters};
 use crate::backend::exec::{Call, Output, Runner, System};
 use crate::lock::{self, Held};
 use crate::netns::{self, Netns, Target};
 use crate::plan::IptablesPlan;
-use crate::plan::iptables::{EGRESS_CHAIN, Family, IpSet, TABLE};
+use crate::plan::iptables::{EGRESS_CHAIN, Family, INGRESS_CHAIN, IpSet, TABLE};
 
-use save::{ParseError, Table, count_rules, parse_ipsets, parse_table};
+pub use handle::Handle;
+use report::summary;
+pub use report::{ChainStatus, FamilyStatus, Report, RuleStatus, SetStatus, Status};
+use save::{ParseError, RuleSpec, Table, count_rules, parse_ipsets, parse_table};
 pub use sync::{Changes, Desired, DesiredState, Installed, OWN_SETS, State};
 
 /// Which xtables variant manages the namespace's rules.
@@ -49,6 +55,21 @@ impl Mode {
         match self {
             Mode::Legacy => "legacy",
             Mode::Nft => "nft",
+        }
+    }
+
+    /// The IPv4 programs the backend runs in this mode.
+    pub fn restore_program(self) -> &'static str {
+        match self {
+            Mode::Legacy => "iptables-legacy-restore",
+            Mode::Nft => "iptables-nft-restore",
+        }
+    }
+
+    pub fn save_program(self) -> &'static str {
+        match self {
+            Mode::Legacy => "iptables-legacy-save",
+            Mode::Nft => "iptables-nft-save",
         }
     }
 
@@ -70,7 +91,7 @@ impl fmt::Display for Mode {
 
 /// How long `iptables-restore` waits for the xtables lock another program holds (legacy).
 const LOCK_WAIT: &str = "--wait=10";
-const IPSET: &str = "ipset";
+pub(crate) const IPSET: &str = "ipset";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -308,6 +329,11 @@ impl<R: Runner> Iptables<R> {
         Ok(report)
     }
 
+    /// Whether anything of intercept's is installed: a chain, a rule, an ipset.
+    pub fn present(&self) -> Result<bool, Error> {
+        Ok(!self.read_state()?.is_empty())
+    }
+
     /// What is installed, its counters, and whether it matches `plan` when one is given.
     pub fn status(&self, plan: Option<&IptablesPlan>) -> Result<Status, Error> {
         let ipv6 = self.ipv6()?;
@@ -334,6 +360,8 @@ impl<R: Runner> Iptables<R> {
             reasons.extend(drift);
             matches
         });
+        let counters = plan.map(|plan| counters_of(plan, &state)).unwrap_or_default();
+        let ingress = plan.and_then(|plan| ingress_of(plan, &state));
         if let Some(unfinished) = &unfinished {
             reasons.push(format!(
                 "{unfinished} (interrupted, or still running): the rules may be partly old, partly new; \
@@ -351,6 +379,8 @@ impl<R: Runner> Iptables<R> {
             reasons,
             warnings,
             unfinished: unfinished.map(|u| u.to_string()),
+            counters,
+            ingress,
         })
     }
 
@@ -520,6 +550,68 @@ impl<R: Runner> Iptables<R> {
     }
 }
 
+/// The packet counters of the installed rules that are `plan`'s, added up by the decision each
+/// rule makes (both families together). A `nat` rule sees only the first packet of a
+/// connection, so these count connections.
+fn counters_of(plan: &IptablesPlan, state: &State) -> Counters {
+    let mut counters = Counters::new();
+    let families = [(Some(&plan.v4), Some(&state.v4)), (plan.v6.as_ref(), state.v6.as_ref())];
+    for (planned, installed) in families {
+        let (Some(planned), Some(installed)) = (planned, installed) else { continue };
+        for chain in &planned.chains {
+            let rules = installed.chains.iter().filter(|(name, _)| *name == chain.name).flat_map(|(_, rules)| rules);
+            let rules: Vec<&save::SavedRule> = rules.collect();
+            for rule in &chain.rules {
+                let Some(effect) = rule.effect else { continue };
+                let spec = RuleSpec::from_plan(rule);
+                if let Some(installed) = rules.iter().find(|r| r.spec == spec) {
+                    counters::add(&mut counters, effect, installed.counters.packets);
+                }
+            }
+        }
+    }
+    counters
+}
+
+/// With ingress in `plan`: whether its rules are installed (the jump from PREROUTING and the
+/// redirects), per family that has either (IPv4 always), and what was seen.
+fn ingress_of(plan: &IptablesPlan, state: &State) -> Option<(bool, String)> {
+    let first = plan.v4.chains.iter().find(|c| c.name == INGRESS_CHAIN)?.rules.first()?;
+    let port = first.target.iter().skip_while(|w| *w != "--to-ports").nth(1).map_or("", String::as_str);
+    let mut seen = Vec::new();
+    let mut whole = true;
+    let families =
+        [(Family::Ipv4, Some(&plan.v4), Some(&state.v4)), (Family::Ipv6, plan.v6.as_ref(), state.v6.as_ref())];
+    for (family, planned, installed) in families {
+        let (Some(planned), Some(installed)) = (planned, installed) else { continue };
+        let jump = planned
+            .jumps
+            .iter()
+            .filter(|j| j.target.last().is_some_and(|t| t == INGRESS_CHAIN))
+            .all(|j| installed.jumps.iter().any(|r| r.spec == RuleSpec::from_plan(j)));
+        let redirects: Vec<&save::SavedRule> =
+            installed.chains.iter().filter(|(name, _)| name == INGRESS_CHAIN).flat_map(|(_, rules)| rules).collect();
+        let redirect = planned
+            .chains
+            .iter()
+            .filter(|c| c.name == INGRESS_CHAIN)
+            .flat_map(|c| &c.rules)
+            .all(|rule| redirects.iter().any(|r| r.spec == RuleSpec::from_plan(rule)));
+        let any = installed.jumps.iter().any(|r| r.spec.chain == "PREROUTING") || !redirects.is_empty();
+        // IPv4 is always installed; IPv6 only when the namespace and configuration have it.
+        if family == Family::Ipv4 || any {
+            whole &= jump && redirect;
+            seen.push(format!(
+                "{}: PREROUTING jump to {INGRESS_CHAIN} {}, REDIRECT to {port} {}",
+                report::family_label(family),
+                crate::backend::found(jump),
+                crate::backend::found(redirect)
+            ));
+        }
+    }
+    Some((whole, seen.join("; ")))
+}
+
 /// What should be installed for `plan` (nothing when `None`) in a namespace in `state`,
 /// and the warnings about what is skipped.
 ///
@@ -548,219 +640,4 @@ fn desired_state(plan: Option<&IptablesPlan>, ipv6: &Ipv6, state: &State) -> (De
     let mut desired = DesiredState { v4, v6, sets };
     sync::place_sets(&mut desired, state);
     (desired, warnings)
-}
-
-/// What an apply or remove did (or, for a dry run, would do).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Report {
-    pub target: String,
-    pub mode: Mode,
-    pub detection: String,
-    pub warnings: Vec<String>,
-    /// Something was changed. `false` when everything already was as it should be.
-    pub changed: bool,
-    pub dry_run: bool,
-    /// The transactions run (or, for a dry run, that would run).
-    pub changes: Changes,
-    /// What is installed afterwards, in a few words.
-    pub installed: String,
-}
-
-impl Report {
-    /// For people; the warnings are not included (the CLI prints them to stderr).
-    pub fn render_text(&self, verb: &str) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "{verb}: {} in the {} ({})", self.mode, self.target, self.detection);
-        if self.dry_run {
-            if self.changes.is_empty() {
-                out.push_str("dry run: nothing to change\n");
-            }
-            let steps = [
-                ("ipset restore", &self.changes.ipset_update),
-                ("iptables-restore --noflush (IPv4)", &self.changes.v4),
-                ("ip6tables-restore --noflush (IPv6)", &self.changes.v6),
-                ("ipset restore (after the rules)", &self.changes.ipset_cleanup),
-            ];
-            for (what, input) in steps {
-                if let Some(input) = input {
-                    let _ = write!(out, "\n# dry run: would run {what}\n{input}");
-                }
-            }
-        } else if self.changed {
-            let _ = writeln!(out, "done: {}", self.installed);
-        } else {
-            let _ = writeln!(out, "nothing to change: {}", self.installed);
-        }
-        out
-    }
-}
-
-fn summary(desired: &DesiredState) -> String {
-    let family = |label: &str, d: &Desired| {
-        let rules: usize = d.chains.iter().map(|(_, r)| r.len()).sum();
-        format!("{label} ({} chains, {rules} rules, {} jumps)", d.chains.len(), d.jumps.len())
-    };
-    let mut parts = Vec::new();
-    if !desired.v4.chains.is_empty() {
-        parts.push(family("IPv4", &desired.v4));
-    }
-    if let Some(v6) = desired.v6.as_ref().filter(|d| !d.chains.is_empty()) {
-        parts.push(family("IPv6", v6));
-    }
-    for set in &desired.sets {
-        parts.push(format!("ipset {} ({} networks)", set.name, set.entries.len()));
-    }
-    if parts.is_empty() { "nothing of intercept's is installed".to_owned() } else { parts.join(", ") }
-}
-
-/// `intercept status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Status {
-    pub target: String,
-    pub mode: Mode,
-    pub detection: String,
-    pub families: Vec<FamilyStatus>,
-    pub ipsets: Vec<SetStatus>,
-    /// intercept's egress chain and the jump to it are installed (IPv4).
-    pub installed: bool,
-    /// Whether what is installed is exactly what the configuration asks for; `None` when
-    /// no configuration was given.
-    pub matches: Option<bool>,
-    /// Why it is not installed or does not match, one sentence each.
-    pub reasons: Vec<String>,
-    pub warnings: Vec<String>,
-    /// An `apply` or `remove` began and did not finish (killed, or still running): what is
-    /// installed may be a mix of two configurations.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unfinished: Option<String>,
-}
-
-impl Status {
-    /// 0 when installed and matching the configuration (if one was given), else 1; also 1
-    /// after an unfinished change, unless what is installed matches the configuration
-    /// exactly (then it is whole, whatever was interrupted).
-    pub fn exit_code(&self) -> i32 {
-        let whole = self.unfinished.is_none() || self.matches == Some(true);
-        super::status_exit_code(self.installed && whole, self.matches)
-    }
-
-    /// For people; the warnings are not included (the CLI prints them to stderr).
-    pub fn render_text(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "intercept status: {} in the {} ({})", self.mode, self.target, self.detection);
-        for family in &self.families {
-            let label = family_label(family.family);
-            if !family.readable {
-                let _ = writeln!(out, "\n{label}: the nat table cannot be read");
-                continue;
-            }
-            if family.chains.is_empty() && family.jumps.is_empty() {
-                let _ = writeln!(out, "\n{label}: nothing installed");
-                continue;
-            }
-            let _ = writeln!(out, "\n{label}, nat table:\n{:>10} {:>12}  rule", "packets", "bytes");
-            for rule in family.jumps.iter().chain(family.chains.iter().flat_map(|c| &c.rules)) {
-                let _ = writeln!(out, "{:>10} {:>12}  {}", rule.packets, rule.bytes, rule.rule);
-            }
-        }
-        if !self.ipsets.is_empty() {
-            out.push_str("\nipsets\n");
-            for set in &self.ipsets {
-                let _ = writeln!(
-                    out,
-                    "  {} ({}, {} networks, maxelem {})",
-                    set.name,
-                    family_label(set.family),
-                    set.entries,
-                    set.maxelem
-                );
-            }
-        }
-        out.push('\n');
-        let verdict = match (self.installed, self.matches) {
-            (_, Some(true) | None) if self.unfinished.is_some() && self.exit_code() != 0 => {
-                "NOT whole: a change was interrupted"
-            }
-            (true, Some(true)) => "installed, and matches the configuration",
-            (true, Some(false)) => "installed, but does NOT match the configuration",
-            (true, None) => "installed (give a configuration to check it for drift)",
-            (false, _) => "NOT installed",
-        };
-        let _ = writeln!(out, "{verdict}");
-        for reason in &self.reasons {
-            let _ = writeln!(out, "  - {reason}");
-        }
-        out
-    }
-}
-
-fn family_label(family: Family) -> &'static str {
-    match family {
-        Family::Ipv4 => "IPv4",
-        Family::Ipv6 => "IPv6",
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FamilyStatus {
-    pub family: Family,
-    /// The family's `nat` table could be read.
-    pub readable: bool,
-    pub chains: Vec<ChainStatus>,
-    /// intercept's rules in other chains.
-    pub jumps: Vec<RuleStatus>,
-}
-
-impl FamilyStatus {
-    fn new(family: Family, installed: Option<&Installed>) -> FamilyStatus {
-        let readable = installed.is_some();
-        let empty = Installed::default();
-        let installed = installed.unwrap_or(&empty);
-        FamilyStatus {
-            family,
-            readable,
-            chains: installed
-                .chains
-                .iter()
-                .map(|(name, rules)| ChainStatus {
-                    name: name.clone(),
-                    rules: rules.iter().map(RuleStatus::from).collect(),
-                })
-                .collect(),
-            jumps: installed.jumps.iter().map(RuleStatus::from).collect(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ChainStatus {
-    pub name: String,
-    pub rules: Vec<RuleStatus>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RuleStatus {
-    pub rule: String,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-impl From<&save::SavedRule> for RuleStatus {
-    fn from(rule: &save::SavedRule) -> RuleStatus {
-        RuleStatus { rule: rule.spec.line("-A"), packets: rule.counters.packets, bytes: rule.counters.bytes }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SetStatus {
-    pub name: String,
-    pub family: Family,
-    pub maxelem: usize,
-    pub entries: usize,
-}
-
-impl From<&IpSet> for SetStatus {
-    fn from(set: &IpSet) -> SetStatus {
-        SetStatus { name: set.name.clone(), family: set.family, maxelem: set.maxelem, entries: set.entries.len() }
-    }
 }

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use super::{ConfigArgs, ConfigErrors, Validated, validate};
-use crate::plan::{self, Backend, Format};
+use crate::backend::Kind;
+use crate::plan::Format;
 use crate::report::CheckReport;
 
 /// The configuration flags as the `intercept` subcommands take them.
@@ -60,9 +61,9 @@ fn run(args: &ConfigArgs, env: impl Fn(&str) -> Option<String>, stdin: &[u8]) {
         Ok(input) => match validate(&input.raw) {
             Ok(Validated { config, warnings }) => {
                 assert!(warnings.iter().all(|d| !d.is_error()), "an error among the warnings: {warnings:?}");
-                for backend in [Backend::Ebpf, Backend::Iptables, Backend::Nftables] {
+                for backend in Kind::ALL {
                     for format in [Format::Text, Format::Json] {
-                        let _ = plan::render(&config, backend, format);
+                        let _ = backend.render_plan(&config, format);
                     }
                 }
             }

@@ -276,6 +276,15 @@ impl ConfigArgs {
         Property::ALL.into_iter().zip(values).filter_map(|(p, v)| v.as_ref().map(|v| (p, v)))
     }
 
+    /// Whether any source or property flag was given (`status` works without).
+    pub fn given(&self) -> bool {
+        self.task_definition.is_some()
+            || self.proxy_configuration.is_some()
+            || self.from_env
+            || self.ipv6.is_some()
+            || self.property_flags().next().is_some()
+    }
+
     /// Reads the chosen source from the process environment, the files or stdin.
     pub fn read(&self) -> Result<Input, ConfigErrors> {
         self.read_with(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()), std::io::stdin().lock())

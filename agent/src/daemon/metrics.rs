@@ -19,8 +19,17 @@ use prometheus_client::registry::Registry;
 
 use super::host::Host;
 use super::reconcile::Installed;
+use crate::config::ProxyConfig;
 
 type Labels = [(&'static str, &'static str); 1];
+
+/// A task the daemon installed, and its configuration when its task file says it (the rule
+/// backends' counters are read through it).
+#[derive(Debug, Clone)]
+pub struct Managed {
+    pub installed: Installed,
+    pub config: Option<ProxyConfig>,
+}
 
 /// The daemon's own metrics; the clones registered share their values with these.
 #[derive(Debug, Clone)]
@@ -33,7 +42,7 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     tasks: Family<Labels, Gauge>,
     /// What the daemon manages, for the scrape-time counters.
-    managed: Arc<Mutex<Vec<Installed>>>,
+    managed: Arc<Mutex<Vec<Managed>>>,
     /// A reconcile pass has completed: `/healthz` answers 200.
     reconciled: Arc<AtomicBool>,
 }
@@ -89,7 +98,7 @@ impl Metrics {
     }
 
     /// Publishes the outcome of a reconcile pass: task counts by state, what is managed.
-    pub fn reconciled(&self, states: &[(&'static str, usize)], managed: Vec<Installed>) {
+    pub fn reconciled(&self, states: &[(&'static str, usize)], managed: Vec<Managed>) {
         for (state, count) in states {
             self.tasks.get_or_create(&[("state", state)]).set(i64::try_from(*count).unwrap_or(i64::MAX));
         }
@@ -154,7 +163,7 @@ fn content_type(value: &str) -> tiny_http::Header {
 #[derive(Debug)]
 struct TaskCounters {
     host: Host,
-    managed: Arc<Mutex<Vec<Installed>>>,
+    managed: Arc<Mutex<Vec<Managed>>>,
 }
 
 impl Collector for TaskCounters {
@@ -162,11 +171,12 @@ impl Collector for TaskCounters {
         let managed = self.managed.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut samples = Vec::new();
         for task in &managed {
-            match self.host.counters(task) {
-                Ok(Some(counters)) => samples.push((task.id.clone(), counters)),
+            let id = &task.installed.id;
+            match self.host.counters(&task.installed, task.config.as_ref()) {
+                Ok(Some(counters)) => samples.push((id.clone(), counters)),
                 Ok(None) => {}
                 // Being removed, or its cgroup just went: the next pass says so.
-                Err(e) => tracing::debug!(task = %task.id, error = %e, "metrics: reading the task's counters"),
+                Err(e) => tracing::debug!(task = %id, error = %e, "metrics: reading the task's counters"),
             }
         }
         if samples.is_empty() {
@@ -175,7 +185,7 @@ impl Collector for TaskCounters {
         let counter = ConstCounter::new(0u64);
         let mut family = encoder.encode_descriptor(
             "intercept_task_connections",
-            "Connections seen by a task's eBPF programs, by decision",
+            "Connections seen by a task's interception, by decision",
             None,
             counter.metric_type(),
         )?;

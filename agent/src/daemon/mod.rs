@@ -246,7 +246,15 @@ impl Daemon {
             ("cgroup_missing", missing),
             ("waiting_for_proxy", self.waiting.len() - overdue),
         ];
-        self.metrics.reconciled(&states, self.records.values().cloned().collect());
+        let managed = self
+            .records
+            .values()
+            .map(|installed| metrics::Managed {
+                installed: installed.clone(),
+                config: desired.iter().find(|d| d.spec.id == installed.id).map(|d| d.spec.config.clone()),
+            })
+            .collect();
+        self.metrics.reconciled(&states, managed);
         self.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     }
 
@@ -388,14 +396,14 @@ impl Daemon {
                 self.metrics.applied(result.is_ok());
                 match result {
                     Ok(()) => {
-                        info!(task = %spec.id, backend = spec.backend.name(), cgroup = %spec.cgroup, reason = ?reason, "applied");
+                        info!(task = %spec.id, backend = %spec.backend, cgroup = %spec.cgroup, reason = ?reason, "applied");
                         self.records.insert(spec.id.clone(), Installed::of(spec));
                         self.save();
                         Ok(())
                     }
                     Err(e) => {
                         let e = error_chain(&e);
-                        error!(task = %spec.id, backend = spec.backend.name(), reason = ?reason, error = %e, "apply failed");
+                        error!(task = %spec.id, backend = %spec.backend, reason = ?reason, error = %e, "apply failed");
                         Err(())
                     }
                 }
@@ -412,7 +420,7 @@ impl Daemon {
                             self.metrics.cgroup_gone.inc();
                             warn!(task = %installed.id, cgroup = %installed.cgroup, "the task's cgroup is gone: cleaned up");
                         } else {
-                            info!(task = %installed.id, backend = installed.backend.name(), reason = ?reason, "removed");
+                            info!(task = %installed.id, backend = %installed.backend, reason = ?reason, "removed");
                         }
                         // A replaced record was overwritten by the apply before it.
                         if *reason != RemoveReason::Replaced {
@@ -423,7 +431,7 @@ impl Daemon {
                     }
                     Err(e) => {
                         let e = error_chain(&e);
-                        error!(task = %installed.id, backend = installed.backend.name(), reason = ?reason, error = %e, "remove failed");
+                        error!(task = %installed.id, backend = %installed.backend, reason = ?reason, error = %e, "remove failed");
                         Err(())
                     }
                 }

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::backend::{Kind, Scope};
 use crate::config::source::{parse_proxy_configuration, parse_task_definition};
 use crate::config::{ConfigErrors, Diagnostic, ProxyConfig, validate};
-use crate::plan::Backend;
 use crate::readiness::{self, InstallWhen};
 
 /// Task ids name files, state entries and metric labels: letters, digits, `_`, `-`, `.`,
@@ -38,7 +38,7 @@ pub struct TaskSpec {
     pub cgroup: String,
     /// The task's network namespace; `None`: the daemon's own (host networking).
     pub netns: Option<PathBuf>,
-    pub backend: Backend,
+    pub backend: Kind,
     pub config: ProxyConfig,
     /// When to install; `None`: the daemon's `--install-when`.
     pub install_when: Option<InstallWhen>,
@@ -149,13 +149,13 @@ pub fn parse(file: &Path, text: &str) -> Result<TaskSpec, SpecError> {
         }
     };
     let backend = string_field(&top, "backend", &mut problems).and_then(|name| {
-        let backend = [Backend::Ebpf, Backend::Iptables, Backend::Nftables].into_iter().find(|b| b.name() == name);
+        let backend = Kind::from_name(&name);
         if backend.is_none() {
             problems.push(Diagnostic::error("backend", Some(&name), "must be one of ebpf, iptables, nftables"));
         }
         backend
     });
-    if matches!(backend, Some(Backend::Iptables | Backend::Nftables)) && netns.is_none() && !top.contains_key("netns") {
+    if backend.is_some_and(|b| b.scope() == Scope::Netns) && netns.is_none() && !top.contains_key("netns") {
         // Without it the rules would go into the daemon's own namespace: the host's.
         problems.push(Diagnostic::error(
             "netns",
@@ -273,7 +273,7 @@ mod tests {
         assert_eq!(spec.id, "task1");
         assert_eq!(spec.cgroup, "/ecs/task1");
         assert_eq!(spec.netns, Some(PathBuf::from("/run/netns/task1")));
-        assert_eq!(spec.backend, Backend::Ebpf);
+        assert_eq!(spec.backend, Kind::Ebpf);
         assert_eq!(spec.config.proxy_egress_port, 15001);
         assert_eq!(spec.config.ignored_uid, Some(1337));
         assert_eq!(spec.install_when, None, "the daemon's --install-when");
@@ -322,7 +322,7 @@ mod tests {
         let mut netns = base.clone();
         netns.netns = None;
         let mut backend = base.clone();
-        backend.backend = Backend::Nftables;
+        backend.backend = Kind::Nftables;
         let mut cgroup = base.clone();
         cgroup.cgroup = "/ecs/task2".into();
         for changed in [other, netns, backend, cgroup] {
@@ -441,11 +441,11 @@ mod tests {
     #[test]
     fn the_documented_examples_parse() {
         for (name, text, backend, install_when) in [
-            ("taskB-1.json", include_str!("../../../examples/daemon/taskB-1.json"), Backend::Ebpf, None),
+            ("taskB-1.json", include_str!("../../../examples/daemon/taskB-1.json"), Kind::Ebpf, None),
             (
                 "taskC-1.json",
                 include_str!("../../../examples/daemon/taskC-1.json"),
-                Backend::Nftables,
+                Kind::Nftables,
                 Some(InstallWhen::ProxyLive),
             ),
         ] {

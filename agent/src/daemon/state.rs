@@ -70,7 +70,7 @@ pub fn save(dir: &Path, tasks: &BTreeMap<String, Installed>) -> Result<(), Error
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Backend;
+    use crate::backend::Kind;
 
     #[test]
     fn save_then_load_round_trips_and_a_missing_record_is_empty() {
@@ -82,7 +82,7 @@ mod tests {
             .map(|id| {
                 let t = Installed {
                     id: id.into(),
-                    backend: Backend::Ebpf,
+                    backend: Kind::Ebpf,
                     cgroup: format!("/ecs/{id}"),
                     netns: None,
                     fingerprint: 7,

@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use super::{push_summarised, to_json};
 use crate::config::{METADATA_IPS, PortRange, PortSet, ProxyConfig, SSH_PORT};
+use crate::model::{Direction, Effect, Reason};
 
 pub const TABLE: &str = "nat";
 pub const EGRESS_CHAIN: &str = "INTERCEPT_EGRESS";
@@ -104,16 +105,21 @@ pub struct Rule {
     pub comment: String,
     /// `-j RETURN`, `-j REDIRECT --to-ports N` or `-j <chain>`.
     pub target: Vec<String>,
+    /// The decision the rule makes; `None` for the jumps into intercept's chains, which
+    /// decide nothing themselves.
+    #[serde(skip)]
+    pub effect: Option<Effect>,
 }
 
 impl Rule {
-    fn new(chain: &str, matches: &[&str], comment: String, target: &[&str]) -> Rule {
+    fn new(chain: &str, matches: &[&str], comment: String, target: &[&str], effect: Option<Effect>) -> Rule {
         debug_assert!(comment.starts_with(COMMENT_PREFIX) && !comment.contains('"'));
         Rule {
             chain: chain.to_owned(),
             matches: matches.iter().map(|s| (*s).to_owned()).collect(),
             comment,
             target: target.iter().map(|s| (*s).to_owned()).collect(),
+            effect,
         }
     }
 
@@ -373,12 +379,24 @@ fn build_family(
     if let Some(uid) = config.ignored_uid {
         let uid = uid.to_string();
         let comment = format!("{COMMENT_PREFIX}never redirect IgnoredUID {uid}");
-        egress.push(Rule::new(chain, &["-m", "owner", "--uid-owner", &uid], comment, &["-j", "RETURN"]));
+        egress.push(Rule::new(
+            chain,
+            &["-m", "owner", "--uid-owner", &uid],
+            comment,
+            &["-j", "RETURN"],
+            exempt(Reason::IgnoredUid),
+        ));
     }
     if let Some(gid) = config.ignored_gid {
         let gid = gid.to_string();
         let comment = format!("{COMMENT_PREFIX}never redirect IgnoredGID {gid}");
-        egress.push(Rule::new(chain, &["-m", "owner", "--gid-owner", &gid], comment, &["-j", "RETURN"]));
+        egress.push(Rule::new(
+            chain,
+            &["-m", "owner", "--gid-owner", &gid],
+            comment,
+            &["-j", "RETURN"],
+            exempt(Reason::IgnoredGid),
+        ));
     }
     let ports_label = ignored_ports_label(config);
     for (dports, part) in with_parts(multiport_chunks(ignored_ports)) {
@@ -388,12 +406,13 @@ fn build_family(
             &["-p", "tcp", "-m", "multiport", "--dports", &dports],
             comment,
             &["-j", "RETURN"],
+            exempt(Reason::IgnoredPort),
         ));
     }
     let plain_nets = if set.is_some() { everything } else { [everything, specific].concat() };
     for net in plain_nets {
         let comment = format!("{COMMENT_PREFIX}never redirect {}", ignored_net_label(config, &net));
-        egress.push(Rule::new(chain, &["-d", &net.to_string()], comment, &["-j", "RETURN"]));
+        egress.push(Rule::new(chain, &["-d", &net.to_string()], comment, &["-j", "RETURN"], exempt(Reason::IgnoredIp)));
     }
     if let Some(set) = &set {
         let comment = format!(
@@ -401,11 +420,23 @@ fn build_family(
             set.name,
             set.entries.len()
         );
-        egress.push(Rule::new(chain, &["-m", "set", "--match-set", &set.name, "dst"], comment, &["-j", "RETURN"]));
+        egress.push(Rule::new(
+            chain,
+            &["-m", "set", "--match-set", &set.name, "dst"],
+            comment,
+            &["-j", "RETURN"],
+            exempt(Reason::IgnoredIp),
+        ));
     }
     let port = config.proxy_egress_port.to_string();
     let comment = format!("{COMMENT_PREFIX}redirect other egress TCP to ProxyEgressPort {port}");
-    egress.push(Rule::new(chain, &["-p", "tcp"], comment, &["-j", "REDIRECT", "--to-ports", &port]));
+    egress.push(Rule::new(
+        chain,
+        &["-p", "tcp"],
+        comment,
+        &["-j", "REDIRECT", "--to-ports", &port],
+        Some(Effect::Redirect(Direction::Egress)),
+    ));
 
     let mut chains = vec![Chain { name: EGRESS_CHAIN.to_owned(), rules: egress }];
     let mut jumps = vec![Rule::new(
@@ -413,6 +444,7 @@ fn build_family(
         &["-p", "tcp", "-m", "addrtype", "!", "--dst-type", "LOCAL"],
         format!("{COMMENT_PREFIX}egress TCP to non-local destinations"),
         &["-j", EGRESS_CHAIN],
+        None,
     )];
 
     if let Some(ingress) = &config.ingress {
@@ -424,6 +456,7 @@ fn build_family(
                     &["-p", "tcp", "-m", "multiport", "--dports", &dports],
                     format!("{COMMENT_PREFIX}redirect AppPorts to ProxyIngressPort {port}{part}"),
                     &["-j", "REDIRECT", "--to-ports", &port],
+                    Some(Effect::Redirect(Direction::Ingress)),
                 )
             })
             .collect();
@@ -433,9 +466,14 @@ fn build_family(
             &["-p", "tcp", "-m", "addrtype", "!", "--src-type", "LOCAL"],
             format!("{COMMENT_PREFIX}ingress TCP from non-local sources"),
             &["-j", INGRESS_CHAIN],
+            None,
         ));
     }
     (FamilyPlan { family, chains, jumps }, set)
+}
+
+pub(super) fn exempt(reason: Reason) -> Option<Effect> {
+    Some(Effect::Untouched(reason))
 }
 
 /// Split `ports` into `--dports` lists of at most [`MULTIPORT_MAX`] entries, a range

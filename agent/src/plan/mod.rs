@@ -22,33 +22,9 @@ use std::fmt::{Display, Write as _};
 
 use serde::Serialize;
 
-use crate::config::ProxyConfig;
-
 pub use ebpf::EbpfPlan;
 pub use iptables::IptablesPlan;
 pub use nftables::NftablesPlan;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// iptables `nat` rules (behaviour-compatible with the ECS App Mesh CNI plugin).
-    Iptables,
-    /// eBPF programs and the maps they read.
-    Ebpf,
-    /// a native nftables table, `inet intercept`, replaced as a whole by one `nft -f` transaction.
-    Nftables,
-}
-
-impl Backend {
-    /// As `--backend` spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Iptables => "iptables",
-            Backend::Ebpf => "ebpf",
-            Backend::Nftables => "nftables",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,18 +33,6 @@ pub enum Format {
     Text,
     /// For tools: the complete plan.
     Json,
-}
-
-/// Render the plan `backend` would apply for `config`.
-pub fn render(config: &ProxyConfig, backend: Backend, format: Format) -> String {
-    match (backend, format) {
-        (Backend::Iptables, Format::Text) => IptablesPlan::new(config).render_text(),
-        (Backend::Iptables, Format::Json) => IptablesPlan::new(config).render_json(),
-        (Backend::Ebpf, Format::Text) => EbpfPlan::new(config).render_text(),
-        (Backend::Ebpf, Format::Json) => EbpfPlan::new(config).render_json(),
-        (Backend::Nftables, Format::Text) => NftablesPlan::new(config).render_text(),
-        (Backend::Nftables, Format::Json) => NftablesPlan::new(config).render_json(),
-    }
 }
 
 /// How many entries of a long list the text renderings show before summarising the rest.

@@ -57,9 +57,10 @@ use std::fmt::{self, Write as _};
 use ipnet::IpNet;
 use serde::{Serialize, Serializer};
 
-use super::iptables::{Family, ignored_ports_label};
+use super::iptables::{Family, exempt, ignored_ports_label};
 use super::{TEXT_LIST_LIMIT, to_json};
 use crate::config::{PortRange, ProxyConfig};
+use crate::model::{Direction, Effect, Reason};
 
 pub const FAMILY: &str = "inet";
 pub const TABLE: &str = "intercept";
@@ -187,12 +188,15 @@ pub struct Rule {
     pub verdict: Verdict,
     /// Starts with [`COMMENT_PREFIX`], at most [`COMMENT_MAX`] bytes, no double quote.
     pub comment: String,
+    /// The decision the rule makes; `None` for the jumps into intercept's chains.
+    #[serde(skip)]
+    pub effect: Option<Effect>,
 }
 
 impl Rule {
-    fn new(matches: Vec<Match>, verdict: Verdict, comment: String) -> Rule {
+    fn new(matches: Vec<Match>, verdict: Verdict, comment: String, effect: Option<Effect>) -> Rule {
         debug_assert!(comment.starts_with(COMMENT_PREFIX) && comment.len() <= COMMENT_MAX && !comment.contains('"'));
-        Rule { matches, verdict, comment }
+        Rule { matches, verdict, comment, effect }
     }
 
     /// The rule as nft writes it, in a chain block or after `add rule inet intercept CHAIN`.
@@ -336,6 +340,7 @@ impl NftablesPlan {
                 vec![Match::Uid(uid)],
                 Verdict::Return,
                 format!("{COMMENT_PREFIX}never redirect IgnoredUID {uid}"),
+                exempt(Reason::IgnoredUid),
             ));
         }
         if let Some(gid) = config.ignored_gid {
@@ -343,6 +348,7 @@ impl NftablesPlan {
                 vec![Match::Gid(gid)],
                 Verdict::Return,
                 format!("{COMMENT_PREFIX}never redirect IgnoredGID {gid}"),
+                exempt(Reason::IgnoredGid),
             ));
         }
         let ports = config.effective_ignored_ports();
@@ -358,6 +364,7 @@ impl NftablesPlan {
                 vec![Match::DportIn(IGNORED_PORTS_SET)],
                 Verdict::Return,
                 format!("{COMMENT_PREFIX}never redirect {} ({})", rule_label(label), count(ports.port_count(), "port")),
+                exempt(Reason::IgnoredPort),
             ));
         }
         let ignored_ips = config.effective_ignored_ips();
@@ -380,13 +387,19 @@ impl NftablesPlan {
                 comment: format!("{COMMENT_PREFIX}{label}"),
                 elements: Elements::Nets(nets),
             });
-            egress.push(Rule::new(vec![Match::DaddrIn(family, name)], Verdict::Return, comment));
+            egress.push(Rule::new(
+                vec![Match::DaddrIn(family, name)],
+                Verdict::Return,
+                comment,
+                exempt(Reason::IgnoredIp),
+            ));
         }
         let port = config.proxy_egress_port;
         egress.push(Rule::new(
             vec![Match::Tcp],
             Verdict::Redirect(port),
             format!("{COMMENT_PREFIX}redirect other egress TCP to ProxyEgressPort {port}"),
+            Some(Effect::Redirect(Direction::Egress)),
         ));
 
         // The jumps select TCP, and IPv4 only when IPv6 is not intercepted; in the model's
@@ -394,7 +407,7 @@ impl NftablesPlan {
         let (only, families_label) = if config.ipv6 { (None, "") } else { (Some(Match::Ipv4Only), " IPv4") };
         let jump = |direction: Match, to: &'static str, comment: String| {
             let matches = [Some(Match::Tcp), only, Some(direction)].into_iter().flatten().collect();
-            Rule::new(matches, Verdict::Jump(to), comment)
+            Rule::new(matches, Verdict::Jump(to), comment, None)
         };
         let mut chains = vec![Chain {
             name: OUTPUT_CHAIN,
@@ -433,6 +446,7 @@ impl NftablesPlan {
                     vec![Match::DportIn(APP_PORTS_SET)],
                     Verdict::Redirect(port),
                     format!("{COMMENT_PREFIX}redirect AppPorts to ProxyIngressPort {port}"),
+                    Some(Effect::Redirect(Direction::Ingress)),
                 )],
             });
         }

@@ -9,12 +9,13 @@ use intercept_common::{GENERATIONS, IGNORED_NETS_CAPACITY, IGNORED_NETS_V4_MAP, 
 use ipnet::IpNet;
 use proptest::prelude::*;
 
+use super::Format;
 use super::ebpf::{self, EbpfPlan};
 use super::iptables::{
     self, COMMENT_PREFIX, EGRESS_CHAIN, Family, FamilyPlan, INGRESS_CHAIN, IPSET_THRESHOLD, IptablesPlan, Rule,
 };
 use super::testutil::*;
-use super::{Backend, Format, render};
+use crate::backend::Kind;
 use crate::config::{PortRange, ProxyConfig};
 use crate::model::{self, Connection, Decision, Direction, LocalAddrs, Protocol, Reason, canonical};
 
@@ -27,16 +28,16 @@ const MULTIPORT_MAX: usize = 15;
 #[test]
 fn snapshots_text() {
     for (name, config) in all_configs() {
-        insta::assert_snapshot!(format!("{name}_iptables"), render(&config, Backend::Iptables, Format::Text));
-        insta::assert_snapshot!(format!("{name}_ebpf"), render(&config, Backend::Ebpf, Format::Text));
+        insta::assert_snapshot!(format!("{name}_iptables"), Kind::Iptables.render_plan(&config, Format::Text));
+        insta::assert_snapshot!(format!("{name}_ebpf"), Kind::Ebpf.render_plan(&config, Format::Text));
     }
 }
 
 #[test]
 fn snapshots_json() {
     for (name, config) in [("seed", seed()), ("ipv6_cidrs", ipv6_cidrs()), ("port_ranges", port_ranges())] {
-        insta::assert_snapshot!(format!("{name}_iptables_json"), render(&config, Backend::Iptables, Format::Json));
-        insta::assert_snapshot!(format!("{name}_ebpf_json"), render(&config, Backend::Ebpf, Format::Json));
+        insta::assert_snapshot!(format!("{name}_iptables_json"), Kind::Iptables.render_plan(&config, Format::Json));
+        insta::assert_snapshot!(format!("{name}_ebpf_json"), Kind::Ebpf.render_plan(&config, Format::Json));
     }
 }
 
@@ -46,8 +47,8 @@ fn snapshots_of_the_seed_examples() {
     for name in crate::testdata::EXAMPLES {
         let config = crate::testdata::example_config(name);
         assert_eq!(config, seed(), "{name}");
-        insta::assert_snapshot!(format!("example_{name}_iptables"), render(&config, Backend::Iptables, Format::Text));
-        insta::assert_snapshot!(format!("example_{name}_ebpf"), render(&config, Backend::Ebpf, Format::Text));
+        insta::assert_snapshot!(format!("example_{name}_iptables"), Kind::Iptables.render_plan(&config, Format::Text));
+        insta::assert_snapshot!(format!("example_{name}_ebpf"), Kind::Ebpf.render_plan(&config, Format::Text));
     }
 }
 
@@ -361,9 +362,9 @@ fn lpm_keys_hold_the_address_in_network_order() {
 #[test]
 fn rendering_is_deterministic() {
     for (_, config) in all_configs().into_iter().filter(|(n, _)| *n != "ten_thousand_cidrs") {
-        for backend in [Backend::Iptables, Backend::Ebpf] {
+        for backend in [Kind::Iptables, Kind::Ebpf] {
             for format in [Format::Text, Format::Json] {
-                assert_eq!(render(&config, backend, format), render(&config, backend, format));
+                assert_eq!(backend.render_plan(&config, format), backend.render_plan(&config, format));
             }
         }
     }
@@ -373,8 +374,8 @@ fn rendering_is_deterministic() {
     shuffled.egress_ignored_ports = ports(&[(8000, 8010), (22, 22), (8005, 8020)]);
     let mut sorted = ipv6_cidrs();
     sorted.egress_ignored_ports = ports(&[(22, 22), (8000, 8020)]);
-    for backend in [Backend::Iptables, Backend::Ebpf] {
-        assert_eq!(render(&shuffled, backend, Format::Json), render(&sorted, backend, Format::Json));
+    for backend in [Kind::Iptables, Kind::Ebpf] {
+        assert_eq!(backend.render_plan(&shuffled, Format::Json), backend.render_plan(&sorted, Format::Json));
     }
 }
 

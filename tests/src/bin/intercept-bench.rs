@@ -41,13 +41,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use intercept_tests::{
     TestCgroup,
     daemon::{Daemon, DaemonDirs, seed_proxy_configuration, task_json},
     ebpf::{TestBpffs, as_identity},
-    require_privileges,
-    topology::{Netns, Topology, require_netns_privileges, require_nft},
+    privileges,
+    topology::{Netns, Topology, netns_privileges, nft},
 };
 use nix::{
     sched::{CpuSet, sched_setaffinity},
@@ -114,8 +114,8 @@ fn daemon_memory(args: &[String]) -> Result<()> {
     let intercept =
         PathBuf::from(env::var_os("INTERCEPT_BIN").context("INTERCEPT_BIN (the intercept binary) is not set")?);
     ensure!(intercept.is_file(), "no intercept binary at {}", intercept.display());
-    ensure!(require_netns_privileges("intercept-bench"), "cannot run the benchmark here (see above)");
-    let host = require_privileges("intercept-bench").context("cannot run the benchmark here (see above)")?;
+    netns_privileges().map_err(|reason| anyhow!("cannot run the benchmark here: {reason}"))?;
+    let host = privileges().map_err(|reason| anyhow!("cannot run the benchmark here: {reason}"))?;
     // Declared before the daemon, dropped after it.
     let bpffs = TestBpffs::mounted();
     let cgroups = (0..tasks).map(|_| host.create_cgroup()).collect::<Result<Vec<_>, _>>()?;
@@ -439,8 +439,8 @@ fn run(args: &[String]) -> Result<()> {
         PathBuf::from(env::var_os("INTERCEPT_BIN").context("INTERCEPT_BIN (the intercept binary) is not set")?);
     ensure!(intercept.is_file(), "no intercept binary at {}", intercept.display());
     // These print why they cannot run; the bench never pretends to have measured.
-    ensure!(require_nft("intercept-bench"), "cannot run the benchmark here (see above)");
-    let host = require_privileges("intercept-bench").context("cannot run the benchmark here (see above)")?;
+    nft().map_err(|reason| anyhow!("cannot run the benchmark here: {reason}"))?;
+    let host = privileges().map_err(|reason| anyhow!("cannot run the benchmark here: {reason}"))?;
 
     let plan = Plan::new(quick);
     let scratch = Scratch(env::temp_dir().join(format!("intercept-bench-{}", process::id())));

@@ -25,7 +25,7 @@ use intercept::{
 };
 use intercept_tests::{
     ebpf::{Listener, TestBpffs, as_identity},
-    require_privileges,
+    privileges,
     topology::{METADATA, REMOTE_V4, REMOTE_V6, TASK_V4, TASK_V6, Topology},
     traffic::{Client, Reply, Role, Sandbox, SandboxSpec, agrees, egress, ingress},
 };
@@ -197,8 +197,9 @@ struct EbpfParts {
 
 impl EbpfParts {
     fn new(sandbox: &Sandbox, proxy_uid: Option<u32>, proxy_port: u16, ingress_port: u16) -> Result<EbpfParts, String> {
-        let host = require_privileges("intercept-live-demo --backend ebpf")
-            .ok_or("the eBPF demo needs root, a writable cgroup2 mount and eBPF cgroup programs")?;
+        let host = privileges().map_err(|reason| {
+            format!("the eBPF demo needs root, a writable cgroup2 mount and eBPF cgroup programs: {reason}")
+        })?;
         let cgroup = host.create_cgroup().map_err(|e| format!("create the test cgroup: {e}"))?;
         let bpffs = TestBpffs::mounted();
         let probe = sibling("intercept-ebpf-probe")?;

@@ -7,6 +7,7 @@ use ipnet::{IpNet, Ipv4Net};
 
 use super::fake::{Fake, FakeTable};
 use super::*;
+use crate::backend::Counter;
 use crate::config::ProxyConfig;
 use crate::plan::iptables::{INGRESS_CHAIN, IPSET_THRESHOLD};
 use crate::testdata::seed_config as seed;
@@ -539,4 +540,65 @@ fn a_rolled_back_change_leaves_no_marker() {
     assert!(matches!(err, Error::RolledBack { .. }), "{err}");
     let status = backend.status(Some(&plan(&seed()))).unwrap();
     assert_eq!((status.unfinished.as_deref(), status.exit_code()), (None, 0), "{:?}", status.reasons);
+}
+
+/// An `iptables-save -c` dump of `plan`'s IPv4 rules, the `i`th rule (jumps first) with `i`
+/// packets, and a rule added by hand in intercept's chain.
+fn counted_dump(plan: &IptablesPlan, leave_out: &str) -> String {
+    let mut dump = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n".to_owned();
+    for chain in &plan.v4.chains {
+        dump.push_str(&format!(":{} - [0:0]\n", chain.name));
+    }
+    let rules = plan.v4.jumps.iter().chain(plan.v4.chains.iter().flat_map(|c| &c.rules));
+    for (i, rule) in rules.enumerate().filter(|(_, r)| !r.render().contains(leave_out)) {
+        dump.push_str(&format!("[{i}:{}] {}\n", i * 60, rule.render()));
+    }
+    dump.push_str(
+        "[100:6000] -A INTERCEPT_EGRESS -p udp -m comment --comment \"intercept: by hand\" -j RETURN\nCOMMIT\n",
+    );
+    dump
+}
+
+fn state_of(dump: &str) -> State {
+    State { v4: Installed::from_table(&parse_table(dump, TABLE).unwrap()), v6: None, sets: Vec::new() }
+}
+
+#[test]
+fn status_counts_connections_by_the_decision_each_rule_of_the_plan_makes() {
+    let plan = plan(&ProxyConfig { ignored_gid: Some(1338), ..seed() });
+    let counters = counters_of(&plan, &state_of(&counted_dump(&plan, "no rule has this")));
+    // Jumps 0 (OUTPUT) and 1 (PREROUTING) decide nothing; then uid, gid, port 22, the two
+    // metadata IPs, the egress redirect, the ingress redirect. The rule added by hand is not
+    // the plan's, and counts for nothing.
+    assert_eq!(
+        counters,
+        Counters::from([
+            (Counter::IgnoredUid, 2),
+            (Counter::IgnoredGid, 3),
+            (Counter::IgnoredPort, 4),
+            (Counter::IgnoredIp, 5 + 6),
+            (Counter::Redirected, 7),
+            (Counter::IngressSteered, 8),
+        ])
+    );
+}
+
+#[test]
+fn the_ingress_check_names_what_is_missing() {
+    let plan = plan(&seed());
+    let (whole, seen) = ingress_of(&plan, &state_of(&counted_dump(&plan, "no rule has this"))).unwrap();
+    assert!(whole, "{seen}");
+    assert_eq!(seen, "IPv4: PREROUTING jump to INTERCEPT_INGRESS (present), REDIRECT to 15000 (present)");
+    let (whole, seen) = ingress_of(&plan, &state_of(&counted_dump(&plan, "-A PREROUTING"))).unwrap();
+    assert!(!whole);
+    assert_eq!(seen, "IPv4: PREROUTING jump to INTERCEPT_INGRESS (MISSING), REDIRECT to 15000 (present)");
+    let moved = IptablesPlan::new(&ProxyConfig {
+        ingress: seed().ingress.map(|i| crate::config::Ingress { proxy_port: 15005, ..i }),
+        ..seed()
+    });
+    let (whole, seen) = ingress_of(&moved, &state_of(&counted_dump(&plan, "no rule has this"))).unwrap();
+    assert!(!whole);
+    assert!(seen.contains("REDIRECT to 15005 (MISSING)"), "{seen}");
+    let egress_only = IptablesPlan::new(&ProxyConfig { ingress: None, ..seed() });
+    assert_eq!(ingress_of(&egress_only, &state_of("*nat\nCOMMIT\n")), None);
 }

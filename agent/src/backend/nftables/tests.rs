@@ -11,7 +11,9 @@ use super::*;
 use crate::backend::exec::{Call, Output, Runner};
 use crate::config::{Ingress, PortRange, PortSet, ProxyConfig};
 use crate::lock::{self, Locks, TempLocks};
+use crate::plan::Format;
 use crate::plan::nftables::{Elements, Match, Rule, Verdict};
+use listing::element;
 
 const SEED_LISTING: &str = include_str!("testdata/seed-listing.json");
 

@@ -1,11 +1,11 @@
-//! eBPF mode as `intercept apply|remove|status --backend ebpf` runs it: the programs on the
-//! task's cgroup, and the `sk_lookup` program on the task's network namespace for inbound
+//! The eBPF backend for one task, behind the [`Backend`] interface: the programs on the task's
+//! cgroup, and the `sk_lookup` program on the task's network namespace for inbound
 //! connections. No netfilter rule is installed. `remove` also removes the iptables ingress
-//! rules an older intercept installed in eBPF mode.
+//! half an older intercept installed in eBPF mode.
 //!
-//! The namespace (`--netns`, `--netns-pid`, default the current one) also gives the task's own
-//! addresses, the local destinations the programs leave alone; they are read on a thread that
-//! joins it ([`Netns::run`]), never by moving the process.
+//! The namespace also gives the task's own addresses, the local destinations the programs
+//! leave alone; they are read on a thread that joins it ([`Netns::run`]), never by moving the
+//! process.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -14,11 +14,14 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{ApplyOptions, Contents, Logs, Outcome, Status, Target};
+use super::{ApplyOptions, Contents, Logs, Outcome, Program, Status, Target};
 use crate::backend::iptables::{self, Iptables, Mode};
+use crate::backend::{self, Backend, Change, Feature, IngressFallback, Kind, Requirements};
 use crate::config::ProxyConfig;
 use crate::netns::{self, Netns};
-use crate::plan::ebpf::EbpfPlan;
+use crate::plan::iptables::{EGRESS_CHAIN, INGRESS_CHAIN};
+use crate::plan::{Format, ebpf::EbpfPlan};
+use crate::privileges::{DAC_READ_SEARCH_ADOPT, EBPF, SYS_PTRACE_ADOPT};
 
 /// Where eBPF mode works: a cgroup and its pins for the programs, a network namespace for
 /// the local addresses and the `sk_lookup` program.
@@ -67,6 +70,25 @@ impl Error {
             Error::Ebpf(super::Error::Bpffs { .. }) => Some("--bpffs"),
             Error::Netns(netns::Error::Open { .. } | netns::Error::NotNetns { .. }) => Some("--netns/--netns-pid"),
             _ => None,
+        }
+    }
+
+    /// The cgroup or the namespace does not exist.
+    fn gone(&self) -> bool {
+        match self {
+            Error::Ebpf(super::Error::Io { op: "open cgroup", source, .. })
+            | Error::Netns(netns::Error::Open { source, .. }) => source.kind() == std::io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
+}
+
+impl From<Error> for backend::Error {
+    fn from(e: Error) -> backend::Error {
+        match e.bad_target_option() {
+            // These errors' messages carry their cause already.
+            Some(option) => backend::Error::BadTarget { option, gone: e.gone(), message: e.to_string() },
+            None => backend::Error::Ebpf(e),
         }
     }
 }
@@ -244,8 +266,15 @@ impl RemoveReport {
 
 /// Removes the programs and their pins, then the pins of cgroups that no longer exist (a
 /// task's cgroup goes when the task ends, and its pins would keep the maps alive), then the
-/// iptables ingress rules an older intercept installed in eBPF mode. Idempotent; a `--cgroup` that is gone is not an error.
+/// iptables ingress half an older intercept installed in eBPF mode. Idempotent; a cgroup or
+/// a namespace that is gone is not an error (the namespace's rules went with it).
 pub fn remove(request: &Request) -> Result<RemoveReport, Error> {
+    // A namespace that exists but cannot be used is bad input, refused before anything changes.
+    let netns = match Netns::open(request.netns.clone()) {
+        Ok(_) => true,
+        Err(netns::Error::Open { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e.into()),
+    };
     let bpffs = request.bpffs.clone().unwrap_or_else(|| PathBuf::from(super::DEFAULT_BPFFS));
     let (cgroup, cgroup_exists, removed) = match Target::new(&request.cgroup, Some(&bpffs)) {
         Ok(target) => {
@@ -258,13 +287,26 @@ pub fn remove(request: &Request) -> Result<RemoveReport, Error> {
         Err(e) => return Err(e.into()),
     };
     let pruned = super::prune(&bpffs)?;
-    let ingress = match Iptables::open(request.netns.clone(), request.iptables_mode) {
-        Ok(iptables) => Some(iptables.remove(false).map_err(Error::Ingress)?),
-        Err(iptables::Error::MissingProgram { .. }) => None,
+    let ingress = if netns { remove_legacy_ingress(request)? } else { None };
+    Ok(RemoveReport { cgroup, cgroup_exists, removed, pruned, ingress })
+}
+
+/// Removes the iptables ingress half an older intercept installed in eBPF mode: intercept's
+/// ingress chain without its egress chain. An installation of the iptables backend always
+/// has the egress chain, and is left alone. `None` when there was none.
+fn remove_legacy_ingress(request: &Request) -> Result<Option<iptables::Report>, Error> {
+    let iptables = match Iptables::open(request.netns.clone(), request.iptables_mode) {
+        Ok(iptables) => iptables,
+        Err(iptables::Error::MissingProgram { .. }) => return Ok(None),
         Err(iptables::Error::Netns(e)) => return Err(e.into()),
         Err(e) => return Err(Error::Ingress(e)),
     };
-    Ok(RemoveReport { cgroup, cgroup_exists, removed, pruned, ingress })
+    let status = iptables.status(None).map_err(Error::Ingress)?;
+    let has = |chain: &str| status.families.iter().any(|f| f.chains.iter().any(|c| c.name == chain));
+    if !has(INGRESS_CHAIN) || has(EGRESS_CHAIN) {
+        return Ok(None);
+    }
+    iptables.remove(false).map(Some).map_err(Error::Ingress)
 }
 
 /// `status`: the programs (the `sk_lookup` one included) and their counters, and whether they
@@ -354,4 +396,179 @@ pub fn status(request: &Request, config: Option<&ProxyConfig>) -> Result<StatusR
     };
     let installed = installed && stale.is_empty();
     Ok(StatusReport { cgroup: target.cgroup.clone(), pin_dir: target.pin_dir(), ebpf, installed, matches, reasons })
+}
+
+impl StatusReport {
+    /// With a configuration that has ingress: whether the `sk_lookup` program is attached and
+    /// the maps steer `port`.
+    fn ingress(&self, port: u16) -> (bool, String) {
+        let status = self.ebpf.as_ref();
+        let attached = status.is_some_and(|s| s.programs.iter().any(|p| p.program == Program::SkLookup && p.attached));
+        let configured = status.is_some_and(|s| s.contents.config.proxy_ingress_port == port);
+        (
+            attached && configured,
+            format!(
+                "{} program attached to the namespace {}, ProxyIngressPort {port} in its maps {}",
+                Program::SkLookup.section(),
+                crate::backend::found(attached),
+                crate::backend::found(configured)
+            ),
+        )
+    }
+}
+
+/// The kernel's support for the program types the backend loads.
+const PROGRAM_TYPES: [Feature; 4] = [
+    Feature {
+        name: "cgroup sock_addr eBPF programs",
+        probe: || program_type(aya::programs::ProgramType::CgroupSockAddr, "cgroup sock_addr"),
+    },
+    Feature { name: "sockops eBPF programs", probe: || program_type(aya::programs::ProgramType::SockOps, "sockops") },
+    Feature {
+        name: "cgroup sockopt eBPF programs",
+        probe: || program_type(aya::programs::ProgramType::CgroupSockopt, "cgroup sockopt"),
+    },
+    Feature {
+        name: "sk_lookup eBPF programs",
+        probe: || program_type(aya::programs::ProgramType::SkLookup, "sk_lookup"),
+    },
+];
+
+fn program_type(program_type: aya::programs::ProgramType, name: &str) -> Result<(), String> {
+    match aya::sys::is_program_supported(program_type) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!("the kernel does not support {name} eBPF programs")),
+        Err(e) => Err(format!("cannot probe the kernel for {name} eBPF programs: {e}")),
+    }
+}
+
+/// The eBPF backend for one task: its cgroup and network namespace.
+#[derive(Debug)]
+pub struct Handle {
+    request: Request,
+}
+
+impl Handle {
+    /// Needs the cgroup; the cgroup and the namespace are resolved by each operation
+    /// (`remove` accepts that they are gone).
+    pub fn open(target: &backend::Target) -> Result<Handle, backend::Error> {
+        let Some(cgroup) = target.cgroup.clone() else {
+            return Err(backend::Error::Refused(
+                "--backend ebpf needs --cgroup PATH|auto: the cgroup whose processes are intercepted".to_owned(),
+            ));
+        };
+        Ok(Handle {
+            request: Request {
+                cgroup,
+                bpffs: target.bpffs.clone(),
+                netns: target.netns.clone(),
+                iptables_mode: target.iptables_mode,
+                ingress_fallback_to_app: target.ingress_fallback == IngressFallback::App,
+            },
+        })
+    }
+}
+
+impl backend::Report for ApplyReport {
+    fn render(&self, format: Format) -> String {
+        match format {
+            Format::Text => self.render_text(),
+            Format::Json => backend::json(self),
+        }
+    }
+}
+
+impl backend::Report for RemoveReport {
+    fn render(&self, format: Format) -> String {
+        match format {
+            Format::Text => self.render_text(),
+            Format::Json => backend::json(self),
+        }
+    }
+}
+
+impl backend::Report for StatusReport {
+    fn render(&self, format: Format) -> String {
+        match format {
+            Format::Text => self.render_text(),
+            Format::Json => backend::json(self),
+        }
+    }
+}
+
+impl Backend for Handle {
+    fn kind(&self) -> Kind {
+        Kind::Ebpf
+    }
+
+    /// [`EBPF`]; SYS_ADMIN (mounting a bpffs that is not mounted yet) and SYS_PTRACE and
+    /// DAC_READ_SEARCH (taking a running proxy's listener) kept when held.
+    fn requirements(&self, _: Option<&ProxyConfig>) -> Requirements {
+        Requirements {
+            capabilities: EBPF.to_vec(),
+            optional: vec![
+                caps::Capability::CAP_SYS_ADMIN,
+                SYS_PTRACE_ADOPT.capability,
+                DAC_READ_SEARCH_ADOPT.capability,
+            ],
+            tools: Vec::new(),
+            kernel: PROGRAM_TYPES.to_vec(),
+        }
+    }
+
+    fn present(&self) -> Result<bool, backend::Error> {
+        let target = Target::new(&self.request.cgroup, self.request.bpffs.as_deref()).map_err(Error::from)?;
+        Ok(target.pin_dir().is_dir())
+    }
+
+    fn accepts(&self, options: backend::ApplyOptions) -> Result<(), backend::Error> {
+        if options.dry_run {
+            return Err(backend::Error::Refused(
+                "--dry-run is not available with --backend ebpf; `intercept plan --backend ebpf` shows the maps"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn apply(&self, config: &ProxyConfig, options: backend::ApplyOptions) -> Result<Change, backend::Error> {
+        self.accepts(options)?;
+        let mut report = apply(&self.request, config, ApplyOptions { bpf_log: options.events })?;
+        Ok(Change {
+            changed: !matches!(report.outcome, Outcome::Unchanged),
+            warnings: Vec::new(),
+            events: report.logs.take(),
+            report: Box::new(report),
+        })
+    }
+
+    fn remove(&self, dry_run: bool) -> Result<Change, backend::Error> {
+        if dry_run {
+            return Err(backend::Error::Refused(
+                "--dry-run is not available with --backend ebpf; `intercept status` shows what is installed".to_owned(),
+            ));
+        }
+        let report = remove(&self.request)?;
+        let changed = report.removed || !report.pruned.is_empty() || report.ingress.as_ref().is_some_and(|r| r.changed);
+        let warnings = report.ingress.iter().flat_map(|r| r.warnings.clone()).collect();
+        Ok(Change { changed, warnings, report: Box::new(report), events: None })
+    }
+
+    fn status(&self, config: Option<&ProxyConfig>) -> Result<backend::Status, backend::Error> {
+        let status = status(&self.request, config)?;
+        let ingress = config.and_then(|c| c.ingress.as_ref()).map(|i| status.ingress(i.proxy_port));
+        Ok(backend::Status {
+            kind: Kind::Ebpf,
+            installed: status.installed,
+            matches: status.matches,
+            reasons: status.reasons.clone(),
+            warnings: Vec::new(),
+            counters: status.ebpf.iter().flat_map(|s| s.counters.iter().copied()).collect(),
+            ingress,
+            cgroup: Some(status.cgroup.clone()),
+            installation: "intercept's eBPF programs pinned and attached",
+            exit_code: status.exit_code(),
+            report: Box::new(status),
+        })
+    }
 }

@@ -1,0 +1,218 @@
+//! What the iptables backend reports: an apply's or remove's transactions, and `status`.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::Mode;
+use super::save;
+use super::sync::{Changes, Desired, DesiredState, Installed};
+use crate::backend::Counters;
+use crate::plan::iptables::{Family, IpSet};
+
+/// What an apply or remove did (or, for a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub target: String,
+    pub mode: Mode,
+    pub detection: String,
+    pub warnings: Vec<String>,
+    /// Something was changed. `false` when everything already was as it should be.
+    pub changed: bool,
+    pub dry_run: bool,
+    /// The transactions run (or, for a dry run, that would run).
+    pub changes: Changes,
+    /// What is installed afterwards, in a few words.
+    pub installed: String,
+}
+
+impl Report {
+    /// For people; the warnings are not included (the CLI prints them to stderr).
+    pub fn render_text(&self, verb: &str) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{verb}: {} in the {} ({})", self.mode, self.target, self.detection);
+        if self.dry_run {
+            if self.changes.is_empty() {
+                out.push_str("dry run: nothing to change\n");
+            }
+            let steps = [
+                ("ipset restore", &self.changes.ipset_update),
+                ("iptables-restore --noflush (IPv4)", &self.changes.v4),
+                ("ip6tables-restore --noflush (IPv6)", &self.changes.v6),
+                ("ipset restore (after the rules)", &self.changes.ipset_cleanup),
+            ];
+            for (what, input) in steps {
+                if let Some(input) = input {
+                    let _ = write!(out, "\n# dry run: would run {what}\n{input}");
+                }
+            }
+        } else if self.changed {
+            let _ = writeln!(out, "done: {}", self.installed);
+        } else {
+            let _ = writeln!(out, "nothing to change: {}", self.installed);
+        }
+        out
+    }
+}
+
+pub(super) fn summary(desired: &DesiredState) -> String {
+    let family = |label: &str, d: &Desired| {
+        let rules: usize = d.chains.iter().map(|(_, r)| r.len()).sum();
+        format!("{label} ({} chains, {rules} rules, {} jumps)", d.chains.len(), d.jumps.len())
+    };
+    let mut parts = Vec::new();
+    if !desired.v4.chains.is_empty() {
+        parts.push(family("IPv4", &desired.v4));
+    }
+    if let Some(v6) = desired.v6.as_ref().filter(|d| !d.chains.is_empty()) {
+        parts.push(family("IPv6", v6));
+    }
+    for set in &desired.sets {
+        parts.push(format!("ipset {} ({} networks)", set.name, set.entries.len()));
+    }
+    if parts.is_empty() { "nothing of intercept's is installed".to_owned() } else { parts.join(", ") }
+}
+
+/// `intercept status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Status {
+    pub target: String,
+    pub mode: Mode,
+    pub detection: String,
+    pub families: Vec<FamilyStatus>,
+    pub ipsets: Vec<SetStatus>,
+    /// intercept's egress chain and the jump to it are installed (IPv4).
+    pub installed: bool,
+    /// Whether what is installed is exactly what the configuration asks for; `None` when
+    /// no configuration was given.
+    pub matches: Option<bool>,
+    /// Why it is not installed or does not match, one sentence each.
+    pub reasons: Vec<String>,
+    pub warnings: Vec<String>,
+    /// An `apply` or `remove` began and did not finish (killed, or still running): what is
+    /// installed may be a mix of two configurations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unfinished: Option<String>,
+    /// By decision, of the rules that are the configuration's (none without one).
+    #[serde(skip)]
+    pub counters: Counters,
+    /// With a configuration that has ingress: whether its rules are installed, and what was
+    /// seen.
+    #[serde(skip)]
+    pub ingress: Option<(bool, String)>,
+}
+
+impl Status {
+    /// See [`crate::backend::rules_exit_code`].
+    pub fn exit_code(&self) -> i32 {
+        crate::backend::rules_exit_code(self.installed, self.matches, self.unfinished.is_some())
+    }
+
+    /// For people; the warnings are not included (the CLI prints them to stderr).
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "intercept status: {} in the {} ({})", self.mode, self.target, self.detection);
+        for family in &self.families {
+            let label = family_label(family.family);
+            if !family.readable {
+                let _ = writeln!(out, "\n{label}: the nat table cannot be read");
+                continue;
+            }
+            if family.chains.is_empty() && family.jumps.is_empty() {
+                let _ = writeln!(out, "\n{label}: nothing installed");
+                continue;
+            }
+            let _ = writeln!(out, "\n{label}, nat table:\n{:>10} {:>12}  rule", "packets", "bytes");
+            for rule in family.jumps.iter().chain(family.chains.iter().flat_map(|c| &c.rules)) {
+                let _ = writeln!(out, "{:>10} {:>12}  {}", rule.packets, rule.bytes, rule.rule);
+            }
+        }
+        if !self.ipsets.is_empty() {
+            out.push_str("\nipsets\n");
+            for set in &self.ipsets {
+                let _ = writeln!(
+                    out,
+                    "  {} ({}, {} networks, maxelem {})",
+                    set.name,
+                    family_label(set.family),
+                    set.entries,
+                    set.maxelem
+                );
+            }
+        }
+        out.push('\n');
+        crate::backend::rules_verdict(&mut out, self.installed, self.matches, self.unfinished.is_some(), &self.reasons);
+        out
+    }
+}
+
+pub(super) fn family_label(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => "IPv4",
+        Family::Ipv6 => "IPv6",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FamilyStatus {
+    pub family: Family,
+    /// The family's `nat` table could be read.
+    pub readable: bool,
+    pub chains: Vec<ChainStatus>,
+    /// intercept's rules in other chains.
+    pub jumps: Vec<RuleStatus>,
+}
+
+impl FamilyStatus {
+    pub(super) fn new(family: Family, installed: Option<&Installed>) -> FamilyStatus {
+        let readable = installed.is_some();
+        let empty = Installed::default();
+        let installed = installed.unwrap_or(&empty);
+        FamilyStatus {
+            family,
+            readable,
+            chains: installed
+                .chains
+                .iter()
+                .map(|(name, rules)| ChainStatus {
+                    name: name.clone(),
+                    rules: rules.iter().map(RuleStatus::from).collect(),
+                })
+                .collect(),
+            jumps: installed.jumps.iter().map(RuleStatus::from).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainStatus {
+    pub name: String,
+    pub rules: Vec<RuleStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleStatus {
+    pub rule: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl From<&save::SavedRule> for RuleStatus {
+    fn from(rule: &save::SavedRule) -> RuleStatus {
+        RuleStatus { rule: rule.spec.line("-A"), packets: rule.counters.packets, bytes: rule.counters.bytes }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SetStatus {
+    pub name: String,
+    pub family: Family,
+    pub maxelem: usize,
+    pub entries: usize,
+}
+
+impl From<&IpSet> for SetStatus {
+    fn from(set: &IpSet) -> SetStatus {
+        SetStatus { name: set.name.clone(), family: set.family, maxelem: set.maxelem, entries: set.entries.len() }
+    }
+}

@@ -1,0 +1,74 @@
+//! `intercept check`, `intercept plan` and `intercept demo`: the configuration, and what each
+//! backend would install for it, without installing anything.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use intercept::backend::Kind;
+use intercept::config::ConfigArgs;
+use intercept::config::source::parse_task_definition;
+use intercept::config::validate;
+use intercept::plan::Format;
+use intercept::report::CheckReport;
+
+use super::{Outcome, exit_code, print, validated};
+
+/// The seed guide's EC2 task definition for `taskB`, the demo's input.
+const SEED_TASK_DEFINITION: &str = include_str!("../../../examples/ec2-taskB.json");
+const SEED_ORIGIN: &str = "examples/ec2-taskB.json (embedded)";
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[arg(long, value_enum)]
+    backend: Kind,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+/// Exit 0 when the configuration is valid (warnings allowed), 2 otherwise.
+pub fn check(args: CheckArgs) -> Outcome {
+    let report = CheckReport::check(args.config.read(), args.config.no_implicit_exemptions);
+    print(&match args.format {
+        Format::Text => report.render_text(),
+        Format::Json => report.render_json(),
+    })?;
+    Ok(exit_code(report.exit_code()))
+}
+
+pub fn plan(args: PlanArgs) -> Outcome {
+    let validated = validated(&args.config)?;
+    print(&args.backend.render_plan(&validated.config, args.format))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The check report and every backend's plan for the seed task definition.
+pub fn demo() -> Outcome {
+    let input = parse_task_definition(SEED_TASK_DEFINITION, SEED_ORIGIN)
+        .map_err(|e| anyhow::anyhow!("the embedded seed task definition does not parse: {e}"))?;
+    let validated = validate(&input.raw)
+        .map_err(|e| anyhow::anyhow!("the embedded seed task definition does not validate: {e}"))?;
+    let report = CheckReport::check(Ok(input), false);
+    let mut out = String::new();
+    out.push_str(&banner("intercept check --task-definition examples/ec2-taskB.json"));
+    out.push_str(&report.render_text());
+    for backend in Kind::ALL {
+        out.push_str(&banner(&format!("intercept plan --backend {backend} --task-definition examples/ec2-taskB.json")));
+        out.push_str(&backend.render_plan(&validated.config, Format::Text));
+    }
+    print(&out)?;
+    Ok(exit_code(report.exit_code()))
+}
+
+fn banner(command: &str) -> String {
+    format!("\n$ {command}\n\n")
+}
