@@ -1,24 +1,42 @@
 # The intercept image: the init container of an ECS task (`intercept apply`), or the
 # daemon's binary. See docs/deploy-ecs.md.
 #
-# The build steps are the commands of the README's "Deploying" section: `cargo xtask setup`, then
-# `cargo build --release -p intercept --bin intercept`.
+# With a registry: `docker build -t intercept .` builds the binary from source in the builder
+# stage with the commands of the README's "Deploying" section (`cargo xtask setup`, then
+# `cargo build --release -p intercept --bin intercept`).
+# Without one: `cargo xtask image` builds the binary on the host, puts it in the build context
+# as `prebuilt/intercept`, and builds on a Debian base made from Debian packages
+# (`--build-arg BASE=… --build-arg BUILDER=…`), so nothing is pulled.
+
+# The runtime base, and the image the builder stage runs in.
+ARG BASE=debian:bookworm-slim
+ARG BUILDER=rust:1.95-bookworm
 
 # Builder: stable Rust (userspace) + what `cargo xtask setup` adds: the nightly toolchain
 # with rust-src (the eBPF programs are built with -Z build-std=core) and bpf-linker, built
-# against nightly's own LLVM into target/tools.
-FROM rust:1.95-bookworm AS builder
+# against nightly's own LLVM into target/tools. A prebuilt binary in the context is taken as
+# it is.
+FROM ${BUILDER} AS builder
 WORKDIR /src
 COPY . .
-RUN cargo xtask setup
-RUN cargo build --release -p intercept --bin intercept
+RUN if [ -x prebuilt/intercept ]; then \
+        cp prebuilt/intercept /intercept; \
+    else \
+        cargo xtask setup \
+        && cargo build --release -p intercept --bin intercept \
+        && cp target/release/intercept /intercept; \
+    fi
 
 # Runtime: the binary (the eBPF object is embedded in it) and the tools the iptables and
-# nftables backends run.
-FROM debian:bookworm-slim
-RUN apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables nftables ipset \
-    && rm -rf /var/lib/apt/lists/*
-COPY --from=builder /src/target/release/intercept /usr/local/bin/intercept
+# nftables backends run (installed unless the base has them).
+FROM ${BASE}
+RUN if command -v iptables-nft-restore && command -v iptables-legacy-restore && command -v nft \
+        && command -v ipset; then :; \
+    else \
+        apt-get update \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables nftables ipset \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+COPY --from=builder /intercept /usr/local/bin/intercept
 ENTRYPOINT ["/usr/local/bin/intercept"]
 CMD ["--help"]

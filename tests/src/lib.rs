@@ -25,6 +25,7 @@ use aya::programs::ProgramType;
 use intercept::config::ProxyConfig;
 
 pub mod cases;
+pub mod containers;
 pub mod daemon;
 pub mod ebpf;
 pub mod lifecycle;

@@ -122,6 +122,22 @@ impl Netns {
         netns
     }
 
+    /// The network namespace of process `pid` (a container's), given a name like the others
+    /// (`ip netns attach`). Dropping it deletes the name only: the namespace is its owner's.
+    pub fn attach(role: &str, pid: u32) -> Netns {
+        let name = format!("intercept-{role}-{}-{}", process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        run(Command::new("ip").args(["netns", "attach", &name, &pid.to_string()]));
+        let path = Path::new(RUN_NETNS).join(&name);
+        let file = match File::open(&path) {
+            Ok(file) => Arc::new(file),
+            Err(e) => {
+                let _ = Command::new("ip").args(["netns", "del", &name]).status();
+                panic!("open {}: {e}", path.display());
+            }
+        };
+        Netns { name, file }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -241,9 +257,19 @@ pub struct Topology {
 
 impl Topology {
     pub fn new() -> Topology {
-        let task = Netns::create("task");
+        Topology::wire(Netns::create("task"), true)
+    }
+
+    /// The topology around an existing task namespace (a pause container's), IPv4 only:
+    /// Docker turns IPv6 off in a container's namespace.
+    pub fn around(task: Netns) -> Topology {
+        Topology::wire(task, false)
+    }
+
+    fn wire(task: Netns, ipv6: bool) -> Topology {
         let remote = Netns::create("remote");
-        for netns in [&task, &remote] {
+        let both: &[&Netns] = if ipv6 { &[&task, &remote] } else { &[&remote] };
+        for netns in both {
             // Addresses are usable at once, instead of after duplicate address detection.
             netns.sysctl("net.ipv6.conf.all.accept_dad", "0");
             netns.sysctl("net.ipv6.conf.default.accept_dad", "0");
@@ -251,13 +277,18 @@ impl Topology {
         // The pair is created inside the task namespace with its peer placed straight in
         // the remote one: the host's namespace never sees either end.
         task.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", remote.name()]);
-        task.ip_batch(&[
+        let mut task_setup = vec![
             format!("addr add {TASK_V4}/24 dev eth0"),
-            format!("addr add {TASK_V6}/64 dev eth0 nodad"),
             "link set eth0 up".into(),
             format!("route add default via {REMOTE_V4}"),
-            format!("route add default via {REMOTE_V6}"),
-        ]);
+        ];
+        if ipv6 {
+            task_setup.extend([
+                format!("addr add {TASK_V6}/64 dev eth0 nodad"),
+                format!("route add default via {REMOTE_V6}"),
+            ]);
+        }
+        task.ip_batch(&task_setup);
         let mut remote_setup = vec![
             format!("addr add {REMOTE_V4}/24 dev eth0"),
             format!("addr add {REMOTE_V6}/64 dev eth0 nodad"),

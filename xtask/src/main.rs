@@ -15,8 +15,12 @@
 //!   decision model on random configurations) for N minutes.
 //! - `fuzz --seconds N`: the cargo-fuzz target over every configuration reader for N seconds
 //!   (see `fuzz.rs`); non-zero exit and the crashing input's path when it finds a bug.
+//! - `image`: the image `intercept:<version>` from the Dockerfile, in the engine at
+//!   `DOCKER_HOST` or a private one (see `containers.rs`); `test` builds it too, for the
+//!   container tests.
 
 mod bench;
+mod containers;
 mod fuzz;
 mod setup;
 
@@ -68,6 +72,10 @@ enum Task {
         #[arg(long, value_name = "MINUTES")]
         minutes: u64,
     },
+    /// Setup, then build the image `intercept:<version>` from the Dockerfile with the release
+    /// binary, on a Debian base made from Debian packages, in the engine at DOCKER_HOST or one
+    /// started for it (as root); prints the tag as its last line.
+    Image,
     /// Fuzz every configuration reader and validation (cargo-fuzz, nightly) for N seconds from
     /// the committed seeds, memory and per-input time bounded; installs cargo-fuzz if missing.
     Fuzz {
@@ -132,6 +140,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Bench { quick, daemon } => bench::run(&ws, quick, daemon),
         Task::Soak { minutes } => soak(&ws, minutes),
         Task::Fuzz { seconds } => fuzz::run(&ws, seconds),
+        Task::Image => image(&ws),
     }
 }
 
@@ -177,7 +186,6 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
         ("clippy (eBPF, nightly, bpfel-unknown-none)", clippy_ebpf),
         ("unit tests", unit),
         ("build the intercept binary (for the CLI tests)", build_cli),
-        ("privileged integration tests (tests/)", privileged),
     ];
     let mut failed = Vec::new();
     for (name, mut cmd) in checks {
@@ -187,6 +195,26 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
             failed.push(name);
         }
     }
+    // The container tests run the image in a real engine, kept up while the tests run and
+    // stopped after (also when they fail). Without it they fail, saying why.
+    step("test: the container engine and the image (for the container tests)");
+    let engine = match containers::Engine::start(ws).and_then(|engine| Ok((engine.build_image(ws)?, engine))) {
+        Ok((tag, engine)) => {
+            privileged.env("DOCKER_HOST", &engine.host).env("INTERCEPT_IMAGE", tag);
+            Some(engine)
+        }
+        Err(e) => {
+            eprintln!("    FAILED: {e:#}");
+            failed.push("the container engine and the image");
+            None
+        }
+    };
+    step("test: privileged integration tests (tests/)");
+    if let Err(e) = run_cmd(&mut privileged) {
+        eprintln!("    FAILED: {e:#}");
+        failed.push("privileged integration tests (tests/)");
+    }
+    drop(engine);
 
     println!();
     if failed.is_empty() {
@@ -196,6 +224,18 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
         println!("xtask test: FAILED: {}", failed.join(", "));
         Ok(ExitCode::FAILURE)
     }
+}
+
+fn image(ws: &Workspace) -> Result<ExitCode> {
+    setup::run(ws)?;
+    if !setup::is_root() && env::var_os("DOCKER_HOST").is_none() {
+        bail!("starting a container engine needs root (or set DOCKER_HOST to an engine you may use)");
+    }
+    let engine = containers::Engine::start(ws)?;
+    let tag = engine.build_image(ws)?;
+    drop(engine);
+    println!("{tag}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn demo(ws: &Workspace, args: &[String]) -> Result<ExitCode> {

@@ -15,9 +15,17 @@ use crate::{Workspace, display, run_cmd, step};
 /// llvm-23); pinned so that a fresh machine builds what this one tested.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Commands the iptables backend and the tests need, and the Debian packages providing them.
-const SYSTEM_TOOLS: [(&str, &str); 4] =
-    [("iptables", "iptables"), ("nft", "nftables"), ("ipset", "ipset"), ("ip", "iproute2")];
+/// Commands the iptables backend and the tests need, and the Debian packages providing them:
+/// the backends' tools, and for the container tests and `cargo xtask image` a container engine
+/// and what builds the image's base from Debian packages.
+const SYSTEM_TOOLS: [(&str, &str); 6] = [
+    ("iptables", "iptables"),
+    ("nft", "nftables"),
+    ("ipset", "ipset"),
+    ("ip", "iproute2"),
+    ("dockerd", "docker.io"),
+    ("mmdebstrap", "mmdebstrap"),
+];
 
 pub fn run(ws: &Workspace) -> Result<()> {
     toolchains()?;
@@ -174,16 +182,17 @@ fn ensure_symlink(target: &Path, link: &Path) -> Result<()> {
     Ok(())
 }
 
-/// iptables, nft, ipset, ip. As root, apt-get installs them; otherwise says how to.
+/// iptables, nft, ipset, ip, dockerd, mmdebstrap. As root, apt-get installs them; otherwise
+/// says how to.
 fn system_tools() -> Result<()> {
-    step("setup: iptables, nftables, ipset, iproute2");
+    step("setup: iptables, nftables, ipset, iproute2, docker.io, mmdebstrap");
     let missing: Vec<(&str, &str)> = SYSTEM_TOOLS.into_iter().filter(|(cmd, _)| find_tool(cmd).is_none()).collect();
     if missing.is_empty() {
         println!("    skip: {} are installed", SYSTEM_TOOLS.map(|(cmd, _)| cmd).join(", "));
         return Ok(());
     }
     let names = missing.iter().map(|(cmd, pkg)| format!("{cmd} (package {pkg})")).collect::<Vec<_>>().join(", ");
-    let packages = SYSTEM_TOOLS.map(|(_, pkg)| pkg);
+    let packages = missing.iter().map(|(_, pkg)| *pkg).collect::<Vec<_>>();
     if !is_root() {
         println!(
             "    missing: {names}. Not root, so not installing them: run `sudo apt-get install -y {}` \
@@ -200,7 +209,12 @@ fn system_tools() -> Result<()> {
     }
     println!("    missing: {names}");
     run_cmd(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").arg("update"))?;
-    run_cmd(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y"]).args(packages))?;
+    run_cmd(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&packages),
+    )?;
     let still_missing: Vec<&str> =
         SYSTEM_TOOLS.into_iter().map(|(cmd, _)| cmd).filter(|cmd| find_tool(cmd).is_none()).collect();
     if !still_missing.is_empty() {

@@ -74,7 +74,11 @@ pub enum Error {
     },
     #[error("{}: {reason}", path.display())]
     Bpffs { path: PathBuf, reason: &'static str },
-    #[error("no cgroup2 file system is mounted (looked in /proc/self/mountinfo)")]
+    #[error(
+        "no cgroup2 file system is mounted here (looked in /proc/self/mountinfo): in a container, mount the \
+         host's cgroup hierarchy into it (`-v /sys/fs/cgroup:/sys/fs/cgroup`; in ECS a host volume of \
+         /sys/fs/cgroup)"
+    )]
     NoCgroup2,
     #[error("--cgroup auto: {reason}")]
     CgroupAuto { reason: String },
@@ -277,15 +281,19 @@ pub fn apply(
 ) -> Result<Applied, Error> {
     check_capabilities()?;
     let desired = Contents::desired(plan, local_addrs)?;
-    let _held = target.lock()?;
+    let held = target.lock()?;
     host::ensure_bpffs(&target.bpffs)?;
-    let _lock = host::lock_bpffs(&target.bpffs)?;
+    let lock = host::lock_bpffs(&target.bpffs)?;
     let dir = target.pin_dir();
-    if dir.exists() {
+    let applied = if dir.exists() {
         update(target, &dir, plan, &desired, options)
     } else {
         install(target, netns, &dir, plan, &desired, options)
-    }
+    }?;
+    drop(lock);
+    // Whole: the lock file is only needed while a change runs.
+    held.release()?;
+    Ok(applied)
 }
 
 fn install(

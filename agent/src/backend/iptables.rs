@@ -313,7 +313,13 @@ impl<R: Runner> Iptables<R> {
         let ipv6 = self.ipv6()?;
         let state = self.read_state()?;
         let (desired, warnings) = desired_state(Some(plan), &ipv6, &state);
-        self.sync(&desired, &state, warnings, held.as_ref().map(|h| (h, "apply")))
+        let report = self.sync(&desired, &state, warnings, held.as_ref().map(|h| (h, "apply")))?;
+        // Whole: the lock file is only needed while a change runs (a marker stays only for an
+        // interrupted one), so nothing is left on the host for a namespace that goes away.
+        if let Some(held) = held {
+            held.release()?;
+        }
+        Ok(report)
     }
 
     /// Removes everything intercept installed: its chains, its rules in other chains, its

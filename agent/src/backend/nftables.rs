@@ -175,8 +175,9 @@ impl<R: Runner> Nftables<R> {
                 return Err(e);
             }
         }
-        // Whole now, or already (even if an interrupted apply left its marker).
-        held.complete()?;
+        // Whole now, or already (even if an interrupted apply left its marker): the lock file
+        // goes too, so nothing is left on the host for a namespace that goes away.
+        held.release()?;
         Ok(report)
     }
 

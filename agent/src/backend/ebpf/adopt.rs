@@ -23,7 +23,8 @@ pub struct Adopted {
 ///
 /// The `sockops` program inserts a listener when it starts listening; a proxy that was already
 /// listening when the programs were attached is found here instead: each process of the cgroup
-/// (`cgroup.procs`, the cgroup itself, not its children), each of its socket descriptors
+/// and of every cgroup below it (`cgroup.procs`; in ECS the proxy is in a container's cgroup
+/// below the task's), each of its socket descriptors
 /// (`/proc/PID/fd`), duplicated with `pidfd_getfd(2)` (which needs ptrace access to the process:
 /// CAP_SYS_PTRACE for a process of another user) and kept when it is a TCP listener on `port`.
 ///
@@ -35,10 +36,16 @@ pub(super) fn adopt_into(dir: &Path, cgroup: &Path, port: u16) -> Result<Adopted
         Map::from_map_data(data).map_err(maps::map_error(intercept_common::PROXY_LISTENERS_MAP))?,
     )
     .map_err(maps::map_error(intercept_common::PROXY_LISTENERS_MAP))?;
-    let procs_path = cgroup.join("cgroup.procs");
-    let procs = fs::read_to_string(&procs_path).map_err(|e| Error::io("read", &procs_path, e))?;
     let mut adopted = Adopted::default();
-    for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+    let (pids, hidden) = processes(cgroup)?;
+    if hidden > 0 {
+        adopted.problems.push(format!(
+            "{hidden} process(es) of the cgroup are in another pid namespace (another container's), so their \
+             listeners cannot be taken; give the task one pid namespace (ECS `pidMode: \"task\"`) or start the \
+             proxy after intercept (`dependsOn` with SUCCESS)"
+        ));
+    }
+    for pid in pids {
         match host::listeners_of(pid, port) {
             Ok(found) => {
                 for (fd, socket, v6) in found {
@@ -58,4 +65,27 @@ pub(super) fn adopt_into(dir: &Path, cgroup: &Path, port: u16) -> Result<Adopted
         }
     }
     Ok(adopted)
+}
+
+/// The processes of `cgroup` and of every cgroup below it, and how many more there are in
+/// other pid namespaces (the kernel lists those as 0). A child cgroup that goes away meanwhile
+/// (its container ended) is passed over.
+fn processes(cgroup: &Path) -> Result<(Vec<u32>, usize), Error> {
+    let procs_path = cgroup.join("cgroup.procs");
+    let procs = fs::read_to_string(&procs_path).map_err(|e| Error::io("read", &procs_path, e))?;
+    let listed: Vec<u32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let mut hidden = listed.iter().filter(|&&pid| pid == 0).count();
+    let mut pids: Vec<u32> = listed.into_iter().filter(|&pid| pid != 0).collect();
+    let children = fs::read_dir(cgroup).map_err(|e| Error::io("list", cgroup, e))?;
+    for child in children.filter_map(Result::ok).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+        match processes(&child.path()) {
+            Ok((more, more_hidden)) => {
+                pids.extend(more);
+                hidden += more_hidden;
+            }
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((pids, hidden))
 }

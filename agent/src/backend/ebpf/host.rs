@@ -75,65 +75,116 @@ fn mounts() -> Result<Vec<Mount>, Error> {
 
 /// The first cgroup2 mount of this mount namespace.
 pub fn cgroup2_mount() -> Result<Mount, Error> {
-    first_cgroup2(mounts()?).ok_or(Error::NoCgroup2)
+    cgroup2s(mounts()?).into_iter().next().ok_or(Error::NoCgroup2)
 }
 
-fn first_cgroup2(mounts: Vec<Mount>) -> Option<Mount> {
-    mounts.into_iter().find(|m| m.fstype == "cgroup2")
+/// The cgroup2 mounts among `mounts`, in mount order.
+fn cgroup2s(mounts: Vec<Mount>) -> Vec<Mount> {
+    mounts.into_iter().filter(|m| m.fstype == "cgroup2").collect()
 }
 
 /// The cgroup `--cgroup` names: `auto` is the parent of this process's own cgroup (the task's
-/// cgroup when the agent runs as an init container with the host hierarchy mounted); a path
-/// is taken as is when it is a directory under the cgroup2 mount, and otherwise relative to
-/// the mount (`/ecs/<task>` works either way).
+/// cgroup when the agent runs as an init container: see [`own_cgroup`]); a path is taken as
+/// is when it is a directory under a cgroup2 mount, and otherwise relative to the first one
+/// (`/ecs/<task>` works either way).
 pub fn resolve_cgroup(arg: &str) -> Result<PathBuf, Error> {
-    let mount = cgroup2_mount()?;
+    let mounts = cgroup2s(mounts()?);
+    let first = mounts.first().ok_or(Error::NoCgroup2)?;
     let path = if arg == "auto" {
-        let own = own_cgroup(&mount)?;
+        let own = own_cgroup(&mounts)?;
         own.parent().map(Path::to_owned).ok_or_else(|| Error::CgroupAuto {
             reason: format!("this process's cgroup {} has no parent", own.display()),
         })?
     } else {
         let given = Path::new(arg);
-        if given.is_absolute() && given.starts_with(&mount.mount_point) {
+        if given.is_absolute() && mounts.iter().any(|m| given.starts_with(&m.mount_point)) {
             given.to_owned()
         } else {
-            mount.mount_point.join(given.strip_prefix("/").unwrap_or(given))
+            first.mount_point.join(given.strip_prefix("/").unwrap_or(given))
         }
     };
     let path = match fs::canonicalize(&path) {
         Ok(path) => path,
         // Not under the mount, but there elsewhere: a directory that is not a cgroup.
         Err(e) if e.kind() == io::ErrorKind::NotFound && arg != "auto" && Path::new(arg).exists() => {
-            return Err(Error::NotACgroup { path: arg.into(), mount: mount.mount_point });
+            return Err(Error::NotACgroup { path: arg.into(), mount: first.mount_point.clone() });
         }
         Err(e) => return Err(Error::io("open cgroup", &path, e)),
     };
-    if !path.starts_with(&mount.mount_point) {
-        return Err(Error::NotACgroup { path, mount: mount.mount_point });
-    }
+    // The deepest mount holding it: a hierarchy can be mounted inside another directory.
+    let Some(mount) =
+        mounts.iter().filter(|m| path.starts_with(&m.mount_point)).max_by_key(|m| m.mount_point.as_os_str().len())
+    else {
+        return Err(Error::NotACgroup { path, mount: first.mount_point.clone() });
+    };
     if path == mount.mount_point {
         // Every process of the host would be intercepted, the agent included.
         return Err(Error::RootCgroup(path));
     }
     if !path.join("cgroup.procs").is_file() {
-        return Err(Error::NotACgroup { path, mount: mount.mount_point });
+        return Err(Error::NotACgroup { path, mount: mount.mount_point.clone() });
     }
     Ok(path)
 }
 
-/// This process's cgroup as a path under the cgroup2 mount (`0::/path` in /proc/self/cgroup).
-fn own_cgroup(mount: &Mount) -> Result<PathBuf, Error> {
+/// How deep [`own_cgroup`] looks into a hierarchy for this process's cgroup (ECS puts a
+/// container at `/ecs/<task>/<container>`; systemd hosts nest a few levels more).
+const SEARCH_DEPTH: usize = 8;
+
+/// This process's cgroup as a path under a cgroup2 mount: `0::/path` in /proc/self/cgroup,
+/// under the first mount.
+///
+/// In a private cgroup namespace (Docker's default on cgroup v2 hosts) the path reads `/`:
+/// the namespace's root, which is the container's own cgroup, and a mount of the hierarchy
+/// made in the namespace shows nothing above it. The host's hierarchy, mounted into the
+/// container, does: there this process's cgroup is the one whose `cgroup.procs` lists its pid
+/// (the kernel shows the processes of other pid namespaces as 0), below the mount's root.
+fn own_cgroup(mounts: &[Mount]) -> Result<PathBuf, Error> {
     let text = fs::read_to_string(SELF_CGROUP).map_err(|e| Error::io("read", SELF_CGROUP, e))?;
     let relative = text
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .ok_or_else(|| Error::CgroupAuto { reason: format!("{SELF_CGROUP} has no cgroup2 (\"0::\") line") })?;
-    let relative = Path::new(relative);
-    // With a cgroup namespace, both the mount's root and our path are relative to it.
-    let relative = relative.strip_prefix(&mount.root).unwrap_or(relative);
-    let relative = relative.strip_prefix("/").unwrap_or(relative);
-    Ok(mount.mount_point.join(relative))
+    let first = &mounts[0];
+    if relative != "/" {
+        let relative = Path::new(relative);
+        // With a cgroup namespace, both the mount's root and our path are relative to it.
+        let relative = relative.strip_prefix(&first.root).unwrap_or(relative);
+        let relative = relative.strip_prefix("/").unwrap_or(relative);
+        return Ok(first.mount_point.join(relative));
+    }
+    let pid = std::process::id().to_string();
+    for mount in mounts {
+        if let Some(found) = find_listing(&mount.mount_point, &pid, SEARCH_DEPTH).filter(|p| *p != mount.mount_point) {
+            return Ok(found);
+        }
+    }
+    Err(Error::CgroupAuto {
+        reason: format!(
+            "this process is in a private cgroup namespace ({SELF_CGROUP} reads `0::/`) and no cgroup2 hierarchy \
+             mounted here shows its cgroup below the root ({}): mount the host's cgroup hierarchy into the \
+             container (`-v /sys/fs/cgroup:/sys/fs/cgroup`; in ECS a host volume of /sys/fs/cgroup) or run it in \
+             the host's cgroup namespace (`--cgroupns host`)",
+            mounts.iter().map(|m| m.mount_point.display().to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    })
+}
+
+/// The cgroup at or below `dir` (at most `depth` levels down) whose `cgroup.procs` lists
+/// `pid`. Directories that cannot be read are passed over.
+fn find_listing(dir: &Path, pid: &str, depth: usize) -> Option<PathBuf> {
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    if procs.lines().any(|line| line.trim() == pid) {
+        return Some(dir.to_owned());
+    }
+    if depth == 0 {
+        return None;
+    }
+    fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .find_map(|e| find_listing(&e.path(), pid, depth - 1))
 }
 
 /// The cgroup's id: its inode number in cgroup2 (what `bpf_get_current_cgroup_id` returns).
@@ -163,6 +214,16 @@ pub fn ensure_bpffs(path: &Path) -> Result<bool, Error> {
             return Err(bad("the bpffs there is mounted read-only, so nothing can be pinned in it"));
         }
         return Ok(false);
+    }
+    let flags = nix::sys::statvfs::statvfs(&path).map_err(|e| Error::io("statvfs", &path, e.into()))?.flags();
+    if flags.contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+        // A container's /sys: a bpffs mounted there is the container's own, and its pins (and
+        // so the interception) would go when the container exits.
+        return Err(bad(
+            "no bpffs is mounted there, and the directory is on a read-only file system (a container's /sys): \
+             a bpffs mounted there would be this container's own and vanish with it; mount the host's bpffs into \
+             the container (`-v /sys/fs/bpf:/sys/fs/bpf`; in ECS a host volume of /sys/fs/bpf)",
+        ));
     }
     nix::mount::mount(Some("bpf"), &path, Some("bpf"), nix::mount::MsFlags::empty(), Some("mode=0700")).map_err(
         |e| match e {
@@ -607,9 +668,31 @@ mod tests {
             ("", None),
         ];
         for (mountinfo, expected) in cases {
-            let found = first_cgroup2(parse_mountinfo(mountinfo)).map(|m| m.mount_point);
+            let found = cgroup2s(parse_mountinfo(mountinfo)).into_iter().next().map(|m| m.mount_point);
             assert_eq!(found, expected.map(PathBuf::from), "{mountinfo}");
         }
+    }
+
+    /// A hierarchy as a private cgroup namespace's process sees it through the host's mount:
+    /// its own pid in its own cgroup, every other process as 0.
+    #[test]
+    fn the_own_cgroup_is_the_one_listing_this_pid() {
+        let root = tempfile::tempdir().unwrap();
+        let cgroup = |path: &str, procs: &str| {
+            let dir = root.path().join(path);
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("cgroup.procs"), procs).unwrap();
+        };
+        cgroup("", "0\n0\n");
+        cgroup("system.slice", "0\n");
+        cgroup("ecs/task", "");
+        cgroup("ecs/task/proxy", "0\n0\n");
+        cgroup("ecs/task/init", "0\n7\n12\n");
+        cgroup("ecs/other/app", "70\n");
+        assert_eq!(find_listing(root.path(), "7", SEARCH_DEPTH), Some(root.path().join("ecs/task/init")));
+        assert_eq!(find_listing(root.path(), "12", SEARCH_DEPTH), Some(root.path().join("ecs/task/init")));
+        assert_eq!(find_listing(root.path(), "7", 2), None, "deeper than asked");
+        assert_eq!(find_listing(root.path(), "8", SEARCH_DEPTH), None);
     }
 
     #[test]

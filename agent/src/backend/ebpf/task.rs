@@ -63,6 +63,7 @@ impl Error {
         match self {
             Error::Ebpf(
                 super::Error::NotACgroup { .. }
+                | super::Error::NoCgroup2
                 | super::Error::RootCgroup(_)
                 | super::Error::CgroupAuto { .. }
                 | super::Error::Io { op: "open cgroup", .. },
@@ -108,6 +109,8 @@ pub struct ApplyReport {
     pub ingress_port: Option<u16>,
     /// The proxy's listeners already listening, found and put into the map (with ingress).
     pub adopted: Option<super::Adopted>,
+    /// Cgroups that no longer exist (ended tasks) whose pins were removed.
+    pub pruned: Vec<u64>,
     /// With `--bpf-log`: the programs' events, as long as this lives.
     #[serde(skip)]
     pub logs: Option<Logs>,
@@ -165,7 +168,7 @@ impl ApplyReport {
         let _ = writeln!(out, "apply: eBPF on cgroup {} (id {}): {what}", self.cgroup.display(), self.cgroup_id);
         let _ = writeln!(out, "pins: {}", self.pin_dir.display());
         let addrs: Vec<String> = self.local_addresses.iter().map(ToString::to_string).collect();
-        let _ = writeln!(out, "local addresses of the {}: {}", self.netns, addrs.join(", "));
+        let _ = writeln!(out, "local addresses of {}: {}", self.netns, addrs.join(", "));
         match self.ingress_port {
             Some(port) => {
                 let _ = writeln!(
@@ -197,6 +200,9 @@ impl ApplyReport {
             }
             None => out.push_str("inbound: no ingress configured\n"),
         }
+        if !self.pruned.is_empty() {
+            let _ = writeln!(out, "also removed the pins of {} ended task(s) (cgroups gone)", self.pruned.len());
+        }
         out
     }
 }
@@ -211,6 +217,8 @@ pub fn apply(request: &Request, config: &ProxyConfig, options: ApplyOptions) -> 
     let netns_fd = netns.fd().map_err(|source| Error::NetnsFd { target: request.netns.to_string(), source })?;
     let plan = EbpfPlan::new(config).with_ingress_fallback_to_app(request.ingress_fallback_to_app);
     let applied = super::apply(&target, &plan, &local_addresses, netns_fd.as_fd(), options)?;
+    // The tasks that ended since: each new task's init container cleans up after them.
+    let pruned = super::prune(&target.bpffs)?;
     let ingress = config.ingress.as_ref().map(|i| i.proxy_port);
     Ok(ApplyReport {
         cgroup: target.cgroup.clone(),
@@ -221,6 +229,7 @@ pub fn apply(request: &Request, config: &ProxyConfig, options: ApplyOptions) -> 
         local_addresses,
         ingress_port: ingress,
         adopted: applied.adopted,
+        pruned,
         logs: applied.logs,
     })
 }

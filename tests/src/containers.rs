@@ -1,0 +1,390 @@
+//! ECS-shaped tasks in a real container engine: the engine `cargo xtask test` started (at
+//! `DOCKER_HOST`) and the image it built (`INTERCEPT_IMAGE`).
+//!
+//! A task is laid out as the ECS agent lays out an `awsvpc` task on an EC2 container instance:
+//! a pause container that holds the network namespace (`--network none`, then wired by the
+//! test with a veth to a remote namespace, see [`Topology::around`]), the other containers
+//! joining it (`--network container:<pause>`), every container under the cgroup
+//! `/ecs/<task id>/<container id>` (`--cgroup-parent`), with the ECS labels. The test
+//! binaries (the test proxy and client) are mounted read-only into the containers that run
+//! them.
+//!
+//! The init container is read from the deploy examples ([`InitContainer::from_deploy`]), so
+//! what is tested is what operators are told to deploy. Dropping a [`Task`] removes its
+//! containers (by name) and the task's cgroup in every hierarchy.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    rc::Rc,
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{
+    cannot_run,
+    topology::{Netns, Topology},
+    traffic::Reply,
+};
+
+/// The engine and the image the container tests use. The tests that hold one run one at a
+/// time: they share the hierarchies' `/ecs` directory, which the last task's stop removes.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    host: String,
+    image: String,
+    _serial: Rc<MutexGuard<'static, ()>>,
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The engine at `DOCKER_HOST` with the image `INTERCEPT_IMAGE` (what `cargo xtask test`
+/// provides); fails the test, saying why, without them.
+pub fn require_engine(test: &str) -> Engine {
+    crate::require_privileges(test);
+    let (Some(host), Some(image)) = (env::var("DOCKER_HOST").ok(), env::var("INTERCEPT_IMAGE").ok()) else {
+        cannot_run(
+            test,
+            "needs a container engine (DOCKER_HOST) and the intercept image (INTERCEPT_IMAGE): `cargo xtask test` \
+             starts the one and builds the other",
+        );
+    };
+    let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let engine = Engine { host, image, _serial: Rc::new(serial) };
+    let version = engine.docker().args(["version", "--format", "{{.Server.Version}}"]).output();
+    match version {
+        Ok(out) if out.status.success() => engine,
+        Ok(out) => cannot_run(test, &format!("the engine at {} does not answer: {}", engine.host, text(&out.stderr))),
+        Err(e) => cannot_run(test, &format!("running docker: {e}")),
+    }
+}
+
+impl Engine {
+    pub fn image(&self) -> &str {
+        &self.image
+    }
+
+    pub fn docker(&self) -> Command {
+        let mut docker = Command::new("docker");
+        docker.env("DOCKER_HOST", &self.host).stdin(Stdio::null());
+        docker
+    }
+
+    /// `docker <args>`, which must succeed; its stdout, trimmed.
+    pub fn must(&self, args: &[&str]) -> String {
+        let out = self.docker().args(args).output().unwrap_or_else(|e| panic!("docker {args:?}: {e}"));
+        assert!(out.status.success(), "docker {args:?}: {}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_owned()
+}
+
+/// A mount of the init container: a task volume's host path at a container path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub volume: String,
+    pub host_path: PathBuf,
+    pub container_path: String,
+    pub read_only: bool,
+}
+
+/// The init container of a deploy example, as `docker run` options.
+#[derive(Debug, Clone)]
+pub struct InitContainer {
+    pub command: Vec<String>,
+    pub user: Option<String>,
+    pub cap_drop: Vec<String>,
+    pub cap_add: Vec<String>,
+    pub mounts: Vec<Mount>,
+    pub environment: Vec<(String, String)>,
+}
+
+impl InitContainer {
+    /// The container `intercept-init` of `deploy/<file>`.
+    pub fn from_deploy(file: &str) -> InitContainer {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(file);
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let task: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let init = task["containerDefinitions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == "intercept-init"))
+            .unwrap_or_else(|| panic!("{}: no intercept-init container", path.display()));
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+        };
+        let volume = |name: &str| -> PathBuf {
+            task["volumes"]
+                .as_array()
+                .and_then(|v| v.iter().find(|v| v["name"] == name))
+                .and_then(|v| v["host"]["sourcePath"].as_str())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| panic!("{}: no host volume {name}", path.display()))
+        };
+        let capabilities = &init["linuxParameters"]["capabilities"];
+        InitContainer {
+            command: strings(&init["command"]),
+            user: init["user"].as_str().map(str::to_owned),
+            cap_drop: strings(&capabilities["drop"]),
+            cap_add: strings(&capabilities["add"]),
+            mounts: init["mountPoints"]
+                .as_array()
+                .map(|mounts| {
+                    mounts
+                        .iter()
+                        .map(|m| {
+                            let volume_name = m["sourceVolume"].as_str().expect("sourceVolume").to_owned();
+                            Mount {
+                                host_path: volume(&volume_name),
+                                volume: volume_name,
+                                container_path: m["containerPath"].as_str().expect("containerPath").to_owned(),
+                                read_only: m["readOnly"].as_bool().unwrap_or(false),
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            environment: init["environment"]
+                .as_array()
+                .map(|env| {
+                    env.iter()
+                        .filter_map(|e| Some((e["name"].as_str()?.to_owned(), e["value"].as_str()?.to_owned())))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The `docker run` options the ECS agent turns this definition into, with the host
+    /// paths of volumes replaced where a test gives its own (e.g. a bpffs of the test's).
+    pub fn run_options(&self, volumes: &[(&str, &Path)]) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(user) = &self.user {
+            out.extend(["--user".to_owned(), user.clone()]);
+        }
+        for cap in &self.cap_drop {
+            out.extend(["--cap-drop".to_owned(), cap.clone()]);
+        }
+        for cap in &self.cap_add {
+            out.extend(["--cap-add".to_owned(), cap.clone()]);
+        }
+        for mount in &self.mounts {
+            let host = volumes.iter().find(|(name, _)| *name == mount.volume).map_or(&*mount.host_path, |(_, p)| *p);
+            let ro = if mount.read_only { ":ro" } else { "" };
+            out.extend(["--volume".to_owned(), format!("{}:{}{ro}", host.display(), mount.container_path)]);
+        }
+        for (name, value) in &self.environment {
+            out.extend(["--env".to_owned(), format!("{name}={value}")]);
+        }
+        out
+    }
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// An ECS-shaped task: its containers and its cgroup, removed on drop.
+pub struct Task {
+    engine: Engine,
+    pub id: String,
+    /// Container names, in start order.
+    containers: Vec<String>,
+}
+
+impl Task {
+    pub fn new(engine: &Engine) -> Task {
+        let id = format!("intercept-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        Task { engine: engine.clone(), id, containers: Vec::new() }
+    }
+
+    /// `/ecs/<task id>`: the task's cgroup, as the ECS agent names it.
+    pub fn cgroup_parent(&self) -> String {
+        format!("/ecs/{}", self.id)
+    }
+
+    /// The engine's name of one of the task's containers (`~` is not allowed in names).
+    fn name(&self, container: &str) -> String {
+        format!("{}-{}", self.id, container.replace('~', "_"))
+    }
+
+    /// The common `docker run` options: name, cgroup, the ECS labels.
+    fn options(&self, container: &str) -> Vec<String> {
+        let arn = format!("arn:aws:ecs:us-west-2:123456789012:task/intercept-tests/{}", self.id);
+        [
+            "--name".to_owned(),
+            self.name(container),
+            "--cgroup-parent".to_owned(),
+            self.cgroup_parent(),
+            "--label".to_owned(),
+            format!("com.amazonaws.ecs.task-arn={arn}"),
+            "--label".to_owned(),
+            format!("com.amazonaws.ecs.container-name={container}"),
+            "--label".to_owned(),
+            "com.amazonaws.ecs.task-definition-family=intercept-tests".to_owned(),
+            "--label".to_owned(),
+            "com.amazonaws.ecs.task-definition-version=1".to_owned(),
+            "--label".to_owned(),
+            "com.amazonaws.ecs.cluster=intercept-tests".to_owned(),
+        ]
+        .into()
+    }
+
+    /// Starts the pause container and wires its namespace to a remote one.
+    pub fn start_pause(&mut self) -> Topology {
+        let mut args = vec!["run".to_owned(), "--detach".to_owned()];
+        args.extend(self.options("~internal~ecs~pause"));
+        args.extend(["--network", "none", "--entrypoint", "sleep"].map(str::to_owned));
+        args.extend([crate::containers::BASE.to_owned(), "infinity".to_owned()]);
+        self.start(&args, "~internal~ecs~pause");
+        let pid = self.pid("~internal~ecs~pause");
+        Topology::around(Netns::attach("task", pid))
+    }
+
+    /// The options that put a container in the task's one pid namespace (ECS `pidMode:
+    /// "task"`): the pause container's.
+    pub fn shared_pid(&self) -> Vec<String> {
+        vec!["--pid".to_owned(), format!("container:{}", self.name("~internal~ecs~pause"))]
+    }
+
+    /// `docker run --detach <options> <image> <command>` in the pause container's namespace.
+    pub fn start_in_task(&mut self, container: &str, options: &[String], image: &str, command: &[String]) {
+        let mut args = vec!["run".to_owned(), "--detach".to_owned()];
+        args.extend(self.options(container));
+        args.extend(["--network".to_owned(), format!("container:{}", self.name("~internal~ecs~pause"))]);
+        args.extend(options.iter().cloned());
+        args.push(image.to_owned());
+        args.extend(command.iter().cloned());
+        self.start(&args, container);
+    }
+
+    fn start(&mut self, args: &[String], container: &str) {
+        self.containers.push(self.name(container));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.engine.must(&args);
+    }
+
+    /// Runs the container to completion in the task's namespace (as an init container runs
+    /// before the proxy): its exit code and its output.
+    pub fn run_in_task(
+        &mut self,
+        container: &str,
+        options: &[String],
+        image: &str,
+        command: &[String],
+    ) -> (i32, String) {
+        self.start_in_task(container, options, image, command);
+        let name = self.name(container);
+        let code = self.engine.must(&["wait", &name]).parse().expect("an exit code");
+        let out = self.engine.docker().args(["logs", &name]).output().expect("docker logs");
+        (code, format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+
+    pub fn pid(&self, container: &str) -> u32 {
+        let name = self.name(container);
+        self.engine.must(&["inspect", "--format", "{{.State.Pid}}", &name]).parse().expect("a pid")
+    }
+
+    /// Waits until the container's output has `count` lines `READY` (the test listeners say
+    /// so once they listen).
+    pub fn wait_ready(&self, container: &str, count: usize) {
+        let name = self.name(container);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.engine.docker().args(["logs", &name]).output().expect("docker logs");
+            let logs = String::from_utf8_lossy(&out.stdout);
+            if logs.lines().filter(|l| l.trim() == "READY").count() >= count {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{name} did not get ready: {logs}{}", text(&out.stderr));
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `docker exec --user uid:gid <container> <command>`.
+    pub fn exec(&self, container: &str, uid: u32, gid: u32, command: &[&str]) -> Output {
+        let name = self.name(container);
+        self.engine
+            .docker()
+            .args(["exec", "--user", &format!("{uid}:{gid}"), &name])
+            .args(command)
+            .output()
+            .expect("docker exec")
+    }
+
+    /// A connection the app container makes as `uid`/`gid`, with the test client.
+    pub fn connect(&self, uid: u32, gid: u32, addr: &str) -> Result<Reply, String> {
+        let out = self.exec("app", uid, gid, &["/t/intercept-test-client", "--reply", addr]);
+        if !out.status.success() {
+            return Err(format!("{} ({})", text(&out.stderr), out.status));
+        }
+        Reply::parse(&text(&out.stdout))
+    }
+
+    /// The cgroup paths of the task in every hierarchy (cgroup v1 controllers and v2).
+    pub fn cgroups(&self) -> Vec<PathBuf> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        intercept::backend::ebpf::parse_mountinfo(&mountinfo)
+            .into_iter()
+            .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+            .map(|m| m.mount_point.join(self.cgroup_parent().trim_start_matches('/')))
+            .filter(|p| p.exists())
+            .collect()
+    }
+
+    /// The task's cgroup in the unified hierarchy.
+    pub fn unified_cgroup(&self) -> PathBuf {
+        crate::cgroup2_mount().expect("a cgroup2 mount").join(self.cgroup_parent().trim_start_matches('/'))
+    }
+
+    /// Stops and removes every container (what stopping the task does), then the task's
+    /// cgroup; what is left afterwards is what the test looks for.
+    pub fn stop(&mut self) {
+        for name in self.containers.drain(..).rev() {
+            let _ = self.engine.docker().args(["rm", "--force", &name]).stdout(Stdio::null()).status();
+        }
+        for dir in self.cgroups() {
+            // The container cgroups go with the containers; the task's own is left to whoever
+            // created it (the ECS agent removes it, as the test does here).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while let Err(e) = fs::remove_dir(&dir) {
+                if Instant::now() >= deadline {
+                    panic!("remove {}: {e}", dir.display());
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // `/ecs` itself, when this machine had none before (it is not an ECS host).
+        for dir in parents_created() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The `/ecs` directories of each hierarchy, to remove once empty: only an ECS host has them
+/// outside these tests, and the tests never run on one (the agent's tasks would be there).
+fn parents_created() -> Vec<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    intercept::backend::ebpf::parse_mountinfo(&mountinfo)
+        .into_iter()
+        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+        .map(|m| m.mount_point.join("ecs"))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// The Debian base the image is built on, for the pause, proxy and app containers.
+pub const BASE: &str = "intercept-base:bookworm";

@@ -1,0 +1,369 @@
+//! The image as ECS runs it: ECS-shaped tasks in a real container engine (see
+//! `intercept_tests::containers`), with the init container exactly as the deploy examples
+//! define it (command, user, capabilities, mounts, environment). The init container exits 0
+//! before the proxy starts (ECS's `dependsOn SUCCESS`); then the app's connections must be
+//! redirected with their original destination, IgnoredUID, ignored ports and ignored IPs must
+//! pass untouched, inbound AppPort connections from the remote namespace must reach the proxy,
+//! and stopping the task must leave nothing on the host.
+//!
+//! The eBPF examples' bpffs volume is a bpffs of the test's own (this host has none mounted
+//! at /sys/fs/bpf, and the tests leave the host's alone); the cgroup volume is the host's
+//! hierarchy, as on an ECS host.
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use intercept_tests::{
+    containers::{BASE, Engine, InitContainer, Task, require_engine},
+    ebpf::TestBpffs,
+    topology::{Topology, intercept_bin},
+    traffic::{Client, Listeners, Role},
+};
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_intercept-test-client");
+const IPTABLES: &str = "ecs-task-definition-ec2.json";
+const EBPF: &str = "ecs-task-definition-ec2-ebpf.json";
+/// The remote server the app dials, and the task's address (see `topology`).
+const REMOTE: &str = "10.0.0.1";
+const TASK: &str = "10.0.0.2";
+
+/// Where the test binaries are, mounted read-only at `/t` in the containers that run them.
+fn test_binaries() -> PathBuf {
+    Path::new(CLIENT).parent().expect("a directory").to_owned()
+}
+
+/// The task around the init container: the pause container with the remote namespace (and a
+/// server on port 80 and 22 on every remote address), the init container run to completion.
+struct Run {
+    task: Task,
+    _remote: Listeners,
+    topology: Topology,
+    init: (i32, String),
+}
+
+fn start(engine: &Engine, options: &[String], command: &[String]) -> Run {
+    let mut task = Task::new(engine);
+    let topology = task.start_pause();
+    let remote = Listeners::start(
+        &topology.remote,
+        &[(Role::Remote, "0.0.0.0:80".parse().unwrap()), (Role::Remote, "0.0.0.0:22".parse().unwrap())],
+    );
+    let result = task.run_in_task("intercept-init", options, engine.image(), command);
+    Run { task, _remote: remote, topology, init: result }
+}
+
+/// The proxy container (the test proxy, as IgnoredUID 1337 by default, egress on 15001,
+/// ingress on 15000) and the app container (listening on AppPort 9080).
+fn start_proxy(run: &mut Run, user: &str) {
+    start_proxy_with(run, user, &[]);
+}
+
+fn start_proxy_with(run: &mut Run, user: &str, extra: &[String]) {
+    let bins = format!("{}:/t:ro", test_binaries().display());
+    let proxy = "/t/intercept-ebpf-probe serve egress-proxy 127.0.0.1:15001 & \
+                 exec /t/intercept-ebpf-probe serve ingress-proxy 0.0.0.0:15000";
+    let mut options = ["--user", user, "--volume", &bins, "--entrypoint", "sh"].map(str::to_owned).to_vec();
+    options.extend(extra.iter().cloned());
+    run.task.start_in_task("envoy", &options, BASE, &["-c".to_owned(), proxy.to_owned()]);
+    run.task.wait_ready("envoy", 2);
+}
+
+fn start_app(run: &mut Run) {
+    let bins = format!("{}:/t:ro", test_binaries().display());
+    let options = ["--volume", &bins, "--entrypoint", "/t/intercept-ebpf-probe"].map(str::to_owned);
+    run.task.start_in_task("app", &options, BASE, &["serve", "app", "0.0.0.0:9080"].map(str::to_owned));
+    run.task.wait_ready("app", 1);
+}
+
+/// Every decision of the seed configuration the deploy examples carry, through the task.
+fn assert_intercepted(run: &Run, backend: &str) {
+    let dst = |a: &str| -> SocketAddr { a.parse().unwrap() };
+    let redirected = run.task.connect(1000, 1000, &format!("{REMOTE}:80")).expect("the app's connection");
+    assert_eq!(
+        (redirected.role, redirected.original),
+        (Role::EgressProxy, Some(dst(&format!("{REMOTE}:80")))),
+        "{backend}: the app's connection goes to the proxy with its original destination: {redirected}"
+    );
+    for (uid, addr, why) in [
+        (1337, format!("{REMOTE}:80"), "IgnoredUID"),
+        (1000, format!("{REMOTE}:22"), "an ignored port"),
+        (1000, "169.254.170.2:80".to_owned(), "an ignored IP (task metadata)"),
+    ] {
+        let reply = run.task.connect(uid, uid, &addr).unwrap_or_else(|e| panic!("{backend}: {why}: {e}"));
+        assert_eq!((reply.role, reply.local), (Role::Remote, dst(&addr)), "{backend}: {why} passes untouched: {reply}");
+    }
+    let inbound = dst(&format!("{TASK}:9080"));
+    let reply = Client::new(CLIENT).netns(&run.topology.remote).connect(inbound).expect("an inbound connection");
+    assert_eq!(
+        (reply.role, reply.original),
+        (Role::IngressProxy, Some(inbound)),
+        "{backend}: inbound to the AppPort reaches the proxy: {reply}"
+    );
+}
+
+/// Stops the task (its containers, then its cgroup) and checks what is left on the host: its
+/// namespace (and the rules in it) went with the pause container, no lock file names it.
+fn stop_and_assert_nothing_left(run: Run) {
+    let Run { mut task, _remote, topology, .. } = run;
+    let netns_paths = [topology.task.path(), topology.remote.path()];
+    let locks_before = lock_files();
+    task.stop();
+    drop(topology);
+    for path in netns_paths {
+        assert!(!path.exists(), "{} is left", path.display());
+    }
+    assert!(task.cgroups().is_empty(), "the task's cgroups are left: {:?}", task.cgroups());
+    assert_eq!(lock_files(), locks_before, "lock files on the host");
+}
+
+fn lock_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(intercept::lock::SYSTEM_DIR)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn rules_backend(backend: &str) {
+    let test = format!("{backend}_init_container_intercepts_an_ecs_task");
+    let engine = require_engine(&test);
+    let init = InitContainer::from_deploy(IPTABLES);
+    // The nftables variant of the same task definition: only the backend differs.
+    let command: Vec<String> =
+        init.command.iter().map(|w| if w == "iptables" { backend.to_owned() } else { w.clone() }).collect();
+    let mut run = start(&engine, &init.run_options(&[]), &command);
+    assert_eq!(run.init.0, 0, "{backend} init container: {}", run.init.1);
+    assert!(run.init.1.contains("IPv6 rules skipped") || backend == "nftables", "{}", run.init.1);
+    start_proxy(&mut run, "1337:1337");
+    start_app(&mut run);
+    assert_intercepted(&run, backend);
+    stop_and_assert_nothing_left(run);
+}
+
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn iptables_init_container_intercepts_an_ecs_task() {
+    rules_backend("iptables");
+}
+
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn nftables_init_container_intercepts_an_ecs_task() {
+    rules_backend("nftables");
+}
+
+/// The eBPF init container with the task's cgroup namespace as Docker gives it on cgroup v2
+/// hosts (private) and on v1 and hybrid ones (the host's), one task after the other: each
+/// finds its task's cgroup with `--cgroup auto`, and the second one's apply removes the pins
+/// the first (ended) task left; `intercept remove` on the host removes the second's.
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn ebpf_init_container_in_a_private_and_in_the_host_cgroup_namespace() {
+    let test = "ebpf_init_container_in_a_private_and_in_the_host_cgroup_namespace";
+    let engine = require_engine(test);
+    let bpffs = TestBpffs::mounted();
+    let init = InitContainer::from_deploy(EBPF);
+    let mut ended = None;
+    for cgroupns in ["private", "host"] {
+        let mut options = init.run_options(&[("bpffs", bpffs.path())]);
+        options.extend(["--cgroupns".to_owned(), cgroupns.to_owned()]);
+        let mut run = start(&engine, &options, &init.command);
+        assert_eq!(run.init.0, 0, "eBPF init container, {cgroupns} cgroupns: {}", run.init.1);
+        let cgroup = run.task.unified_cgroup();
+        assert!(run.init.1.contains(&format!("on cgroup {}", in_container(&cgroup))), "{}", run.init.1);
+        let id = intercept::backend::ebpf::cgroup_id(&cgroup).unwrap();
+        if let Some(previous) = ended {
+            assert!(
+                run.init.1.contains("also removed the pins of 1 ended task(s)"),
+                "the next task's apply prunes: {}",
+                run.init.1
+            );
+            assert!(!pinned(&bpffs).contains(&previous), "the ended task's pins are gone");
+        }
+        start_proxy(&mut run, "1337:1337");
+        start_app(&mut run);
+        assert_intercepted(&run, &format!("eBPF, {cgroupns} cgroupns"));
+        assert!(no_netfilter_rule(&run), "eBPF installs no netfilter rule");
+        stop_and_assert_nothing_left(run);
+        assert_eq!(pinned(&bpffs), [id], "until an intercept on the host prunes them");
+        ended = Some(id);
+    }
+    prune_from_the_host(test, &bpffs);
+    assert!(bpffs.files().is_empty(), "pins left: {:?}", bpffs.files());
+}
+
+/// `intercept remove` on the host for a task that has ended (its cgroup and namespace are
+/// gone): it prunes the pins of every ended task. The kernel detaches a removed cgroup's
+/// programs from a work queue, a moment after the cgroup goes: until then the task's pins are
+/// not yet an ended task's.
+fn prune_from_the_host(test: &str, bpffs: &TestBpffs) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bpffs.files().is_empty() && Instant::now() < deadline {
+        let out = Command::new(intercept_bin(test))
+            .args(["remove", "--backend", "ebpf", "--cgroup", "/ecs/ended", "--netns", "/run/netns/ended", "--bpffs"])
+            .arg(bpffs.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A task whose proxy started before the init container (an operator reordered `dependsOn`):
+/// egress is intercepted for the running proxy's task all the same, and the proxy's open
+/// ingress listener, which the init container cannot see from its own pid namespace, is
+/// reported. With one pid namespace for the task (ECS `pidMode: "task"`) and the capabilities
+/// to take another user's socket (SYS_PTRACE, DAC_READ_SEARCH), it is taken and inbound
+/// connections reach the proxy without a restart.
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn ebpf_init_container_after_the_proxy_started() {
+    let test = "ebpf_init_container_after_the_proxy_started";
+    let engine = require_engine(test);
+    let bpffs = TestBpffs::mounted();
+    let init = InitContainer::from_deploy(EBPF);
+    let mut task = Task::new(&engine);
+    let topology = task.start_pause();
+    let _remote = Listeners::start(&topology.remote, &[(Role::Remote, "0.0.0.0:80".parse().unwrap())]);
+    let mut run = Run { task, _remote, topology, init: (0, String::new()) };
+    start_proxy(&mut run, "1337:1337");
+    start_app(&mut run);
+    let mut options = init.run_options(&[("bpffs", bpffs.path())]);
+    options.extend(["--cgroupns".to_owned(), "private".to_owned()]);
+    let (code, out) = run.task.run_in_task("intercept-init", &options, engine.image(), &init.command);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("WARNING") && out.contains("restart the proxy"), "the open listener is reported: {out}");
+    let reply = run.task.connect(1000, 1000, &format!("{REMOTE}:80")).expect("the app's connection");
+    assert_eq!(reply.role, Role::EgressProxy, "{reply}");
+    stop_and_assert_nothing_left(run);
+
+    let mut task = Task::new(&engine);
+    let topology = task.start_pause();
+    let shared = task.shared_pid();
+    let mut run = Run { task, _remote: Listeners::start(&topology.remote, &[]), topology, init: (0, String::new()) };
+    start_proxy_with(&mut run, "1337:1337", &shared);
+    let mut options = init.run_options(&[("bpffs", bpffs.path())]);
+    options.extend(
+        ["--cgroupns", "private", "--cap-add", "SYS_PTRACE", "--cap-add", "DAC_READ_SEARCH"].map(str::to_owned),
+    );
+    options.extend(shared);
+    let (code, out) = run.task.run_in_task("intercept-init", &options, engine.image(), &init.command);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 listener(s) on port 15000 already open, taken") && !out.contains("WARNING"), "{out}");
+    let inbound: SocketAddr = format!("{TASK}:9080").parse().unwrap();
+    let reply = Client::new(CLIENT).netns(&run.topology.remote).connect(inbound).expect("an inbound connection");
+    assert_eq!((reply.role, reply.original), (Role::IngressProxy, Some(inbound)), "{reply}");
+    stop_and_assert_nothing_left(run);
+    prune_from_the_host(test, &bpffs);
+    assert!(bpffs.files().is_empty(), "pins left: {:?}", bpffs.files());
+}
+
+/// What an operator meets when the container is not set up as the deploy examples say: each
+/// exits non-zero with a message that says what is missing, and nothing is installed.
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn mistakes_in_the_container_setup_are_named_and_change_nothing() {
+    let test = "mistakes_in_the_container_setup_are_named_and_change_nothing";
+    let engine = require_engine(test);
+    let bpffs = TestBpffs::mounted();
+    let ebpf = InitContainer::from_deploy(EBPF);
+    let iptables = InitContainer::from_deploy(IPTABLES);
+    let without = |init: &InitContainer, drop_volume: Option<&str>, drop_cap: Option<&str>| {
+        let mut init = init.clone();
+        init.mounts.retain(|m| Some(m.volume.as_str()) != drop_volume);
+        init.cap_add.retain(|c| Some(c.as_str()) != drop_cap);
+        init
+    };
+    let cases: [(&str, InitContainer, &str, &str); 4] = [
+        ("no NET_ADMIN", without(&iptables, None, Some("NET_ADMIN")), "private", "missing capability CAP_NET_ADMIN"),
+        (
+            "no bpffs mounted",
+            without(&ebpf, Some("bpffs"), None),
+            "private",
+            "mount the host's bpffs into the container",
+        ),
+        (
+            "no cgroup hierarchy mounted, private cgroupns",
+            without(&ebpf, Some("cgroup"), None),
+            "private",
+            "mount the host's cgroup hierarchy into",
+        ),
+        (
+            "no cgroup hierarchy mounted, host cgroupns",
+            without(&ebpf, Some("cgroup"), None),
+            "host",
+            "mount the host's cgroup hierarchy into",
+        ),
+    ];
+    for (what, init, cgroupns, message) in cases {
+        let mut options = init.run_options(&[("bpffs", bpffs.path())]);
+        options.extend(["--cgroupns".to_owned(), cgroupns.to_owned()]);
+        let mut task = Task::new(&engine);
+        let topology = task.start_pause();
+        let (code, out) = task.run_in_task("intercept-init", &options, engine.image(), &init.command);
+        assert_ne!(code, 0, "{what}: {out}");
+        assert!(out.contains(message) && out.contains("nothing was changed"), "{what}: {out}");
+        let run = Run { task, _remote: Listeners::start(&topology.remote, &[]), topology, init: (code, out) };
+        assert!(no_netfilter_rule(&run), "{what}: nothing installed");
+        assert!(bpffs.files().is_empty(), "{what}: nothing pinned: {:?}", bpffs.files());
+        stop_and_assert_nothing_left(run);
+    }
+}
+
+/// The proxy's uid is not IgnoredUID: `check` warns, and this is what happens: the proxy's own
+/// connections to the remote are redirected to itself instead of leaving the task.
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn a_proxy_that_is_not_ignored_intercepts_itself() {
+    let test = "a_proxy_that_is_not_ignored_intercepts_itself";
+    let engine = require_engine(test);
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(IPTABLES);
+    let mut definition: serde_json::Value = serde_json::from_str(&fs::read_to_string(deploy).unwrap()).unwrap();
+    for container in definition["containerDefinitions"].as_array_mut().unwrap() {
+        if container["name"] == "envoy" {
+            container["user"] = "1000".into();
+        }
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    fs::write(file.path(), definition.to_string()).unwrap();
+    let out = Command::new(intercept_bin(test)).args(["check", "--task-definition"]).arg(file.path()).output().unwrap();
+    let check = String::from_utf8_lossy(&out.stdout);
+    assert!(check.contains("warning") && check.contains("IgnoredUID"), "{check}");
+    let init = InitContainer::from_deploy(IPTABLES);
+    let mut run = start(&engine, &init.run_options(&[]), &init.command);
+    assert_eq!(run.init.0, 0, "{}", run.init.1);
+    start_proxy(&mut run, "1000:1000");
+    start_app(&mut run);
+    let looped = run.task.exec("envoy", 1000, 1000, &["/t/intercept-test-client", "--reply", &format!("{REMOTE}:80")]);
+    let reply = String::from_utf8_lossy(&looped.stdout);
+    assert!(reply.starts_with("egress-proxy"), "the proxy's upstream connection came back to itself: {reply}");
+    stop_and_assert_nothing_left(run);
+}
+
+/// The pins under the test's bpffs, by cgroup id.
+fn pinned(bpffs: &TestBpffs) -> Vec<u64> {
+    let mut ids: Vec<u64> = fs::read_dir(bpffs.path().join("intercept"))
+        .map(|d| d.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
+
+/// The task's cgroup as the init container names it: through the host's hierarchy mounted at
+/// the same place.
+fn in_container(cgroup: &Path) -> String {
+    cgroup.display().to_string()
+}
+
+fn no_netfilter_rule(run: &Run) -> bool {
+    let task = &run.topology.task;
+    let rules = task.exec("iptables-nft-save", &[]) + &task.exec("iptables-legacy-save", &[]);
+    let tables = task.exec("nft", &["list", "tables"]);
+    !rules.contains("INTERCEPT") && !tables.contains("intercept")
+}
