@@ -45,6 +45,116 @@ pub struct Engine {
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// An engine of the test's own (for a test that stops and starts it): its data root, exec root
+/// and socket under `dir`, `--live-restore` (containers outlive a restart, as on an ECS host),
+/// the Debian base imported from the tarball `cargo xtask test` caches
+/// (`INTERCEPT_BASE_TARBALL`). Stopped (by pid) on drop, its directory removed.
+pub struct PrivateEngine {
+    dir: PathBuf,
+    socket: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateEngine {
+    pub fn start(test: &str, dir: &Path) -> PrivateEngine {
+        crate::require_privileges(test);
+        let Some(tarball) = env::var_os("INTERCEPT_BASE_TARBALL").map(PathBuf::from).filter(|p| p.is_file()) else {
+            cannot_run(test, "needs the base image's tarball (INTERCEPT_BASE_TARBALL): `cargo xtask test` provides it");
+        };
+        let dir = dir.join(format!("engine-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let mut engine = PrivateEngine { socket: dir.join("docker.sock"), dir, child: None };
+        engine.restart();
+        let imported = engine.docker().args(["import"]).arg(&tarball).arg(BASE).output().expect("docker import");
+        assert!(imported.status.success(), "docker import: {}", text(&imported.stderr));
+        engine
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn docker(&self) -> Command {
+        let mut docker = Command::new("docker");
+        docker.env("DOCKER_HOST", format!("unix://{}", self.socket.display())).stdin(Stdio::null());
+        docker
+    }
+
+    /// This engine, for [`Task`]s (the intercept image is not needed: the daemon runs on the
+    /// host).
+    pub fn engine(&self) -> Engine {
+        let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Engine { host: format!("unix://{}", self.socket.display()), image: String::new(), _serial: Rc::new(serial) }
+    }
+
+    /// Stops the engine (SIGTERM, as a host's service manager does); its containers run on.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts it (again) and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let _ = fs::remove_file(&self.socket);
+        let log = fs::File::create(self.dir.join("dockerd.log")).expect("the engine's log");
+        let child = Command::new("dockerd")
+            .arg("--data-root")
+            .arg(self.dir.join("root"))
+            .arg("--exec-root")
+            .arg(self.dir.join("exec"))
+            .arg("--host")
+            .arg(format!("unix://{}", self.socket.display()))
+            .arg("--pidfile")
+            .arg(self.dir.join("dockerd.pid"))
+            .args(["--iptables=false", "--ip6tables=false", "--bridge=none", "--live-restore"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("the engine's log"))
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.docker().arg("version").output().is_ok_and(|o| o.status.success()) {
+            assert!(Instant::now() < deadline, "the test's engine did not start: {}", self.dir.display());
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for PrivateEngine {
+    fn drop(&mut self) {
+        // Its containers first: with --live-restore they would outlive the engine.
+        if self.child.is_some() {
+            let ids =
+                self.docker().args(["ps", "--all", "--quiet"]).output().map(|o| text(&o.stdout)).unwrap_or_default();
+            for id in ids.lines() {
+                let _ = self.docker().args(["rm", "--force", id]).stdout(Stdio::null()).status();
+            }
+        }
+        self.stop();
+        // dockerd bind-mounts its data root on itself, and a restarted one does it again.
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<PathBuf> = intercept::backend::ebpf::parse_mountinfo(&mountinfo)
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|p| p.starts_with(&self.dir))
+            .collect();
+        mounts.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+        for mount in mounts {
+            let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The engine at `DOCKER_HOST` with the image `INTERCEPT_IMAGE` (what `cargo xtask test`
 /// provides); fails the test, saying why, without them.
 pub fn require_engine(test: &str) -> Engine {
@@ -67,6 +177,13 @@ pub fn require_engine(test: &str) -> Engine {
 }
 
 impl Engine {
+    /// The engine at `host` (`unix://…`), for a program that is not a test (the bench); the
+    /// intercept image is not needed.
+    pub fn at(host: &str) -> Engine {
+        let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Engine { host: host.to_owned(), image: String::new(), _serial: Rc::new(serial) }
+    }
+
     pub fn image(&self) -> &str {
         &self.image
     }
@@ -112,13 +229,18 @@ pub struct InitContainer {
 impl InitContainer {
     /// The container `intercept-init` of `deploy/<file>`.
     pub fn from_deploy(file: &str) -> InitContainer {
+        InitContainer::from_deploy_container(file, "intercept-init")
+    }
+
+    /// The container `name` of `deploy/<file>`.
+    pub fn from_deploy_container(file: &str, name: &str) -> InitContainer {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(file);
         let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let task: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let init = task["containerDefinitions"]
             .as_array()
-            .and_then(|c| c.iter().find(|c| c["name"] == "intercept-init"))
-            .unwrap_or_else(|| panic!("{}: no intercept-init container", path.display()));
+            .and_then(|c| c.iter().find(|c| c["name"] == name))
+            .unwrap_or_else(|| panic!("{}: no {name} container", path.display()));
         let strings = |v: &Value| -> Vec<String> {
             v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default()
         };
@@ -235,6 +357,16 @@ impl Task {
             "com.amazonaws.ecs.cluster=intercept-tests".to_owned(),
         ]
         .into()
+    }
+
+    /// Starts the pause container alone (its namespace left unwired): what the ECS agent
+    /// starts first.
+    pub fn start_bare_pause(&mut self) {
+        let mut args = vec!["run".to_owned(), "--detach".to_owned()];
+        args.extend(self.options("~internal~ecs~pause"));
+        args.extend(["--network", "none", "--entrypoint", "sleep"].map(str::to_owned));
+        args.extend([crate::containers::BASE.to_owned(), "infinity".to_owned()]);
+        self.start(&args, "~internal~ecs~pause");
     }
 
     /// Starts the pause container and wires its namespace to a remote one.

@@ -40,6 +40,19 @@ pub fn run(ws: &Workspace, quick: bool, daemon: bool) -> Result<ExitCode> {
         cmd.env("INTERCEPT_BIN", release.join("intercept")).current_dir(&ws.root).args(["daemon", "--tasks", "100"]);
         println!("    $ {}", display(&cmd));
         let status = cmd.status().with_context(|| format!("run {}", display(&cmd)))?;
+        if !status.success() {
+            return Ok(ExitCode::FAILURE);
+        }
+        step("bench: intercept daemon --docker-socket with 100 eBPF tasks from the container engine");
+        let engine = crate::containers::Engine::start(ws)?;
+        engine.ensure_base()?;
+        let mut cmd = Command::new(release.join("intercept-bench"));
+        cmd.env("INTERCEPT_BIN", release.join("intercept"))
+            .env("DOCKER_HOST", &engine.host)
+            .current_dir(&ws.root)
+            .args(["daemon", "--docker", "--tasks", "100"]);
+        println!("    $ {}", display(&cmd));
+        let status = cmd.status().with_context(|| format!("run {}", display(&cmd)))?;
         return Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     let (doc, perf_dir) = if quick {

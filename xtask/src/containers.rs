@@ -117,15 +117,17 @@ impl Engine {
         }
     }
 
+    /// The cached root file system of the base (the container tests import it into engines of
+    /// their own).
+    pub fn base_tarball(&self) -> PathBuf {
+        self.dir.join(format!("base-{BASE_SUITE}.tar"))
+    }
+
     /// The Debian base, imported from the cached root file system, which is built first when
     /// there is none.
     pub fn ensure_base(&self) -> Result<()> {
         step(&format!("image: the base {BASE_IMAGE}"));
-        if self.docker().args(["image", "inspect", BASE_IMAGE]).stdout(Stdio::null()).status()?.success() {
-            println!("    skip: the engine has {BASE_IMAGE}");
-            return Ok(());
-        }
-        let tarball = self.dir.join(format!("base-{BASE_SUITE}.tar"));
+        let tarball = self.base_tarball();
         if !tarball.is_file() {
             let partial = tarball.with_extension("tar.partial");
             // An earlier run's, interrupted.
@@ -136,6 +138,10 @@ impl Engine {
                 .arg(&partial);
             run_cmd(&mut mmdebstrap).context("build the base root file system (package mmdebstrap)")?;
             fs::rename(&partial, &tarball)?;
+        }
+        if self.docker().args(["image", "inspect", BASE_IMAGE]).stdout(Stdio::null()).status()?.success() {
+            println!("    skip: the engine has {BASE_IMAGE}");
+            return Ok(());
         }
         run_cmd(self.docker().args(["import"]).arg(&tarball).arg(BASE_IMAGE))
     }

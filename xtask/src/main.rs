@@ -200,7 +200,10 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
     step("test: the container engine and the image (for the container tests)");
     let engine = match containers::Engine::start(ws).and_then(|engine| Ok((engine.build_image(ws)?, engine))) {
         Ok((tag, engine)) => {
-            privileged.env("DOCKER_HOST", &engine.host).env("INTERCEPT_IMAGE", tag);
+            privileged
+                .env("DOCKER_HOST", &engine.host)
+                .env("INTERCEPT_IMAGE", tag)
+                .env("INTERCEPT_BASE_TARBALL", engine.base_tarball());
             Some(engine)
         }
         Err(e) => {

@@ -584,6 +584,22 @@ pub fn remove(target: &Target) -> Result<bool, Error> {
     Ok(true)
 }
 
+/// Removes the pins of the installation of the cgroup `cgroup_id`, which its caller knows to
+/// be gone (its path no longer exists; cgroup ids are never reused): the kernel detaches a
+/// removed cgroup's programs only a moment later, from a work queue, so [`prune`] would not
+/// take it yet. Returns whether there were pins.
+pub fn remove_pins_of_removed_cgroup(bpffs: &Path, cgroup_id: u64) -> Result<bool, Error> {
+    let dir = bpffs.join(PIN_ROOT).join(cgroup_id.to_string());
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    let _lock = host::lock_bpffs(bpffs)?;
+    unpin_dir(&dir)?;
+    Locks::system().forget(&lock::Key::cgroup(cgroup_id, format!("cgroup id {cgroup_id}")))?;
+    let _ = fs::remove_dir(bpffs.join(PIN_ROOT));
+    Ok(true)
+}
+
 /// Removes the installations under `bpffs` whose cgroup no longer exists: every one of their
 /// links reports no cgroup (the kernel detaches a cgroup's links when the cgroup is removed),
 /// so their pins only keep maps alive (their lock files go too). Returns the cgroup ids whose

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use intercept::backend::Kind;
 use intercept::privileges;
 use intercept::readiness::{self, InstallWhen};
 
@@ -13,9 +14,18 @@ use super::{Failure, Outcome};
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
-    /// The desired state: one `<id>.json` file per task
-    #[arg(long, value_name = "DIR", default_value = "/etc/intercept/tasks")]
-    tasks_dir: PathBuf,
+    /// Task files, one `<id>.json` file per task (default /etc/intercept/tasks, unless
+    /// --docker-socket is given without it)
+    #[arg(long, value_name = "DIR")]
+    tasks_dir: Option<PathBuf>,
+    /// Find the ECS tasks on this host through the container engine at PATH (default
+    /// /var/run/docker.sock): the `intercept.*` labels and APPMESH_* environment of their
+    /// containers say what to install (docs/daemon.md)
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "/var/run/docker.sock")]
+    docker_socket: Option<PathBuf>,
+    /// The backend of a task from the engine without an `intercept.backend` label
+    #[arg(long, value_enum, value_name = "BACKEND", default_value = "iptables")]
+    default_backend: Kind,
     /// Where the daemon records what it installed, to adopt it after a restart
     #[arg(long, value_name = "DIR", default_value = "/run/intercept/daemon")]
     state_dir: PathBuf,
@@ -50,8 +60,15 @@ pub fn run(args: DaemonArgs) -> Outcome {
     }
     // Before any thread starts: capabilities are per thread.
     privileges::check_and_restrict(&privileges::DAEMON, &[]).map_err(anyhow::Error::from)?;
+    let tasks_dir = match (args.tasks_dir, &args.docker_socket) {
+        (Some(dir), _) => Some(dir),
+        (None, None) => Some(PathBuf::from("/etc/intercept/tasks")),
+        (None, Some(_)) => None,
+    };
     intercept::daemon::run(intercept::daemon::Options {
-        tasks_dir: args.tasks_dir,
+        tasks_dir,
+        docker_socket: args.docker_socket,
+        default_backend: args.default_backend,
         state_dir: args.state_dir,
         bpffs: args.bpffs,
         metrics_addr: args.metrics_addr,

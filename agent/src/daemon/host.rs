@@ -1,11 +1,13 @@
 //! The daemon's effectful edge: what it observes on the host and the actions it runs, through
 //! the same backend interface as `intercept apply|remove|status`.
 
+use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::backend::{self, ApplyOptions, Backend, Counters, Kind, Target};
+use crate::backend::{self, ApplyOptions, Backend, Counters, Kind, Scope, Target};
 use crate::config::ProxyConfig;
 use crate::netns;
 use crate::readiness::{self, Observation};
@@ -56,14 +58,38 @@ impl Host {
     /// exists took the installation with it; what the backend left of it (the eBPF pins) is
     /// removed all the same.
     pub fn remove(&self, installed: &Installed) -> Result<(), Error> {
-        match self.open(installed.backend, &installed.cgroup, installed.netns.as_deref()) {
-            Ok(backend) => match backend.remove(false) {
-                Err(e) if e.target_gone() => Ok(()),
-                result => result.map(drop).map_err(Error::from),
-            },
-            Err(Error::Backend(e)) if e.target_gone() => Ok(()),
-            Err(e) => Err(e),
+        // A namespace named by a process (`/proc/<pid>/ns/net`, a task from the engine) that
+        // is not the one installed in any more went with the task: its pid may be another
+        // process's by now, whose namespace is left alone.
+        let current = installed.netns.as_deref().and_then(|p| fs::metadata(p).ok()).map(|m| m.ino());
+        let netns = match installed.netns_inode {
+            Some(inode) if current != Some(inode) => Some(Path::new(GONE)),
+            _ => installed.netns.as_deref(),
+        };
+        if netns == Some(Path::new(GONE)) && installed.backend.scope() == Scope::Netns {
+            return Ok(());
         }
+        match self.open(installed.backend, &installed.cgroup, netns) {
+            Ok(backend) => match backend.remove(false) {
+                Err(e) if e.target_gone() => {}
+                result => result.map(drop)?,
+            },
+            Err(Error::Backend(e)) if e.target_gone() => {}
+            Err(e) => return Err(e),
+        }
+        // A cgroup just removed still holds its programs for a moment: its pins go now.
+        if let Some(id) = installed.cgroup_id.filter(|_| !self.cgroup_exists(&installed.cgroup).unwrap_or(true)) {
+            backend::ebpf::remove_pins_of_removed_cgroup(&self.bpffs, id)
+                .map_err(|source| Error::Cgroup { cgroup: installed.cgroup.clone(), source })?;
+        }
+        Ok(())
+    }
+
+    /// The id of the spec's cgroup, for a backend that works on one.
+    pub fn cgroup_id(&self, spec: &TaskSpec) -> Option<u64> {
+        (spec.backend.scope() == Scope::Cgroup)
+            .then(|| backend::ebpf::Target::new(&spec.cgroup, Some(&self.bpffs)).ok().map(|t| t.cgroup_id))
+            .flatten()
     }
 
     /// One look at the task's proxy admin, from inside the task's network namespace (the
@@ -97,6 +123,10 @@ impl Host {
         Ok(backend::open(kind, &target)?)
     }
 }
+
+/// A namespace path that names none (pid 0 has no `/proc` entry): what a removal is given for
+/// a namespace that is gone.
+const GONE: &str = "/proc/0/ns/net";
 
 fn netns_target(netns: Option<&Path>) -> netns::Target {
     netns.map_or(netns::Target::Current, |path| netns::Target::Path(path.to_owned()))

@@ -22,6 +22,26 @@ use super::reconcile::Installed;
 use crate::config::ProxyConfig;
 
 type Labels = [(&'static str, &'static str); 1];
+type TaskLabels = Vec<(String, String)>;
+
+/// A task as its metrics name it: its id, and for a task from the engine its task
+/// definition's family and revision (empty for a task file's).
+#[derive(Debug, Clone, Default)]
+pub struct TaskId {
+    pub task: String,
+    pub family: String,
+    pub revision: String,
+}
+
+impl TaskId {
+    fn labels(&self) -> TaskLabels {
+        vec![
+            ("task".to_owned(), self.task.clone()),
+            ("family".to_owned(), self.family.clone()),
+            ("revision".to_owned(), self.revision.clone()),
+        ]
+    }
+}
 
 /// A task the daemon installed, and its configuration when its task file says it (the rule
 /// backends' counters are read through it).
@@ -41,6 +61,12 @@ pub struct Metrics {
     pub proxy_timeouts: Counter,
     pub reconcile_duration: Histogram,
     tasks: Family<Labels, Gauge>,
+    /// Per task: installs and removals by result, and waiting for the proxy.
+    task_operations: Family<TaskLabels, Counter>,
+    task_waiting: Family<TaskLabels, Gauge>,
+    /// The Docker source: reconnects to the engine, and each full listing's duration.
+    pub docker_reconnects: Counter,
+    pub docker_resync_duration: Histogram,
     /// What the daemon manages, for the scrape-time counters.
     managed: Arc<Mutex<Vec<Managed>>>,
     /// A reconcile pass has completed: `/healthz` answers 200.
@@ -58,6 +84,10 @@ impl Metrics {
             proxy_timeouts: Counter::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 4.0, 8)),
             tasks: Family::default(),
+            task_operations: Family::default(),
+            task_waiting: Family::default(),
+            docker_reconnects: Counter::default(),
+            docker_resync_duration: Histogram::new(exponential_buckets(0.001, 4.0, 8)),
             managed: Arc::default(),
             reconciled: Arc::default(),
         };
@@ -85,6 +115,27 @@ impl Metrics {
             metrics.reconcile_duration.clone(),
         );
         registry.register("intercept_tasks", "Tasks by state, as of the last reconcile pass", metrics.tasks.clone());
+        registry.register(
+            "intercept_task_operations",
+            "Per task (its id, and for a task from the engine its family and revision): installs and removals by \
+             result",
+            metrics.task_operations.clone(),
+        );
+        registry.register(
+            "intercept_task_waiting_for_proxy",
+            "Per task: 1 while it waits for its proxy to be LIVE before it is installed",
+            metrics.task_waiting.clone(),
+        );
+        registry.register(
+            "intercept_docker_reconnects",
+            "Reconnects to the container engine after it could not be reached or its event stream broke",
+            metrics.docker_reconnects.clone(),
+        );
+        registry.register(
+            "intercept_docker_resync_duration_seconds",
+            "Duration of the Docker source's full listings of the engine's task containers",
+            metrics.docker_resync_duration.clone(),
+        );
         registry.register_collector(Box::new(TaskCounters { host, managed: metrics.managed.clone() }));
         (metrics, registry)
     }
@@ -95,6 +146,21 @@ impl Metrics {
 
     pub fn removed(&self, ok: bool) {
         self.remove.get_or_create(&[("result", result(ok))]).inc();
+    }
+
+    /// One install or removal of one task.
+    pub fn task_operation(&self, task: &TaskId, operation: &'static str, ok: bool) {
+        let mut labels = task.labels();
+        labels.extend([("operation".to_owned(), operation.to_owned()), ("result".to_owned(), result(ok).to_owned())]);
+        self.task_operations.get_or_create(&labels).inc();
+    }
+
+    /// The tasks waiting for their proxy now.
+    pub fn waiting(&self, tasks: &[TaskId]) {
+        self.task_waiting.clear();
+        for task in tasks {
+            self.task_waiting.get_or_create(&task.labels()).set(1);
+        }
     }
 
     /// Publishes the outcome of a reconcile pass: task counts by state, what is managed.

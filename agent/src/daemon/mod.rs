@@ -11,6 +11,7 @@
 //! SIGTERM and SIGINT end the loop and leave interception in place (a daemon upgrade is
 //! invisible to the tasks) unless `--remove-on-exit` is given.
 
+pub mod docker;
 pub mod host;
 pub mod metrics;
 pub mod reconcile;
@@ -21,17 +22,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read as _};
 use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use notify::Watcher as _;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use self::host::Host;
 use self::metrics::Metrics;
 use self::reconcile::{Action, Actual, Desired, Installed, RemoveReason};
+use self::spec::Source;
 use crate::config::source::MAX_INPUT_BYTES;
 use crate::error_chain;
 use crate::readiness::{InstallWhen, Observation, ServerState};
@@ -48,7 +51,12 @@ pub const PROXY_FETCH_TIMEOUT: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub tasks_dir: PathBuf,
+    /// The task files' directory; `None`: no file source.
+    pub tasks_dir: Option<PathBuf>,
+    /// The container engine's socket; `None`: no Docker source.
+    pub docker_socket: Option<PathBuf>,
+    /// The backend of a task from the engine without an `intercept.backend` label.
+    pub default_backend: crate::backend::Kind,
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
     pub metrics_addr: SocketAddr,
@@ -80,12 +88,14 @@ pub enum Error {
     Metrics(#[from] metrics::ServeError),
     #[error("installing the SIGTERM/SIGINT handlers")]
     Signals(#[source] io::Error),
+    #[error("starting the Docker source")]
+    Docker(#[source] io::Error),
     #[error("{failed} task(s) could not be removed on exit")]
     RemoveOnExit { failed: usize },
 }
 
 enum Event {
-    /// Something changed in the tasks directory.
+    /// Something changed in the tasks directory, or the engine's tasks.
     Files,
     WatchFailed(notify::Error),
     Stop(i32),
@@ -93,8 +103,9 @@ enum Event {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(options: Options) -> Result<(), Error> {
-    fs::create_dir_all(&options.tasks_dir)
-        .map_err(|source| Error::TasksDir { path: options.tasks_dir.clone(), source })?;
+    if let Some(dir) = &options.tasks_dir {
+        fs::create_dir_all(dir).map_err(|source| Error::TasksDir { path: dir.clone(), source })?;
+    }
     let host = Host { bpffs: options.bpffs.clone() };
     let (metrics, registry) = Metrics::new(host.clone());
     let records = state::load(&options.state_dir)?;
@@ -105,18 +116,35 @@ pub fn run(options: Options) -> Result<(), Error> {
     info!(addr = %bound, "serving /metrics and /healthz");
 
     let (tx, rx) = mpsc::channel();
-    let files = tx.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let _ = match event {
-            Ok(event) if is_relevant(&event) => files.send(Event::Files),
-            Ok(_) => Ok(()),
-            Err(e) => files.send(Event::WatchFailed(e)),
-        };
-    })
-    .map_err(|source| Error::Watch { path: options.tasks_dir.clone(), source })?;
-    watcher
-        .watch(&options.tasks_dir, notify::RecursiveMode::NonRecursive)
-        .map_err(|source| Error::Watch { path: options.tasks_dir.clone(), source })?;
+    let watcher = match &options.tasks_dir {
+        Some(dir) => {
+            let files = tx.clone();
+            let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let _ = match event {
+                    Ok(event) if is_relevant(&event) => files.send(Event::Files),
+                    Ok(_) => Ok(()),
+                    Err(e) => files.send(Event::WatchFailed(e)),
+                };
+            })
+            .map_err(|source| Error::Watch { path: dir.clone(), source })?;
+            watcher
+                .watch(dir, notify::RecursiveMode::NonRecursive)
+                .map_err(|source| Error::Watch { path: dir.clone(), source })?;
+            Some(watcher)
+        }
+        None => None,
+    };
+    let docker = match &options.docker_socket {
+        Some(socket) => {
+            let changed = tx.clone();
+            let source = docker::Watcher::start(socket.clone(), options.resync_interval, move || {
+                let _ = changed.send(Event::Files);
+            })
+            .map_err(Error::Docker)?;
+            Some(source)
+        }
+        None => None,
+    };
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
         .map_err(Error::Signals)?;
     thread::Builder::new()
@@ -128,7 +156,16 @@ pub fn run(options: Options) -> Result<(), Error> {
         })
         .map_err(Error::Signals)?;
 
-    let mut daemon = Daemon { options, host, metrics, records, reported: BTreeMap::new(), waiting: BTreeMap::new() };
+    let mut daemon = Daemon {
+        options,
+        host,
+        metrics,
+        records,
+        reported: BTreeMap::new(),
+        waiting: BTreeMap::new(),
+        docker,
+        labels: BTreeMap::new(),
+    };
     daemon.pass(true);
     let mut next_resync = Instant::now() + daemon.options.resync_interval;
     loop {
@@ -198,6 +235,10 @@ struct Daemon {
     options: Options,
     host: Host,
     metrics: Metrics,
+    /// The Docker source, with `--docker-socket`.
+    docker: Option<docker::Watcher>,
+    /// The family and revision of each task from the engine, by task id, for logs and metrics.
+    labels: BTreeMap<String, (String, String)>,
     /// What the daemon installed, by task id: its state record.
     records: BTreeMap<String, Installed>,
     /// The last problem reported per task id, so an unchanged bad file is reported once.
@@ -246,6 +287,8 @@ impl Daemon {
             ("cgroup_missing", missing),
             ("waiting_for_proxy", self.waiting.len() - overdue),
         ];
+        let waiting: Vec<metrics::TaskId> = self.waiting.keys().map(|id| self.task_id(id)).collect();
+        self.metrics.waiting(&waiting);
         let managed = self
             .records
             .values()
@@ -317,44 +360,33 @@ impl Daemon {
         self.waiting.values().filter(|w| w.overdue).count()
     }
 
-    /// The task files: the specs that parsed (with whether their cgroup exists), and the ids
-    /// of files to leave alone: unreadable ones, and (counted apart, the third value) ones
-    /// whose cgroup path cannot be judged.
+    /// The tasks of every source: the specs that parsed (with whether their cgroup exists),
+    /// and the ids of tasks to leave alone: unreadable ones, and (counted apart, the third
+    /// value) ones whose cgroup path cannot be judged.
     fn read_tasks(&mut self) -> (Vec<Desired>, BTreeSet<String>, usize) {
-        let entries = match fs::read_dir(&self.options.tasks_dir) {
-            Ok(entries) => entries,
-            Err(e) => {
-                // Nothing can be told about the files: act as if every task's file were there
-                // but unreadable, so nothing is removed.
-                error!(dir = %self.options.tasks_dir.display(), error = %e, "reading the tasks directory");
-                return (Vec::new(), self.records.keys().cloned().collect(), 0);
-            }
-        };
-        let mut desired = Vec::new();
+        let mut specs = Vec::new();
         let mut unreadable = BTreeSet::new();
-        let mut broken = 0;
-        // This pass's problem with each bad file, by task id.
+        // This pass's problem with each bad task, by task id.
         let mut problems = BTreeMap::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Some(id) = spec::task_id_of(&path).map(str::to_owned) else { continue };
-            let parsed = read_task_file(&path).and_then(|text| spec::parse(&path, &text).map_err(|e| e.to_string()));
-            let spec = match parsed {
-                Ok(spec) => spec,
-                Err(problem) => {
-                    problems.insert(id.clone(), problem);
-                    unreadable.insert(id);
-                    continue;
-                }
-            };
-            match self.host.cgroup_exists(&spec.cgroup) {
+        if let Some(dir) = self.options.tasks_dir.clone() {
+            self.read_files(&dir, &mut specs, &mut unreadable, &mut problems);
+        }
+        if self.docker.is_some() {
+            self.read_docker(&mut specs, &mut unreadable, &mut problems);
+        }
+        let mut desired = Vec::new();
+        let mut broken = 0;
+        for spec in specs {
+            // A rule backend's task from the engine may have no cgroup2 cgroup: it needs none.
+            let cgroup = if spec.cgroup.is_empty() { Ok(true) } else { self.host.cgroup_exists(&spec.cgroup) };
+            match cgroup {
                 Ok(cgroup_exists) => {
                     let install_when = spec.install_when.unwrap_or(self.options.install_when);
                     desired.push(Desired { spec, cgroup_exists, install_when, proxy_live: false });
                 }
                 Err(e) => {
-                    error!(task = %id, cgroup = %spec.cgroup, error = %e, "task's cgroup");
-                    unreadable.insert(id);
+                    error!(task = %spec.id, cgroup = %spec.cgroup, error = %error_chain(&e), "task's cgroup");
+                    unreadable.insert(spec.id);
                     broken += 1;
                 }
             }
@@ -366,15 +398,94 @@ impl Daemon {
             desired.retain(|d| d.spec.id != id);
             unreadable.insert(id);
         }
-        // Each problem is reported once, until the file changes or is fixed.
+        // Each problem is reported once, until the task changes or is fixed.
         for (id, problem) in &problems {
             if self.reported.get(id) != Some(problem) {
-                error!(task = %id, error = %problem, "task file skipped");
+                let (family, revision) = self.labels.get(id).cloned().unwrap_or_default();
+                error!(task = %id, family = %family, revision = %revision, error = %problem, "task skipped");
                 self.metrics.file_errors.inc();
             }
         }
         self.reported = problems;
         (desired, unreadable, broken)
+    }
+
+    /// The task files' specs; a file that cannot be read or parsed is a problem.
+    fn read_files(
+        &self,
+        dir: &Path,
+        specs: &mut Vec<spec::TaskSpec>,
+        unreadable: &mut BTreeSet<String>,
+        problems: &mut BTreeMap<String, String>,
+    ) {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                // Nothing can be told about the files: act as if every task's file were there
+                // but unreadable, so nothing is removed.
+                error!(dir = %dir.display(), error = %e, "reading the tasks directory");
+                unreadable.extend(self.records.values().filter(|r| r.source == Source::File).map(|r| r.id.clone()));
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(id) = spec::task_id_of(&path).map(str::to_owned) else { continue };
+            match read_task_file(&path).and_then(|text| spec::parse(&path, &text).map_err(|e| e.to_string())) {
+                Ok(spec) => specs.push(spec),
+                Err(problem) => {
+                    problems.insert(id.clone(), problem);
+                    unreadable.insert(id);
+                }
+            }
+        }
+    }
+
+    /// The engine's tasks' specs. A task known from a file too is a conflict, left alone; a
+    /// task whose labels do not hold together is a problem. While the engine cannot be
+    /// reached, every task installed from it is left as it is.
+    fn read_docker(
+        &mut self,
+        specs: &mut Vec<spec::TaskSpec>,
+        unreadable: &mut BTreeSet<String>,
+        problems: &mut BTreeMap<String, String>,
+    ) {
+        let Some(source) = &self.docker else { return };
+        let view = source.view();
+        if !view.connected {
+            unreadable.extend(self.records.values().filter(|r| r.source == Source::Docker).map(|r| r.id.clone()));
+            return;
+        }
+        self.labels = view.tasks.values().map(|t| (t.id.clone(), (t.family.clone(), t.revision.clone()))).collect();
+        for task in view.tasks.values() {
+            match docker::spec_of(task, self.options.default_backend) {
+                Ok(Some(spec)) if specs.iter().any(|s| s.id == spec.id) => {
+                    specs.retain(|s| s.id != spec.id);
+                    problems.insert(
+                        spec.id.clone(),
+                        format!(
+                            "task {} is known from a task file and from the container engine: neither is installed \
+                             until one of them goes",
+                            spec.id
+                        ),
+                    );
+                    unreadable.insert(spec.id);
+                }
+                Ok(Some(spec)) => specs.push(spec),
+                Ok(None) => debug!(task = %task.id, family = %task.family, "no interception asked for"),
+                Err(problem) => {
+                    problems.insert(task.id.clone(), format!("task {} ({}): {problem}", task.id, task.arn));
+                    unreadable.insert(task.id.clone());
+                }
+            }
+        }
+        if let Some(source) = &self.docker {
+            let stats = source.take_stats();
+            self.metrics.docker_reconnects.inc_by(stats.reconnects);
+            for resync in stats.resyncs {
+                self.metrics.docker_resync_duration.observe(resync.as_secs_f64());
+            }
+        }
     }
 
     fn intact(&self, installed: &Installed) -> Option<bool> {
@@ -394,10 +505,13 @@ impl Daemon {
             Action::Apply { spec, reason } => {
                 let result = self.host.apply(spec);
                 self.metrics.applied(result.is_ok());
+                self.metrics.task_operation(&self.task_id(&spec.id), "install", result.is_ok());
                 match result {
                     Ok(()) => {
                         info!(task = %spec.id, backend = %spec.backend, cgroup = %spec.cgroup, reason = ?reason, "applied");
-                        self.records.insert(spec.id.clone(), Installed::of(spec));
+                        let inode = spec.netns.as_deref().and_then(|p| fs::metadata(p).ok()).map(|m| m.ino());
+                        let cgroup_id = self.host.cgroup_id(spec);
+                        self.records.insert(spec.id.clone(), Installed::with_ids(spec, inode, cgroup_id));
                         self.save();
                         Ok(())
                     }
@@ -414,6 +528,7 @@ impl Daemon {
                 }
                 let result = self.host.remove(installed);
                 self.metrics.removed(result.is_ok());
+                self.metrics.task_operation(&self.task_id(&installed.id), "remove", result.is_ok());
                 match result {
                     Ok(()) => {
                         if *reason == RemoveReason::CgroupGone {
@@ -437,6 +552,12 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// How metrics and logs name a task.
+    fn task_id(&self, id: &str) -> metrics::TaskId {
+        let (family, revision) = self.labels.get(id).cloned().unwrap_or_default();
+        metrics::TaskId { task: id.to_owned(), family, revision }
     }
 
     fn save(&self) {

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::spec::TaskSpec;
+use super::spec::{Source, TaskSpec};
 use crate::backend::{Kind, Scope};
 use crate::readiness::InstallWhen;
 
@@ -30,16 +30,37 @@ pub struct Installed {
     pub netns: Option<PathBuf>,
     /// [`TaskSpec::fingerprint`] of the spec applied.
     pub fingerprint: u64,
+    #[serde(default)]
+    pub source: Source,
+    /// The inode of the network namespace `netns` named when the task was installed: a task
+    /// from the engine is named by `/proc/<pid>/ns/net`, which names another namespace once
+    /// the pid is reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_inode: Option<u64>,
+    /// The id of `cgroup` when the task was installed (eBPF), to remove its pins once the
+    /// cgroup is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
 }
 
 impl Installed {
-    pub fn of(spec: &TaskSpec) -> Installed {
+    /// The record of `spec`, installed in the namespace of inode `netns_inode`.
+    pub fn of(spec: &TaskSpec, netns_inode: Option<u64>) -> Installed {
+        Installed::with_ids(spec, netns_inode, None)
+    }
+
+    /// The record of `spec`, installed in the namespace of inode `netns_inode` and the cgroup
+    /// of id `cgroup_id`.
+    pub fn with_ids(spec: &TaskSpec, netns_inode: Option<u64>, cgroup_id: Option<u64>) -> Installed {
         Installed {
             id: spec.id.clone(),
             backend: spec.backend,
             cgroup: spec.cgroup.clone(),
             netns: spec.netns.clone(),
             fingerprint: spec.fingerprint(),
+            source: spec.source,
+            netns_inode,
+            cgroup_id,
         }
     }
 
@@ -107,6 +128,8 @@ pub enum ApplyReason {
 pub enum RemoveReason {
     /// The task file was deleted.
     FileDeleted,
+    /// The task's last container stopped (a task from the engine).
+    TaskEnded,
     /// The task's cgroup no longer exists (the task ended): its leftovers are cleaned up.
     CgroupGone,
     /// The task file moved the task elsewhere; the new target is applied first.
@@ -166,7 +189,11 @@ pub fn reconcile(desired: &[Desired], unreadable: &BTreeSet<String>, actual: &[A
     for a in actual {
         let id = a.installed.id.as_str();
         if !wanted.contains(id) && !unreadable.contains(id) {
-            actions.push(Action::Remove { installed: a.installed.clone(), reason: RemoveReason::FileDeleted });
+            let reason = match a.installed.source {
+                Source::File => RemoveReason::FileDeleted,
+                Source::Docker => RemoveReason::TaskEnded,
+            };
+            actions.push(Action::Remove { installed: a.installed.clone(), reason });
         }
     }
     // Stable: an apply stays ahead of the removal it replaces.

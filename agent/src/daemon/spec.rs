@@ -44,6 +44,19 @@ pub struct TaskSpec {
     pub install_when: Option<InstallWhen>,
     /// The proxy admin polled before a `proxy-live` install, from inside [`Self::netns`].
     pub proxy_admin_url: String,
+    /// Where the task is known from.
+    pub source: Source,
+}
+
+/// Where the daemon learnt of a task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A task file in the tasks directory.
+    #[default]
+    File,
+    /// The container engine (`--docker-socket`).
+    Docker,
 }
 
 impl TaskSpec {
@@ -205,7 +218,7 @@ pub fn parse(file: &Path, text: &str) -> Result<TaskSpec, SpecError> {
     };
     match (id, cgroup, backend, config) {
         (Some(id), Some(cgroup), Some(backend), Some(config)) if problems.is_empty() => {
-            Ok(TaskSpec { id, cgroup, netns, backend, config, install_when, proxy_admin_url })
+            Ok(TaskSpec { id, cgroup, netns, backend, config, install_when, proxy_admin_url, source: Source::File })
         }
         _ => Err(error(problems)),
     }

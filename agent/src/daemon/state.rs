@@ -86,6 +86,9 @@ mod tests {
                     cgroup: format!("/ecs/{id}"),
                     netns: None,
                     fingerprint: 7,
+                    source: Default::default(),
+                    netns_inode: None,
+                    cgroup_id: None,
                 };
                 (id.to_owned(), t)
             })

@@ -82,6 +82,7 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("proxy") => proxy(&args[1..]),
         Some("client") => client(&args[1..]),
+        Some("daemon") if args.get(1).is_some_and(|a| a == "--docker") => daemon_docker(&args[2..]),
         Some("daemon") => daemon_memory(&args[1..]),
         _ => Err(anyhow::anyhow!(
             "usage: intercept-bench run [--quick] --doc FILE --perf-dir DIR | daemon [--tasks N] (as root, \
@@ -152,6 +153,89 @@ fn daemon_memory(args: &[String]) -> Result<()> {
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0,
         stopping.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `daemon --docker [--tasks N]` (default 100), with the engine at `DOCKER_HOST`: `intercept
+/// daemon --docker-socket` follows N ECS-shaped eBPF tasks started one after the other (the
+/// pause container, then a labelled proxy container); for each, the time from its proxy
+/// container's start to the daemon's record of it installed; then the daemon's resident and
+/// peak memory, and its CPU over 10 s with nothing changing.
+fn daemon_docker(args: &[String]) -> Result<()> {
+    let tasks: usize = match args {
+        [] => 100,
+        [flag, n] if flag == "--tasks" => n.parse().with_context(|| format!("--tasks {n}"))?,
+        _ => bail!("usage: intercept-bench daemon --docker [--tasks N]"),
+    };
+    let intercept =
+        PathBuf::from(env::var_os("INTERCEPT_BIN").context("INTERCEPT_BIN (the intercept binary) is not set")?);
+    let host = env::var("DOCKER_HOST").context("DOCKER_HOST (the container engine) is not set")?;
+    privileges().map_err(|reason| anyhow!("cannot run the benchmark here: {reason}"))?;
+    let engine = intercept_tests::containers::Engine::at(&host);
+    let bpffs = TestBpffs::mounted();
+    let dirs = DaemonDirs::new();
+    let socket = host.trim_start_matches("unix://").to_owned();
+    let mut daemon =
+        Daemon::start(&intercept, &dirs, bpffs.path(), &["--docker-socket", &socket, "--resync-interval", "30s"]);
+    let labels = [
+        format!("intercept.proxy-configuration={}", seed_proxy_configuration("22")),
+        "intercept.backend=ebpf".to_owned(),
+    ];
+    let mut running = Vec::new();
+    let mut latencies = Vec::new();
+    for _ in 0..tasks {
+        let mut task = intercept_tests::containers::Task::new(&engine);
+        task.start_bare_pause();
+        let mut options = vec!["--entrypoint".to_owned(), "sleep".to_owned()];
+        for label in &labels {
+            options.extend(["--label".to_owned(), label.clone()]);
+        }
+        let started = Instant::now();
+        task.start_in_task("envoy", &options, intercept_tests::containers::BASE, &["infinity".to_owned()]);
+        let id = task.id.clone();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !dirs.recorded().contains(&id) {
+            ensure!(Instant::now() < deadline, "task {id} was not installed within 60 s:\n{}", daemon.log().join("\n"));
+            thread::sleep(Duration::from_millis(5));
+        }
+        latencies.push(started.elapsed());
+        running.push(task);
+    }
+    latencies.sort();
+    let at = |q: usize| latencies[(latencies.len() * q).div_ceil(100).max(1) - 1];
+    thread::sleep(Duration::from_secs(2));
+    let cpu = |pid: u32| -> Result<u64> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).context("read the daemon's stat")?;
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default().split_whitespace().collect();
+        Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+    };
+    let before = cpu(daemon.pid())?;
+    let idle = Duration::from_secs(10);
+    thread::sleep(idle);
+    let ticks = cpu(daemon.pid())? - before;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    let status = fs::read_to_string(format!("/proc/{}/status", daemon.pid())).context("read the daemon's status")?;
+    let kib = |key: &str| -> Result<u64> {
+        let line = status.lines().find(|l| l.starts_with(key)).with_context(|| format!("{key} in /proc/PID/status"))?;
+        field_kib(line)
+    };
+    let (rss, hwm) = (kib("VmRSS:")?, kib("VmHWM:")?);
+    for mut task in running {
+        task.stop();
+    }
+    daemon.wait_until("every task is removed", Duration::from_secs(120), |_| dirs.recorded().is_empty());
+    println!(
+        "intercept daemon --docker-socket with {tasks} eBPF tasks: container start to installed p50 {:.0} ms, p99 {:.0} \
+         ms; resident memory {:.1} MiB (VmRSS), peak {:.1} MiB (VmHWM); CPU while idle {:.2} % of one CPU (over {} s)",
+        at(50).as_secs_f64() * 1000.0,
+        at(99).as_secs_f64() * 1000.0,
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        ticks as f64 / hz as f64 / idle.as_secs_f64() * 100.0,
+        idle.as_secs()
     );
     Ok(())
 }

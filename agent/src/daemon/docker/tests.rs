@@ -1,0 +1,148 @@
+use super::*;
+
+const PROXY: &str = r#"{"type": "APPMESH", "containerName": "envoy", "properties": [
+    {"name": "IgnoredUID", "value": "1337"},
+    {"name": "ProxyIngressPort", "value": "15000"},
+    {"name": "ProxyEgressPort", "value": "15001"},
+    {"name": "AppPorts", "value": "9080"},
+    {"name": "EgressIgnoredIPs", "value": "169.254.170.2,169.254.169.254"}]}"#;
+
+const ARN: &str = "arn:aws:ecs:us-west-2:123456789012:task/prod/0123456789abcdef";
+
+fn container(name: &str, pid: u32, network_mode: &str, labels: &[(&str, &str)], env: &[&str]) -> Container {
+    let mut all: HashMap<String, String> = HashMap::from([
+        (TASK_ARN.to_owned(), ARN.to_owned()),
+        (CONTAINER_NAME.to_owned(), name.to_owned()),
+        (FAMILY.to_owned(), "serviceB".to_owned()),
+        (REVISION.to_owned(), "7".to_owned()),
+    ]);
+    all.extend(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    Container {
+        id: format!("{name}-id"),
+        name: name.to_owned(),
+        pid,
+        labels: all,
+        env: env.iter().map(|e| (*e).to_owned()).collect(),
+        network_mode: network_mode.to_owned(),
+        cgroup: Some(format!("/ecs/0123456789abcdef/{name}-id")),
+        cgroup_parent: "/ecs/0123456789abcdef".to_owned(),
+    }
+}
+
+/// An awsvpc task: the pause container, the proxy, the app.
+fn awsvpc(proxy_labels: &[(&str, &str)], proxy_env: &[&str]) -> DockerTask {
+    let tasks = group([
+        container(PAUSE, 100, "none", &[], &[]),
+        container("envoy", 200, "container:pause-id", proxy_labels, proxy_env),
+        container("app", 300, "container:pause-id", &[], &[]),
+    ]);
+    tasks.into_values().next().unwrap()
+}
+
+#[test]
+fn containers_are_grouped_into_tasks_by_their_arn() {
+    let mut other = container("app", 400, "none", &[], &[]);
+    other.labels.insert(TASK_ARN.into(), "arn:aws:ecs:us-west-2:123456789012:task/prod/fedcba".into());
+    let mut unlabelled = container("x", 500, "none", &[], &[]);
+    unlabelled.labels.remove(TASK_ARN);
+    let tasks =
+        group([container("envoy", 200, "none", &[], &[]), other, unlabelled, container(PAUSE, 100, "none", &[], &[])]);
+    assert_eq!(tasks.keys().collect::<Vec<_>>(), ["0123456789abcdef", "fedcba"]);
+    let task = &tasks["0123456789abcdef"];
+    assert_eq!((task.family.as_str(), task.revision.as_str(), task.arn.as_str()), ("serviceB", "7", ARN));
+    assert_eq!(task.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["envoy", PAUSE]);
+}
+
+#[test]
+fn the_label_makes_a_spec_in_the_pause_containers_namespace_and_the_tasks_cgroup() {
+    let task = awsvpc(&[(PROXY_CONFIGURATION, PROXY), (BACKEND, "ebpf"), (INSTALL_WHEN, "proxy-live")], &[]);
+    let spec = spec_of(&task, Kind::Iptables).unwrap().unwrap();
+    assert_eq!(spec.id, "0123456789abcdef");
+    assert_eq!(spec.netns, Some(PathBuf::from("/proc/100/ns/net")));
+    assert_eq!(spec.cgroup, "/ecs/0123456789abcdef");
+    assert_eq!(spec.backend, Kind::Ebpf);
+    assert_eq!(spec.install_when, Some(InstallWhen::ProxyLive));
+    assert_eq!(spec.config.proxy_egress_port, 15001);
+    assert_eq!(spec.proxy_admin_url, readiness::DEFAULT_ADMIN_URL);
+}
+
+#[test]
+fn without_the_label_the_proxys_appmesh_environment_is_read_and_the_default_backend_used() {
+    let env = ["APPMESH_IGNORE_UID=1337", "APPMESH_ENVOY_EGRESS_PORT=15001", "PATH=/bin"];
+    let spec = spec_of(&awsvpc(&[], &env), Kind::Nftables).unwrap().unwrap();
+    assert_eq!(
+        (spec.backend, spec.config.ignored_uid, spec.config.proxy_egress_port),
+        (Kind::Nftables, Some(1337), 15001)
+    );
+}
+
+#[test]
+fn a_task_that_asks_for_nothing_is_left_alone() {
+    assert_eq!(spec_of(&awsvpc(&[], &["PATH=/bin"]), Kind::Iptables), Ok(None));
+}
+
+#[test]
+fn bad_labels_are_named_with_their_problem_all_at_once() {
+    type Labels<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Labels, &[&str]); 4] = [
+        (&[(PROXY_CONFIGURATION, "{not json")], &["label intercept.proxy-configuration"]),
+        (
+            &[(PROXY_CONFIGURATION, PROXY), (BACKEND, "bpf"), (INSTALL_WHEN, "later")],
+            &["label intercept.backend = \"bpf\"", "label intercept.install-when = \"later\""],
+        ),
+        (&[(PROXY_CONFIGURATION, PROXY), (PROXY_ADMIN_URL, "https://x/")], &["label intercept.proxy-admin-url"]),
+        (
+            &[(
+                PROXY_CONFIGURATION,
+                r#"{"type": "APPMESH", "properties": [{"name": "ProxyEgressPort", "value": "99999"}]}"#,
+            )],
+            &["label intercept.proxy-configuration", "99999"],
+        ),
+    ];
+    for (labels, wanted) in cases {
+        let problem = spec_of(&awsvpc(labels, &[]), Kind::Iptables).unwrap_err();
+        for want in wanted {
+            assert!(problem.contains(want), "{labels:?}: {problem}");
+        }
+    }
+}
+
+#[test]
+fn labels_that_disagree_between_containers_are_refused() {
+    let mut task = awsvpc(&[(PROXY_CONFIGURATION, PROXY), (BACKEND, "ebpf")], &[]);
+    task.containers[0].labels.insert(BACKEND.into(), "nftables".into());
+    let problem = spec_of(&task, Kind::Iptables).unwrap_err();
+    assert!(problem.contains("label intercept.backend differs between containers"), "{problem}");
+}
+
+#[test]
+fn host_and_bridge_networking_are_refused_a_single_namespace_is_taken() {
+    let labels = [(PROXY_CONFIGURATION, PROXY)];
+    let host = group([container("envoy", 200, "host", &labels, &[])]).into_values().next().unwrap();
+    assert!(spec_of(&host, Kind::Iptables).unwrap_err().contains("network mode host"));
+    let bridge = group([container("envoy", 200, "bridge", &labels, &[]), container("app", 300, "bridge", &[], &[])])
+        .into_values()
+        .next()
+        .unwrap();
+    assert!(spec_of(&bridge, Kind::Iptables).unwrap_err().contains("2 network namespaces of their own"));
+    let shared =
+        group([container("envoy", 200, "bridge", &labels, &[]), container("app", 300, "container:envoy-id", &[], &[])])
+            .into_values()
+            .next()
+            .unwrap();
+    assert_eq!(spec_of(&shared, Kind::Iptables).unwrap().unwrap().netns, Some(PathBuf::from("/proc/200/ns/net")));
+}
+
+#[test]
+fn the_cgroup_is_the_common_parent_and_ebpf_needs_one() {
+    let mut task = awsvpc(&[(PROXY_CONFIGURATION, PROXY), (BACKEND, "ebpf")], &[]);
+    assert_eq!(cgroup_of(&task).as_deref(), Some("/ecs/0123456789abcdef"));
+    task.containers[2].cgroup = Some("/ecs/other/app-id".into());
+    assert_eq!(cgroup_of(&task), None, "never a cgroup wider than the task's");
+    assert!(spec_of(&task, Kind::Iptables).unwrap_err().contains("not all in one cgroup"));
+    task.containers[2].cgroup = None;
+    assert_eq!(cgroup_of(&task).as_deref(), Some("/ecs/0123456789abcdef"), "the engine's cgroup parent");
+    task.containers[2].cgroup_parent = String::new();
+    assert_eq!(cgroup_of(&task), None);
+    assert_eq!(task_id(ARN), "0123456789abcdef");
+}

@@ -1,0 +1,327 @@
+//! `intercept daemon --docker-socket`: the host daemon finds ECS tasks in the container engine
+//! by itself. ECS-shaped tasks (see `intercept_tests::containers`) carry the configuration
+//! in the proxy container's `intercept.proxy-configuration` label (a container definition's
+//! `dockerLabels`) and their backend in `intercept.backend`; the daemon runs on the host, as
+//! its systemd unit runs it. Every destination dialled is in the tasks' remote namespaces.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use intercept_tests::{
+    containers::{BASE, Engine, InitContainer, PrivateEngine, Task, require_engine},
+    daemon::{Daemon, DaemonDirs, seed_proxy_configuration},
+    ebpf::TestBpffs,
+    topology::{Topology, intercept_bin},
+    traffic::{Client, Listeners, Role},
+};
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_intercept-test-client");
+const REMOTE: &str = "10.0.0.1:80";
+const BACKENDS: [&str; 3] = ["iptables", "nftables", "ebpf"];
+/// How soon a task's traffic must be intercepted once its containers run.
+const INSTALL_WITHIN: Duration = Duration::from_secs(2);
+
+fn bins() -> String {
+    format!("{}:/t:ro", Path::new(CLIENT).parent().unwrap().display())
+}
+
+/// A running task with its remote namespace.
+struct Running {
+    task: Task,
+    topology: Topology,
+    _remote: Listeners,
+    backend: &'static str,
+}
+
+/// Starts an ECS-shaped task whose proxy container carries the labels: the pause container,
+/// the test proxy (uid 1337; egress 15001, ingress 15000), the app.
+fn start_task(engine: &Engine, backend: &'static str, labels: &[(&str, String)]) -> Running {
+    let mut task = Task::new(engine);
+    let topology = task.start_pause();
+    let remote = Listeners::start(&topology.remote, &[(Role::Remote, "0.0.0.0:80".parse().unwrap())]);
+    let mut options = ["--user", "1337:1337", "--volume", &bins(), "--entrypoint", "sh"].map(str::to_owned).to_vec();
+    for (key, value) in labels {
+        options.extend(["--label".to_owned(), format!("{key}={value}")]);
+    }
+    let proxy = "/t/intercept-ebpf-probe serve egress-proxy 127.0.0.1:15001 & \
+                 exec /t/intercept-ebpf-probe serve ingress-proxy 0.0.0.0:15000";
+    task.start_in_task("envoy", &options, BASE, &["-c".to_owned(), proxy.to_owned()]);
+    task.wait_ready("envoy", 2);
+    let app = ["--volume", &bins(), "--entrypoint", "/t/intercept-ebpf-probe"].map(str::to_owned);
+    task.start_in_task("app", &app, BASE, &["serve", "app", "0.0.0.0:9080"].map(str::to_owned));
+    task.wait_ready("app", 1);
+    Running { task, topology, _remote: remote, backend }
+}
+
+fn labelled(backend: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("intercept.proxy-configuration", seed_proxy_configuration("22").to_string()),
+        ("intercept.backend", backend.to_owned()),
+    ]
+}
+
+/// Whether the app's connection to the remote is redirected to the proxy now.
+fn intercepted(running: &Running) -> bool {
+    running.task.connect(1000, 1000, REMOTE).is_ok_and(|r| r.role == Role::EgressProxy)
+}
+
+/// Waits until `done` holds; the time it took, or `None` after `timeout`.
+fn within(timeout: Duration, done: impl Fn() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if done() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn start_daemon(test: &str, dirs: &DaemonDirs, bpffs: &TestBpffs, socket: &Path) -> Daemon {
+    let socket = socket.display().to_string();
+    Daemon::start(&intercept_bin(test), dirs, bpffs.path(), &["--docker-socket", &socket, "--resync-interval", "3s"])
+}
+
+fn socket_of(engine_host: &str) -> PathBuf {
+    PathBuf::from(engine_host.trim_start_matches("unix://"))
+}
+
+/// Twenty tasks, across the three backends, started and stopped in a shuffled order: each
+/// task's traffic is intercepted within 2 s of its containers running; the inbound AppPort
+/// reaches its proxy; once a task stops, nothing of it remains (its record, its pins).
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn the_daemon_follows_the_tasks_of_the_engine() {
+    let test = "the_daemon_follows_the_tasks_of_the_engine";
+    let engine = require_engine(test);
+    let dirs = DaemonDirs::new();
+    let bpffs = TestBpffs::mounted();
+    let mut daemon = start_daemon(test, &dirs, &bpffs, &socket_of(&std::env::var("DOCKER_HOST").unwrap()));
+    let mut tasks = Vec::new();
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        let backend = BACKENDS[i % 3];
+        let running = start_task(&engine, backend, &labelled(backend));
+        let took = within(INSTALL_WITHIN * 5, || intercepted(&running));
+        let took =
+            took.unwrap_or_else(|| panic!("task {i} ({backend}) not intercepted; log:\n{}", daemon.log().join("\n")));
+        latencies.push(took);
+        tasks.push(running);
+    }
+    for running in &tasks {
+        let inbound: SocketAddr = "10.0.0.2:9080".parse().unwrap();
+        let reply = Client::new(CLIENT).netns(&running.topology.remote).connect(inbound).unwrap();
+        assert_eq!((reply.role, reply.original), (Role::IngressProxy, Some(inbound)), "{}: {reply}", running.backend);
+    }
+    daemon.wait_until("every task is recorded", Duration::from_secs(10), |_| dirs.recorded().len() == 20);
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let p99 = latencies[(latencies.len() * 99).div_ceil(100) - 1];
+    eprintln!("daemon --docker-socket: container start to intercepted, 20 tasks: p50 {p50:?}, p99 {p99:?}");
+    assert!(latencies.iter().all(|l| *l <= INSTALL_WITHIN), "{latencies:?}");
+
+    // Stopped in a shuffled order (a fixed one, so a failure replays).
+    let mut order: Vec<usize> = (0..tasks.len()).collect();
+    let mut seed = 0x2545_f491_u64;
+    for i in (1..order.len()).rev() {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        order.swap(i, (seed >> 33) as usize % (i + 1));
+    }
+    let mut tasks: Vec<Option<Running>> = tasks.into_iter().map(Some).collect();
+    for i in order {
+        let mut running = tasks[i].take().unwrap();
+        let id = running.task.id.clone();
+        running.task.stop();
+        drop(running);
+        daemon.wait_until(&format!("task {id} is forgotten"), Duration::from_secs(10), |_| {
+            !dirs.recorded().contains(&id)
+        });
+    }
+    daemon.wait_until("no pins are left", Duration::from_secs(10), |_| bpffs.files().is_empty());
+    let removed = daemon.metric(r#"intercept_remove_total{result="ok"}"#);
+    assert_eq!(removed, 20.0, "each task removed once");
+    assert_eq!(daemon.metric(r#"intercept_apply_total{result="error"}"#), 0.0, "{}", daemon.log().join("\n"));
+}
+
+/// The daemon killed while tasks run, and one of them stopped while it is down: interception
+/// stays for the others; the restarted daemon adopts them without installing twice and
+/// forgets the stopped one.
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn a_killed_daemon_adopts_its_tasks_and_forgets_the_ended_ones() {
+    let test = "a_killed_daemon_adopts_its_tasks_and_forgets_the_ended_ones";
+    let engine = require_engine(test);
+    let dirs = DaemonDirs::new();
+    let bpffs = TestBpffs::mounted();
+    let socket = socket_of(&std::env::var("DOCKER_HOST").unwrap());
+    let mut daemon = start_daemon(test, &dirs, &bpffs, &socket);
+    let mut tasks: Vec<Running> = BACKENDS.iter().map(|b| start_task(&engine, b, &labelled(b))).collect();
+    for running in &tasks {
+        assert!(within(INSTALL_WITHIN * 5, || intercepted(running)).is_some(), "{}", running.backend);
+    }
+    daemon.wait_until("three tasks are recorded", Duration::from_secs(10), |_| dirs.recorded().len() == 3);
+    let recorded = dirs.recorded();
+    drop(daemon); // SIGKILL
+    for running in &tasks {
+        assert!(intercepted(running), "{}: interception stays while the daemon is down", running.backend);
+    }
+    let mut ended = tasks.remove(0);
+    let ended_id = ended.task.id.clone();
+    ended.task.stop();
+    drop(ended);
+    let mut daemon = start_daemon(test, &dirs, &bpffs, &socket);
+    daemon.wait_until("the ended task is forgotten", Duration::from_secs(10), |_| !dirs.recorded().contains(&ended_id));
+    let kept: BTreeSet<String> = recorded.into_iter().filter(|id| *id != ended_id).collect();
+    assert_eq!(dirs.recorded().into_iter().collect::<BTreeSet<_>>(), kept);
+    for running in &tasks {
+        assert!(intercepted(running), "{}: still intercepted", running.backend);
+    }
+    let log = daemon.log().join("\n");
+    assert!(log.contains("adopting the tasks of an earlier run"), "{log}");
+    assert_eq!(daemon.metric(r#"intercept_apply_total{result="error"}"#), 0.0, "{log}");
+}
+
+/// The engine stopped and started again (with `--live-restore`, as its containers run on):
+/// the daemon reconnects, and no task is removed because of it.
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn an_engine_restart_removes_nothing() {
+    let test = "an_engine_restart_removes_nothing";
+    let mut private = PrivateEngine::start(test, Path::new(env!("CARGO_TARGET_TMPDIR")));
+    let engine = private.engine();
+    let dirs = DaemonDirs::new();
+    let bpffs = TestBpffs::mounted();
+    let mut daemon = start_daemon(test, &dirs, &bpffs, private.socket());
+    let tasks: Vec<Running> = BACKENDS.iter().map(|b| start_task(&engine, b, &labelled(b))).collect();
+    for running in &tasks {
+        assert!(within(INSTALL_WITHIN * 5, || intercepted(running)).is_some(), "{}", running.backend);
+    }
+    daemon.wait_until("three tasks are recorded", Duration::from_secs(10), |_| dirs.recorded().len() == 3);
+    private.stop();
+    daemon.wait_until("the daemon notices", Duration::from_secs(10), |d| {
+        d.log().iter().any(|l| l.contains("the Docker engine: retrying with backoff"))
+    });
+    // Longer than a resync period: the daemon keeps every task while it cannot look.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(dirs.recorded().len(), 3, "nothing removed while the engine is down");
+    private.restart();
+    daemon.wait_until("the daemon follows the engine again", Duration::from_secs(20), |d| {
+        d.log().iter().filter(|l| l.contains("following the Docker engine")).count() >= 2
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(dirs.recorded().len(), 3, "nothing removed after the restart");
+    assert_eq!(daemon.metric(r#"intercept_remove_total{result="ok"}"#), 0.0);
+    assert!(daemon.metric("intercept_docker_reconnects_total") >= 1.0);
+    for running in &tasks {
+        assert!(intercepted(running), "{}", running.backend);
+    }
+    drop(tasks);
+    drop(daemon);
+}
+
+/// Bad input from the engine is never fatal: a malformed label is reported once and its task
+/// left alone; a task known from a task file too is a conflict, installed from neither; a
+/// container that vanishes while it is looked at is passed over. The daemon keeps serving.
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn bad_labels_conflicts_and_vanishing_containers_are_not_fatal() {
+    let test = "bad_labels_conflicts_and_vanishing_containers_are_not_fatal";
+    let engine = require_engine(test);
+    let dirs = DaemonDirs::new();
+    let bpffs = TestBpffs::mounted();
+    let mut daemon = start_daemon(test, &dirs, &bpffs, &socket_of(&std::env::var("DOCKER_HOST").unwrap()));
+    let malformed = start_task(&engine, "iptables", &[("intercept.proxy-configuration", "{not json".to_owned())]);
+    let conflicting = start_task(&engine, "nftables", &labelled("nftables"));
+    let file = intercept_tests::daemon::task_json(
+        &conflicting.task.id,
+        "nftables",
+        Path::new("/ecs/x"),
+        &conflicting.topology.task.path(),
+        &seed_proxy_configuration("22"),
+    );
+    dirs.write_task(&conflicting.task.id, &file);
+    let good = start_task(&engine, "iptables", &labelled("iptables"));
+    assert!(within(INSTALL_WITHIN * 5, || intercepted(&good)).is_some());
+    // Containers that come and go at once, while the daemon inspects what it is told of.
+    for _ in 0..5 {
+        let name = format!("{}-flash", good.task.id);
+        let label = format!("com.amazonaws.ecs.task-arn=arn:aws:ecs:us-west-2:1:task/c/{name}");
+        let _ = engine
+            .docker()
+            .args(["run", "--rm", "--network", "none", "--name", &name, "--label", &label, BASE, "true"])
+            .output();
+    }
+    daemon.wait_until("both problems are reported", Duration::from_secs(10), |d| {
+        let log = d.log().join("\n");
+        log.contains(&malformed.task.id)
+            && log.contains("intercept.proxy-configuration")
+            && log.contains("known from a task file and from the container engine")
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let log = daemon.log();
+    let reported = log.iter().filter(|l| l.contains(&malformed.task.id) && l.contains("task skipped")).count();
+    assert_eq!(reported, 1, "reported once, not every pass:\n{}", log.join("\n"));
+    assert!(!intercepted(&malformed) && !intercepted(&conflicting), "left alone");
+    assert!(intercepted(&good));
+    assert_eq!(dirs.recorded(), std::slice::from_ref(&good.task.id));
+    assert_eq!(daemon.get("/healthz").map(|(s, _)| s), Some(200));
+    fs::remove_file(dirs.tasks().join(format!("{}.json", conflicting.task.id))).unwrap();
+    daemon.wait_until("the conflict is gone", Duration::from_secs(10), |_| intercepted(&conflicting));
+}
+
+/// The daemon as an ECS daemon service runs it (`deploy/ecs-daemon-service.json`): a container
+/// of the project's image in the host's network and pid namespaces, with the engine's socket,
+/// the host's cgroup hierarchy, a bpffs and `/run/intercept` mounted (the engine's socket,
+/// the bpffs and the state directory are the test's own). It finds a task and installs it.
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn the_daemon_runs_as_an_ecs_daemon_service() {
+    let test = "the_daemon_runs_as_an_ecs_daemon_service";
+    let engine = require_engine(test);
+    let bpffs = TestBpffs::mounted();
+    let run = tempfile::tempdir().unwrap();
+    let socket = socket_of(&std::env::var("DOCKER_HOST").unwrap());
+    let service = InitContainer::from_deploy_container("ecs-daemon-service.json", "intercept-daemon");
+    let name = format!("intercept-daemon-{}", std::process::id());
+    let mut args = vec!["run".to_owned(), "--detach".to_owned(), "--name".to_owned(), name.clone()];
+    // The task definition's networkMode and pidMode.
+    args.extend(["--network", "host", "--pid", "host"].map(str::to_owned));
+    args.extend(service.run_options(&[
+        ("docker-socket", &socket),
+        ("bpffs", bpffs.path()),
+        ("run-intercept", run.path()),
+    ]));
+    args.push(engine.image().to_owned());
+    args.extend(service.command.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    engine.must(&args);
+    let _daemon = Removed(engine.clone(), name.clone());
+    let running = start_task(&engine, "nftables", &labelled("nftables"));
+    let logs =
+        || engine.docker().args(["logs", &name]).output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+    assert!(
+        within(Duration::from_secs(10), || intercepted(&running)).is_some(),
+        "the daemon in its container did not install the task: {:?}",
+        logs()
+    );
+    let state = run.path().join("daemon/state.json");
+    let recorded = || fs::read_to_string(&state).unwrap_or_default();
+    assert!(recorded().contains(&running.task.id), "{}", recorded());
+    let id = running.task.id.clone();
+    drop(running);
+    assert!(within(Duration::from_secs(10), || !recorded().contains(&id)).is_some(), "{:?}", logs());
+}
+
+/// A container removed (by name) when dropped.
+struct Removed(Engine, String);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = self.0.docker().args(["rm", "--force", &self.1]).output();
+    }
+}
