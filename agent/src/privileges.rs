@@ -243,7 +243,28 @@ pub fn drop_all() -> Result<(), Error> {
 /// calls at start. The daemon calls it with [`DAEMON`].
 pub fn check_and_restrict(required: &[Requirement], optional: &[Capability]) -> Result<(), Error> {
     check(required)?;
+    raise_memlock();
     restrict_to(&keep_set(required, optional, &effective()?))
+}
+
+/// Lifts RLIMIT_MEMLOCK while CAP_SYS_RESOURCE may still be held: kernels before 5.11
+/// (Amazon Linux 2's 5.10) charge eBPF maps and programs to it, and its usual 64 KiB holds
+/// none of intercept's. Later kernels charge the memory cgroup instead and ignore it. Without
+/// the capability the limit stays, and creating the maps says so.
+fn raise_memlock() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit and getrlimit read or write the struct they are given, nothing else.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) == 0 {
+            return;
+        }
+        // Without the capability the soft limit can still rise to the hard one.
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -224,6 +224,8 @@ pub struct InitContainer {
     pub cap_add: Vec<String>,
     pub mounts: Vec<Mount>,
     pub environment: Vec<(String, String)>,
+    /// `(name, soft, hard)`, -1 for unlimited.
+    pub ulimits: Vec<(String, i64, i64)>,
 }
 
 impl InitContainer {
@@ -275,6 +277,16 @@ impl InitContainer {
                         .collect()
                 })
                 .unwrap_or_default(),
+            ulimits: init["ulimits"]
+                .as_array()
+                .map(|u| {
+                    u.iter()
+                        .filter_map(|l| {
+                            Some((l["name"].as_str()?.to_owned(), l["softLimit"].as_i64()?, l["hardLimit"].as_i64()?))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             environment: init["environment"]
                 .as_array()
                 .map(|env| {
@@ -306,6 +318,9 @@ impl InitContainer {
         }
         for (name, value) in &self.environment {
             out.extend(["--env".to_owned(), format!("{name}={value}")]);
+        }
+        for (name, soft, hard) in &self.ulimits {
+            out.extend(["--ulimit".to_owned(), format!("{name}={soft}:{hard}")]);
         }
         out
     }

@@ -292,9 +292,15 @@ impl World {
         }
     }
 
-    /// Every backend, through the interface the CLI and the daemon use.
+    /// Every backend (or those `INTERCEPT_DIFFERENTIAL_BACKENDS` names, comma-separated: the
+    /// kernel matrix runs eBPF alone), through the interface the CLI and the daemon use.
     fn backends(&self) -> Vec<Box<dyn Backend>> {
-        Kind::ALL.iter().map(|&kind| backend::open(kind, &self.target()).expect("open the backend")).collect()
+        let only = env::var("INTERCEPT_DIFFERENTIAL_BACKENDS").ok();
+        Kind::ALL
+            .iter()
+            .filter(|kind| only.as_deref().is_none_or(|only| only.split(',').any(|n| n == kind.name())))
+            .map(|&kind| backend::open(kind, &self.target()).expect("open the backend"))
+            .collect()
     }
 
     /// What any backend left: anything it says is installed, or anything pinned in the bpffs.

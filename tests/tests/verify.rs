@@ -97,8 +97,8 @@ fn assert_timeout_honoured(bin: &Path, target: &[String]) {
     assert_eq!(code, 3, "timed out: {stdout}{stderr}");
     assert!(stdout.contains("within --timeout") && stdout.contains("timed out"), "{stdout}");
     // Without the deadline the ignored-identity probes alone would wait 4 s and pass; the
-    // margin is for a loaded machine.
-    assert!(elapsed < Duration::from_secs(3), "verify --timeout 1s took {elapsed:?}");
+    // margin is for a loaded or emulated machine (the kernel matrix runs this under TCG).
+    assert!(elapsed < Duration::from_secs(4), "verify --timeout 1s took {elapsed:?}");
 }
 
 /// The cases shared by the netfilter backends.

@@ -15,6 +15,8 @@
 //!   decision model on random configurations) for N minutes.
 //! - `fuzz --seconds N`: the cargo-fuzz target over every configuration reader for N seconds
 //!   (see `fuzz.rs`); non-zero exit and the crashing input's path when it finds a bug.
+//! - `kernels [--kernel V]... [--full]`: the eBPF tests on 5.10, 6.1 and 6.12 in virtual
+//!   machines (see `kernels.rs`); `test` runs the default set on all three.
 //! - `image`: the image `intercept:<version>` from the Dockerfile, in the engine at
 //!   `DOCKER_HOST` or a private one (see `containers.rs`); `test` builds it too, for the
 //!   container tests.
@@ -22,6 +24,7 @@
 mod bench;
 mod containers;
 mod fuzz;
+mod kernels;
 mod setup;
 
 use std::{
@@ -71,6 +74,17 @@ enum Task {
     Soak {
         #[arg(long, value_name = "MINUTES")]
         minutes: u64,
+    },
+    /// Setup, then the eBPF tests in virtual machines booted with the kernels ECS hosts run
+    /// (5.10, 6.1, 6.12; from Debian packages, under QEMU's TCG, as root); one result table,
+    /// non-zero exit on any failure.
+    Kernels {
+        /// Only these kernels (repeatable): 5.10, 6.1, 6.12
+        #[arg(long = "kernel", value_name = "VERSION")]
+        kernels: Vec<String>,
+        /// Every privileged test (iptables and nftables included) but the container ones
+        #[arg(long)]
+        full: bool,
     },
     /// Setup, then build the image `intercept:<version>` from the Dockerfile with the release
     /// binary, on a Debian base made from Debian packages, in the engine at DOCKER_HOST or one
@@ -141,6 +155,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Soak { minutes } => soak(&ws, minutes),
         Task::Fuzz { seconds } => fuzz::run(&ws, seconds),
         Task::Image => image(&ws),
+        Task::Kernels { kernels, full } => {
+            setup::run(&ws)?;
+            if !setup::is_root() {
+                bail!("the kernel matrix boots virtual machines that create namespaces and cgroups: run it as root");
+            }
+            Ok(if kernels::run(&ws, &kernels, full)? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
     }
 }
 
@@ -218,6 +239,15 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
         failed.push("privileged integration tests (tests/)");
     }
     drop(engine);
+    step("test: the eBPF tests on the kernels ECS hosts run (5.10, 6.1, 6.12, in virtual machines)");
+    match kernels::run(ws, &[], false) {
+        Ok(true) => {}
+        Ok(false) => failed.push("the kernel matrix"),
+        Err(e) => {
+            eprintln!("    FAILED: {e:#}");
+            failed.push("the kernel matrix");
+        }
+    }
 
     println!();
     if failed.is_empty() {

@@ -18,13 +18,17 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Commands the iptables backend and the tests need, and the Debian packages providing them:
 /// the backends' tools, and for the container tests and `cargo xtask image` a container engine
 /// and what builds the image's base from Debian packages.
-const SYSTEM_TOOLS: [(&str, &str); 6] = [
+const SYSTEM_TOOLS: [(&str, &str); 9] = [
     ("iptables", "iptables"),
     ("nft", "nftables"),
     ("ipset", "ipset"),
     ("ip", "iproute2"),
     ("dockerd", "docker.io"),
     ("mmdebstrap", "mmdebstrap"),
+    // The kernel matrix (`cargo xtask kernels`): QEMU, virtme-ng's guest tools, depmod.
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+    ("depmod", "kmod"),
 ];
 
 pub fn run(ws: &Workspace) -> Result<()> {

@@ -92,6 +92,11 @@ pub enum Error {
     RootCgroup(PathBuf),
     #[error("missing capability {capability}: it is needed for {needed_for}")]
     MissingCapability { capability: &'static str, needed_for: &'static str },
+    #[error(
+        "creating eBPF maps was refused, and RLIMIT_MEMLOCK is {limit} bytes: kernels before 5.11 charge eBPF \
+         memory to it; run intercept with CAP_SYS_RESOURCE (it lifts the limit at start) or `ulimit -l unlimited`"
+    )]
+    Memlock { limit: u64 },
     #[error(transparent)]
     Capabilities(Box<privileges::Error>),
     #[error("{count} addresses for {map}, which holds at most {capacity}")]
@@ -391,9 +396,21 @@ fn load_error(e: EbpfError) -> Error {
     if let EbpfError::MapError(MapError::CreateError { io_error, .. }) = &e
         && io_error.raw_os_error() == Some(libc::EPERM)
     {
+        if let Some(limit) = memlock_limit() {
+            return Error::Memlock { limit };
+        }
         return Error::MissingCapability { capability: "CAP_BPF", needed_for: "creating eBPF maps" };
     }
     Error::Load(Box::new(e))
+}
+
+/// RLIMIT_MEMLOCK in bytes, when it is limited: what refuses maps on kernels that charge
+/// eBPF memory to it (before 5.11).
+fn memlock_limit() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
+    (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
 }
 
 fn load_program(ebpf: &mut Ebpf, program: Program) -> Result<(), Error> {

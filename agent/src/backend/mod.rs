@@ -396,6 +396,25 @@ pub(crate) fn json<T: Serialize>(value: &T) -> String {
     crate::plan::to_json(value)
 }
 
+/// The running kernel's release (`uname -r`), for messages about what it lacks.
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into())
+}
+
+/// Every backend's kernel features and whether the running kernel has each, for `intercept
+/// check --kernel-features`: `(backend, feature, Err(why not))`.
+pub fn kernel_features() -> Vec<(Kind, &'static str, Result<(), String>)> {
+    let target = Target { cgroup: Some("auto".to_owned()), ..Target::netns(netns::Target::Current) };
+    Kind::ALL
+        .into_iter()
+        .filter_map(|kind| open(kind, &target).ok())
+        .flat_map(|backend| {
+            let kind = backend.kind();
+            backend.requirements(None).kernel.into_iter().map(move |f| (kind, f.name, (f.probe)()))
+        })
+        .collect()
+}
+
 /// How a check words a part it looked for.
 pub(crate) fn found(yes: bool) -> &'static str {
     if yes { "(present)" } else { "(MISSING)" }

@@ -21,6 +21,10 @@ const SEED_ORIGIN: &str = "examples/ec2-taskB.json (embedded)";
 pub struct CheckArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Also probe the running kernel for the features each backend uses (eBPF program
+    /// types), and say which it lacks
+    #[arg(long)]
+    kernel_features: bool,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
 }
@@ -42,7 +46,42 @@ pub fn check(args: CheckArgs) -> Outcome {
         Format::Text => report.render_text(),
         Format::Json => report.render_json(),
     })?;
+    if args.kernel_features {
+        print(&kernel_features(args.format))?;
+    }
     Ok(exit_code(report.exit_code()))
+}
+
+/// What the running kernel has of what each backend uses.
+fn kernel_features(format: Format) -> String {
+    let features = intercept::backend::kernel_features();
+    let release = intercept::backend::kernel_release();
+    match format {
+        Format::Text => {
+            let mut out = format!("\nkernel features ({release})\n");
+            for (kind, name, result) in &features {
+                let state = match result {
+                    Ok(()) => "yes".to_owned(),
+                    Err(why) => format!("NO: {why}"),
+                };
+                out.push_str(&format!("  {:<9} {name:<32} {state}\n", kind.name()));
+            }
+            out
+        }
+        Format::Json => {
+            let list: Vec<serde_json::Value> = features
+                .iter()
+                .map(|(kind, name, result)| {
+                    serde_json::json!({"backend": kind.name(), "feature": name, "available": result.is_ok(),
+                        "why_not": result.as_ref().err()})
+                })
+                .collect();
+            let mut json = serde_json::to_string_pretty(&serde_json::json!({"kernel": release, "features": list}))
+                .unwrap_or_default();
+            json.push('\n');
+            json
+        }
+    }
 }
 
 pub fn plan(args: PlanArgs) -> Outcome {

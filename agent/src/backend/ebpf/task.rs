@@ -542,6 +542,15 @@ impl Backend for Handle {
 
     fn apply(&self, config: &ProxyConfig, options: backend::ApplyOptions) -> Result<Change, backend::Error> {
         self.accepts(options)?;
+        // A kernel without a program type would refuse it half-way: say so before anything.
+        let lacking: Vec<String> = PROGRAM_TYPES.iter().filter_map(|f| (f.probe)().err()).collect();
+        if !lacking.is_empty() {
+            return Err(backend::Error::Refused(format!(
+                "the eBPF backend cannot work on this kernel ({}): {}",
+                backend::kernel_release(),
+                lacking.join("; ")
+            )));
+        }
         let mut report = apply(&self.request, config, ApplyOptions { bpf_log: options.events })?;
         Ok(Change {
             changed: !matches!(report.outcome, Outcome::Unchanged),

@@ -1,0 +1,419 @@
+//! `cargo xtask kernels`: the eBPF tests on the kernels ECS hosts run (Amazon Linux 2: 5.10;
+//! Amazon Linux 2023: 6.1 and 6.12), each booted in a virtual machine.
+//!
+//! The kernels come from Debian packages (bullseye-security, bookworm-security, trixie), found
+//! through a private apt configuration (its own sources, lists and cache under
+//! `<target>/kernels/apt`, from the mirrors the host's own apt sources name), downloaded and
+//! extracted, never installed; their modules get a `modules.dep` (`depmod -b`) so that the
+//! guest can load veth and the netfilter modules. virtme-ng (from PyPI, in a venv of its own)
+//! boots each under QEMU's TCG (`/dev/kvm` here is a stub), with the host's root shared
+//! read-only, the kernel's modules at `/lib/modules` and a results directory writable. The
+//! guest runs the test binaries that `cargo test --no-run` built, and writes each group's
+//! exit code and output there: `vng` itself cannot return the guest's exit code here.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{Workspace, display, run_cmd, step};
+
+/// The kernels, as `--kernel` names them, and the Debian suite whose `linux-image-amd64` is it.
+pub const KERNELS: [(&str, &str); 3] =
+    [("5.10", "bullseye-security"), ("6.1", "bookworm-security"), ("6.12", "trixie")];
+const VIRTME_NG: &str = "virtme-ng==1.42";
+/// A guest that has not finished by then is killed (by pid) and fails.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// A test binary of `intercept-tests` and the tests of it to run (all when empty).
+struct Group {
+    name: &'static str,
+    binary: &'static str,
+    filters: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+}
+
+/// What runs on every kernel by default: steering and SO_ORIGINAL_DST (IPv4, IPv6, mapped),
+/// ingress through sk_lookup, pinning across the applying process's exit and remove, an
+/// in-place update, `verify`, and one batch of the differential test for eBPF.
+const DEFAULT: [Group; 4] = [
+    Group { name: "eBPF traffic", binary: "ebpf_traffic", filters: &[], env: &[] },
+    Group {
+        name: "eBPF backend",
+        binary: "ebpf_backend",
+        filters: &[
+            "every_decision_reason_matches_the_model",
+            "interception_outlives_the_applying_process_and_remove_leaves_nothing",
+            "ipv6_switched_off_and_reapplied_in_place",
+            "the_programs_read_only_the_active_generation",
+            "cgroups_are_independent_children_are_intercepted_outsiders_are_not",
+        ],
+        env: &[],
+    },
+    Group { name: "verify (eBPF)", binary: "verify", filters: &["verify_ebpf"], env: &[] },
+    Group {
+        name: "differential (eBPF)",
+        binary: "differential",
+        filters: &["every_backend_agrees_with_the_model"],
+        env: &[("INTERCEPT_DIFFERENTIAL_BACKENDS", "ebpf"), ("PROPTEST_CASES", "8")],
+    },
+];
+
+/// `--full`: every privileged test binary but those that need a container engine.
+const FULL: [&str; 15] = [
+    "backend_auto",
+    "bad_input",
+    "daemon",
+    "differential",
+    "ebpf_backend",
+    "ebpf_cli",
+    "ebpf_traffic",
+    "faults",
+    "iptables_cli",
+    "iptables_lifecycle",
+    "iptables_traffic",
+    "nftables_lifecycle",
+    "nftables_traffic",
+    "privileges",
+    "verify",
+];
+
+/// One group's outcome on one kernel.
+struct Outcome {
+    kernel: &'static str,
+    group: String,
+    passed: bool,
+    seconds: u64,
+}
+
+pub fn run(ws: &Workspace, kernels: &[String], full: bool) -> Result<bool> {
+    let chosen: Vec<(&'static str, &'static str)> = if kernels.is_empty() {
+        KERNELS.to_vec()
+    } else {
+        kernels
+            .iter()
+            .map(|k| {
+                KERNELS
+                    .iter()
+                    .copied()
+                    .find(|(name, _)| name == k)
+                    .with_context(|| format!("--kernel {k}: one of {}", KERNELS.map(|(n, _)| n).join(", ")))
+            })
+            .collect::<Result<_>>()?
+    };
+    let dir = ws.target_dir.join("kernels");
+    let vng = virtme_ng(&dir)?;
+    step("kernels: the test binaries");
+    let binaries = test_binaries(ws)?;
+    let bin = ws.target_dir.join("debug").join("intercept");
+    run_cmd(ws.cargo().args(["build", "--package", "intercept", "--bin", "intercept"]))?;
+    let groups: Vec<Group> = if full {
+        FULL.iter().map(|b| Group { name: b, binary: b, filters: &[], env: &[] }).collect()
+    } else {
+        DEFAULT.into()
+    };
+    let mut outcomes = Vec::new();
+    for (kernel, suite) in chosen {
+        let extracted = fetch(&dir, kernel, suite)?;
+        step(&format!("kernels: {kernel} ({})", extracted.version));
+        outcomes.extend(boot(ws, &dir, &vng, &extracted, kernel, &groups, &binaries, &bin)?);
+    }
+    println!("\n{:<8} {:<24} {:<8} {:>6}", "kernel", "tests", "result", "time");
+    for o in &outcomes {
+        println!("{:<8} {:<24} {:<8} {:>5}s", o.kernel, o.group, if o.passed { "passed" } else { "FAILED" }, o.seconds);
+    }
+    Ok(outcomes.iter().all(|o| o.passed))
+}
+
+/// virtme-ng in a venv of its own, installed when missing.
+fn virtme_ng(dir: &Path) -> Result<PathBuf> {
+    step("kernels: virtme-ng");
+    let venv = dir.join("venv");
+    let vng = venv.join("bin").join("vng");
+    if vng.is_file() {
+        println!("    skip: {} is installed", vng.display());
+        return Ok(vng);
+    }
+    fs::create_dir_all(dir)?;
+    if run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv)).is_err() {
+        // Debian keeps venv's ensurepip in a package of its own.
+        run_cmd(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "python3-venv",
+        ]))?;
+        let _ = fs::remove_dir_all(&venv);
+        run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run_cmd(Command::new(venv.join("bin").join("pip")).args(["install", "--quiet", VIRTME_NG]))?;
+    Ok(vng)
+}
+
+/// A kernel extracted from its package: the image and the modules' root.
+struct Extracted {
+    version: String,
+    vmlinuz: PathBuf,
+    modules: PathBuf,
+}
+
+/// Downloads and extracts the current `linux-image-amd64` of `suite`, unless it is there.
+fn fetch(dir: &Path, kernel: &str, suite: &str) -> Result<Extracted> {
+    let root = dir.join("root").join(kernel);
+    let done = root.join(".extracted");
+    if !done.is_file() {
+        step(&format!("kernels: download {kernel} from {suite}"));
+        let apt = private_apt(dir)?;
+        let apt_get = |args: &[&str]| {
+            let mut cmd = Command::new("apt-get");
+            cmd.env("APT_CONFIG", &apt).args(["-q", "-o", "APT::Sandbox::User=root"]).args(args);
+            cmd
+        };
+        let madison = output(Command::new("apt-cache").env("APT_CONFIG", &apt).args(["madison", "linux-image-amd64"]))?;
+        let meta = madison
+            .lines()
+            .find(|l| l.contains(&format!(" {suite}/")))
+            .and_then(|l| l.split('|').nth(1))
+            .map(str::trim)
+            .with_context(|| format!("no linux-image-amd64 in {suite}:\n{madison}"))?;
+        let depends = output(
+            Command::new("apt-cache").env("APT_CONFIG", &apt).args(["depends", &format!("linux-image-amd64={meta}")]),
+        )?;
+        let package = depends
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Depends: linux-image-"))
+            .map(|p| format!("linux-image-{p}"))
+            .with_context(|| format!("no linux-image package behind linux-image-amd64={meta}:\n{depends}"))?;
+        let debs = dir.join("debs");
+        fs::create_dir_all(&debs)?;
+        run_cmd(apt_get(&["download", &package]).current_dir(&debs))?;
+        let deb = fs::read_dir(&debs)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{package}_"))))
+            .with_context(|| format!("{package} was not downloaded"))?;
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root)?;
+        run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+        fs::remove_file(&deb)?;
+        if !root.join("lib").exists() {
+            // Newer packages ship /usr/lib/modules (merged /usr).
+            std::os::unix::fs::symlink("usr/lib", root.join("lib"))?;
+        }
+        let version = package.trim_start_matches("linux-image-").to_owned();
+        run_cmd(Command::new("depmod").arg("-b").arg(&root).arg(&version))?;
+        fs::write(&done, &version)?;
+    }
+    let version = fs::read_to_string(&done)?.trim().to_owned();
+    Ok(Extracted {
+        vmlinuz: root.join("boot").join(format!("vmlinuz-{version}")),
+        modules: root.join("lib").join("modules"),
+        version,
+    })
+}
+
+/// An apt configuration of its own (sources, lists, cache) with the suites of [`KERNELS`], on
+/// the mirrors the host's apt sources use; updated once a day.
+fn private_apt(dir: &Path) -> Result<PathBuf> {
+    let apt = dir.join("apt");
+    for sub in ["lists/partial", "cache/archives/partial"] {
+        fs::create_dir_all(apt.join(sub))?;
+    }
+    let (archive, security) = host_mirrors()?;
+    let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+    let sources: String = KERNELS
+        .iter()
+        .map(|(_, suite)| {
+            let uri = if suite.ends_with("-security") { &security } else { &archive };
+            format!("deb [signed-by={keyring}] {uri} {suite} main\n")
+        })
+        .collect();
+    fs::write(apt.join("sources.list"), sources)?;
+    let config = apt.join("apt.conf");
+    fs::write(
+        &config,
+        format!(
+            "Dir::Etc::SourceList \"{0}/sources.list\";\nDir::Etc::SourceParts \"-\";\nDir::State::Lists \
+             \"{0}/lists\";\nDir::Cache \"{0}/cache\";\nDir::State::status \"/dev/null\";\n",
+            apt.display()
+        ),
+    )?;
+    let stamp = apt.join("lists").join(".updated");
+    let fresh =
+        fs::metadata(&stamp).and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() < 86_400));
+    if !fresh {
+        run_cmd(Command::new("apt-get").env("APT_CONFIG", &config).args(["-q", "update"]))?;
+        fs::write(&stamp, "")?;
+    }
+    Ok(config)
+}
+
+/// The Debian archive and security mirrors of the host's apt sources (deb822 or one-line).
+fn host_mirrors() -> Result<(String, String)> {
+    let mut text = String::new();
+    for path in ["/etc/apt/sources.list"]
+        .into_iter()
+        .map(PathBuf::from)
+        .chain(fs::read_dir("/etc/apt/sources.list.d").into_iter().flatten().filter_map(|e| e.ok().map(|e| e.path())))
+    {
+        if path.extension().is_some_and(|e| e == "sources" || e == "list") || path.ends_with("sources.list") {
+            text.push_str(&fs::read_to_string(&path).unwrap_or_default());
+            text.push('\n');
+        }
+    }
+    let (mut archive, mut security, mut uri) = (None, None, None::<String>);
+    for line in text.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (entry_uri, suites): (Option<&str>, Vec<&str>) = match words.as_slice() {
+            ["URIs:", u, ..] => {
+                uri = Some((*u).to_owned());
+                continue;
+            }
+            ["Suites:", s @ ..] => (uri.as_deref(), s.to_vec()),
+            ["deb", rest @ ..] => {
+                let rest: Vec<&str> =
+                    rest.iter().copied().filter(|w| !w.starts_with('[') && !w.ends_with(']')).collect();
+                (rest.first().copied(), rest.get(1).copied().into_iter().collect())
+            }
+            _ => continue,
+        };
+        let Some(entry_uri) = entry_uri else { continue };
+        if !entry_uri.contains("debian") {
+            continue;
+        }
+        if suites.iter().any(|s| s.ends_with("-security")) {
+            security.get_or_insert_with(|| entry_uri.to_owned());
+        } else if !suites.is_empty() {
+            archive.get_or_insert_with(|| entry_uri.to_owned());
+        }
+    }
+    match (archive, security) {
+        (Some(a), Some(s)) => Ok((a, s)),
+        _ => bail!("the host's apt sources name no Debian archive and security mirror to fetch kernels from"),
+    }
+}
+
+/// The test binaries `cargo test -p intercept-tests --no-run` builds, by target name.
+fn test_binaries(ws: &Workspace) -> Result<Vec<(String, PathBuf)>> {
+    let out = ws
+        .cargo()
+        .args(["test", "--package", "intercept-tests", "--no-run", "--message-format=json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("cargo test --no-run failed");
+    }
+    let mut binaries = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let (Some(name), Some(exe)) = (message["target"]["name"].as_str(), message["executable"].as_str()) else {
+            continue;
+        };
+        if message["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test")) {
+            binaries.push((name.to_owned(), PathBuf::from(exe)));
+        }
+    }
+    Ok(binaries)
+}
+
+/// Boots `kernel` and runs `groups` in it; one outcome per group (all failed when the guest
+/// did not come back).
+#[allow(clippy::too_many_arguments)]
+fn boot(
+    ws: &Workspace,
+    dir: &Path,
+    vng: &Path,
+    kernel_files: &Extracted,
+    kernel: &'static str,
+    groups: &[Group],
+    binaries: &[(String, PathBuf)],
+    bin: &Path,
+) -> Result<Vec<Outcome>> {
+    let out = dir.join("out").join(kernel);
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out)?;
+    let mut script = String::from("#!/bin/sh\n# Written by cargo xtask kernels; run in the guest.\n");
+    script.push_str(&format!(
+        "cd {}\nexport CI=true INTERCEPT_BIN={}\n",
+        ws.root.join("tests").display(),
+        bin.display()
+    ));
+    for (i, group) in groups.iter().enumerate() {
+        let exe = binaries
+            .iter()
+            .find(|(name, _)| name == group.binary)
+            .map(|(_, exe)| exe)
+            .with_context(|| format!("no test binary {}", group.binary))?;
+        let env: String = group.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+        let log = out.join(format!("{i}.log"));
+        script.push_str(&format!(
+            "start=$(date +%s)\n{env}{} --include-ignored --test-threads 1 {} > {} 2>&1\necho \"$? $(( $(date +%s) - \
+             start ))\" > {}\n",
+            exe.display(),
+            group.filters.join(" "),
+            log.display(),
+            out.join(format!("{i}.rc")).display()
+        ));
+    }
+    let script_path = out.join("guest.sh");
+    fs::write(&script_path, script)?;
+    fs::set_permissions(&script_path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut cmd = Command::new(vng);
+    // vng runs virtme-run from the venv.
+    let path = format!("{}:{}", vng.parent().unwrap_or(Path::new("")).display(), env::var("PATH").unwrap_or_default());
+    cmd.env("PATH", path)
+        .args(["--disable-kvm", "--force-9p", "--cpus", "2", "--memory", "2G", "--run"])
+        .arg(&kernel_files.vmlinuz)
+        .arg("--rodir")
+        .arg(format!("/lib/modules={}", kernel_files.modules.display()))
+        .arg("--rwdir")
+        .arg(&out)
+        .arg("--exec")
+        .arg(&script_path)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(out.join("console.log"))?)
+        .stderr(fs::File::create(out.join("vng.log"))?);
+    println!("    $ {}", display(&cmd));
+    let started = Instant::now();
+    let mut child = cmd.spawn().context("start vng")?;
+    while child.try_wait()?.is_none() {
+        if started.elapsed() > GUEST_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            println!("    the guest did not finish within {GUEST_TIMEOUT:?}: killed");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("    guest done in {:.0} s", started.elapsed().as_secs_f64());
+    let mut outcomes = Vec::new();
+    for (i, group) in groups.iter().enumerate() {
+        let rc = fs::read_to_string(out.join(format!("{i}.rc"))).unwrap_or_default();
+        let mut words = rc.split_whitespace();
+        let (code, seconds) =
+            (words.next().and_then(|w| w.parse::<i32>().ok()), words.next().and_then(|w| w.parse().ok()));
+        let passed = code == Some(0);
+        if !passed {
+            let log = fs::read_to_string(out.join(format!("{i}.log")))
+                .unwrap_or_else(|_| "(no output: the guest did not run it)".into());
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            println!("    {kernel}: {} FAILED:\n{}", group.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        outcomes.push(Outcome { kernel, group: group.name.to_owned(), passed, seconds: seconds.unwrap_or(0) });
+    }
+    Ok(outcomes)
+}
+
+/// Runs `cmd` and returns its stdout; an error with its stderr if it fails.
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("run {}", display(cmd)))?;
+    if !out.status.success() {
+        bail!("{} failed: {}", display(cmd), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
