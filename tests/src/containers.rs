@@ -455,6 +455,27 @@ impl Task {
         }
     }
 
+    /// The test proxy as the task's `envoy` container, as `user` with `options` (labels, a pid
+    /// namespace): egress on 127.0.0.1:15001, ingress on 0.0.0.0:15000, from the test
+    /// binaries in `bins` (mounted at `/t`).
+    pub fn start_test_proxy(&mut self, bins: &Path, user: &str, options: &[String]) {
+        let mount = format!("{}:/t:ro", bins.display());
+        let proxy = "/t/intercept-ebpf-probe serve egress-proxy 127.0.0.1:15001 & \
+                     exec /t/intercept-ebpf-probe serve ingress-proxy 0.0.0.0:15000";
+        let mut all = ["--user", user, "--volume", &mount, "--entrypoint", "sh"].map(str::to_owned).to_vec();
+        all.extend(options.iter().cloned());
+        self.start_in_task("envoy", &all, BASE, &["-c".to_owned(), proxy.to_owned()]);
+        self.wait_ready("envoy", 2);
+    }
+
+    /// The app container, listening on AppPort 9080; the tests' client runs in it.
+    pub fn start_test_app(&mut self, bins: &Path) {
+        let mount = format!("{}:/t:ro", bins.display());
+        let options = ["--volume", &mount, "--entrypoint", "/t/intercept-ebpf-probe"].map(str::to_owned);
+        self.start_in_task("app", &options, BASE, &["serve", "app", "0.0.0.0:9080"].map(str::to_owned));
+        self.wait_ready("app", 1);
+    }
+
     /// `docker exec --user uid:gid <container> <command>`.
     pub fn exec(&self, container: &str, uid: u32, gid: u32, command: &[&str]) -> Output {
         let name = self.name(container);

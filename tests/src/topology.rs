@@ -109,17 +109,21 @@ impl Netns {
     pub fn create(role: &str) -> Netns {
         let name = format!("intercept-{role}-{}-{}", process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         run(Command::new("ip").args(["netns", "add", &name]));
+        let netns = Netns::named(name);
+        netns.ip(&["link", "set", "lo", "up"]);
+        netns
+    }
+
+    /// The namespace `ip netns` just named `name`, opened (the name deleted if it cannot be).
+    fn named(name: String) -> Netns {
         let path = Path::new(RUN_NETNS).join(&name);
-        let file = match File::open(&path) {
-            Ok(file) => Arc::new(file),
+        match File::open(&path) {
+            Ok(file) => Netns { name, file: Arc::new(file) },
             Err(e) => {
                 let _ = Command::new("ip").args(["netns", "del", &name]).status();
                 panic!("open {}: {e}", path.display());
             }
-        };
-        let netns = Netns { name, file };
-        netns.ip(&["link", "set", "lo", "up"]);
-        netns
+        }
     }
 
     /// The network namespace of process `pid` (a container's), given a name like the others
@@ -127,15 +131,7 @@ impl Netns {
     pub fn attach(role: &str, pid: u32) -> Netns {
         let name = format!("intercept-{role}-{}-{}", process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         run(Command::new("ip").args(["netns", "attach", &name, &pid.to_string()]));
-        let path = Path::new(RUN_NETNS).join(&name);
-        let file = match File::open(&path) {
-            Ok(file) => Arc::new(file),
-            Err(e) => {
-                let _ = Command::new("ip").args(["netns", "del", &name]).status();
-                panic!("open {}: {e}", path.display());
-            }
-        };
-        Netns { name, file }
+        Netns::named(name)
     }
 
     pub fn name(&self) -> &str {

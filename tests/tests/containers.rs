@@ -20,7 +20,7 @@ use std::{
 };
 
 use intercept_tests::{
-    containers::{BASE, Engine, InitContainer, Task, require_engine},
+    containers::{Engine, InitContainer, Task, require_engine},
     ebpf::TestBpffs,
     topology::{Topology, intercept_bin},
     traffic::{Client, Listeners, Role},
@@ -58,27 +58,17 @@ fn start(engine: &Engine, options: &[String], command: &[String]) -> Run {
     Run { task, _remote: remote, topology, init: result }
 }
 
-/// The proxy container (the test proxy, as IgnoredUID 1337 by default, egress on 15001,
-/// ingress on 15000) and the app container (listening on AppPort 9080).
+/// The proxy container (the test proxy as `user`) and the app container.
 fn start_proxy(run: &mut Run, user: &str) {
     start_proxy_with(run, user, &[]);
 }
 
 fn start_proxy_with(run: &mut Run, user: &str, extra: &[String]) {
-    let bins = format!("{}:/t:ro", test_binaries().display());
-    let proxy = "/t/intercept-ebpf-probe serve egress-proxy 127.0.0.1:15001 & \
-                 exec /t/intercept-ebpf-probe serve ingress-proxy 0.0.0.0:15000";
-    let mut options = ["--user", user, "--volume", &bins, "--entrypoint", "sh"].map(str::to_owned).to_vec();
-    options.extend(extra.iter().cloned());
-    run.task.start_in_task("envoy", &options, BASE, &["-c".to_owned(), proxy.to_owned()]);
-    run.task.wait_ready("envoy", 2);
+    run.task.start_test_proxy(&test_binaries(), user, extra);
 }
 
 fn start_app(run: &mut Run) {
-    let bins = format!("{}:/t:ro", test_binaries().display());
-    let options = ["--volume", &bins, "--entrypoint", "/t/intercept-ebpf-probe"].map(str::to_owned);
-    run.task.start_in_task("app", &options, BASE, &["serve", "app", "0.0.0.0:9080"].map(str::to_owned));
-    run.task.wait_ready("app", 1);
+    run.task.start_test_app(&test_binaries());
 }
 
 /// Every decision of the seed configuration the deploy examples carry, through the task.

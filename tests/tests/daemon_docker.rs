@@ -26,10 +26,6 @@ const BACKENDS: [&str; 3] = ["iptables", "nftables", "ebpf"];
 /// How soon a task's traffic must be intercepted once its containers run.
 const INSTALL_WITHIN: Duration = Duration::from_secs(2);
 
-fn bins() -> String {
-    format!("{}:/t:ro", Path::new(CLIENT).parent().unwrap().display())
-}
-
 /// A running task with its remote namespace.
 struct Running {
     task: Task,
@@ -41,20 +37,18 @@ struct Running {
 /// Starts an ECS-shaped task whose proxy container carries the labels: the pause container,
 /// the test proxy (uid 1337; egress 15001, ingress 15000), the app.
 fn start_task(engine: &Engine, backend: &'static str, labels: &[(&str, String)]) -> Running {
-    let mut task = Task::new(engine);
+    start_labelled(Task::new(engine), backend, labels)
+}
+
+/// [`start_task`] with a task made already (whose id a test needs first).
+fn start_labelled(mut task: Task, backend: &'static str, labels: &[(&str, String)]) -> Running {
     let topology = task.start_pause();
     let remote = Listeners::start(&topology.remote, &[(Role::Remote, "0.0.0.0:80".parse().unwrap())]);
-    let mut options = ["--user", "1337:1337", "--volume", &bins(), "--entrypoint", "sh"].map(str::to_owned).to_vec();
-    for (key, value) in labels {
-        options.extend(["--label".to_owned(), format!("{key}={value}")]);
-    }
-    let proxy = "/t/intercept-ebpf-probe serve egress-proxy 127.0.0.1:15001 & \
-                 exec /t/intercept-ebpf-probe serve ingress-proxy 0.0.0.0:15000";
-    task.start_in_task("envoy", &options, BASE, &["-c".to_owned(), proxy.to_owned()]);
-    task.wait_ready("envoy", 2);
-    let app = ["--volume", &bins(), "--entrypoint", "/t/intercept-ebpf-probe"].map(str::to_owned);
-    task.start_in_task("app", &app, BASE, &["serve", "app", "0.0.0.0:9080"].map(str::to_owned));
-    task.wait_ready("app", 1);
+    let options: Vec<String> =
+        labels.iter().flat_map(|(key, value)| ["--label".to_owned(), format!("{key}={value}")]).collect();
+    let bins = Path::new(CLIENT).parent().unwrap();
+    task.start_test_proxy(bins, "1337:1337", &options);
+    task.start_test_app(bins);
     Running { task, topology, _remote: remote, backend }
 }
 
@@ -236,15 +230,18 @@ fn bad_labels_conflicts_and_vanishing_containers_are_not_fatal() {
     let bpffs = TestBpffs::mounted();
     let mut daemon = start_daemon(test, &dirs, &bpffs, &socket_of(&std::env::var("DOCKER_HOST").unwrap()));
     let malformed = start_task(&engine, "iptables", &[("intercept.proxy-configuration", "{not json".to_owned())]);
-    let conflicting = start_task(&engine, "nftables", &labelled("nftables"));
+    // The task file first, so that the engine's task is a conflict from its start.
+    let conflicting = Task::new(&engine);
+    let id = conflicting.id.clone();
     let file = intercept_tests::daemon::task_json(
-        &conflicting.task.id,
+        &id,
         "nftables",
         Path::new("/ecs/x"),
-        &conflicting.topology.task.path(),
+        Path::new("/run/netns/x"),
         &seed_proxy_configuration("22"),
     );
-    dirs.write_task(&conflicting.task.id, &file);
+    dirs.write_task(&id, &file);
+    let conflicting = start_labelled(conflicting, "nftables", &labelled("nftables"));
     let good = start_task(&engine, "iptables", &labelled("iptables"));
     assert!(within(INSTALL_WITHIN * 5, || intercepted(&good)).is_some());
     // Containers that come and go at once, while the daemon inspects what it is told of.

@@ -189,6 +189,18 @@ impl Drop for Engine {
             let _ = child.kill();
         }
         let _ = child.wait();
+        // What the engine mounted under its directories and left (its exec root's netns).
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let engine_dir = self.dir.join("engine");
+        let mut mounts: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| Path::new(p).starts_with(&engine_dir))
+            .collect();
+        mounts.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for mount in mounts {
+            let _ = Command::new("umount").args(["--lazy", mount]).status();
+        }
         for dir in new_dirs.iter() {
             let _ = fs::remove_dir(dir);
         }
