@@ -252,18 +252,15 @@ pub fn check_and_restrict(required: &[Requirement], optional: &[Capability]) -> 
 /// none of intercept's. Later kernels charge the memory cgroup instead and ignore it. Without
 /// the capability the limit stays, and creating the maps says so.
 fn raise_memlock() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
-    // SAFETY: setrlimit and getrlimit read or write the struct they are given, nothing else.
-    unsafe {
-        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) == 0 {
-            return;
-        }
-        // Without the capability the soft limit can still rise to the hard one.
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit);
-        }
+    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
+    if setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY).is_ok() {
+        return;
+    }
+    // Without the capability the soft limit can still rise to the hard one.
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard);
     }
 }
 

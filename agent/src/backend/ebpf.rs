@@ -42,7 +42,9 @@ use intercept_common::{IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP};
 
 pub use adopt::Adopted;
 use adopt::adopt_into;
-pub use host::{Mount, attached_programs, cgroup_id, cgroup2_mount, is_bpffs, join_cgroup, parse_mountinfo};
+pub use host::{
+    Mount, attached_programs, cgroup_id, cgroup2_mount, cgroup2_path, is_bpffs, join_cgroup, parse_mountinfo,
+};
 pub use intercept_common::{Counter, MAP_NAMES};
 pub use logs::{Logs, Printer};
 pub use maps::{Changes, Contents, Generations};
@@ -407,10 +409,8 @@ fn load_error(e: EbpfError) -> Error {
 /// RLIMIT_MEMLOCK in bytes, when it is limited: what refuses maps on kernels that charge
 /// eBPF memory to it (before 5.11).
 fn memlock_limit() -> Option<u64> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes the struct it is given.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
-    (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
+    getrlimit(Resource::RLIMIT_MEMLOCK).ok().map(|(soft, _)| soft).filter(|&soft| soft != RLIM_INFINITY)
 }
 
 fn load_program(ebpf: &mut Ebpf, program: Program) -> Result<(), Error> {

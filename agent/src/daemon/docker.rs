@@ -27,6 +27,7 @@ use futures_util::StreamExt as _;
 use tracing::{debug, info, warn};
 
 use super::spec::{Source, TaskSpec};
+use crate::backend::ebpf::cgroup2_path;
 use crate::backend::{Kind, Scope};
 use crate::config::source::{from_env, parse_proxy_configuration};
 use crate::config::{ProxyConfig, validate};
@@ -362,7 +363,7 @@ async fn session(
     let filters = HashMap::from([("type", vec!["container"]), ("label", vec![TASK_ARN])]);
     let mut events = Box::pin(docker.events(Some(EventsOptionsBuilder::new().filters(&filters).build())));
     let mut containers = list(&docker, stats).await?;
-    publish(view, &containers, true, wake);
+    publish(view, &containers, wake);
     info!(socket = %socket.display(), tasks = view.lock().unwrap_or_else(|e| e.into_inner()).tasks.len(), "following the Docker engine");
     let mut tick = tokio::time::interval(resync);
     tick.tick().await;
@@ -387,18 +388,19 @@ async fn session(
                     }
                     _ => continue,
                 }
-                publish(view, &containers, true, wake);
+                publish(view, &containers, wake);
             }
             _ = tick.tick() => {
                 containers = list(&docker, stats).await?;
-                publish(view, &containers, true, wake);
+                publish(view, &containers, wake);
             }
         }
     }
 }
 
-fn publish(view: &Mutex<View>, containers: &HashMap<String, Container>, connected: bool, wake: &impl Fn()) {
-    let next = View { connected, tasks: group(containers.values().cloned()) };
+/// The view of a connected session: `containers`, grouped into tasks.
+fn publish(view: &Mutex<View>, containers: &HashMap<String, Container>, wake: &impl Fn()) {
+    let next = View { connected: true, tasks: group(containers.values().cloned()) };
     let changed = {
         let mut view = view.lock().unwrap_or_else(|e| e.into_inner());
         let changed = *view != next;
@@ -455,7 +457,7 @@ async fn inspect(docker: &Docker, id: &str) -> Result<Option<Container>, DockerE
 /// see the host's cgroup namespace to get host paths).
 fn cgroup_of_process(pid: u32) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned).filter(|p| p != "/" && !p.starts_with("/.."))
+    cgroup2_path(&text).map(str::to_owned).filter(|p| p != "/" && !p.starts_with("/.."))
 }
 
 #[cfg(test)]

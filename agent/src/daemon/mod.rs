@@ -451,6 +451,11 @@ impl Daemon {
         problems: &mut BTreeMap<String, String>,
     ) {
         let Some(source) = &self.docker else { return };
+        let stats = source.take_stats();
+        self.metrics.docker_reconnects.inc_by(stats.reconnects);
+        for resync in stats.resyncs {
+            self.metrics.docker_resync_duration.observe(resync.as_secs_f64());
+        }
         let view = source.view();
         if !view.connected {
             unreadable.extend(self.records.values().filter(|r| r.source == Source::Docker).map(|r| r.id.clone()));
@@ -477,13 +482,6 @@ impl Daemon {
                     problems.insert(task.id.clone(), format!("task {} ({}): {problem}", task.id, task.arn));
                     unreadable.insert(task.id.clone());
                 }
-            }
-        }
-        if let Some(source) = &self.docker {
-            let stats = source.take_stats();
-            self.metrics.docker_reconnects.inc_by(stats.reconnects);
-            for resync in stats.resyncs {
-                self.metrics.docker_resync_duration.observe(resync.as_secs_f64());
             }
         }
     }

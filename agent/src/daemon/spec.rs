@@ -260,10 +260,11 @@ fn config_of(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    const PROXY: &str = r#"{"type": "APPMESH", "containerName": "envoy", "properties": [
+    /// A task definition's `proxyConfiguration`, for the daemon's sources' tests.
+    pub(in crate::daemon) const PROXY: &str = r#"{"type": "APPMESH", "containerName": "envoy", "properties": [
         {"name": "IgnoredUID", "value": "1337"},
         {"name": "ProxyIngressPort", "value": "15000"},
         {"name": "ProxyEgressPort", "value": "15001"},

@@ -127,6 +127,12 @@ pub fn resolve_cgroup(arg: &str) -> Result<PathBuf, Error> {
     Ok(path)
 }
 
+/// The cgroup2 path in a `/proc/<pid>/cgroup` text: its `0::` line (relative to the reader's
+/// cgroup namespace).
+pub fn cgroup2_path(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
 /// How deep [`own_cgroup`] looks into a hierarchy for this process's cgroup (ECS puts a
 /// container at `/ecs/<task>/<container>`; systemd hosts nest a few levels more).
 const SEARCH_DEPTH: usize = 8;
@@ -141,9 +147,7 @@ const SEARCH_DEPTH: usize = 8;
 /// (the kernel shows the processes of other pid namespaces as 0), below the mount's root.
 fn own_cgroup(mounts: &[Mount]) -> Result<PathBuf, Error> {
     let text = fs::read_to_string(SELF_CGROUP).map_err(|e| Error::io("read", SELF_CGROUP, e))?;
-    let relative = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
+    let relative = cgroup2_path(&text)
         .ok_or_else(|| Error::CgroupAuto { reason: format!("{SELF_CGROUP} has no cgroup2 (\"0::\") line") })?;
     let first = &mounts[0];
     if relative != "/" {

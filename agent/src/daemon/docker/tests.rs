@@ -1,11 +1,5 @@
 use super::*;
-
-const PROXY: &str = r#"{"type": "APPMESH", "containerName": "envoy", "properties": [
-    {"name": "IgnoredUID", "value": "1337"},
-    {"name": "ProxyIngressPort", "value": "15000"},
-    {"name": "ProxyEgressPort", "value": "15001"},
-    {"name": "AppPorts", "value": "9080"},
-    {"name": "EgressIgnoredIPs", "value": "169.254.170.2,169.254.169.254"}]}"#;
+use crate::daemon::spec::tests::PROXY;
 
 const ARN: &str = "arn:aws:ecs:us-west-2:123456789012:task/prod/0123456789abcdef";
 
