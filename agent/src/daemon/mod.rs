@@ -509,7 +509,7 @@ impl Daemon {
                         info!(task = %spec.id, backend = %spec.backend, cgroup = %spec.cgroup, reason = ?reason, "applied");
                         let inode = spec.netns.as_deref().and_then(|p| fs::metadata(p).ok()).map(|m| m.ino());
                         let cgroup_id = self.host.cgroup_id(spec);
-                        self.records.insert(spec.id.clone(), Installed::with_ids(spec, inode, cgroup_id));
+                        self.records.insert(spec.id.clone(), Installed::of(spec, inode, cgroup_id));
                         self.save();
                         Ok(())
                     }

@@ -44,14 +44,9 @@ pub struct Installed {
 }
 
 impl Installed {
-    /// The record of `spec`, installed in the namespace of inode `netns_inode`.
-    pub fn of(spec: &TaskSpec, netns_inode: Option<u64>) -> Installed {
-        Installed::with_ids(spec, netns_inode, None)
-    }
-
     /// The record of `spec`, installed in the namespace of inode `netns_inode` and the cgroup
     /// of id `cgroup_id`.
-    pub fn with_ids(spec: &TaskSpec, netns_inode: Option<u64>, cgroup_id: Option<u64>) -> Installed {
+    pub fn of(spec: &TaskSpec, netns_inode: Option<u64>, cgroup_id: Option<u64>) -> Installed {
         Installed {
             id: spec.id.clone(),
             backend: spec.backend,

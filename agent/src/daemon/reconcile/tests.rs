@@ -34,7 +34,7 @@ fn waiting(spec: TaskSpec, proxy_live: bool) -> Desired {
 }
 
 fn actual(spec: &TaskSpec, intact: Option<bool>) -> Actual {
-    Actual { installed: Installed::of(spec, None), intact }
+    Actual { installed: Installed::of(spec, None, None), intact }
 }
 
 /// One line per action, for the table below.
@@ -230,7 +230,7 @@ fn only_proxy_live_tasks_not_yet_installed_wait_and_are_checked() {
     ];
     let none = BTreeMap::new();
     assert_eq!(waiting_for_proxy(&desired, &none), ["a", "d"]);
-    let installed: BTreeMap<String, Installed> = [("a".to_owned(), Installed::of(&a, None))].into();
+    let installed: BTreeMap<String, Installed> = [("a".to_owned(), Installed::of(&a, None, None))].into();
     assert_eq!(waiting_for_proxy(&desired, &installed), ["d"], "installed once: never waits again");
     let checked: Vec<bool> = desired.iter().map(|x| awaits_proxy(x, installed.contains_key(&x.spec.id))).collect();
     assert_eq!(checked, [true, false, true, false, false], "immediately, installed and cgroup-less: not checked");
@@ -255,13 +255,13 @@ fn two_tasks_in_one_place_conflict_and_the_installed_one_keeps_it() {
         ],
         "an eBPF task and a rule task may share a namespace; two in one cgroup or two rule tasks in one namespace may not"
     );
-    let b_installed: BTreeMap<String, Installed> = [("b".to_owned(), Installed::of(&b, None))].into();
+    let b_installed: BTreeMap<String, Installed> = [("b".to_owned(), Installed::of(&b, None, None))].into();
     assert_eq!(conflicts(&[a, b], &b_installed), vec![("a".into(), "b".into(), "cgroup ecs/a".into())]);
 }
 
 #[test]
 fn records_round_trip_through_json() {
-    let record = Installed::of(&spec("a", Kind::Nftables, 15001), Some(4026531992));
+    let record = Installed::of(&spec("a", Kind::Nftables, 15001), Some(4026531992), None);
     let json = serde_json::to_string(&record).unwrap();
     assert!(json.contains(r#""backend":"nftables""#), "{json}");
     assert_eq!(serde_json::from_str::<Installed>(&json).unwrap(), record);
