@@ -6,6 +6,7 @@
 //! model in [`model`] is the oracle every backend is tested against.
 
 pub mod backend;
+pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod lint;

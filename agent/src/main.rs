@@ -57,14 +57,37 @@ enum Command {
     /// Run intercept on the seed guide's EC2 task definition: the check report and every
     /// backend's plan, without installing anything.
     Demo,
+    /// Run as a CNI plugin (what the binary does under the names aws-appmesh and
+    /// intercept-cni): CNI_COMMAND ADD, DEL, CHECK or VERSION, the network configuration on
+    /// stdin (see docs/deploy-ecs.md).
+    Cni(cli::cni::CniArgs),
     /// Keep the host's interception equal to a directory of task files (one JSON file per
     /// task; see docs/daemon.md), with Prometheus metrics. SIGTERM leaves interception in place.
     Daemon(cli::daemon::DaemonArgs),
 }
 
+/// The binary under a CNI plugin's name: the plugin's own (tiny) command line.
+#[derive(Debug, Parser)]
+#[command(version, about = "intercept as a CNI plugin: CNI_COMMAND ADD, DEL, CHECK or VERSION")]
+struct Plugin {
+    #[command(flatten)]
+    args: cli::cni::CniArgs,
+}
+
 fn main() -> ExitCode {
+    let invoked_as = std::env::args_os().next().map(std::path::PathBuf::from);
+    let name = invoked_as.as_ref().and_then(|p| p.file_name()).and_then(|n| n.to_str()).unwrap_or_default();
+    if intercept::cni::PLUGIN_NAMES.contains(&name) {
+        let plugin = Plugin::parse();
+        init_logging(LogFormat::Text, "warn", false);
+        return cli::cni::run(&plugin.args);
+    }
     let cli = Cli::parse();
-    init_logging(&cli);
+    // The daemon's log is its record of what it did: info by default.
+    let default_level = if matches!(cli.command, Command::Daemon(_)) { "info" } else { "warn" };
+    // The programs' events are debug events: `--bpf-log` asks for them.
+    let bpf_log = matches!(&cli.command, Command::Apply(args) if args.bpf_log);
+    init_logging(cli.log_format, default_level, bpf_log);
     let outcome = match cli.command {
         Command::Check(args) => cli::check::check(args),
         Command::Plan(args) => cli::check::plan(args),
@@ -75,16 +98,14 @@ fn main() -> ExitCode {
         Command::VerifyProbe(args) => Ok(cli::exit_code(verify::probe_main(&args))),
         Command::Demo => cli::check::demo(),
         Command::Daemon(args) => cli::daemon::run(args),
+        Command::Cni(args) => return cli::cni::run(&args),
     };
     outcome.unwrap_or_else(cli::Failure::report)
 }
 
-fn init_logging(cli: &Cli) {
-    // The daemon's log is its record of what it did: info by default.
-    let default_level = if matches!(cli.command, Command::Daemon(_)) { "info" } else { "warn" };
+fn init_logging(format: LogFormat, default_level: &str, bpf_log: bool) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into());
-    if matches!(&cli.command, Command::Apply(args) if args.bpf_log) {
-        // The programs' events are debug events: `--bpf-log` asks for them.
+    if bpf_log {
         filter = filter.add_directive("intercept::bpf=debug".parse().expect("a valid directive"));
     }
     // No colour codes in a log file or a journal.
@@ -92,7 +113,7 @@ fn init_logging(cli: &Cli) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match cli.log_format {
+    match format {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),
     }

@@ -59,3 +59,21 @@ fn the_example_task_file_has_the_agreed_shape_and_a_valid_proxy_configuration() 
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("result: 0 errors, 0 warnings"), "{text}");
 }
+
+/// The chained-plugin example: the intercept entry, as a runtime hands it to the plugin (the
+/// list's `cniVersion` and `name` injected), is a valid configuration with no warning.
+#[test]
+fn the_cni_conflist_example_configures_intercept_cleanly() {
+    let text = std::fs::read_to_string(deploy().join("cni/10-intercept.conflist")).unwrap();
+    let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let plugins = list["plugins"].as_array().unwrap();
+    let types: Vec<&str> = plugins.iter().map(|p| p["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["loopback", "bridge", "intercept-cni"], "intercept comes last, after the network plugins");
+    let mut entry = plugins[2].clone();
+    entry["cniVersion"] = list["cniVersion"].clone();
+    entry["name"] = list["name"].clone();
+    let netconf = intercept::cni::netconf::parse(entry.to_string().as_bytes(), |_| None).unwrap();
+    let validated = netconf.validated().unwrap_or_else(|e| panic!("{e}"));
+    assert!(validated.warnings.is_empty(), "{:?}", validated.warnings);
+    assert_eq!(validated.config.proxy_egress_port, 15001);
+}

@@ -25,10 +25,12 @@ use aya::programs::ProgramType;
 use intercept::config::ProxyConfig;
 
 pub mod cases;
+pub mod cni;
 pub mod containers;
 pub mod daemon;
 pub mod ebpf;
 pub mod lifecycle;
+pub mod podman;
 pub mod readiness;
 pub mod topology;
 pub mod traffic;

@@ -17,14 +17,19 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Commands the iptables backend and the tests need, and the Debian packages providing them:
 /// the backends' tools, and for the container tests and `cargo xtask image` a container engine
-/// and what builds the image's base from Debian packages.
-const SYSTEM_TOOLS: [(&str, &str); 9] = [
+/// and what builds the image's base from Debian packages. The CNI plugins are not on PATH: their
+/// entry is the path of one.
+const SYSTEM_TOOLS: [(&str, &str); 12] = [
     ("iptables", "iptables"),
     ("nft", "nftables"),
     ("ipset", "ipset"),
     ("ip", "iproute2"),
     ("dockerd", "docker.io"),
     ("mmdebstrap", "mmdebstrap"),
+    // The CNI plugin's runtime test: podman (CNI backend, runc) and the standard plugins.
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("/usr/lib/cni/bridge", "containernetworking-plugins"),
     // The kernel matrix (`cargo xtask kernels`): QEMU, virtme-ng's guest tools, depmod.
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
@@ -186,10 +191,11 @@ fn ensure_symlink(target: &Path, link: &Path) -> Result<()> {
     Ok(())
 }
 
-/// iptables, nft, ipset, ip, dockerd, mmdebstrap. As root, apt-get installs them; otherwise
+/// iptables, nft, ipset, ip, dockerd, mmdebstrap, podman and the CNI plugins, QEMU. As root,
+/// apt-get installs them; otherwise
 /// says how to.
 fn system_tools() -> Result<()> {
-    step("setup: iptables, nftables, ipset, iproute2, docker.io, mmdebstrap");
+    step("setup: iptables, nftables, ipset, iproute2, docker.io, mmdebstrap, podman, CNI plugins, QEMU");
     let missing: Vec<(&str, &str)> = SYSTEM_TOOLS.into_iter().filter(|(cmd, _)| find_tool(cmd).is_none()).collect();
     if missing.is_empty() {
         println!("    skip: {} are installed", SYSTEM_TOOLS.map(|(cmd, _)| cmd).join(", "));

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod check;
+pub mod cni;
 pub mod daemon;
 pub mod remove;
 pub mod status;

@@ -37,6 +37,20 @@ pub fn env_var(property: Property) -> &'static str {
     }
 }
 
+/// The field of a CNI network configuration carrying a property, as the ECS agent writes it
+/// for the `aws-appmesh` plugin.
+pub fn netconf_field(property: Property) -> &'static str {
+    match property {
+        Property::IgnoredUID => "ignoredUID",
+        Property::IgnoredGID => "ignoredGID",
+        Property::ProxyIngressPort => "proxyIngressPort",
+        Property::ProxyEgressPort => "proxyEgressPort",
+        Property::AppPorts => "appPorts",
+        Property::EgressIgnoredIPs => "egressIgnoredIPs",
+        Property::EgressIgnoredPorts => "egressIgnoredPorts",
+    }
+}
+
 /// The flag overriding a property.
 pub fn flag(property: Property) -> &'static str {
     match property {
@@ -57,6 +71,8 @@ pub enum Origin {
     Json(String),
     Env(&'static str),
     Flag(&'static str),
+    /// A field of a CNI network configuration (`appPorts`, or `appPorts[2]` for one entry).
+    Netconf(String),
 }
 
 impl fmt::Display for Origin {
@@ -65,6 +81,7 @@ impl fmt::Display for Origin {
             Origin::Json(path) => f.write_str(path),
             Origin::Env(var) => write!(f, "environment variable {var}"),
             Origin::Flag(flag) => write!(f, "flag {flag}"),
+            Origin::Netconf(field) => write!(f, "network configuration field {field}"),
         }
     }
 }
@@ -78,6 +95,8 @@ pub enum Source {
     ProxyConfiguration(String),
     Env,
     Flags,
+    /// A CNI network configuration on stdin (intercept as a CNI plugin).
+    Cni,
 }
 
 impl Source {
@@ -87,6 +106,7 @@ impl Source {
             Source::TaskDefinition(_) | Source::ProxyConfiguration(_) => property.name(),
             Source::Env => env_var(property),
             Source::Flags => flag(property),
+            Source::Cni => netconf_field(property),
         }
     }
 
@@ -102,6 +122,7 @@ impl fmt::Display for Source {
             Source::ProxyConfiguration(file) => write!(f, "proxy configuration {file}"),
             Source::Env => f.write_str("APPMESH_* environment variables"),
             Source::Flags => f.write_str("flags"),
+            Source::Cni => f.write_str("CNI network configuration"),
         }
     }
 }
@@ -122,6 +143,7 @@ impl RawProperty {
             Origin::Json(_) => self.name.clone(),
             Origin::Env(var) => (*var).to_owned(),
             Origin::Flag(flag) => (*flag).to_owned(),
+            Origin::Netconf(field) => field.clone(),
         }
     }
 }
@@ -140,6 +162,7 @@ impl RawValue {
             Origin::Json(path) => path.clone(),
             Origin::Env(var) => (*var).to_owned(),
             Origin::Flag(flag) => (*flag).to_owned(),
+            Origin::Netconf(field) => field.clone(),
         }
     }
 }
@@ -374,7 +397,8 @@ fn parse_json(text: &str, origin: &str) -> Result<Value, ConfigErrors> {
     serde_json::from_str(text).map_err(|e| file_error(origin, format!("not valid JSON: {e}")))
 }
 
-fn kind(value: &Value) -> String {
+/// How messages describe a JSON value of the wrong type.
+pub(crate) fn kind(value: &Value) -> String {
     match value {
         Value::Null => "null".to_owned(),
         Value::Bool(b) => format!("boolean {b}"),
