@@ -42,6 +42,8 @@ pub struct Podman {
     node: Netns,
     plugins: PluginDir,
     cgroup_parent: String,
+    /// The bridge's address, from the conflist's host-local range.
+    gateway: String,
     /// The fixed paths that did not exist before, to remove afterwards.
     created: Vec<&'static str>,
 }
@@ -71,19 +73,21 @@ impl Podman {
                 .expect("link a CNI plugin");
         }
         let dir = tempfile::Builder::new().prefix("intercept-podman-").tempdir().expect("a temporary directory");
-        let podman = Podman {
+        let mut podman = Podman {
             node: Netns::create("node"),
             cgroup_parent: format!("/intercept-podman-{}", std::process::id()),
+            gateway: String::new(),
             created,
             plugins,
             dir,
         };
-        podman.configure();
+        podman.gateway = podman.configure();
         podman.must(&[std::ffi::OsStr::new("import"), tarball.as_os_str(), std::ffi::OsStr::new(IMAGE)]);
         podman
     }
 
-    fn configure(&self) {
+    /// Writes the network and podman's configuration; returns the bridge's address.
+    fn configure(&self) -> String {
         let d = self.dir.path();
         for sub in ["net", "ipam", "tmp"] {
             fs::create_dir_all(d.join(sub)).expect("a podman directory");
@@ -99,6 +103,8 @@ impl Podman {
         // needs no masquerading (nothing leaves it, and masquerading would add nat rules there).
         bridge["ipam"]["dataDir"] = Value::String(d.join("ipam").display().to_string());
         bridge["ipMasq"] = Value::Bool(false);
+        let gateway =
+            bridge["ipam"]["ranges"][0][0]["gateway"].as_str().expect("the example names its gateway").to_owned();
         fs::write(d.join("net").join("10-intercept.conflist"), conflist.to_string()).expect("write the conflist");
         let conf = format!(
             "[containers]\n\
@@ -116,6 +122,7 @@ impl Podman {
             d.join("net").display()
         );
         fs::write(d.join("containers.conf"), conf).expect("write containers.conf");
+        gateway
     }
 
     /// The node namespace the containers' bridge lives in.
@@ -124,8 +131,8 @@ impl Podman {
     }
 
     /// The network's gateway: the bridge's address in the node namespace.
-    pub fn gateway(&self) -> &'static str {
-        "10.89.7.1"
+    pub fn gateway(&self) -> &str {
+        &self.gateway
     }
 
     /// `podman` with the test's storage and configuration, run in the node namespace.
