@@ -302,9 +302,10 @@ impl<'c> Linter<'c> {
 
     /// The `user` value to suggest, in JSON.
     fn expected_user(&self) -> String {
-        match self.config {
-            Some(ProxyConfig { ignored_uid: Some(uid), .. }) => format!("\"{uid}\""),
-            Some(ProxyConfig { ignored_gid: Some(gid), .. }) => format!("\"<uid>:{gid}\""),
+        let first = |ids: &[u32]| ids.first().copied();
+        match self.config.map(|c| (first(&c.ignored_uids), first(&c.ignored_gids))) {
+            Some((Some(uid), _)) => format!("\"{uid}\""),
+            Some((None, Some(gid))) => format!("\"<uid>:{gid}\""),
             _ => "\"<IgnoredUID>\" (e.g. \"1337\")".to_owned(),
         }
     }
@@ -667,11 +668,12 @@ fn property_path(td: &Node<'_>, property: Property) -> String {
 }
 
 fn identity_names(config: &ProxyConfig) -> String {
-    match (config.ignored_uid, config.ignored_gid) {
-        (Some(uid), Some(gid)) => format!("uid {uid} (IgnoredUID) or gid {gid} (IgnoredGID)"),
-        (Some(uid), None) => format!("uid {uid} (IgnoredUID)"),
-        (None, Some(gid)) => format!("gid {gid} (IgnoredGID)"),
-        (None, None) => "IgnoredUID or IgnoredGID".to_owned(),
+    let (uids, gids) = (user::ids(&config.ignored_uids), user::ids(&config.ignored_gids));
+    match (config.ignored_uids.is_empty(), config.ignored_gids.is_empty()) {
+        (false, false) => format!("uid {uids} (IgnoredUID) or gid {gids} (IgnoredGID)"),
+        (false, true) => format!("uid {uids} (IgnoredUID)"),
+        (true, false) => format!("gid {gids} (IgnoredGID)"),
+        (true, true) => "IgnoredUID or IgnoredGID".to_owned(),
     }
 }
 

@@ -55,6 +55,8 @@ pub enum Reason {
     IgnoredGid,
     IgnoredPort,
     IgnoredIp,
+    /// EgressIncludedIPs is given and the destination is in none of its networks.
+    NotIncluded,
     /// Ingress from an address local to the task (e.g. the proxy reaching the app).
     LocalSource,
     /// Ingress to a port that is not an AppPort, or no ingress configured.
@@ -64,13 +66,14 @@ pub enum Reason {
 impl Reason {
     pub fn describe(self) -> &'static str {
         match self {
-            Reason::NotTcp => "not TCP",
+            Reason::NotTcp => "not TCP (nor DNS being captured)",
             Reason::Ipv6Disabled => "IPv6 interception disabled",
             Reason::LocalDestination => "destination is local to the task",
             Reason::IgnoredUid => "process runs as IgnoredUID",
             Reason::IgnoredGid => "process runs as IgnoredGID",
             Reason::IgnoredPort => "destination port is in EgressIgnoredPorts",
             Reason::IgnoredIp => "destination is in EgressIgnoredIPs",
+            Reason::NotIncluded => "destination is outside EgressIncludedIPs",
             Reason::LocalSource => "source is local to the task",
             Reason::NotAppPort => "destination port is not an AppPort",
         }
@@ -90,6 +93,8 @@ impl fmt::Display for Reason {
 #[serde(rename_all = "kebab-case")]
 pub enum Effect {
     Redirect(Direction),
+    /// DNS to the proxy's DNS port (UDP and TCP port 53).
+    RedirectDns,
     Untouched(Reason),
 }
 
@@ -162,13 +167,27 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// Decide what happens to `conn` under `config` in a task whose local addresses are `local`.
+///
+/// DNS capture (ProxyDNSPort) comes after the identities and before the ignored ports: DNS
+/// (UDP or TCP to port 53) from the workload to a non-local server goes to the DNS port on
+/// loopback unless the server is an ignored IP. EgressIncludedIPs does not narrow it: the
+/// resolvers a task uses are seldom inside the mesh's networks.
 pub fn decide(config: &ProxyConfig, local: &LocalAddrs, conn: &Connection) -> Decision {
     let untouched = |reason| Decision::Untouched { reason };
-    if conn.protocol != Protocol::Tcp {
+    let dns = config.dns_capture().filter(|_| conn.destination.port() == crate::config::DNS_PORT);
+    let udp_dns = conn.protocol == Protocol::Udp && conn.direction == Direction::Egress && dns.is_some();
+    if conn.protocol != Protocol::Tcp && !udp_dns {
         return untouched(Reason::NotTcp);
     }
     let dst_ip = canonical(conn.destination.ip());
     let src_ip = canonical(conn.source.ip());
+    let loopback = |port| {
+        let ip = match dst_ip {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        };
+        Decision::Redirect { to: SocketAddr::new(ip, port) }
+    };
     match conn.direction {
         Direction::Egress => {
             if dst_ip.is_ipv6() && !config.ipv6 {
@@ -177,23 +196,28 @@ pub fn decide(config: &ProxyConfig, local: &LocalAddrs, conn: &Connection) -> De
             if local.contains(dst_ip) {
                 return untouched(Reason::LocalDestination);
             }
-            if config.ignored_uid == Some(conn.uid) {
+            if config.ignored_uids.contains(&conn.uid) {
                 return untouched(Reason::IgnoredUid);
             }
-            if config.ignored_gid == Some(conn.gid) {
+            if config.ignored_gids.contains(&conn.gid) {
                 return untouched(Reason::IgnoredGid);
+            }
+            let ignored_ip = config.effective_ignored_ips().iter().any(|n| n.contains(&dst_ip));
+            if let Some(port) = dns {
+                return if ignored_ip { untouched(Reason::IgnoredIp) } else { loopback(port) };
             }
             if config.effective_ignored_ports().contains(conn.destination.port()) {
                 return untouched(Reason::IgnoredPort);
             }
-            if config.effective_ignored_ips().iter().any(|n| n.contains(&dst_ip)) {
+            if ignored_ip {
                 return untouched(Reason::IgnoredIp);
             }
-            let proxy_ip = match dst_ip {
-                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            };
-            Decision::Redirect { to: SocketAddr::new(proxy_ip, config.proxy_egress_port) }
+            if let Some(included) = &config.egress_included_ips
+                && !included.iter().any(|n| n.contains(&dst_ip))
+            {
+                return untouched(Reason::NotIncluded);
+            }
+            loopback(config.proxy_egress_port)
         }
         Direction::Ingress => {
             if dst_ip.is_ipv6() && !config.ipv6 {
@@ -219,8 +243,8 @@ mod tests {
 
     fn seed() -> ProxyConfig {
         ProxyConfig {
-            ignored_uid: Some(1337),
-            ignored_gid: Some(1338),
+            ignored_uids: vec![1337],
+            ignored_gids: vec![1338],
             proxy_egress_port: 15001,
             ingress: Some(Ingress {
                 proxy_port: 15000,
@@ -228,6 +252,8 @@ mod tests {
             }),
             egress_ignored_ports: PortSet::from_ranges([PortRange::single(5432)]),
             egress_ignored_ips: vec!["10.9.0.0/16".parse().unwrap(), "2001:db8:9::/48".parse().unwrap()],
+            egress_included_ips: None,
+            proxy_dns_port: None,
             implicit_exemptions: true,
             ipv6: true,
         }
@@ -299,6 +325,58 @@ mod tests {
     }
 
     #[test]
+    fn several_identities() {
+        let mut cfg = seed();
+        cfg.ignored_uids = vec![1337, 1400];
+        cfg.ignored_gids = vec![1338, 1500];
+        assert_eq!(decide(&cfg, &local(), &egress(1400, 1000, "192.0.2.10:80")), untouched(Reason::IgnoredUid));
+        assert_eq!(decide(&cfg, &local(), &egress(1000, 1500, "192.0.2.10:80")), untouched(Reason::IgnoredGid));
+        assert_eq!(decide(&cfg, &local(), &egress(1401, 1501, "192.0.2.10:80")), redirect("127.0.0.1:15001"));
+    }
+
+    #[test]
+    fn include_only_outbound() {
+        let mut cfg = seed();
+        cfg.egress_included_ips = Some(vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()]);
+        let cases = [
+            ("inside", egress(1000, 1000, "10.1.2.3:80"), redirect("127.0.0.1:15001")),
+            ("inside v6", egress(1000, 1000, "[2001:db8::10]:80"), redirect("[::1]:15001")),
+            ("outside", egress(1000, 1000, "192.0.2.10:80"), untouched(Reason::NotIncluded)),
+            ("ignored inside", egress(1000, 1000, "10.9.3.4:80"), untouched(Reason::IgnoredIp)),
+            ("ignored port inside", egress(1000, 1000, "10.1.2.3:5432"), untouched(Reason::IgnoredPort)),
+            ("uid inside", egress(1337, 1000, "10.1.2.3:80"), untouched(Reason::IgnoredUid)),
+        ];
+        for (name, conn, want) in cases {
+            assert_eq!(decide(&cfg, &local(), &conn), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn dns_capture() {
+        let mut cfg = seed();
+        cfg.proxy_dns_port = Some(15053);
+        cfg.egress_included_ips = Some(vec!["10.0.0.0/8".parse().unwrap()]);
+        let udp = |uid, dst: &str| Connection { protocol: Protocol::Udp, ..egress(uid, 1000, dst) };
+        let cases = [
+            ("udp", udp(1000, "192.0.2.53:53"), redirect("127.0.0.1:15053")),
+            ("udp v6", udp(1000, "[2001:db8::53]:53"), redirect("[::1]:15053")),
+            ("tcp", egress(1000, 1000, "192.0.2.53:53"), redirect("127.0.0.1:15053")),
+            ("outside the included networks", udp(1000, "192.0.2.53:53"), redirect("127.0.0.1:15053")),
+            ("ignored uid", udp(1337, "192.0.2.53:53"), untouched(Reason::IgnoredUid)),
+            ("ignored server", udp(1000, "10.9.0.2:53"), untouched(Reason::IgnoredIp)),
+            ("local server", udp(1000, "127.0.0.53:53"), untouched(Reason::LocalDestination)),
+            ("other udp", udp(1000, "192.0.2.53:5353"), untouched(Reason::NotTcp)),
+        ];
+        for (name, conn, want) in cases {
+            assert_eq!(decide(&cfg, &local(), &conn), want, "{name}");
+        }
+        cfg.egress_ignored_ports.insert(PortRange::single(53));
+        assert_eq!(decide(&cfg, &local(), &udp(1000, "192.0.2.53:53")), untouched(Reason::NotTcp), "53 ignored: off");
+        assert_eq!(decide(&cfg, &local(), &egress(1000, 1000, "10.0.0.2:53")), untouched(Reason::LocalDestination));
+        assert_eq!(decide(&cfg, &local(), &egress(1000, 1000, "10.1.0.2:53")), untouched(Reason::IgnoredPort));
+    }
+
+    #[test]
     fn udp_is_never_touched() {
         let mut conn = egress(1000, 1000, "192.0.2.10:53");
         conn.protocol = Protocol::Udp;
@@ -349,7 +427,7 @@ mod tests {
     #[test]
     fn gid_only_config() {
         let mut cfg = seed();
-        cfg.ignored_uid = None;
+        cfg.ignored_uids.clear();
         assert_eq!(decide(&cfg, &local(), &egress(1337, 1000, "192.0.2.10:80")), redirect("127.0.0.1:15001"));
         assert_eq!(decide(&cfg, &local(), &egress(1337, 1338, "192.0.2.10:80")), untouched(Reason::IgnoredGid));
     }

@@ -43,9 +43,13 @@ pub struct CheckReport {
 /// The effective configuration, lists rendered as text (`"8000-8099"`, `"10.0.0.0/8"`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConfigSummary {
-    pub ignored_uid: Option<u32>,
-    pub ignored_gid: Option<u32>,
+    pub ignored_uids: Vec<u32>,
+    pub ignored_gids: Vec<u32>,
     pub proxy_egress_port: u16,
+    /// Where DNS goes; `None`: DNS is not captured (not configured, or port 53 ignored).
+    pub proxy_dns_port: Option<u16>,
+    /// `None`: every destination not exempt is redirected.
+    pub egress_included_ips: Option<Vec<String>>,
     /// `None`: inbound traffic is not intercepted.
     pub proxy_ingress_port: Option<u16>,
     pub app_ports: Vec<String>,
@@ -62,9 +66,14 @@ pub struct ConfigSummary {
 impl ConfigSummary {
     pub fn new(config: &ProxyConfig) -> Self {
         ConfigSummary {
-            ignored_uid: config.ignored_uid,
-            ignored_gid: config.ignored_gid,
+            ignored_uids: config.ignored_uids.clone(),
+            ignored_gids: config.ignored_gids.clone(),
             proxy_egress_port: config.proxy_egress_port,
+            proxy_dns_port: config.dns_capture(),
+            egress_included_ips: config
+                .egress_included_ips
+                .as_ref()
+                .map(|nets| nets.iter().map(ToString::to_string).collect()),
             proxy_ingress_port: config.ingress.as_ref().map(|i| i.proxy_port),
             app_ports: config.ingress.as_ref().map(|i| port_list(&i.app_ports)).unwrap_or_default(),
             egress_ignored_ports: port_list(&config.egress_ignored_ports),
@@ -230,11 +239,12 @@ impl CheckReport {
 }
 
 fn render_config(out: &mut String, c: &ConfigSummary) {
-    let identities: Vec<String> =
-        [c.ignored_uid.map(|u| format!("uid {u}")), c.ignored_gid.map(|g| format!("gid {g}"))]
-            .into_iter()
-            .flatten()
-            .collect();
+    let identities: Vec<String> = c
+        .ignored_uids
+        .iter()
+        .map(|u| format!("uid {u}"))
+        .chain(c.ignored_gids.iter().map(|g| format!("gid {g}")))
+        .collect();
     line(out, "ignored identities", &identities.join(", "));
     let proxy_ports = match c.proxy_ingress_port {
         Some(ingress) => format!("ingress {ingress}, egress {}", c.proxy_egress_port),
@@ -246,6 +256,12 @@ fn render_config(out: &mut String, c: &ConfigSummary) {
     }
     line(out, "ignored ports", &with_configured(&c.effective_ignored_ports, &c.egress_ignored_ports));
     line(out, "ignored IPs", &with_configured(&c.effective_ignored_ips, &c.egress_ignored_ips));
+    if let Some(included) = &c.egress_included_ips {
+        line(out, "included IPs", &format!("{} (only these are redirected)", list(included)));
+    }
+    if let Some(port) = c.proxy_dns_port {
+        line(out, "DNS", &format!("captured: port 53 (UDP and TCP) to {port}"));
+    }
     line(out, "IPv6", if c.ipv6 { "on" } else { "off (IPv6 traffic is not intercepted)" });
 }
 

@@ -53,6 +53,18 @@ pub const PENDING_DST_MAP: &str = "PENDING_DST";
 /// program answers `SO_ORIGINAL_DST` from it; the entry is deleted when the proxy's
 /// accepted socket closes.
 pub const ORIG_DST_MAP: &str = "ORIG_DST";
+/// `IGNORED_IDS`: hash map [`IdKey`] (generation, uid or gid, the id) → [`PRESENT`]: every
+/// IgnoredUID and IgnoredGID.
+pub const IGNORED_IDS_MAP: &str = "IGNORED_IDS";
+/// `INCLUDED_NETS_V4`: LPM trie like [`IGNORED_NETS_V4_MAP`]: the IPv4 EgressIncludedIPs,
+/// looked up only when [`GlobalConfig::include_only`] is 1.
+pub const INCLUDED_NETS_V4_MAP: &str = "INCLUDED_V4";
+/// `INCLUDED_NETS_V6`: the IPv6 EgressIncludedIPs.
+pub const INCLUDED_NETS_V6_MAP: &str = "INCLUDED_V6";
+/// `DNS_ORIG`: LRU hash socket cookie (`u64`) → [`OrigDst`]: the server a UDP socket's last
+/// redirected DNS datagram was for. The `recvmsg` hooks give the replies (which come from
+/// ProxyDNSPort on loopback) that server's address, so the resolver accepts them.
+pub const DNS_ORIG_MAP: &str = "DNS_ORIG";
 /// `PROXY_LISTENERS`: SOCKMAP of [`PROXY_LISTENERS_CAPACITY`] slots: the proxy's listening
 /// sockets on ProxyIngressPort, [`LISTENER_V4`] (an `AF_INET` socket) and [`LISTENER_V6`] (an
 /// `AF_INET6` one). The `sockops` program inserts a socket of the cgroup when it starts
@@ -61,7 +73,7 @@ pub const ORIG_DST_MAP: &str = "ORIG_DST";
 pub const PROXY_LISTENERS_MAP: &str = "PROXY_LISTENERS";
 
 /// Every map name, for code that walks all of them (pinning, removal).
-pub const MAP_NAMES: [&str; 12] = [
+pub const MAP_NAMES: [&str; 16] = [
     ACTIVE_MAP,
     CONFIG_MAP,
     IGNORED_PORTS_MAP,
@@ -74,6 +86,10 @@ pub const MAP_NAMES: [&str; 12] = [
     PENDING_DST_MAP,
     ORIG_DST_MAP,
     PROXY_LISTENERS_MAP,
+    IGNORED_IDS_MAP,
+    INCLUDED_NETS_V4_MAP,
+    INCLUDED_NETS_V6_MAP,
+    DNS_ORIG_MAP,
 ];
 
 /// The kernel keeps 15 bytes of a map's name (`BPF_OBJ_NAME_LEN` is 16 with the NUL);
@@ -110,6 +126,18 @@ pub const IGNORED_NETS_CAPACITY: u32 = 1 << 16;
 /// Per generation: loopback plus the namespace's own addresses: a task has a handful; 1024
 /// is generous.
 pub const LOCAL_NETS_CAPACITY: u32 = 1024;
+/// Per generation: IgnoredUID and IgnoredGID entries together.
+pub const IGNORED_IDS_CAPACITY: u32 = 1 << 10;
+/// Per generation, as [`IGNORED_NETS_CAPACITY`] (raised at load time for longer lists).
+pub const INCLUDED_NETS_CAPACITY: u32 = 1 << 16;
+/// UDP sockets with a DNS query in flight; LRU, so a socket that never reads its reply only
+/// ages out. A reply whose entry was evicted keeps the loopback source (counted as
+/// [`Counter::DnsReplyUnknown`]).
+pub const DNS_ORIG_CAPACITY: u32 = 1 << 12;
+/// [`IdKey::kind`] of an IgnoredUID.
+pub const ID_UID: u32 = 0;
+/// [`IdKey::kind`] of an IgnoredGID.
+pub const ID_GID: u32 = 1;
 /// One slot per [`Counter`].
 pub const COUNTERS_CAPACITY: u32 = Counter::COUNT;
 /// Redirected connections between connect(2) and the end of the handshake (or the socket's
@@ -142,29 +170,42 @@ pub const SO_ORIGINAL_DST: i32 = 80;
 pub const SOL_IP: i32 = 0;
 pub const SOL_IPV6: i32 = 41;
 
-/// The value of `CONFIG` for one generation.
-///
-/// Optional values carry a presence flag instead of a sentinel because every `u32` is a
-/// valid uid/gid. Flags are `0` (false) or `1` (true).
+/// The value of `CONFIG` for one generation. Flags are `0` (false) or `1` (true).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GlobalConfig {
-    /// IgnoredUID; meaningful only when `has_ignored_uid` is 1.
-    pub ignored_uid: u32,
-    /// IgnoredGID; meaningful only when `has_ignored_gid` is 1.
-    pub ignored_gid: u32,
     /// ProxyEgressPort, host byte order.
     pub proxy_egress_port: u16,
     /// ProxyIngressPort, host byte order; 0 when no ingress is configured.
     pub proxy_ingress_port: u16,
-    pub has_ignored_uid: u8,
-    pub has_ignored_gid: u8,
+    /// Where DNS (UDP and TCP port 53) to non-local servers goes, host byte order; 0 when DNS
+    /// is not captured.
+    pub proxy_dns_port: u16,
+    /// 1 when [`IGNORED_IDS_MAP`] holds IgnoredUIDs (the lookup is skipped otherwise).
+    pub has_ignored_uids: u8,
+    /// 1 when it holds IgnoredGIDs.
+    pub has_ignored_gids: u8,
     /// 1 when IPv6 connections are intercepted; 0 leaves every IPv6 connection alone
     /// (IPv4-mapped IPv6 addresses are IPv4 connections and still intercepted).
     pub ipv6: u8,
     /// What happens to inbound connections to AppPorts while the proxy has no listener:
     /// [`INGRESS_FALLBACK_REFUSE`] or [`INGRESS_FALLBACK_APP`].
     pub ingress_fallback: u8,
+    /// 1 when EgressIncludedIPs is given: only destinations in the included tries are
+    /// redirected.
+    pub include_only: u8,
+    /// Explicit padding, always 0.
+    pub _pad: [u8; 5],
+}
+
+/// Key of [`IGNORED_IDS_MAP`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct IdKey {
+    pub generation: u32,
+    /// [`ID_UID`] or [`ID_GID`].
+    pub kind: u32,
+    pub id: u32,
 }
 
 /// An IPv4 network as the agent keeps it (prefix length in bits, address in network byte
@@ -249,7 +290,8 @@ pub struct SocketPair {
 }
 
 // No implicit padding: each size is the sum of its fields.
-const _: () = assert!(size_of::<GlobalConfig>() == 16 && align_of::<GlobalConfig>() == 4);
+const _: () = assert!(size_of::<GlobalConfig>() == 16 && align_of::<GlobalConfig>() == 2);
+const _: () = assert!(size_of::<IdKey>() == 12);
 const _: () = assert!(size_of::<LpmKeyV4>() == 4 + 4);
 const _: () = assert!(size_of::<LpmKeyV6>() == 4 + 16);
 const _: () = assert!(size_of::<LpmDataV4>() == 4 + 4 && align_of::<LpmDataV4>() == 4);
@@ -269,7 +311,7 @@ pub enum Counter {
     IgnoredPort = 3,
     IgnoredIp = 4,
     LocalDestination = 5,
-    /// A connect() on a socket that is not TCP.
+    /// A connect() on a socket that is not TCP (and not DNS being captured).
     NotTcp = 6,
     /// The proxy asked for SO_ORIGINAL_DST and the programs knew the answer.
     OrigDstHit = 7,
@@ -286,10 +328,18 @@ pub enum Counter {
     /// SO_ORIGINAL_DST answered from the socket's own address: an inbound connection to an
     /// AppPort, accepted by the proxy.
     OrigDstIngress = 13,
+    /// DNS sent to ProxyDNSPort (a UDP datagram, a UDP connect, or a TCP connect).
+    DnsRedirected = 14,
+    /// A destination outside EgressIncludedIPs.
+    NotIncluded = 15,
+    /// A DNS reply from ProxyDNSPort given back its server's address.
+    DnsReplyRewritten = 16,
+    /// A datagram from ProxyDNSPort on a socket with no redirected query on record.
+    DnsReplyUnknown = 17,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 18;
 
     /// In index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -307,6 +357,10 @@ impl Counter {
         Counter::IngressRefused,
         Counter::IngressToApp,
         Counter::OrigDstIngress,
+        Counter::DnsRedirected,
+        Counter::NotIncluded,
+        Counter::DnsReplyRewritten,
+        Counter::DnsReplyUnknown,
     ];
 
     pub const fn index(self) -> u32 {
@@ -330,6 +384,10 @@ impl Counter {
             Counter::IngressRefused => "ingress-refused",
             Counter::IngressToApp => "ingress-to-app",
             Counter::OrigDstIngress => "orig-dst-ingress",
+            Counter::DnsRedirected => "dns-redirected",
+            Counter::NotIncluded => "not-included",
+            Counter::DnsReplyRewritten => "dns-reply-rewritten",
+            Counter::DnsReplyUnknown => "dns-reply-unknown",
         }
     }
 }
@@ -356,6 +414,8 @@ unsafe impl aya::Pod for LpmDataV4 {}
 unsafe impl aya::Pod for LpmDataV6 {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PortKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for IdKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for OrigDst {}
 #[cfg(feature = "user")]

@@ -4,6 +4,13 @@
 //!   connect(2) the way `intercept::model::decide` does and, when it is redirected, rewrite
 //!   the destination to the proxy's egress port on loopback and remember the original
 //!   destination under the socket's cookie ([`PENDING_DST`]).
+//! - `sendmsg4` / `sendmsg6` (`cgroup/sendmsg4`, `cgroup/sendmsg6`): with DNS capture, each
+//!   UDP datagram sent to port 53 on an unconnected socket goes to ProxyDNSPort on loopback
+//!   (the connect hooks do the same for connected UDP sockets, and TCP DNS); the server it
+//!   was for is kept under the socket's cookie ([`DNS_ORIG`]).
+//! - `recvmsg4` / `recvmsg6` (`cgroup/recvmsg4`, `cgroup/recvmsg6`): a datagram from
+//!   ProxyDNSPort on loopback, on a socket with a redirected query, is given that server's
+//!   address as its source, so that resolvers (glibc, musl) accept the reply.
 //! - `track_sockets` (`sockops`): when a redirected connection is established, moves its original destination
 //!   to [`ORIG_DST`], keyed by the connection's 4-tuple; cleans both maps up when sockets close.
 //!   It also puts the proxy's listening sockets on ProxyIngressPort into [`PROXY_LISTENERS`]
@@ -42,10 +49,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use intercept_common::{
-    ACTIVE_CAPACITY, AF_INET, AF_INET6, CONFIG_CAPACITY, COUNTERS_CAPACITY, Counter, GENERATION_BITS, GENERATIONS,
-    GlobalConfig, IGNORED_NETS_CAPACITY, INGRESS_FALLBACK_APP, LISTENER_V4, LISTENER_V6, LOCAL_NETS_CAPACITY,
-    LpmDataV4, LpmDataV6, ORIG_DST_CAPACITY, OrigDst, PENDING_DST_CAPACITY, PORT_MAP_CAPACITY,
-    PROXY_LISTENERS_CAPACITY, PortKey, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, SocketPair,
+    ACTIVE_CAPACITY, AF_INET, AF_INET6, CONFIG_CAPACITY, COUNTERS_CAPACITY, Counter, DNS_ORIG_CAPACITY,
+    GENERATION_BITS, GENERATIONS, GlobalConfig, ID_GID, ID_UID, IGNORED_IDS_CAPACITY, IGNORED_NETS_CAPACITY,
+    INCLUDED_NETS_CAPACITY, INGRESS_FALLBACK_APP, IdKey, LISTENER_V4, LISTENER_V6, LOCAL_NETS_CAPACITY, LpmDataV4,
+    LpmDataV6, ORIG_DST_CAPACITY, OrigDst, PENDING_DST_CAPACITY, PORT_MAP_CAPACITY, PROXY_LISTENERS_CAPACITY, PortKey,
+    SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, SocketPair,
 };
 
 /// Map flag: allocate entries on insert (hash maps, LPM tries) instead of up front.
@@ -81,17 +89,38 @@ static PENDING_DST: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(PEND
 static ORIG_DST: LruHashMap<SocketPair, OrigDst> = LruHashMap::with_max_entries(ORIG_DST_CAPACITY, 0);
 #[map]
 static PROXY_LISTENERS: SockMap = SockMap::with_max_entries(PROXY_LISTENERS_CAPACITY, 0);
+#[map]
+static IGNORED_IDS: HashMap<IdKey, u8> = HashMap::with_max_entries(IGNORED_IDS_CAPACITY * GENERATIONS, NO_PREALLOC);
+#[map]
+static INCLUDED_V4: LpmTrie<LpmDataV4, u8> =
+    LpmTrie::with_max_entries(INCLUDED_NETS_CAPACITY * GENERATIONS, NO_PREALLOC);
+#[map]
+static INCLUDED_V6: LpmTrie<LpmDataV6, u8> =
+    LpmTrie::with_max_entries(INCLUDED_NETS_CAPACITY * GENERATIONS, NO_PREALLOC);
+#[map]
+static DNS_ORIG: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(DNS_ORIG_CAPACITY, 0);
 
 /// cgroup sock_addr and sockopt programs: 1 lets the system call proceed, 0 fails it (EPERM).
 const ALLOW: i32 = 1;
 const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+const DNS_PORT: u16 = 53;
 
 const LOOPBACK_V4: [u8; 4] = [127, 0, 0, 1];
 const LOOPBACK_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 enum Verdict {
     Redirect,
+    /// DNS to ProxyDNSPort.
+    RedirectDns,
     Untouched(Counter),
+}
+
+/// Whether a UDP datagram or connect to `port` is DNS being captured; everything else on UDP
+/// is left alone.
+#[inline(always)]
+fn captured_dns(config: &GlobalConfig, port: u16) -> bool {
+    config.proxy_dns_port != 0 && port == DNS_PORT
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -101,39 +130,119 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
     // 4-byte access to a field the kernel lets connect4 read (or, for user_*, write).
     let (protocol, ip, port) =
         unsafe { (read_volatile(&(*sa).protocol), read_volatile(&(*sa).user_ip4), read_volatile(&(*sa).user_port)) };
-    if protocol != IPPROTO_TCP {
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
         count(Counter::NotTcp);
         return ALLOW;
     }
     let Some((generation, config)) = active() else { return ALLOW };
     let addr = ip.to_ne_bytes();
     let port = u16::from_be(port as u16);
-    match decide_v4(generation, config, addr, port) {
+    let udp = protocol == IPPROTO_UDP;
+    if udp && !captured_dns(config, port) {
+        count(Counter::NotTcp);
+        return ALLOW;
+    }
+    let verdict = decide_v4(generation, config, addr, port);
+    redirect_v4(&ctx, config, verdict, addr, port, udp);
+    ALLOW
+}
+
+/// With DNS capture, a UDP datagram to port 53 on an unconnected socket.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: as in connect4; sendmsg4 may read and rewrite user_ip4 and user_port.
+    let (ip, port) = unsafe { (read_volatile(&(*sa).user_ip4), read_volatile(&(*sa).user_port)) };
+    let port = u16::from_be(port as u16);
+    if port != DNS_PORT {
+        return ALLOW;
+    }
+    let Some((generation, config)) = active() else { return ALLOW };
+    if !captured_dns(config, port) {
+        return ALLOW;
+    }
+    let addr = ip.to_ne_bytes();
+    let verdict = decide_v4(generation, config, addr, port);
+    redirect_v4(&ctx, config, verdict, addr, port, true);
+    ALLOW
+}
+
+/// Carries out an IPv4 verdict of a connect or sendmsg hook: rewrites the destination and
+/// records the original one, or counts why not.
+#[inline(always)]
+fn redirect_v4(ctx: &SockAddrContext, config: &GlobalConfig, verdict: Verdict, addr: [u8; 4], port: u16, udp: bool) {
+    let to = match verdict {
         Verdict::Redirect => {
-            remember(&ctx, mapped(addr), port, AF_INET);
-            // SAFETY: as above; connect4 may rewrite user_ip4 and user_port.
-            unsafe {
-                write_volatile(&mut (*sa).user_ip4, u32::from_ne_bytes(LOOPBACK_V4));
-                write_volatile(&mut (*sa).user_port, u32::from(config.proxy_egress_port.to_be()));
-            }
+            remember(ctx, mapped(addr), port, AF_INET);
             count(Counter::Redirected);
-            debug!(&ctx, "connect4 {:i}:{} redirected", addr, port);
+            config.proxy_egress_port
+        }
+        Verdict::RedirectDns => {
+            if udp {
+                remember_dns(ctx, mapped(addr), port, AF_INET);
+            } else {
+                remember(ctx, mapped(addr), port, AF_INET);
+            }
+            count(Counter::DnsRedirected);
+            config.proxy_dns_port
         }
         Verdict::Untouched(reason) => {
             count(reason);
-            debug!(&ctx, "connect4 {:i}:{} untouched ({})", addr, port, reason.index());
+            debug!(ctx, "{:i}:{} untouched ({})", addr, port, reason.index());
+            return;
         }
+    };
+    let sa = ctx.sock_addr;
+    // SAFETY: connect4 and sendmsg4 may rewrite user_ip4 and user_port.
+    unsafe {
+        write_volatile(&mut (*sa).user_ip4, u32::from_ne_bytes(LOOPBACK_V4));
+        write_volatile(&mut (*sa).user_port, u32::from(to.to_be()));
     }
-    ALLOW
+    debug!(ctx, "{:i}:{} redirected to port {}", addr, port, to);
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
-    // SAFETY: see connect4; user_ip6 is read one 4-byte word at a time, as the kernel requires.
-    let (protocol, words, port) = unsafe {
+    // SAFETY: see connect4.
+    let protocol = unsafe { read_volatile(&(*sa).protocol) };
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
+        count(Counter::NotTcp);
+        return ALLOW;
+    }
+    let (addr, port) = destination_v6(&ctx);
+    let Some((generation, config)) = active() else { return ALLOW };
+    let udp = protocol == IPPROTO_UDP;
+    if udp && !captured_dns(config, port) {
+        count(Counter::NotTcp);
+        return ALLOW;
+    }
+    decide_and_redirect_v6(&ctx, generation, config, addr, port, udp);
+    ALLOW
+}
+
+/// With DNS capture, a UDP datagram to port 53 on an unconnected AF_INET6 socket.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    let (addr, port) = destination_v6(&ctx);
+    if port != DNS_PORT {
+        return ALLOW;
+    }
+    let Some((generation, config)) = active() else { return ALLOW };
+    if !captured_dns(config, port) {
+        return ALLOW;
+    }
+    decide_and_redirect_v6(&ctx, generation, config, addr, port, true);
+    ALLOW
+}
+
+/// The destination of a connect6 or sendmsg6: the address, and the port in host order.
+#[inline(always)]
+fn destination_v6(ctx: &SockAddrContext) -> ([u8; 16], u16) {
+    let sa = ctx.sock_addr;
+    // SAFETY: user_ip6 is read one 4-byte word at a time, as the kernel requires.
+    let (words, port) = unsafe {
         (
-            read_volatile(&(*sa).protocol),
             [
                 read_volatile(&(*sa).user_ip6[0]),
                 read_volatile(&(*sa).user_ip6[1]),
@@ -143,41 +252,123 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
             read_volatile(&(*sa).user_port),
         )
     };
-    if protocol != IPPROTO_TCP {
-        count(Counter::NotTcp);
-        return ALLOW;
-    }
-    let Some((generation, config)) = active() else { return ALLOW };
-    let addr = words_to_bytes(words);
-    let port = u16::from_be(port as u16);
-    // An IPv4-mapped destination on a dual-stack socket is an IPv4 connection: decided with
-    // the IPv4 maps, sent to the IPv4 loopback (mapped, as the socket is AF_INET6).
+    (words_to_bytes(words), u16::from_be(port as u16))
+}
+
+/// Decides an AF_INET6 socket's connect or datagram and carries the verdict out. An
+/// IPv4-mapped destination on a dual-stack socket is an IPv4 connection: decided with the
+/// IPv4 maps, sent to the IPv4 loopback (mapped, as the socket is AF_INET6).
+#[inline(always)]
+fn decide_and_redirect_v6(
+    ctx: &SockAddrContext,
+    generation: u32,
+    config: &GlobalConfig,
+    addr: [u8; 16],
+    port: u16,
+    udp: bool,
+) {
     let (verdict, proxy, family) = match v4_of_mapped(&addr) {
         Some(v4) => (decide_v4(generation, config, v4, port), mapped(LOOPBACK_V4), AF_INET),
         None if config.ipv6 == 0 => (Verdict::Untouched(Counter::Ipv6Disabled), LOOPBACK_V6, AF_INET6),
         None => (decide_v6(generation, config, addr, port), LOOPBACK_V6, AF_INET6),
     };
-    match verdict {
+    let to = match verdict {
         Verdict::Redirect => {
-            remember(&ctx, addr, port, family);
-            let proxy = bytes_to_words(proxy);
-            // SAFETY: connect6 may rewrite user_ip6 (4-byte words) and user_port.
-            unsafe {
-                write_volatile(&mut (*sa).user_ip6[0], proxy[0]);
-                write_volatile(&mut (*sa).user_ip6[1], proxy[1]);
-                write_volatile(&mut (*sa).user_ip6[2], proxy[2]);
-                write_volatile(&mut (*sa).user_ip6[3], proxy[3]);
-                write_volatile(&mut (*sa).user_port, u32::from(config.proxy_egress_port.to_be()));
-            }
+            remember(ctx, addr, port, family);
             count(Counter::Redirected);
-            debug!(&ctx, "connect6 [{:i}]:{} redirected", addr, port);
+            config.proxy_egress_port
+        }
+        Verdict::RedirectDns => {
+            if udp {
+                remember_dns(ctx, addr, port, family);
+            } else {
+                remember(ctx, addr, port, family);
+            }
+            count(Counter::DnsRedirected);
+            config.proxy_dns_port
         }
         Verdict::Untouched(reason) => {
             count(reason);
-            debug!(&ctx, "connect6 [{:i}]:{} untouched ({})", addr, port, reason.index());
+            debug!(ctx, "[{:i}]:{} untouched ({})", addr, port, reason.index());
+            return;
         }
+    };
+    let proxy = bytes_to_words(proxy);
+    let sa = ctx.sock_addr;
+    // SAFETY: connect6 and sendmsg6 may rewrite user_ip6 (4-byte words) and user_port.
+    unsafe {
+        write_volatile(&mut (*sa).user_ip6[0], proxy[0]);
+        write_volatile(&mut (*sa).user_ip6[1], proxy[1]);
+        write_volatile(&mut (*sa).user_ip6[2], proxy[2]);
+        write_volatile(&mut (*sa).user_ip6[3], proxy[3]);
+        write_volatile(&mut (*sa).user_port, u32::from(to.to_be()));
+    }
+    debug!(ctx, "[{:i}]:{} redirected to port {}", addr, port, to);
+}
+
+/// A datagram received on an AF_INET socket: a reply from ProxyDNSPort to a redirected query
+/// gets the server's address as its source.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: recvmsg4 may read and rewrite user_ip4 and user_port (the datagram's source).
+    let (ip, port) = unsafe { (read_volatile(&(*sa).user_ip4), read_volatile(&(*sa).user_port)) };
+    if ip.to_ne_bytes() != LOOPBACK_V4 {
+        return ALLOW;
+    }
+    let Some(orig) = dns_reply_origin(&ctx, u16::from_be(port as u16)) else { return ALLOW };
+    let Some(server) = v4_of_mapped(&orig.addr) else { return ALLOW };
+    // SAFETY: as above.
+    unsafe {
+        write_volatile(&mut (*sa).user_ip4, u32::from_ne_bytes(server));
+        write_volatile(&mut (*sa).user_port, u32::from(orig.port.to_be()));
     }
     ALLOW
+}
+
+/// As recvmsg4, for AF_INET6 sockets (the reply comes from `::1`, or from `::ffff:127.0.0.1`
+/// to a dual-stack socket that asked an IPv4 server).
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    let (addr, port) = destination_v6(&ctx);
+    if addr != LOOPBACK_V6 && addr != mapped(LOOPBACK_V4) {
+        return ALLOW;
+    }
+    let Some(orig) = dns_reply_origin(&ctx, port) else { return ALLOW };
+    let server = bytes_to_words(orig.addr);
+    let sa = ctx.sock_addr;
+    // SAFETY: recvmsg6 may rewrite user_ip6 (4-byte words) and user_port.
+    unsafe {
+        write_volatile(&mut (*sa).user_ip6[0], server[0]);
+        write_volatile(&mut (*sa).user_ip6[1], server[1]);
+        write_volatile(&mut (*sa).user_ip6[2], server[2]);
+        write_volatile(&mut (*sa).user_ip6[3], server[3]);
+        write_volatile(&mut (*sa).user_port, u32::from(orig.port.to_be()));
+    }
+    ALLOW
+}
+
+/// The server of the query a datagram from loopback port `port` answers, when DNS is captured,
+/// `port` is ProxyDNSPort and the socket sent a redirected query; counted either way.
+#[inline(always)]
+fn dns_reply_origin(ctx: &SockAddrContext, port: u16) -> Option<OrigDst> {
+    let (_, config) = active()?;
+    if config.proxy_dns_port == 0 || port != config.proxy_dns_port {
+        return None;
+    }
+    // SAFETY: bpf_get_socket_cookie accepts a sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    // SAFETY: the value is copied out at once; the map's values are plain data.
+    match unsafe { DNS_ORIG.get(cookie) } {
+        Some(orig) => {
+            count(Counter::DnsReplyRewritten);
+            Some(*orig)
+        }
+        None => {
+            count(Counter::DnsReplyUnknown);
+            None
+        }
+    }
 }
 
 /// The active generation, read once, and its configuration. Everything a connect hook looks up
@@ -192,21 +383,31 @@ fn active() -> Option<(u32, &'static GlobalConfig)> {
     Some((generation, CONFIG.get(generation)?))
 }
 
-/// The egress rules of the decision model, in its order, for an IPv4 destination.
+/// The egress rules of the decision model, in its order, for an IPv4 destination (of a TCP
+/// connect, or of DNS being captured).
 #[inline(always)]
 fn decide_v4(generation: u32, config: &GlobalConfig, addr: [u8; 4], port: u16) -> Verdict {
     let key = Key::new(GENERATION_BITS + 32, LpmDataV4 { generation_be: generation.to_be(), addr });
     if LOCAL_NETS_V4.get(&key).is_some() {
         return Verdict::Untouched(Counter::LocalDestination);
     }
-    if let Some(reason) = ignored_identity(config) {
+    if let Some(reason) = ignored_identity(generation, config) {
         return Verdict::Untouched(reason);
+    }
+    if captured_dns(config, port) {
+        if IGNORED_NETS_V4.get(&key).is_some() {
+            return Verdict::Untouched(Counter::IgnoredIp);
+        }
+        return Verdict::RedirectDns;
     }
     if ignored_port(generation, port) {
         return Verdict::Untouched(Counter::IgnoredPort);
     }
     if IGNORED_NETS_V4.get(&key).is_some() {
         return Verdict::Untouched(Counter::IgnoredIp);
+    }
+    if config.include_only != 0 && INCLUDED_V4.get(&key).is_none() {
+        return Verdict::Untouched(Counter::NotIncluded);
     }
     Verdict::Redirect
 }
@@ -217,8 +418,14 @@ fn decide_v6(generation: u32, config: &GlobalConfig, addr: [u8; 16], port: u16) 
     if LOCAL_NETS_V6.get(&key).is_some() {
         return Verdict::Untouched(Counter::LocalDestination);
     }
-    if let Some(reason) = ignored_identity(config) {
+    if let Some(reason) = ignored_identity(generation, config) {
         return Verdict::Untouched(reason);
+    }
+    if captured_dns(config, port) {
+        if IGNORED_NETS_V6.get(&key).is_some() {
+            return Verdict::Untouched(Counter::IgnoredIp);
+        }
+        return Verdict::RedirectDns;
     }
     if ignored_port(generation, port) {
         return Verdict::Untouched(Counter::IgnoredPort);
@@ -226,17 +433,24 @@ fn decide_v6(generation: u32, config: &GlobalConfig, addr: [u8; 16], port: u16) 
     if IGNORED_NETS_V6.get(&key).is_some() {
         return Verdict::Untouched(Counter::IgnoredIp);
     }
+    if config.include_only != 0 && INCLUDED_V6.get(&key).is_none() {
+        return Verdict::Untouched(Counter::NotIncluded);
+    }
     Verdict::Redirect
 }
 
 #[inline(always)]
-fn ignored_identity(config: &GlobalConfig) -> Option<Counter> {
+fn ignored_identity(generation: u32, config: &GlobalConfig) -> Option<Counter> {
     let uid_gid = bpf_get_current_uid_gid();
     let (uid, gid) = (uid_gid as u32, (uid_gid >> 32) as u32);
-    if config.has_ignored_uid != 0 && uid == config.ignored_uid {
+    let ignored = |kind, id| {
+        // SAFETY: the value is only tested for presence, never read.
+        unsafe { IGNORED_IDS.get(IdKey { generation, kind, id }).is_some() }
+    };
+    if config.has_ignored_uids != 0 && ignored(ID_UID, uid) {
         return Some(Counter::IgnoredUid);
     }
-    if config.has_ignored_gid != 0 && gid == config.ignored_gid {
+    if config.has_ignored_gids != 0 && ignored(ID_GID, gid) {
         return Some(Counter::IgnoredGid);
     }
     None
@@ -246,6 +460,14 @@ fn ignored_identity(config: &GlobalConfig) -> Option<Counter> {
 fn ignored_port(generation: u32, port: u16) -> bool {
     // SAFETY: the value is only tested for presence, never read.
     unsafe { IGNORED_PORTS.get(PortKey::new(generation, port)).is_some() }
+}
+
+/// Records which server a UDP socket's redirected DNS query was for, for the reply.
+#[inline(always)]
+fn remember_dns(ctx: &SockAddrContext, addr: [u8; 16], port: u16, family: u16) {
+    // SAFETY: bpf_get_socket_cookie accepts a sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let _ = DNS_ORIG.insert(cookie, OrigDst { addr, port, family }, u64::from(BPF_ANY));
 }
 
 /// Records where the socket of `ctx` was going, until `sockops` sees it established.

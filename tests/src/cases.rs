@@ -7,14 +7,16 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use ipnet::IpNet;
+
 use intercept::{
     config::{Ingress, PortRange, PortSet, ProxyConfig},
-    model::{Decision, Reason, decide},
+    model::{Decision, Protocol, Reason, decide},
 };
 
 use crate::{
     topology::{METADATA, REMOTE_V4, REMOTE_V6, TASK_V4, TASK_V6, Topology},
-    traffic::{Client, Sandbox, SandboxSpec, agrees, egress, ingress},
+    traffic::{Client, Sandbox, SandboxSpec, Udp, agrees, dns, ingress},
 };
 
 pub const EGRESS_PORT: u16 = 15001;
@@ -65,8 +67,8 @@ pub const V6: Destinations = Destinations {
 /// Every kind of exemption, for both families.
 pub fn config() -> ProxyConfig {
     ProxyConfig {
-        ignored_uid: Some(IGNORED_UID),
-        ignored_gid: Some(IGNORED_GID),
+        ignored_uids: vec![IGNORED_UID],
+        ignored_gids: vec![IGNORED_GID],
         proxy_egress_port: EGRESS_PORT,
         ingress: Some(Ingress {
             proxy_port: INGRESS_PORT,
@@ -79,6 +81,8 @@ pub fn config() -> ProxyConfig {
             "fd03::5/128".parse().unwrap(),
             "fd04::/32".parse().unwrap(),
         ],
+        egress_included_ips: None,
+        proxy_dns_port: None,
         implicit_exemptions: true,
         ipv6: true,
     }
@@ -96,6 +100,7 @@ pub fn sandbox(extra_remote: Vec<IpAddr>, extra_remote_ports: Vec<u16>) -> Sandb
         app_ports: vec![APP_PORT, APP_RANGE_PORT, OTHER_APP_PORT],
         remote_ports: [vec![REMOTE_PORT, IGNORED_PORT, SSH], extra_remote_ports].concat(),
         remote_addresses,
+        ..SandboxSpec::default()
     })
 }
 
@@ -107,15 +112,24 @@ pub struct Case {
     pub uid: u32,
     pub gid: u32,
     pub destination: SocketAddr,
+    /// A UDP datagram (DNS) instead of a TCP connection.
+    pub udp: Option<Udp>,
     pub expect: Option<Reason>,
 }
 
 pub fn out(name: &str, uid: u32, gid: u32, ip: IpAddr, port: u16, expect: Option<Reason>) -> Case {
-    Case { name: name.to_owned(), from_task: true, uid, gid, destination: SocketAddr::new(ip, port), expect }
+    let destination = SocketAddr::new(ip, port);
+    Case { name: name.to_owned(), from_task: true, uid, gid, destination, udp: None, expect }
 }
 
 pub fn into_task(name: &str, ip: IpAddr, port: u16, expect: Option<Reason>) -> Case {
-    Case { name: name.to_owned(), from_task: false, uid: 0, gid: 0, destination: SocketAddr::new(ip, port), expect }
+    let destination = SocketAddr::new(ip, port);
+    Case { name: name.to_owned(), from_task: false, uid: 0, gid: 0, destination, udp: None, expect }
+}
+
+/// A DNS query to `ip`:53 from the task, as a datagram (`udp`) or over TCP (`None`).
+pub fn dns_out(name: &str, uid: u32, gid: u32, ip: IpAddr, udp: Option<Udp>, expect: Option<Reason>) -> Case {
+    Case { udp, ..out(name, uid, gid, ip, DNS, expect) }
 }
 
 /// Every egress exemption and redirect, and ingress to AppPorts and other ports, for one family.
@@ -206,7 +220,8 @@ pub fn check(client: &str, sandbox: &Sandbox, config: &ProxyConfig, cases: &[Cas
     for case in cases {
         let connection = if case.from_task {
             let source = if case.destination.is_ipv4() { IpAddr::V4(TASK_V4) } else { IpAddr::V6(TASK_V6) };
-            egress(case.uid, case.gid, source, case.destination)
+            let protocol = if case.udp.is_some() { Protocol::Udp } else { Protocol::Tcp };
+            dns(case.uid, case.gid, source, case.destination, protocol)
         } else {
             let source = if case.destination.is_ipv4() { IpAddr::V4(REMOTE_V4) } else { IpAddr::V6(REMOTE_V6) };
             ingress(source, case.destination)
@@ -226,6 +241,10 @@ pub fn check(client: &str, sandbox: &Sandbox, config: &ProxyConfig, cases: &[Cas
         } else {
             client.netns(sandbox.remote())
         };
+        let client = match case.udp {
+            Some(udp) => client.udp(udp),
+            None => client,
+        };
         match client.connect(case.destination) {
             Ok(reply) => {
                 if let Err(e) = agrees(&decision, &connection, &reply) {
@@ -242,4 +261,155 @@ pub fn check(client: &str, sandbox: &Sandbox, config: &ProxyConfig, cases: &[Cas
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// DNS's port, and the proxy's DNS listener's.
+pub const DNS: u16 = 53;
+pub const DNS_PROXY_PORT: u16 = 15053;
+/// A second ignored uid and gid (IgnoredUID and IgnoredGID as lists).
+pub const IGNORED_UID_2: u32 = 1400;
+pub const IGNORED_GID_2: u32 = 1500;
+
+/// [`config`] with DNS capture and two ignored uids and gids.
+pub fn dns_config() -> ProxyConfig {
+    ProxyConfig {
+        ignored_uids: vec![IGNORED_UID, IGNORED_UID_2],
+        ignored_gids: vec![IGNORED_GID, IGNORED_GID_2],
+        proxy_dns_port: Some(DNS_PROXY_PORT),
+        ..config()
+    }
+}
+
+/// [`sandbox`] with the proxy's DNS listener in the task and DNS servers on every remote
+/// address.
+pub fn dns_sandbox() -> Sandbox {
+    let remote_addresses =
+        vec![V4.plain, V4.ignored_ip, V4.in_ignored_cidr, V6.plain, V6.ignored_ip, V6.in_ignored_cidr];
+    Sandbox::new(&SandboxSpec {
+        egress_proxy_ports: vec![EGRESS_PORT],
+        ingress_proxy_ports: vec![INGRESS_PORT],
+        app_ports: vec![APP_PORT, APP_RANGE_PORT, OTHER_APP_PORT],
+        remote_ports: vec![REMOTE_PORT, IGNORED_PORT, SSH],
+        remote_addresses,
+        dns_proxy_port: Some(DNS_PROXY_PORT),
+        remote_dns: true,
+    })
+}
+
+/// DNS under [`dns_config`], for one family: over UDP (both socket kinds) and TCP, every
+/// exemption, and TCP to other ports as before (with the second ignored identities).
+pub fn dns_cases(d: &Destinations, family: &str) -> Vec<Case> {
+    let app = (APP_UID, APP_GID);
+    let (unconnected, connected) = (Some(Udp::Unconnected), Some(Udp::Connected));
+    let mut cases = vec![
+        dns_out("DNS over UDP (sendto)", app.0, app.1, d.plain, unconnected, None),
+        dns_out("DNS over UDP (connected)", app.0, app.1, d.plain, connected, None),
+        dns_out("DNS over TCP", app.0, app.1, d.plain, None, None),
+        dns_out("DNS to the gateway", app.0, app.1, d.gateway, unconnected, None),
+        dns_out("DNS as IgnoredUID", IGNORED_UID, app.1, d.plain, unconnected, Some(Reason::IgnoredUid)),
+        dns_out("DNS as the second IgnoredUID", IGNORED_UID_2, app.1, d.plain, connected, Some(Reason::IgnoredUid)),
+        dns_out("DNS over TCP as IgnoredGID", app.0, IGNORED_GID_2, d.plain, None, Some(Reason::IgnoredGid)),
+        dns_out("DNS to an ignored server", app.0, app.1, d.ignored_ip, unconnected, Some(Reason::IgnoredIp)),
+        dns_out("DNS over TCP to an ignored server", app.0, app.1, d.in_ignored_cidr, None, Some(Reason::IgnoredIp)),
+        out("TCP egress still redirected", app.0, app.1, d.plain, REMOTE_PORT, None),
+        out("TCP as the second IgnoredUID", IGNORED_UID_2, app.1, d.plain, REMOTE_PORT, Some(Reason::IgnoredUid)),
+        out("TCP as the second IgnoredGID", app.0, IGNORED_GID_2, d.plain, REMOTE_PORT, Some(Reason::IgnoredGid)),
+    ];
+    for case in &mut cases {
+        case.name = format!("{family}: {}", case.name);
+    }
+    cases
+}
+
+/// [`dns_config`] with port 53 in EgressIgnoredPorts: DNS capture is off, and DNS goes to its
+/// servers, over UDP and TCP.
+pub fn dns_off_cases() -> (ProxyConfig, Vec<Case>) {
+    let mut config = dns_config();
+    config.egress_ignored_ports.insert(PortRange::single(DNS));
+    let cases = [&V4, &V6]
+        .into_iter()
+        .flat_map(|d| {
+            [
+                dns_out(
+                    "DNS over UDP, port 53 ignored",
+                    APP_UID,
+                    APP_GID,
+                    d.plain,
+                    Some(Udp::Unconnected),
+                    Some(Reason::NotTcp),
+                ),
+                dns_out("DNS over TCP, port 53 ignored", APP_UID, APP_GID, d.plain, None, Some(Reason::IgnoredPort)),
+            ]
+        })
+        .collect();
+    (config, cases)
+}
+
+/// An ignored address inside the included networks of [`include_config`].
+pub const INCLUDED_BUT_IGNORED_V4: Ipv4Addr = Ipv4Addr::new(10, 5, 7, 7);
+pub const INCLUDED_BUT_IGNORED_V6: Ipv6Addr = Ipv6Addr::new(0xfd05, 0, 0, 0, 0, 0, 7, 7);
+
+/// [`config`] redirecting only 10.5.0.0/16 and fd05::/16 (where [`V4`] and [`V6`]'s plain
+/// destinations are), with an ignored address inside them.
+pub fn include_config() -> ProxyConfig {
+    let mut config = config();
+    config.egress_included_ips = Some(vec!["10.5.0.0/16".parse().unwrap(), "fd05::/16".parse().unwrap()]);
+    config
+        .egress_ignored_ips
+        .extend([IpNet::from(IpAddr::V4(INCLUDED_BUT_IGNORED_V4)), IpNet::from(IpAddr::V6(INCLUDED_BUT_IGNORED_V6))]);
+    config.egress_ignored_ips.sort();
+    config
+}
+
+/// The sandbox for [`include_cases`].
+pub fn include_sandbox() -> Sandbox {
+    sandbox(vec![IpAddr::V4(INCLUDED_BUT_IGNORED_V4), IpAddr::V6(INCLUDED_BUT_IGNORED_V6)], Vec::new())
+}
+
+/// Include-only outbound, both families: inside the included networks as before, outside
+/// them untouched, an ignored address inside them still ignored.
+pub fn include_cases() -> Vec<Case> {
+    let app = (APP_UID, APP_GID);
+    let mut cases = Vec::new();
+    for (d, ignored, family) in
+        [(&V4, IpAddr::V4(INCLUDED_BUT_IGNORED_V4), "IPv4"), (&V6, IpAddr::V6(INCLUDED_BUT_IGNORED_V6), "IPv6")]
+    {
+        cases.extend([
+            out(&format!("{family}: included"), app.0, app.1, d.plain, REMOTE_PORT, None),
+            out(
+                &format!("{family}: outside (the gateway)"),
+                app.0,
+                app.1,
+                d.gateway,
+                REMOTE_PORT,
+                Some(Reason::NotIncluded),
+            ),
+            out(&format!("{family}: ignored inside"), app.0, app.1, ignored, REMOTE_PORT, Some(Reason::IgnoredIp)),
+            out(
+                &format!("{family}: ignored outside"),
+                app.0,
+                app.1,
+                d.in_ignored_cidr,
+                REMOTE_PORT,
+                Some(Reason::IgnoredIp),
+            ),
+            out(
+                &format!("{family}: IgnoredUID inside"),
+                IGNORED_UID,
+                app.1,
+                d.plain,
+                REMOTE_PORT,
+                Some(Reason::IgnoredUid),
+            ),
+            out(
+                &format!("{family}: ignored port inside"),
+                app.0,
+                app.1,
+                d.plain,
+                IGNORED_PORT,
+                Some(Reason::IgnoredPort),
+            ),
+        ]);
+    }
+    cases
 }

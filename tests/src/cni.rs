@@ -131,11 +131,12 @@ pub fn agent_netconf(config: &ProxyConfig) -> Value {
         "egressIgnoredIPs": strings(ignored_ips),
         "name": "network-name",
     });
-    if let Some(uid) = config.ignored_uid {
-        netconf["ignoredUID"] = Value::String(uid.to_string());
+    let ids = |ids: &[u32]| ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    if !config.ignored_uids.is_empty() {
+        netconf["ignoredUID"] = Value::String(ids(&config.ignored_uids));
     }
-    if let Some(gid) = config.ignored_gid {
-        netconf["ignoredGID"] = Value::String(gid.to_string());
+    if !config.ignored_gids.is_empty() {
+        netconf["ignoredGID"] = Value::String(ids(&config.ignored_gids));
     }
     if !config.egress_ignored_ports.is_empty() {
         netconf["egressIgnoredPorts"] =

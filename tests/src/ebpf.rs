@@ -52,12 +52,14 @@ pub const REMOTE_PORTS: [u16; 3] = [80, 22, 5432];
 /// CIDR per family.
 pub fn seed_config() -> ProxyConfig {
     ProxyConfig {
-        ignored_uid: Some(PROXY_UID),
-        ignored_gid: Some(1338),
+        ignored_uids: vec![PROXY_UID],
+        ignored_gids: vec![1338],
         proxy_egress_port: PROXY_PORT,
         ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
         egress_ignored_ports: PortSet::from_ranges([PortRange::single(5432)]),
         egress_ignored_ips: vec!["10.9.0.0/16".parse().unwrap(), "2001:db8:9::/48".parse().unwrap()],
+        egress_included_ips: None,
+        proxy_dns_port: None,
         implicit_exemptions: true,
         ipv6: true,
     }
@@ -391,6 +393,7 @@ impl EbpfSandbox {
                 IpAddr::V6(PLAIN_V6),
                 IpAddr::V6(IGNORED_V6),
             ],
+            ..SandboxSpec::default()
         });
         let cgroup = host.create_cgroup().expect("create a test cgroup");
         let bpffs = TestBpffs::mounted();

@@ -28,6 +28,7 @@ pub fn sandbox() -> Sandbox {
         app_ports: vec![9080],
         remote_ports: vec![REMOTE_PORT],
         remote_addresses: vec![REMOTE],
+        ..SandboxSpec::default()
     })
 }
 

@@ -42,6 +42,8 @@ pub enum Role {
     App,
     /// A server in the remote namespace.
     Remote,
+    /// The proxy's DNS listener (ProxyDNSPort), UDP and TCP.
+    DnsProxy,
 }
 
 impl Role {
@@ -51,15 +53,18 @@ impl Role {
             Role::IngressProxy => "ingress-proxy",
             Role::App => "app",
             Role::Remote => "remote",
+            Role::DnsProxy => "dns-proxy",
         }
     }
 
     fn from_name(name: &str) -> Option<Role> {
-        [Role::EgressProxy, Role::IngressProxy, Role::App, Role::Remote].into_iter().find(|r| r.name() == name)
+        [Role::EgressProxy, Role::IngressProxy, Role::App, Role::Remote, Role::DnsProxy]
+            .into_iter()
+            .find(|r| r.name() == name)
     }
 
     pub fn is_proxy(self) -> bool {
-        matches!(self, Role::EgressProxy | Role::IngressProxy)
+        matches!(self, Role::EgressProxy | Role::IngressProxy | Role::DnsProxy)
     }
 }
 
@@ -71,6 +76,9 @@ pub struct Reply {
     pub local: SocketAddr,
     /// What `SO_ORIGINAL_DST` said (proxies only).
     pub original: Option<SocketAddr>,
+    /// For UDP: where the client saw the reply come from (`recvfrom`), which is what a
+    /// resolver checks; the client adds it, the listener does not know it.
+    pub from: Option<SocketAddr>,
 }
 
 impl Reply {
@@ -83,7 +91,11 @@ impl Reply {
             "-" => None,
             addr => Some(addr.parse().map_err(|_| bad())?),
         };
-        Ok(Reply { role, local, original })
+        let from = match words.next() {
+            None => None,
+            Some(word) => Some(word.strip_prefix("from=").and_then(|a| a.parse().ok()).ok_or_else(bad)?),
+        };
+        Ok(Reply { role, local, original, from })
     }
 }
 
@@ -91,8 +103,12 @@ impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} local={} original=", self.role.name(), self.local)?;
         match self.original {
-            Some(addr) => write!(f, "{addr}"),
-            None => f.write_str("-"),
+            Some(addr) => write!(f, "{addr}")?,
+            None => f.write_str("-")?,
+        }
+        match self.from {
+            Some(addr) => write!(f, " from={addr}"),
+            None => Ok(()),
         }
     }
 }
@@ -137,6 +153,57 @@ impl Drop for Listeners {
     }
 }
 
+/// UDP listeners in one namespace until dropped: each answers every datagram with its reply
+/// line, sent back to where the datagram came from. They bind specific addresses, so that
+/// the reply can say which address the datagram reached.
+pub struct UdpListeners {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl UdpListeners {
+    pub fn start(netns: &Netns, addresses: &[(Role, SocketAddr)]) -> UdpListeners {
+        let sockets: Vec<(Role, std::net::UdpSocket)> = netns.run(|| {
+            addresses
+                .iter()
+                .map(|&(role, addr)| {
+                    let socket = std::net::UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind UDP {addr}: {e}"));
+                    (role, socket)
+                })
+                .collect()
+        });
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = sockets
+            .into_iter()
+            .map(|(role, socket)| {
+                let stop = Arc::clone(&stop);
+                thread::spawn(move || {
+                    // Woken every 100 ms to see whether to stop.
+                    let _ = socket.set_read_timeout(Some(Duration::from_millis(100)));
+                    let local = socket.local_addr().expect("a bound socket");
+                    let mut buf = [0u8; 2048];
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                            let reply = Reply { role, local, original: None, from: None };
+                            let _ = socket.send_to(format!("{reply}\n").as_bytes(), peer);
+                        }
+                    }
+                })
+            })
+            .collect();
+        UdpListeners { stop, threads }
+    }
+}
+
+impl Drop for UdpListeners {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A listening socket; IPv6 ones do not take IPv4 connections (`IPV6_V6ONLY`).
 fn listen_on(addr: SocketAddr) -> nix::Result<TcpListener> {
     let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
@@ -169,7 +236,7 @@ fn answer(role: Role, mut stream: TcpStream) -> io::Result<()> {
     stream.read_to_end(&mut request)?;
     let local = stream.local_addr()?;
     let original = if role.is_proxy() { original_destination(&stream, local) } else { None };
-    stream.write_all(format!("{}\n", Reply { role, local, original }).as_bytes())?;
+    stream.write_all(format!("{}\n", Reply { role, local, original, from: None }).as_bytes())?;
     stream.shutdown(Shutdown::Write)
 }
 
@@ -198,11 +265,21 @@ pub struct Client<'a> {
     netns: Option<&'a Netns>,
     cgroup: Option<&'a TestCgroup>,
     identity: Option<(u32, u32)>,
+    udp: Option<Udp>,
+}
+
+/// How the client sends a datagram instead of connecting over TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Udp {
+    /// `sendto` on an unconnected socket (musl's resolver, dig).
+    Unconnected,
+    /// `connect`, then `send` (glibc's resolver).
+    Connected,
 }
 
 impl<'a> Client<'a> {
     pub fn new(program: impl AsRef<Path>) -> Client<'a> {
-        Client { program: program.as_ref().to_owned(), netns: None, cgroup: None, identity: None }
+        Client { program: program.as_ref().to_owned(), netns: None, cgroup: None, identity: None, udp: None }
     }
 
     pub fn netns(mut self, netns: &'a Netns) -> Client<'a> {
@@ -221,13 +298,24 @@ impl<'a> Client<'a> {
         self
     }
 
+    /// Send one datagram instead, and read the reply.
+    pub fn udp(mut self, udp: Udp) -> Client<'a> {
+        self.udp = Some(udp);
+        self
+    }
+
     /// The command that connects to `addr` and prints the reply.
     pub fn command(&self, addr: SocketAddr) -> Command {
         let mut command = match self.cgroup {
             Some(cgroup) => cgroup.command(&self.program),
             None => Command::new(&self.program),
         };
-        command.arg("--reply").arg(addr.to_string());
+        command.arg(match self.udp {
+            None => "--reply",
+            Some(Udp::Unconnected) => "--udp",
+            Some(Udp::Connected) => "--udp-connected",
+        });
+        command.arg(addr.to_string());
         if let Some(netns) = self.netns {
             netns.enter(&mut command);
         }
@@ -301,13 +389,16 @@ pub fn ingress(source: IpAddr, destination: SocketAddr) -> Connection {
 /// real destination untouched.
 pub fn agrees(decision: &Decision, connection: &Connection, reply: &Reply) -> Result<(), String> {
     let explain = |what: &str| format!("{what}: model says {decision}, but {reply} answered");
+    let udp = connection.protocol == Protocol::Udp;
     match decision {
         Decision::Redirect { to } => {
-            let proxy = match connection.direction {
-                Direction::Egress => Role::EgressProxy,
-                Direction::Ingress => Role::IngressProxy,
+            let proxy = match (connection.direction, udp) {
+                (Direction::Ingress, _) => reply.role == Role::IngressProxy,
+                // Egress goes to ProxyEgressPort, DNS to ProxyDNSPort: the port tells which.
+                (Direction::Egress, false) => matches!(reply.role, Role::EgressProxy | Role::DnsProxy),
+                (Direction::Egress, true) => reply.role == Role::DnsProxy,
             };
-            if reply.role != proxy {
+            if !proxy {
                 return Err(explain("not redirected to the proxy"));
             }
             if reply.local.port() != to.port() {
@@ -318,7 +409,12 @@ pub fn agrees(decision: &Decision, connection: &Connection, reply: &Reply) -> Re
             if reply.local.ip() != to.ip() {
                 return Err(explain("redirected to another address"));
             }
-            if reply.original != Some(connection.destination) {
+            if udp {
+                // The resolver must see the reply come from the server it asked.
+                if reply.from != Some(connection.destination) {
+                    return Err(explain("the reply did not come from the server asked"));
+                }
+            } else if reply.original != Some(connection.destination) {
                 return Err(explain("the proxy read the wrong original destination"));
             }
         }
@@ -329,9 +425,17 @@ pub fn agrees(decision: &Decision, connection: &Connection, reply: &Reply) -> Re
             if reply.local != connection.destination {
                 return Err(explain("delivered somewhere else"));
             }
+            if udp && reply.from != Some(connection.destination) {
+                return Err(explain("the reply came from somewhere else"));
+            }
         }
     }
     Ok(())
+}
+
+/// A DNS datagram or TCP connection to port 53, as the decision model sees it.
+pub fn dns(uid: u32, gid: u32, source: IpAddr, destination: SocketAddr, protocol: Protocol) -> Connection {
+    Connection { protocol, ..egress(uid, gid, source, destination) }
 }
 
 /// What a [`Sandbox`] listens on, besides the fixed topology.
@@ -346,6 +450,12 @@ pub struct SandboxSpec {
     pub remote_ports: Vec<u16>,
     /// Addresses the remote namespace gets in addition to its gateway and metadata ones.
     pub remote_addresses: Vec<IpAddr>,
+    /// The proxy's DNS listener in the task, on loopback: UDP on `127.0.0.1` and `[::1]`, TCP
+    /// on every address.
+    pub dns_proxy_port: Option<u16>,
+    /// DNS servers in the remote namespace: UDP and TCP port 53 on the gateway addresses and
+    /// every one of `remote_addresses`.
+    pub remote_dns: bool,
 }
 
 /// A [`Topology`](crate::topology::Topology) with listeners in both namespaces. Dropping it
@@ -354,6 +464,7 @@ pub struct Sandbox {
     // Field order is drop order: the sockets go before their namespaces.
     _task_listeners: Listeners,
     _remote_listeners: Listeners,
+    _udp_listeners: (UdpListeners, UdpListeners),
     pub topology: crate::topology::Topology,
 }
 
@@ -372,15 +483,36 @@ impl Sandbox {
                 })
                 .collect()
         };
+        let dns: Vec<u16> = spec.dns_proxy_port.into_iter().collect();
         let task: Vec<(Role, SocketAddr)> = [
             everywhere(Role::EgressProxy, &spec.egress_proxy_ports),
             everywhere(Role::IngressProxy, &spec.ingress_proxy_ports),
             everywhere(Role::App, &spec.app_ports),
+            everywhere(Role::DnsProxy, &dns),
         ]
         .concat();
         let task_listeners = Listeners::start(&topology.task, &task);
-        let remote_listeners = Listeners::start(&topology.remote, &everywhere(Role::Remote, &spec.remote_ports));
-        Sandbox { _task_listeners: task_listeners, _remote_listeners: remote_listeners, topology }
+        let mut remote_ports = spec.remote_ports.clone();
+        if spec.remote_dns && !remote_ports.contains(&53) {
+            remote_ports.push(53);
+        }
+        let remote_listeners = Listeners::start(&topology.remote, &everywhere(Role::Remote, &remote_ports));
+        let udp_dns_proxy: Vec<(Role, SocketAddr)> = dns
+            .iter()
+            .flat_map(|&port| {
+                [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]
+                    .map(|ip| (Role::DnsProxy, SocketAddr::new(ip, port)))
+            })
+            .collect();
+        let udp_remote: Vec<(Role, SocketAddr)> = if spec.remote_dns {
+            let gateways = [IpAddr::V4(crate::topology::REMOTE_V4), IpAddr::V6(crate::topology::REMOTE_V6)];
+            gateways.iter().chain(&spec.remote_addresses).map(|&ip| (Role::Remote, SocketAddr::new(ip, 53))).collect()
+        } else {
+            Vec::new()
+        };
+        let udp =
+            (UdpListeners::start(&topology.task, &udp_dns_proxy), UdpListeners::start(&topology.remote, &udp_remote));
+        Sandbox { _task_listeners: task_listeners, _remote_listeners: remote_listeners, _udp_listeners: udp, topology }
     }
 
     pub fn task(&self) -> &Netns {

@@ -24,7 +24,7 @@ use std::{
 use intercept::{
     backend::{self, ApplyOptions, Backend, Kind},
     config::{Ingress, PortRange, PortSet, ProxyConfig},
-    model::{Connection, Decision, Direction, canonical, decide},
+    model::{Connection, Decision, Direction, Protocol, canonical, decide},
     netns,
     plan::Format,
 };
@@ -33,7 +33,7 @@ use intercept_tests::{
     ebpf::{Listener, TestBpffs, as_identity, error_chain},
     require_privileges,
     topology::{METADATA, REMOTE_V4, REMOTE_V6, TASK_V4, TASK_V6, Topology, require_nft},
-    traffic::{Client, Reply, Role, Sandbox, SandboxSpec, egress, ingress},
+    traffic::{Client, Reply, Role, Sandbox, SandboxSpec, Udp, egress, ingress},
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::{
@@ -54,8 +54,19 @@ const PROXY_UID: u32 = 1337;
 const IGNORED_UID: u32 = 1337;
 const IGNORED_GID: u32 = 1338;
 /// Client identities: none, either and both of the exemptions.
-const IDENTITIES: [(u32, u32); 4] =
-    [(1000, 1000), (IGNORED_UID, 1000), (1000, IGNORED_GID), (IGNORED_UID, IGNORED_GID)];
+/// A second ignored uid and gid, for IgnoredUID and IgnoredGID as lists.
+const IGNORED_UID_2: u32 = 1339;
+const IGNORED_GID_2: u32 = 1340;
+/// The proxy's DNS listener.
+const DNS_PORT: u16 = 15053;
+const IDENTITIES: [(u32, u32); 6] = [
+    (1000, 1000),
+    (IGNORED_UID, 1000),
+    (1000, IGNORED_GID),
+    (IGNORED_UID, IGNORED_GID),
+    (IGNORED_UID_2, 1000),
+    (1000, IGNORED_GID_2),
+];
 
 /// Ports the remote servers listen on, on every remote address.
 const REMOTE_PORTS: [u16; 5] = [22, 80, 443, 5432, 8080];
@@ -95,8 +106,8 @@ fn local_destinations() -> Vec<IpAddr> {
 #[derive(Clone)]
 enum Probe {
     /// From a client in the task's cgroup and namespace; `mapped` dials an IPv4 destination
-    /// as `::ffff:a.b.c.d` from an IPv6 socket.
-    Egress { uid: u32, gid: u32, destination: SocketAddr, mapped: bool },
+    /// as `::ffff:a.b.c.d` from an IPv6 socket; `udp` sends a datagram (DNS) instead.
+    Egress { uid: u32, gid: u32, destination: SocketAddr, mapped: bool, udp: Option<Udp> },
     /// From the remote namespace to the task.
     Ingress { destination: SocketAddr },
 }
@@ -114,9 +125,11 @@ impl Probe {
     /// The connection as the model sees it (IPv4-mapped destinations are IPv4 connections).
     fn connection(&self) -> Connection {
         match *self {
-            Probe::Egress { uid, gid, destination, .. } => {
+            Probe::Egress { uid, gid, destination, udp, .. } => {
                 let source = if destination.is_ipv4() { IpAddr::V4(TASK_V4) } else { IpAddr::V6(TASK_V6) };
-                egress(uid, gid, source, SocketAddr::new(canonical(destination.ip()), destination.port()))
+                let protocol = if udp.is_some() { Protocol::Udp } else { Protocol::Tcp };
+                let destination = SocketAddr::new(canonical(destination.ip()), destination.port());
+                Connection { protocol, ..egress(uid, gid, source, destination) }
             }
             Probe::Ingress { destination } => {
                 let source = if destination.is_ipv4() { IpAddr::V4(REMOTE_V4) } else { IpAddr::V6(REMOTE_V6) };
@@ -129,7 +142,10 @@ impl Probe {
 impl fmt::Debug for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Probe::Egress { uid, gid, .. } => write!(f, "egress {uid}:{gid} → {}", self.dialled()),
+            Probe::Egress { uid, gid, udp: None, .. } => write!(f, "egress {uid}:{gid} → {}", self.dialled()),
+            Probe::Egress { uid, gid, udp: Some(udp), .. } => {
+                write!(f, "egress {uid}:{gid} → {} (UDP, {udp:?})", self.dialled())
+            }
             Probe::Ingress { destination } => write!(f, "ingress → {destination}"),
         }
     }
@@ -172,9 +188,11 @@ fn networks() -> impl Strategy<Value = Vec<IpNet>> {
 
 fn config() -> impl Strategy<Value = ProxyConfig> {
     let identities = prop_oneof![
-        Just((Some(IGNORED_UID), None)),
-        Just((None, Some(IGNORED_GID))),
-        Just((Some(IGNORED_UID), Some(IGNORED_GID))),
+        Just((vec![IGNORED_UID], vec![])),
+        Just((vec![], vec![IGNORED_GID])),
+        Just((vec![IGNORED_UID], vec![IGNORED_GID])),
+        Just((vec![IGNORED_UID, IGNORED_UID_2], vec![IGNORED_GID, IGNORED_GID_2])),
+        Just((vec![IGNORED_UID_2], vec![IGNORED_GID])),
     ];
     let app_ports =
         prop::collection::vec(
@@ -190,18 +208,23 @@ fn config() -> impl Strategy<Value = ProxyConfig> {
         port_set(),
         networks(),
         prop::option::weighted(0.7, app_ports),
-        prop::bool::weighted(0.8),
-        prop::bool::weighted(0.85),
+        (prop::bool::weighted(0.8), prop::bool::weighted(0.85)),
+        prop::option::weighted(0.5, Just(DNS_PORT)),
+        prop::option::weighted(0.3, networks()),
     )
-        .prop_map(|((uid, gid), ignored_ports, ignored_ips, app_ports, implicit, ipv6)| ProxyConfig {
-            ignored_uid: uid,
-            ignored_gid: gid,
-            proxy_egress_port: EGRESS_PORT,
-            ingress: app_ports.map(|app_ports| Ingress { proxy_port: INGRESS_PORT, app_ports }),
-            egress_ignored_ports: ignored_ports,
-            egress_ignored_ips: ignored_ips,
-            implicit_exemptions: implicit,
-            ipv6,
+        .prop_map(|((uids, gids), ignored_ports, ignored_ips, app_ports, (implicit, ipv6), dns, included)| {
+            ProxyConfig {
+                ignored_uids: uids,
+                ignored_gids: gids,
+                proxy_egress_port: EGRESS_PORT,
+                ingress: app_ports.map(|app_ports| Ingress { proxy_port: INGRESS_PORT, app_ports }),
+                egress_ignored_ports: ignored_ports,
+                egress_ignored_ips: ignored_ips,
+                egress_included_ips: included,
+                proxy_dns_port: dns,
+                implicit_exemptions: implicit,
+                ipv6,
+            }
         })
 }
 
@@ -211,12 +234,26 @@ fn probe() -> impl Strategy<Value = Probe> {
     let remote = (identity(), select(remote_destinations()), select(REMOTE_PORTS.to_vec()));
     let local = (identity(), select(local_destinations()), select(APP_PORTS.to_vec()));
     let egress = prop_oneof![3 => remote, 1 => local];
+    // DNS goes to the remote servers' addresses (where UDP port 53 answers), over UDP from
+    // either kind of socket, or over TCP.
+    let dns_servers: Vec<IpAddr> =
+        remote_destinations().into_iter().filter(|ip| !METADATA.iter().any(|m| IpAddr::V4(*m) == *ip)).collect();
+    let udp = prop_oneof![Just(Some(Udp::Unconnected)), Just(Some(Udp::Connected)), Just(None)];
+    let dns = (identity(), select(dns_servers), udp, prop::bool::weighted(0.25));
     prop_oneof![
         3 => (egress, prop::bool::weighted(0.25)).prop_map(|(((uid, gid), ip, port), mapped)| Probe::Egress {
             uid,
             gid,
             destination: SocketAddr::new(ip, port),
             mapped: mapped && ip.is_ipv4(),
+            udp: None,
+        }),
+        1 => dns.prop_map(|((uid, gid), ip, udp, mapped)| Probe::Egress {
+            uid,
+            gid,
+            destination: SocketAddr::new(ip, 53),
+            mapped: mapped && ip.is_ipv4(),
+            udp,
         }),
         1 => (select(vec![IpAddr::V4(TASK_V4), IpAddr::V6(TASK_V6)]), select(APP_PORTS.to_vec()))
             .prop_map(|(ip, port)| Probe::Ingress { destination: SocketAddr::new(ip, port) }),
@@ -237,7 +274,7 @@ fn case() -> impl Strategy<Value = Case> {
 /// sockets that `sk_lookup` can assign any inbound connection to.
 struct World {
     // Drop order: the proxy processes, then the pins, the cgroup, the namespaces.
-    _proxies: [Listener; 2],
+    _proxies: [Listener; 3],
     bpffs: TestBpffs,
     cgroup: TestCgroup,
     sandbox: Sandbox,
@@ -256,29 +293,22 @@ impl World {
                 .map(IpAddr::V4)
                 .chain(POOL_V6.iter().copied().map(IpAddr::V6))
                 .collect(),
+            remote_dns: true,
+            ..SandboxSpec::default()
         });
-        let proxy = |role: Role, addresses: [SocketAddr; 2]| {
+        let proxy = |role: Role, addresses: &[String]| {
             let mut command = cgroup.command(PROBE);
-            command.arg("serve").arg(role.name()).args(addresses.map(|a| a.to_string()));
+            command.arg("serve").arg(role.name()).args(addresses);
             sandbox.task().enter(&mut command);
             as_identity(&mut command, PROXY_UID, PROXY_UID);
             Listener::spawn(command)
         };
+        let loopback = |port: u16| [format!("127.0.0.1:{port}"), format!("[::1]:{port}")];
+        let dns = [loopback(DNS_PORT), loopback(DNS_PORT).map(|a| format!("udp:{a}"))].concat();
         let proxies = [
-            proxy(
-                Role::EgressProxy,
-                [
-                    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), EGRESS_PORT),
-                    SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), EGRESS_PORT),
-                ],
-            ),
-            proxy(
-                Role::IngressProxy,
-                [
-                    SocketAddr::new(IpAddr::V4(TASK_V4), INGRESS_PORT),
-                    SocketAddr::new(IpAddr::V6(TASK_V6), INGRESS_PORT),
-                ],
-            ),
+            proxy(Role::EgressProxy, &loopback(EGRESS_PORT)),
+            proxy(Role::IngressProxy, &[format!("{TASK_V4}:{INGRESS_PORT}"), format!("[{TASK_V6}]:{INGRESS_PORT}")]),
+            proxy(Role::DnsProxy, &dns),
         ];
         World { _proxies: proxies, bpffs: TestBpffs::mounted(), cgroup, sandbox }
     }
@@ -315,8 +345,12 @@ impl World {
     fn connect(&self, probe: &Probe) -> Result<Reply, String> {
         let client = Client::new(CLIENT);
         match *probe {
-            Probe::Egress { uid, gid, .. } => {
-                client.netns(self.sandbox.task()).cgroup(&self.cgroup).identity(uid, gid).connect(probe.dialled())
+            Probe::Egress { uid, gid, udp, .. } => {
+                let client = client.netns(self.sandbox.task()).cgroup(&self.cgroup).identity(uid, gid);
+                match udp {
+                    Some(udp) => client.udp(udp).connect(probe.dialled()),
+                    None => client.connect(probe.dialled()),
+                }
             }
             Probe::Ingress { .. } => client.netns(self.sandbox.remote()).connect(probe.dialled()),
         }
@@ -330,15 +364,15 @@ impl World {
 /// read as the original destination or where an untouched connection arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Seen {
-    Proxy { role: Role, original: Option<SocketAddr> },
-    Delivered { role: Role, local: SocketAddr },
+    Proxy { role: Role, original: Option<SocketAddr>, from: Option<SocketAddr> },
+    Delivered { role: Role, local: SocketAddr, from: Option<SocketAddr> },
     Failed(String),
 }
 
 fn seen(reply: &Result<Reply, String>) -> Seen {
     match reply {
-        Ok(r) if r.role.is_proxy() => Seen::Proxy { role: r.role, original: r.original },
-        Ok(r) => Seen::Delivered { role: r.role, local: r.local },
+        Ok(r) if r.role.is_proxy() => Seen::Proxy { role: r.role, original: r.original, from: r.from },
+        Ok(r) => Seen::Delivered { role: r.role, local: r.local, from: r.from },
         Err(e) => Seen::Failed(e.clone()),
     }
 }
@@ -350,9 +384,12 @@ fn seen(reply: &Result<Reply, String>) -> Seen {
 /// packet is not rewritten). An untouched connection arrives at its destination.
 fn judge(backend: Kind, decision: &Decision, connection: &Connection, reply: &Reply) -> Result<(), String> {
     let wrong = |what: &str| Err(format!("{what}: the model says {decision}, but {reply} answered"));
+    // A dual-stack socket sees an IPv4 server as `::ffff:a.b.c.d`: the same server.
+    let from = reply.from.map(|a| SocketAddr::new(canonical(a.ip()), a.port()));
     match decision {
         Decision::Redirect { to } => {
             let proxy = match connection.direction {
+                Direction::Egress if to.port() == DNS_PORT => Role::DnsProxy,
                 Direction::Egress => Role::EgressProxy,
                 Direction::Ingress => Role::IngressProxy,
             };
@@ -366,7 +403,12 @@ fn judge(backend: Kind, decision: &Decision, connection: &Connection, reply: &Re
             if reply.local != arrived_at {
                 return wrong(&format!("arrived at {} instead of {arrived_at}", reply.local));
             }
-            if reply.original != Some(connection.destination) {
+            if connection.protocol == Protocol::Udp {
+                // A resolver accepts only a reply from the server it asked.
+                if from != Some(connection.destination) {
+                    return wrong("the reply did not come from the server asked");
+                }
+            } else if reply.original != Some(connection.destination) {
                 return wrong("the proxy read the wrong original destination");
             }
         }
@@ -376,6 +418,9 @@ fn judge(backend: Kind, decision: &Decision, connection: &Connection, reply: &Re
             }
             if reply.local != connection.destination {
                 return wrong("delivered somewhere else");
+            }
+            if connection.protocol == Protocol::Udp && from != Some(connection.destination) {
+                return wrong("the reply came from somewhere else");
             }
         }
     }
@@ -387,6 +432,8 @@ struct Tally {
     cases: usize,
     connections: usize,
     redirected: usize,
+    /// Of those, DNS datagrams sent to the DNS port.
+    dns_datagrams_redirected: usize,
     by_backend: BTreeMap<Kind, usize>,
 }
 
@@ -436,6 +483,12 @@ fn run_case(world: &World, case: &Case, tally: &mut Tally) -> Result<(), TestCas
     tally.cases += 1;
     tally.connections += case.probes.len();
     tally.redirected += decisions.iter().filter(|d| matches!(d, Decision::Redirect { .. })).count();
+    tally.dns_datagrams_redirected += case
+        .probes
+        .iter()
+        .zip(&decisions)
+        .filter(|(p, d)| matches!(p, Probe::Egress { udp: Some(_), .. }) && matches!(d, Decision::Redirect { .. }))
+        .count();
     if problems.is_empty() {
         Ok(())
     } else {
@@ -490,11 +543,12 @@ fn every_backend_agrees_with_the_model_on_random_configurations() {
     }
     let tally = tally.into_inner();
     eprintln!(
-        "differential: {} configurations in {batches} batch(es), {} connections ({} redirected by the model) \
-         through each of {:?}, {} connections in all, 0 disagreements, {:.1} s",
+        "differential: {} configurations in {batches} batch(es), {} connections ({} redirected by the model, {} of \
+         them DNS datagrams) through each of {:?}, {} connections in all, 0 disagreements, {:.1} s",
         tally.cases,
         tally.connections,
         tally.redirected,
+        tally.dns_datagrams_redirected,
         tally.by_backend.keys().collect::<Vec<_>>(),
         tally.by_backend.values().sum::<usize>(),
         started.elapsed().as_secs_f64()
@@ -506,12 +560,14 @@ fn every_backend_agrees_with_the_model_on_random_configurations() {
 fn judge_tells_the_backends_apart_where_they_differ_by_design() {
     // Not privileged: checks that `judge` can fail, for each way a connection can go wrong.
     let config = ProxyConfig {
-        ignored_uid: Some(IGNORED_UID),
-        ignored_gid: None,
+        ignored_uids: vec![IGNORED_UID],
+        ignored_gids: Vec::new(),
         proxy_egress_port: EGRESS_PORT,
         ingress: Some(Ingress { proxy_port: INGRESS_PORT, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
         egress_ignored_ports: PortSet::new(),
         egress_ignored_ips: Vec::new(),
+        egress_included_ips: None,
+        proxy_dns_port: None,
         implicit_exemptions: true,
         ipv6: true,
     };
@@ -519,7 +575,7 @@ fn judge_tells_the_backends_apart_where_they_differ_by_design() {
     let inbound = SocketAddr::new(IpAddr::V4(TASK_V4), 9080);
     let connection = Probe::Ingress { destination: inbound }.connection();
     let decision = decide(&config, &local, &connection);
-    let at = |role, local, original| Reply { role, local, original };
+    let at = |role, local, original| Reply { role, local, original, from: None };
     let redirected = at(Role::IngressProxy, SocketAddr::new(inbound.ip(), INGRESS_PORT), Some(inbound));
     let assigned = at(Role::IngressProxy, inbound, Some(inbound));
     assert_eq!(judge(Kind::Iptables, &decision, &connection, &redirected), Ok(()));
@@ -531,14 +587,29 @@ fn judge_tells_the_backends_apart_where_they_differ_by_design() {
     assert!(judge(Kind::Ebpf, &decision, &connection, &wrong_original).is_err());
 
     let outbound = SocketAddr::new(IpAddr::V4(POOL_V4[0]), 80);
-    let connection = Probe::Egress { uid: 1000, gid: 1000, destination: outbound, mapped: true }.connection();
+    let connection =
+        Probe::Egress { uid: 1000, gid: 1000, destination: outbound, mapped: true, udp: None }.connection();
     assert_eq!(connection.destination, outbound, "an IPv4-mapped destination is an IPv4 connection");
     let decision = decide(&config, &local, &connection);
     let proxy = at(Role::EgressProxy, SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), EGRESS_PORT), Some(outbound));
     assert_eq!(judge(Kind::Ebpf, &decision, &connection, &proxy), Ok(()));
     assert!(judge(Kind::Ebpf, &decision, &connection, &at(Role::Remote, outbound, None)).is_err());
-    let ignored = Probe::Egress { uid: IGNORED_UID, gid: 1000, destination: outbound, mapped: false }.connection();
+    let ignored =
+        Probe::Egress { uid: IGNORED_UID, gid: 1000, destination: outbound, mapped: false, udp: None }.connection();
     let decision = decide(&config, &local, &ignored);
     assert!(judge(Kind::Iptables, &decision, &ignored, &proxy).is_err());
     assert_eq!(judge(Kind::Iptables, &decision, &ignored, &at(Role::Remote, outbound, None)), Ok(()));
+
+    // DNS over UDP: the reply must come from the server asked, redirected or not.
+    let config = ProxyConfig { proxy_dns_port: Some(DNS_PORT), ..config };
+    let server = SocketAddr::new(IpAddr::V4(POOL_V4[0]), 53);
+    let query = Probe::Egress { uid: 1000, gid: 1000, destination: server, mapped: false, udp: Some(Udp::Connected) };
+    let connection = query.connection();
+    let decision = decide(&config, &local, &connection);
+    let dns_proxy = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DNS_PORT);
+    let answered = |from| Reply { role: Role::DnsProxy, local: dns_proxy, original: None, from: Some(from) };
+    assert_eq!(judge(Kind::Ebpf, &decision, &connection, &answered(server)), Ok(()));
+    assert!(judge(Kind::Ebpf, &decision, &connection, &answered(dns_proxy)).is_err(), "the loopback source shows");
+    let direct = Reply { role: Role::Remote, local: server, original: None, from: Some(server) };
+    assert!(judge(Kind::Nftables, &decision, &connection, &direct).is_err(), "not captured");
 }

@@ -269,7 +269,7 @@ fn ipv6_switched_off_and_reapplied_in_place() {
     let before: Vec<_> = ebpf::status(&world.target()).unwrap().unwrap().programs;
 
     config.ipv6 = false;
-    config.ignored_gid = None;
+    config.ignored_gids.clear();
     config.egress_ignored_ports = PortSet::from_ranges([PortRange::single(8080)]);
     assert!(matches!(world.apply(&config), Outcome::Updated(_)), "changed config");
     let after = ebpf::status(&world.target()).unwrap().unwrap();

@@ -189,6 +189,7 @@ impl World {
                 app_ports: vec![APP_PORT],
                 remote_ports: vec![REMOTE_PORT],
                 remote_addresses: vec![X4, X6, Y4, Y6],
+                ..SandboxSpec::default()
             })),
             Some(host) => {
                 let world = EbpfSandbox::new(&host, PROBE, CLIENT);

@@ -37,6 +37,7 @@ fn sandbox() -> Sandbox {
         app_ports: vec![9080],
         remote_ports: vec![80],
         remote_addresses: vec!["10.5.0.1".parse().unwrap()],
+        ..SandboxSpec::default()
     })
 }
 

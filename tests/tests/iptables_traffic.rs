@@ -17,7 +17,10 @@ use intercept::{
     plan::IptablesPlan,
 };
 use intercept_tests::{
-    cases::{both_families, check, config, ignored_network_cases, sandbox, twenty_ignored_ports},
+    cases::{
+        V4, V6, both_families, check, config, dns_cases, dns_config, dns_off_cases, dns_sandbox, ignored_network_cases,
+        include_cases, include_config, include_sandbox, sandbox, twenty_ignored_ports,
+    },
     topology::require_netns_privileges,
     traffic::Sandbox,
 };
@@ -133,4 +136,35 @@ fn ten_thousand_ignored_cidrs_install_and_work_nft() {
 #[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn ten_thousand_ignored_cidrs_install_and_work_legacy() {
     ten_thousand_ignored_cidrs_install_and_work("ten_thousand_ignored_cidrs_install_and_work_legacy", Mode::Legacy);
+}
+
+/// DNS capture (UDP from both kinds of socket, and TCP), two ignored uids and gids, port 53
+/// ignored (capture off), and include-only outbound, in both xtables variants.
+fn dns_several_identities_and_include_only(test: &str, mode: Mode) {
+    require_netns_privileges(test);
+    let sandbox = dns_sandbox();
+    let config = dns_config();
+    let backend = apply(&sandbox, mode, &config);
+    check(CLIENT, &sandbox, &config, &[dns_cases(&V4, "IPv4"), dns_cases(&V6, "IPv6")].concat());
+    let (off, cases) = dns_off_cases();
+    backend.apply(&IptablesPlan::new(&off), false).expect("apply with port 53 ignored");
+    check(CLIENT, &sandbox, &off, &cases);
+    drop(sandbox);
+
+    let sandbox = include_sandbox();
+    let config = include_config();
+    let _backend = apply(&sandbox, mode, &config);
+    check(CLIENT, &sandbox, &config, &include_cases());
+}
+
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn dns_several_identities_and_include_only_nft() {
+    dns_several_identities_and_include_only("dns_several_identities_and_include_only_nft", Mode::Nft);
+}
+
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn dns_several_identities_and_include_only_legacy() {
+    dns_several_identities_and_include_only("dns_several_identities_and_include_only_legacy", Mode::Legacy);
 }

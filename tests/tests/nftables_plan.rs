@@ -124,12 +124,14 @@ fn nets(list: &[&str]) -> Vec<IpNet> {
 
 fn seed() -> ProxyConfig {
     ProxyConfig {
-        ignored_uid: Some(1337),
-        ignored_gid: None,
+        ignored_uids: vec![1337],
+        ignored_gids: Vec::new(),
         proxy_egress_port: 15001,
         ingress: Some(Ingress { proxy_port: 15000, app_ports: ports(&[(9080, 9080)]) }),
         egress_ignored_ports: ports(&[(22, 22)]),
         egress_ignored_ips: nets(&["169.254.169.254/32", "169.254.170.2/32"]),
+        egress_included_ips: None,
+        proxy_dns_port: None,
         implicit_exemptions: true,
         ipv6: true,
     }
@@ -155,8 +157,8 @@ fn nft_accepts_every_plan() {
     can_run("nft_accepts_every_plan");
     let configs = [
         ("seed", seed()),
-        ("gid only", ProxyConfig { ignored_uid: None, ignored_gid: Some(1337), ..seed() }),
-        ("uid and gid", ProxyConfig { ignored_gid: Some(1338), ..seed() }),
+        ("gid only", ProxyConfig { ignored_uids: Vec::new(), ignored_gids: vec![1337], ..seed() }),
+        ("uid and gid", ProxyConfig { ignored_gids: vec![1338], ..seed() }),
         ("egress only", ProxyConfig { ingress: None, ..seed() }),
         (
             "port ranges",
@@ -179,6 +181,8 @@ fn nft_accepts_every_plan() {
             ProxyConfig {
                 egress_ignored_ports: PortSet::new(),
                 egress_ignored_ips: Vec::new(),
+                egress_included_ips: None,
+                proxy_dns_port: None,
                 implicit_exemptions: false,
                 ..seed()
             },

@@ -12,9 +12,18 @@ use std::{
     time::Instant,
 };
 
-use intercept::{backend::nftables::Nftables, config::ProxyConfig, model::Reason, netns::Target, plan::NftablesPlan};
+use intercept::{
+    backend::{self, Counter, Kind, nftables::Nftables},
+    config::ProxyConfig,
+    model::Reason,
+    netns::Target,
+    plan::NftablesPlan,
+};
 use intercept_tests::{
-    cases::{Case, V4, V6, both_families, cases, check, config, ignored_network_cases, sandbox, twenty_ignored_ports},
+    cases::{
+        Case, V4, V6, both_families, cases, check, config, dns_cases, dns_config, dns_off_cases, dns_sandbox,
+        ignored_network_cases, include_cases, include_config, include_sandbox, sandbox, twenty_ignored_ports,
+    },
     topology::require_nft,
     traffic::Sandbox,
 };
@@ -145,4 +154,35 @@ fn egress_only_leaves_ingress_alone() {
         case.expect = Some(Reason::NotAppPort);
     }
     check(CLIENT, &sandbox, &config, &all);
+}
+
+/// DNS capture (UDP from both kinds of socket, and TCP), two ignored uids and gids, port 53
+/// ignored (capture off), and include-only outbound: every connection and datagram ends where
+/// the model says, and the status counts DNS by its own counter.
+#[test]
+#[ignore = "privileged (root, namespaces, nft): `cargo xtask test` runs it"]
+fn dns_several_identities_and_include_only_match_the_model() {
+    require_nft("dns_several_identities_and_include_only_match_the_model");
+    let sandbox = dns_sandbox();
+    let config = dns_config();
+    let backend = apply(&sandbox, &config);
+    let cases = [dns_cases(&V4, "IPv4"), dns_cases(&V6, "IPv6")].concat();
+    check(CLIENT, &sandbox, &config, &cases);
+    let status = backend.status(Some(&NftablesPlan::new(&config))).unwrap();
+    assert_eq!(status.matches, Some(true), "{:?}", status.reasons);
+    let redirected_dns = cases.iter().filter(|c| c.destination.port() == 53 && c.expect.is_none()).count();
+    let handle = intercept::backend::open(Kind::Nftables, &backend::Target::netns(Target::Path(sandbox.task().path())))
+        .expect("open the backend");
+    let counters = handle.status(Some(&config)).unwrap().counters;
+    assert_eq!(counters.get(&Counter::DnsRedirected), Some(&(redirected_dns as u64)));
+
+    let (off, cases) = dns_off_cases();
+    backend.apply(&NftablesPlan::new(&off), false).expect("apply with port 53 ignored");
+    check(CLIENT, &sandbox, &off, &cases);
+    drop(sandbox);
+
+    let sandbox = include_sandbox();
+    let config = include_config();
+    let _backend = apply(&sandbox, &config);
+    check(CLIENT, &sandbox, &config, &include_cases());
 }

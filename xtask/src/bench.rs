@@ -3,7 +3,8 @@
 //! `docs/performance.md`, `docs/perf/connection-rate.svg` and `docs/perf/samples.csv`; a quick
 //! run writes the same files under `<target dir>/bench/`, so it never replaces a full run's.
 //! `cargo xtask bench --daemon` measures `intercept daemon`'s memory with 100 eBPF tasks
-//! instead (printed; docs/daemon.md quotes it).
+//! instead (printed; docs/daemon.md quotes it), `--dns` DNS queries/s with capture and without
+//! (printed; docs/performance.md quotes it).
 
 use std::process::{Command, ExitCode};
 
@@ -11,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{Workspace, display, run_cmd, setup, step};
 
-pub fn run(ws: &Workspace, quick: bool, daemon: bool) -> Result<ExitCode> {
+pub fn run(ws: &Workspace, quick: bool, daemon: bool, dns: bool) -> Result<ExitCode> {
     setup::run(ws)?;
     if !setup::is_root() {
         bail!(
@@ -34,6 +35,14 @@ pub fn run(ws: &Workspace, quick: bool, daemon: bool) -> Result<ExitCode> {
         "intercept-bench",
     ]))?;
     let release = ws.target_dir.join("release");
+    if dns {
+        step("bench: DNS queries/s with capture and without, per backend");
+        let mut cmd = Command::new(release.join("intercept-bench"));
+        cmd.env("INTERCEPT_BIN", release.join("intercept")).current_dir(&ws.root).arg("dns");
+        println!("    $ {}", display(&cmd));
+        let status = cmd.status().with_context(|| format!("run {}", display(&cmd)))?;
+        return Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
     if daemon {
         step("bench: intercept daemon's memory with 100 eBPF tasks");
         let mut cmd = Command::new(release.join("intercept-bench"));

@@ -39,8 +39,9 @@ struct Group {
 
 /// What runs on every kernel by default: steering and SO_ORIGINAL_DST (IPv4, IPv6, mapped),
 /// ingress through sk_lookup, pinning across the applying process's exit and remove, an
-/// in-place update, `verify`, and one batch of the differential test for eBPF.
-const DEFAULT: [Group; 4] = [
+/// in-place update, `verify`, DNS capture with real resolvers (the sendmsg and recvmsg hooks),
+/// and one batch of the differential test for eBPF.
+const DEFAULT: [Group; 5] = [
     Group { name: "eBPF traffic", binary: "ebpf_traffic", filters: &[], env: &[] },
     Group {
         name: "eBPF backend",
@@ -57,6 +58,7 @@ const DEFAULT: [Group; 4] = [
     // One test at a time: `verify --timeout` is checked against the clock, and two verifies
     // sharing two emulated CPUs slow each other past its margin.
     Group { name: "verify (eBPF)", binary: "verify", filters: &["verify_ebpf"], env: &[("RUST_TEST_THREADS", "1")] },
+    Group { name: "DNS resolvers (eBPF)", binary: "dns", filters: &["resolvers_get_the_proxys_answer_ebpf"], env: &[] },
     Group {
         name: "differential (eBPF)",
         binary: "differential",

@@ -68,6 +68,9 @@ enum Task {
         /// Measure `intercept daemon`'s memory with 100 eBPF tasks instead (printed)
         #[arg(long, conflicts_with = "quick")]
         daemon: bool,
+        /// Measure DNS queries/s with capture and without, per backend, instead (printed)
+        #[arg(long, conflicts_with_all = ["quick", "daemon"])]
+        dns: bool,
     },
     /// Setup, then the differential test (every backend against the decision model on random
     /// configurations and connections, as root) for MINUTES instead of one batch.
@@ -151,7 +154,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Setup => setup::run(&ws).map(|()| ExitCode::SUCCESS),
         Task::Test => test(&ws),
         Task::Demo { args } => demo(&ws, &args),
-        Task::Bench { quick, daemon } => bench::run(&ws, quick, daemon),
+        Task::Bench { quick, daemon, dns } => bench::run(&ws, quick, daemon, dns),
         Task::Soak { minutes } => soak(&ws, minutes),
         Task::Fuzz { seconds } => fuzz::run(&ws, seconds),
         Task::Image => image(&ws),

@@ -19,7 +19,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// the backends' tools, and for the container tests and `cargo xtask image` a container engine
 /// and what builds the image's base from Debian packages. The CNI plugins are not on PATH: their
 /// entry is the path of one.
-const SYSTEM_TOOLS: [(&str, &str); 12] = [
+const SYSTEM_TOOLS: [(&str, &str); 14] = [
     ("iptables", "iptables"),
     ("nft", "nftables"),
     ("ipset", "ipset"),
@@ -30,6 +30,9 @@ const SYSTEM_TOOLS: [(&str, &str); 12] = [
     ("podman", "podman"),
     ("runc", "runc"),
     ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+    // The DNS tests' real resolvers and servers.
+    ("dnsmasq", "dnsmasq-base"),
+    ("dig", "bind9-dnsutils"),
     // The kernel matrix (`cargo xtask kernels`): QEMU, virtme-ng's guest tools, depmod.
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
@@ -191,11 +194,10 @@ fn ensure_symlink(target: &Path, link: &Path) -> Result<()> {
     Ok(())
 }
 
-/// iptables, nft, ipset, ip, dockerd, mmdebstrap, podman and the CNI plugins, QEMU. As root,
-/// apt-get installs them; otherwise
-/// says how to.
+/// iptables, nft, ipset, ip, dockerd, mmdebstrap, podman and the CNI plugins, dnsmasq and dig,
+/// QEMU. As root, apt-get installs them; otherwise says how to.
 fn system_tools() -> Result<()> {
-    step("setup: iptables, nftables, ipset, iproute2, docker.io, mmdebstrap, podman, CNI plugins, QEMU");
+    step("setup: iptables, nftables, ipset, iproute2, docker.io, mmdebstrap, podman, CNI plugins, dnsmasq, dig, QEMU");
     let missing: Vec<(&str, &str)> = SYSTEM_TOOLS.into_iter().filter(|(cmd, _)| find_tool(cmd).is_none()).collect();
     if missing.is_empty() {
         println!("    skip: {} are installed", SYSTEM_TOOLS.map(|(cmd, _)| cmd).join(", "));

@@ -18,8 +18,10 @@ pub type Counters = BTreeMap<Counter, u64>;
 
 /// Every decision a backend counts, and its counter. [`Reason::LocalSource`] and
 /// [`Reason::NotAppPort`] have none: no backend looks at those connections at all.
-const COUNTED: [(Effect, Counter); 9] = [
+const COUNTED: [(Effect, Counter); 11] = [
     (Effect::Redirect(Direction::Egress), Counter::Redirected),
+    (Effect::RedirectDns, Counter::DnsRedirected),
+    (Effect::Untouched(Reason::NotIncluded), Counter::NotIncluded),
     (Effect::Redirect(Direction::Ingress), Counter::IngressSteered),
     (Effect::Untouched(Reason::IgnoredUid), Counter::IgnoredUid),
     (Effect::Untouched(Reason::IgnoredGid), Counter::IgnoredGid),

@@ -38,7 +38,7 @@ use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::{CgroupSockAddr, CgroupSockopt, ProgramError, SkLookup, SockOps};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use aya_log::EbpfLogger;
-use intercept_common::{IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP};
+use intercept_common::{IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, INCLUDED_NETS_V4_MAP, INCLUDED_NETS_V6_MAP};
 
 pub use adopt::Adopted;
 use adopt::adopt_into;
@@ -103,6 +103,8 @@ pub enum Error {
     Capabilities(Box<privileges::Error>),
     #[error("{count} addresses for {map}, which holds at most {capacity}")]
     TooManyLocalAddresses { map: &'static str, count: usize, capacity: u32 },
+    #[error("{count} IgnoredUIDs and IgnoredGIDs, and the eBPF backend holds at most {capacity}")]
+    TooManyIgnoredIds { count: usize, capacity: u32 },
     #[error(
         "{map} holds at most {capacity} entries per generation (fixed when the cgroup was first set up) and the new \
          configuration needs {needed}; run `intercept remove` and apply again"
@@ -317,7 +319,7 @@ fn install(
     let mut loader = EbpfLoader::new();
     loader.override_global(aya_log::LEVEL, &level, true);
     for spec in plan.map_specs() {
-        if spec.name == IGNORED_NETS_V4_MAP || spec.name == IGNORED_NETS_V6_MAP {
+        if [IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, INCLUDED_NETS_V4_MAP, INCLUDED_NETS_V6_MAP].contains(&spec.name) {
             loader.map_max_entries(spec.name, spec.max_entries);
         }
     }
@@ -418,9 +420,12 @@ fn load_program(ebpf: &mut Ebpf, program: Program) -> Result<(), Error> {
     let error = |source| program_error(name, source);
     let prog = ebpf.program_mut(name).ok_or(Error::MissingProgram(name))?;
     match program {
-        Program::Connect4 | Program::Connect6 => {
-            <&mut CgroupSockAddr>::try_from(prog).map_err(error)?.load().map_err(error)
-        }
+        Program::Connect4
+        | Program::Connect6
+        | Program::Sendmsg4
+        | Program::Sendmsg6
+        | Program::Recvmsg4
+        | Program::Recvmsg6 => <&mut CgroupSockAddr>::try_from(prog).map_err(error)?.load().map_err(error),
         Program::Sockops => <&mut SockOps>::try_from(prog).map_err(error)?.load().map_err(error),
         Program::Getsockopt => <&mut CgroupSockopt>::try_from(prog).map_err(error)?.load().map_err(error),
         Program::SkLookup => <&mut SkLookup>::try_from(prog).map_err(error)?.load().map_err(error),
@@ -500,6 +505,8 @@ fn update(
         let needed = match spec.name {
             IGNORED_NETS_V4_MAP => desired.ignored_nets_v4.len(),
             IGNORED_NETS_V6_MAP => desired.ignored_nets_v6.len(),
+            INCLUDED_NETS_V4_MAP => desired.included_nets_v4.len(),
+            INCLUDED_NETS_V6_MAP => desired.included_nets_v6.len(),
             _ => continue,
         };
         // Each generation gets half: the old one stays whole until the new one is active.

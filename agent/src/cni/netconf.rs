@@ -31,25 +31,10 @@ const IPTABLES_MODE: &str = "iptablesMode";
 const ENABLE_IPV6: &str = "enableIPv6";
 const PREV_RESULT: &str = "prevResult";
 
-/// The fields this plugin reads; another field with one of these names in another case is a
-/// typo worth an error (a misspelt `ignoredUid` would otherwise leave the proxy's own traffic
-/// redirected).
-const FIELDS: [&str; 14] = [
-    "cniVersion",
-    "name",
-    "type",
-    PREV_RESULT,
-    BACKEND,
-    IPTABLES_MODE,
-    ENABLE_IPV6,
-    "ignoredUID",
-    "ignoredGID",
-    "proxyIngressPort",
-    "proxyEgressPort",
-    "appPorts",
-    "egressIgnoredIPs",
-    "egressIgnoredPorts",
-];
+/// The fields this plugin reads besides the properties' ([`netconf_field`]); another field
+/// with one of these names in another case is a typo worth an error (a misspelt `ignoredUid`
+/// would otherwise leave the proxy's own traffic redirected).
+const FIELDS: [&str; 7] = ["cniVersion", "name", "type", PREV_RESULT, BACKEND, IPTABLES_MODE, ENABLE_IPV6];
 
 /// A network configuration as read.
 #[derive(Debug, Clone, PartialEq)]
@@ -191,7 +176,8 @@ impl Reader<'_> {
     fn typos(&mut self) {
         let keys: Vec<&String> = self.object.keys().collect();
         for key in keys {
-            if let Some(known) = FIELDS.iter().find(|f| f.eq_ignore_ascii_case(key) && **f != key.as_str()) {
+            let mut known = FIELDS.into_iter().chain(Property::ALL.map(netconf_field));
+            if let Some(known) = known.find(|f| f.eq_ignore_ascii_case(key) && *f != key.as_str()) {
                 self.error(
                     key.clone(),
                     None,

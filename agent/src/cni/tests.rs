@@ -59,8 +59,8 @@ fn ports(list: &[u16]) -> PortSet {
 #[test]
 fn the_agents_netconfig_is_the_seed_configuration_ipv4_only() {
     let config = config(&agent_netconf(json!({}))).unwrap();
-    assert_eq!(config.ignored_uid, Some(1337));
-    assert_eq!(config.ignored_gid, None);
+    assert_eq!(config.ignored_uids, [1337]);
+    assert!(config.ignored_gids.is_empty());
     assert_eq!(config.proxy_egress_port, 15001);
     assert_eq!(config.ingress, Some(Ingress { proxy_port: 15000, app_ports: ports(&[9080]) }));
     assert_eq!(config.egress_ignored_ports, ports(&[22]));

@@ -32,7 +32,15 @@ pub const SSH_PORT: u16 = 22;
 /// ECS refuses to register more than this many EgressIgnoredPorts; intercept honours all.
 pub const ECS_MAX_IGNORED_PORTS: usize = 15;
 
-/// The seven properties of an APPMESH proxy configuration, spelled as ECS spells them.
+/// IgnoredUID and IgnoredGID together hold at most this many ids (the eBPF backend's map of
+/// them has room for this many).
+pub const MAX_IGNORED_IDS: usize = 1024;
+
+/// The port DNS is captured on.
+pub const DNS_PORT: u16 = 53;
+
+/// The seven properties of an APPMESH proxy configuration, spelled as ECS spells them, and
+/// intercept's two extensions ([`Property::is_extension`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Property {
     IgnoredUID,
@@ -42,10 +50,14 @@ pub enum Property {
     AppPorts,
     EgressIgnoredIPs,
     EgressIgnoredPorts,
+    /// The proxy's DNS listener: DNS to non-local servers is redirected there.
+    ProxyDNSPort,
+    /// Include-only outbound: when given, only these destinations are redirected.
+    EgressIncludedIPs,
 }
 
 impl Property {
-    pub const ALL: [Property; 7] = [
+    pub const ALL: [Property; 9] = [
         Property::IgnoredUID,
         Property::IgnoredGID,
         Property::ProxyIngressPort,
@@ -53,7 +65,14 @@ impl Property {
         Property::AppPorts,
         Property::EgressIgnoredIPs,
         Property::EgressIgnoredPorts,
+        Property::ProxyDNSPort,
+        Property::EgressIncludedIPs,
     ];
+
+    /// Not one of ECS's seven: ECS's own interception ignores it.
+    pub fn is_extension(self) -> bool {
+        matches!(self, Property::ProxyDNSPort | Property::EgressIncludedIPs)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -64,6 +83,8 @@ impl Property {
             Property::AppPorts => "AppPorts",
             Property::EgressIgnoredIPs => "EgressIgnoredIPs",
             Property::EgressIgnoredPorts => "EgressIgnoredPorts",
+            Property::ProxyDNSPort => "ProxyDNSPort",
+            Property::EgressIncludedIPs => "EgressIncludedIPs",
         }
     }
 
@@ -185,19 +206,33 @@ pub struct Ingress {
 /// unless `implicit_exemptions` is off, so reports can tell the two apart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProxyConfig {
-    pub ignored_uid: Option<u32>,
-    pub ignored_gid: Option<u32>,
+    /// IgnoredUID: sorted and deduplicated; empty when not given.
+    pub ignored_uids: Vec<u32>,
+    /// IgnoredGID, likewise.
+    pub ignored_gids: Vec<u32>,
     pub proxy_egress_port: u16,
     pub ingress: Option<Ingress>,
     pub egress_ignored_ports: PortSet,
     /// Normalised (host bits cleared), sorted and deduplicated.
     pub egress_ignored_ips: Vec<IpNet>,
+    /// EgressIncludedIPs: when given, only destinations in these networks are redirected
+    /// (the exemptions still apply inside them). Normalised, sorted, deduplicated.
+    pub egress_included_ips: Option<Vec<IpNet>>,
+    /// ProxyDNSPort: DNS (UDP and TCP port 53) to non-local servers goes to this port on
+    /// loopback; see [`ProxyConfig::dns_capture`].
+    pub proxy_dns_port: Option<u16>,
     pub implicit_exemptions: bool,
     /// Intercept IPv6 as well as IPv4 (on unless `APPMESH_ENABLE_IPV6` or `--ipv6` say no).
     pub ipv6: bool,
 }
 
 impl ProxyConfig {
+    /// The port DNS is redirected to: ProxyDNSPort, unless port 53 is an ignored port, which
+    /// turns DNS capture off (`check` warns).
+    pub fn dns_capture(&self) -> Option<u16> {
+        self.proxy_dns_port.filter(|_| !self.egress_ignored_ports.contains(DNS_PORT))
+    }
+
     /// Ignored ports including port 22 when implicit exemptions are on.
     pub fn effective_ignored_ports(&self) -> PortSet {
         let mut ports = self.egress_ignored_ports.clone();

@@ -34,6 +34,9 @@ pub fn env_var(property: Property) -> &'static str {
         Property::AppPorts => "APPMESH_APP_PORTS",
         Property::EgressIgnoredIPs => "APPMESH_EGRESS_IGNORED_IP",
         Property::EgressIgnoredPorts => "APPMESH_EGRESS_IGNORED_PORTS",
+        // No EKS variable exists for these: named like its neighbours.
+        Property::ProxyDNSPort => "APPMESH_ENVOY_DNS_PORT",
+        Property::EgressIncludedIPs => "APPMESH_EGRESS_INCLUDED_IP",
     }
 }
 
@@ -48,6 +51,8 @@ pub fn netconf_field(property: Property) -> &'static str {
         Property::AppPorts => "appPorts",
         Property::EgressIgnoredIPs => "egressIgnoredIPs",
         Property::EgressIgnoredPorts => "egressIgnoredPorts",
+        Property::ProxyDNSPort => "proxyDNSPort",
+        Property::EgressIncludedIPs => "egressIncludedIPs",
     }
 }
 
@@ -61,6 +66,8 @@ pub fn flag(property: Property) -> &'static str {
         Property::AppPorts => "--app-ports",
         Property::EgressIgnoredIPs => "--egress-ignored-ips",
         Property::EgressIgnoredPorts => "--egress-ignored-ports",
+        Property::ProxyDNSPort => "--proxy-dns-port",
+        Property::EgressIncludedIPs => "--egress-included-ips",
     }
 }
 
@@ -246,12 +253,12 @@ pub struct ConfigArgs {
     #[arg(long, group = "config-source")]
     pub from_env: bool,
 
-    /// IgnoredUID: traffic of processes with this uid is never redirected
-    #[arg(long, value_name = "UID", allow_negative_numbers = true)]
+    /// IgnoredUID: traffic of processes with these uids (comma-separated) is never redirected
+    #[arg(long, value_name = "UIDS", allow_negative_numbers = true)]
     pub ignored_uid: Option<String>,
 
-    /// IgnoredGID: traffic of processes with this gid is never redirected
-    #[arg(long, value_name = "GID", allow_negative_numbers = true)]
+    /// IgnoredGID: traffic of processes with these gids (comma-separated) is never redirected
+    #[arg(long, value_name = "GIDS", allow_negative_numbers = true)]
     pub ignored_gid: Option<String>,
 
     /// ProxyIngressPort: where inbound traffic to AppPorts is sent
@@ -274,6 +281,16 @@ pub struct ConfigArgs {
     #[arg(long, value_name = "PORTS", allow_negative_numbers = true)]
     pub egress_ignored_ports: Option<String>,
 
+    /// ProxyDNSPort: DNS (UDP and TCP port 53) to non-local servers is redirected to this
+    /// port on loopback, where the proxy's DNS listener answers
+    #[arg(long, value_name = "PORT", allow_negative_numbers = true)]
+    pub proxy_dns_port: Option<String>,
+
+    /// EgressIncludedIPs: comma-separated IP addresses or CIDR blocks; when given, only
+    /// connections to these are redirected (the exemptions still apply)
+    #[arg(long, value_name = "IPS")]
+    pub egress_included_ips: Option<String>,
+
     /// Do not exempt port 22 and the metadata IPs 169.254.170.2 and 169.254.169.254 unless
     /// they are listed
     #[arg(long)]
@@ -295,6 +312,8 @@ impl ConfigArgs {
             &self.app_ports,
             &self.egress_ignored_ips,
             &self.egress_ignored_ports,
+            &self.proxy_dns_port,
+            &self.egress_included_ips,
         ];
         Property::ALL.into_iter().zip(values).filter_map(|(p, v)| v.as_ref().map(|v| (p, v)))
     }

@@ -12,8 +12,8 @@ use ipnet::IpNet;
 use super::parse::{self, ParseError, clip, list_entries};
 use super::source::{ProxyType, RawConfig, RawProperty, env_var};
 use super::{
-    ConfigErrors, Diagnostic, ECS_MAX_IGNORED_PORTS, Ingress, PortRange, PortSet, Property, ProxyConfig, SSH_PORT,
-    Severity, Validated,
+    ConfigErrors, DNS_PORT, Diagnostic, ECS_MAX_IGNORED_PORTS, Ingress, MAX_IGNORED_IDS, PortRange, PortSet, Property,
+    ProxyConfig, SSH_PORT, Severity, Validated,
 };
 
 /// The only proxy type ECS defines.
@@ -53,13 +53,15 @@ impl<T> Slot<T> {
 }
 
 struct Values {
-    uid: Slot<u32>,
-    gid: Slot<u32>,
+    uid: Slot<Vec<u32>>,
+    gid: Slot<Vec<u32>>,
     ingress: Slot<u16>,
     egress: Slot<u16>,
     app_ports: Slot<Vec<PortRange>>,
     ignored_ports: Slot<Vec<PortRange>>,
     ignored_ips: Slot<Vec<IpNet>>,
+    dns: Slot<u16>,
+    included_ips: Slot<Vec<IpNet>>,
 }
 
 struct Validation<'a> {
@@ -83,6 +85,8 @@ pub fn validate(raw: &RawConfig) -> Result<Validated, ConfigErrors> {
             app_ports: Slot::Absent,
             ignored_ports: Slot::Absent,
             ignored_ips: Slot::Absent,
+            dns: Slot::Absent,
+            included_ips: Slot::Absent,
         },
     };
     v.proxy_type();
@@ -111,9 +115,28 @@ pub fn validate(raw: &RawConfig) -> Result<Validated, ConfigErrors> {
     };
     egress_ignored_ips.sort();
     egress_ignored_ips.dedup();
+    let ids = |slot: Slot<Vec<u32>>| {
+        let mut ids = match slot {
+            Slot::Valid(ids) => ids,
+            _ => Vec::new(),
+        };
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    };
+    let egress_included_ips = match values.included_ips {
+        Slot::Valid(mut nets) => {
+            nets.sort();
+            nets.dedup();
+            Some(nets)
+        }
+        _ => None,
+    };
     let config = ProxyConfig {
-        ignored_uid: values.uid.valid().copied(),
-        ignored_gid: values.gid.valid().copied(),
+        ignored_uids: ids(values.uid),
+        ignored_gids: ids(values.gid),
+        egress_included_ips,
+        proxy_dns_port: values.dns.valid().copied(),
         proxy_egress_port,
         ingress,
         egress_ignored_ports: match values.ignored_ports {
@@ -189,9 +212,21 @@ impl<'a> Validation<'a> {
             return;
         }
         self.seen.insert(property, p);
+        if property.is_extension() && in_task_definition(p) && !p.value.trim().is_empty() {
+            self.warning(
+                p.field(),
+                Some(&p.value),
+                format!(
+                    "{property} is intercept's own extension: ECS's interception ignores it, so it takes effect only \
+                     where intercept installs the task (its init container, daemon or CNI plugin)"
+                ),
+            );
+        }
         match property {
-            Property::IgnoredUID => self.values.uid = self.scalar(p, parse::parse_id),
-            Property::IgnoredGID => self.values.gid = self.scalar(p, parse::parse_id),
+            Property::IgnoredUID => self.values.uid = self.id_list(p),
+            Property::IgnoredGID => self.values.gid = self.id_list(p),
+            Property::ProxyDNSPort => self.values.dns = self.scalar(p, parse::parse_port),
+            Property::EgressIncludedIPs => self.values.included_ips = self.ip_list(p, ipv6),
             Property::ProxyIngressPort => self.values.ingress = self.scalar(p, parse::parse_port),
             Property::ProxyEgressPort => self.values.egress = self.scalar(p, parse::parse_port),
             Property::AppPorts => self.values.app_ports = self.port_list(p),
@@ -238,6 +273,47 @@ impl<'a> Validation<'a> {
                 Slot::Invalid
             }
         }
+    }
+
+    /// An error for every bad entry and a warning for every repeated one; several ids in a
+    /// task definition work only where intercept installs it (ECS's plugin takes one).
+    fn id_list(&mut self, p: &RawProperty) -> Slot<Vec<u32>> {
+        let entries: Vec<&str> = list_entries(&p.value).collect();
+        if entries.is_empty() {
+            return Slot::Absent;
+        }
+        let mut good: Vec<u32> = Vec::with_capacity(entries.len());
+        let mut bad = false;
+        let mut counts = EntryDiagnostics::default();
+        let several = entries.len() > 1;
+        for entry in entries {
+            match parse::parse_id(entry) {
+                Err(e) => {
+                    let hint = if entry.trim().contains(char::is_whitespace) || entry.contains(';') {
+                        " (separate several ids with commas)"
+                    } else {
+                        ""
+                    };
+                    let which = if several { format!(": [{}]", clip(entry)) } else { String::new() };
+                    let message = format!("{e}{hint}{which}");
+                    self.entry(&mut counts, p, Severity::Error, message);
+                    bad = true;
+                }
+                Ok(id) if good.contains(&id) => {
+                    self.entry(&mut counts, p, Severity::Warning, format!("[{id}] is listed more than once"));
+                }
+                Ok(id) => good.push(id),
+            }
+        }
+        self.hidden_entries(p, &counts);
+        if good.len() > 1 && in_task_definition(p) && !bad {
+            self.warning(
+                p.field(),
+                Some(&p.value),
+                "several ids: ECS's interception takes one, so this works only where intercept installs the task",
+            );
+        }
+        if bad { Slot::Invalid } else { Slot::Valid(good) }
     }
 
     /// An error for every bad entry and a warning for every entry that repeats or overlaps
@@ -378,6 +454,15 @@ impl<'a> Validation<'a> {
             );
         }
 
+        let ids = self.values.uid.valid().map_or(0, Vec::len) + self.values.gid.valid().map_or(0, Vec::len);
+        if ids > MAX_IGNORED_IDS {
+            self.error(
+                format!("{uid} / {gid}"),
+                None,
+                format!("{ids} ids: at most {MAX_IGNORED_IDS} IgnoredUIDs and IgnoredGIDs together"),
+            );
+        }
+
         let egress = self.name_of(Property::ProxyEgressPort);
         if self.values.egress.is_absent() {
             self.error(
@@ -451,6 +536,41 @@ impl<'a> Validation<'a> {
             );
         }
 
+        if let Some(dns) = self.values.dns.valid().copied() {
+            let name = self.name_of(Property::ProxyDNSPort);
+            let value = self.seen[&Property::ProxyDNSPort].value.as_str();
+            for (other, port) in [(&egress, egress_port), (&ingress, ingress_port)] {
+                if port == Some(dns) {
+                    self.error(
+                        name.clone(),
+                        Some(value),
+                        format!("same port as {other} ({dns}): DNS needs a listener of its own"),
+                    );
+                }
+            }
+            if let Some(set) = self.values.app_ports.valid().map(|r| PortSet::from_ranges(r.iter().copied()))
+                && set.contains(dns)
+            {
+                self.error(
+                    name.clone(),
+                    Some(value),
+                    format!("{dns} is one of {app}: the proxy's DNS port cannot be an application port"),
+                );
+            }
+            if let Some(ranges) = self.values.ignored_ports.valid()
+                && ranges.iter().any(|r| r.contains(DNS_PORT))
+            {
+                let p = self.seen[&Property::EgressIgnoredPorts];
+                self.warning(
+                    p.field(),
+                    Some(&p.value),
+                    format!(
+                        "contains {DNS_PORT}: DNS capture ({name} {dns}) is off, and DNS goes to its servers directly"
+                    ),
+                );
+            }
+        }
+
         let ignores_egress = self.values.ignored_ports.valid().zip(egress_port);
         if let Some((ranges, port)) = ignores_egress
             && ranges.iter().any(|r| r.contains(port))
@@ -522,6 +642,12 @@ impl Coverage {
             }
         }
     }
+}
+
+/// Written in a task definition's (or a bare) `proxyConfiguration`, which ECS's own
+/// interception would read: not a flag, variable or netconfig field.
+fn in_task_definition(p: &RawProperty) -> bool {
+    matches!(p.origin, crate::config::Origin::Json(_))
 }
 
 /// The property a misspelt name most likely means: the same name in another case, a

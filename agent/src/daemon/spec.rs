@@ -289,7 +289,7 @@ pub(super) mod tests {
         assert_eq!(spec.netns, Some(PathBuf::from("/run/netns/task1")));
         assert_eq!(spec.backend, Kind::Ebpf);
         assert_eq!(spec.config.proxy_egress_port, 15001);
-        assert_eq!(spec.config.ignored_uid, Some(1337));
+        assert_eq!(spec.config.ignored_uids, [1337]);
         assert_eq!(spec.install_when, None, "the daemon's --install-when");
         assert_eq!(spec.proxy_admin_url, readiness::DEFAULT_ADMIN_URL);
     }

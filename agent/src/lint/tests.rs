@@ -279,7 +279,7 @@ fn proxy_user_missing() {
 
 #[test]
 fn proxy_group_against_ignored_gid_only() {
-    let gid_only = ProxyConfig { ignored_uid: None, ignored_gid: Some(1337), ..seed_config() };
+    let gid_only = ProxyConfig { ignored_uids: Vec::new(), ignored_gids: vec![1337], ..seed_config() };
     let lint_user = |user: &str| lint(&with_proxy_user(json!(user)), Some(&gid_only));
     assert!(lint_user("0:1337").is_empty());
     let d = lint_user("1337:0");

@@ -71,29 +71,40 @@ impl fmt::Display for Id<'_> {
 
 pub(super) fn exemption(user: &User<'_>, config: &ProxyConfig) -> Exemption {
     let mut unknown = Vec::new();
-    if let Some(uid) = config.ignored_uid {
+    if !config.ignored_uids.is_empty() {
+        let uids = ids(&config.ignored_uids);
         match user.user {
-            Id::Numeric(n) if n == uid => return Exemption::Exempt(format!("uid {uid} (IgnoredUID)")),
+            Id::Numeric(n) if config.ignored_uids.contains(&n) => {
+                return Exemption::Exempt(format!("uid {n} (IgnoredUID)"));
+            }
             Id::Numeric(_) => {}
             Id::Name(name) => {
-                unknown.push(format!("the user name \"{name}\" may or may not be uid {uid} (IgnoredUID)"))
+                unknown.push(format!("the user name \"{name}\" may or may not be uid {uids} (IgnoredUID)"))
             }
         }
     }
-    if let Some(gid) = config.ignored_gid {
+    if !config.ignored_gids.is_empty() {
+        let gids = ids(&config.ignored_gids);
         match user.group {
-            Some(Id::Numeric(n)) if n == gid => return Exemption::Exempt(format!("gid {gid} (IgnoredGID)")),
+            Some(Id::Numeric(n)) if config.ignored_gids.contains(&n) => {
+                return Exemption::Exempt(format!("gid {n} (IgnoredGID)"));
+            }
             Some(Id::Numeric(_)) => {}
             Some(Id::Name(name)) => {
-                unknown.push(format!("the group name \"{name}\" may or may not be gid {gid} (IgnoredGID)"))
+                unknown.push(format!("the group name \"{name}\" may or may not be gid {gids} (IgnoredGID)"))
             }
             None => unknown.push(format!(
-                "no group is given, so the user's primary group in the image decides whether it is gid {gid} \
+                "no group is given, so the user's primary group in the image decides whether it is gid {gids} \
                  (IgnoredGID)"
             )),
         }
     }
     if unknown.is_empty() { Exemption::NotExempt } else { Exemption::Unknown(unknown.join("; ")) }
+}
+
+/// `1337`, or `1337 or 1338` for several.
+pub(super) fn ids(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" or ")
 }
 
 #[cfg(test)]
@@ -103,12 +114,14 @@ mod tests {
 
     fn config(uid: Option<u32>, gid: Option<u32>) -> ProxyConfig {
         ProxyConfig {
-            ignored_uid: uid,
-            ignored_gid: gid,
+            ignored_uids: uid.into_iter().collect(),
+            ignored_gids: gid.into_iter().collect(),
             proxy_egress_port: 15001,
             ingress: None,
             egress_ignored_ports: PortSet::new(),
             egress_ignored_ips: Vec::new(),
+            egress_included_ips: None,
+            proxy_dns_port: None,
             implicit_exemptions: true,
             ipv6: true,
         }

@@ -1,10 +1,11 @@
 //! The eBPF plan: the contents of every map the programs read, as typed data.
 //!
 //! The programs decide each connection the way [`crate::model::decide`] does, looking
-//! things up in these maps: [`CONFIG_MAP`] for the proxy ports, the ignored identities and
-//! the IPv6 switch; the port hash maps for EgressIgnoredPorts and AppPorts (ranges expanded
-//! to single ports: a lookup is one hash probe whatever the configuration); LPM tries for
-//! EgressIgnoredIPs and for the task's local networks, one pair per family.
+//! things up in these maps: [`CONFIG_MAP`] for the proxy ports (DNS's too), the IPv6 and
+//! include-only switches; [`IGNORED_IDS_MAP`] for every IgnoredUID and IgnoredGID; the port
+//! hash maps for EgressIgnoredPorts and AppPorts (ranges expanded to single ports: a lookup is
+//! one hash probe whatever the configuration); LPM tries for EgressIgnoredIPs,
+//! EgressIncludedIPs and the task's local networks, one per family.
 //!
 //! The local-networks tries hold the loopback ranges here; the backend adds the network
 //! namespace's own addresses when it applies the plan, because only it can see them.
@@ -20,7 +21,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use intercept_common::{
     ACTIVE_CAPACITY, ACTIVE_MAP, APP_PORTS_MAP, CONFIG_CAPACITY, CONFIG_MAP, COUNTERS_CAPACITY, COUNTERS_MAP, Counter,
-    GENERATIONS, GlobalConfig, IGNORED_NETS_CAPACITY, IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP,
+    GENERATIONS, GlobalConfig, IGNORED_IDS_CAPACITY, IGNORED_IDS_MAP, IGNORED_NETS_CAPACITY, IGNORED_NETS_V4_MAP,
+    IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP, INCLUDED_NETS_CAPACITY, INCLUDED_NETS_V4_MAP, INCLUDED_NETS_V6_MAP,
     INGRESS_FALLBACK_APP, INGRESS_FALLBACK_REFUSE, LOCAL_NETS_CAPACITY, LOCAL_NETS_V4_MAP, LOCAL_NETS_V6_MAP, LpmKeyV4,
     LpmKeyV6, PORT_MAP_CAPACITY,
 };
@@ -49,6 +51,13 @@ pub struct EbpfPlan {
     /// Keys of [`LOCAL_NETS_V6_MAP`] known before apply time: `::1`; empty when IPv6 is
     /// not intercepted.
     pub local_nets_v6: Vec<LpmKeyV6>,
+    /// The IgnoredUIDs and IgnoredGIDs: [`IGNORED_IDS_MAP`]'s keys, ascending.
+    pub ignored_uids: Vec<u32>,
+    pub ignored_gids: Vec<u32>,
+    /// Keys of [`INCLUDED_NETS_V4_MAP`] and [`INCLUDED_NETS_V6_MAP`]; read only when
+    /// `config.include_only` is 1.
+    pub included_nets_v4: Vec<LpmKeyV4>,
+    pub included_nets_v6: Vec<LpmKeyV6>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -90,17 +99,24 @@ impl EbpfPlan {
         let loopback = LocalAddrs::loopback();
         let (ignored_nets_v4, ignored_nets_v6) = split_keys(&ignored_nets, config.ipv6);
         let (local_nets_v4, local_nets_v6) = split_keys(loopback.nets(), config.ipv6);
+        let included = config.egress_included_ips.as_ref().map(IpNet::aggregate).unwrap_or_default();
+        let (included_nets_v4, included_nets_v6) = split_keys(&included, config.ipv6);
         EbpfPlan {
             config: GlobalConfig {
-                ignored_uid: config.ignored_uid.unwrap_or(0),
-                ignored_gid: config.ignored_gid.unwrap_or(0),
                 proxy_egress_port: config.proxy_egress_port,
                 proxy_ingress_port: config.ingress.as_ref().map_or(0, |i| i.proxy_port),
-                has_ignored_uid: config.ignored_uid.is_some().into(),
-                has_ignored_gid: config.ignored_gid.is_some().into(),
+                proxy_dns_port: config.dns_capture().unwrap_or(0),
+                has_ignored_uids: (!config.ignored_uids.is_empty()).into(),
+                has_ignored_gids: (!config.ignored_gids.is_empty()).into(),
                 ipv6: config.ipv6.into(),
                 ingress_fallback: INGRESS_FALLBACK_REFUSE,
+                include_only: config.egress_included_ips.is_some().into(),
+                _pad: [0; 5],
             },
+            ignored_uids: config.ignored_uids.clone(),
+            ignored_gids: config.ignored_gids.clone(),
+            included_nets_v4,
+            included_nets_v6,
             ignored_ports: config.effective_ignored_ports().ports().collect(),
             app_ports: config.ingress.as_ref().map(|i| i.app_ports.ports().collect()).unwrap_or_default(),
             ignored_nets_v4,
@@ -120,9 +136,11 @@ impl EbpfPlan {
     /// Every map with the capacity to create it with. The ignored-networks tries grow past
     /// their ELF default when the lists need it (`EbpfLoader::map_max_entries`): room for the
     /// list in each generation.
-    pub fn map_specs(&self) -> [MapSpec; 9] {
+    pub fn map_specs(&self) -> [MapSpec; 12] {
         let ignored_capacity =
             |len: usize| u32::try_from(len).unwrap_or(u32::MAX).max(IGNORED_NETS_CAPACITY).saturating_mul(GENERATIONS);
+        let included_capacity =
+            |len: usize| u32::try_from(len).unwrap_or(u32::MAX).max(INCLUDED_NETS_CAPACITY).saturating_mul(GENERATIONS);
         let spec = |name, kind, key, value, max_entries, generations| MapSpec {
             name,
             kind,
@@ -160,6 +178,30 @@ impl EbpfPlan {
             spec(LOCAL_NETS_V4_MAP, MapKind::LpmTrie, v4, "u8", local, GENERATIONS),
             spec(LOCAL_NETS_V6_MAP, MapKind::LpmTrie, v6, "u8", local, GENERATIONS),
             spec(COUNTERS_MAP, MapKind::PerCpuArray, "u32", "u64", COUNTERS_CAPACITY, 1),
+            spec(
+                IGNORED_IDS_MAP,
+                MapKind::Hash,
+                "IdKey (generation, uid or gid, id)",
+                "u8",
+                IGNORED_IDS_CAPACITY * GENERATIONS,
+                GENERATIONS,
+            ),
+            spec(
+                INCLUDED_NETS_V4_MAP,
+                MapKind::LpmTrie,
+                v4,
+                "u8",
+                included_capacity(self.included_nets_v4.len()),
+                GENERATIONS,
+            ),
+            spec(
+                INCLUDED_NETS_V6_MAP,
+                MapKind::LpmTrie,
+                v6,
+                "u8",
+                included_capacity(self.included_nets_v6.len()),
+                GENERATIONS,
+            ),
         ]
     }
 
@@ -194,14 +236,14 @@ impl EbpfPlan {
                     let c = &self.config;
                     out.push_str(":\n");
                     let fields: [(&str, String); 8] = [
-                        ("ignored_uid", c.ignored_uid.to_string()),
-                        ("ignored_gid", c.ignored_gid.to_string()),
                         ("proxy_egress_port", c.proxy_egress_port.to_string()),
                         ("proxy_ingress_port", c.proxy_ingress_port.to_string()),
-                        ("has_ignored_uid", c.has_ignored_uid.to_string()),
-                        ("has_ignored_gid", c.has_ignored_gid.to_string()),
+                        ("proxy_dns_port", c.proxy_dns_port.to_string()),
+                        ("has_ignored_uids", c.has_ignored_uids.to_string()),
+                        ("has_ignored_gids", c.has_ignored_gids.to_string()),
                         ("ipv6", c.ipv6.to_string()),
                         ("ingress_fallback", c.ingress_fallback.to_string()),
+                        ("include_only", c.include_only.to_string()),
                     ];
                     for (field, value) in fields {
                         let _ = writeln!(out, "  [g].{field:<18} = {value}");
@@ -213,6 +255,9 @@ impl EbpfPlan {
                 IGNORED_NETS_V6_MAP => push_nets(&mut out, &nets_v6(&self.ignored_nets_v6)),
                 LOCAL_NETS_V4_MAP => push_nets(&mut out, &nets_v4(&self.local_nets_v4)),
                 LOCAL_NETS_V6_MAP => push_nets(&mut out, &nets_v6(&self.local_nets_v6)),
+                INCLUDED_NETS_V4_MAP => push_nets(&mut out, &nets_v4(&self.included_nets_v4)),
+                INCLUDED_NETS_V6_MAP => push_nets(&mut out, &nets_v6(&self.included_nets_v6)),
+                IGNORED_IDS_MAP => push_ids(&mut out, &self.ignored_uids, &self.ignored_gids),
                 COUNTERS_MAP => {
                     out.push_str(": one u64 per CPU for each reason, starting at 0\n");
                     for counter in Counter::ALL {
@@ -229,14 +274,19 @@ impl EbpfPlan {
     pub fn render_json(&self) -> String {
         #[derive(Serialize)]
         struct ConfigJson {
-            ignored_uid: u32,
-            ignored_gid: u32,
             proxy_egress_port: u16,
             proxy_ingress_port: u16,
-            has_ignored_uid: u8,
-            has_ignored_gid: u8,
+            proxy_dns_port: u16,
+            has_ignored_uids: u8,
+            has_ignored_gids: u8,
             ipv6: u8,
             ingress_fallback: u8,
+            include_only: u8,
+        }
+        #[derive(Serialize)]
+        struct IdsJson {
+            uids: Vec<u32>,
+            gids: Vec<u32>,
         }
         #[derive(Serialize)]
         struct LpmJson {
@@ -259,6 +309,7 @@ impl EbpfPlan {
             Ports(Vec<u16>),
             Nets(Vec<LpmJson>),
             Counters(Vec<CounterJson>),
+            Ids(IdsJson),
         }
         #[derive(Serialize)]
         struct MapJson {
@@ -292,15 +343,20 @@ impl EbpfPlan {
                         Contents::Active("the generation the programs use, set to the plan's once it is written")
                     }
                     CONFIG_MAP => Contents::Config([ConfigJson {
-                        ignored_uid: c.ignored_uid,
-                        ignored_gid: c.ignored_gid,
                         proxy_egress_port: c.proxy_egress_port,
                         proxy_ingress_port: c.proxy_ingress_port,
-                        has_ignored_uid: c.has_ignored_uid,
-                        has_ignored_gid: c.has_ignored_gid,
+                        proxy_dns_port: c.proxy_dns_port,
+                        has_ignored_uids: c.has_ignored_uids,
+                        has_ignored_gids: c.has_ignored_gids,
                         ipv6: c.ipv6,
                         ingress_fallback: c.ingress_fallback,
+                        include_only: c.include_only,
                     }]),
+                    IGNORED_IDS_MAP => {
+                        Contents::Ids(IdsJson { uids: self.ignored_uids.clone(), gids: self.ignored_gids.clone() })
+                    }
+                    INCLUDED_NETS_V4_MAP => v4(&self.included_nets_v4),
+                    INCLUDED_NETS_V6_MAP => v6(&self.included_nets_v6),
                     IGNORED_PORTS_MAP => Contents::Ports(self.ignored_ports.clone()),
                     APP_PORTS_MAP => Contents::Ports(self.app_ports.clone()),
                     IGNORED_NETS_V4_MAP => v4(&self.ignored_nets_v4),
@@ -371,6 +427,19 @@ fn push_ports(out: &mut String, ports: &[u16]) {
     }
 }
 
+fn push_ids(out: &mut String, uids: &[u32], gids: &[u32]) {
+    if uids.is_empty() && gids.is_empty() {
+        out.push_str(": empty\n");
+        return;
+    }
+    out.push_str(":\n");
+    for (what, ids) in [("uid", uids), ("gid", gids)] {
+        if !ids.is_empty() {
+            let _ = writeln!(out, "  {what} {}", summarised_inline(ids));
+        }
+    }
+}
+
 fn push_nets<N: std::fmt::Display>(out: &mut String, nets: &[N]) {
     match nets.len() {
         0 => out.push_str(": empty\n"),
@@ -388,14 +457,16 @@ mod tests {
 
     fn config(ingress: bool, ignored_ips: usize) -> ProxyConfig {
         ProxyConfig {
-            ignored_uid: Some(1337),
-            ignored_gid: None,
+            ignored_uids: vec![1337],
+            ignored_gids: Vec::new(),
             proxy_egress_port: 15001,
             ingress: ingress
                 .then(|| Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
             egress_ignored_ports: PortSet::from_ranges([PortRange::single(5432)]),
             // Enough networks for the iptables plan to use ipsets.
             egress_ignored_ips: (0..ignored_ips).map(|i| format!("10.{i}.0.0/16").parse().unwrap()).collect(),
+            egress_included_ips: None,
+            proxy_dns_port: None,
             implicit_exemptions: true,
             ipv6: true,
         }

@@ -14,6 +14,11 @@
 //! - multiport lists are split into chunks instead of truncated after 15 ports;
 //! - more than [`IPSET_THRESHOLD`] ignored networks per family go into one `hash:net`
 //!   ipset matched by a single rule, instead of one rule each.
+//!
+//! intercept's own additions (not in the reference): several ignored identities (one owner
+//! rule each), DNS capture (UDP to port 53 joins the egress chain, which sends DNS to
+//! [`DNS_CHAIN`]), and include-only outbound (the redirect only for the included networks,
+//! then a `RETURN` for everything else).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -22,12 +27,15 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use super::{push_summarised, to_json};
-use crate::config::{METADATA_IPS, PortRange, PortSet, ProxyConfig, SSH_PORT};
+use crate::config::{DNS_PORT, METADATA_IPS, PortRange, PortSet, ProxyConfig, SSH_PORT};
 use crate::model::{Direction, Effect, Reason};
 
 pub const TABLE: &str = "nat";
 pub const EGRESS_CHAIN: &str = "INTERCEPT_EGRESS";
 pub const INGRESS_CHAIN: &str = "INTERCEPT_INGRESS";
+/// DNS capture: the DNS the egress chain sends here goes to ProxyDNSPort unless its server is
+/// an ignored IP.
+pub const DNS_CHAIN: &str = "INTERCEPT_DNS";
 /// Every comment intercept writes starts with this: the backend's way to recognise its
 /// own rules in the built-in chains.
 pub const COMMENT_PREFIX: &str = "intercept: ";
@@ -88,7 +96,7 @@ impl Family {
         }
     }
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Family::Ipv4 => "IPv4",
             Family::Ipv6 => "IPv6",
@@ -261,8 +269,13 @@ impl IptablesPlan {
         let ignored_ports = config.effective_ignored_ports();
         let mut ipsets = Vec::new();
         let mut family_plan = |family| {
-            let (plan, set) = build_family(config, family, &ignored_ips, &ignored_ports);
-            ipsets.extend(set);
+            let (plan, sets) = build_family(config, family, &ignored_ips, &ignored_ports);
+            for set in sets {
+                // The DNS chain matches the same ignored set as the egress chain.
+                if !ipsets.iter().any(|s: &IpSet| s.name == set.name) {
+                    ipsets.push(set);
+                }
+            }
             plan
         };
         let v4 = family_plan(Family::Ipv4);
@@ -363,41 +376,57 @@ fn build_family(
     family: Family,
     ignored_ips: &[IpNet],
     ignored_ports: &PortSet,
-) -> (FamilyPlan, Option<IpSet>) {
-    let nets: Vec<IpNet> = ignored_ips.iter().copied().filter(|n| family.contains(n)).collect();
-    // hash:net cannot hold a /0, and a /0 needs no lookup anyway: it is a rule of its own.
-    let (everything, specific): (Vec<IpNet>, Vec<IpNet>) = nets.into_iter().partition(|n| n.prefix_len() == 0);
-    let set = (specific.len() > IPSET_THRESHOLD).then(|| IpSet {
-        name: format!("intercept-egress-{}", family.suffix()),
-        family,
-        maxelem: specific.len().next_power_of_two().max(IPSET_MIN_MAXELEM),
-        entries: specific.clone(),
-    });
+) -> (FamilyPlan, Vec<IpSet>) {
+    let mut sets = Vec::new();
+    let ignored = NetMatch::new(ignored_ips, family, "egress");
+    sets.extend(ignored.set.clone());
 
     let mut egress = Vec::new();
     let chain = EGRESS_CHAIN;
-    if let Some(uid) = config.ignored_uid {
-        let uid = uid.to_string();
+    for uid in config.ignored_uids.iter().map(ToString::to_string) {
         let comment = format!("{COMMENT_PREFIX}never redirect IgnoredUID {uid}");
-        egress.push(Rule::new(
-            chain,
-            &["-m", "owner", "--uid-owner", &uid],
-            comment,
-            &["-j", "RETURN"],
-            exempt(Reason::IgnoredUid),
-        ));
+        let matches = ["-m", "owner", "--uid-owner", &uid];
+        egress.push(Rule::new(chain, &matches, comment, &["-j", "RETURN"], exempt(Reason::IgnoredUid)));
     }
-    if let Some(gid) = config.ignored_gid {
-        let gid = gid.to_string();
+    for gid in config.ignored_gids.iter().map(ToString::to_string) {
         let comment = format!("{COMMENT_PREFIX}never redirect IgnoredGID {gid}");
-        egress.push(Rule::new(
-            chain,
-            &["-m", "owner", "--gid-owner", &gid],
-            comment,
-            &["-j", "RETURN"],
-            exempt(Reason::IgnoredGid),
-        ));
+        let matches = ["-m", "owner", "--gid-owner", &gid];
+        egress.push(Rule::new(chain, &matches, comment, &["-j", "RETURN"], exempt(Reason::IgnoredGid)));
     }
+    let dns = config.dns_capture().map(|port| {
+        let dport = DNS_PORT.to_string();
+        for proto in ["udp", "tcp"] {
+            egress.push(Rule::new(
+                chain,
+                &["-p", proto, "-m", proto, "--dport", &dport],
+                format!("{COMMENT_PREFIX}DNS over {proto} to {DNS_CHAIN}"),
+                &["-j", DNS_CHAIN],
+                None,
+            ));
+        }
+        for proto in ["udp", "tcp"] {
+            // Only DNS to an ignored server comes back from the DNS chain, counted there.
+            egress.push(Rule::new(
+                chain,
+                &["-p", proto, "-m", proto, "--dport", &dport],
+                format!("{COMMENT_PREFIX}DNS over {proto} to an ignored server: untouched"),
+                &["-j", "RETURN"],
+                None,
+            ));
+        }
+        let port = port.to_string();
+        let mut rules = ignored.rules(DNS_CHAIN, config);
+        for proto in ["udp", "tcp"] {
+            rules.push(Rule::new(
+                DNS_CHAIN,
+                &["-p", proto],
+                format!("{COMMENT_PREFIX}redirect DNS over {proto} to ProxyDNSPort {port}"),
+                &["-j", "REDIRECT", "--to-ports", &port],
+                Some(Effect::RedirectDns),
+            ));
+        }
+        Chain { name: DNS_CHAIN.to_owned(), rules }
+    });
     let ports_label = ignored_ports_label(config);
     for (dports, part) in with_parts(multiport_chunks(ignored_ports)) {
         let comment = format!("{COMMENT_PREFIX}never redirect {ports_label}{part}");
@@ -409,34 +438,41 @@ fn build_family(
             exempt(Reason::IgnoredPort),
         ));
     }
-    let plain_nets = if set.is_some() { everything } else { [everything, specific].concat() };
-    for net in plain_nets {
-        let comment = format!("{COMMENT_PREFIX}never redirect {}", ignored_net_label(config, &net));
-        egress.push(Rule::new(chain, &["-d", &net.to_string()], comment, &["-j", "RETURN"], exempt(Reason::IgnoredIp)));
-    }
-    if let Some(set) = &set {
-        let comment = format!(
-            "{COMMENT_PREFIX}never redirect EgressIgnoredIPs in ipset {} ({} networks)",
-            set.name,
-            set.entries.len()
-        );
-        egress.push(Rule::new(
-            chain,
-            &["-m", "set", "--match-set", &set.name, "dst"],
-            comment,
-            &["-j", "RETURN"],
-            exempt(Reason::IgnoredIp),
-        ));
-    }
+    egress.extend(ignored.rules(chain, config));
     let port = config.proxy_egress_port.to_string();
-    let comment = format!("{COMMENT_PREFIX}redirect other egress TCP to ProxyEgressPort {port}");
-    egress.push(Rule::new(
-        chain,
-        &["-p", "tcp"],
-        comment,
-        &["-j", "REDIRECT", "--to-ports", &port],
-        Some(Effect::Redirect(Direction::Egress)),
-    ));
+    let redirect = ["-j", "REDIRECT", "--to-ports", port.as_str()];
+    match &config.egress_included_ips {
+        None => {
+            let comment = format!("{COMMENT_PREFIX}redirect other egress TCP to ProxyEgressPort {port}");
+            egress.push(Rule::new(
+                chain,
+                &["-p", "tcp"],
+                comment,
+                &redirect,
+                Some(Effect::Redirect(Direction::Egress)),
+            ));
+        }
+        Some(included) => {
+            let included = NetMatch::new(included, family, "include");
+            sets.extend(included.set.clone());
+            for matches in included.matches() {
+                let what = match &included.set {
+                    Some(set) => format!("EgressIncludedIPs in ipset {} ({} networks)", set.name, set.entries.len()),
+                    None => format!("EgressIncludedIPs {}", matches[1]),
+                };
+                let comment = format!("{COMMENT_PREFIX}redirect egress TCP to {what} to ProxyEgressPort {port}");
+                // As iptables-save prints them (the backend compares words): `-d` before `-p`.
+                let matches: Vec<&str> = if matches[0] == "-d" {
+                    matches.iter().map(String::as_str).chain(["-p", "tcp"]).collect()
+                } else {
+                    ["-p", "tcp"].into_iter().chain(matches.iter().map(String::as_str)).collect()
+                };
+                egress.push(Rule::new(chain, &matches, comment, &redirect, Some(Effect::Redirect(Direction::Egress))));
+            }
+            let comment = format!("{COMMENT_PREFIX}never redirect destinations outside EgressIncludedIPs");
+            egress.push(Rule::new(chain, &["-p", "tcp"], comment, &["-j", "RETURN"], exempt(Reason::NotIncluded)));
+        }
+    }
 
     let mut chains = vec![Chain { name: EGRESS_CHAIN.to_owned(), rules: egress }];
     let mut jumps = vec![Rule::new(
@@ -446,6 +482,16 @@ fn build_family(
         &["-j", EGRESS_CHAIN],
         None,
     )];
+    if let Some(dns) = dns {
+        chains.push(dns);
+        jumps.push(Rule::new(
+            "OUTPUT",
+            &["-p", "udp", "-m", "udp", "--dport", &DNS_PORT.to_string(), "-m", "addrtype", "!", "--dst-type", "LOCAL"],
+            format!("{COMMENT_PREFIX}egress DNS over UDP to non-local servers"),
+            &["-j", EGRESS_CHAIN],
+            None,
+        ));
+    }
 
     if let Some(ingress) = &config.ingress {
         let port = ingress.proxy_port.to_string();
@@ -469,7 +515,68 @@ fn build_family(
             None,
         ));
     }
-    (FamilyPlan { family, chains, jumps }, set)
+    (FamilyPlan { family, chains, jumps }, sets)
+}
+
+/// A family's networks as `-d` matches, or, past [`IPSET_THRESHOLD`], one `hash:net` set
+/// (`intercept-<what>-v4`): the ignored networks and the included ones are matched alike.
+struct NetMatch {
+    /// In the set when there is one, else each its own `-d` (a /0 always is: `hash:net`
+    /// refuses it, and it needs no lookup).
+    plain: Vec<IpNet>,
+    set: Option<IpSet>,
+}
+
+impl NetMatch {
+    fn new(nets: &[IpNet], family: Family, what: &str) -> NetMatch {
+        let nets: Vec<IpNet> = nets.iter().copied().filter(|n| family.contains(n)).collect();
+        let (everything, specific): (Vec<IpNet>, Vec<IpNet>) = nets.into_iter().partition(|n| n.prefix_len() == 0);
+        if specific.len() > IPSET_THRESHOLD {
+            let set = IpSet {
+                name: format!("intercept-{what}-{}", family.suffix()),
+                family,
+                maxelem: specific.len().next_power_of_two().max(IPSET_MIN_MAXELEM),
+                entries: specific,
+            };
+            NetMatch { plain: everything, set: Some(set) }
+        } else {
+            NetMatch { plain: [everything, specific].concat(), set: None }
+        }
+    }
+
+    /// One match per rule: `-d NET` for each plain network, then the set's.
+    fn matches(&self) -> Vec<Vec<String>> {
+        let plain = self.plain.iter().map(|net| vec!["-d".to_owned(), net.to_string()]);
+        let set = self.set.iter().map(|set| ["-m", "set", "--match-set", &set.name, "dst"].map(str::to_owned).to_vec());
+        plain.chain(set).collect()
+    }
+
+    /// The ignored networks' `RETURN` rules in `chain`.
+    fn rules(&self, chain: &str, config: &ProxyConfig) -> Vec<Rule> {
+        let mut rules: Vec<Rule> = self
+            .plain
+            .iter()
+            .map(|net| {
+                let comment = format!("{COMMENT_PREFIX}never redirect {}", ignored_net_label(config, net));
+                Rule::new(chain, &["-d", &net.to_string()], comment, &["-j", "RETURN"], exempt(Reason::IgnoredIp))
+            })
+            .collect();
+        if let Some(set) = &self.set {
+            let comment = format!(
+                "{COMMENT_PREFIX}never redirect EgressIgnoredIPs in ipset {} ({} networks)",
+                set.name,
+                set.entries.len()
+            );
+            rules.push(Rule::new(
+                chain,
+                &["-m", "set", "--match-set", &set.name, "dst"],
+                comment,
+                &["-j", "RETURN"],
+                exempt(Reason::IgnoredIp),
+            ));
+        }
+        rules
+    }
 }
 
 pub(super) fn exempt(reason: Reason) -> Option<Effect> {

@@ -18,9 +18,12 @@
 //!   there is no prerouting chain at all. With IPv6 interception off, both jumps also
 //!   match `meta nfproto ipv4`: IPv6 never enters intercept's chains, so no IPv6 rule or
 //!   set is installed and every IPv6 connection is left alone.
-//! - [`EGRESS_CHAIN`] returns for IgnoredUID and IgnoredGID (`meta skuid`/`skgid`), the
-//!   ignored ports, the ignored networks of each family, then redirects the rest to
-//!   ProxyEgressPort; [`INGRESS_CHAIN`] redirects AppPorts to ProxyIngressPort.
+//! - [`EGRESS_CHAIN`] returns for each IgnoredUID and IgnoredGID (`meta skuid`/`skgid`),
+//!   sends DNS to [`DNS_CHAIN`] (with DNS capture; the output chain then also jumps here for
+//!   UDP to port 53), returns for the ignored ports and the ignored networks of each family,
+//!   then redirects the rest to ProxyEgressPort (with EgressIncludedIPs: only what is in
+//!   [`INCLUDED_V4_SET`] / [`INCLUDED_V6_SET`], and returns for the rest);
+//!   [`INGRESS_CHAIN`] redirects AppPorts to ProxyIngressPort.
 //!
 //! Every rule has a `counter` (the backend's `status` reads them: in a nat chain only a
 //! connection's first packet is evaluated, so they count connections) and a comment
@@ -69,11 +72,16 @@ pub const OUTPUT_CHAIN: &str = "output";
 pub const PREROUTING_CHAIN: &str = "prerouting";
 pub const EGRESS_CHAIN: &str = "egress";
 pub const INGRESS_CHAIN: &str = "ingress";
+/// DNS capture: DNS the egress chain sends here goes to ProxyDNSPort unless its server is an
+/// ignored IP.
+pub const DNS_CHAIN: &str = "dns";
 
 pub const IGNORED_PORTS_SET: &str = "ignored_ports";
 pub const IGNORED_V4_SET: &str = "ignored_v4";
 pub const IGNORED_V6_SET: &str = "ignored_v6";
 pub const APP_PORTS_SET: &str = "app_ports";
+pub const INCLUDED_V4_SET: &str = "included_v4";
+pub const INCLUDED_V6_SET: &str = "included_v6";
 
 /// Both base chains: `dstnat`, where the reference's `nat` `OUTPUT` and `PREROUTING` rules
 /// run. Written as a number because nft accepts the name `dstnat` for prerouting only.
@@ -125,6 +133,10 @@ const TABLE_COMMENT: &str =
 pub enum Match {
     /// `meta l4proto tcp`
     Tcp,
+    /// `meta l4proto udp`
+    Udp,
+    /// `udp dport 53` / `tcp dport 53`
+    DnsPort(Proto),
     /// `meta nfproto ipv4`: IPv6 interception is off.
     Ipv4Only,
     /// `fib daddr type != local`
@@ -145,6 +157,8 @@ impl fmt::Display for Match {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Match::Tcp => f.write_str("meta l4proto tcp"),
+            Match::Udp => f.write_str("meta l4proto udp"),
+            Match::DnsPort(proto) => write!(f, "{} dport {}", proto.as_str(), crate::config::DNS_PORT),
             Match::Ipv4Only => f.write_str("meta nfproto ipv4"),
             Match::NonLocalDestination => f.write_str("fib daddr type != local"),
             Match::NonLocalSource => f.write_str("fib saddr type != local"),
@@ -153,6 +167,22 @@ impl fmt::Display for Match {
             Match::DportIn(set) => write!(f, "tcp dport @{set}"),
             Match::DaddrIn(Family::Ipv4, set) => write!(f, "ip daddr @{set}"),
             Match::DaddrIn(Family::Ipv6, set) => write!(f, "ip6 daddr @{set}"),
+        }
+    }
+}
+
+/// The transport protocols DNS is captured for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Udp,
+    Tcp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Udp => "udp",
+            Proto::Tcp => "tcp",
         }
     }
 }
@@ -335,7 +365,7 @@ impl NftablesPlan {
     pub fn new(config: &ProxyConfig) -> NftablesPlan {
         let mut sets = Vec::new();
         let mut egress = Vec::new();
-        if let Some(uid) = config.ignored_uid {
+        for &uid in &config.ignored_uids {
             egress.push(Rule::new(
                 vec![Match::Uid(uid)],
                 Verdict::Return,
@@ -343,13 +373,33 @@ impl NftablesPlan {
                 exempt(Reason::IgnoredUid),
             ));
         }
-        if let Some(gid) = config.ignored_gid {
+        for &gid in &config.ignored_gids {
             egress.push(Rule::new(
                 vec![Match::Gid(gid)],
                 Verdict::Return,
                 format!("{COMMENT_PREFIX}never redirect IgnoredGID {gid}"),
                 exempt(Reason::IgnoredGid),
             ));
+        }
+        let dns_port = config.dns_capture();
+        if dns_port.is_some() {
+            for proto in [Proto::Udp, Proto::Tcp] {
+                egress.push(Rule::new(
+                    vec![Match::DnsPort(proto)],
+                    Verdict::Jump(DNS_CHAIN),
+                    format!("{COMMENT_PREFIX}DNS over {} to {DNS_CHAIN}", proto.as_str()),
+                    None,
+                ));
+            }
+            for proto in [Proto::Udp, Proto::Tcp] {
+                // Only DNS to an ignored server comes back from the DNS chain, counted there.
+                egress.push(Rule::new(
+                    vec![Match::DnsPort(proto)],
+                    Verdict::Return,
+                    format!("{COMMENT_PREFIX}DNS over {} to an ignored server: untouched", proto.as_str()),
+                    None,
+                ));
+            }
         }
         let ports = config.effective_ignored_ports();
         if !ports.is_empty() {
@@ -373,6 +423,7 @@ impl NftablesPlan {
         } else {
             &[(Family::Ipv4, IGNORED_V4_SET, SetType::Ipv4Addr)]
         };
+        let mut ignored_rules = Vec::new();
         for &(family, name, set_type) in families {
             let nets: Vec<IpNet> = ignored_ips.iter().copied().filter(|n| family.contains(n)).collect();
             if nets.is_empty() {
@@ -387,20 +438,60 @@ impl NftablesPlan {
                 comment: format!("{COMMENT_PREFIX}{label}"),
                 elements: Elements::Nets(nets),
             });
-            egress.push(Rule::new(
+            ignored_rules.push(Rule::new(
                 vec![Match::DaddrIn(family, name)],
                 Verdict::Return,
                 comment,
                 exempt(Reason::IgnoredIp),
             ));
         }
+        egress.extend(ignored_rules.iter().cloned());
         let port = config.proxy_egress_port;
-        egress.push(Rule::new(
-            vec![Match::Tcp],
-            Verdict::Redirect(port),
-            format!("{COMMENT_PREFIX}redirect other egress TCP to ProxyEgressPort {port}"),
-            Some(Effect::Redirect(Direction::Egress)),
-        ));
+        let redirect = Some(Effect::Redirect(Direction::Egress));
+        match &config.egress_included_ips {
+            None => egress.push(Rule::new(
+                vec![Match::Tcp],
+                Verdict::Redirect(port),
+                format!("{COMMENT_PREFIX}redirect other egress TCP to ProxyEgressPort {port}"),
+                redirect,
+            )),
+            Some(included) => {
+                let families: &[(Family, &'static str, SetType)] = if config.ipv6 {
+                    &[
+                        (Family::Ipv4, INCLUDED_V4_SET, SetType::Ipv4Addr),
+                        (Family::Ipv6, INCLUDED_V6_SET, SetType::Ipv6Addr),
+                    ]
+                } else {
+                    &[(Family::Ipv4, INCLUDED_V4_SET, SetType::Ipv4Addr)]
+                };
+                for &(family, name, set_type) in families {
+                    let nets: Vec<IpNet> =
+                        IpNet::aggregate(&included.iter().copied().filter(|n| family.contains(n)).collect());
+                    if nets.is_empty() {
+                        continue;
+                    }
+                    let networks = count(nets.len(), "network");
+                    sets.push(Set {
+                        name,
+                        set_type,
+                        comment: format!("{COMMENT_PREFIX}{} EgressIncludedIPs", family.label()),
+                        elements: Elements::Nets(nets),
+                    });
+                    egress.push(Rule::new(
+                        vec![Match::Tcp, Match::DaddrIn(family, name)],
+                        Verdict::Redirect(port),
+                        format!("{COMMENT_PREFIX}redirect egress TCP to EgressIncludedIPs ({networks}) to port {port}"),
+                        redirect,
+                    ));
+                }
+                egress.push(Rule::new(
+                    vec![Match::Tcp],
+                    Verdict::Return,
+                    format!("{COMMENT_PREFIX}never redirect destinations outside EgressIncludedIPs"),
+                    exempt(Reason::NotIncluded),
+                ));
+            }
+        }
 
         // The jumps select TCP, and IPv4 only when IPv6 is not intercepted; in the model's
         // order, so that the first statement that does not match says why.
@@ -409,15 +500,21 @@ impl NftablesPlan {
             let matches = [Some(Match::Tcp), only, Some(direction)].into_iter().flatten().collect();
             Rule::new(matches, Verdict::Jump(to), comment, None)
         };
-        let mut chains = vec![Chain {
-            name: OUTPUT_CHAIN,
-            hook: Some(Hook::Output),
-            rules: vec![jump(
-                Match::NonLocalDestination,
-                EGRESS_CHAIN,
-                format!("{COMMENT_PREFIX}egress{families_label} TCP to non-local destinations"),
-            )],
-        }];
+        let mut output = vec![jump(
+            Match::NonLocalDestination,
+            EGRESS_CHAIN,
+            format!("{COMMENT_PREFIX}egress{families_label} TCP to non-local destinations"),
+        )];
+        if dns_port.is_some() {
+            let matches = [Some(Match::DnsPort(Proto::Udp)), only, Some(Match::NonLocalDestination)];
+            output.push(Rule::new(
+                matches.into_iter().flatten().collect(),
+                Verdict::Jump(EGRESS_CHAIN),
+                format!("{COMMENT_PREFIX}egress{families_label} DNS over UDP to non-local servers"),
+                None,
+            ));
+        }
+        let mut chains = vec![Chain { name: OUTPUT_CHAIN, hook: Some(Hook::Output), rules: output }];
         let ingress = config.ingress.as_ref().filter(|i| !i.app_ports.is_empty());
         if ingress.is_some() {
             chains.push(Chain {
@@ -431,6 +528,18 @@ impl NftablesPlan {
             });
         }
         chains.push(Chain { name: EGRESS_CHAIN, hook: None, rules: egress });
+        if let Some(port) = dns_port {
+            let mut rules = ignored_rules;
+            for (proto, matched) in [(Proto::Udp, Match::Udp), (Proto::Tcp, Match::Tcp)] {
+                rules.push(Rule::new(
+                    vec![matched],
+                    Verdict::Redirect(port),
+                    format!("{COMMENT_PREFIX}redirect DNS over {} to ProxyDNSPort {port}", proto.as_str()),
+                    Some(Effect::RedirectDns),
+                ));
+            }
+            chains.push(Chain { name: DNS_CHAIN, hook: None, rules });
+        }
         if let Some(ingress) = ingress {
             sets.push(Set {
                 name: APP_PORTS_SET,

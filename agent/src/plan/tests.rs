@@ -17,6 +17,7 @@ use super::iptables::{
 use super::testutil::*;
 use crate::backend::Kind;
 use crate::config::{PortRange, ProxyConfig};
+use crate::model::Effect;
 use crate::model::{self, Connection, Decision, Direction, LocalAddrs, Protocol, Reason, canonical};
 
 /// The xt_multiport limit, written out rather than taken from the code under test.
@@ -396,34 +397,78 @@ fn run_iptables(plan: &IptablesPlan, local: &LocalAddrs, conn: &Connection) -> D
         Direction::Ingress => "PREROUTING",
     };
     let mut why_not = Reason::NotAppPort;
+    // Which jump the connection failed decides why it was left alone, unless it only failed
+    // on the protocol (TCP, or UDP to 53) of one jump while another looked at it further; once
+    // one of intercept's chains returned, its reason stands (the jumps exclude each other).
+    let mut decided = false;
+    let mut protocol_only = true;
     for jump in family.jumps.iter().filter(|j| j.chain == builtin) {
         if let Err(reason) = eval_matches(plan, family, local, conn, &jump.matches) {
-            why_not = reason;
+            let on_protocol = reason == Reason::NotTcp;
+            if !decided && (protocol_only || !on_protocol) {
+                why_not = reason;
+                protocol_only = on_protocol;
+            }
             continue;
         }
+        decided = true;
         assert_eq!(jump.target[0], "-j");
         let chain = family.chain(&jump.target[1]).expect("jump to a declared chain");
-        for rule in &chain.rules {
-            let Ok(kind) = eval_matches(plan, family, local, conn, &rule.matches) else { continue };
-            match rule.target.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-                ["-j", "RETURN"] => {
-                    why_not = kind.expect("a RETURN rule says why");
-                    break;
-                }
-                ["-j", "REDIRECT", "--to-ports", port] => {
-                    let port: u16 = port.parse().unwrap();
-                    let ip = match (conn.direction, dst) {
-                        (Direction::Egress, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                        (Direction::Egress, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-                        (Direction::Ingress, ip) => ip,
-                    };
-                    return Decision::Redirect { to: SocketAddr::new(ip, port) };
-                }
-                ref other => panic!("interpreter does not know target {other:?}"),
-            }
+        match run_chain(plan, family, local, conn, chain, why_not) {
+            Ok(decision) => return decision,
+            Err(reason) => why_not = reason,
         }
     }
     Decision::Untouched { reason: why_not }
+}
+
+/// Runs `conn` through one of intercept's chains: `Ok` with a redirect, `Err(why)` when the
+/// chain returns (`why` is the returning rule's reason, or `why_not` for a rule that passes on
+/// what a chain it jumped to decided).
+fn run_chain(
+    plan: &IptablesPlan,
+    family: &FamilyPlan,
+    local: &LocalAddrs,
+    conn: &Connection,
+    chain: &iptables::Chain,
+    mut why_not: Reason,
+) -> Result<Decision, Reason> {
+    let dst = canonical(conn.destination.ip());
+    for rule in &chain.rules {
+        let Ok(kind) = eval_matches(plan, family, local, conn, &rule.matches) else { continue };
+        match rule.target.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            ["-j", "RETURN"] => {
+                return Err(match rule.effect {
+                    Some(Effect::Untouched(reason)) => {
+                        if let Some(kind) = kind.filter(|_| reason != Reason::NotIncluded) {
+                            assert_eq!(kind, reason, "{rule:?}: its matches say otherwise");
+                        }
+                        reason
+                    }
+                    None => why_not,
+                    other => panic!("RETURN with effect {other:?}"),
+                });
+            }
+            ["-j", "REDIRECT", "--to-ports", port] => {
+                let port: u16 = port.parse().unwrap();
+                let ip = match (conn.direction, dst) {
+                    (Direction::Egress, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    (Direction::Egress, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                    (Direction::Ingress, ip) => ip,
+                };
+                return Ok(Decision::Redirect { to: SocketAddr::new(ip, port) });
+            }
+            ["-j", callee] => {
+                let callee = family.chain(callee).expect("jump to a declared chain");
+                match run_chain(plan, family, local, conn, callee, why_not) {
+                    Ok(decision) => return Ok(decision),
+                    Err(reason) => why_not = reason,
+                }
+            }
+            ref other => panic!("interpreter does not know target {other:?}"),
+        }
+    }
+    Err(why_not)
 }
 
 /// `Ok(reason the rule stands for)` when every match holds, `Err(reason)` for the first
@@ -450,12 +495,20 @@ fn eval_matches(
                 continue;
             }
             "-p" => {
-                assert_eq!(arg(1), "tcp");
-                check(conn.protocol == Protocol::Tcp, Reason::NotTcp)?;
+                let protocol = match arg(1) {
+                    "tcp" => Protocol::Tcp,
+                    "udp" => Protocol::Udp,
+                    other => panic!("protocol {other}"),
+                };
+                check(conn.protocol == protocol, Reason::NotTcp)?;
+                i += 2;
+            }
+            "--dport" => {
+                check(conn.destination.port() == arg(1).parse::<u16>().unwrap(), Reason::NotTcp)?;
                 i += 2;
             }
             "-m" => {
-                assert!(["owner", "multiport", "addrtype", "set"].contains(&arg(1)), "module {}", arg(1));
+                assert!(["owner", "multiport", "addrtype", "set", "udp", "tcp"].contains(&arg(1)), "module {}", arg(1));
                 i += 2;
             }
             "--dst-type" | "--src-type" => {
@@ -510,7 +563,11 @@ fn eval_matches(
 fn run_ebpf(plan: &EbpfPlan, task_addrs: &[IpAddr], conn: &Connection) -> Decision {
     let untouched = |reason| Decision::Untouched { reason };
     let c = &plan.config;
-    if conn.protocol != Protocol::Tcp {
+    let port = conn.destination.port();
+    let dns = c.proxy_dns_port != 0 && port == 53;
+    // The connect and sendmsg hooks: TCP, and UDP only as DNS being captured.
+    let udp_dns = conn.protocol == Protocol::Udp && conn.direction == Direction::Egress && dns;
+    if conn.protocol != Protocol::Tcp && !udp_dns {
         return untouched(Reason::NotTcp);
     }
     let dst = canonical(conn.destination.ip());
@@ -525,26 +582,35 @@ fn run_ebpf(plan: &EbpfPlan, task_addrs: &[IpAddr], conn: &Connection) -> Decisi
             IpAddr::V6(a) => local_v6.push(ebpf::lpm_key_v6(a.into())),
         }
     }
-    let port = conn.destination.port();
+    let loopback = |port| {
+        let ip = if dst.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) };
+        Decision::Redirect { to: SocketAddr::new(ip, port) }
+    };
     match conn.direction {
         Direction::Egress => {
             if lpm_contains(&local_v4, &local_v6, dst) {
                 return untouched(Reason::LocalDestination);
             }
-            if c.has_ignored_uid == 1 && c.ignored_uid == conn.uid {
+            if c.has_ignored_uids == 1 && plan.ignored_uids.contains(&conn.uid) {
                 return untouched(Reason::IgnoredUid);
             }
-            if c.has_ignored_gid == 1 && c.ignored_gid == conn.gid {
+            if c.has_ignored_gids == 1 && plan.ignored_gids.contains(&conn.gid) {
                 return untouched(Reason::IgnoredGid);
+            }
+            let ignored_ip = lpm_contains(&plan.ignored_nets_v4, &plan.ignored_nets_v6, dst);
+            if dns {
+                return if ignored_ip { untouched(Reason::IgnoredIp) } else { loopback(c.proxy_dns_port) };
             }
             if plan.ignored_ports.binary_search(&port).is_ok() {
                 return untouched(Reason::IgnoredPort);
             }
-            if lpm_contains(&plan.ignored_nets_v4, &plan.ignored_nets_v6, dst) {
+            if ignored_ip {
                 return untouched(Reason::IgnoredIp);
             }
-            let ip = if dst.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) };
-            Decision::Redirect { to: SocketAddr::new(ip, c.proxy_egress_port) }
+            if c.include_only == 1 && !lpm_contains(&plan.included_nets_v4, &plan.included_nets_v6, dst) {
+                return untouched(Reason::NotIncluded);
+            }
+            loopback(c.proxy_egress_port)
         }
         Direction::Ingress => {
             if lpm_contains(&local_v4, &local_v6, src) {
@@ -558,7 +624,6 @@ fn run_ebpf(plan: &EbpfPlan, task_addrs: &[IpAddr], conn: &Connection) -> Decisi
     }
 }
 
-/// An LPM trie lookup: is there any entry covering `ip`?
 fn lpm_contains(v4: &[LpmKeyV4], v6: &[LpmKeyV6], ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => v4.iter().any(|k| ebpf::net_v4(k).contains(&a)),
@@ -618,7 +683,10 @@ proptest! {
             for rule in family.chains.iter().flat_map(|c| &c.rules).chain(&family.jumps) {
                 prop_assert!(rule.comment.starts_with(COMMENT_PREFIX));
             }
-            prop_assert!(family.jumps.iter().all(|j| j.matches[..2] == ["-p", "tcp"]));
+            // TCP only, and with DNS capture UDP to port 53 only: nothing else enters the chains.
+            let udp_dns = ["-p", "udp", "-m", "udp", "--dport", "53"];
+            prop_assert!(family.jumps.iter().all(|j| j.matches[..2] == ["-p", "tcp"]
+                || (config.dns_capture().is_some() && j.matches[..6] == udp_dns)));
         }
     }
 

@@ -31,7 +31,7 @@ pub(super) fn seed() -> ProxyConfig {
 }
 
 pub(super) fn gid_only() -> ProxyConfig {
-    ProxyConfig { ignored_uid: None, ignored_gid: Some(1337), ..seed() }
+    ProxyConfig { ignored_uids: Vec::new(), ignored_gids: vec![1337], ..seed() }
 }
 
 pub(super) fn egress_only() -> ProxyConfig {
@@ -81,6 +81,8 @@ pub(super) fn implicit_off() -> ProxyConfig {
     ProxyConfig {
         egress_ignored_ports: PortSet::new(),
         egress_ignored_ips: Vec::new(),
+        egress_included_ips: None,
+        proxy_dns_port: None,
         implicit_exemptions: false,
         ..seed()
     }
@@ -93,8 +95,22 @@ pub(super) fn ten_thousand_cidrs() -> ProxyConfig {
     ProxyConfig { egress_ignored_ips: nets(&refs), ..seed() }
 }
 
+/// DNS capture, several ignored identities and include-only outbound, with an ignored network
+/// inside an included one.
+pub(super) fn dns_include_ids() -> ProxyConfig {
+    ProxyConfig {
+        ignored_uids: vec![1337, 1400],
+        ignored_gids: vec![1338],
+        egress_ignored_ips: vec!["10.1.2.0/24".parse().unwrap()],
+        egress_included_ips: Some(vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()]),
+        proxy_dns_port: Some(15053),
+        ..seed()
+    }
+}
+
 pub(super) fn all_configs() -> Vec<(&'static str, ProxyConfig)> {
     vec![
+        ("dns_include_ids", dns_include_ids()),
         ("seed", seed()),
         ("gid_only", gid_only()),
         ("egress_only", egress_only()),
@@ -187,7 +203,7 @@ pub(super) fn arb_net() -> impl Strategy<Value = IpNet> {
 }
 
 pub(super) fn arb_port() -> impl Strategy<Value = u16> {
-    prop_oneof![8 => 1u16..48, 1 => Just(9080u16), 1 => any::<u16>()]
+    prop_oneof![8 => 1u16..48, 2 => Just(53u16), 1 => Just(9080u16), 1 => any::<u16>()]
 }
 
 pub(super) fn arb_ports(max: usize) -> impl Strategy<Value = PortSet> {
@@ -201,26 +217,37 @@ pub(super) fn arb_id() -> impl Strategy<Value = u32> {
 }
 
 pub(super) fn arb_config() -> impl Strategy<Value = ProxyConfig> {
+    let ids = || prop::collection::vec(arb_id(), 0..3);
     (
-        (prop::option::of(arb_id()), prop::option::of(arb_id())),
+        (ids(), ids()),
         arb_port(),
         prop::option::of((arb_port(), arb_ports(20))),
         arb_ports(24),
         prop::collection::vec(arb_net(), 0..40),
-        any::<bool>(),
-        any::<bool>(),
+        (any::<bool>(), any::<bool>()),
+        prop::option::of(prop_oneof![Just(15053u16), arb_port()]),
+        prop::option::of(prop::collection::vec(arb_net(), 0..6)),
     )
-        .prop_map(|((uid, gid), egress, ingress, ignored_ports, ips, implicit, ipv6)| {
-            let mut ips: Vec<IpNet> = ips;
-            ips.sort();
-            ips.dedup();
+        .prop_map(|((uids, gids), egress, ingress, ignored_ports, ips, (implicit, ipv6), dns, included)| {
+            let normal = |mut v: Vec<IpNet>| {
+                v.sort();
+                v.dedup();
+                v
+            };
+            let ids = |mut v: Vec<u32>| {
+                v.sort_unstable();
+                v.dedup();
+                v
+            };
             ProxyConfig {
-                ignored_uid: uid,
-                ignored_gid: gid,
+                ignored_uids: ids(uids),
+                ignored_gids: ids(gids),
                 proxy_egress_port: egress,
                 ingress: ingress.map(|(proxy_port, app_ports)| Ingress { proxy_port, app_ports }),
                 egress_ignored_ports: ignored_ports,
-                egress_ignored_ips: ips,
+                egress_ignored_ips: normal(ips),
+                egress_included_ips: included.map(normal),
+                proxy_dns_port: dns,
                 implicit_exemptions: implicit,
                 ipv6,
             }

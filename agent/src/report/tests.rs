@@ -58,9 +58,11 @@ fn json_field_names_are_stable() {
             "effective_ignored_ports",
             "egress_ignored_ips",
             "egress_ignored_ports",
-            "ignored_gid",
-            "ignored_uid",
+            "egress_included_ips",
+            "ignored_gids",
+            "ignored_uids",
             "ipv6",
+            "proxy_dns_port",
             "proxy_egress_port",
             "proxy_ingress_port"
         ]
@@ -134,12 +136,14 @@ fn a_failed_validation_without_reasons_is_still_an_error() {
 fn configuration_without_task_definition() {
     // Flags only: nothing to lint, ingress off, implicit exemptions off, a long IP list.
     let config = ProxyConfig {
-        ignored_uid: None,
-        ignored_gid: Some(1337),
+        ignored_uids: Vec::new(),
+        ignored_gids: vec![1337],
         proxy_egress_port: 15001,
         ingress: None,
         egress_ignored_ports: PortSet::from_ranges([PortRange { start: 8000, end: 8099 }]),
         egress_ignored_ips: (0..20u8).map(|i| format!("10.0.{i}.0/24").parse().unwrap()).collect(),
+        egress_included_ips: None,
+        proxy_dns_port: None,
         implicit_exemptions: false,
         ipv6: false,
     };

@@ -122,6 +122,9 @@ impl std::fmt::Display for Exempt {
     }
 }
 
+/// The ignored uids (and, separately, gids) verify probes as, at most.
+const MAX_IDENTITY_PROBES: usize = 8;
+
 impl ProbePlan {
     /// `Err` says why nothing can be dialled (every candidate destination is ignored).
     pub fn new(config: &ProxyConfig) -> Result<ProbePlan, String> {
@@ -130,32 +133,34 @@ impl ProbePlan {
             .find(|&p| !ignored_ports.contains(p))
             .ok_or_else(|| format!("every port from {FIRST_PORT} up is in EgressIgnoredPorts"))?;
         let ignored_ips = config.effective_ignored_ips();
-        let not_ignored = |ip: IpAddr| !ignored_ips.iter().any(|net| net.contains(&ip));
+        // With EgressIncludedIPs only an included destination is redirected; the probe still
+        // dials documentation addresses only, so that a broken redirect sends nothing anywhere.
+        let included =
+            |ip: IpAddr| config.egress_included_ips.as_ref().is_none_or(|nets| nets.iter().any(|n| n.contains(&ip)));
+        let not_ignored = |ip: IpAddr| !ignored_ips.iter().any(|net| net.contains(&ip)) && included(ip);
         let mut destinations = Vec::new();
-        let v4 = TEST_NET_V4
-            .iter()
-            .map(|&ip| IpAddr::V4(ip))
-            .find(|&ip| not_ignored(ip))
-            .ok_or("every TEST-NET IPv4 address (192.0.2.1, 198.51.100.1, 203.0.113.1) is in EgressIgnoredIPs")?;
+        let v4 = TEST_NET_V4.iter().map(|&ip| IpAddr::V4(ip)).find(|&ip| not_ignored(ip)).ok_or(
+            "every TEST-NET IPv4 address (192.0.2.1, 198.51.100.1, 203.0.113.1) is in EgressIgnoredIPs or outside \
+                 EgressIncludedIPs",
+        )?;
         destinations.push(SocketAddr::new(v4, port));
         let mut listen = vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), config.proxy_egress_port)];
         if config.ipv6 {
-            let v6 = TEST_NET_V6
-                .iter()
-                .map(|&ip| IpAddr::V6(ip))
-                .find(|&ip| not_ignored(ip))
-                .ok_or("every documentation IPv6 address (2001:db8::1, 2001:db8:ffff::1) is in EgressIgnoredIPs")?;
+            let v6 = TEST_NET_V6.iter().map(|&ip| IpAddr::V6(ip)).find(|&ip| not_ignored(ip)).ok_or(
+                "every documentation IPv6 address (2001:db8::1, 2001:db8:ffff::1) is in EgressIgnoredIPs or outside \
+                     EgressIncludedIPs",
+            )?;
             destinations.push(SocketAddr::new(v6, port));
             listen.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), config.proxy_egress_port));
         }
-        let pick =
-            |ignored: Option<u32>| (0..=WORKLOAD_ID).rev().find(|&id| Some(id) != ignored).unwrap_or(WORKLOAD_ID);
-        let workload = Identity { uid: pick(config.ignored_uid), gid: pick(config.ignored_gid) };
+        let pick = |ignored: &[u32]| (0..=WORKLOAD_ID).rev().find(|id| !ignored.contains(id)).unwrap_or(WORKLOAD_ID);
+        let workload = Identity { uid: pick(&config.ignored_uids), gid: pick(&config.ignored_gids) };
         let mut ignored = Vec::new();
-        if let Some(uid) = config.ignored_uid {
+        // One probe per identity: bounded, as a configuration may list many.
+        for &uid in config.ignored_uids.iter().take(MAX_IDENTITY_PROBES) {
             ignored.push((Exempt::Uid(uid), Identity { uid, gid: workload.gid }));
         }
-        if let Some(gid) = config.ignored_gid {
+        for &gid in config.ignored_gids.iter().take(MAX_IDENTITY_PROBES) {
             ignored.push((Exempt::Gid(gid), Identity { uid: workload.uid, gid }));
         }
         Ok(ProbePlan { egress_port: config.proxy_egress_port, listen, destinations, workload, ignored })

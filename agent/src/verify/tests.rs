@@ -4,12 +4,14 @@ use crate::plan::Format;
 
 fn config() -> ProxyConfig {
     ProxyConfig {
-        ignored_uid: Some(1337),
-        ignored_gid: None,
+        ignored_uids: vec![1337],
+        ignored_gids: Vec::new(),
         proxy_egress_port: 15001,
         ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
         egress_ignored_ports: PortSet::new(),
         egress_ignored_ips: Vec::new(),
+        egress_included_ips: None,
+        proxy_dns_port: None,
         implicit_exemptions: true,
         ipv6: true,
     }
@@ -51,8 +53,8 @@ fn the_probe_plan_dials_test_net_as_a_workload_and_as_each_ignored_identity() {
 #[test]
 fn the_probe_plan_avoids_what_the_configuration_ignores() {
     let mut config = config();
-    config.ignored_uid = Some(WORKLOAD_ID);
-    config.ignored_gid = Some(WORKLOAD_ID);
+    config.ignored_uids = vec![WORKLOAD_ID];
+    config.ignored_gids = vec![WORKLOAD_ID];
     config.ipv6 = false;
     config.egress_ignored_ports = PortSet::from_ranges([PortRange { start: 80, end: 90 }]);
     config.egress_ignored_ips = vec!["192.0.2.0/24".parse().unwrap()];

@@ -84,8 +84,10 @@ fn main() -> ExitCode {
         Some("client") => client(&args[1..]),
         Some("daemon") if args.get(1).is_some_and(|a| a == "--docker") => daemon_docker(&args[2..]),
         Some("daemon") => daemon_memory(&args[1..]),
+        Some("dns") => dns(&args[1..]),
+        Some("dns-client") => dns_client(&args[1..]),
         _ => Err(anyhow::anyhow!(
-            "usage: intercept-bench run [--quick] --doc FILE --perf-dir DIR | daemon [--tasks N] (as root, \
+            "usage: intercept-bench run [--quick] --doc FILE --perf-dir DIR | daemon [--tasks N] | dns (as root, \
              INTERCEPT_BIN=<intercept>)"
         )),
     };
@@ -96,6 +98,130 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// DNS queries/s with capture and without.
+
+/// The remote DNS server the app asks, and the proxy's DNS listener.
+const DNS_SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 5, 0, 53), 53);
+const DNS_LISTENER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15053);
+const DNS_SECONDS: f64 = 2.0;
+const DNS_REPETITIONS: usize = 5;
+
+/// `dns`: DNS queries/s from the app, each as glibc's resolver sends one (a new UDP socket,
+/// `connect`, `send`, `recv`, close), against a responder that answers every datagram. Without
+/// capture the app asks the remote server over the sandbox's veth, with no interception and
+/// with each backend installed without ProxyDNSPort; with capture it asks the same server and
+/// each backend sends the query to the DNS listener on loopback, compared with the app asking
+/// that listener directly. Medians of five 2 s runs, the variants interleaved; printed (the
+/// numbers in docs/performance.md come from this output).
+fn dns(args: &[String]) -> Result<()> {
+    ensure!(args.is_empty(), "usage: intercept-bench dns");
+    let intercept =
+        PathBuf::from(env::var_os("INTERCEPT_BIN").context("INTERCEPT_BIN (the intercept binary) is not set")?);
+    netns_privileges().map_err(|reason| anyhow!("cannot run the benchmark here: {reason}"))?;
+    let host = privileges().map_err(|reason| anyhow!("cannot run the benchmark here: {reason}"))?;
+    nft().map_err(|reason| anyhow!("cannot run the benchmark here: {reason}"))?;
+    let me = env::current_exe().context("the bench's own path")?;
+    let topology = Topology::new();
+    topology.add_remote_addresses(&[IpAddr::V4(*DNS_SERVER.ip())]);
+    let _server = responder(&topology.remote, DNS_SERVER)?;
+    let _listener = responder(&topology.task, DNS_LISTENER)?;
+    let cgroup = host.create_cgroup()?;
+    let bpffs = TestBpffs::mounted();
+    let variants: [(&str, Option<&str>, bool, SocketAddrV4); 8] = [
+        ("no interception, to the server", None, false, DNS_SERVER),
+        ("iptables, DNS not captured", Some("iptables"), false, DNS_SERVER),
+        ("nftables, DNS not captured", Some("nftables"), false, DNS_SERVER),
+        ("eBPF, DNS not captured", Some("ebpf"), false, DNS_SERVER),
+        ("no interception, to the DNS listener", None, true, DNS_LISTENER),
+        ("iptables, captured", Some("iptables"), true, DNS_SERVER),
+        ("nftables, captured", Some("nftables"), true, DNS_SERVER),
+        ("eBPF, captured", Some("ebpf"), true, DNS_SERVER),
+    ];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for rep in 0..DNS_REPETITIONS {
+        for i in (0..variants.len()).map(|i| (i + rep) % variants.len()) {
+            let (_, backend, capture, target) = variants[i];
+            let mut target_args: Vec<String> = Vec::new();
+            if let Some(backend) = backend {
+                target_args = vec![
+                    "--backend".into(),
+                    backend.into(),
+                    "--netns".into(),
+                    topology.task.path().display().to_string(),
+                ];
+                if backend == "ebpf" {
+                    target_args.extend(["--cgroup".into(), cgroup.path().display().to_string()]);
+                    target_args.extend(["--bpffs".into(), bpffs.path().display().to_string()]);
+                }
+                let mut config = vec!["--ignored-uid", "1337", "--proxy-egress-port", "15001"];
+                if capture {
+                    config.extend(["--proxy-dns-port", "15053"]);
+                }
+                let out = Command::new(&intercept).arg("apply").args(&config).args(&target_args).output()?;
+                ensure!(out.status.success(), "apply {backend}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let mut command = cgroup.command(&me);
+            command.args(["dns-client", &target.to_string(), &DNS_SECONDS.to_string()]);
+            topology.task.enter(&mut command);
+            as_identity(&mut command, APP_UID, APP_UID);
+            pin(&mut command, BENCH_CPU);
+            let output = command.stdin(Stdio::null()).output().context("run the DNS client")?;
+            ensure!(output.status.success(), "DNS client: {}", String::from_utf8_lossy(&output.stderr).trim());
+            let queries: f64 = String::from_utf8_lossy(&output.stdout).trim().parse().context("the client's count")?;
+            rates[i].push(queries / DNS_SECONDS);
+            if backend.is_some() {
+                let out = Command::new(&intercept).arg("remove").args(&target_args).output()?;
+                ensure!(out.status.success(), "remove: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            thread::sleep(SETTLE);
+        }
+    }
+    let medians: Vec<f64> = rates.into_iter().map(median).collect();
+    println!("| variant | DNS queries/s | vs its baseline |");
+    println!("|---|---:|---:|");
+    for (i, (name, backend, capture, _)) in variants.iter().enumerate() {
+        let baseline = if *capture { medians[4] } else { medians[0] };
+        let ratio = if backend.is_some() { format!("{:.2}", medians[i] / baseline) } else { "1".to_owned() };
+        println!("| {name} | {} | {ratio} |", thousands(medians[i] as usize));
+    }
+    Ok(())
+}
+
+/// A UDP responder in `netns` at `addr`: answers every datagram with the same bytes.
+fn responder(netns: &Netns, addr: SocketAddrV4) -> Result<thread::JoinHandle<()>> {
+    let socket = netns.run(|| std::net::UdpSocket::bind(addr)).with_context(|| format!("bind UDP {addr}"))?;
+    Ok(thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(&buf[..n], peer);
+        }
+    }))
+}
+
+/// `dns-client ADDR SECONDS`: queries as glibc's resolver does, each on a new connected UDP
+/// socket, for SECONDS; prints how many were answered.
+fn dns_client(args: &[String]) -> Result<()> {
+    let [addr, secs] = args else { bail!("usage: intercept-bench dns-client ADDR SECONDS") };
+    let addr: SocketAddr = addr.parse().context("the address")?;
+    let until = Instant::now() + Duration::from_secs_f64(secs.parse().context("the duration")?);
+    // A DNS query for "svc.mesh.test" A, as a resolver sends it; the responder echoes it.
+    let query: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03svc\x04mesh\x04test\x00\x00\x01\x00\x01";
+    let mut answered = 0u64;
+    let mut buf = [0u8; 512];
+    while Instant::now() < until {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").context("bind")?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        socket.connect(addr).context("connect")?;
+        socket.send(query).context("send")?;
+        let n = socket.recv(&mut buf).context("no answer")?;
+        ensure!(buf[..n] == *query, "a wrong answer");
+        answered += 1;
+    }
+    println!("{answered}");
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,11 +6,12 @@
 //!   `<listening addr> <peer addr> <original destination or -> <what the peer sent>`. With
 //!   `--orig-dst` it asks each accepted socket for `SO_ORIGINAL_DST` (`SOL_IP` for IPv4
 //!   sockets, `SOL_IPV6` for IPv6 ones), as Envoy does. Runs until killed.
-//! - `intercept-ebpf-probe serve ROLE ADDR...`: a listener of the shared topology's protocol
+//! - `intercept-ebpf-probe serve ROLE [udp:]ADDR...`: a listener of the shared topology's protocol
 //!   (`intercept_tests::traffic`): answers each connection with `<role> local=<addr>
 //!   original=<addr|->` (`SO_ORIGINAL_DST` for the proxy roles) after the peer shut down its
 //!   side; prints `READY` once bound. A process, unlike the topology's in-runner listeners,
 //!   can be placed in the test cgroup: the eBPF programs see a proxy's sockets only there.
+//!   A `udp:` address is a UDP socket answering each datagram with the same line.
 //! - `intercept-ebpf-probe connect ADDR TOKEN`: connects over TCP, sends TOKEN, exits 0.
 //! - `intercept-ebpf-probe churn ADDR N`: N sequential connect/close cycles, exits 0.
 //! - `intercept-ebpf-probe udp ADDR`: connect(2) on a UDP socket and one datagram, exits 0.
@@ -102,14 +103,31 @@ fn serve(mut stream: TcpStream, local: SocketAddr, orig_dst: bool, out: &Mutex<s
 
 fn serve_replies(role: &str, addrs: &[String]) -> Result<(), String> {
     use intercept_tests::traffic::{Reply, Role};
-    let role = [Role::EgressProxy, Role::IngressProxy, Role::App, Role::Remote]
+    let role = [Role::EgressProxy, Role::IngressProxy, Role::App, Role::Remote, Role::DnsProxy]
         .into_iter()
         .find(|r| r.name() == role)
         .ok_or_else(|| format!("unknown role {role:?}"))?;
     let mut listeners = Vec::new();
+    let mut datagrams = Vec::new();
     for addr in addrs {
+        if let Some(addr) = addr.strip_prefix("udp:") {
+            let addr = parse(addr)?;
+            datagrams.push(UdpSocket::bind(addr).map_err(|e| format!("bind UDP {addr}: {e}"))?);
+            continue;
+        }
         let addr = parse(addr)?;
         listeners.push(TcpListener::bind(addr).map_err(|e| format!("listen on {addr}: {e}"))?);
+    }
+    for socket in datagrams {
+        // Each datagram answered with the reply line, back to where it came from.
+        std::thread::spawn(move || {
+            let Ok(local) = socket.local_addr() else { return };
+            let mut buf = [0u8; 2048];
+            while let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                let reply = Reply { role, local, original: None, from: None };
+                let _ = socket.send_to(format!("{reply}\n").as_bytes(), peer);
+            }
+        });
     }
     println!("READY");
     let _ = std::io::stdout().flush();
@@ -126,7 +144,8 @@ fn serve_replies(role: &str, addrs: &[String]) -> Result<(), String> {
                         let Ok(local) = stream.local_addr() else { return };
                         let original =
                             if role.is_proxy() { original_destination(&stream, local).parse().ok() } else { None };
-                        let _ = stream.write_all(format!("{}\n", Reply { role, local, original }).as_bytes());
+                        let _ =
+                            stream.write_all(format!("{}\n", Reply { role, local, original, from: None }).as_bytes());
                         let _ = stream.shutdown(std::net::Shutdown::Write);
                     });
                 }

@@ -1,8 +1,9 @@
 //! `intercept-live-demo [--backend ebpf|iptables]`: intercept at work in a sandbox (`cargo
 //! xtask demo` runs it; eBPF by default). It builds the test topology (a task and a remote
 //! network namespace; nothing leaves them), starts a test proxy, an app and remote servers,
-//! installs the seed guide's configuration with the real `intercept` binary, makes a few
-//! connections and prints what happened to each next to what the decision model says, shows
+//! installs the seed guide's configuration (and DNS capture, `--proxy-dns-port`) with the real
+//! `intercept` binary, makes a few connections and DNS queries and prints what happened to each
+//! next to what the decision model says, shows
 //! `status` (for eBPF: with the programs' counters), then removes everything.
 //!
 //! With eBPF the sandbox also has a test cgroup and a bpffs of its own, both removed at the
@@ -27,10 +28,12 @@ use intercept_tests::{
     ebpf::{Listener, TestBpffs, as_identity},
     privileges,
     topology::{METADATA, REMOTE_V4, REMOTE_V6, TASK_V4, TASK_V6, Topology},
-    traffic::{Client, Reply, Role, Sandbox, SandboxSpec, agrees, egress, ingress},
+    traffic::{Client, Reply, Role, Sandbox, SandboxSpec, Udp, agrees, dns, egress, ingress},
 };
 
 const SEED: &str = "examples/ec2-taskB.json";
+/// The test DNS listener's port (ProxyDNSPort).
+const DNS_PORT: u16 = 15053;
 const REMOTE_V4_SERVER: Ipv4Addr = Ipv4Addr::new(10, 5, 0, 1);
 const REMOTE_V6_SERVER: Ipv6Addr = Ipv6Addr::new(0xfd05, 0, 0, 0, 0, 0, 0, 1);
 const APP_UID: u32 = 1000;
@@ -66,7 +69,10 @@ fn run() -> Result<ExitCode, String> {
     let seed_path = root.join(SEED);
     let text = std::fs::read_to_string(&seed_path).map_err(|e| format!("read {}: {e}", seed_path.display()))?;
     let input = parse_task_definition(&text, SEED).map_err(|e| e.to_string())?;
-    let config = validate(&input.raw).map_err(|e| e.to_string())?.config;
+    let mut config = validate(&input.raw).map_err(|e| e.to_string())?.config;
+    // DNS capture on top of the seed (`--proxy-dns-port`): the query below goes to the test
+    // DNS listener on loopback, and its reply comes back from the server the app asked.
+    config.proxy_dns_port = Some(DNS_PORT);
     let ingress_port = config.ingress.as_ref().map(|i| i.proxy_port).ok_or("the seed configures ingress")?;
     let app_port = config.ingress.as_ref().and_then(|i| i.app_ports.ports().next()).ok_or("the seed has AppPorts")?;
     let other_port = 9090;
@@ -79,6 +85,8 @@ fn run() -> Result<ExitCode, String> {
         app_ports: vec![app_port, other_port],
         remote_ports: vec![80, 22],
         remote_addresses: vec![IpAddr::V4(REMOTE_V4_SERVER), IpAddr::V6(REMOTE_V6_SERVER)],
+        dns_proxy_port: Some(DNS_PORT),
+        remote_dns: true,
     });
     let netns = sandbox.task().path();
     let netns = netns.to_str().ok_or("namespace path is UTF-8")?.to_owned();
@@ -100,7 +108,7 @@ fn run() -> Result<ExitCode, String> {
     // eBPF: the cgroup, the pins' bpffs and the egress proxy in the cgroup; all dropped (the
     // proxy killed, the bpffs unmounted, the cgroup removed) before the namespaces.
     let ebpf_sandbox = if ebpf {
-        Some(EbpfParts::new(&sandbox, config.ignored_uid, config.proxy_egress_port, ingress_port)?)
+        Some(EbpfParts::new(&sandbox, config.ignored_uids.first().copied(), config.proxy_egress_port, ingress_port)?)
     } else {
         None
     };
@@ -118,7 +126,9 @@ fn run() -> Result<ExitCode, String> {
     let target: Vec<&str> = target.iter().map(String::as_str).collect();
 
     let seed_arg = seed_path.to_str().ok_or("path is UTF-8")?;
-    show(&intercept, &[&["apply"][..], &target, &["--task-definition", seed_arg]].concat(), SEED)?;
+    let dns_port = DNS_PORT.to_string();
+    let seed_and_dns = ["--task-definition", seed_arg, "--proxy-dns-port", &dns_port];
+    show(&intercept, &[&["apply"][..], &target, &seed_and_dns].concat(), SEED)?;
 
     println!(
         "\nConnections (client processes in the task netns{} unless marked \"from remote\"):",
@@ -135,7 +145,7 @@ fn run() -> Result<ExitCode, String> {
     let local = Topology::task_local_addrs();
     let v4 = |ip: Ipv4Addr, port| SocketAddr::new(IpAddr::V4(ip), port);
     let v6 = |ip: Ipv6Addr, port| SocketAddr::new(IpAddr::V6(ip), port);
-    let ignored_uid = config.ignored_uid.unwrap_or(1337);
+    let ignored_uid = config.ignored_uids.first().copied().unwrap_or(1337);
     let outbound = [
         (APP_UID, v4(REMOTE_V4_SERVER, 80)),
         (APP_UID, v6(REMOTE_V6_SERVER, 80)),
@@ -158,6 +168,18 @@ fn run() -> Result<ExitCode, String> {
             result,
         );
     }
+    // DNS: a resolver's query (a connected UDP socket, as glibc's) to the remote server.
+    for (uid, server) in [
+        (APP_UID, v4(REMOTE_V4_SERVER, 53)),
+        (APP_UID, v6(REMOTE_V6_SERVER, 53)),
+        (ignored_uid, v4(REMOTE_V4_SERVER, 53)),
+    ] {
+        let source = if server.is_ipv4() { IpAddr::V4(TASK_V4) } else { IpAddr::V6(TASK_V6) };
+        let query = dns(uid, uid, source, server, intercept::model::Protocol::Udp);
+        let result = task_client(uid).udp(Udp::Connected).connect(server);
+        disagreements +=
+            report(&format!("uid {uid:<4} DNS → {server}"), &decide(&config, &local, &query), &query, result);
+    }
     for destination in [v4(TASK_V4, app_port), v6(TASK_V6, app_port), v4(TASK_V4, other_port)] {
         let source = if destination.is_ipv4() { IpAddr::V4(REMOTE_V4) } else { IpAddr::V6(REMOTE_V6) };
         let connection = ingress(source, destination);
@@ -171,7 +193,7 @@ fn run() -> Result<ExitCode, String> {
         disagreements += report(&format!("from remote → {destination}"), &decision, &connection, result);
     }
 
-    show(&intercept, &[&["status"][..], &target, &["--task-definition", seed_arg]].concat(), SEED)?;
+    show(&intercept, &[&["status"][..], &target, &seed_and_dns].concat(), SEED)?;
     show(&intercept, &[&["remove"][..], &target].concat(), SEED)?;
     show(&intercept, &[&["status"][..], &target].concat(), SEED)?;
     if ebpf_sandbox.is_some() {
@@ -234,6 +256,11 @@ fn report(
         Err(e) => (format!("FAILED: {e}"), Err("the connection failed".to_owned())),
         Ok(reply) => {
             let what = match (reply.role, decision) {
+                (Role::DnsProxy, _) => format!(
+                    "sent to the DNS listener at {}; the reply came from {}",
+                    reply.local,
+                    reply.from.map_or("(unknown)".to_owned(), |a| a.to_string())
+                ),
                 (Role::EgressProxy | Role::IngressProxy, _) => format!(
                     "redirected to the proxy at {}, which read the original destination {}",
                     reply.local,

@@ -11,10 +11,10 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use intercept_common::{
-    ACTIVE_MAP, APP_PORTS_MAP, CONFIG_MAP, COUNTERS_MAP, Counter, GENERATION_BITS, GENERATIONS, GlobalConfig,
-    IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP, LOCAL_NETS_CAPACITY, LOCAL_NETS_V4_MAP,
-    LOCAL_NETS_V6_MAP, LpmDataV4, LpmDataV6, LpmKeyV4, LpmKeyV6, ORIG_DST_MAP, OrigDst, PENDING_DST_MAP, PRESENT,
-    PortKey, SocketPair,
+    ACTIVE_MAP, APP_PORTS_MAP, CONFIG_MAP, COUNTERS_MAP, Counter, GENERATION_BITS, GENERATIONS, GlobalConfig, ID_GID,
+    ID_UID, IGNORED_IDS_CAPACITY, IGNORED_IDS_MAP, IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP,
+    INCLUDED_NETS_V4_MAP, INCLUDED_NETS_V6_MAP, IdKey, LOCAL_NETS_CAPACITY, LOCAL_NETS_V4_MAP, LOCAL_NETS_V6_MAP,
+    LpmDataV4, LpmDataV6, LpmKeyV4, LpmKeyV6, ORIG_DST_MAP, OrigDst, PENDING_DST_MAP, PRESENT, PortKey, SocketPair,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -31,6 +31,10 @@ pub struct Contents {
     pub ignored_nets_v6: BTreeSet<LpmKeyV6>,
     pub local_nets_v4: BTreeSet<LpmKeyV4>,
     pub local_nets_v6: BTreeSet<LpmKeyV6>,
+    /// `(kind, id)`: [`ID_UID`] or [`ID_GID`], and the id.
+    pub ignored_ids: BTreeSet<(u32, u32)>,
+    pub included_nets_v4: BTreeSet<LpmKeyV4>,
+    pub included_nets_v6: BTreeSet<LpmKeyV6>,
 }
 
 /// How the configuration changed from the old generation to the new one: whether `CONFIG`
@@ -56,6 +60,9 @@ impl Changes {
             diff(&old.ignored_nets_v6, &new.ignored_nets_v6),
             diff(&old.local_nets_v4, &new.local_nets_v4),
             diff(&old.local_nets_v6, &new.local_nets_v6),
+            diff(&old.ignored_ids, &new.ignored_ids),
+            diff(&old.included_nets_v4, &new.included_nets_v4),
+            diff(&old.included_nets_v6, &new.included_nets_v6),
         ];
         Changes {
             config: old.config != new.config,
@@ -101,6 +108,19 @@ impl Generations {
         }
         for (generation, key) in read_v6(maps, LOCAL_NETS_V6_MAP)? {
             contents[generation].local_nets_v6.insert(key);
+        }
+        for (generation, key) in read_v4(maps, INCLUDED_NETS_V4_MAP)? {
+            contents[generation].included_nets_v4.insert(key);
+        }
+        for (generation, key) in read_v6(maps, INCLUDED_NETS_V6_MAP)? {
+            contents[generation].included_nets_v6.insert(key);
+        }
+        let ids: HashMap<&MapData, IdKey, u8> = typed(maps, IGNORED_IDS_MAP)?;
+        for key in ids.keys() {
+            let key = key.map_err(map_error(IGNORED_IDS_MAP))?;
+            if let Some(c) = contents.get_mut(key.generation as usize) {
+                c.ignored_ids.insert((key.kind, key.id));
+            }
         }
         Ok(Generations { active, contents })
     }
@@ -163,6 +183,15 @@ impl Contents {
                 return Err(Error::TooManyLocalAddresses { map: name, count: len, capacity: LOCAL_NETS_CAPACITY });
             }
         }
+        let ignored_ids: BTreeSet<(u32, u32)> = plan
+            .ignored_uids
+            .iter()
+            .map(|&uid| (ID_UID, uid))
+            .chain(plan.ignored_gids.iter().map(|&gid| (ID_GID, gid)))
+            .collect();
+        if ignored_ids.len() > IGNORED_IDS_CAPACITY as usize {
+            return Err(Error::TooManyIgnoredIds { count: ignored_ids.len(), capacity: IGNORED_IDS_CAPACITY });
+        }
         Ok(Contents {
             config: plan.config,
             ignored_ports: plan.ignored_ports.iter().copied().collect(),
@@ -171,6 +200,9 @@ impl Contents {
             ignored_nets_v6: plan.ignored_nets_v6.iter().copied().collect(),
             local_nets_v4,
             local_nets_v6,
+            ignored_ids,
+            included_nets_v4: plan.included_nets_v4.iter().copied().collect(),
+            included_nets_v6: plan.included_nets_v6.iter().copied().collect(),
         })
     }
 
@@ -184,6 +216,9 @@ impl Contents {
             ignored_nets_v6: BTreeSet::new(),
             local_nets_v4: BTreeSet::new(),
             local_nets_v6: BTreeSet::new(),
+            ignored_ids: BTreeSet::new(),
+            included_nets_v4: BTreeSet::new(),
+            included_nets_v6: BTreeSet::new(),
         }
     }
 
@@ -212,7 +247,28 @@ impl Contents {
         sets(IGNORED_NETS_V6_MAP, v6(&self.ignored_nets_v6), v6(&want.ignored_nets_v6));
         sets(LOCAL_NETS_V4_MAP, v4(&self.local_nets_v4), v4(&want.local_nets_v4));
         sets(LOCAL_NETS_V6_MAP, v6(&self.local_nets_v6), v6(&want.local_nets_v6));
+        sets(INCLUDED_NETS_V4_MAP, v4(&self.included_nets_v4), v4(&want.included_nets_v4));
+        sets(INCLUDED_NETS_V6_MAP, v6(&self.included_nets_v6), v6(&want.included_nets_v6));
+        let ids = |s: &BTreeSet<(u32, u32)>| {
+            s.iter().map(|(kind, id)| format!("{} {id}", if *kind == ID_UID { "uid" } else { "gid" })).collect()
+        };
+        sets(IGNORED_IDS_MAP, ids(&self.ignored_ids), ids(&want.ignored_ids));
         out
+    }
+
+    /// The ignored uids, then the ignored gids, ascending.
+    pub fn ignored_ids(&self) -> (Vec<u32>, Vec<u32>) {
+        let of = |kind| self.ignored_ids.iter().filter(|(k, _)| *k == kind).map(|(_, id)| *id).collect();
+        (of(ID_UID), of(ID_GID))
+    }
+
+    /// The included networks, both families, as CIDRs.
+    pub fn included_nets(&self) -> Vec<IpNet> {
+        self.included_nets_v4
+            .iter()
+            .map(|k| IpNet::V4(net_v4(k)))
+            .chain(self.included_nets_v6.iter().map(|k| IpNet::V6(net_v6(k))))
+            .collect()
     }
 
     /// The ignored networks, both families, as CIDRs.
@@ -287,6 +343,17 @@ fn write_generation(
     sync_v6(maps, IGNORED_NETS_V6_MAP, generation, &have.ignored_nets_v6, &want.ignored_nets_v6)?;
     sync_v4(maps, LOCAL_NETS_V4_MAP, generation, &have.local_nets_v4, &want.local_nets_v4)?;
     sync_v6(maps, LOCAL_NETS_V6_MAP, generation, &have.local_nets_v6, &want.local_nets_v6)?;
+    sync_v4(maps, INCLUDED_NETS_V4_MAP, generation, &have.included_nets_v4, &want.included_nets_v4)?;
+    sync_v6(maps, INCLUDED_NETS_V6_MAP, generation, &have.included_nets_v6, &want.included_nets_v6)?;
+    {
+        let mut map: HashMap<&mut MapData, IdKey, u8> = typed_mut(maps, IGNORED_IDS_MAP)?;
+        for &(kind, id) in have.ignored_ids.difference(&want.ignored_ids) {
+            map.remove(&IdKey { generation, kind, id }).map_err(map_error(IGNORED_IDS_MAP))?;
+        }
+        for &(kind, id) in want.ignored_ids.difference(&have.ignored_ids) {
+            map.insert(IdKey { generation, kind, id }, PRESENT, 0).map_err(map_error(IGNORED_IDS_MAP))?;
+        }
+    }
     if have.config != want.config {
         let mut config: Array<&mut MapData, GlobalConfig> = typed_mut(maps, CONFIG_MAP)?;
         config.set(generation, want.config, 0).map_err(map_error(CONFIG_MAP))?;

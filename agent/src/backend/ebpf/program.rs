@@ -8,6 +8,15 @@ pub enum Program {
     Connect4,
     /// `cgroup/connect6`: connect(2) on AF_INET6 sockets (IPv6 and IPv4-mapped destinations).
     Connect6,
+    /// `cgroup/sendmsg4`: datagrams sent on unconnected AF_INET UDP sockets (DNS capture).
+    Sendmsg4,
+    /// `cgroup/sendmsg6`: the same on AF_INET6 sockets.
+    Sendmsg6,
+    /// `cgroup/recvmsg4`: the source address of datagrams received on AF_INET UDP sockets
+    /// (DNS replies).
+    Recvmsg4,
+    /// `cgroup/recvmsg6`: the same on AF_INET6 sockets.
+    Recvmsg6,
     /// `sockops`: pairs redirected connections with their 4-tuple, cleans up on close.
     Sockops,
     /// `cgroup/getsockopt`: answers SO_ORIGINAL_DST.
@@ -18,10 +27,28 @@ pub enum Program {
 }
 
 impl Program {
-    pub const ALL: [Program; 5] =
-        [Program::Connect4, Program::Connect6, Program::Sockops, Program::Getsockopt, Program::SkLookup];
+    pub const ALL: [Program; 9] = [
+        Program::Connect4,
+        Program::Connect6,
+        Program::Sendmsg4,
+        Program::Sendmsg6,
+        Program::Recvmsg4,
+        Program::Recvmsg6,
+        Program::Sockops,
+        Program::Getsockopt,
+        Program::SkLookup,
+    ];
     /// The programs attached to the cgroup.
-    pub const CGROUP: [Program; 4] = [Program::Connect4, Program::Connect6, Program::Sockops, Program::Getsockopt];
+    pub const CGROUP: [Program; 8] = [
+        Program::Connect4,
+        Program::Connect6,
+        Program::Sendmsg4,
+        Program::Sendmsg6,
+        Program::Recvmsg4,
+        Program::Recvmsg6,
+        Program::Sockops,
+        Program::Getsockopt,
+    ];
 
     /// Whether the program attaches to the network namespace rather than the cgroup.
     pub const fn on_netns(self) -> bool {
@@ -33,6 +60,10 @@ impl Program {
         match self {
             Program::Connect4 => "connect4",
             Program::Connect6 => "connect6",
+            Program::Sendmsg4 => "sendmsg4",
+            Program::Sendmsg6 => "sendmsg6",
+            Program::Recvmsg4 => "recvmsg4",
+            Program::Recvmsg6 => "recvmsg6",
             Program::Sockops => "track_sockets",
             Program::Getsockopt => "getsockopt",
             Program::SkLookup => "steer_ingress",
@@ -44,6 +75,10 @@ impl Program {
         match self {
             Program::Connect4 => "cgroup/connect4",
             Program::Connect6 => "cgroup/connect6",
+            Program::Sendmsg4 => "cgroup/sendmsg4",
+            Program::Sendmsg6 => "cgroup/sendmsg6",
+            Program::Recvmsg4 => "cgroup/recvmsg4",
+            Program::Recvmsg6 => "cgroup/recvmsg6",
             Program::Sockops => "sockops",
             Program::Getsockopt => "cgroup/getsockopt",
             Program::SkLookup => "sk_lookup",
@@ -55,6 +90,10 @@ impl Program {
         match self {
             Program::Connect4 => 10,   // BPF_CGROUP_INET4_CONNECT
             Program::Connect6 => 11,   // BPF_CGROUP_INET6_CONNECT
+            Program::Sendmsg4 => 14,   // BPF_CGROUP_UDP4_SENDMSG
+            Program::Sendmsg6 => 15,   // BPF_CGROUP_UDP6_SENDMSG
+            Program::Recvmsg4 => 19,   // BPF_CGROUP_UDP4_RECVMSG
+            Program::Recvmsg6 => 20,   // BPF_CGROUP_UDP6_RECVMSG
             Program::Sockops => 3,     // BPF_CGROUP_SOCK_OPS
             Program::Getsockopt => 21, // BPF_CGROUP_GETSOCKOPT
             Program::SkLookup => 36,   // BPF_SK_LOOKUP

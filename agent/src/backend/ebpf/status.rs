@@ -100,10 +100,18 @@ impl Status {
             );
         }
         let _ = writeln!(out, "configuration enforced (map generation {}):", self.generation);
-        let opt = |has: u8, v: u32| if has != 0 { v.to_string() } else { "-".to_owned() };
-        let _ = writeln!(out, "  IgnoredUID         {}", opt(c.has_ignored_uid, c.ignored_uid));
-        let _ = writeln!(out, "  IgnoredGID         {}", opt(c.has_ignored_gid, c.ignored_gid));
+        let ids = |ids: Vec<u32>| {
+            if ids.is_empty() { "-".to_owned() } else { ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",") }
+        };
+        let (uids, gids) = self.contents.ignored_ids();
+        let _ = writeln!(out, "  IgnoredUID         {}", ids(uids));
+        let _ = writeln!(out, "  IgnoredGID         {}", ids(gids));
         let _ = writeln!(out, "  ProxyEgressPort    {}", c.proxy_egress_port);
+        let _ = writeln!(
+            out,
+            "  ProxyDNSPort       {}",
+            if c.proxy_dns_port == 0 { "-".to_owned() } else { c.proxy_dns_port.to_string() }
+        );
         let _ = writeln!(
             out,
             "  ProxyIngressPort   {}",
@@ -121,6 +129,13 @@ impl Status {
             "  EgressIgnoredIPs   {}",
             list(self.contents.ignored_nets().iter().map(ToString::to_string).collect())
         );
+        if c.include_only != 0 {
+            let _ = writeln!(
+                out,
+                "  EgressIncludedIPs  {}",
+                list(self.contents.included_nets().iter().map(ToString::to_string).collect())
+            );
+        }
         let _ = writeln!(
             out,
             "  AppPorts           {}",
@@ -196,9 +211,11 @@ impl serde::Serialize for Status {
         }
         #[derive(serde::Serialize)]
         struct ConfigJson {
-            ignored_uid: Option<u32>,
-            ignored_gid: Option<u32>,
+            ignored_uids: Vec<u32>,
+            ignored_gids: Vec<u32>,
             proxy_egress_port: u16,
+            proxy_dns_port: Option<u16>,
+            egress_included_ips: Option<Vec<ipnet::IpNet>>,
             proxy_ingress_port: Option<u16>,
             /// "refuse" or "app", with ingress.
             ingress_fallback: Option<&'static str>,
@@ -221,6 +238,7 @@ impl serde::Serialize for Status {
             established_connections: usize,
         }
         let c = &self.contents.config;
+        let (ignored_uids, ignored_gids) = self.contents.ignored_ids();
         StatusJson {
             cgroup: &self.cgroup,
             cgroup_id: self.cgroup_id,
@@ -238,9 +256,11 @@ impl serde::Serialize for Status {
                 .collect(),
             generation: self.generation,
             configuration: ConfigJson {
-                ignored_uid: (c.has_ignored_uid != 0).then_some(c.ignored_uid),
-                ignored_gid: (c.has_ignored_gid != 0).then_some(c.ignored_gid),
+                ignored_uids,
+                ignored_gids,
                 proxy_egress_port: c.proxy_egress_port,
+                proxy_dns_port: (c.proxy_dns_port != 0).then_some(c.proxy_dns_port),
+                egress_included_ips: (c.include_only != 0).then(|| self.contents.included_nets()),
                 proxy_ingress_port: (c.proxy_ingress_port != 0).then_some(c.proxy_ingress_port),
                 ingress_fallback: (c.proxy_ingress_port != 0).then_some(
                     if c.ingress_fallback == intercept_common::INGRESS_FALLBACK_APP { "app" } else { "refuse" },

@@ -12,16 +12,17 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use super::save::{RuleSpec, SavedRule, Table};
-use crate::plan::iptables::{EGRESS_CHAIN, Family, FamilyPlan, INGRESS_CHAIN, IpSet, TABLE};
+use crate::plan::iptables::{DNS_CHAIN, EGRESS_CHAIN, Family, FamilyPlan, INGRESS_CHAIN, IpSet, TABLE};
 
 /// The chains intercept owns in the `nat` table: declared (created or flushed), filled and
 /// deleted only by intercept. Every other chain is somebody else's; intercept only adds and
 /// deletes its own rules there, recognised by their comment.
-pub const OWN_CHAINS: [&str; 2] = [EGRESS_CHAIN, INGRESS_CHAIN];
+pub const OWN_CHAINS: [&str; 3] = [EGRESS_CHAIN, INGRESS_CHAIN, DNS_CHAIN];
 
 /// The ipsets intercept owns; each also lives as `<name>-next` every other time its contents
 /// change (see [`place_sets`]).
-pub const OWN_SETS: [&str; 2] = ["intercept-egress-v4", "intercept-egress-v6"];
+pub const OWN_SETS: [&str; 4] =
+    ["intercept-egress-v4", "intercept-egress-v6", "intercept-include-v4", "intercept-include-v6"];
 
 pub fn is_own_set(name: &str) -> bool {
     let live = name.strip_suffix(STAGING_SUFFIX).unwrap_or(name);

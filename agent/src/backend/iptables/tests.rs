@@ -565,7 +565,7 @@ fn state_of(dump: &str) -> State {
 
 #[test]
 fn status_counts_connections_by_the_decision_each_rule_of_the_plan_makes() {
-    let plan = plan(&ProxyConfig { ignored_gid: Some(1338), ..seed() });
+    let plan = plan(&ProxyConfig { ignored_gids: vec![1338], ..seed() });
     let counters = counters_of(&plan, &state_of(&counted_dump(&plan, "no rule has this")));
     // Jumps 0 (OUTPUT) and 1 (PREROUTING) decide nothing; then uid, gid, port 22, the two
     // metadata IPs, the egress redirect, the ingress redirect. The rule added by hand is not

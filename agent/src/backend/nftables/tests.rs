@@ -24,7 +24,7 @@ fn seed() -> ProxyConfig {
 /// Different in every part: sets, rules, chains.
 fn other() -> ProxyConfig {
     ProxyConfig {
-        ignored_gid: Some(1338),
+        ignored_gids: vec![1338],
         ingress: None,
         egress_ignored_ports: PortSet::from_ranges([PortRange { start: 3000, end: 3010 }]),
         egress_ignored_ips: vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()],
@@ -85,6 +85,10 @@ fn expr(rule: &Rule) -> Vec<Value> {
     let matches = rule.matches.iter().map(|m| {
         let (op, left, right) = match *m {
             Match::Tcp => ("==", json!({"meta": {"key": "l4proto"}}), json!("tcp")),
+            Match::Udp => ("==", json!({"meta": {"key": "l4proto"}}), json!("udp")),
+            Match::DnsPort(proto) => {
+                ("==", json!({"payload": {"protocol": proto.as_str(), "field": "dport"}}), json!(53))
+            }
             Match::Ipv4Only => ("==", json!({"meta": {"key": "nfproto"}}), json!("ipv4")),
             Match::NonLocalDestination => {
                 ("!=", json!({"fib": {"result": "type", "flags": ["daddr"]}}), json!("local"))
@@ -270,6 +274,8 @@ fn every_plan_reads_back_without_drift() {
         other(),
         ProxyConfig { ipv6: false, ..other() },
         ProxyConfig {
+            egress_included_ips: None,
+            proxy_dns_port: None,
             implicit_exemptions: false,
             egress_ignored_ips: Vec::new(),
             egress_ignored_ports: PortSet::new(),

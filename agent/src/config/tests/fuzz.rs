@@ -125,7 +125,7 @@ proptest! {
             Ok(v) => {
                 prop_assert!(v.warnings.iter().all(|d| !d.is_error()));
                 prop_assert!(v.config.proxy_egress_port != 0);
-                prop_assert!(v.config.ignored_uid.is_some() || v.config.ignored_gid.is_some());
+                prop_assert!(!v.config.ignored_uids.is_empty() || !v.config.ignored_gids.is_empty());
                 if let Some(ingress) = &v.config.ingress {
                     prop_assert!(!ingress.app_ports.contains(ingress.proxy_port));
                     prop_assert!(!ingress.app_ports.contains(v.config.proxy_egress_port));
@@ -200,12 +200,14 @@ proptest! {
         nets.sort();
         nets.dedup();
         let want = ProxyConfig {
-            ignored_uid: uid,
-            ignored_gid: Some(gid),
+            ignored_uids: uid.into_iter().collect(),
+            ignored_gids: vec![gid],
             proxy_egress_port: egress,
             ingress: ingress.clone().map(|(proxy_port, app_ports)| Ingress { proxy_port, app_ports }),
             egress_ignored_ports: ignored.clone(),
             egress_ignored_ips: nets.clone(),
+            egress_included_ips: None,
+            proxy_dns_port: None,
             implicit_exemptions: true,
             ipv6: true,
         };

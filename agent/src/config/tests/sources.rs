@@ -135,7 +135,7 @@ fn other_task_definition_fields_are_not_type_checked() {
         "proxyConfiguration": {"type": "APPMESH", "containerName": 1, "properties": [
             {"name": "IgnoredUID", "value": "1337"}, {"name": "ProxyEgressPort", "value": "15001"}]}}"#;
     let config = validate(&parse_task_definition(doc, "t.json").unwrap().raw).unwrap().config;
-    assert_eq!((config.ignored_uid, config.proxy_egress_port, config.ingress), (Some(1337), 15001, None));
+    assert_eq!((config.ignored_uids, config.proxy_egress_port, config.ingress), (vec![1337], 15001, None));
 }
 
 #[test]
@@ -374,8 +374,8 @@ fn environment_table() {
         (env_with(&[("APPMESH_ENABLE_IPV6", "false")]), Ok(|c| !c.ipv6)),
         (env_with(&[("APPMESH_ENABLE_IPV6", "0")]), Ok(|c| !c.ipv6)),
         (env_with(&[("APPMESH_ENABLE_IPV6", "")]), Ok(|c| c.ipv6)),
-        (env_with(&[("APPMESH_IGNORE_GID", "1338")]), Ok(|c| c.ignored_gid == Some(1338))),
-        (env_with(&[("APPMESH_IGNORE_GID", "")]), Ok(|c| c.ignored_gid.is_none())),
+        (env_with(&[("APPMESH_IGNORE_GID", "1338")]), Ok(|c| c.ignored_gids == [1338])),
+        (env_with(&[("APPMESH_IGNORE_GID", "")]), Ok(|c| c.ignored_gids.is_empty())),
         (env_with(&[("APPMESH_EGRESS_IGNORED_IP", "")]), Ok(|c| c.egress_ignored_ips.is_empty())),
         (
             env_with(&[("APPMESH_APP_PORTS", "8080,8443")]),
@@ -490,7 +490,7 @@ fn flags_override_file_values() {
     let c = validate(&input.raw).unwrap().config;
     assert_eq!(c.proxy_egress_port, 16001);
     assert_eq!(c.ingress.as_ref().unwrap().app_ports.to_string(), "8080-8081");
-    assert_eq!((c.ignored_uid, c.ignored_gid), (Some(1337), Some(1338)));
+    assert_eq!((&c.ignored_uids[..], &c.ignored_gids[..]), (&[1337][..], &[1338][..]));
     assert!(!c.implicit_exemptions && !c.ipv6);
     assert_eq!(c.effective_ignored_ports().to_string(), "22", "22 is listed in the file");
 }
@@ -498,7 +498,7 @@ fn flags_override_file_values() {
 #[test]
 fn flags_override_environment_and_duplicates() {
     let input = args(&["--from-env", "--ignored-uid", "0"]).read_with(env(&EKS_ENV), &b""[..]).unwrap();
-    assert_eq!(validate(&input.raw).unwrap().config.ignored_uid, Some(0));
+    assert_eq!(validate(&input.raw).unwrap().config.ignored_uids, [0]);
 
     // A flag replaces every occurrence of its property, so a duplicate in the file is gone.
     let mut props = seed_with(&[]);
@@ -541,7 +541,7 @@ fn flags_alone() {
     let input = read(&["--ignored-uid", "1337", "--proxy-egress-port", "15001"], b"").unwrap();
     assert_eq!(input.raw.source, Source::Flags);
     let c = validate(&input.raw).unwrap().config;
-    assert_eq!((c.ignored_uid, c.proxy_egress_port, c.ingress), (Some(1337), 15001, None));
+    assert_eq!((c.ignored_uids, c.proxy_egress_port, c.ingress), (vec![1337], 15001, None));
     assert!(c.implicit_exemptions && c.ipv6);
 
     // Missing things are named as flags.

@@ -12,6 +12,15 @@ const MISSING_EGRESS: &str =
 const ENTRY: &str = "specified: must be a decimal number from 1 to 65535";
 const IP: &str = "specified: expected an IPv4 or IPv6 address, or a CIDR block such as 10.0.0.0/8";
 
+const SEVERAL: &str = "several ids: ECS's interception takes one, so this works only where intercept installs the task";
+
+fn extension(property: &str) -> String {
+    format!(
+        "{property} is intercept's own extension: ECS's interception ignores it, so it takes effect only where \
+         intercept installs the task (its init container, daemon or CNI plugin)"
+    )
+}
+
 fn entry(e: &str) -> String {
     format!("invalid port [{e}] {ENTRY}")
 }
@@ -59,7 +68,56 @@ fn bad_cases() -> Vec<Case<'static>> {
         (&[("IgnoredUID", Some("-1"))], vec![e("IgnoredUID", "-1", BAD_ID)]),
         (&[("IgnoredUID", Some("0x539"))], vec![e("IgnoredUID", "0x539", BAD_ID)]),
         (&[("IgnoredUID", Some("4294967296"))], vec![e("IgnoredUID", "4294967296", BAD_ID)]),
-        (&[("IgnoredUID", Some("13 37"))], vec![e("IgnoredUID", "13 37", BAD_ID)]),
+        (
+            &[("IgnoredUID", Some("13 37"))],
+            vec![e("IgnoredUID", "13 37", &format!("{BAD_ID} (separate several ids with commas)"))],
+        ),
+        // Several ids
+        (&[("IgnoredUID", Some("1337,1338"))], vec![w("IgnoredUID", "1337,1338", SEVERAL)]),
+        (&[("IgnoredUID", Some("1337,x,1338"))], vec![e("IgnoredUID", "1337,x,1338", &format!("{BAD_ID}: [x]"))]),
+        (&[("IgnoredGID", Some("1338,1338"))], vec![w("IgnoredGID", "1338,1338", "[1338] is listed more than once")]),
+        // ProxyDNSPort (an extension)
+        (
+            &[("ProxyDNSPort", Some("0"))],
+            vec![w("ProxyDNSPort", "0", &extension("ProxyDNSPort")), e("ProxyDNSPort", "0", BAD_PORT)],
+        ),
+        (
+            &[("ProxyDNSPort", Some("15001"))],
+            vec![
+                w("ProxyDNSPort", "15001", &extension("ProxyDNSPort")),
+                e("ProxyDNSPort", "15001", "same port as ProxyEgressPort (15001): DNS needs a listener of its own"),
+            ],
+        ),
+        (
+            &[("ProxyDNSPort", Some("9080"))],
+            vec![
+                w("ProxyDNSPort", "9080", &extension("ProxyDNSPort")),
+                e(
+                    "ProxyDNSPort",
+                    "9080",
+                    "9080 is one of AppPorts: the proxy's DNS port cannot be an application port",
+                ),
+            ],
+        ),
+        (
+            &[("ProxyDNSPort", Some("15053")), ("EgressIgnoredPorts", Some("22,53"))],
+            vec![
+                w("ProxyDNSPort", "15053", &extension("ProxyDNSPort")),
+                w(
+                    "EgressIgnoredPorts",
+                    "22,53",
+                    "contains 53: DNS capture (ProxyDNSPort 15053) is off, and DNS goes to its servers directly",
+                ),
+            ],
+        ),
+        // EgressIncludedIPs (an extension)
+        (
+            &[("EgressIncludedIPs", Some("10.0.0.0/33"))],
+            vec![
+                w("EgressIncludedIPs", "10.0.0.0/33", &extension("EgressIncludedIPs")),
+                e("EgressIncludedIPs", "10.0.0.0/33", &format!("invalid IP or CIDR block [10.0.0.0/33] {IP}")),
+            ],
+        ),
         (&[("IgnoredUID", Some("envoy"))], vec![e("IgnoredUID", "envoy", BAD_ID)]),
         (&[("IgnoredGID", Some("abc"))], vec![e("IgnoredGID", "abc", BAD_ID)]),
         (&[("IgnoredUID", None), ("IgnoredGID", Some("+1"))], vec![e("IgnoredGID", "+1", BAD_ID)]),
@@ -239,7 +297,7 @@ fn bad_cases() -> Vec<Case<'static>> {
                 "Foo",
                 "1",
                 "unknown property (at properties[6]): the properties are IgnoredUID, IgnoredGID, ProxyIngressPort, \
-                 ProxyEgressPort, AppPorts, EgressIgnoredIPs, EgressIgnoredPorts",
+                 ProxyEgressPort, AppPorts, EgressIgnoredIPs, EgressIgnoredPorts, ProxyDNSPort, EgressIncludedIPs",
             )],
         ),
         (
@@ -248,7 +306,7 @@ fn bad_cases() -> Vec<Case<'static>> {
                 "properties[6]",
                 "1",
                 "unknown property (at properties[6]): the properties are IgnoredUID, IgnoredGID, ProxyIngressPort, \
-                 ProxyEgressPort, AppPorts, EgressIgnoredIPs, EgressIgnoredPorts",
+                 ProxyEgressPort, AppPorts, EgressIgnoredIPs, EgressIgnoredPorts, ProxyDNSPort, EgressIncludedIPs",
             )],
         ),
         // Warnings: accepted, but worth knowing.
@@ -411,9 +469,9 @@ fn good_inputs_produce_these_configs() {
 
     // GID instead of UID; both; uid 0 is allowed.
     let c = ok(&[("IgnoredUID", None), ("IgnoredGID", Some("1337"))]);
-    assert_eq!((c.ignored_uid, c.ignored_gid), (None, Some(1337)));
+    assert_eq!((c.ignored_uids, c.ignored_gids), (vec![], vec![1337]));
     let c = ok(&[("IgnoredUID", Some(" 0 ")), ("IgnoredGID", Some("4294967295"))]);
-    assert_eq!((c.ignored_uid, c.ignored_gid), (Some(0), Some(u32::MAX)));
+    assert_eq!((c.ignored_uids, c.ignored_gids), (vec![0], vec![u32::MAX]));
 
     // Ranges, whitespace, empty entries; duplicates merged.
     let c = ok(&[("AppPorts", Some(" 9080 , ,8000-8100,8050-8200,9080,"))]);

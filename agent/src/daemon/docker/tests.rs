@@ -65,7 +65,7 @@ fn without_the_label_the_proxys_appmesh_environment_is_read_and_the_default_back
     let env = ["APPMESH_IGNORE_UID=1337", "APPMESH_ENVOY_EGRESS_PORT=15001", "PATH=/bin"];
     let spec = spec_of(&awsvpc(&[], &env), Kind::Nftables).unwrap().unwrap();
     assert_eq!(
-        (spec.backend, spec.config.ignored_uid, spec.config.proxy_egress_port),
+        (spec.backend, spec.config.ignored_uids.first().copied(), spec.config.proxy_egress_port),
         (Kind::Nftables, Some(1337), 15001)
     );
 }

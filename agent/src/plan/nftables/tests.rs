@@ -352,7 +352,7 @@ fn the_interpreter_decides_the_seed_like_the_model() {
 /// The interpreter is only worth something if it tells a wrong table from a right one.
 #[test]
 fn the_interpreter_notices_a_wrong_table() {
-    let config = ProxyConfig { ipv6: false, ignored_gid: Some(1338), ..seed() };
+    let config = ProxyConfig { ipv6: false, ignored_gids: vec![1338], ..seed() };
     let local = LocalAddrs::loopback();
     let egress = |uid: u32, dst: &str| Connection {
         direction: Direction::Egress,

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use ipnet::IpNet;
 
 use crate::model::{Connection, Decision, Direction, LocalAddrs, Protocol, Reason, canonical};
-use crate::plan::nftables::{COMMENT_MAX, COMMENT_PREFIX};
+use crate::plan::nftables::{COMMENT_MAX, COMMENT_PREFIX, DNS_CHAIN};
 
 pub(super) struct Script {
     pub(super) sets: BTreeMap<String, ParsedSet>,
@@ -146,6 +146,10 @@ enum Stmt {
     /// A match, with the reason it stands for: why a connection that fails it is left
     /// alone, or why a `return` after it leaves the connection alone.
     Match(Reason, bool),
+    /// `meta l4proto tcp|udp`: says nothing about why a rule returns.
+    Proto(bool),
+    /// `udp|tcp dport 53`: DNS, passed on to (or back from) the DNS chain.
+    Dns(bool),
     Counter,
     Jump(String),
     Return,
@@ -160,13 +164,18 @@ fn statements(script: &Script, local: &LocalAddrs, conn: &Connection, rule: &str
     let dst = canonical(conn.destination.ip());
     let src = canonical(conn.source.ip());
     let tcp = conn.protocol == Protocol::Tcp;
+    let udp = conn.protocol == Protocol::Udp;
+    let dns = |proto: bool| proto && conn.destination.port() == crate::config::DNS_PORT;
     let words: Vec<&str> = body.split(' ').collect();
     let mut out = Vec::new();
     let mut i = 0;
     while i < words.len() {
         let rest = &words[i..];
         let (stmt, n) = match rest {
-            ["meta", "l4proto", "tcp", ..] => (Stmt::Match(Reason::NotTcp, tcp), 3),
+            ["meta", "l4proto", "tcp", ..] => (Stmt::Proto(tcp), 3),
+            ["meta", "l4proto", "udp", ..] => (Stmt::Proto(udp), 3),
+            ["udp", "dport", "53", ..] => (Stmt::Dns(dns(udp)), 3),
+            ["tcp", "dport", "53", ..] => (Stmt::Dns(dns(tcp)), 3),
             ["meta", "nfproto", "ipv4", ..] => (Stmt::Match(Reason::Ipv6Disabled, dst.is_ipv4()), 3),
             ["meta", "skuid", id, ..] => (Stmt::Match(Reason::IgnoredUid, conn.uid == id.parse::<u32>().unwrap()), 3),
             ["meta", "skgid", id, ..] => (Stmt::Match(Reason::IgnoredGid, conn.gid == id.parse::<u32>().unwrap()), 3),
@@ -181,10 +190,12 @@ fn statements(script: &Script, local: &LocalAddrs, conn: &Connection, rule: &str
                 (Stmt::Match(reason, tcp && set.contains_port(conn.destination.port())), 3)
             }
             [family @ ("ip" | "ip6"), "daddr", set, ..] => {
-                let set = &script.sets[set.strip_prefix('@').unwrap()];
                 // `ip daddr` only matches IPv4 packets, `ip6 daddr` only IPv6 ones.
                 let same_family = dst.is_ipv4() == (*family == "ip");
-                (Stmt::Match(Reason::IgnoredIp, same_family && set.contains_ip(dst)), 3)
+                let name = set.strip_prefix('@').unwrap();
+                let set = &script.sets[name];
+                let reason = if name.starts_with("included") { Reason::NotIncluded } else { Reason::IgnoredIp };
+                (Stmt::Match(reason, same_family && set.contains_ip(dst)), 3)
             }
             ["counter", ..] => (Stmt::Counter, 1),
             ["jump", chain] => (Stmt::Jump((*chain).to_owned()), 2),
@@ -197,7 +208,7 @@ fn statements(script: &Script, local: &LocalAddrs, conn: &Connection, rule: &str
     }
     // Matches, then exactly one counter, then the verdict.
     let counter = out.iter().position(|s| matches!(s, Stmt::Counter)).expect("every rule has a counter");
-    assert!(out[..counter].iter().all(|s| matches!(s, Stmt::Match(..))), "{rule}");
+    assert!(out[..counter].iter().all(|s| matches!(s, Stmt::Match(..) | Stmt::Proto(_) | Stmt::Dns(_))), "{rule}");
     assert_eq!(out.len(), counter + 2, "one verdict after the counter: {rule}");
     out
 }
@@ -211,34 +222,67 @@ enum Flow {
 /// Runs `chain` as the kernel does: rules in order, the first whose matches all hold
 /// applies its verdict; `return` (or the chain's end) goes back to the caller. `why_not`
 /// records the reason of the last rule that decided against redirecting.
-fn run_chain(script: &Script, chain: &str, local: &LocalAddrs, conn: &Connection, why_not: &mut Reason) -> Flow {
+fn run_chain(
+    script: &Script,
+    chain: &str,
+    local: &LocalAddrs,
+    conn: &Connection,
+    why_not: &mut Reason,
+    base_reason_set: &mut bool,
+) -> Flow {
     let chain = script.chains.iter().find(|c| c.name == chain).expect("jump to a defined chain");
     for rule in &chain.rules {
         let stmts = statements(script, local, conn, rule);
         let mut kind = None;
         let mut failed = None;
+        let mut dns = false;
         for stmt in &stmts {
-            if let Stmt::Match(reason, holds) = stmt {
-                if !holds {
-                    failed = Some(*reason);
-                    break;
+            let (reason, holds) = match stmt {
+                Stmt::Match(reason, holds) => (Some(*reason), *holds),
+                Stmt::Proto(holds) => (None, *holds),
+                Stmt::Dns(holds) => {
+                    dns = true;
+                    (None, *holds)
                 }
-                kind = Some(*reason);
+                _ => continue,
+            };
+            if !holds {
+                failed = Some(reason.unwrap_or(Reason::NotTcp));
+                break;
             }
+            kind = reason.or(kind);
         }
         if let Some(reason) = failed {
-            *why_not = reason;
+            // A rule failed only on its protocol (TCP, or UDP to 53) says less than a rule for
+            // the connection's protocol that failed further on: the base chain's jumps exclude
+            // each other by protocol.
+            // Inside intercept's chains the protocol is settled: a rule for the other one
+            // failing says nothing.
+            let on_protocol = reason == Reason::NotTcp;
+            if !(on_protocol && (chain.hook.is_none() || *base_reason_set)) {
+                *why_not = reason;
+                *base_reason_set |= chain.hook.is_some() && !on_protocol;
+            }
             continue;
         }
         match stmts.last().unwrap() {
             Stmt::Jump(target) => {
-                assert!(chain.hook.is_some(), "only the base chains jump");
-                if let Flow::Redirect(port) = run_chain(script, target, local, conn, why_not) {
+                assert!(chain.hook.is_some() || target == DNS_CHAIN, "only the base chains jump, and to DNS");
+                if let Flow::Redirect(port) = run_chain(script, target, local, conn, why_not, base_reason_set) {
                     return Flow::Redirect(port);
                 }
+                // The callee decided why: the base chain's other jumps cannot take this
+                // connection.
+                *base_reason_set = true;
             }
             Stmt::Return => {
-                *why_not = kind.expect("a return rule says why");
+                *why_not = match kind {
+                    Some(reason) => reason,
+                    // DNS coming back from the DNS chain: it said why.
+                    None if dns => *why_not,
+                    // Include-only's last rule: TCP that no included network took.
+                    None => Reason::NotIncluded,
+                };
                 return Flow::Continue;
             }
             Stmt::Redirect(port) => return Flow::Redirect(*port),
@@ -260,7 +304,7 @@ pub(super) fn run_nftables(script: &Script, local: &LocalAddrs, conn: &Connectio
         assert_eq!(conn.direction, Direction::Ingress, "egress always has its chain");
         return Decision::Untouched { reason: why_not };
     };
-    match run_chain(script, &base.name, local, conn, &mut why_not) {
+    match run_chain(script, &base.name, local, conn, &mut why_not, &mut false) {
         Flow::Continue => Decision::Untouched { reason: why_not },
         Flow::Redirect(port) => {
             let dst = canonical(conn.destination.ip());
