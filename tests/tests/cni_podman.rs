@@ -13,32 +13,23 @@ use std::{
 };
 
 use intercept::{
-    config::{Ingress, PortRange, PortSet, ProxyConfig},
+    config::ProxyConfig,
     model::{Decision, decide},
 };
 use intercept_tests::{
     cni::nothing_left,
     podman::Podman,
+    seed_guide_config,
     topology::Netns,
     traffic::{Listeners, Reply, Role, agrees, egress},
 };
 
 const CLIENT: &str = env!("CARGO_BIN_EXE_intercept-test-client");
 
-/// The deploy example's configuration, as the model reads it (the plugin's IPv6 default: off).
+/// The deploy example's configuration (the seed guide's), as the model reads it: the plugin's
+/// IPv6 default is off.
 fn example_config() -> ProxyConfig {
-    ProxyConfig {
-        ignored_uids: vec![1337],
-        ignored_gids: Vec::new(),
-        proxy_egress_port: 15001,
-        ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
-        egress_ignored_ports: PortSet::from_ranges([PortRange::single(22)]),
-        egress_ignored_ips: vec!["169.254.170.2/32".parse().unwrap(), "169.254.169.254/32".parse().unwrap()],
-        egress_included_ips: None,
-        proxy_dns_port: None,
-        implicit_exemptions: true,
-        ipv6: false,
-    }
+    ProxyConfig { ipv6: false, ..seed_guide_config() }
 }
 
 fn bins() -> &'static Path {
