@@ -107,6 +107,23 @@ fn assert_timeout_honoured(bin: &Path, target: &[String], remote: &Netns) {
     assert!(elapsed < bound, "verify --timeout 1s took {elapsed:?}, a whole verify {baseline:?}");
 }
 
+/// DNS capture: re-applied with ProxyDNSPort, verify sends a query to a TEST-NET server, answers
+/// it on ProxyDNSPort itself and sees the reply come from the server asked; then the seed again.
+fn assert_dns_verified(bin: &Path, target: &[String], seed: &[&str]) {
+    let dns = [seed, &["--proxy-dns-port", "15053"]].concat();
+    let (code, stdout, stderr) = run(bin, &args("apply", target, &dns));
+    assert_eq!(code, 0, "apply with DNS capture: {stdout}{stderr}");
+    let (code, stdout, stderr) = run(bin, &args("verify", target, &dns));
+    assert_eq!(code, 0, "verify with DNS capture: {stdout}{stderr}");
+    for server in ["192.0.2.1:53", "[2001:db8::1]:53"] {
+        let line = stdout.lines().find(|l| l.contains(&format!("asks DNS server {server}"))).unwrap_or_default();
+        assert!(line.starts_with("PASS"), "{server}: {stdout}");
+    }
+    assert!(stdout.contains("the reply came from 192.0.2.1:53"), "{stdout}");
+    let (code, stdout, stderr) = run(bin, &args("apply", target, seed));
+    assert_eq!(code, 0, "apply the seed again: {stdout}{stderr}");
+}
+
 /// The cases shared by the netfilter backends.
 fn netfilter(bin: &Path, backend: &str) {
     let sandbox = sandbox();
@@ -178,6 +195,7 @@ fn netfilter(bin: &Path, backend: &str) {
         assert_eq!((reply.role, reply.original), (Role::EgressProxy, Some(dst)), "{reply}");
     }
 
+    assert_dns_verified(bin, &target, &seed);
     assert_timeout_honoured(bin, &target, sandbox.remote());
     assert_port_left_free(sandbox.task());
 }
@@ -255,6 +273,7 @@ fn verify_ebpf_with_the_port_free() {
     assert_eq!(code, 3, "drift: {stdout}");
     assert!(stdout.contains("FAIL  matches the configuration") && stdout.contains("15002"), "{stdout}");
 
+    assert_dns_verified(&bin, &target, &seed);
     assert_timeout_honoured(&bin, &target, sandbox.remote());
     assert_port_left_free(sandbox.task());
     assert_eq!(cgroup.pids().unwrap(), Vec::<u32>::new(), "no probe process is left after a timeout");

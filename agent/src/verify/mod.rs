@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::backend::{self, Backend, Counter, Counters};
-use crate::config::ProxyConfig;
+use crate::config::{DNS_PORT, ProxyConfig};
 use crate::netns::{self, Netns};
 
 use probe::Probes;
@@ -94,6 +94,17 @@ pub struct ProbePlan {
     pub workload: Identity,
     /// Each exemption by identity, and an identity that has it (and no other).
     pub ignored: Vec<(Exempt, Identity)>,
+    /// With DNS capture: a query to a TEST-NET server per family.
+    pub dns: Option<DnsPlan>,
+}
+
+/// The DNS capture probes: where a query lands (ProxyDNSPort on loopback, per family), and the
+/// servers asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsPlan {
+    pub port: u16,
+    pub listen: Vec<SocketAddr>,
+    pub servers: Vec<SocketAddr>,
 }
 
 /// An exemption by identity.
@@ -163,7 +174,16 @@ impl ProbePlan {
         for &gid in config.ignored_gids.iter().take(MAX_IDENTITY_PROBES) {
             ignored.push((Exempt::Gid(gid), Identity { uid: workload.uid, gid }));
         }
-        Ok(ProbePlan { egress_port: config.proxy_egress_port, listen, destinations, workload, ignored })
+        // DNS is captured whatever EgressIncludedIPs says: only the ignored IPs exempt a server.
+        let dns = config.dns_capture().map(|port| {
+            let server_ok = |ip: &IpAddr| !ignored_ips.iter().any(|net| net.contains(ip));
+            let v4 = TEST_NET_V4.iter().map(|&ip| IpAddr::V4(ip)).find(server_ok);
+            let v6 = TEST_NET_V6.iter().map(|&ip| IpAddr::V6(ip)).find(server_ok).filter(|_| config.ipv6);
+            let servers: Vec<SocketAddr> = v4.into_iter().chain(v6).map(|ip| SocketAddr::new(ip, DNS_PORT)).collect();
+            let listen = servers.iter().map(|s| SocketAddr::new(loopback(s.ip()), port)).collect();
+            DnsPlan { port, listen, servers }
+        });
+        Ok(ProbePlan { egress_port: config.proxy_egress_port, listen, destinations, workload, ignored, dns })
     }
 }
 
@@ -240,13 +260,27 @@ pub fn verify(
         timeout,
         last: before.clone(),
     };
+    // Whether the probes finished before the deadline (the DNS probes come after them).
+    let mut in_time = true;
     'probes: for &destination in &plan.destinations {
         if !report.step(live.workload(&plan, destination)?) {
+            in_time = false;
             break 'probes;
         }
         for &(exempt, identity) in &plan.ignored {
             if !report.step(live.ignored(&plan, exempt, identity, destination)?) {
+                in_time = false;
                 break 'probes;
+            }
+        }
+    }
+    if let Some(dns) = plan.dns.as_ref().filter(|_| in_time) {
+        let in_use = netns
+            .run(|| udp_port_in_use(&dns.listen))?
+            .map_err(|source| Error::Io { op: "trying to bind ProxyDNSPort on loopback", source })?;
+        for &server in &dns.servers {
+            if !report.step(live.dns(&plan, dns, server, in_use)?) {
+                break;
             }
         }
     }
@@ -282,7 +316,8 @@ impl Live<'_> {
         let identity = plan.workload;
         let check = format!("workload (uid {} gid {}) dials {destination}", identity.uid, identity.gid);
         let wait = self.deadline.saturating_duration_since(Instant::now()).saturating_sub(PROBE_SLACK);
-        let Some(outcome) = self.probes.run(self.listen(plan), destination, identity, wait, self.deadline)? else {
+        let Some(outcome) = self.probes.run(self.listen(plan), destination, identity, wait, self.deadline, false)?
+        else {
             return Ok(Err(timed_out(&check, self.timeout)));
         };
         let landing = SocketAddr::new(
@@ -320,7 +355,8 @@ impl Live<'_> {
         let check = format!("{exempt} (uid {} gid {}) dials {destination}", identity.uid, identity.gid);
         let left = self.deadline.saturating_duration_since(Instant::now());
         let wait = IGNORED_WAIT.min(left.saturating_sub(PROBE_SLACK));
-        let Some(outcome) = self.probes.run(self.listen(plan), destination, identity, wait, self.deadline)? else {
+        let Some(outcome) = self.probes.run(self.listen(plan), destination, identity, wait, self.deadline, false)?
+        else {
             return Ok(Err(timed_out(&check, self.timeout)));
         };
         if outcome.timed_out && wait < IGNORED_WAIT {
@@ -346,6 +382,33 @@ impl Live<'_> {
                     Check::new(check, expected, observed, is > was)
                 }
             }
+        }))
+    }
+
+    /// The workload's DNS query to `server`: sent to ProxyDNSPort, the reply seen from `server`
+    /// (verify answers on the port itself when it is free; otherwise the DNS counter must grow).
+    fn dns(&mut self, plan: &ProbePlan, dns: &DnsPlan, server: SocketAddr, in_use: bool) -> Result<Step, Error> {
+        let identity = plan.workload;
+        let check = format!("workload (uid {} gid {}) asks DNS server {server}", identity.uid, identity.gid);
+        let wait = self.deadline.saturating_duration_since(Instant::now()).saturating_sub(PROBE_SLACK);
+        let listen: &[SocketAddr] = if in_use { &[] } else { &dns.listen };
+        let Some(outcome) = self.probes.run(listen, server, identity, wait.min(ACCEPT_WAIT), self.deadline, true)?
+        else {
+            return Ok(Err(timed_out(&check, self.timeout)));
+        };
+        let landing = SocketAddr::new(loopback(server.ip()), dns.port);
+        Ok(Ok(if in_use {
+            let name = Counter::DnsRedirected.name();
+            let (was, is) = self.counter_moves(Counter::DnsRedirected)?;
+            let expected = format!("sent to ProxyDNSPort {}; counter `{name}` grows", dns.port);
+            let observed = format!("{}; `{name}` {was} -> {is}", outcome.describe());
+            Check::new(check, expected, observed, is > was)
+        } else {
+            let passed = outcome.accepted.as_ref().is_some_and(|a| a.listener == landing)
+                && outcome.reply_from.map(|a| SocketAddr::new(crate::model::canonical(a.ip()), a.port()))
+                    == Some(server);
+            let expected = format!("sent to {landing}; the reply comes from {server}");
+            Check::new(check, expected, outcome.describe(), passed)
         }))
     }
 
@@ -380,6 +443,23 @@ fn timed_out(check: &str, timeout: Duration) -> Check {
         "timed out; the probe process was stopped",
         false,
     )
+}
+
+/// Loopback of `ip`'s family: where a redirect sends egress.
+fn loopback(ip: IpAddr) -> IpAddr {
+    if ip.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) }
+}
+
+/// [`port_in_use`] for UDP: the proxy's DNS listener holds the port.
+fn udp_port_in_use(listen: &[SocketAddr]) -> io::Result<bool> {
+    for &addr in listen {
+        match std::net::UdpSocket::bind(addr) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Ok(true),
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{addr}: {e}"))),
+        }
+    }
+    Ok(false)
 }
 
 /// Whether something else listens on one of `listen` (bind fails with EADDRINUSE); run in the

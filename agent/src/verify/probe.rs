@@ -2,7 +2,7 @@
 //! `verify-probe` subcommand in the target namespace and cgroup, as the identity under test.
 
 use std::io::{self, Read};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -37,13 +37,17 @@ impl<'a> Probes<'a> {
         identity: Identity,
         connect_timeout: Duration,
         deadline: Instant,
+        udp: bool,
     ) -> Result<Option<ProbeOutcome>, Error> {
         if Instant::now() >= deadline {
             return Ok(None);
         }
         let mut command = self.netns.command(&self.exe);
+        command.arg("verify-probe");
+        if udp {
+            command.arg("--udp");
+        }
         command
-            .arg("verify-probe")
             .args(["--dial", &dial.to_string()])
             .args(["--uid", &identity.uid.to_string(), "--gid", &identity.gid.to_string()])
             .args(["--connect-timeout-ms", &connect_timeout.as_millis().max(1).to_string()])
@@ -115,6 +119,10 @@ pub struct ProbeArgs {
     pub gid: u32,
     #[arg(long)]
     pub connect_timeout_ms: u64,
+    /// A DNS-like datagram on a connected UDP socket instead of a TCP connection; the
+    /// listeners are UDP sockets.
+    #[arg(long)]
+    pub udp: bool,
 }
 
 /// What a probe saw.
@@ -128,6 +136,9 @@ pub struct ProbeOutcome {
     pub connect: String,
     /// The probe's own connection, as its listener accepted it.
     pub accepted: Option<Accepted>,
+    /// With `--udp`: where the reply came from, as `recvfrom` says (what a resolver checks).
+    #[serde(default)]
+    pub reply_from: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,10 +157,15 @@ impl ProbeOutcome {
             timed_out: false,
             connect: String::new(),
             accepted: None,
+            reply_from: None,
         }
     }
 
     pub(super) fn describe(&self) -> String {
+        if let Some(from) = self.reply_from {
+            let arrived = self.accepted.as_ref().map_or(String::new(), |a| format!("; arrived at {}", a.listener));
+            return format!("{}{arrived}; the reply came from {from}", self.connect);
+        }
         match &self.accepted {
             Some(Accepted { listener, original_dst: Some(dst), .. }) => {
                 format!("{}; arrived at {listener}, SO_ORIGINAL_DST {dst}", self.connect)
@@ -178,6 +194,9 @@ pub fn probe_main(args: &ProbeArgs) -> i32 {
 }
 
 fn probe(args: &ProbeArgs) -> ProbeOutcome {
+    if args.udp {
+        return probe_udp(args);
+    }
     let mut listeners = Vec::new();
     for &addr in &args.listen {
         match TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
@@ -214,7 +233,82 @@ fn probe(args: &ProbeArgs) -> ProbeOutcome {
         Ok(s) if !listeners.is_empty() => s.local_addr().ok().and_then(|from| accept_own(&listeners, from)),
         _ => None,
     };
-    ProbeOutcome { error: None, connected, timed_out, connect, accepted }
+    ProbeOutcome { error: None, connected, timed_out, connect, accepted, reply_from: None }
+}
+
+/// `--udp`: a query as glibc's resolver sends one (a connected UDP socket). The probe's own
+/// listeners answer its datagram when it reaches them; the reply's source is recorded.
+fn probe_udp(args: &ProbeArgs) -> ProbeOutcome {
+    let mut listeners = Vec::new();
+    for &addr in &args.listen {
+        match UdpSocket::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
+            Ok(listener) => listeners.push((addr, listener)),
+            Err(e) => return ProbeOutcome::failed(format!("listen on UDP {addr}: {e}")),
+        }
+    }
+    if let Err(e) = take_identity(args.uid, args.gid) {
+        return ProbeOutcome::failed(format!("becoming uid {} gid {}: {e}", args.uid, args.gid));
+    }
+    let timeout = Duration::from_millis(args.connect_timeout_ms.max(1));
+    let any: SocketAddr =
+        if args.dial.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+    let socket = match UdpSocket::bind(any)
+        .and_then(|s| s.connect(args.dial).map(|()| s))
+        .and_then(|s| s.set_read_timeout(Some(timeout)).map(|()| s))
+    {
+        Ok(socket) => socket,
+        Err(e) => return ProbeOutcome::failed(format!("a UDP socket connected to {}: {e}", args.dial)),
+    };
+    if let Err(e) = socket.send(QUERY) {
+        let connect = format!("send failed: {e}");
+        return ProbeOutcome {
+            error: None,
+            connected: false,
+            timed_out: false,
+            connect,
+            accepted: None,
+            reply_from: None,
+        };
+    }
+    let from = socket.local_addr().ok();
+    let accepted = from.and_then(|from| answer_own(&listeners, from));
+    let mut buf = [0u8; 512];
+    let (reply_from, connected, timed_out, connect) = match recv_from(&socket, &mut buf) {
+        Ok(from) => (Some(from), true, false, "sent a query and got a reply".to_owned()),
+        Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {
+            (None, false, true, format!("sent a query; no reply within {} ms", timeout.as_millis()))
+        }
+        Err(e) => (None, false, false, format!("sent a query; no reply: {e}")),
+    };
+    ProbeOutcome { error: None, connected, timed_out, connect, accepted, reply_from }
+}
+
+/// What the probe sends: a DNS query for `verify.intercept.invalid` A. Its listeners answer
+/// with the same bytes.
+const QUERY: &[u8] =
+    b"\x49\x43\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x06verify\x09intercept\x07invalid\x00\x00\x01\x00\x01";
+
+fn recv_from(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<SocketAddr> {
+    socket.recv_from(buf).map(|(_, from)| from)
+}
+
+/// Waits up to [`ACCEPT_WAIT`] for the probe's own datagram from `from` on any of `listeners`
+/// and answers it there.
+fn answer_own(listeners: &[(SocketAddr, UdpSocket)], from: SocketAddr) -> Option<Accepted> {
+    let until = Instant::now() + ACCEPT_WAIT;
+    let mut buf = [0u8; 512];
+    while Instant::now() < until {
+        for (addr, listener) in listeners {
+            let Ok((n, peer)) = listener.recv_from(&mut buf) else { continue };
+            if peer.port() != from.port() {
+                continue;
+            }
+            let _ = listener.send_to(&buf[..n], peer);
+            return Some(Accepted { listener: *addr, original_dst: None, original_dst_error: None });
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    None
 }
 
 fn take_identity(uid: u32, gid: u32) -> nix::Result<()> {

@@ -51,6 +51,23 @@ fn the_probe_plan_dials_test_net_as_a_workload_and_as_each_ignored_identity() {
 }
 
 #[test]
+fn the_probe_plan_asks_a_test_net_dns_server_when_dns_is_captured() {
+    assert_eq!(ProbePlan::new(&config()).unwrap().dns, None, "no ProxyDNSPort: no DNS probe");
+    let mut config = config();
+    config.proxy_dns_port = Some(15053);
+    config.egress_ignored_ips = vec!["192.0.2.1/32".parse().unwrap()];
+    // Include-only narrows the TCP probes, not DNS.
+    config.egress_included_ips = Some(vec!["198.51.100.0/24".parse().unwrap(), "2001:db8::/32".parse().unwrap()]);
+    let plan = ProbePlan::new(&config).unwrap();
+    let dns = plan.dns.expect("a DNS probe");
+    assert_eq!(dns.servers, ["198.51.100.1:53".parse().unwrap(), "[2001:db8::1]:53".parse().unwrap()]);
+    assert_eq!(dns.listen, ["127.0.0.1:15053".parse().unwrap(), "[::1]:15053".parse().unwrap()]);
+    assert_eq!(plan.destinations, ["198.51.100.1:80".parse().unwrap(), "[2001:db8::1]:80".parse().unwrap()]);
+    config.egress_ignored_ports = PortSet::from_ranges([PortRange::single(53)]);
+    assert_eq!(ProbePlan::new(&config).unwrap().dns, None, "port 53 ignored: DNS capture is off");
+}
+
+#[test]
 fn the_probe_plan_avoids_what_the_configuration_ignores() {
     let mut config = config();
     config.ignored_uids = vec![WORKLOAD_ID];
