@@ -187,29 +187,37 @@ impl Reader<'_> {
         }
     }
 
-    /// The seven properties, as the values validation reads: a scalar as written, a list as
-    /// its entries joined with commas (so that `[""]`, the agent's empty list, is absent, as
-    /// in the reference plugin).
+    /// The properties, as the values validation reads: a scalar as written, a list as its
+    /// entries joined with commas (so that `[""]`, the agent's empty list, is absent, as in the
+    /// reference plugin). A property of the wrong JSON type is reported here and recorded as
+    /// mistyped, so that validation's "missing" for it is not reported as well.
     fn properties(&mut self, env: &impl Fn(&str) -> Option<String>) -> RawConfig {
         let mut raw = RawConfig::new(Source::Cni);
         for property in Property::ALL {
             let key = netconf_field(property);
-            let list =
-                matches!(property, Property::AppPorts | Property::EgressIgnoredIPs | Property::EgressIgnoredPorts);
+            let list = matches!(
+                property,
+                Property::AppPorts
+                    | Property::EgressIgnoredIPs
+                    | Property::EgressIgnoredPorts
+                    | Property::EgressIncludedIPs
+            );
             let value = match self.object.get(key) {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) if !list => Some(s.clone()),
-                Some(Value::Array(items)) if list => self.string_items(key, items),
+                Some(Value::Array(items)) if list => {
+                    let joined = self.string_items(key, items);
+                    if joined.is_none() {
+                        self.mistyped.push(key);
+                    }
+                    joined
+                }
                 Some(other) => {
                     self.type_error(key, other, list);
+                    self.mistyped.push(key);
                     None
                 }
             };
-            if value.is_none()
-                && self.problems.iter().any(|d| d.field == key || d.field.starts_with(&format!("{key}[")))
-            {
-                self.mistyped.push(key);
-            }
             if let Some(value) = value {
                 raw.properties.push(RawProperty {
                     name: property.name().to_owned(),

@@ -229,3 +229,21 @@ fn results_pass_the_previous_one_through() {
     let e = Error::new(code::DRIFT, "not installed", "");
     assert_eq!(e.render("0.4.0"), "{\"cniVersion\":\"0.4.0\",\"code\":102,\"msg\":\"not installed\"}\n");
 }
+
+/// intercept's own properties in a chained netconfig: ProxyDNSPort as a string, the included
+/// networks as an array of strings, several ids in one string.
+#[test]
+fn the_extensions_in_a_netconfig() {
+    let netconf = agent_netconf(json!({
+        "ignoredUID": "1337,1338",
+        "proxyDNSPort": "15053",
+        "egressIncludedIPs": ["10.0.0.0/8", "2001:db8::/32"],
+        "enableIPv6": true,
+    }));
+    let config = config(&netconf).unwrap();
+    assert_eq!(config.ignored_uids, [1337, 1338]);
+    assert_eq!(config.proxy_dns_port, Some(15053));
+    assert_eq!(config.egress_included_ips.map(|n| n.len()), Some(2));
+    let wrong = details(&agent_netconf(json!({"egressIncludedIPs": "10.0.0.0/8"})));
+    assert!(wrong.contains("egressIncludedIPs: must be an array of strings"), "{wrong}");
+}
