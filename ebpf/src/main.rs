@@ -134,10 +134,15 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
         count(Counter::NotTcp);
         return ALLOW;
     }
-    let Some((generation, config)) = active() else { return ALLOW };
     let addr = ip.to_ne_bytes();
     let port = u16::from_be(port as u16);
     let udp = protocol == IPPROTO_UDP;
+    // UDP to another port is never touched: decided before any map is read.
+    if udp && port != DNS_PORT {
+        count(Counter::NotTcp);
+        return ALLOW;
+    }
+    let Some((generation, config)) = active() else { return ALLOW };
     if udp && !captured_dns(config, port) {
         count(Counter::NotTcp);
         return ALLOW;
@@ -171,23 +176,9 @@ pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
 /// records the original one, or counts why not.
 #[inline(always)]
 fn redirect_v4(ctx: &SockAddrContext, config: &GlobalConfig, verdict: Verdict, addr: [u8; 4], port: u16, udp: bool) {
-    let to = match verdict {
-        Verdict::Redirect => {
-            remember(ctx, mapped(addr), port, AF_INET);
-            count(Counter::Redirected);
-            config.proxy_egress_port
-        }
-        Verdict::RedirectDns => {
-            if udp {
-                remember_dns(ctx, mapped(addr), port, AF_INET);
-            } else {
-                remember(ctx, mapped(addr), port, AF_INET);
-            }
-            count(Counter::DnsRedirected);
-            config.proxy_dns_port
-        }
-        Verdict::Untouched(reason) => {
-            count(reason);
+    let to = match take(ctx, config, verdict, mapped(addr), port, AF_INET, udp) {
+        Ok(to) => to,
+        Err(reason) => {
             debug!(ctx, "{:i}:{} untouched ({})", addr, port, reason.index());
             return;
         }
@@ -211,8 +202,12 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
         return ALLOW;
     }
     let (addr, port) = destination_v6(&ctx);
-    let Some((generation, config)) = active() else { return ALLOW };
     let udp = protocol == IPPROTO_UDP;
+    if udp && port != DNS_PORT {
+        count(Counter::NotTcp);
+        return ALLOW;
+    }
+    let Some((generation, config)) = active() else { return ALLOW };
     if udp && !captured_dns(config, port) {
         count(Counter::NotTcp);
         return ALLOW;
@@ -272,23 +267,9 @@ fn decide_and_redirect_v6(
         None if config.ipv6 == 0 => (Verdict::Untouched(Counter::Ipv6Disabled), LOOPBACK_V6, AF_INET6),
         None => (decide_v6(generation, config, addr, port), LOOPBACK_V6, AF_INET6),
     };
-    let to = match verdict {
-        Verdict::Redirect => {
-            remember(ctx, addr, port, family);
-            count(Counter::Redirected);
-            config.proxy_egress_port
-        }
-        Verdict::RedirectDns => {
-            if udp {
-                remember_dns(ctx, addr, port, family);
-            } else {
-                remember(ctx, addr, port, family);
-            }
-            count(Counter::DnsRedirected);
-            config.proxy_dns_port
-        }
-        Verdict::Untouched(reason) => {
-            count(reason);
+    let to = match take(ctx, config, verdict, addr, port, family, udp) {
+        Ok(to) => to,
+        Err(reason) => {
             debug!(ctx, "[{:i}]:{} untouched ({})", addr, port, reason.index());
             return;
         }
@@ -304,6 +285,41 @@ fn decide_and_redirect_v6(
         write_volatile(&mut (*sa).user_port, u32::from(to.to_be()));
     }
     debug!(ctx, "[{:i}]:{} redirected to port {}", addr, port, to);
+}
+
+/// Counts a verdict and, for a redirect, records the original destination (`addr` as the
+/// 16-byte form `OrigDst` keeps): `Ok` with the loopback port to send to, `Err` with why not.
+/// A UDP DNS query is recorded for its reply (`DNS_ORIG`), TCP for its handshake (`PENDING_DST`).
+#[inline(always)]
+fn take(
+    ctx: &SockAddrContext,
+    config: &GlobalConfig,
+    verdict: Verdict,
+    addr: [u8; 16],
+    port: u16,
+    family: u16,
+    udp: bool,
+) -> Result<u16, Counter> {
+    match verdict {
+        Verdict::Redirect => {
+            remember(ctx, addr, port, family);
+            count(Counter::Redirected);
+            Ok(config.proxy_egress_port)
+        }
+        Verdict::RedirectDns => {
+            if udp {
+                remember_dns(ctx, addr, port, family);
+            } else {
+                remember(ctx, addr, port, family);
+            }
+            count(Counter::DnsRedirected);
+            Ok(config.proxy_dns_port)
+        }
+        Verdict::Untouched(reason) => {
+            count(reason);
+            Err(reason)
+        }
+    }
 }
 
 /// A datagram received on an AF_INET socket: a reply from ProxyDNSPort to a redirected query

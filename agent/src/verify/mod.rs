@@ -247,7 +247,7 @@ pub fn verify(
     }
     let before = status.counters;
     let in_use = netns
-        .run(|| port_in_use(&plan.listen))?
+        .run(|| port_in_use(&plan.listen, |a| TcpListener::bind(a).map(drop)))?
         .map_err(|source| Error::Io { op: "trying to bind ProxyEgressPort on loopback", source })?;
     let method = if in_use { Method::Counters } else { Method::Listener };
     report.method = Some(method);
@@ -276,7 +276,7 @@ pub fn verify(
     }
     if let Some(dns) = plan.dns.as_ref().filter(|_| in_time) {
         let in_use = netns
-            .run(|| udp_port_in_use(&dns.listen))?
+            .run(|| port_in_use(&dns.listen, |a| std::net::UdpSocket::bind(a).map(drop)))?
             .map_err(|source| Error::Io { op: "trying to bind ProxyDNSPort on loopback", source })?;
         for &server in &dns.servers {
             if !report.step(live.dns(&plan, dns, server, in_use)?) {
@@ -320,10 +320,7 @@ impl Live<'_> {
         else {
             return Ok(Err(timed_out(&check, self.timeout)));
         };
-        let landing = SocketAddr::new(
-            if destination.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) },
-            plan.egress_port,
-        );
+        let landing = SocketAddr::new(loopback(destination.ip()), plan.egress_port);
         Ok(Ok(match self.method {
             Method::Listener => {
                 let passed = outcome
@@ -450,24 +447,12 @@ fn loopback(ip: IpAddr) -> IpAddr {
     if ip.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) }
 }
 
-/// [`port_in_use`] for UDP: the proxy's DNS listener holds the port.
-fn udp_port_in_use(listen: &[SocketAddr]) -> io::Result<bool> {
+/// Whether something else holds one of `listen` (`bind`, a TCP listener or a UDP socket, fails
+/// with EADDRINUSE); run in the target namespace. The test sockets are closed at once.
+fn port_in_use(listen: &[SocketAddr], bind: impl Fn(SocketAddr) -> io::Result<()>) -> io::Result<bool> {
     for &addr in listen {
-        match std::net::UdpSocket::bind(addr) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Ok(true),
-            Err(e) => return Err(io::Error::new(e.kind(), format!("{addr}: {e}"))),
-        }
-    }
-    Ok(false)
-}
-
-/// Whether something else listens on one of `listen` (bind fails with EADDRINUSE); run in the
-/// target namespace. The test sockets are closed at once.
-fn port_in_use(listen: &[SocketAddr]) -> io::Result<bool> {
-    for &addr in listen {
-        match TcpListener::bind(addr) {
-            Ok(_) => {}
+        match bind(addr) {
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Ok(true),
             Err(e) => return Err(io::Error::new(e.kind(), format!("{addr}: {e}"))),
         }

@@ -197,16 +197,11 @@ fn probe(args: &ProbeArgs) -> ProbeOutcome {
     if args.udp {
         return probe_udp(args);
     }
-    let mut listeners = Vec::new();
-    for &addr in &args.listen {
-        match TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
-            Ok(listener) => listeners.push((addr, listener)),
-            Err(e) => return ProbeOutcome::failed(format!("listen on {addr}: {e}")),
-        }
-    }
-    if let Err(e) = take_identity(args.uid, args.gid) {
-        return ProbeOutcome::failed(format!("becoming uid {} gid {}: {e}", args.uid, args.gid));
-    }
+    let bind = |a| TcpListener::bind(a).and_then(|l| l.set_nonblocking(true).map(|()| l));
+    let listeners = match listen_then_become(args, "", bind) {
+        Ok(listeners) => listeners,
+        Err(why) => return ProbeOutcome::failed(why),
+    };
     let timeout = Duration::from_millis(args.connect_timeout_ms.max(1));
     let stream = TcpStream::connect_timeout(&args.dial, timeout);
     let (connected, timed_out, connect) = match &stream {
@@ -239,16 +234,11 @@ fn probe(args: &ProbeArgs) -> ProbeOutcome {
 /// `--udp`: a query as glibc's resolver sends one (a connected UDP socket). The probe's own
 /// listeners answer its datagram when it reaches them; the reply's source is recorded.
 fn probe_udp(args: &ProbeArgs) -> ProbeOutcome {
-    let mut listeners = Vec::new();
-    for &addr in &args.listen {
-        match UdpSocket::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
-            Ok(listener) => listeners.push((addr, listener)),
-            Err(e) => return ProbeOutcome::failed(format!("listen on UDP {addr}: {e}")),
-        }
-    }
-    if let Err(e) = take_identity(args.uid, args.gid) {
-        return ProbeOutcome::failed(format!("becoming uid {} gid {}: {e}", args.uid, args.gid));
-    }
+    let bind = |a| UdpSocket::bind(a).and_then(|l| l.set_nonblocking(true).map(|()| l));
+    let listeners = match listen_then_become(args, "UDP ", bind) {
+        Ok(listeners) => listeners,
+        Err(why) => return ProbeOutcome::failed(why),
+    };
     let timeout = Duration::from_millis(args.connect_timeout_ms.max(1));
     let any: SocketAddr =
         if args.dial.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
@@ -273,8 +263,8 @@ fn probe_udp(args: &ProbeArgs) -> ProbeOutcome {
     let from = socket.local_addr().ok();
     let accepted = from.and_then(|from| answer_own(&listeners, from));
     let mut buf = [0u8; 512];
-    let (reply_from, connected, timed_out, connect) = match recv_from(&socket, &mut buf) {
-        Ok(from) => (Some(from), true, false, "sent a query and got a reply".to_owned()),
+    let (reply_from, connected, timed_out, connect) = match socket.recv_from(&mut buf) {
+        Ok((_, from)) => (Some(from), true, false, "sent a query and got a reply".to_owned()),
         Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {
             (None, false, true, format!("sent a query; no reply within {} ms", timeout.as_millis()))
         }
@@ -287,10 +277,6 @@ fn probe_udp(args: &ProbeArgs) -> ProbeOutcome {
 /// with the same bytes.
 const QUERY: &[u8] =
     b"\x49\x43\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x06verify\x09intercept\x07invalid\x00\x00\x01\x00\x01";
-
-fn recv_from(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<SocketAddr> {
-    socket.recv_from(buf).map(|(_, from)| from)
-}
 
 /// Waits up to [`ACCEPT_WAIT`] for the probe's own datagram from `from` on any of `listeners`
 /// and answers it there.
@@ -309,6 +295,22 @@ fn answer_own(listeners: &[(SocketAddr, UdpSocket)], from: SocketAddr) -> Option
         thread::sleep(Duration::from_millis(2));
     }
     None
+}
+
+/// The probe's listeners (bound as root, non-blocking), then the identity under test; `Err`
+/// says which of the two the probe could not do.
+fn listen_then_become<L>(
+    args: &ProbeArgs,
+    kind: &str,
+    bind: impl Fn(SocketAddr) -> io::Result<L>,
+) -> Result<Vec<(SocketAddr, L)>, String> {
+    let mut listeners = Vec::new();
+    for &addr in &args.listen {
+        let listener = bind(addr).map_err(|e| format!("listen on {kind}{addr}: {e}"))?;
+        listeners.push((addr, listener));
+    }
+    take_identity(args.uid, args.gid).map_err(|e| format!("becoming uid {} gid {}: {e}", args.uid, args.gid))?;
+    Ok(listeners)
 }
 
 fn take_identity(uid: u32, gid: u32) -> nix::Result<()> {
