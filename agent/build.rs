@@ -49,7 +49,19 @@ fn main() -> anyhow::Result<()> {
              warnings). If bpf-linker or the nightly toolchain is the problem, `cargo xtask setup` \
              checks and repairs both."
         )
-    })
+    })?;
+
+    // An installation records the build that made it, this hash included: a build whose
+    // programs differ replaces them (see `backend::ebpf::build`).
+    let object = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR")?).join("intercept");
+    let bytes = std::fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
+    println!("cargo:rustc-env=INTERCEPT_EBPF_OBJECT_HASH={:016x}", fnv1a(&bytes));
+    Ok(())
+}
+
+/// 64-bit FNV-1a: a stable fingerprint of the object, not a security measure.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 fn set_path(path: OsString) {

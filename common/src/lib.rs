@@ -43,16 +43,31 @@ pub const LOCAL_NETS_V4_MAP: &str = "LOCAL_NETS_V4";
 pub const LOCAL_NETS_V6_MAP: &str = "LOCAL_NETS_V6";
 /// `COUNTERS`: per-CPU array of `u64`, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
-/// `PENDING_DST`: LRU hash socket cookie (`u64`) → [`OrigDst`]. Written by the connect
-/// hooks for every redirected connection; the `sockops` program moves the entry to
-/// [`ORIG_DST_MAP`] when the connection is established, or deletes it when the socket
-/// closes without getting there.
-pub const PENDING_DST_MAP: &str = "PENDING_DST";
-/// `ORIG_DST`: LRU hash [`SocketPair`] → [`OrigDst`]: the original destination of each
-/// established redirected connection, keyed by its 4-tuple. The `cgroup/getsockopt`
-/// program answers `SO_ORIGINAL_DST` from it; the entry is deleted when the proxy's
-/// accepted socket closes.
-pub const ORIG_DST_MAP: &str = "ORIG_DST";
+/// `SOCK_PENDING`: socket storage ([`OrigDst`]) on a redirected app socket, from connect(2)
+/// until the connection is established.
+pub const SOCK_PENDING_MAP: &str = "SOCK_PENDING";
+/// `SOCK_ORIG`: socket storage on the proxy's accepted socket: the original destination
+/// `SO_ORIGINAL_DST` answers.
+pub const SOCK_ORIG_MAP: &str = "SOCK_ORIG";
+/// `SOCK_DNS`: socket storage on a UDP socket: the server its last redirected DNS query was
+/// for. The `recvmsg` hooks give the replies (which come from ProxyDNSPort on loopback) that
+/// server's address, so the resolver accepts them.
+pub const SOCK_DNS_MAP: &str = "SOCK_DNS";
+/// `HANDOFF`: hash [`SocketPair`] → [`OrigDst`], no preallocation: established redirected
+/// connections whose proxy-side socket the kernel has not created yet.
+pub const HANDOFF_MAP: &str = "HANDOFF";
+/// Layout 1's pairing maps, kept by an in-place upgrade of a layout-1 installation (which
+/// pinned them as `PENDING_DST`, `ORIG_DST` and `DNS_ORIG`) and read by the programs as a
+/// fallback; a new installation creates them with [`LEGACY_NEW_CAPACITY`] entries.
+pub const LEGACY_PENDING_MAP: &str = "LEGACY_PENDING";
+pub const LEGACY_ORIG_MAP: &str = "LEGACY_ORIG";
+pub const LEGACY_DNS_MAP: &str = "LEGACY_DNS";
+/// Layout 1's pin names of the maps above, in the same order.
+pub const LAYOUT_1_PAIRING_PINS: [(&str, &str); 3] =
+    [(LEGACY_PENDING_MAP, "PENDING_DST"), (LEGACY_ORIG_MAP, "ORIG_DST"), (LEGACY_DNS_MAP, "DNS_ORIG")];
+/// `VERSION`: an array with one [`Version`]: which build made the installation, and its
+/// layout. Layout-1 installations have no such map.
+pub const VERSION_MAP: &str = "VERSION";
 /// `IGNORED_IDS`: hash map [`IdKey`] (generation, uid or gid, the id) → [`PRESENT`]: every
 /// IgnoredUID and IgnoredGID.
 pub const IGNORED_IDS_MAP: &str = "IGNORED_IDS";
@@ -61,10 +76,6 @@ pub const IGNORED_IDS_MAP: &str = "IGNORED_IDS";
 pub const INCLUDED_NETS_V4_MAP: &str = "INCLUDED_V4";
 /// `INCLUDED_NETS_V6`: the IPv6 EgressIncludedIPs.
 pub const INCLUDED_NETS_V6_MAP: &str = "INCLUDED_V6";
-/// `DNS_ORIG`: LRU hash socket cookie (`u64`) → [`OrigDst`]: the server a UDP socket's last
-/// redirected DNS datagram was for. The `recvmsg` hooks give the replies (which come from
-/// ProxyDNSPort on loopback) that server's address, so the resolver accepts them.
-pub const DNS_ORIG_MAP: &str = "DNS_ORIG";
 /// `PROXY_LISTENERS`: SOCKMAP of [`PROXY_LISTENERS_CAPACITY`] slots: the proxy's listening
 /// sockets on ProxyIngressPort, [`LISTENER_V4`] (an `AF_INET` socket) and [`LISTENER_V6`] (an
 /// `AF_INET6` one). The `sockops` program inserts a socket of the cgroup when it starts
@@ -73,7 +84,7 @@ pub const DNS_ORIG_MAP: &str = "DNS_ORIG";
 pub const PROXY_LISTENERS_MAP: &str = "PROXY_LISTENERS";
 
 /// Every map name, for code that walks all of them (pinning, removal).
-pub const MAP_NAMES: [&str; 16] = [
+pub const MAP_NAMES: [&str; 21] = [
     ACTIVE_MAP,
     CONFIG_MAP,
     IGNORED_PORTS_MAP,
@@ -83,14 +94,56 @@ pub const MAP_NAMES: [&str; 16] = [
     LOCAL_NETS_V4_MAP,
     LOCAL_NETS_V6_MAP,
     COUNTERS_MAP,
-    PENDING_DST_MAP,
-    ORIG_DST_MAP,
     PROXY_LISTENERS_MAP,
     IGNORED_IDS_MAP,
     INCLUDED_NETS_V4_MAP,
     INCLUDED_NETS_V6_MAP,
-    DNS_ORIG_MAP,
+    SOCK_PENDING_MAP,
+    SOCK_ORIG_MAP,
+    SOCK_DNS_MAP,
+    HANDOFF_MAP,
+    LEGACY_PENDING_MAP,
+    LEGACY_ORIG_MAP,
+    LEGACY_DNS_MAP,
+    VERSION_MAP,
 ];
+
+/// The maps that hold the configuration, rebuilt when the programs are replaced; every other
+/// map holds live state (connections, listeners, counters) and is carried over.
+pub const CONFIG_MAP_NAMES: [&str; 11] = [
+    ACTIVE_MAP,
+    CONFIG_MAP,
+    IGNORED_PORTS_MAP,
+    APP_PORTS_MAP,
+    IGNORED_NETS_V4_MAP,
+    IGNORED_NETS_V6_MAP,
+    LOCAL_NETS_V4_MAP,
+    LOCAL_NETS_V6_MAP,
+    IGNORED_IDS_MAP,
+    INCLUDED_NETS_V4_MAP,
+    INCLUDED_NETS_V6_MAP,
+];
+
+/// The layout of the maps this build's programs use (their names, types, keys and values).
+/// Layout 1 is the builds before socket storage, which recorded no version; a build can
+/// upgrade an installation of its own layout or of layout 1, and refuses a newer one.
+pub const LAYOUT: u32 = 2;
+
+/// The value of [`VERSION_MAP`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    pub layout: u32,
+    /// The build, NUL-padded UTF-8: `intercept <version> (object <hash>)`.
+    pub build: [u8; 60],
+}
+
+impl Version {
+    pub fn build_str(&self) -> &str {
+        let end = self.build.iter().position(|&b| b == 0).unwrap_or(self.build.len());
+        core::str::from_utf8(&self.build[..end]).unwrap_or("(not UTF-8)")
+    }
+}
 
 /// The kernel keeps 15 bytes of a map's name (`BPF_OBJ_NAME_LEN` is 16 with the NUL);
 /// longer names would show up truncated in `bpftool map` and no longer match these consts.
@@ -116,8 +169,10 @@ pub const GENERATION_BITS: u32 = 32;
 pub const ACTIVE_CAPACITY: u32 = 1;
 /// One [`GlobalConfig`] per generation.
 pub const CONFIG_CAPACITY: u32 = GENERATIONS;
-/// Per generation: a `u16` port has 65536 values, so the port maps can hold any set of ports.
-pub const PORT_MAP_CAPACITY: u32 = 1 << 16;
+/// Per generation, the capacity the ELF declares for each port map; the agent sizes the maps
+/// to the configuration at load time (see [`sized_capacity`]). Hash maps without
+/// preallocation still have a bucket array of their capacity, so it is kept small.
+pub const PORT_MAP_CAPACITY: u32 = 64;
 /// Per generation, the capacity the ELF declares for each ignored-networks trie (which holds
 /// [`GENERATIONS`] times as much). The tries are created with `BPF_F_NO_PREALLOC`, so
 /// capacity costs no memory; a longer list makes the agent raise it at load time
@@ -126,28 +181,36 @@ pub const IGNORED_NETS_CAPACITY: u32 = 1 << 16;
 /// Per generation: loopback plus the namespace's own addresses: a task has a handful; 1024
 /// is generous.
 pub const LOCAL_NETS_CAPACITY: u32 = 1024;
-/// Per generation: IgnoredUID and IgnoredGID entries together.
-pub const IGNORED_IDS_CAPACITY: u32 = 1 << 10;
+/// Per generation, as [`PORT_MAP_CAPACITY`]: IgnoredUID and IgnoredGID entries together.
+pub const IGNORED_IDS_CAPACITY: u32 = 16;
+/// The most IgnoredUIDs and IgnoredGIDs together the eBPF backend takes.
+pub const IGNORED_IDS_MAX: u32 = 1 << 10;
+
+/// The capacity per generation a sized map gets for `needed` entries: room to double, a
+/// power of two (the kernel rounds a hash map's buckets up to one anyway), at least `floor`.
+pub const fn sized_capacity(needed: u32, floor: u32) -> u32 {
+    let want = if needed > u32::MAX / 2 { u32::MAX / 2 } else { needed * 2 };
+    let want = if want < floor { floor } else { want };
+    want.next_power_of_two()
+}
 /// Per generation, as [`IGNORED_NETS_CAPACITY`] (raised at load time for longer lists).
 pub const INCLUDED_NETS_CAPACITY: u32 = 1 << 16;
-/// UDP sockets with a DNS query in flight; LRU, so a socket that never reads its reply only
-/// ages out. A reply whose entry was evicted keeps the loopback source (counted as
-/// [`Counter::DnsReplyUnknown`]).
-pub const DNS_ORIG_CAPACITY: u32 = 1 << 12;
+/// Layout 1's capacities of its pairing maps (the `LEGACY_*` maps' declared ones).
+pub const LEGACY_DNS_CAPACITY: u32 = 1 << 12;
+pub const LEGACY_PENDING_CAPACITY: u32 = 1 << 14;
+pub const LEGACY_ORIG_CAPACITY: u32 = 1 << 16;
+/// What a new installation creates the `LEGACY_*` maps with: they are never written.
+pub const LEGACY_NEW_CAPACITY: u32 = 1;
+/// Handshakes completing at once in one task (an entry lives for microseconds); a full map
+/// refuses a hand-off, and that connection's SO_ORIGINAL_DST misses (counted). Its bucket
+/// array (16 bytes each) is most of what the map costs.
+pub const HANDOFF_CAPACITY: u32 = 1 << 9;
 /// [`IdKey::kind`] of an IgnoredUID.
 pub const ID_UID: u32 = 0;
 /// [`IdKey::kind`] of an IgnoredGID.
 pub const ID_GID: u32 = 1;
 /// One slot per [`Counter`].
 pub const COUNTERS_CAPACITY: u32 = Counter::COUNT;
-/// Redirected connections between connect(2) and the end of the handshake (or the socket's
-/// close). LRU: when full, the least recently used entry is evicted, so a leak (a connect
-/// that fails before the handshake starts) can never block new connections; an evicted
-/// connection's `SO_ORIGINAL_DST` lookup misses (counted as [`Counter::OrigDstMiss`]).
-pub const PENDING_DST_CAPACITY: u32 = 1 << 14;
-/// Established redirected connections whose proxy-side socket is still open. LRU, as
-/// above: past 65,536 concurrently open redirected connections the oldest lose their entry.
-pub const ORIG_DST_CAPACITY: u32 = 1 << 16;
 /// One listener per address family.
 pub const PROXY_LISTENERS_CAPACITY: u32 = 2;
 /// The [`PROXY_LISTENERS_MAP`] slot of the proxy's `AF_INET` listener.
@@ -260,8 +323,8 @@ impl PortKey {
     }
 }
 
-/// Where a redirected connection was going: the value of [`PENDING_DST_MAP`] and
-/// [`ORIG_DST_MAP`].
+/// Where a redirected connection was going: the value of the socket storage maps, of
+/// [`HANDOFF_MAP`] and of the legacy maps.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct OrigDst {
@@ -274,7 +337,7 @@ pub struct OrigDst {
     pub family: u16,
 }
 
-/// Key of [`ORIG_DST_MAP`]: one TCP connection between a client in the cgroup and the
+/// Key of [`HANDOFF_MAP`] and [`LEGACY_ORIG_MAP`]: one TCP connection between a client in the cgroup and the
 /// proxy, as both ends see it. Addresses are IPv6 in network order, IPv4 ones mapped
 /// (`::ffff:a.b.c.d`), so a connection has one key whether either end's socket is
 /// `AF_INET` or dual-stack `AF_INET6`.
@@ -299,6 +362,7 @@ const _: () = assert!(size_of::<LpmDataV6>() == 4 + 16 && align_of::<LpmDataV6>(
 const _: () = assert!(size_of::<PortKey>() == 4 + 2 + 2);
 const _: () = assert!(size_of::<OrigDst>() == 16 + 2 + 2);
 const _: () = assert!(size_of::<SocketPair>() == 16 + 16 + 2 + 2);
+const _: () = assert!(size_of::<Version>() == 4 + 60);
 
 /// Why a connection was counted; the index into `COUNTERS`.
 #[repr(u32)]
@@ -420,3 +484,5 @@ unsafe impl aya::Pod for IdKey {}
 unsafe impl aya::Pod for OrigDst {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SocketPair {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Version {}

@@ -3,22 +3,30 @@
 //! - `connect4` / `connect6` (`cgroup/connect4`, `cgroup/connect6`): decide each TCP
 //!   connect(2) the way `intercept::model::decide` does and, when it is redirected, rewrite
 //!   the destination to the proxy's egress port on loopback and remember the original
-//!   destination under the socket's cookie ([`PENDING_DST`]).
+//!   destination in the socket's own storage ([`SOCK_PENDING`]).
 //! - `sendmsg4` / `sendmsg6` (`cgroup/sendmsg4`, `cgroup/sendmsg6`): with DNS capture, each
 //!   UDP datagram sent to port 53 on an unconnected socket goes to ProxyDNSPort on loopback
 //!   (the connect hooks do the same for connected UDP sockets, and TCP DNS); the server it
-//!   was for is kept under the socket's cookie ([`DNS_ORIG`]).
+//!   was for is kept in the socket's storage ([`SOCK_DNS`]).
 //! - `recvmsg4` / `recvmsg6` (`cgroup/recvmsg4`, `cgroup/recvmsg6`): a datagram from
 //!   ProxyDNSPort on loopback, on a socket with a redirected query, is given that server's
 //!   address as its source, so that resolvers (glibc, musl) accept the reply.
-//! - `track_sockets` (`sockops`): when a redirected connection is established, moves its original destination
-//!   to [`ORIG_DST`], keyed by the connection's 4-tuple; cleans both maps up when sockets close.
+//! - `track_sockets` (`sockops`): when a redirected connection is established, hands its
+//!   original destination over, keyed by the connection's 4-tuple ([`HANDOFF`]), to the
+//!   proxy's accepted socket, which keeps it in its own storage ([`SOCK_ORIG`]) as soon as the
+//!   kernel creates it. Socket storage goes with its socket, so nothing grows with the number
+//!   of connections a task has ever made, and nothing is preallocated.
 //!   It also puts the proxy's listening sockets on ProxyIngressPort into [`PROXY_LISTENERS`]
 //!   when they start listening (`BPF_SOCK_OPS_TCP_LISTEN_CB`).
 //! - `getsockopt` (`cgroup/getsockopt`): answers `SO_ORIGINAL_DST` (`SOL_IP` and `SOL_IPV6`)
-//!   on the proxy's accepted socket from [`ORIG_DST`]; for an inbound connection to an AppPort
+//!   on the proxy's accepted socket from [`SOCK_ORIG`]; for an inbound connection to an AppPort
 //!   (no entry there), from the socket's own local address, which is where the client
 //!   connected to.
+//!
+//! The `LEGACY_*` maps are the pairing maps of layout 1 (the builds before socket storage). A
+//! layout-1 installation upgraded in place keeps its maps there, so that connections its
+//! programs redirected before the switch still find their original destination; a new
+//! installation creates them with one entry each, and they stay empty.
 //! - `steer_ingress` (`sk_lookup`, attached to the task's network namespace): assigns TCP
 //!   connections from non-local sources to local AppPorts to the proxy's listener, or, while
 //!   the proxy has none, refuses them or lets them reach the app (`ingress_fallback`).
@@ -38,22 +46,26 @@ use core::ptr::{read_volatile, write_volatile};
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE, bpf_sock,
+        BPF_ANY, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE, bpf_sock,
         bpf_sock_ops,
     },
-    helpers::{bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release},
-    macros::{cgroup_sock_addr, cgroup_sockopt, map, sk_lookup, sock_ops},
+    btf_maps::SkStorage,
+    helpers::{
+        bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release,
+        generated::bpf_sk_storage_get,
+    },
+    macros::{btf_map, cgroup_sock_addr, cgroup_sockopt, map, sk_lookup, sock_ops},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap, lpm_trie::Key},
     programs::{SkLookupContext, SockAddrContext, SockOpsContext, SockoptContext},
 };
 use aya_log_ebpf::debug;
 use intercept_common::{
-    ACTIVE_CAPACITY, AF_INET, AF_INET6, CONFIG_CAPACITY, COUNTERS_CAPACITY, Counter, DNS_ORIG_CAPACITY,
-    GENERATION_BITS, GENERATIONS, GlobalConfig, ID_GID, ID_UID, IGNORED_IDS_CAPACITY, IGNORED_NETS_CAPACITY,
-    INCLUDED_NETS_CAPACITY, INGRESS_FALLBACK_APP, IdKey, LISTENER_V4, LISTENER_V6, LOCAL_NETS_CAPACITY, LpmDataV4,
-    LpmDataV6, ORIG_DST_CAPACITY, OrigDst, PENDING_DST_CAPACITY, PORT_MAP_CAPACITY, PROXY_LISTENERS_CAPACITY, PortKey,
-    SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, SocketPair,
+    ACTIVE_CAPACITY, AF_INET, AF_INET6, CONFIG_CAPACITY, COUNTERS_CAPACITY, Counter, GENERATION_BITS, GENERATIONS,
+    GlobalConfig, HANDOFF_CAPACITY, ID_GID, ID_UID, IGNORED_IDS_CAPACITY, IGNORED_NETS_CAPACITY,
+    INCLUDED_NETS_CAPACITY, INGRESS_FALLBACK_APP, IdKey, LEGACY_DNS_CAPACITY, LEGACY_ORIG_CAPACITY,
+    LEGACY_PENDING_CAPACITY, LISTENER_V4, LISTENER_V6, LOCAL_NETS_CAPACITY, LpmDataV4, LpmDataV6, OrigDst,
+    PORT_MAP_CAPACITY, PROXY_LISTENERS_CAPACITY, PortKey, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, SocketPair, Version,
 };
 
 /// Map flag: allocate entries on insert (hash maps, LPM tries) instead of up front.
@@ -83,10 +95,31 @@ static LOCAL_NETS_V6: LpmTrie<LpmDataV6, u8> =
 /// Per-CPU, so that counting needs no atomics; userspace sums the slots.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_CAPACITY, 0);
+/// The original destination of a redirected TCP connection, on the app's socket, from
+/// connect(2) until the connection is established.
+#[btf_map]
+static SOCK_PENDING: SkStorage<OrigDst> = SkStorage::new();
+/// The original destination on the proxy's accepted socket: what SO_ORIGINAL_DST answers.
+#[btf_map]
+static SOCK_ORIG: SkStorage<OrigDst> = SkStorage::new();
+/// The server a UDP socket's last redirected DNS query was for.
+#[btf_map]
+static SOCK_DNS: SkStorage<OrigDst> = SkStorage::new();
+/// Established redirected connections whose proxy-side socket the kernel has not created yet
+/// (microseconds, on loopback). An entry the proxy never takes goes when the app's socket
+/// closes.
 #[map]
-static PENDING_DST: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(PENDING_DST_CAPACITY, 0);
+static HANDOFF: HashMap<SocketPair, OrigDst> = HashMap::with_max_entries(HANDOFF_CAPACITY, NO_PREALLOC);
+/// Layout 1's `PENDING_DST`, `ORIG_DST` and `DNS_ORIG` (see the module's documentation).
 #[map]
-static ORIG_DST: LruHashMap<SocketPair, OrigDst> = LruHashMap::with_max_entries(ORIG_DST_CAPACITY, 0);
+static LEGACY_PENDING: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(LEGACY_PENDING_CAPACITY, 0);
+#[map]
+static LEGACY_ORIG: LruHashMap<SocketPair, OrigDst> = LruHashMap::with_max_entries(LEGACY_ORIG_CAPACITY, 0);
+#[map]
+static LEGACY_DNS: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(LEGACY_DNS_CAPACITY, 0);
+/// Which build made the installation, and its layout: written by the agent, never read here.
+#[map]
+static VERSION: Array<Version> = Array::with_max_entries(1, 0);
 #[map]
 static PROXY_LISTENERS: SockMap = SockMap::with_max_entries(PROXY_LISTENERS_CAPACITY, 0);
 #[map]
@@ -97,8 +130,6 @@ static INCLUDED_V4: LpmTrie<LpmDataV4, u8> =
 #[map]
 static INCLUDED_V6: LpmTrie<LpmDataV6, u8> =
     LpmTrie::with_max_entries(INCLUDED_NETS_CAPACITY * GENERATIONS, NO_PREALLOC);
-#[map]
-static DNS_ORIG: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(DNS_ORIG_CAPACITY, 0);
 
 /// cgroup sock_addr and sockopt programs: 1 lets the system call proceed, 0 fails it (EPERM).
 const ALLOW: i32 = 1;
@@ -289,7 +320,7 @@ fn decide_and_redirect_v6(
 
 /// Counts a verdict and, for a redirect, records the original destination (`addr` as the
 /// 16-byte form `OrigDst` keeps): `Ok` with the loopback port to send to, `Err` with why not.
-/// A UDP DNS query is recorded for its reply (`DNS_ORIG`), TCP for its handshake (`PENDING_DST`).
+/// A UDP DNS query is recorded for its reply (`SOCK_DNS`), TCP for its handshake (`SOCK_PENDING`).
 #[inline(always)]
 fn take(
     ctx: &SockAddrContext,
@@ -372,13 +403,17 @@ fn dns_reply_origin(ctx: &SockAddrContext, port: u16) -> Option<OrigDst> {
     if config.proxy_dns_port == 0 || port != config.proxy_dns_port {
         return None;
     }
-    // SAFETY: bpf_get_socket_cookie accepts a sock_addr context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    // SAFETY: the value is copied out at once; the map's values are plain data.
-    match unsafe { DNS_ORIG.get(cookie) } {
+    // A socket that asked before a layout-1 installation was upgraded has its server there.
+    let legacy = || {
+        // SAFETY: bpf_get_socket_cookie accepts a sock_addr context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        // SAFETY: the value is copied out at once; the map's values are plain data.
+        unsafe { LEGACY_DNS.get(cookie) }.copied()
+    };
+    match sock_storage(&SOCK_DNS, sock_addr_sk(ctx), None).or_else(legacy) {
         Some(orig) => {
             count(Counter::DnsReplyRewritten);
-            Some(*orig)
+            Some(orig)
         }
         None => {
             count(Counter::DnsReplyUnknown);
@@ -481,38 +516,68 @@ fn ignored_port(generation: u32, port: u16) -> bool {
 /// Records which server a UDP socket's redirected DNS query was for, for the reply.
 #[inline(always)]
 fn remember_dns(ctx: &SockAddrContext, addr: [u8; 16], port: u16, family: u16) {
-    // SAFETY: bpf_get_socket_cookie accepts a sock_addr context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let _ = DNS_ORIG.insert(cookie, OrigDst { addr, port, family }, u64::from(BPF_ANY));
+    sock_storage(&SOCK_DNS, sock_addr_sk(ctx), Some(OrigDst { addr, port, family }));
 }
 
 /// Records where the socket of `ctx` was going, until `sockops` sees it established.
 #[inline(always)]
 fn remember(ctx: &SockAddrContext, addr: [u8; 16], port: u16, family: u16) {
-    // SAFETY: bpf_get_socket_cookie accepts a sock_addr context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    // An LRU map never refuses an insert (it evicts instead), so there is no error to act on.
-    let _ = PENDING_DST.insert(cookie, OrigDst { addr, port, family }, u64::from(BPF_ANY));
+    sock_storage(&SOCK_PENDING, sock_addr_sk(ctx), Some(OrigDst { addr, port, family }));
+}
+
+/// The socket a sock_addr program runs for.
+#[inline(always)]
+fn sock_addr_sk(ctx: &SockAddrContext) -> *mut bpf_sock {
+    // SAFETY: the context pointer is valid for the program's run; sk is never null there.
+    unsafe { read_volatile(&(*ctx.sock_addr).__bindgen_anon_1.sk) }
+}
+
+/// Reads the value `map` keeps for `sk` or, with `set`, stores it (creating the storage).
+/// `None` when there is none, or when the kernel could not allocate it (the connection is then
+/// redirected without a record, and its SO_ORIGINAL_DST misses, counted).
+#[inline(always)]
+fn sock_storage(map: &SkStorage<OrigDst>, sk: *mut bpf_sock, set: Option<OrigDst>) -> Option<OrigDst> {
+    if sk.is_null() {
+        return None;
+    }
+    let map = core::ptr::from_ref(map).cast_mut().cast::<core::ffi::c_void>();
+    let flags = if set.is_some() { u64::from(BPF_SK_STORAGE_GET_F_CREATE) } else { 0 };
+    // SAFETY: map is a socket storage map of this object and sk a full socket of the context;
+    // the pointer returned, when not null, is to the socket's value, valid for the program's
+    // run.
+    let value = unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), flags) }.cast::<OrigDst>();
+    if value.is_null() {
+        return None;
+    }
+    match set {
+        Some(dst) => {
+            // SAFETY: as above; the value is plain data.
+            unsafe { write_volatile(value, dst) };
+            Some(dst)
+        }
+        // SAFETY: as above.
+        None => Some(unsafe { *value }),
+    }
 }
 
 #[sock_ops]
 pub fn track_sockets(ctx: SockOpsContext) -> u32 {
     let ops = ctx.ops;
     match ctx.op() {
-        // connect(2) of a socket: ask for state callbacks if it was redirected, so that its
-        // pending entry goes away even when the handshake fails.
-        BPF_SOCK_OPS_TCP_CONNECT_CB => {
-            if PENDING_DST.get_ptr(cookie(ops)).is_some() {
-                let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
-            }
-        }
-        // The client's side is established: pair the original destination with the 4-tuple,
-        // and stop the state callbacks: the entry now lives as long as the proxy's socket.
+        // The app's side is established: hand the original destination over to the proxy's
+        // side under the 4-tuple, and watch the app's socket so that an entry the proxy never
+        // takes goes when the socket closes.
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
-            let cookie = cookie(ops);
-            if let Some(dst) = PENDING_DST.get_ptr(cookie) {
-                // SAFETY: a pointer returned by a lookup is valid for the program's run.
-                let dst = unsafe { *dst };
+            let legacy = || {
+                let cookie = cookie(ops);
+                // SAFETY: the value is copied out at once; the map's values are plain data.
+                let dst = unsafe { LEGACY_PENDING.get(cookie) }.copied();
+                if dst.is_some() {
+                    let _ = LEGACY_PENDING.remove(cookie);
+                }
+                dst
+            };
+            if let Some(dst) = sock_storage(&SOCK_PENDING, sock_ops_sk(ops), None).or_else(legacy) {
                 let (local, remote) = endpoints(ops);
                 let pair = SocketPair {
                     client_addr: local.0,
@@ -520,19 +585,24 @@ pub fn track_sockets(ctx: SockOpsContext) -> u32 {
                     server_addr: remote.0,
                     server_port: remote.1,
                 };
-                let _ = ORIG_DST.insert(pair, dst, u64::from(BPF_ANY));
-                let _ = PENDING_DST.remove(cookie);
-                let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+                let _ = HANDOFF.insert(pair, dst, u64::from(BPF_ANY));
+                let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
                 debug!(&ctx, "established [{:i}]:{} → original [{:i}]:{}", local.0, local.1, dst.addr, dst.port);
             }
         }
-        // The proxy's side (a socket accepted in this cgroup): if it carries a redirected
-        // connection, watch it so the pair is deleted when it closes.
+        // The proxy's side (a socket accepted in this cgroup), created when the handshake
+        // completes, before accept(2) returns it: it takes the original destination.
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             let (local, remote) = endpoints(ops);
             let pair =
                 SocketPair { client_addr: remote.0, client_port: remote.1, server_addr: local.0, server_port: local.1 };
-            if ORIG_DST.get_ptr(pair).is_some() {
+            // SAFETY: the value is copied out at once; the map's values are plain data.
+            if let Some(dst) = unsafe { HANDOFF.get(pair) }.copied() {
+                sock_storage(&SOCK_ORIG, sock_ops_sk(ops), Some(dst));
+                let _ = HANDOFF.remove(pair);
+            } else if LEGACY_ORIG.get_ptr(pair).is_some() {
+                // Redirected by a layout-1 program before the upgrade: its entry goes when
+                // this socket closes, as layout 1 did it.
                 let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
             }
         }
@@ -556,17 +626,42 @@ pub fn track_sockets(ctx: SockOpsContext) -> u32 {
                 );
             }
         }
+        // Only at the close: a proxy slow to take a connection may still be creating its side
+        // while the app's side is already half closed.
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
-            // Either a redirected client that never got established, or a proxy socket.
-            let _ = PENDING_DST.remove(cookie(ops));
             let (local, remote) = endpoints(ops);
-            let pair =
-                SocketPair { client_addr: remote.0, client_port: remote.1, server_addr: local.0, server_port: local.1 };
-            let _ = ORIG_DST.remove(pair);
+            if sock_storage(&SOCK_PENDING, sock_ops_sk(ops), None).is_some() {
+                let pair = SocketPair {
+                    client_addr: local.0,
+                    client_port: local.1,
+                    server_addr: remote.0,
+                    server_port: remote.1,
+                };
+                let _ = HANDOFF.remove(pair);
+            } else {
+                // A socket that layout-1 programs watched: a client never established, or a
+                // proxy socket.
+                let _ = LEGACY_PENDING.remove(cookie(ops));
+                let pair = SocketPair {
+                    client_addr: remote.0,
+                    client_port: remote.1,
+                    server_addr: local.0,
+                    server_port: local.1,
+                };
+                let _ = LEGACY_ORIG.remove(pair);
+            }
         }
         _ => {}
     }
     0
+}
+
+/// The socket of a sock_ops context (null for request sockets, never at the callbacks used
+/// here).
+#[inline(always)]
+fn sock_ops_sk(ops: *mut bpf_sock_ops) -> *mut bpf_sock {
+    // SAFETY: a read of the context's sk field, at a constant offset, during the program's run.
+    unsafe { read_volatile(&(*ops).__bindgen_anon_2.sk) }
 }
 
 #[inline(always)]
@@ -674,9 +769,10 @@ pub fn getsockopt(ctx: SockoptContext) -> i32 {
     };
     let pair =
         SocketPair { client_addr, client_port: u16::from_be(dst_port), server_addr, server_port: src_port as u16 };
-    let (dst, hit) = match ORIG_DST.get_ptr(pair) {
-        // SAFETY: a pointer returned by a lookup is valid for the program's run.
-        Some(dst) => (unsafe { *dst }, Counter::OrigDstHit),
+    // SAFETY: the value is copied out at once; the map's values are plain data.
+    let legacy = || unsafe { LEGACY_ORIG.get(pair) }.copied();
+    let (dst, hit) = match sock_storage(&SOCK_ORIG, sk, None).or_else(legacy) {
+        Some(dst) => (dst, Counter::OrigDstHit),
         // An inbound connection the sk_lookup program steered keeps the address the client
         // connected to as its local address: the proxy's accepted socket on an AppPort.
         None if inbound_to_app_port(pair.server_port) => {

@@ -31,6 +31,7 @@ pub mod daemon;
 pub mod ebpf;
 pub mod lifecycle;
 pub mod podman;
+pub mod previous;
 pub mod readiness;
 pub mod topology;
 pub mod traffic;

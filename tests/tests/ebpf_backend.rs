@@ -280,6 +280,34 @@ fn ipv6_switched_off_and_reapplied_in_place() {
     assert_eq!(counters(&world), expected, "counters by reason");
 }
 
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn a_configuration_that_outgrows_the_maps_replaces_the_programs_in_place() {
+    let host = require_privileges("a_configuration_that_outgrows_the_maps_replaces_the_programs_in_place");
+    let cases = seed_cases();
+    let dsts: Vec<SocketAddr> = cases.iter().map(|c| c.3).collect();
+    let world = World::new(&host, &dsts);
+    let mut config = seed_config();
+    assert_eq!(world.apply(&config), Outcome::Installed);
+    let before = ebpf::status(&world.target()).unwrap().unwrap().programs;
+
+    // 2,002 ignored ports: the port map was sized for the seed's one.
+    config.egress_ignored_ports =
+        PortSet::from_ranges([PortRange { start: 20000, end: 22000 }, PortRange::single(5432)]);
+    assert_eq!(world.apply(&config), Outcome::Replaced { from_layout: intercept_common::LAYOUT });
+    let after = ebpf::status(&world.target()).unwrap().unwrap();
+    for (old, new) in before.iter().zip(&after.programs) {
+        assert_eq!((old.program, old.link_id), (new.program, new.link_id), "the same links");
+        assert_ne!(old.program_id, new.program_id, "{:?}: a new program", old.program);
+        assert!(new.attached, "{new:?}");
+    }
+    assert_eq!(after.version, ebpf::build());
+    assert!(after.drift(&ebpf::Contents::desired(&EbpfPlan::new(&config), &task_addrs()).unwrap()).is_empty());
+    let expected = check_cases(&world, &config, &cases, "grown");
+    assert_eq!(counters(&world), expected, "counters by reason");
+    assert_eq!(world.apply(&config), Outcome::Unchanged, "the new maps hold it");
+}
+
 /// Runs `intercept-ebpf-probe ARGS` as root in the netns, placed by `command`, and requires success.
 fn run_probe(world: &World, mut command: Command, args: &[&str]) {
     command.args(args);
@@ -296,7 +324,7 @@ fn churn_leaves_the_pairing_maps_at_their_idle_size() {
     let world = World::new(&host, &["192.0.2.10:80".parse().unwrap()]);
     world.apply(&seed_config());
     let idle = ebpf::status(&world.target()).unwrap().unwrap();
-    assert_eq!((idle.pending, idle.established), (0, 0), "idle before");
+    assert_eq!((idle.handoffs, idle.legacy_entries), (0, 0), "idle before");
 
     run_probe(&world, command_in(Some(&world.cgroup), PROBE), &["churn", "192.0.2.10:80", &N.to_string()]);
     assert_eq!(world.proxy.wait_for_count(N, Duration::from_secs(60)), N, "every connection reached the proxy");
@@ -308,12 +336,12 @@ fn churn_leaves_the_pairing_maps_at_their_idle_size() {
     let deadline = std::time::Instant::now() + TIMEOUT;
     let status = loop {
         let status = ebpf::status(&world.target()).unwrap().unwrap();
-        if (status.pending, status.established) == (0, 0) || std::time::Instant::now() > deadline {
+        if (status.handoffs, status.legacy_entries) == (0, 0) || std::time::Instant::now() > deadline {
             break status;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!((status.pending, status.established), (0, 0), "pairing maps after {N} connections");
+    assert_eq!((status.handoffs, status.legacy_entries), (0, 0), "hand-off map after {N} connections");
     assert_eq!(status.counter(Counter::Redirected), N as u64);
     assert_eq!(status.counter(Counter::OrigDstHit), N as u64);
     assert_eq!(status.counter(Counter::OrigDstMiss), 0);

@@ -1,10 +1,12 @@
 //! `cargo xtask bench [--quick]`: builds `intercept` and the bench (`tests/src/bin/
 //! intercept-bench.rs`) in release mode and runs it as root. The full matrix writes
-//! `docs/performance.md`, `docs/perf/connection-rate.svg` and `docs/perf/samples.csv`; a quick
+//! `docs/performance.md`, `docs/perf/connection-rate.svg` and `docs/perf/samples.csv`, then the
+//! host-scale measurement (below) its section of the same document; a quick
 //! run writes the same files under `<target dir>/bench/`, so it never replaces a full run's.
 //! `cargo xtask bench --daemon` measures `intercept daemon`'s memory with 100 eBPF tasks
 //! instead (printed; docs/daemon.md quotes it), `--dns` DNS queries/s with capture and without
-//! (printed; docs/performance.md quotes it).
+//! (printed; docs/performance.md quotes it), `--host-scale` 1, 100 and 1,000 eBPF tasks on one
+//! host (its own section of docs/performance.md and `docs/perf/host-scale.svg`).
 
 use std::process::{Command, ExitCode};
 
@@ -12,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{Workspace, display, run_cmd, setup, step};
 
-pub fn run(ws: &Workspace, quick: bool, daemon: bool, dns: bool) -> Result<ExitCode> {
+pub fn run(ws: &Workspace, quick: bool, daemon: bool, dns: bool, host_scale: bool) -> Result<ExitCode> {
     setup::run(ws)?;
     if !setup::is_root() {
         bail!(
@@ -70,12 +72,34 @@ pub fn run(ws: &Workspace, quick: bool, daemon: bool, dns: bool) -> Result<ExitC
     } else {
         (ws.root.join("docs/performance.md"), ws.root.join("docs/perf"))
     };
-    step(if quick { "bench: the quick matrix" } else { "bench: the full matrix" });
+    step(match (host_scale, quick) {
+        (true, _) => "bench: eBPF tasks on one host",
+        (false, true) => "bench: the quick matrix",
+        (false, false) => "bench: the full matrix",
+    });
     let mut cmd = Command::new(release.join("intercept-bench"));
-    cmd.env("INTERCEPT_BIN", release.join("intercept")).current_dir(&ws.root).arg("run");
+    cmd.env("INTERCEPT_BIN", release.join("intercept")).current_dir(&ws.root).arg(if host_scale {
+        "host-scale"
+    } else {
+        "run"
+    });
     if quick {
         cmd.arg("--quick");
     }
+    cmd.arg("--doc").arg(&doc).arg("--perf-dir").arg(&perf_dir);
+    println!("    $ {}", display(&cmd));
+    let status = cmd.status().with_context(|| format!("run {}", display(&cmd)))?;
+    if !status.success() {
+        return Ok(ExitCode::FAILURE);
+    }
+    if host_scale || quick {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The full run also measures many tasks on one host, into its own section of the same
+    // document: every figure of docs/performance.md comes from one run.
+    step("bench: eBPF tasks on one host");
+    let mut cmd = Command::new(release.join("intercept-bench"));
+    cmd.env("INTERCEPT_BIN", release.join("intercept")).current_dir(&ws.root).arg("host-scale");
     cmd.arg("--doc").arg(&doc).arg("--perf-dir").arg(&perf_dir);
     println!("    $ {}", display(&cmd));
     let status = cmd.status().with_context(|| format!("run {}", display(&cmd)))?;

@@ -40,8 +40,8 @@ struct Group {
 /// What runs on every kernel by default: steering and SO_ORIGINAL_DST (IPv4, IPv6, mapped),
 /// ingress through sk_lookup, pinning across the applying process's exit and remove, an
 /// in-place update, `verify`, DNS capture with real resolvers (the sendmsg and recvmsg hooks),
-/// and one batch of the differential test for eBPF.
-const DEFAULT: [Group; 5] = [
+/// one batch of the differential test for eBPF, and in-place upgrades from the previous release.
+const DEFAULT: [Group; 6] = [
     Group { name: "eBPF traffic", binary: "ebpf_traffic", filters: &[], env: &[] },
     Group {
         name: "eBPF backend",
@@ -65,10 +65,23 @@ const DEFAULT: [Group; 5] = [
         filters: &["every_backend_agrees_with_the_model"],
         env: &[("INTERCEPT_DIFFERENTIAL_BACKENDS", "ebpf"), ("PROPTEST_CASES", "8")],
     },
+    Group {
+        name: "upgrade (eBPF)",
+        binary: "upgrade",
+        filters: &[
+            "connections_in_flight_across_the_upgrade_keep_their_original_destination",
+            "the_cli_upgrades_the_previous_release_under_load_and_refuses_what_it_cannot_read",
+        ],
+        env: &[],
+    },
 ];
 
+/// The test that builds the previous release on the host (the guest sees the host's files
+/// read-only), run before a guest that runs the upgrade tests boots.
+const PREVIOUS_RELEASE_BUILD: (&str, &str) = ("upgrade", "the_previous_release_is_built");
+
 /// `--full`: every privileged test binary but those that need a container engine.
-const FULL: [&str; 15] = [
+const FULL: [&str; 16] = [
     "backend_auto",
     "bad_input",
     "daemon",
@@ -83,6 +96,7 @@ const FULL: [&str; 15] = [
     "nftables_lifecycle",
     "nftables_traffic",
     "privileges",
+    "upgrade",
     "verify",
 ];
 
@@ -120,6 +134,16 @@ pub fn run(ws: &Workspace, kernels: &[String], full: bool) -> Result<bool> {
     } else {
         DEFAULT.into()
     };
+    if groups.iter().any(|g| g.binary == PREVIOUS_RELEASE_BUILD.0) {
+        step("kernels: the previous release, for the upgrade tests");
+        let (binary, test) = PREVIOUS_RELEASE_BUILD;
+        let exe = binaries
+            .iter()
+            .find(|(name, _)| name == binary)
+            .map(|(_, exe)| exe.clone())
+            .with_context(|| format!("no test binary {binary}"))?;
+        run_cmd(Command::new(exe).args(["--ignored", "--exact", test]))?;
+    }
     let mut outcomes = Vec::new();
     for (kernel, suite) in chosen {
         let extracted = fetch(&dir, kernel, suite)?;

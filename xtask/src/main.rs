@@ -71,6 +71,11 @@ enum Task {
         /// Measure DNS queries/s with capture and without, per backend, instead (printed)
         #[arg(long, conflicts_with_all = ["quick", "daemon"])]
         dns: bool,
+        /// Measure 1, 100 and 1,000 eBPF tasks on one host instead (with --quick: 1, 10 and 100):
+        /// kernel memory, apply time, one task's connection rate; writes its section of
+        /// docs/performance.md and docs/perf/host-scale.svg (quick: under <target>/bench/)
+        #[arg(long, conflicts_with_all = ["daemon", "dns"])]
+        host_scale: bool,
     },
     /// Setup, then the differential test (every backend against the decision model on random
     /// configurations and connections, as root) for MINUTES instead of one batch.
@@ -154,7 +159,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Setup => setup::run(&ws).map(|()| ExitCode::SUCCESS),
         Task::Test => test(&ws),
         Task::Demo { args } => demo(&ws, &args),
-        Task::Bench { quick, daemon, dns } => bench::run(&ws, quick, daemon, dns),
+        Task::Bench { quick, daemon, dns, host_scale } => bench::run(&ws, quick, daemon, dns, host_scale),
         Task::Soak { minutes } => soak(&ws, minutes),
         Task::Fuzz { seconds } => fuzz::run(&ws, seconds),
         Task::Image => image(&ws),

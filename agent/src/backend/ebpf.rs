@@ -38,7 +38,11 @@ use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::{CgroupSockAddr, CgroupSockopt, ProgramError, SkLookup, SockOps};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use aya_log::EbpfLogger;
-use intercept_common::{IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, INCLUDED_NETS_V4_MAP, INCLUDED_NETS_V6_MAP};
+use intercept_common::{
+    APP_PORTS_MAP, CONFIG_MAP_NAMES, IGNORED_IDS_MAP, IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP,
+    INCLUDED_NETS_V4_MAP, INCLUDED_NETS_V6_MAP, LAYOUT, LAYOUT_1_PAIRING_PINS, LEGACY_DNS_MAP, LEGACY_NEW_CAPACITY,
+    LEGACY_ORIG_MAP, LEGACY_PENDING_MAP, VERSION_MAP, Version,
+};
 
 pub use adopt::Adopted;
 use adopt::adopt_into;
@@ -54,6 +58,10 @@ pub use status::{ProgramStatus, Status, status};
 use crate::lock::{self, Held, Locks};
 use crate::plan::ebpf::EbpfPlan;
 use crate::privileges;
+
+/// aya-log's ring buffer in the object, and its size when the programs do not log.
+const AYA_LOG_RING: &str = "AYA_LOGS";
+const QUIET_LOG_RING_BYTES: u32 = 4096;
 
 /// Where bpffs is conventionally mounted; `--bpffs` chooses another place.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -106,10 +114,19 @@ pub enum Error {
     #[error("{count} IgnoredUIDs and IgnoredGIDs, and the eBPF backend holds at most {capacity}")]
     TooManyIgnoredIds { count: usize, capacity: u32 },
     #[error(
-        "{map} holds at most {capacity} entries per generation (fixed when the cgroup was first set up) and the new \
-         configuration needs {needed}; run `intercept remove` and apply again"
+        "the installation in {} was made by {installed} (map layout {installed_layout}), and this build, {ours}, \
+         knows map layouts up to {ours_layout}: nothing was changed. Use that build or a newer one, or run \
+         `intercept remove` with it and apply again with this one",
+        dir.display()
     )]
-    CapacityExceeded { map: &'static str, capacity: u32, needed: usize },
+    NewerLayout { dir: PathBuf, installed: String, installed_layout: u32, ours: String, ours_layout: u32 },
+    #[error(
+        "the installation in {} has map layout {installed_layout}, made by a build before intercept recorded \
+         versions; this build ({ours}) reads only its own layout: `intercept apply` with it upgrades the \
+         installation in place",
+        dir.display()
+    )]
+    OlderLayout { dir: PathBuf, installed_layout: u32, ours: String },
     #[error(
         "the installation in {} is incomplete ({missing} is missing); run `intercept remove` for this \
          cgroup and apply again",
@@ -187,6 +204,21 @@ impl Target {
         self.bpffs.join(PIN_ROOT).join(self.cgroup_id.to_string())
     }
 
+    /// The build and map layout of the installation, `None` when there is none. A layout
+    /// newer than this build's is an error that names both.
+    pub fn installed_version(&self) -> Result<Option<Version>, Error> {
+        let dir = self.pin_dir();
+        let bpffs = match fs::canonicalize(&self.bpffs) {
+            Ok(path) => path,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("resolve", &self.bpffs, e)),
+        };
+        if !host::is_bpffs(&bpffs)? || !dir.exists() {
+            return Ok(None);
+        }
+        installed_version(&dir).map(Some)
+    }
+
     /// Waits for any other `apply` or `remove` on this cgroup to finish, and keeps them out
     /// until dropped (see [`crate::lock`]). Taken before the bpffs lock, which stays: it
     /// guards the pin directories that several cgroups share.
@@ -199,7 +231,12 @@ impl Target {
     /// behind (`<bpffs>/intercept/staging-<cgroup id>-<pid>`). Under the locks, no live
     /// `apply` has one for this cgroup.
     pub fn stale_staging(&self) -> Vec<PathBuf> {
-        let prefix = format!("staging-{}-", self.cgroup_id);
+        self.leftovers("staging-")
+    }
+
+    /// The directories `<bpffs>/intercept/<prefix><cgroup id>-<pid>` of this cgroup.
+    fn leftovers(&self, prefix: &str) -> Vec<PathBuf> {
+        let prefix = format!("{prefix}{}-", self.cgroup_id);
         let Ok(entries) = fs::read_dir(self.bpffs.join(PIN_ROOT)) else { return Vec::new() };
         let mut found: Vec<PathBuf> = entries
             .filter_map(Result::ok)
@@ -236,6 +273,10 @@ pub enum Outcome {
     Updated(Changes),
     /// The cgroup was set up already with exactly this configuration.
     Unchanged,
+    /// The cgroup was set up by another build (or its configuration outgrew the maps): its
+    /// programs were replaced in place by this build's, with new configuration maps and the
+    /// live state carried over. `from_layout` is the map layout the installation had.
+    Replaced { from_layout: u32 },
 }
 
 /// The result of [`apply`].
@@ -249,6 +290,8 @@ pub struct Applied {
     /// [`adopt_into`]), before the configuration that steers inbound connections to them
     /// took effect.
     pub adopted: Option<Adopted>,
+    /// With [`Outcome::Replaced`]: the build whose programs were replaced.
+    pub replaced: Option<String>,
 }
 
 /// ProxyIngressPort, when the plan has ingress.
@@ -293,6 +336,7 @@ pub fn apply(
     let held = target.lock()?;
     host::ensure_bpffs(&target.bpffs)?;
     let lock = host::lock_bpffs(&target.bpffs)?;
+    recover(target)?;
     let dir = target.pin_dir();
     let applied = if dir.exists() {
         update(target, &dir, plan, &desired, options)
@@ -313,15 +357,84 @@ fn install(
     desired: &Contents,
     options: ApplyOptions,
 ) -> Result<Applied, Error> {
+    let root = target.bpffs.join(PIN_ROOT);
+    fs::create_dir_all(&root).map_err(|e| Error::io("create", &root, e))?;
+    // A killed apply's staging pins may hold links that still intercept: they go first.
+    for stale in target.stale_staging() {
+        unpin_dir(&stale)?;
+    }
+    let staging = root.join(format!("staging-{}-{}", target.cgroup_id, std::process::id()));
+    fs::create_dir(&staging).map_err(|e| Error::io("create", &staging, e))?;
+    let staged = (|| {
+        // Every map is new, pinned in the staging directory as it is created.
+        let pins = MAP_NAMES.iter().map(|&name| (name, staging.join(name))).collect();
+        let (ebpf, mut maps, logs) = load(plan, options, &pins, &[])?;
+        maps::install(desired, 0, &mut maps)?;
+        maps::write_version(&mut maps, build())?;
+        let adopted = ingress_port(plan).map(|port| adopt_into(&staging, &target.cgroup, port)).transpose()?;
+        attach_and_pin(target, netns, &ebpf, &staging)?;
+        fs::rename(&staging, dir).map_err(|e| Error::io("move the pins into place at", dir, e))?;
+        Ok((adopted, logs))
+    })();
+    match staged {
+        Ok((adopted, logs)) => {
+            Ok(Applied { outcome: Outcome::Installed, pin_dir: dir.to_owned(), logs, adopted, replaced: None })
+        }
+        Err(e) => {
+            // Unpinned, the links detach: nothing stays attached.
+            let _ = fs::remove_dir_all(&staging);
+            Err(e)
+        }
+    }
+}
+
+/// The build of this binary as an installation records it: the package version and a hash of
+/// the embedded eBPF object, so that two builds with different programs never look alike.
+pub fn build() -> Version {
+    let text = format!("intercept {} (object {})", env!("CARGO_PKG_VERSION"), env!("INTERCEPT_EBPF_OBJECT_HASH"));
+    let mut build = [0u8; 60];
+    let len = text.len().min(build.len());
+    build[..len].copy_from_slice(&text.as_bytes()[..len]);
+    Version { layout: LAYOUT, build }
+}
+
+/// What [`load`] returns: the object with its programs loaded, its maps, and with
+/// [`ApplyOptions::bpf_log`] the reader of their events.
+type Loaded = (Ebpf, BTreeMap<&'static str, Map>, Option<Logs>);
+
+/// Loads the object: every map opened from, or created and pinned at, its path in `pins` (a
+/// map pinned there already is reused, whatever its capacity), the configuration maps sized
+/// to the plan, the `LEGACY_*` maps created with one entry unless reused, and every program
+/// loaded (verified) but not attached. `carried` names the maps that are reused.
+fn load(
+    plan: &EbpfPlan,
+    options: ApplyOptions,
+    pins: &BTreeMap<&'static str, PathBuf>,
+    carried: &[&'static str],
+) -> Result<Loaded, Error> {
     // aya-log's level is a read-only global: at 0 the verifier sees every log statement as
     // dead code and drops it.
     let level: u8 = if options.bpf_log { aya_log_common_level_debug() } else { 0 };
-    let mut loader = EbpfLoader::new();
+    // The programs need no CO-RE relocation: the kernel's BTF (megabytes) is never read.
+    let mut loader = EbpfLoader::without_kernel_btf();
     loader.override_global(aya_log::LEVEL, &level, true);
+    if !options.bpf_log {
+        // aya-log's ring buffer (128 KiB) exists whether or not anything logs; with logging
+        // off nothing is ever written to it, and one page is the smallest a ring buffer can be.
+        loader.map_max_entries(AYA_LOG_RING, QUIET_LOG_RING_BYTES);
+    }
     for spec in plan.map_specs() {
-        if [IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, INCLUDED_NETS_V4_MAP, INCLUDED_NETS_V6_MAP].contains(&spec.name) {
+        if !carried.contains(&spec.name) {
             loader.map_max_entries(spec.name, spec.max_entries);
         }
+    }
+    for name in [LEGACY_PENDING_MAP, LEGACY_ORIG_MAP, LEGACY_DNS_MAP] {
+        if !carried.contains(&name) {
+            loader.map_max_entries(name, LEGACY_NEW_CAPACITY);
+        }
+    }
+    for (name, path) in pins {
+        loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(object()).map_err(load_error)?;
     let logs = if options.bpf_log {
@@ -336,47 +449,13 @@ fn install(
     for name in MAP_NAMES {
         maps.insert(name, ebpf.take_map(name).ok_or(Error::MissingMap(name))?);
     }
-    maps::install(desired, 0, &mut maps)?;
-
-    let root = target.bpffs.join(PIN_ROOT);
-    fs::create_dir_all(&root).map_err(|e| Error::io("create", &root, e))?;
-    // A killed apply's staging pins may hold links that still intercept: they go first.
-    for stale in target.stale_staging() {
-        unpin_dir(&stale)?;
-    }
-    let staging = root.join(format!("staging-{}-{}", target.cgroup_id, std::process::id()));
-    fs::create_dir(&staging).map_err(|e| Error::io("create", &staging, e))?;
-    let staged = stage(target, netns, &ebpf, plan, &maps, &staging).and_then(|adopted| {
-        fs::rename(&staging, dir).map_err(|e| Error::io("move the pins into place at", dir, e))?;
-        Ok(adopted)
-    });
-    match staged {
-        Ok(adopted) => Ok(Applied { outcome: Outcome::Installed, pin_dir: dir.to_owned(), logs, adopted }),
-        Err(e) => {
-            // Unpinned, the links detach: nothing stays attached.
-            let _ = fs::remove_dir_all(&staging);
-            Err(e)
-        }
-    }
+    Ok((ebpf, maps, logs))
 }
 
-/// Pins the maps in `staging`, adopts the proxy's ingress listeners (the programs learn only
-/// those that start listening later), then attaches the programs and pins their links. Until
-/// the links are pinned they live only in this process, and detach if it fails or dies; once
-/// pinned in `staging`, `status` reports them and the next `apply` or `remove` unpins them.
-fn stage(
-    target: &Target,
-    netns: BorrowedFd<'_>,
-    ebpf: &Ebpf,
-    plan: &EbpfPlan,
-    maps: &BTreeMap<&'static str, Map>,
-    staging: &Path,
-) -> Result<Option<Adopted>, Error> {
-    for (name, map) in maps {
-        let path = staging.join(name);
-        map.pin(&path).map_err(|e| Error::Pin { path, source: Box::new(e) })?;
-    }
-    let adopted = ingress_port(plan).map(|port| adopt_into(staging, &target.cgroup, port)).transpose()?;
+/// Attaches the programs and pins their links in `staging`. Until the links are pinned they
+/// live only in this process, and detach if it fails or dies; once pinned in `staging`,
+/// `status` reports them and the next `apply` or `remove` unpins them.
+fn attach_and_pin(target: &Target, netns: BorrowedFd<'_>, ebpf: &Ebpf, staging: &Path) -> Result<(), Error> {
     let cgroup = fs::File::open(&target.cgroup).map_err(|e| Error::io("open cgroup", &target.cgroup, e))?;
     let mut links = Vec::new();
     for program in Program::ALL {
@@ -388,7 +467,7 @@ fn stage(
         // Closing this process's fd afterwards leaves the link to the pin.
         host::obj_pin(link.as_fd(), &path).map_err(|e| Error::io("pin", &path, e))?;
     }
-    Ok(adopted)
+    Ok(())
 }
 
 fn aya_log_common_level_debug() -> u8 {
@@ -499,21 +578,16 @@ fn update(
     options: ApplyOptions,
 ) -> Result<Applied, Error> {
     let links = open_pinned_links(dir)?;
+    let installed = installed_version(dir)?;
+    if installed.layout != LAYOUT {
+        return replace(target, dir, plan, desired, options, &installed);
+    }
     let mut maps = open_pinned_maps(dir)?;
-    for spec in plan.map_specs() {
-        let Some(map) = maps.get(spec.name) else { continue };
-        let needed = match spec.name {
-            IGNORED_NETS_V4_MAP => desired.ignored_nets_v4.len(),
-            IGNORED_NETS_V6_MAP => desired.ignored_nets_v6.len(),
-            INCLUDED_NETS_V4_MAP => desired.included_nets_v4.len(),
-            INCLUDED_NETS_V6_MAP => desired.included_nets_v6.len(),
-            _ => continue,
-        };
-        // Each generation gets half: the old one stays whole until the new one is active.
-        let capacity = map_max_entries(map, spec.name)? / spec.generations;
-        if needed > capacity as usize {
-            return Err(Error::CapacityExceeded { map: spec.name, capacity, needed });
-        }
+    // A build with other programs replaces them; so does a configuration the maps have no
+    // room for (new maps need programs that use them).
+    if installed.build != build().build || !fits(&maps, plan, desired)? {
+        drop(maps);
+        return replace(target, dir, plan, desired, options, &installed);
     }
     // Before the switch, so that ingress is never steered to a listener not yet known (the
     // programs learn only those that start listening after they were attached).
@@ -533,15 +607,224 @@ fn update(
         )),
         _ => None,
     };
-    Ok(Applied { outcome, pin_dir: dir.to_owned(), logs, adopted })
+    Ok(Applied { outcome, pin_dir: dir.to_owned(), logs, adopted, replaced: None })
 }
 
-fn map_max_entries(map: &Map, name: &'static str) -> Result<u32, Error> {
-    let data: &MapData = match map {
-        Map::LpmTrie(data) => data,
-        _ => return Err(Error::MissingMap(name)),
-    };
-    Ok(data.info().map_err(maps::map_error(name))?.max_entries())
+/// The build and layout that made the installation in `dir`: its `VERSION` map, or layout 1
+/// for one made before builds recorded it (recognised by its `ORIG_DST` pin). A layout newer
+/// than this build's is refused here, before anything changes.
+pub(crate) fn installed_version(dir: &Path) -> Result<Version, Error> {
+    let path = dir.join(VERSION_MAP);
+    if !path.exists() {
+        if dir.join(LAYOUT_1_PAIRING_PINS[1].1).exists() {
+            let mut build = [0u8; 60];
+            let text = b"a build before intercept recorded versions";
+            build[..text.len()].copy_from_slice(text);
+            return Ok(Version { layout: 1, build });
+        }
+        return Err(Error::Incomplete { dir: dir.to_owned(), missing: VERSION_MAP.to_owned() });
+    }
+    let data = MapData::from_pin(&path).map_err(maps::map_error(VERSION_MAP))?;
+    let map = Map::from_map_data(data).map_err(maps::map_error(VERSION_MAP))?;
+    let version = maps::read_version(&BTreeMap::from([(VERSION_MAP, map)]))?;
+    if version.layout > LAYOUT || version.layout == 0 {
+        return Err(Error::NewerLayout {
+            dir: dir.to_owned(),
+            installed: version.build_str().to_owned(),
+            installed_layout: version.layout,
+            ours: build().build_str().to_owned(),
+            ours_layout: LAYOUT,
+        });
+    }
+    Ok(version)
+}
+
+/// Whether the configuration maps have room for `desired` in their inactive generation.
+fn fits(maps: &BTreeMap<&'static str, Map>, plan: &EbpfPlan, desired: &Contents) -> Result<bool, Error> {
+    for spec in plan.map_specs() {
+        let needed = match spec.name {
+            IGNORED_NETS_V4_MAP => desired.ignored_nets_v4.len(),
+            IGNORED_NETS_V6_MAP => desired.ignored_nets_v6.len(),
+            INCLUDED_NETS_V4_MAP => desired.included_nets_v4.len(),
+            INCLUDED_NETS_V6_MAP => desired.included_nets_v6.len(),
+            IGNORED_PORTS_MAP => desired.ignored_ports.len(),
+            APP_PORTS_MAP => desired.app_ports.len(),
+            IGNORED_IDS_MAP => desired.ignored_ids.len(),
+            _ => continue,
+        };
+        // Each generation gets its share: the old one stays whole until the new one is active.
+        if needed > maps::capacity(maps, spec.name)? as usize {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The order the programs of a live installation are replaced in: those that read what a
+/// connection left behind before those that leave it, so that every record is read by a
+/// program that knows the map it is in (the new programs read layout 1's maps too; the old
+/// ones know nothing of the new maps).
+const REPLACE_ORDER: [Program; 9] = [
+    Program::Getsockopt,
+    Program::Sockops,
+    Program::Recvmsg4,
+    Program::Recvmsg6,
+    Program::Connect4,
+    Program::Connect6,
+    Program::Sendmsg4,
+    Program::Sendmsg6,
+    Program::SkLookup,
+];
+
+/// Directory name prefixes of a replacement's new pins, and of the old ones moved aside.
+const REPLACING: &str = "replacing-";
+const RETIRED: &str = "retired-";
+
+/// Replaces the programs of the installation in `dir` with this build's, with no window: new
+/// configuration maps are made and filled, the maps holding live state (sockets, hand-offs,
+/// listeners, counters; layout 1's pairing maps as the `LEGACY_*` ones) are carried over, and
+/// each pinned link is switched to its new program (`BPF_LINK_UPDATE`). The new pins are
+/// staged in `replacing-<cgroup id>-<pid>` and swapped in with two renames; [`recover`]
+/// finishes a swap a killed apply left halfway.
+fn replace(
+    target: &Target,
+    dir: &Path,
+    plan: &EbpfPlan,
+    desired: &Contents,
+    options: ApplyOptions,
+    installed: &Version,
+) -> Result<Applied, Error> {
+    let root = target.bpffs.join(PIN_ROOT);
+    let staging = root.join(format!("{REPLACING}{}-{}", target.cgroup_id, std::process::id()));
+    fs::create_dir(&staging).map_err(|e| Error::io("create", &staging, e))?;
+    let result = replace_into(target, dir, &staging, plan, desired, options, installed);
+    if result.is_err() {
+        // Its links are the installation's, still pinned in `dir`: removing these pins
+        // detaches nothing.
+        let _ = fs::remove_dir_all(&staging);
+    }
+    let (adopted, logs) = result?;
+    let retired = root.join(format!("{RETIRED}{}-{}", target.cgroup_id, std::process::id()));
+    fs::rename(dir, &retired).map_err(|e| Error::io("move aside", dir, e))?;
+    fs::rename(&staging, dir).map_err(|e| Error::io("move the pins into place at", dir, e))?;
+    fs::remove_dir_all(&retired).map_err(|e| Error::io("remove", &retired, e))?;
+    Ok(Applied {
+        outcome: Outcome::Replaced { from_layout: installed.layout },
+        pin_dir: dir.to_owned(),
+        logs,
+        adopted,
+        replaced: Some(installed.build_str().to_owned()),
+    })
+}
+
+fn replace_into(
+    target: &Target,
+    dir: &Path,
+    staging: &Path,
+    plan: &EbpfPlan,
+    desired: &Contents,
+    options: ApplyOptions,
+    installed: &Version,
+) -> Result<(Option<Adopted>, Option<Logs>), Error> {
+    let links = open_pinned_links(dir)?;
+    let mut pins = BTreeMap::new();
+    let mut carried = Vec::new();
+    for name in MAP_NAMES {
+        let old = if installed.layout == 1 {
+            LAYOUT_1_PAIRING_PINS.iter().find(|(new, _)| *new == name).map_or(name, |(_, old)| old)
+        } else {
+            name
+        };
+        let old = dir.join(old);
+        if !CONFIG_MAP_NAMES.contains(&name) && name != VERSION_MAP && old.exists() {
+            pins.insert(name, old);
+            carried.push(name);
+        } else {
+            pins.insert(name, staging.join(name));
+        }
+    }
+    let (ebpf, mut maps, logs) = load(plan, options, &pins, &carried)?;
+    maps::install(desired, 0, &mut maps)?;
+    maps::write_version(&mut maps, build())?;
+    for name in &carried {
+        let path = staging.join(name);
+        maps[name].pin(&path).map_err(|e| Error::Pin { path, source: Box::new(e) })?;
+    }
+    let adopted = ingress_port(plan).map(|port| adopt_into(staging, &target.cgroup, port)).transpose()?;
+    if installed.layout == LAYOUT {
+        // Should this apply die between the first switch and the swap, the old pins say no
+        // build made them, and the next apply replaces the programs again.
+        let mut old = open_pinned_maps(dir)?;
+        maps::write_version(&mut old, Version { layout: LAYOUT, build: [0; 60] })?;
+    }
+    // (link, the program it ran, the program it runs now), for a way back.
+    let mut switched: Vec<(OwnedFd, OwnedFd, &'static str)> = Vec::new();
+    let mut failure = None;
+    for program in REPLACE_ORDER {
+        match switch_link(dir, staging, &links, &ebpf, program) {
+            Ok(done) => switched.push(done),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        // Back to the programs that ran before: the installation is as it was.
+        for (link, old, name) in switched.iter().rev() {
+            if let Some(Ok(new)) = ebpf.program(name).map(|p| p.fd()) {
+                let _ = host::link_update(link.as_fd(), old.as_fd(), new.as_fd());
+            }
+        }
+        return Err(e);
+    }
+    Ok((adopted, logs))
+}
+
+/// Switches the link of `program` pinned in `dir` to this build's program, and pins it in
+/// `staging` too.
+fn switch_link(
+    dir: &Path,
+    staging: &Path,
+    links: &[(Program, aya::programs::links::LinkInfo)],
+    ebpf: &Ebpf,
+    program: Program,
+) -> Result<(OwnedFd, OwnedFd, &'static str), Error> {
+    let path = dir.join(program.link_pin());
+    let (_, info) = links
+        .iter()
+        .find(|(p, _)| *p == program)
+        .ok_or_else(|| Error::Incomplete { dir: dir.to_owned(), missing: program.link_pin() })?;
+    let link = host::obj_get(&path).map_err(|e| Error::io("open the link pinned at", &path, e))?;
+    let old = host::prog_fd_by_id(info.program_id())
+        .map_err(|e| Error::io("open the program of the link pinned at", &path, e))?;
+    let new = ebpf.program(program.name()).ok_or(Error::MissingProgram(program.name()))?;
+    let new = new.fd().map_err(|e| program_error(program.name(), e))?;
+    host::link_update(link.as_fd(), new.as_fd(), old.as_fd())
+        .map_err(|e| Error::io("switch to the new program the link pinned at", &path, e))?;
+    let pin = staging.join(program.link_pin());
+    host::obj_pin(link.as_fd(), &pin).map_err(|e| Error::io("pin", &pin, e))?;
+    Ok((link, old, program.name()))
+}
+
+/// Finishes or undoes what a killed replacement left (under the locks, so no live apply owns
+/// it): new pins complete but not yet in place become the installation; otherwise the old
+/// pins stay, and the leftovers go. Their links are the installation's own, so removing them
+/// detaches nothing.
+fn recover(target: &Target) -> Result<(), Error> {
+    let dir = target.pin_dir();
+    for prefix in [REPLACING, RETIRED] {
+        for leftover in target.leftovers(prefix) {
+            let complete = Program::ALL.iter().all(|p| leftover.join(p.link_pin()).exists())
+                && MAP_NAMES.iter().all(|m| leftover.join(m).exists());
+            if !dir.exists() && (prefix == RETIRED || complete) {
+                fs::rename(&leftover, &dir).map_err(|e| Error::io("move the pins into place at", &dir, e))?;
+            } else {
+                fs::remove_dir_all(&leftover).map_err(|e| Error::io("remove", &leftover, e))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes the target cgroup's installation: the links (detaching the programs) and the maps.
@@ -557,6 +840,7 @@ pub fn remove(target: &Target) -> Result<bool, Error> {
     }
     let held = target.lock()?;
     let _lock = host::lock_bpffs(&bpffs)?;
+    recover(target)?;
     let stale = target.stale_staging();
     for dir in &stale {
         unpin_dir(dir)?;
@@ -624,9 +908,9 @@ pub fn remove_pins_of_removed_cgroup(bpffs: &Path, cgroup_id: u64) -> Result<boo
     Ok(true)
 }
 
-/// Removes the installations under `bpffs` whose cgroup no longer exists: every one of their
-/// links reports no cgroup (the kernel detaches a cgroup's links when the cgroup is removed),
-/// so their pins only keep maps alive (their lock files go too). Returns the cgroup ids whose
+/// Removes the installations under `bpffs` whose cgroup no longer exists: their first cgroup
+/// link reports no cgroup (the kernel detaches all of a cgroup's links when the cgroup is
+/// removed), so their pins only keep maps alive (their lock files go too). Returns the cgroup ids whose
 /// pins were removed. An installation it cannot judge (a link pin missing or unreadable) is
 /// left alone.
 pub fn prune(bpffs: &Path) -> Result<Vec<u64>, Error> {
@@ -650,9 +934,10 @@ pub fn prune(bpffs: &Path) -> Result<Vec<u64>, Error> {
         let entry = entry.map_err(|e| Error::io("list", &root, e))?;
         let Some(cgroup_id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
         let dir = entry.path();
-        let orphaned = Program::CGROUP.iter().all(|p| {
-            host::obj_get(&dir.join(p.link_pin())).and_then(|link| host::link_cgroup_id(link.as_fd())).ok() == Some(0)
-        });
+        // A cgroup's links are all detached when it goes: one tells for all (this runs at every
+        // apply, over every installation on the host).
+        let link = dir.join(Program::CGROUP[0].link_pin());
+        let orphaned = host::obj_get(&link).and_then(|link| host::link_cgroup_id(link.as_fd())).ok() == Some(0);
         if orphaned {
             fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
             Locks::system().forget(&lock::Key::cgroup(cgroup_id, format!("cgroup id {cgroup_id}")))?;

@@ -24,7 +24,7 @@ use intercept_common::{
     GENERATIONS, GlobalConfig, IGNORED_IDS_CAPACITY, IGNORED_IDS_MAP, IGNORED_NETS_CAPACITY, IGNORED_NETS_V4_MAP,
     IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP, INCLUDED_NETS_CAPACITY, INCLUDED_NETS_V4_MAP, INCLUDED_NETS_V6_MAP,
     INGRESS_FALLBACK_APP, INGRESS_FALLBACK_REFUSE, LOCAL_NETS_CAPACITY, LOCAL_NETS_V4_MAP, LOCAL_NETS_V6_MAP, LpmKeyV4,
-    LpmKeyV6, PORT_MAP_CAPACITY,
+    LpmKeyV6, PORT_MAP_CAPACITY, sized_capacity,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
@@ -133,9 +133,12 @@ impl EbpfPlan {
         self
     }
 
-    /// Every map with the capacity to create it with. The ignored-networks tries grow past
-    /// their ELF default when the lists need it (`EbpfLoader::map_max_entries`): room for the
-    /// list in each generation.
+    /// Every configuration map with the capacity to create it with. The tries grow past their
+    /// ELF default when the lists need it (`EbpfLoader::map_max_entries`): room for the list in
+    /// each generation. The hash maps (ports, ids) are sized to the configuration with room to
+    /// double ([`sized_capacity`]): a hash map's bucket array costs memory for its whole
+    /// capacity. A later configuration that outgrows them gets new maps (the programs are
+    /// replaced with ones that use them).
     pub fn map_specs(&self) -> [MapSpec; 12] {
         let ignored_capacity =
             |len: usize| u32::try_from(len).unwrap_or(u32::MAX).max(IGNORED_NETS_CAPACITY).saturating_mul(GENERATIONS);
@@ -152,13 +155,20 @@ impl EbpfPlan {
         let v4 = "(generation, LpmKeyV4)";
         let v6 = "(generation, LpmKeyV6)";
         let port = "PortKey (generation, port)";
-        let ports = PORT_MAP_CAPACITY * GENERATIONS;
+        let sized = |len: usize, floor| sized_capacity(u32::try_from(len).unwrap_or(u32::MAX), floor) * GENERATIONS;
         let local = LOCAL_NETS_CAPACITY * GENERATIONS;
         [
             spec(ACTIVE_MAP, MapKind::Array, "u32", "u32", ACTIVE_CAPACITY, 1),
             spec(CONFIG_MAP, MapKind::Array, "u32 generation", "GlobalConfig", CONFIG_CAPACITY, GENERATIONS),
-            spec(IGNORED_PORTS_MAP, MapKind::Hash, port, "u8", ports, GENERATIONS),
-            spec(APP_PORTS_MAP, MapKind::Hash, port, "u8", ports, GENERATIONS),
+            spec(
+                IGNORED_PORTS_MAP,
+                MapKind::Hash,
+                port,
+                "u8",
+                sized(self.ignored_ports.len(), PORT_MAP_CAPACITY),
+                GENERATIONS,
+            ),
+            spec(APP_PORTS_MAP, MapKind::Hash, port, "u8", sized(self.app_ports.len(), PORT_MAP_CAPACITY), GENERATIONS),
             spec(
                 IGNORED_NETS_V4_MAP,
                 MapKind::LpmTrie,
@@ -183,7 +193,7 @@ impl EbpfPlan {
                 MapKind::Hash,
                 "IdKey (generation, uid or gid, id)",
                 "u8",
-                IGNORED_IDS_CAPACITY * GENERATIONS,
+                sized(self.ignored_uids.len() + self.ignored_gids.len(), IGNORED_IDS_CAPACITY),
                 GENERATIONS,
             ),
             spec(

@@ -19,6 +19,12 @@
 //! Each measurement gets a fresh task namespace (no conntrack entries, tables or sockets
 //! left over from the previous one) and a fresh proxy process.
 //!
+//! `intercept-bench host-scale [--quick] --doc FILE --perf-dir DIR` (root) installs the eBPF
+//! backend on 1, 100 and 1,000 tasks (cgroups and network namespaces it makes), and reports the
+//! kernel's own accounting of the memory of everything intercept created, the apply time per
+//! task (the CLI, and in process as the daemon runs it), and one task's connection rate while
+//! the others exist; it rewrites its own section of the document.
+//!
 //! The proxy and the client are this program again (`proxy`, `client` subcommands): child
 //! processes placed in the test cgroup, the task namespace and their identities (the proxy as
 //! IgnoredUID 1337, the app as 1000) before they run, both pinned to one CPU: see [`BENCH_CPU`].
@@ -30,7 +36,10 @@ use std::{
     fs::{self, File},
     io::{self, BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
-    os::unix::process::CommandExt as _,
+    os::{
+        fd::{AsFd as _, AsRawFd as _},
+        unix::process::CommandExt as _,
+    },
     path::{Path, PathBuf},
     process::{self, Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio},
     sync::{
@@ -42,8 +51,23 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use aya::{
+    maps::MapInfo,
+    programs::{
+        links::{FdLink, PinnedLink},
+        loaded_programs,
+    },
+};
+use intercept::{
+    backend::ebpf::{
+        ApplyOptions,
+        task::{self as ebpf_task, Request as TaskRequest},
+    },
+    config::{Ingress, PortRange, PortSet, ProxyConfig},
+    netns::Target as NetnsTarget,
+};
 use intercept_tests::{
-    TestCgroup,
+    Privileged, TestCgroup,
     daemon::{Daemon, DaemonDirs, seed_proxy_configuration, task_json},
     ebpf::{TestBpffs, as_identity},
     privileges,
@@ -86,9 +110,10 @@ fn main() -> ExitCode {
         Some("daemon") => daemon_memory(&args[1..]),
         Some("dns") => dns(&args[1..]),
         Some("dns-client") => dns_client(&args[1..]),
+        Some("host-scale") => host_scale(&args[1..]),
         _ => Err(anyhow::anyhow!(
-            "usage: intercept-bench run [--quick] --doc FILE --perf-dir DIR | daemon [--tasks N] | dns (as root, \
-             INTERCEPT_BIN=<intercept>)"
+            "usage: intercept-bench run [--quick] --doc FILE --perf-dir DIR | host-scale [--quick] --doc FILE \
+             --perf-dir DIR | daemon [--tasks N] | dns (as root, INTERCEPT_BIN=<intercept>)"
         )),
     };
     match result {
@@ -1642,4 +1667,389 @@ fn machine(ctx: &Context) -> String {
         version("nft"),
         version(&ctx.intercept.to_string_lossy())
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host scale: many eBPF tasks on one host.
+
+/// Where the host-scale section of the performance document starts and ends: `host-scale`
+/// rewrites what is between these lines and keeps the rest.
+const HOST_SCALE_START: &str = "<!-- host-scale: written by `cargo xtask bench --host-scale` -->";
+const HOST_SCALE_END: &str = "<!-- host-scale: end -->";
+
+/// One host size's figures.
+struct Scale {
+    tasks: usize,
+    /// Kernel memory (memlock) of every map and program intercept created, all tasks.
+    kernel_bytes: u64,
+    /// The same by kind and name, summed over the tasks.
+    kernel_by_name: BTreeMap<String, u64>,
+    /// `intercept apply --backend ebpf` of the first task, spawn to exit, and its peak RSS.
+    first_cli: (Duration, u64),
+    /// The same for one more task once the others are installed.
+    last_cli: (Duration, u64),
+    /// The backend's apply as the daemon runs it (in process), for each of the other tasks.
+    in_process: Vec<Duration>,
+    /// Removing every task, in process.
+    remove_all: Duration,
+    /// Connections/s of the first task with every other task installed, and without any
+    /// interception (the app dialling the proxy itself) in the same namespace before.
+    rate: f64,
+    rate_none: f64,
+}
+
+/// `host-scale [--quick] --doc FILE --perf-dir DIR`: 1, 100 and 1,000 tasks (quick: 1, 10,
+/// 100), each a cgroup and a network namespace made here with the seed configuration.
+fn host_scale(args: &[String]) -> Result<()> {
+    let mut quick = false;
+    let (mut doc, mut perf_dir) = (None, None);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--doc" => doc = Some(PathBuf::from(it.next().context("--doc FILE")?)),
+            "--perf-dir" => perf_dir = Some(PathBuf::from(it.next().context("--perf-dir DIR")?)),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    let (Some(doc), Some(perf_dir)) = (doc, perf_dir) else { bail!("--doc FILE and --perf-dir DIR are required") };
+    let intercept =
+        PathBuf::from(env::var_os("INTERCEPT_BIN").context("INTERCEPT_BIN (the intercept binary) is not set")?);
+    ensure!(intercept.is_file(), "no intercept binary at {}", intercept.display());
+    netns_privileges().map_err(|reason| anyhow!("cannot run the benchmark here: {reason}"))?;
+    let host = privileges().map_err(|reason| anyhow!("cannot run the benchmark here: {reason}"))?;
+    let sizes: &[usize] = if quick { &[1, 10, 100] } else { &[1, 100, 1000] };
+    let plan = Plan::new(true);
+    let started = Instant::now();
+    let mut scales = Vec::new();
+    for &tasks in sizes {
+        let scratch = Scratch(env::temp_dir().join(format!("intercept-bench-scale-{}", process::id())));
+        fs::create_dir_all(&scratch.0).with_context(|| format!("create {}", scratch.0.display()))?;
+        let private = scratch.0.join("intercept");
+        fs::copy(&intercept, &private).with_context(|| format!("copy {}", intercept.display()))?;
+        let config = scratch.0.join("config.json");
+        fs::write(&config, proxy_configuration(&[], true))?;
+        let ctx = Context {
+            intercept: private,
+            me: env::current_exe().context("this program's path")?,
+            cgroup: host.create_cgroup().context("create the first task's cgroup")?,
+            bpffs: TestBpffs::mounted(),
+            scratch,
+            cpus: thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let scale = measure_scale(&ctx, &host, &plan, tasks, &config)?;
+        println!(
+            "{tasks:>5} tasks: kernel memory {:.1} MiB ({:.1} KiB per task); first apply {:.1} ms, one more {:.1} ms \
+             (CLI), in process median {:.2} ms; {:.0} connections/s against {:.0} without interception ({:.3})",
+            scale.kernel_bytes as f64 / MIB,
+            scale.kernel_bytes as f64 / 1024.0 / tasks as f64,
+            ms(scale.first_cli.0),
+            ms(scale.last_cli.0),
+            median(scale.in_process.iter().map(|d| ms(*d)).collect()),
+            scale.rate,
+            scale.rate_none,
+            scale.rate / scale.rate_none
+        );
+        scales.push(scale);
+    }
+    let elapsed = started.elapsed();
+    fs::create_dir_all(&perf_dir).with_context(|| format!("create {}", perf_dir.display()))?;
+    let svg_path = perf_dir.join("host-scale.svg");
+    fs::write(&svg_path, scale_svg(&scales))?;
+    let section = scale_markdown(&scales, elapsed, &relative(&svg_path, doc.parent().unwrap_or(Path::new("."))));
+    let old = fs::read_to_string(&doc).unwrap_or_default();
+    let new = match (old.find(HOST_SCALE_START), old.find(HOST_SCALE_END)) {
+        (Some(a), Some(b)) if a < b => format!("{}{section}{}", &old[..a], &old[b + HOST_SCALE_END.len()..]),
+        _ => format!("{old}\n{section}\n"),
+    };
+    fs::write(&doc, new).with_context(|| format!("write {}", doc.display()))?;
+    println!("wrote {} and {}", doc.display(), svg_path.display());
+    Ok(())
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+/// Connection-rate measurements per host size, each of the first task and of the reference.
+const SCALE_REPETITIONS: usize = 3;
+
+fn measure_scale(ctx: &Context, host: &Privileged, plan: &Plan, tasks: usize, config: &Path) -> Result<Scale> {
+    let topology = Topology::new();
+    topology.add_remote_addresses(&[IpAddr::V4(*DESTINATION.ip())]);
+    let task = &topology.task;
+    // The reference: the same app and proxy in a namespace and a cgroup of their own, where
+    // nothing is installed and the app dials the proxy itself; measured in turn with the
+    // first task once every task is installed, so that both see the same host.
+    let reference = Context {
+        intercept: ctx.intercept.clone(),
+        me: ctx.me.clone(),
+        cgroup: host.create_cgroup().context("create the reference cgroup")?,
+        bpffs: TestBpffs::mounted(),
+        scratch: Scratch(ctx.scratch.0.join("reference")),
+        cpus: ctx.cpus,
+    };
+    fs::create_dir_all(&reference.scratch.0)?;
+    let reference_topology = Topology::new();
+    let others: Vec<(TestCgroup, Netns)> = (1..tasks)
+        .map(|_| Ok((host.create_cgroup()?, Netns::create("scale"))))
+        .collect::<Result<_, intercept_tests::FixtureError>>()?;
+    let cli_apply = |cgroup: &Path, netns: &Netns| {
+        let mut command = Command::new(&ctx.intercept);
+        command.args(["apply", "--backend", "ebpf", "--netns"]).arg(netns.path());
+        command.arg("--cgroup").arg(cgroup).arg("--bpffs").arg(ctx.bpffs.path());
+        command.arg("--proxy-configuration").arg(config);
+        timed(&mut command, &ctx.scratch.0)
+    };
+    let first_cli = cli_apply(ctx.cgroup.path(), task)?;
+    let proxy_config = scale_proxy_config();
+    let request = |cgroup: &Path, netns: &Netns| TaskRequest {
+        cgroup: cgroup.display().to_string(),
+        bpffs: Some(ctx.bpffs.path().to_owned()),
+        netns: NetnsTarget::Path(netns.path()),
+        iptables_mode: None,
+        ingress_fallback_to_app: false,
+    };
+    let mut in_process = Vec::new();
+    let last = others.len().checked_sub(1);
+    for (i, (cgroup, netns)) in others.iter().enumerate() {
+        if Some(i) == last {
+            break;
+        }
+        let started = Instant::now();
+        ebpf_task::apply(&request(cgroup.path(), netns), &proxy_config, ApplyOptions::default())
+            .with_context(|| format!("apply task {}", i + 1))?;
+        in_process.push(started.elapsed());
+    }
+    let last_cli = match others.last() {
+        Some((cgroup, netns)) => cli_apply(cgroup.path(), netns)?,
+        None => first_cli,
+    };
+    let kernel_by_name = kernel_memory(ctx.bpffs.path())?;
+    let kernel_bytes = kernel_by_name.values().sum();
+    // The kernel finishes freeing what the previous size left (namespaces, programs) in
+    // worker threads: let that settle before measuring.
+    thread::sleep(Duration::from_secs(2));
+    let (mut rates, mut rates_none) = (Vec::new(), Vec::new());
+    for _ in 0..SCALE_REPETITIONS {
+        let mut proxy = Proxy::spawn(ctx, task)?;
+        let short = run_client(ctx, plan, task, "short", DESTINATION, plan.short)?;
+        let counts = proxy.finish()?;
+        ensure!(field::<u64>(&counts, "missing")? == 0, "the proxy missed original destinations: {counts}");
+        rates.push(field::<f64>(&short, "count")? / field::<f64>(&short, "secs")?);
+        let reference_task = &reference_topology.task;
+        let mut proxy = Proxy::spawn(&reference, reference_task)?;
+        let short = run_client(&reference, plan, reference_task, "short", PROXY, plan.short)?;
+        proxy.finish()?;
+        rates_none.push(field::<f64>(&short, "count")? / field::<f64>(&short, "secs")?);
+    }
+    let (rate, rate_none) = (median(rates), median(rates_none));
+    let removing = Instant::now();
+    ebpf_task::remove(&request(ctx.cgroup.path(), task)).context("remove the first task")?;
+    for (cgroup, netns) in &others {
+        ebpf_task::remove(&request(cgroup.path(), netns)).context("remove a task")?;
+    }
+    let remove_all = removing.elapsed();
+    Ok(Scale { tasks, kernel_bytes, kernel_by_name, first_cli, last_cli, in_process, remove_all, rate, rate_none })
+}
+
+/// The bench's seed configuration ([`proxy_configuration`] with no extra ignored IPs), as the
+/// daemon holds it after parsing a task's file.
+fn scale_proxy_config() -> ProxyConfig {
+    ProxyConfig {
+        ignored_uids: vec![PROXY_UID],
+        ignored_gids: vec![],
+        proxy_egress_port: PROXY.port(),
+        ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
+        egress_ignored_ports: PortSet::from_ranges([PortRange::single(22)]),
+        egress_ignored_ips: vec![
+            "169.254.170.2/32".parse().expect("a network"),
+            "169.254.169.254/32".parse().expect("a network"),
+        ],
+        egress_included_ips: None,
+        proxy_dns_port: None,
+        implicit_exemptions: true,
+        ipv6: false,
+    }
+}
+
+/// The kernel's own accounting (`memlock` in fdinfo) of every program and map that the pins
+/// under `bpffs` hold: the maps pinned, the programs of the links pinned, and the maps those
+/// programs use; each counted once, by kind and name (`map ORIG_DST`, `program connect4`).
+fn kernel_memory(bpffs: &Path) -> Result<BTreeMap<String, u64>> {
+    let root = bpffs.join("intercept");
+    let (mut programs, mut maps) = (BTreeMap::new(), BTreeMap::new());
+    for task in fs::read_dir(&root).with_context(|| format!("list {}", root.display()))? {
+        for pin in fs::read_dir(task?.path())? {
+            let path = pin?.path();
+            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("link-")) {
+                let link = FdLink::from(PinnedLink::from_pin(&path).with_context(|| format!("{}", path.display()))?);
+                let id = link.info().with_context(|| format!("{}", path.display()))?.program_id();
+                programs.entry(id).or_insert(());
+            } else {
+                let info = MapInfo::from_pin(&path).with_context(|| format!("{}", path.display()))?;
+                maps.insert(info.id(), map_memlock(&info)?);
+            }
+        }
+    }
+    let mut by_name = BTreeMap::new();
+    for info in loaded_programs() {
+        let info = info?;
+        if programs.contains_key(&info.id()) {
+            let name = format!("program {}", info.name_as_str().unwrap_or("?"));
+            *by_name.entry(name).or_insert(0) += u64::from(info.memory_locked()?);
+            for id in info.map_ids()?.unwrap_or_default() {
+                if let std::collections::btree_map::Entry::Vacant(e) = maps.entry(id) {
+                    e.insert(map_memlock(&MapInfo::from_id(id)?)?);
+                }
+            }
+        }
+    }
+    for (name, bytes) in maps.into_values() {
+        *by_name.entry(format!("map {name}")).or_insert(0) += bytes;
+    }
+    Ok(by_name)
+}
+
+/// A map's name and its `memlock`.
+fn map_memlock(info: &MapInfo) -> Result<(String, u64)> {
+    let fd = info.fd()?;
+    let text = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))?;
+    let line = text.lines().find(|l| l.starts_with("memlock:")).context("no memlock in a map's fdinfo")?;
+    let bytes = line.split_whitespace().nth(1).context("memlock value")?.parse()?;
+    Ok((info.name_as_str().unwrap_or("?").to_owned(), bytes))
+}
+
+fn scale_markdown(scales: &[Scale], elapsed: Duration, svg: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{HOST_SCALE_START}");
+    let _ = writeln!(out, "## Many tasks on one host (`cargo xtask bench --host-scale`)\n");
+    let _ = writeln!(
+        out,
+        "Measured in {:.0} s on {}. Each task is a cgroup and a network namespace made by the bench, with the seed \
+         configuration (IgnoredUID, ProxyEgressPort, ingress to AppPort 9080, the metadata IPs, port 22). The \
+         first task is the bench's sandbox (proxy and app pinned to one CPU, as above); the others have no \
+         processes. *Kernel memory* is the kernel's own accounting (`memlock` in fdinfo) of every map and \
+         program intercept's pins hold, each counted once. *CLI apply* is `intercept apply --backend ebpf`, \
+         spawn to exit, for the first task and for one more once the others exist; *in process* is the \
+         backend's apply as `intercept daemon` runs it. The connection rate is the first task's short \
+         connections with every other task installed (median of {SCALE_REPETITIONS}), against the same app \
+         and proxy in a namespace and cgroup of their own with nothing installed, the app dialling the proxy \
+         itself, measured in turn with it.\n",
+        elapsed.as_secs_f64(),
+        fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
+    );
+    let _ = writeln!(
+        out,
+        "| tasks | kernel memory | per task | CLI apply: first / one more | peak RSS | in process: median / p90 | remove all | connections/s (ratio to none) |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for s in scales {
+        let mut sorted: Vec<f64> = s.in_process.iter().map(|d| ms(*d)).collect();
+        sorted.sort_by(f64::total_cmp);
+        let p90 = sorted.get(sorted.len().saturating_sub(1).min(sorted.len() * 9 / 10)).copied();
+        let in_process = match p90 {
+            Some(p90) => format!("{:.2} / {:.2} ms", median(sorted.clone()), p90),
+            None => "-".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} MiB | {:.1} KiB | {:.1} / {:.1} ms | {:.1} MiB | {in_process} | {:.2} s | {} ({:.3}) |",
+            thousands(s.tasks),
+            s.kernel_bytes as f64 / MIB,
+            s.kernel_bytes as f64 / 1024.0 / s.tasks as f64,
+            ms(s.first_cli.0),
+            ms(s.last_cli.0),
+            s.first_cli.1.max(s.last_cli.1) as f64 / 1024.0,
+            s.remove_all.as_secs_f64(),
+            thousands(s.rate.round() as usize),
+            s.rate / s.rate_none
+        );
+    }
+    if let Some(largest) = scales.last() {
+        let _ = writeln!(
+            out,
+            "\nWhere the kernel memory goes, per task (at {} tasks; programs are the programs' images, each map \
+             its own accounting):\n",
+            thousands(largest.tasks)
+        );
+        let _ = writeln!(out, "| object | KiB per task |\n|---|---:|");
+        let mut parts: Vec<(&String, &u64)> = largest.kernel_by_name.iter().collect();
+        parts.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        for (name, bytes) in parts {
+            let _ = writeln!(out, "| {name} | {:.1} |", *bytes as f64 / 1024.0 / largest.tasks as f64);
+        }
+    }
+    let _ = writeln!(out, "\n![kernel memory against the number of tasks]({svg})\n");
+    let _ = writeln!(out, "{HOST_SCALE_END}");
+    out
+}
+
+/// Kernel memory (MiB) against tasks, both axes logarithmic, with each point labelled.
+fn scale_svg(scales: &[Scale]) -> String {
+    let (width, height, left, bottom, top, right) = (640.0, 360.0, 70.0, 50.0, 30.0, 30.0);
+    let log = |v: f64| v.max(1e-9).log10();
+    let xs: Vec<f64> = scales.iter().map(|s| log(s.tasks as f64)).collect();
+    let ys: Vec<f64> = scales.iter().map(|s| log(s.kernel_bytes as f64 / MIB)).collect();
+    let (x0, x1) = (0.0, xs.iter().copied().fold(1.0, f64::max));
+    let (y0, y1) =
+        (ys.iter().copied().fold(f64::INFINITY, f64::min).floor(), ys.iter().copied().fold(0.0, f64::max).ceil());
+    let px = |x: f64| left + (x - x0) / (x1 - x0).max(1e-9) * (width - left - right);
+    let py = |y: f64| height - bottom - (y - y0) / (y1 - y0).max(1e-9) * (height - bottom - top);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="18" text-anchor="middle">intercept eBPF: kernel memory of all tasks (MiB, log) against tasks (log)</text>"#,
+        width / 2.0
+    );
+    let mut decade = y0;
+    while decade <= y1 {
+        let y = py(decade);
+        let _ =
+            writeln!(out, r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##, width - right);
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            left - 6.0,
+            y + 4.0,
+            10f64.powf(decade)
+        );
+        decade += 1.0;
+    }
+    for s in scales {
+        let x = px(log(s.tasks as f64));
+        let _ = writeln!(
+            out,
+            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            height - bottom + 18.0,
+            thousands(s.tasks)
+        );
+    }
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">tasks on the host</text>"#,
+        width / 2.0,
+        height - 10.0
+    );
+    let points: Vec<String> = xs.iter().zip(&ys).map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y))).collect();
+    let _ =
+        writeln!(out, r##"<polyline points="{}" fill="none" stroke="#1f77b4" stroke-width="2"/>"##, points.join(" "));
+    for (s, (x, y)) in scales.iter().zip(xs.iter().zip(&ys)) {
+        let (x, y) = (px(*x), py(*y));
+        let _ = writeln!(out, r##"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="#1f77b4"/>"##);
+        // Labels right of the points in the left half, left of them in the right half.
+        let (anchor, dx) = if x > width / 2.0 { ("end", -8.0) } else { ("start", 8.0) };
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="{anchor}">{:.2} MiB, {:.1} KiB/task</text>"#,
+            x + dx,
+            y - 8.0,
+            s.kernel_bytes as f64 / MIB,
+            s.kernel_bytes as f64 / 1024.0 / s.tasks as f64
+        );
+    }
+    out.push_str("</svg>\n");
+    out
 }

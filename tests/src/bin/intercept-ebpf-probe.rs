@@ -12,6 +12,10 @@
 //!   side; prints `READY` once bound. A process, unlike the topology's in-runner listeners,
 //!   can be placed in the test cgroup: the eBPF programs see a proxy's sockets only there.
 //!   A `udp:` address is a UDP socket answering each datagram with the same line.
+//!   `PROBE_BACKLOG=N` listens with that backlog, and `PROBE_ACCEPT_GATE=PATH` accepts nothing
+//!   until PATH exists: connections wait in the accept queue (and, past the backlog, their
+//!   SYNs are dropped and retried by the client's kernel), for tests that need a connection
+//!   in flight at a chosen moment.
 //! - `intercept-ebpf-probe connect ADDR TOKEN`: connects over TCP, sends TOKEN, exits 0.
 //! - `intercept-ebpf-probe churn ADDR N`: N sequential connect/close cycles, exits 0.
 //! - `intercept-ebpf-probe udp ADDR`: connect(2) on a UDP socket and one datagram, exits 0.
@@ -129,12 +133,25 @@ fn serve_replies(role: &str, addrs: &[String]) -> Result<(), String> {
             }
         });
     }
+    if let Some(backlog) = std::env::var("PROBE_BACKLOG").ok().and_then(|b| b.parse::<libc::c_int>().ok()) {
+        for listener in &listeners {
+            // SAFETY: listen(2) again on a listening socket only changes its backlog.
+            if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
+                return Err(format!("listen with backlog {backlog}: {}", std::io::Error::last_os_error()));
+            }
+        }
+    }
+    let gate = std::env::var_os("PROBE_ACCEPT_GATE").map(std::path::PathBuf::from);
     println!("READY");
     let _ = std::io::stdout().flush();
     let threads: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
+            let gate = gate.clone();
             std::thread::spawn(move || {
+                while gate.as_ref().is_some_and(|g| !g.exists()) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 for stream in listener.incoming() {
                     let Ok(mut stream) = stream else { continue };
                     std::thread::spawn(move || {

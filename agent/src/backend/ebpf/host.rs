@@ -403,6 +403,57 @@ pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// `bpf(BPF_LINK_UPDATE)` with `BPF_F_REPLACE`: makes the link run `new` instead of `old`, in
+/// one step (the hook runs one or the other, never neither); fails with `EPERM` if the link no
+/// longer runs `old`.
+pub fn link_update(link: BorrowedFd<'_>, new: BorrowedFd<'_>, old: BorrowedFd<'_>) -> io::Result<()> {
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+    const BPF_F_REPLACE: u32 = 1 << 2;
+    #[repr(C)]
+    struct UpdateAttr {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    let attr = UpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: new.as_raw_fd() as u32,
+        flags: BPF_F_REPLACE,
+        old_prog_fd: old.as_raw_fd() as u32,
+    };
+    // SAFETY: attr is a valid bpf_attr for BPF_LINK_UPDATE and lives across the call.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_LINK_UPDATE, &attr as *const UpdateAttr, size_of::<UpdateAttr>() as u32)
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `bpf(BPF_PROG_GET_FD_BY_ID)`: a program by its id.
+pub fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    #[repr(C)]
+    struct ByIdAttr {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+        _pad: u32,
+    }
+    let attr = ByIdAttr { id, next_id: 0, open_flags: 0, _pad: 0 };
+    // SAFETY: attr is a valid bpf_attr for BPF_PROG_GET_FD_BY_ID and lives across the call.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_PROG_GET_FD_BY_ID, &attr as *const ByIdAttr, size_of::<ByIdAttr>() as u32)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// A link's type and the first 8 bytes of its type-specific info (`struct bpf_link_info`).
 fn link_target(link: BorrowedFd<'_>) -> io::Result<(u32, u64)> {
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;

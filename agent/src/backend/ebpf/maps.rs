@@ -11,10 +11,11 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use intercept_common::{
-    ACTIVE_MAP, APP_PORTS_MAP, CONFIG_MAP, COUNTERS_MAP, Counter, GENERATION_BITS, GENERATIONS, GlobalConfig, ID_GID,
-    ID_UID, IGNORED_IDS_CAPACITY, IGNORED_IDS_MAP, IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP,
-    INCLUDED_NETS_V4_MAP, INCLUDED_NETS_V6_MAP, IdKey, LOCAL_NETS_CAPACITY, LOCAL_NETS_V4_MAP, LOCAL_NETS_V6_MAP,
-    LpmDataV4, LpmDataV6, LpmKeyV4, LpmKeyV6, ORIG_DST_MAP, OrigDst, PENDING_DST_MAP, PRESENT, PortKey, SocketPair,
+    ACTIVE_MAP, APP_PORTS_MAP, CONFIG_MAP, COUNTERS_MAP, Counter, GENERATION_BITS, GENERATIONS, GlobalConfig,
+    HANDOFF_MAP, ID_GID, ID_UID, IGNORED_IDS_MAP, IGNORED_IDS_MAX, IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP,
+    IGNORED_PORTS_MAP, INCLUDED_NETS_V4_MAP, INCLUDED_NETS_V6_MAP, IdKey, LEGACY_DNS_MAP, LEGACY_ORIG_MAP,
+    LEGACY_PENDING_MAP, LOCAL_NETS_CAPACITY, LOCAL_NETS_V4_MAP, LOCAL_NETS_V6_MAP, LpmDataV4, LpmDataV6, LpmKeyV4,
+    LpmKeyV6, OrigDst, PRESENT, PortKey, SocketPair, VERSION_MAP, Version,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -189,8 +190,8 @@ impl Contents {
             .map(|&uid| (ID_UID, uid))
             .chain(plan.ignored_gids.iter().map(|&gid| (ID_GID, gid)))
             .collect();
-        if ignored_ids.len() > IGNORED_IDS_CAPACITY as usize {
-            return Err(Error::TooManyIgnoredIds { count: ignored_ids.len(), capacity: IGNORED_IDS_CAPACITY });
+        if ignored_ids.len() > IGNORED_IDS_MAX as usize {
+            return Err(Error::TooManyIgnoredIds { count: ignored_ids.len(), capacity: IGNORED_IDS_MAX });
         }
         Ok(Contents {
             config: plan.config,
@@ -302,11 +303,36 @@ pub fn read_counters(maps: &BTreeMap<&'static str, Map>) -> Result<Vec<(Counter,
         .collect()
 }
 
-/// Entries in the two pairing maps: (pending connects, established connections).
+/// Entries in the hand-off map (handshakes the proxy's side has not taken yet), and in the
+/// layout-1 pairing maps (connections redirected before an upgrade from layout 1, still open).
 pub fn pairing_sizes(maps: &BTreeMap<&'static str, Map>) -> Result<(usize, usize), Error> {
-    let pending: HashMap<&MapData, u64, OrigDst> = typed(maps, PENDING_DST_MAP)?;
-    let established: HashMap<&MapData, SocketPair, OrigDst> = typed(maps, ORIG_DST_MAP)?;
-    Ok((pending.keys().count(), established.keys().count()))
+    let handoff: HashMap<&MapData, SocketPair, OrigDst> = typed(maps, HANDOFF_MAP)?;
+    let pending: HashMap<&MapData, u64, OrigDst> = typed(maps, LEGACY_PENDING_MAP)?;
+    let orig: HashMap<&MapData, SocketPair, OrigDst> = typed(maps, LEGACY_ORIG_MAP)?;
+    let dns: HashMap<&MapData, u64, OrigDst> = typed(maps, LEGACY_DNS_MAP)?;
+    Ok((handoff.keys().count(), pending.keys().count() + orig.keys().count() + dns.keys().count()))
+}
+
+/// The build and layout recorded in an installation's `VERSION` map.
+pub fn read_version(maps: &BTreeMap<&'static str, Map>) -> Result<Version, Error> {
+    let version: Array<&MapData, Version> = typed(maps, VERSION_MAP)?;
+    version.get(&0, 0).map_err(map_error(VERSION_MAP))
+}
+
+pub fn write_version(maps: &mut BTreeMap<&'static str, Map>, value: Version) -> Result<(), Error> {
+    let mut version: Array<&mut MapData, Version> = typed_mut(maps, VERSION_MAP)?;
+    version.set(0, value, 0).map_err(map_error(VERSION_MAP))
+}
+
+/// The capacity per generation of a sized map as created (its `max_entries` over the
+/// generations).
+pub fn capacity(maps: &BTreeMap<&'static str, Map>, name: &'static str) -> Result<u32, Error> {
+    let map = maps.get(name).ok_or(Error::MissingMap(name))?;
+    let data: &MapData = match map {
+        Map::LpmTrie(data) | Map::HashMap(data) => data,
+        _ => return Err(Error::MissingMap(name)),
+    };
+    Ok(data.info().map_err(map_error(name))?.max_entries() / GENERATIONS)
 }
 
 fn typed<'a, T>(maps: &'a BTreeMap<&'static str, Map>, name: &'static str) -> Result<T, Error>

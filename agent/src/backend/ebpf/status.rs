@@ -33,10 +33,14 @@ pub struct Status {
     /// What the active generation holds: the configuration enforced.
     pub contents: Contents,
     pub counters: Vec<(Counter, u64)>,
-    /// Entries of the pairing maps: redirected connects not yet established, and established
-    /// redirected connections whose proxy socket is open.
-    pub pending: usize,
-    pub established: usize,
+    /// Entries of the hand-off map: established redirected connections whose proxy-side
+    /// socket the kernel has not created yet (or whose app socket has not closed since).
+    pub handoffs: usize,
+    /// Entries left in layout 1's pairing maps by an upgrade from it (connections redirected
+    /// before it that are still open).
+    pub legacy_entries: usize,
+    /// The build that made (or last replaced) the programs, and the map layout.
+    pub version: intercept_common::Version,
 }
 
 /// The target's installation, or `None` when nothing is installed for it.
@@ -49,6 +53,14 @@ pub fn status(target: &Target) -> Result<Option<Status>, Error> {
     };
     if !host::is_bpffs(&bpffs)? || !dir.exists() {
         return Ok(None);
+    }
+    let version = super::installed_version(&dir)?;
+    if version.layout != intercept_common::LAYOUT {
+        return Err(Error::OlderLayout {
+            dir,
+            installed_layout: version.layout,
+            ours: super::build().build_str().to_owned(),
+        });
     }
     let links = open_pinned_links(&dir)?;
     let maps = open_pinned_maps(&dir)?;
@@ -65,7 +77,7 @@ pub fn status(target: &Target) -> Result<Option<Status>, Error> {
         };
         programs.push(ProgramStatus { program, link_id: info.id(), program_id: info.program_id(), attached });
     }
-    let (pending, established) = maps::pairing_sizes(&maps)?;
+    let (handoffs, legacy_entries) = maps::pairing_sizes(&maps)?;
     let generations = Generations::read(&maps)?;
     Ok(Some(Status {
         cgroup: target.cgroup.clone(),
@@ -75,8 +87,9 @@ pub fn status(target: &Target) -> Result<Option<Status>, Error> {
         generation: generations.active,
         contents: generations.active().clone(),
         counters: maps::read_counters(&maps)?,
-        pending,
-        established,
+        handoffs,
+        legacy_entries,
+        version,
     }))
 }
 
@@ -87,6 +100,7 @@ impl Status {
         let c = &self.contents.config;
         let _ = writeln!(out, "eBPF backend: cgroup {} (id {})", self.cgroup.display(), self.cgroup_id);
         let _ = writeln!(out, "pins: {}", self.pin_dir.display());
+        let _ = writeln!(out, "made by: {} (map layout {})", self.version.build_str(), self.version.layout);
         out.push_str("programs:\n");
         for p in &self.programs {
             let _ = writeln!(
@@ -166,8 +180,13 @@ impl Status {
         }
         let _ = writeln!(
             out,
-            "original destinations: {} pending connect(s), {} established connection(s)",
-            self.pending, self.established
+            "original destinations: kept on the sockets; {} hand-off(s) in flight{}",
+            self.handoffs,
+            if self.legacy_entries == 0 {
+                String::new()
+            } else {
+                format!(", {} entries left by map layout 1", self.legacy_entries)
+            }
         );
         out
     }
@@ -234,8 +253,10 @@ impl serde::Serialize for Status {
             generation: u32,
             configuration: ConfigJson,
             counters: BTreeMap<&'static str, u64>,
-            pending_connects: usize,
-            established_connections: usize,
+            build: &'a str,
+            layout: u32,
+            handoffs: usize,
+            legacy_entries: usize,
         }
         let c = &self.contents.config;
         let (ignored_uids, ignored_gids) = self.contents.ignored_ids();
@@ -272,8 +293,10 @@ impl serde::Serialize for Status {
                 local_destinations: self.contents.local_nets(),
             },
             counters: self.counters.iter().map(|(c, v)| (c.name(), *v)).collect(),
-            pending_connects: self.pending,
-            established_connections: self.established,
+            build: self.version.build_str(),
+            layout: self.version.layout,
+            handoffs: self.handoffs,
+            legacy_entries: self.legacy_entries,
         }
         .serialize(serializer)
     }

@@ -114,6 +114,9 @@ pub struct ApplyReport {
     /// With `--bpf-log`: the programs' events, as long as this lives.
     #[serde(skip)]
     pub logs: Option<Logs>,
+    /// When the programs were replaced: the build that had made the installation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
 }
 
 fn outcome_json<S: serde::Serializer>(outcome: &Outcome, serializer: S) -> Result<S::Ok, S::Error> {
@@ -124,6 +127,8 @@ fn outcome_json<S: serde::Serializer>(outcome: &Outcome, serializer: S) -> Resul
         config_changed: Option<bool>,
         entries_added: Option<usize>,
         entries_removed: Option<usize>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replaced_layout: Option<u32>,
     }
     let json = match outcome {
         Outcome::Installed => Json {
@@ -132,6 +137,7 @@ fn outcome_json<S: serde::Serializer>(outcome: &Outcome, serializer: S) -> Resul
             config_changed: None,
             entries_added: None,
             entries_removed: None,
+            replaced_layout: None,
         },
         Outcome::Updated(c) => Json {
             result: "updated",
@@ -139,6 +145,7 @@ fn outcome_json<S: serde::Serializer>(outcome: &Outcome, serializer: S) -> Resul
             config_changed: Some(c.config),
             entries_added: Some(c.added),
             entries_removed: Some(c.removed),
+            replaced_layout: None,
         },
         Outcome::Unchanged => Json {
             result: "unchanged",
@@ -146,6 +153,15 @@ fn outcome_json<S: serde::Serializer>(outcome: &Outcome, serializer: S) -> Resul
             config_changed: None,
             entries_added: None,
             entries_removed: None,
+            replaced_layout: None,
+        },
+        Outcome::Replaced { from_layout } => Json {
+            result: "replaced",
+            generation: None,
+            config_changed: None,
+            entries_added: None,
+            entries_removed: None,
+            replaced_layout: Some(*from_layout),
         },
     };
     json.serialize(serializer)
@@ -164,6 +180,12 @@ impl ApplyReport {
                 if c.config { ", CONFIG changed" } else { "" }
             ),
             Outcome::Unchanged => "nothing to change: the maps already hold this configuration".to_owned(),
+            Outcome::Replaced { from_layout } => format!(
+                "programs replaced in place (map layout {from_layout} → {}): {} → {}; live connections kept",
+                intercept_common::LAYOUT,
+                self.replaced.as_deref().unwrap_or("another build"),
+                super::build().build_str()
+            ),
         };
         let _ = writeln!(out, "apply: eBPF on cgroup {} (id {}): {what}", self.cgroup.display(), self.cgroup_id);
         let _ = writeln!(out, "pins: {}", self.pin_dir.display());
@@ -231,6 +253,7 @@ pub fn apply(request: &Request, config: &ProxyConfig, options: ApplyOptions) -> 
         adopted: applied.adopted,
         pruned,
         logs: applied.logs,
+        replaced: applied.replaced,
     })
 }
 
@@ -330,26 +353,33 @@ pub struct StatusReport {
     pub installed: bool,
     /// Whether the maps hold exactly what the configuration asks for; `None` without one.
     pub matches: Option<bool>,
+    /// The build (and map layout) whose programs are installed, when it is not this one.
+    pub other_build: Option<String>,
     /// Why it is not installed or does not match, one line each.
     pub reasons: Vec<String>,
 }
 
 impl StatusReport {
-    /// 0 when installed and matching the configuration (if one was given), else 1.
+    /// 0 when this build's programs are installed and match the configuration (if one was
+    /// given), else 1.
     pub fn exit_code(&self) -> i32 {
-        i32::from(!(self.installed && self.matches != Some(false)))
+        i32::from(!(self.installed && self.matches != Some(false) && self.other_build.is_none()))
     }
 
     pub fn render_text(&self) -> String {
         let mut out = String::new();
-        match &self.ebpf {
-            Some(status) => out.push_str(&status.render_text()),
-            None => {
+        match (&self.ebpf, &self.other_build) {
+            (Some(status), _) => out.push_str(&status.render_text()),
+            (None, Some(other)) => {
+                let _ = writeln!(out, "eBPF backend: cgroup {}: installed by {other}", self.cgroup.display());
+            }
+            (None, None) => {
                 let _ = writeln!(out, "eBPF backend: cgroup {}: nothing installed", self.cgroup.display());
             }
         }
         out.push('\n');
         let verdict = match (self.installed, self.matches) {
+            _ if self.other_build.is_some() => "installed by another build",
             (true, Some(true)) => "installed, and matches the configuration",
             (true, None) => "installed",
             (true, Some(false)) => "installed, but does NOT match the configuration",
@@ -365,8 +395,23 @@ impl StatusReport {
 
 pub fn status(request: &Request, config: Option<&ProxyConfig>) -> Result<StatusReport, Error> {
     let target = Target::new(&request.cgroup, request.bpffs.as_deref())?;
-    let ebpf = super::status(&target)?;
     let mut reasons = Vec::new();
+    // Another build's installation runs its own programs: reported, and not this build's
+    // installation until `apply` replaces them (the daemon does at its next check).
+    let version = target.installed_version()?;
+    let other_build = version
+        .filter(|v| v.build != super::build().build)
+        .map(|v| format!("{} (map layout {})", v.build_str(), v.layout));
+    let ebpf = match version {
+        Some(v) if v.layout != intercept_common::LAYOUT => None,
+        _ => super::status(&target)?,
+    };
+    if let Some(other) = &other_build {
+        reasons.push(format!(
+            "the programs are those of {other}, not of this build ({}): `intercept apply` replaces them in place",
+            super::build().build_str()
+        ));
+    }
     let stale = target.stale_staging();
     for dir in &stale {
         reasons.push(format!(
@@ -376,6 +421,7 @@ pub fn status(request: &Request, config: Option<&ProxyConfig>) -> Result<StatusR
         ));
     }
     let installed = match &ebpf {
+        None if other_build.is_some() => false,
         None => {
             reasons.push(format!("no eBPF programs are pinned for cgroup {}", target.cgroup.display()));
             false
@@ -404,7 +450,15 @@ pub fn status(request: &Request, config: Option<&ProxyConfig>) -> Result<StatusR
         }
     };
     let installed = installed && stale.is_empty();
-    Ok(StatusReport { cgroup: target.cgroup.clone(), pin_dir: target.pin_dir(), ebpf, installed, matches, reasons })
+    Ok(StatusReport {
+        cgroup: target.cgroup.clone(),
+        pin_dir: target.pin_dir(),
+        ebpf,
+        installed,
+        matches,
+        other_build,
+        reasons,
+    })
 }
 
 impl StatusReport {

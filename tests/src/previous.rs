@@ -1,0 +1,88 @@
+//! The previous release's `intercept`, built from git: the build an in-place upgrade starts
+//! from.
+//!
+//! [`PREVIOUS_RELEASE`] is the last commit before the eBPF data path moved to socket storage
+//! (map layout 2). Its sources come out of this repository with `git archive` (nothing in the
+//! working tree or the repository changes), and it is built with its own target directory
+//! under `<target>/previous/`, sharing only the bpf-linker `cargo xtask setup` built. The
+//! binary is kept there, so only the first run pays for the build (a few minutes).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+/// The commit whose build is the previous release (map layout 1).
+pub const PREVIOUS_RELEASE: &str = "6edd6f2a2c9679bf49d02f9f5888c26b06ab207f";
+
+/// The previous release's binary, built when missing; `Err` says why it cannot be.
+pub fn previous_release_bin() -> Result<PathBuf, String> {
+    let root = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let dir = target.join("previous").join(PREVIOUS_RELEASE);
+    let bin = dir.join("target").join("debug").join("intercept");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    // Tests run in parallel: one builds, the others wait for it.
+    fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let lock = fs::File::create(dir.join("lock")).map_err(|e| format!("create {}/lock: {e}", dir.display()))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("lock {}/lock: {e}", dir.display()))?;
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let src = dir.join("src");
+    if src.exists() {
+        fs::remove_dir_all(&src).map_err(|e| format!("remove {}: {e}", src.display()))?;
+    }
+    fs::create_dir_all(&src).map_err(|e| format!("create {}: {e}", src.display()))?;
+    // `git archive | tar -x`: the commit's tree, without touching the repository.
+    let archive = Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["archive", "--format=tar", PREVIOUS_RELEASE])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("run git archive: {e}"))?;
+    let untar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(&src)
+        .stdin(archive.stdout.ok_or("git archive has no stdout")?)
+        .status()
+        .map_err(|e| format!("run tar: {e}"))?;
+    if !untar.success() {
+        return Err(format!(
+            "git archive {PREVIOUS_RELEASE} | tar -x failed ({untar}): the repository's history must include the \
+             previous release (a shallow clone does not)"
+        ));
+    }
+    // Its build script looks for bpf-linker in its target directory's tools/bin.
+    let own_target = dir.join("target");
+    fs::create_dir_all(&own_target).map_err(|e| format!("create {}: {e}", own_target.display()))?;
+    let tools = own_target.join("tools");
+    if !tools.exists() {
+        std::os::unix::fs::symlink(target.join("tools"), &tools)
+            .map_err(|e| format!("link {}: {e}", tools.display()))?;
+    }
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["build", "--locked", "--package", "intercept", "--bin", "intercept"])
+        .current_dir(&src)
+        .env("CARGO_TARGET_DIR", &own_target)
+        .env_remove("RUSTFLAGS")
+        .status()
+        .map_err(|e| format!("run cargo build in {}: {e}", src.display()))?;
+    if !status.success() || !bin.is_file() {
+        return Err(format!(
+            "building the previous release ({PREVIOUS_RELEASE}) in {} failed: {status}",
+            src.display()
+        ));
+    }
+    Ok(bin)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_owned()
+}

@@ -1,0 +1,376 @@
+//! In-place upgrades of the eBPF backend from the previous release (map layout 1, built from
+//! git by `intercept_tests::previous`), under load:
+//!
+//! - a CLI installation: the previous release applies, the app connects continuously, this
+//!   build's `apply` replaces the programs (`BPF_LINK_UPDATE`) and carries the live state
+//!   over, then reconfigures; no connection fails or escapes. The previous release then
+//!   refuses this build's installation and changes nothing, and this build refuses a newer
+//!   layout, naming both builds, and changes nothing.
+//! - connections in flight at the switch: established and waiting in the proxy's accept
+//!   queue (their original destination in layout 1's `ORIG_DST`), or mid-handshake (in its
+//!   `PENDING_DST`); each reaches the proxy with its original destination afterwards, and
+//!   their entries go when their sockets close.
+//! - a daemon with 20 tasks: the previous release's daemon installs them, stops (SIGTERM
+//!   leaves interception in place), and this build's daemon replaces every task's programs on
+//!   its first pass while the app of one task connects continuously.
+//!
+//! Needs root, the `intercept` binary (`cargo xtask test` builds it), git history with the
+//! previous release, and a few minutes once to build it.
+
+use std::{
+    fs,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, MapData};
+use intercept::backend::ebpf::{self, Target};
+use intercept_common::{LAYOUT, VERSION_MAP, Version};
+use intercept_tests::{
+    daemon::{Daemon, DaemonDirs, seed_proxy_configuration, task_json},
+    ebpf::{EbpfSandbox, Listener, PLAIN_V4, PLAIN_V6, PROXY_PORT, PROXY_UID, as_identity},
+    previous::previous_release_bin,
+    require_privileges,
+    topology::{Netns, intercept_bin, require_netns_privileges},
+    traffic::{Reply, Role},
+};
+use nix::sys::signal::Signal;
+
+const PROBE: &str = env!("CARGO_BIN_EXE_intercept-ebpf-probe");
+const CLIENT: &str = env!("CARGO_BIN_EXE_intercept-test-client");
+const APP_UID: u32 = 1000;
+const WAIT: Duration = Duration::from_secs(60);
+const TASKS: usize = 20;
+/// ProxyEgressPort of the in-flight test's gated proxy.
+const GATED_PORT: u16 = 15009;
+
+/// What the app's connections did: intercepted as the configuration says, failed, or reached
+/// somewhere else (escaped).
+#[derive(Debug, Default)]
+struct Counts {
+    intercepted: usize,
+    failed: Vec<String>,
+    escaped: Vec<String>,
+}
+
+impl Counts {
+    fn add(&mut self, dst: SocketAddr, reply: Result<Reply, String>) {
+        match reply {
+            Ok(r) if r.role == Role::EgressProxy && r.original == Some(dst) && r.local.port() == PROXY_PORT => {
+                self.intercepted += 1;
+            }
+            Ok(r) => self.escaped.push(format!("{dst}: {r}")),
+            Err(e) => self.failed.push(format!("{dst}: {e}")),
+        }
+    }
+}
+
+/// The app connecting to the remote namespace in a loop (two threads, both families) until
+/// dropped; every connection must reach the proxy with its original destination.
+struct Load {
+    stop: Arc<AtomicBool>,
+    counts: Arc<Mutex<Counts>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(world: &Arc<EbpfSandbox>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Mutex::new(Counts::default()));
+        let threads = [IpAddr::V4(PLAIN_V4), IpAddr::V6(PLAIN_V6)]
+            .into_iter()
+            .map(|ip| {
+                let (world, stop, counts) = (Arc::clone(world), Arc::clone(&stop), Arc::clone(&counts));
+                thread::spawn(move || {
+                    let dst = SocketAddr::new(ip, 80);
+                    while !stop.load(Ordering::Relaxed) {
+                        let reply = world.egress(APP_UID, APP_UID, dst);
+                        counts.lock().unwrap().add(dst, reply);
+                    }
+                })
+            })
+            .collect();
+        Load { stop, counts, threads }
+    }
+
+    /// Waits until `n` more connections were intercepted.
+    fn wait_for(&self, n: usize) {
+        let start = self.counts.lock().unwrap().intercepted;
+        let deadline = Instant::now() + WAIT;
+        while self.counts.lock().unwrap().intercepted < start + n {
+            assert!(Instant::now() < deadline, "the load stalled: {:?}", self.counts.lock().unwrap());
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn finish(self) -> Counts {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().expect("a load thread");
+        }
+        Arc::try_unwrap(self.counts).expect("the load threads are done").into_inner().unwrap()
+    }
+}
+
+fn run(bin: &Path, args: &[String]) -> (i32, String) {
+    let output = Command::new(bin).args(args).stdin(Stdio::null()).output().expect("run intercept");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.code().unwrap_or(-1), text)
+}
+
+/// Builds the previous release when it is missing: `cargo xtask kernels` runs this before it
+/// boots a kernel, whose guest sees the host's files read-only.
+#[test]
+#[ignore = "builds the previous release (minutes, once): `cargo xtask kernels` and the upgrade tests run it"]
+fn the_previous_release_is_built() {
+    let bin = previous("the_previous_release_is_built");
+    let output = Command::new(&bin).arg("--version").output().expect("run the previous release");
+    assert!(output.status.success(), "{}: {output:?}", bin.display());
+}
+
+fn previous(test: &str) -> PathBuf {
+    previous_release_bin().unwrap_or_else(|e| panic!("{test}: the previous release cannot be built: {e}"))
+}
+
+/// The installation's recorded version, read from its pinned `VERSION` map.
+fn version_map(pin_dir: &Path) -> Array<MapData, Version> {
+    let data = MapData::from_pin(pin_dir.join(VERSION_MAP)).expect("open the pinned VERSION map");
+    Array::try_from(aya::maps::Map::Array(data)).expect("VERSION is an array")
+}
+
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups) and builds the previous release: `cargo xtask test` runs it"]
+fn the_cli_upgrades_the_previous_release_under_load_and_refuses_what_it_cannot_read() {
+    let test = "the_cli_upgrades_the_previous_release_under_load_and_refuses_what_it_cannot_read";
+    require_netns_privileges(test);
+    let host = require_privileges(test);
+    let (bin, old) = (intercept_bin(test), previous(test));
+    let world = Arc::new(EbpfSandbox::new(&host, PROBE, CLIENT));
+    let configs = tempfile::tempdir().expect("a directory for the configurations");
+    let config = |name: &str, ignored_ports: &str| {
+        let path = configs.path().join(name);
+        fs::write(&path, seed_proxy_configuration(ignored_ports).to_string()).expect("write a configuration");
+        path.display().to_string()
+    };
+    let (a, b) = (config("a.json", "22"), config("b.json", "22,5432"));
+    let netns = world.sandbox.task().path().display().to_string();
+    let cgroup = world.cgroup.path().display().to_string();
+    let bpffs = world.bpffs.path().display().to_string();
+    let target = ["--backend", "ebpf", "--netns", &netns, "--cgroup", &cgroup, "--bpffs", &bpffs];
+    let with = |verb: &str, config: Option<&str>| -> Vec<String> {
+        let mut args = vec![verb.to_owned()];
+        args.extend(target.iter().map(|a| a.to_string()));
+        if let Some(config) = config {
+            args.extend(["--proxy-configuration".to_owned(), config.to_owned()]);
+        }
+        args
+    };
+
+    let (code, out) = run(&old, &with("apply", Some(&a)));
+    assert_eq!(code, 0, "the previous release applies: {out}");
+    let (code, out) = run(&bin, &with("status", Some(&a)));
+    assert_eq!(code, 1, "this build's status of the previous release's installation: {out}");
+    assert!(out.contains("installed by another build") && out.contains("map layout 1"), "{out}");
+
+    let load = Load::start(&world);
+    load.wait_for(20);
+    let (code, out) = run(&bin, &with("apply", Some(&a)));
+    assert_eq!(code, 0, "the upgrade: {out}");
+    assert!(out.contains("programs replaced in place (map layout 1 → 2)"), "{out}");
+    load.wait_for(20);
+    let (code, out) = run(&bin, &with("apply", Some(&b)));
+    assert_eq!(code, 0, "a reconfiguration after the upgrade: {out}");
+    assert!(out.contains("updated in place"), "{out}");
+    load.wait_for(20);
+    let counts = load.finish();
+    println!(
+        "{test}: {} connections intercepted, {} failed, {} escaped",
+        counts.intercepted,
+        counts.failed.len(),
+        counts.escaped.len()
+    );
+    assert!(counts.failed.is_empty(), "connections failed across the upgrade: {:#?}", counts.failed);
+    assert!(counts.escaped.is_empty(), "connections escaped across the upgrade: {:#?}", counts.escaped);
+
+    let (code, out) = run(&bin, &with("status", Some(&b)));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("made by: {} (map layout {LAYOUT})", ebpf::build().build_str())), "{out}");
+
+    // The previous release cannot read this layout: it refuses, and nothing changes.
+    let (code, out) = run(&old, &with("apply", Some(&a)));
+    assert_ne!(code, 0, "the previous release on this build's installation: {out}");
+    let (code, out) = run(&bin, &with("status", Some(&b)));
+    assert_eq!(code, 0, "unchanged after the previous release's refusal: {out}");
+
+    // A newer layout is refused by this build, naming both builds, and nothing changes.
+    let pin_dir = Target::new(&cgroup, Some(world.bpffs.path())).expect("the target").pin_dir();
+    let mut version = version_map(&pin_dir);
+    let ours = version.get(&0, 0).expect("read VERSION");
+    let mut newer = ours;
+    newer.layout = LAYOUT + 1;
+    let text = b"intercept 9.9.9 (a future build)";
+    newer.build = [0; 60];
+    newer.build[..text.len()].copy_from_slice(text);
+    version.set(0, newer, 0).expect("write VERSION");
+    let before = fs::read_dir(&pin_dir).expect("list the pins").count();
+    let (code, out) = run(&bin, &with("apply", Some(&a)));
+    assert_ne!(code, 0, "this build on a newer layout: {out}");
+    for part in ["intercept 9.9.9 (a future build) (map layout 3)", ebpf::build().build_str(), "nothing was changed"] {
+        assert!(out.contains(part), "the refusal names {part:?}: {out}");
+    }
+    assert_eq!(fs::read_dir(&pin_dir).expect("list the pins").count(), before);
+    version.set(0, ours, 0).expect("restore VERSION");
+    let (code, out) = run(&bin, &with("status", Some(&b)));
+    assert_eq!(code, 0, "unchanged after the refusal: {out}");
+    let egress = world.egress(APP_UID, APP_UID, SocketAddr::new(IpAddr::V4(PLAIN_V4), 80)).expect("egress");
+    assert_eq!(egress.role, Role::EgressProxy, "{egress}");
+
+    let (code, out) = run(&bin, &with("remove", None));
+    assert_eq!(code, 0, "{out}");
+    assert!(!pin_dir.exists(), "remove leaves no pins");
+}
+
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups) and builds the previous release: `cargo xtask test` runs it"]
+fn connections_in_flight_across_the_upgrade_keep_their_original_destination() {
+    let test = "connections_in_flight_across_the_upgrade_keep_their_original_destination";
+    require_netns_privileges(test);
+    let host = require_privileges(test);
+    let (bin, old) = (intercept_bin(test), previous(test));
+    let world = Arc::new(EbpfSandbox::new(&host, PROBE, CLIENT));
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    // A proxy of its own on another port, which accepts nothing until the gate opens.
+    let mut proxy = seed_proxy_configuration("22");
+    for property in proxy["properties"].as_array_mut().expect("properties") {
+        if property["name"] == "ProxyEgressPort" {
+            property["value"] = GATED_PORT.to_string().into();
+        }
+    }
+    let config = scratch.path().join("gated.json");
+    fs::write(&config, proxy.to_string()).expect("write the configuration");
+    let gate = scratch.path().join("gate");
+    let mut command = world.cgroup.command(PROBE);
+    command.args(["serve", "egress-proxy", &format!("127.0.0.1:{GATED_PORT}"), &format!("[::1]:{GATED_PORT}")]);
+    command.env("PROBE_ACCEPT_GATE", &gate).env("PROBE_BACKLOG", "0");
+    world.sandbox.task().enter(&mut command);
+    as_identity(&mut command, PROXY_UID, PROXY_UID);
+    let _gated = Listener::spawn(command);
+    let netns = world.sandbox.task().path().display().to_string();
+    let cgroup = world.cgroup.path().display().to_string();
+    let bpffs = world.bpffs.path().display().to_string();
+    let config = config.display().to_string();
+    let apply = ["apply", "--backend", "ebpf", "--netns", &netns, "--cgroup", &cgroup, "--bpffs", &bpffs]
+        .into_iter()
+        .chain(["--proxy-configuration", &config])
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    let (code, out) = run(&old, &apply);
+    assert_eq!(code, 0, "the previous release applies: {out}");
+
+    // Per family: the first connection is established and waits in the accept queue, the
+    // others' SYNs are dropped (backlog 0) and retried after the upgrade.
+    let dsts = [IpAddr::V4(PLAIN_V4), IpAddr::V6(PLAIN_V6)].map(|ip| SocketAddr::new(ip, 80));
+    let clients: Vec<_> = (0..3)
+        .flat_map(|_| dsts)
+        .map(|dst| {
+            let world = Arc::clone(&world);
+            let client = thread::spawn(move || (dst, world.egress(APP_UID, APP_UID, dst)));
+            thread::sleep(Duration::from_millis(100));
+            client
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let (code, out) = run(&bin, &apply);
+    assert_eq!(code, 0, "the upgrade: {out}");
+    assert!(out.contains("programs replaced in place (map layout 1 → 2)"), "{out}");
+    let target = Target::new(&cgroup, Some(world.bpffs.path())).expect("the target");
+    let legacy = ebpf::status(&target).expect("status").expect("installed").legacy_entries;
+    assert!(legacy >= dsts.len(), "the connections in flight are in layout 1's maps: {legacy}");
+    fs::write(&gate, "").expect("open the gate");
+    let in_flight = clients.len();
+    for client in clients {
+        let (dst, reply) = client.join().expect("a client");
+        let reply = reply.unwrap_or_else(|e| panic!("{dst}, in flight across the upgrade: {e}"));
+        assert_eq!(
+            (reply.role, reply.original, reply.local.port()),
+            (Role::EgressProxy, Some(dst), GATED_PORT),
+            "{dst}, in flight across the upgrade: {reply}"
+        );
+    }
+    // Their entries go as their sockets close, as layout 1's did.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = ebpf::status(&target).expect("status").expect("installed");
+        if (status.legacy_entries, status.handoffs) == (0, 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "entries left: {} legacy, {} hand-offs",
+            status.legacy_entries,
+            status.handoffs
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    println!("{test}: {in_flight} connections in flight across the upgrade, {legacy} in layout 1's maps at the switch");
+}
+
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups) and builds the previous release: `cargo xtask test` runs it"]
+fn the_daemon_upgrades_twenty_tasks_of_the_previous_release_under_load() {
+    let test = "the_daemon_upgrades_twenty_tasks_of_the_previous_release_under_load";
+    require_netns_privileges(test);
+    let host = require_privileges(test);
+    let (bin, old) = (intercept_bin(test), previous(test));
+    let world = Arc::new(EbpfSandbox::new(&host, PROBE, CLIENT));
+    let others: Vec<_> =
+        (1..TASKS).map(|_| (host.create_cgroup().expect("create a test cgroup"), Netns::create("upgrade"))).collect();
+    let dirs = DaemonDirs::new();
+    let proxy = seed_proxy_configuration("22");
+    dirs.write_task("t00", &task_json("t00", "ebpf", world.cgroup.path(), &world.sandbox.task().path(), &proxy));
+    for (i, (cgroup, netns)) in others.iter().enumerate() {
+        let id = format!("t{:02}", i + 1);
+        dirs.write_task(&id, &task_json(&id, "ebpf", cgroup.path(), &netns.path(), &proxy));
+    }
+    let mut daemon = Daemon::start(&old, &dirs, world.bpffs.path(), &["--resync-interval", "500ms"]);
+    daemon.wait_until("the previous release's daemon applied every task", WAIT, |d| {
+        d.metric(r#"intercept_tasks{state="applied"}"#) == TASKS as f64
+    });
+
+    let load = Load::start(&world);
+    load.wait_for(20);
+    assert!(daemon.stop(Signal::SIGTERM).success(), "the previous daemon stops, leaving interception");
+    load.wait_for(20);
+    let started = Instant::now();
+    let mut daemon = Daemon::start(&bin, &dirs, world.bpffs.path(), &["--resync-interval", "500ms"]);
+    daemon.wait_until("this build's daemon replaced every task's programs", WAIT, |d| {
+        d.metric(r#"intercept_apply_total{result="ok"}"#) == TASKS as f64
+    });
+    let took = started.elapsed();
+    load.wait_for(20);
+    let counts = load.finish();
+    println!(
+        "{test}: {TASKS} tasks upgraded in {took:?}; {} connections intercepted, {} failed, {} escaped",
+        counts.intercepted,
+        counts.failed.len(),
+        counts.escaped.len()
+    );
+    assert!(counts.failed.is_empty(), "connections failed across the upgrade: {:#?}", counts.failed);
+    assert!(counts.escaped.is_empty(), "connections escaped across the upgrade: {:#?}", counts.escaped);
+    let cgroups = std::iter::once(world.cgroup.path()).chain(others.iter().map(|(c, _)| c.path()));
+    for cgroup in cgroups {
+        let target = Target::new(cgroup.to_str().expect("UTF-8"), Some(world.bpffs.path())).expect("the target");
+        let status = ebpf::status(&target).expect("status").expect("installed");
+        assert_eq!(status.version, ebpf::build(), "{} runs this build's programs", cgroup.display());
+        assert!(status.programs.iter().all(|p| p.attached), "{}: {:?}", cgroup.display(), status.programs);
+    }
+    assert_eq!(daemon.metric(r#"intercept_apply_total{result="error"}"#), 0.0);
+    assert!(daemon.stop(Signal::SIGTERM).success());
+}
