@@ -10,6 +10,8 @@
 //!   queue (their original destination in layout 1's `ORIG_DST`), or mid-handshake (in its
 //!   `PENDING_DST`); each reaches the proxy with its original destination afterwards, and
 //!   their entries go when their sockets close.
+//! - an upgrade SIGKILLed at a random point: interception holds, and the next apply leaves this
+//!   build's installation whole with nothing left behind.
 //! - a daemon with 20 tasks: the previous release's daemon installs them, stops (SIGTERM
 //!   leaves interception in place), and this build's daemon replaces every task's programs on
 //!   its first pass while the app of one task connects continuously.
@@ -322,6 +324,87 @@ fn connections_in_flight_across_the_upgrade_keep_their_original_destination() {
     println!("{test}: {in_flight} connections in flight across the upgrade, {legacy} in layout 1's maps at the switch");
 }
 
+/// Rounds of the killed-upgrade test.
+const KILLS: usize = 12;
+
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups) and builds the previous release: `cargo xtask test` runs it"]
+fn an_upgrade_killed_at_any_point_is_finished_by_the_next_apply() {
+    let test = "an_upgrade_killed_at_any_point_is_finished_by_the_next_apply";
+    require_netns_privileges(test);
+    let host = require_privileges(test);
+    let (bin, old) = (intercept_bin(test), previous(test));
+    let world = EbpfSandbox::new(&host, PROBE, CLIENT);
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    let config = scratch.path().join("seed.json");
+    fs::write(&config, seed_proxy_configuration("22").to_string()).expect("write the configuration");
+    let (netns, cgroup, bpffs, config) = (
+        world.sandbox.task().path().display().to_string(),
+        world.cgroup.path().display().to_string(),
+        world.bpffs.path().display().to_string(),
+        config.display().to_string(),
+    );
+    let args = |verb: &str| -> Vec<String> {
+        let mut args = vec![verb, "--backend", "ebpf", "--netns", &netns, "--cgroup", &cgroup, "--bpffs", &bpffs];
+        if verb != "remove" {
+            args.extend(["--proxy-configuration", &config]);
+        }
+        args.into_iter().map(str::to_owned).collect()
+    };
+    let pins = world.bpffs.path().join("intercept");
+    let mut rng = rng(test);
+    let dst = SocketAddr::new(IpAddr::V4(PLAIN_V4), 80);
+    // How long a whole upgrade takes here: the kills fall anywhere in it, and a little after.
+    let (code, out) = run(&old, &args("apply"));
+    assert_eq!(code, 0, "the previous release applies: {out}");
+    let started = Instant::now();
+    let (code, out) = run(&bin, &args("apply"));
+    assert_eq!(code, 0, "an upgrade: {out}");
+    let whole = started.elapsed();
+    let (code, out) = run(&bin, &args("remove"));
+    assert_eq!(code, 0, "{out}");
+    let mut killed = 0;
+    for round in 0..KILLS {
+        let (code, out) = run(&old, &args("apply"));
+        assert_eq!(code, 0, "round {round}: the previous release applies: {out}");
+        let micros = whole.as_micros() as u64;
+        let delay = Duration::from_micros(rng.u64(0..micros + micros / 4));
+        let mut child = Command::new(&bin)
+            .args(args("apply"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the upgrade");
+        thread::sleep(delay);
+        if child.try_wait().expect("poll the upgrade").is_none() {
+            child.kill().expect("SIGKILL the upgrade");
+            killed += 1;
+        }
+        child.wait().expect("reap the upgrade");
+        // Whatever the kill left, interception holds (old programs or new), and the next apply
+        // makes it this build's, whole.
+        let reply = world.egress(APP_UID, APP_UID, dst).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!((reply.role, reply.original), (Role::EgressProxy, Some(dst)), "round {round} after the kill");
+        let (code, out) = run(&bin, &args("apply"));
+        assert_eq!(code, 0, "round {round} ({delay:?}): the next apply: {out}");
+        let (code, out) = run(&bin, &args("status"));
+        assert_eq!(code, 0, "round {round} ({delay:?}): this build's, whole: {out}");
+        let leftovers: Vec<_> = fs::read_dir(&pins)
+            .expect("list the pins")
+            .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| name.parse::<u64>().is_err())
+            .collect();
+        assert!(leftovers.is_empty(), "round {round} ({delay:?}): left behind: {leftovers:?}");
+        let reply = world.egress(APP_UID, APP_UID, dst).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!((reply.role, reply.original), (Role::EgressProxy, Some(dst)), "round {round} after the apply");
+        let (code, out) = run(&bin, &args("remove"));
+        assert_eq!(code, 0, "round {round}: {out}");
+    }
+    println!("{test}: {KILLS} upgrades (a whole one takes {whole:?}), {killed} killed before they finished");
+    assert!(killed > 0, "no upgrade was killed before it finished (a whole one takes {whole:?})");
+}
+
 #[test]
 #[ignore = "privileged (root, namespaces, cgroups) and builds the previous release: `cargo xtask test` runs it"]
 fn the_daemon_upgrades_twenty_tasks_of_the_previous_release_under_load() {
@@ -373,4 +456,14 @@ fn the_daemon_upgrades_twenty_tasks_of_the_previous_release_under_load() {
     }
     assert_eq!(daemon.metric(r#"intercept_apply_total{result="error"}"#), 0.0);
     assert!(daemon.stop(Signal::SIGTERM).success());
+}
+
+/// The seed for this run: `FAULTS_SEED`, else the clock. Printed, so a failure can be
+/// replayed.
+fn rng(test: &str) -> fastrand::Rng {
+    let seed = std::env::var("FAULTS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    println!("{test}: seed {seed} (replay with FAULTS_SEED={seed})");
+    fastrand::Rng::with_seed(seed)
 }
