@@ -139,9 +139,15 @@ pub struct Version {
 }
 
 impl Version {
+    /// The build, or what an empty one means: an apply replacing the programs clears it in the
+    /// old pins before it switches any link, so that one killed half way is noticed.
     pub fn build_str(&self) -> &str {
         let end = self.build.iter().position(|&b| b == 0).unwrap_or(self.build.len());
-        core::str::from_utf8(&self.build[..end]).unwrap_or("(not UTF-8)")
+        match core::str::from_utf8(&self.build[..end]) {
+            Ok("") => "an apply that was replacing the programs and did not finish",
+            Ok(build) => build,
+            Err(_) => "(not UTF-8)",
+        }
     }
 }
 

@@ -266,6 +266,7 @@ pub struct Client<'a> {
     cgroup: Option<&'a TestCgroup>,
     identity: Option<(u32, u32)>,
     udp: Option<Udp>,
+    timeout: Option<Duration>,
 }
 
 /// How the client sends a datagram instead of connecting over TCP.
@@ -279,7 +280,14 @@ pub enum Udp {
 
 impl<'a> Client<'a> {
     pub fn new(program: impl AsRef<Path>) -> Client<'a> {
-        Client { program: program.as_ref().to_owned(), netns: None, cgroup: None, identity: None, udp: None }
+        Client {
+            program: program.as_ref().to_owned(),
+            netns: None,
+            cgroup: None,
+            identity: None,
+            udp: None,
+            timeout: None,
+        }
     }
 
     pub fn netns(mut self, netns: &'a Netns) -> Client<'a> {
@@ -304,6 +312,13 @@ impl<'a> Client<'a> {
         self
     }
 
+    /// Let the connect and the reply take up to `timeout` each (default: the client's 5 s),
+    /// for a connection held on purpose.
+    pub fn timeout(mut self, timeout: Duration) -> Client<'a> {
+        self.timeout = Some(timeout);
+        self
+    }
+
     /// The command that connects to `addr` and prints the reply.
     pub fn command(&self, addr: SocketAddr) -> Command {
         let mut command = match self.cgroup {
@@ -322,6 +337,9 @@ impl<'a> Client<'a> {
         if let Some((uid, gid)) = self.identity {
             as_identity(&mut command, uid, gid);
         }
+        if let Some(timeout) = self.timeout {
+            command.env("INTERCEPT_TEST_CLIENT_TIMEOUT_MS", timeout.as_millis().to_string());
+        }
         command
     }
 
@@ -329,7 +347,8 @@ impl<'a> Client<'a> {
     /// the connection failed.
     pub fn connect(&self, addr: SocketAddr) -> Result<Reply, String> {
         let mut command = self.command(addr);
-        let output = run_with_deadline(&mut command, CLIENT_TIMEOUT + Duration::from_secs(5));
+        let deadline = self.timeout.map_or(CLIENT_TIMEOUT, |t| 2 * t) + Duration::from_secs(5);
+        let output = run_with_deadline(&mut command, deadline);
         if !output.status.success() {
             return Err(format!("{} ({})", String::from_utf8_lossy(&output.stderr).trim(), output.status));
         }

@@ -41,7 +41,7 @@ use intercept_tests::{
     previous::previous_release_bin,
     require_privileges,
     topology::{Netns, intercept_bin, require_netns_privileges},
-    traffic::{Reply, Role},
+    traffic::{Client, Reply, Role},
 };
 use nix::sys::signal::Signal;
 
@@ -52,6 +52,8 @@ const WAIT: Duration = Duration::from_secs(60);
 const TASKS: usize = 20;
 /// ProxyEgressPort of the in-flight test's gated proxy.
 const GATED_PORT: u16 = 15009;
+/// How long the in-flight test's connections may wait for the gate, each of connect and reply.
+const IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the app's connections did: intercepted as the configuration says, failed, or reached
 /// somewhere else (escaped).
@@ -283,12 +285,30 @@ fn connections_in_flight_across_the_upgrade_keep_their_original_destination() {
         .flat_map(|_| dsts)
         .map(|dst| {
             let world = Arc::clone(&world);
-            let client = thread::spawn(move || (dst, world.egress(APP_UID, APP_UID, dst)));
+            let client = thread::spawn(move || {
+                // Held until the gate opens: longer than the client's default timeouts under
+                // emulation, where the upgrade alone takes seconds.
+                let client = Client::new(CLIENT)
+                    .netns(world.sandbox.task())
+                    .cgroup(&world.cgroup)
+                    .identity(APP_UID, APP_UID)
+                    .timeout(IN_FLIGHT_TIMEOUT);
+                (dst, client.connect(dst))
+            });
             thread::sleep(Duration::from_millis(100));
             client
         })
         .collect();
-    thread::sleep(Duration::from_millis(300));
+    // Until, per family, one is queued (established) and another mid-handshake (SYN sent).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (established, syn_sent) = sockets_to(world.sandbox.task(), GATED_PORT);
+        if established >= dsts.len() && syn_sent >= dsts.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "in flight: {established} queued, {syn_sent} mid-handshake");
+        thread::sleep(Duration::from_millis(20));
+    }
     let (code, out) = run(&bin, &apply);
     assert_eq!(code, 0, "the upgrade: {out}");
     assert!(out.contains("programs replaced in place (map layout 1 → 2)"), "{out}");
@@ -456,6 +476,26 @@ fn the_daemon_upgrades_twenty_tasks_of_the_previous_release_under_load() {
     }
     assert_eq!(daemon.metric(r#"intercept_apply_total{result="error"}"#), 0.0);
     assert!(daemon.stop(Signal::SIGTERM).success());
+}
+
+/// Client sockets in `netns` connected to loopback `port` (TCP states 01 established, 04 and 05
+/// FIN_WAIT: the client has sent its request and shut down its side) and connecting (02,
+/// SYN_SENT), from `/proc/thread-self/net/tcp` and `tcp6`.
+fn sockets_to(netns: &Netns, port: u16) -> (usize, usize) {
+    let tables = netns.run(|| {
+        ["tcp", "tcp6"].map(|t| fs::read_to_string(format!("/proc/thread-self/net/{t}")).expect("read /proc net tcp"))
+    });
+    let remote = format!(":{port:04X}");
+    let states: Vec<String> = tables
+        .iter()
+        .flat_map(|t| t.lines().skip(1))
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() > 3 && fields[2].ends_with(&remote)).then(|| fields[3].to_owned())
+        })
+        .collect();
+    let connected = states.iter().filter(|s| ["01", "04", "05"].contains(&s.as_str())).count();
+    (connected, states.iter().filter(|s| *s == "02").count())
 }
 
 /// The seed for this run: `FAULTS_SEED`, else the clock. Printed, so a failure can be

@@ -22,7 +22,10 @@ use std::{
 
 use intercept_tests::CLIENT_GREETING;
 
+/// How long a connect, and a read of the reply, may take; `INTERCEPT_TEST_CLIENT_TIMEOUT_MS`
+/// sets it for a test that holds connections on purpose.
 const TIMEOUT: Duration = Duration::from_secs(5);
+const TIMEOUT_VAR: &str = "INTERCEPT_TEST_CLIENT_TIMEOUT_MS";
 
 fn main() -> ExitCode {
     match run() {
@@ -43,17 +46,21 @@ fn run() -> Result<(), String> {
         _ => return Err("usage: intercept-test-client [--reply|--udp|--udp-connected] ADDR".into()),
     };
     let addr: SocketAddr = addr.parse().map_err(|e| format!("invalid address {addr:?}: {e}"))?;
+    let timeout = match std::env::var(TIMEOUT_VAR) {
+        Ok(ms) => Duration::from_millis(ms.parse().map_err(|e| format!("{TIMEOUT_VAR}={ms:?}: {e}"))?),
+        Err(_) => TIMEOUT,
+    };
     if mode.starts_with("--udp") {
         return udp(addr, mode == "--udp-connected");
     }
     let reply = mode == "--reply";
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| format!("connect to {addr}: {e}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect to {addr}: {e}"))?;
     stream.write_all(CLIENT_GREETING).map_err(|e| format!("write to {addr}: {e}"))?;
     if !reply {
         return Ok(());
     }
     stream.shutdown(Shutdown::Write).map_err(|e| format!("shut down writing to {addr}: {e}"))?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(|e| format!("set a read timeout: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| format!("set a read timeout: {e}"))?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).map_err(|e| format!("read the reply from {addr}: {e}"))?;
     if answer.is_empty() {
