@@ -579,12 +579,7 @@ pub fn track_sockets(ctx: SockOpsContext) -> u32 {
             };
             if let Some(dst) = sock_storage(&SOCK_PENDING, sock_ops_sk(ops), None).or_else(legacy) {
                 let (local, remote) = endpoints(ops);
-                let pair = SocketPair {
-                    client_addr: local.0,
-                    client_port: local.1,
-                    server_addr: remote.0,
-                    server_port: remote.1,
-                };
+                let pair = app_side(local, remote);
                 let _ = HANDOFF.insert(pair, dst, u64::from(BPF_ANY));
                 let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
                 debug!(&ctx, "established [{:i}]:{} → original [{:i}]:{}", local.0, local.1, dst.addr, dst.port);
@@ -594,8 +589,7 @@ pub fn track_sockets(ctx: SockOpsContext) -> u32 {
         // completes, before accept(2) returns it: it takes the original destination.
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             let (local, remote) = endpoints(ops);
-            let pair =
-                SocketPair { client_addr: remote.0, client_port: remote.1, server_addr: local.0, server_port: local.1 };
+            let pair = proxy_side(local, remote);
             // SAFETY: the value is copied out at once; the map's values are plain data.
             if let Some(dst) = unsafe { HANDOFF.get(pair) }.copied() {
                 sock_storage(&SOCK_ORIG, sock_ops_sk(ops), Some(dst));
@@ -631,29 +625,29 @@ pub fn track_sockets(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
             let (local, remote) = endpoints(ops);
             if sock_storage(&SOCK_PENDING, sock_ops_sk(ops), None).is_some() {
-                let pair = SocketPair {
-                    client_addr: local.0,
-                    client_port: local.1,
-                    server_addr: remote.0,
-                    server_port: remote.1,
-                };
-                let _ = HANDOFF.remove(pair);
+                let _ = HANDOFF.remove(app_side(local, remote));
             } else {
                 // A socket that layout-1 programs watched: a client never established, or a
                 // proxy socket.
                 let _ = LEGACY_PENDING.remove(cookie(ops));
-                let pair = SocketPair {
-                    client_addr: remote.0,
-                    client_port: remote.1,
-                    server_addr: local.0,
-                    server_port: local.1,
-                };
-                let _ = LEGACY_ORIG.remove(pair);
+                let _ = LEGACY_ORIG.remove(proxy_side(local, remote));
             }
         }
         _ => {}
     }
     0
+}
+
+/// A connection's key, from its app-side socket's (local, remote) endpoints.
+#[inline(always)]
+fn app_side(local: ([u8; 16], u16), remote: ([u8; 16], u16)) -> SocketPair {
+    SocketPair { client_addr: local.0, client_port: local.1, server_addr: remote.0, server_port: remote.1 }
+}
+
+/// The same key, from the proxy's side of the connection.
+#[inline(always)]
+fn proxy_side(local: ([u8; 16], u16), remote: ([u8; 16], u16)) -> SocketPair {
+    app_side(remote, local)
 }
 
 /// The socket of a sock_ops context (null for request sockets, never at the callbacks used

@@ -207,16 +207,18 @@ impl Target {
     /// The build and map layout of the installation, `None` when there is none. A layout
     /// newer than this build's is an error that names both.
     pub fn installed_version(&self) -> Result<Option<Version>, Error> {
-        let dir = self.pin_dir();
+        self.installation()?.map(|dir| installed_version(&dir)).transpose()
+    }
+
+    /// The pin directory when an installation is there: a bpffs at `bpffs` holding it.
+    fn installation(&self) -> Result<Option<PathBuf>, Error> {
         let bpffs = match fs::canonicalize(&self.bpffs) {
             Ok(path) => path,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("resolve", &self.bpffs, e)),
         };
-        if !host::is_bpffs(&bpffs)? || !dir.exists() {
-            return Ok(None);
-        }
-        installed_version(&dir).map(Some)
+        let dir = self.pin_dir();
+        Ok((host::is_bpffs(&bpffs)? && dir.exists()).then_some(dir))
     }
 
     /// Waits for any other `apply` or `remove` on this cgroup to finish, and keeps them out

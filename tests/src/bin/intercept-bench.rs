@@ -656,7 +656,16 @@ impl Drop for Scratch {
     }
 }
 
-fn run(args: &[String]) -> Result<()> {
+/// The arguments of `run` and `host-scale`: `[--quick] --doc FILE --perf-dir DIR`, and the
+/// `intercept` binary from `INTERCEPT_BIN`.
+struct Outputs {
+    quick: bool,
+    doc: PathBuf,
+    perf_dir: PathBuf,
+    intercept: PathBuf,
+}
+
+fn outputs(args: &[String]) -> Result<Outputs> {
     let mut quick = false;
     let mut doc = None;
     let mut perf_dir = None;
@@ -673,6 +682,11 @@ fn run(args: &[String]) -> Result<()> {
     let intercept =
         PathBuf::from(env::var_os("INTERCEPT_BIN").context("INTERCEPT_BIN (the intercept binary) is not set")?);
     ensure!(intercept.is_file(), "no intercept binary at {}", intercept.display());
+    Ok(Outputs { quick, doc, perf_dir, intercept })
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let Outputs { quick, doc, perf_dir, intercept } = outputs(args)?;
     // These print why they cannot run; the bench never pretends to have measured.
     nft().map_err(|reason| anyhow!("cannot run the benchmark here: {reason}"))?;
     let host = privileges().map_err(|reason| anyhow!("cannot run the benchmark here: {reason}"))?;
@@ -1701,21 +1715,7 @@ struct Scale {
 /// `host-scale [--quick] --doc FILE --perf-dir DIR`: 1, 100 and 1,000 tasks (quick: 1, 10,
 /// 100), each a cgroup and a network namespace made here with the seed configuration.
 fn host_scale(args: &[String]) -> Result<()> {
-    let mut quick = false;
-    let (mut doc, mut perf_dir) = (None, None);
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--quick" => quick = true,
-            "--doc" => doc = Some(PathBuf::from(it.next().context("--doc FILE")?)),
-            "--perf-dir" => perf_dir = Some(PathBuf::from(it.next().context("--perf-dir DIR")?)),
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    let (Some(doc), Some(perf_dir)) = (doc, perf_dir) else { bail!("--doc FILE and --perf-dir DIR are required") };
-    let intercept =
-        PathBuf::from(env::var_os("INTERCEPT_BIN").context("INTERCEPT_BIN (the intercept binary) is not set")?);
-    ensure!(intercept.is_file(), "no intercept binary at {}", intercept.display());
+    let Outputs { quick, doc, perf_dir, intercept } = outputs(args)?;
     netns_privileges().map_err(|reason| anyhow!("cannot run the benchmark here: {reason}"))?;
     let host = privileges().map_err(|reason| anyhow!("cannot run the benchmark here: {reason}"))?;
     let sizes: &[usize] = if quick { &[1, 10, 100] } else { &[1, 100, 1000] };

@@ -2,8 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs;
-use std::io;
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 
@@ -45,15 +43,7 @@ pub struct Status {
 
 /// The target's installation, or `None` when nothing is installed for it.
 pub fn status(target: &Target) -> Result<Option<Status>, Error> {
-    let dir = target.pin_dir();
-    let bpffs = match fs::canonicalize(&target.bpffs) {
-        Ok(path) => path,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("resolve", &target.bpffs, e)),
-    };
-    if !host::is_bpffs(&bpffs)? || !dir.exists() {
-        return Ok(None);
-    }
+    let Some(dir) = target.installation()? else { return Ok(None) };
     let version = super::installed_version(&dir)?;
     if version.layout != intercept_common::LAYOUT {
         return Err(Error::OlderLayout {
