@@ -114,12 +114,23 @@ impl Load {
         }
     }
 
-    fn finish(self) -> Counts {
+    fn finish(mut self) -> Counts {
+        self.stop();
+        std::mem::take(&mut *self.counts.lock().unwrap())
+    }
+
+    fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads {
-            thread.join().expect("a load thread");
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
         }
-        Arc::try_unwrap(self.counts).expect("the load threads are done").into_inner().unwrap()
+    }
+}
+
+/// A test that fails with the load running still stops it, so that the sandbox it holds goes.
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -248,7 +259,7 @@ fn connections_in_flight_across_the_upgrade_keep_their_original_destination() {
     require_netns_privileges(test);
     let host = require_privileges(test);
     let (bin, old) = (intercept_bin(test), previous(test));
-    let world = Arc::new(EbpfSandbox::new(&host, PROBE, CLIENT));
+    let world = EbpfSandbox::new(&host, PROBE, CLIENT);
     let scratch = tempfile::tempdir().expect("a scratch directory");
     // A proxy of its own on another port, which accepts nothing until the gate opens.
     let mut proxy = seed_proxy_configuration("22");
@@ -281,51 +292,57 @@ fn connections_in_flight_across_the_upgrade_keep_their_original_destination() {
     // Per family: the first connection is established and waits in the accept queue, the
     // others' SYNs are dropped (backlog 0) and retried after the upgrade.
     let dsts = [IpAddr::V4(PLAIN_V4), IpAddr::V6(PLAIN_V6)].map(|ip| SocketAddr::new(ip, 80));
-    let clients: Vec<_> = (0..3)
-        .flat_map(|_| dsts)
-        .map(|dst| {
-            let world = Arc::clone(&world);
-            let client = thread::spawn(move || {
-                // Held until the gate opens: longer than the client's default timeouts under
-                // emulation, where the upgrade alone takes seconds.
-                let client = Client::new(CLIENT)
-                    .netns(world.sandbox.task())
-                    .cgroup(&world.cgroup)
-                    .identity(APP_UID, APP_UID)
-                    .timeout(IN_FLIGHT_TIMEOUT);
-                (dst, client.connect(dst))
-            });
-            thread::sleep(Duration::from_millis(100));
-            client
-        })
-        .collect();
-    // Until, per family, one is queued (established) and another mid-handshake (SYN sent).
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (established, syn_sent) = sockets_to(world.sandbox.task(), GATED_PORT);
-        if established >= dsts.len() && syn_sent >= dsts.len() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "in flight: {established} queued, {syn_sent} mid-handshake");
-        thread::sleep(Duration::from_millis(20));
-    }
-    let (code, out) = run(&bin, &apply);
-    assert_eq!(code, 0, "the upgrade: {out}");
-    assert!(out.contains("programs replaced in place (map layout 1 → 2)"), "{out}");
     let target = Target::new(&cgroup, Some(world.bpffs.path())).expect("the target");
-    let legacy = ebpf::status(&target).expect("status").expect("installed").legacy_entries;
-    assert!(legacy >= dsts.len(), "the connections in flight are in layout 1's maps: {legacy}");
-    fs::write(&gate, "").expect("open the gate");
-    let in_flight = clients.len();
-    for client in clients {
-        let (dst, reply) = client.join().expect("a client");
-        let reply = reply.unwrap_or_else(|e| panic!("{dst}, in flight across the upgrade: {e}"));
-        assert_eq!(
-            (reply.role, reply.original, reply.local.port()),
-            (Role::EgressProxy, Some(dst), GATED_PORT),
-            "{dst}, in flight across the upgrade: {reply}"
-        );
-    }
+    // Scoped: whatever fails, the gate opens (so the clients finish) and every client is joined
+    // before the sandbox goes.
+    let (in_flight, legacy) = thread::scope(|scope| {
+        let _gate = OpenOnDrop(&gate);
+        let clients: Vec<_> = (0..3)
+            .flat_map(|_| dsts)
+            .map(|dst| {
+                let world = &world;
+                let client = scope.spawn(move || {
+                    // Held until the gate opens: longer than the client's default timeouts under
+                    // emulation, where the upgrade alone takes seconds.
+                    let client = Client::new(CLIENT)
+                        .netns(world.sandbox.task())
+                        .cgroup(&world.cgroup)
+                        .identity(APP_UID, APP_UID)
+                        .timeout(IN_FLIGHT_TIMEOUT);
+                    (dst, client.connect(dst))
+                });
+                thread::sleep(Duration::from_millis(100));
+                client
+            })
+            .collect();
+        // Until, per family, one is queued (established) and another mid-handshake (SYN sent).
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (established, syn_sent) = sockets_to(world.sandbox.task(), GATED_PORT);
+            if established >= dsts.len() && syn_sent >= dsts.len() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "in flight: {established} queued, {syn_sent} mid-handshake");
+            thread::sleep(Duration::from_millis(20));
+        }
+        let (code, out) = run(&bin, &apply);
+        assert_eq!(code, 0, "the upgrade: {out}");
+        assert!(out.contains("programs replaced in place (map layout 1 → 2)"), "{out}");
+        let legacy = ebpf::status(&target).expect("status").expect("installed").legacy_entries;
+        assert!(legacy >= dsts.len(), "the connections in flight are in layout 1's maps: {legacy}");
+        fs::write(&gate, "").expect("open the gate");
+        let in_flight = clients.len();
+        for client in clients {
+            let (dst, reply) = client.join().expect("a client");
+            let reply = reply.unwrap_or_else(|e| panic!("{dst}, in flight across the upgrade: {e}"));
+            assert_eq!(
+                (reply.role, reply.original, reply.local.port()),
+                (Role::EgressProxy, Some(dst), GATED_PORT),
+                "{dst}, in flight across the upgrade: {reply}"
+            );
+        }
+        (in_flight, legacy)
+    });
     // Their entries go as their sockets close, as layout 1's did.
     let deadline = Instant::now() + WAIT;
     loop {
@@ -476,6 +493,15 @@ fn the_daemon_upgrades_twenty_tasks_of_the_previous_release_under_load() {
     }
     assert_eq!(daemon.metric(r#"intercept_apply_total{result="error"}"#), 0.0);
     assert!(daemon.stop(Signal::SIGTERM).success());
+}
+
+/// Creates the gate file when dropped: the gated proxy starts accepting.
+struct OpenOnDrop<'a>(&'a Path);
+
+impl Drop for OpenOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = fs::write(self.0, "");
+    }
 }
 
 /// Client sockets in `netns` connected to loopback `port` (TCP states 01 established, 04 and 05
