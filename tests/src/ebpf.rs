@@ -203,7 +203,14 @@ impl TestNetns {
         run(Command::new("ip").args(["netns", "add", &netns.name]));
         netns.ip(&["link", "set", "lo", "up"]);
         for addr in addresses {
-            netns.ip(&["addr", "add", addr, "dev", "lo"]);
+            // An IPv6 address is tentative until duplicate address detection has run (from a
+            // work queue, even on loopback, where it finds nothing): binding it before then fails
+            // with EADDRNOTAVAIL, which a busy machine showed. `nodad` makes it usable at once.
+            if addr.contains(':') {
+                netns.ip(&["addr", "add", addr, "dev", "lo", "nodad"]);
+            } else {
+                netns.ip(&["addr", "add", addr, "dev", "lo"]);
+            }
         }
         netns
     }
