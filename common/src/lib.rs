@@ -83,33 +83,7 @@ pub const INCLUDED_NETS_V6_MAP: &str = "INCLUDED_V6";
 /// `sk_lookup` program assigns inbound connections to AppPorts to these sockets.
 pub const PROXY_LISTENERS_MAP: &str = "PROXY_LISTENERS";
 
-/// Every map name, for code that walks all of them (pinning, removal).
-pub const MAP_NAMES: [&str; 21] = [
-    ACTIVE_MAP,
-    CONFIG_MAP,
-    IGNORED_PORTS_MAP,
-    APP_PORTS_MAP,
-    IGNORED_NETS_V4_MAP,
-    IGNORED_NETS_V6_MAP,
-    LOCAL_NETS_V4_MAP,
-    LOCAL_NETS_V6_MAP,
-    COUNTERS_MAP,
-    PROXY_LISTENERS_MAP,
-    IGNORED_IDS_MAP,
-    INCLUDED_NETS_V4_MAP,
-    INCLUDED_NETS_V6_MAP,
-    SOCK_PENDING_MAP,
-    SOCK_ORIG_MAP,
-    SOCK_DNS_MAP,
-    HANDOFF_MAP,
-    LEGACY_PENDING_MAP,
-    LEGACY_ORIG_MAP,
-    LEGACY_DNS_MAP,
-    VERSION_MAP,
-];
-
-/// The maps that hold the configuration, rebuilt when the programs are replaced; every other
-/// map holds live state (connections, listeners, counters) and is carried over.
+/// The maps that hold the configuration, rebuilt when the programs are replaced.
 pub const CONFIG_MAP_NAMES: [&str; 11] = [
     ACTIVE_MAP,
     CONFIG_MAP,
@@ -123,6 +97,34 @@ pub const CONFIG_MAP_NAMES: [&str; 11] = [
     INCLUDED_NETS_V4_MAP,
     INCLUDED_NETS_V6_MAP,
 ];
+
+/// The maps that hold live state (connections, listeners, counters), carried over when the
+/// programs are replaced, and the installation's `VERSION`.
+pub const STATE_MAP_NAMES: [&str; 10] = [
+    COUNTERS_MAP,
+    PROXY_LISTENERS_MAP,
+    SOCK_PENDING_MAP,
+    SOCK_ORIG_MAP,
+    SOCK_DNS_MAP,
+    HANDOFF_MAP,
+    LEGACY_PENDING_MAP,
+    LEGACY_ORIG_MAP,
+    LEGACY_DNS_MAP,
+    VERSION_MAP,
+];
+
+/// Every map name, for code that walks all of them (pinning, removal): each is listed once,
+/// in one of the two lists above.
+pub const MAP_NAMES: [&str; CONFIG_MAP_NAMES.len() + STATE_MAP_NAMES.len()] = {
+    let mut all = [""; CONFIG_MAP_NAMES.len() + STATE_MAP_NAMES.len()];
+    let mut i = 0;
+    while i < all.len() {
+        all[i] =
+            if i < CONFIG_MAP_NAMES.len() { CONFIG_MAP_NAMES[i] } else { STATE_MAP_NAMES[i - CONFIG_MAP_NAMES.len()] };
+        i += 1;
+    }
+    all
+};
 
 /// The layout of the maps this build's programs use (their names, types, keys and values).
 /// Layout 1 is the builds before socket storage, which recorded no version; a build can

@@ -114,9 +114,19 @@ impl Load {
         }
     }
 
-    fn finish(mut self) -> Counts {
+    /// Stops the load, reports what it saw under `label`, and fails the test if any
+    /// connection failed or escaped.
+    fn finish(mut self, label: &str) {
         self.stop();
-        std::mem::take(&mut *self.counts.lock().unwrap())
+        let counts = std::mem::take(&mut *self.counts.lock().unwrap());
+        println!(
+            "{label}: {} connections intercepted, {} failed, {} escaped",
+            counts.intercepted,
+            counts.failed.len(),
+            counts.escaped.len()
+        );
+        assert!(counts.failed.is_empty(), "connections failed across the upgrade: {:#?}", counts.failed);
+        assert!(counts.escaped.is_empty(), "connections escaped across the upgrade: {:#?}", counts.escaped);
     }
 
     fn stop(&mut self) {
@@ -204,15 +214,7 @@ fn the_cli_upgrades_the_previous_release_under_load_and_refuses_what_it_cannot_r
     assert_eq!(code, 0, "a reconfiguration after the upgrade: {out}");
     assert!(out.contains("updated in place"), "{out}");
     load.wait_for(20);
-    let counts = load.finish();
-    println!(
-        "{test}: {} connections intercepted, {} failed, {} escaped",
-        counts.intercepted,
-        counts.failed.len(),
-        counts.escaped.len()
-    );
-    assert!(counts.failed.is_empty(), "connections failed across the upgrade: {:#?}", counts.failed);
-    assert!(counts.escaped.is_empty(), "connections escaped across the upgrade: {:#?}", counts.escaped);
+    load.finish(test);
 
     let (code, out) = run(&bin, &with("status", Some(&b)));
     assert_eq!(code, 0, "{out}");
@@ -475,15 +477,7 @@ fn the_daemon_upgrades_twenty_tasks_of_the_previous_release_under_load() {
     });
     let took = started.elapsed();
     load.wait_for(20);
-    let counts = load.finish();
-    println!(
-        "{test}: {TASKS} tasks upgraded in {took:?}; {} connections intercepted, {} failed, {} escaped",
-        counts.intercepted,
-        counts.failed.len(),
-        counts.escaped.len()
-    );
-    assert!(counts.failed.is_empty(), "connections failed across the upgrade: {:#?}", counts.failed);
-    assert!(counts.escaped.is_empty(), "connections escaped across the upgrade: {:#?}", counts.escaped);
+    load.finish(&format!("{test}: {TASKS} tasks upgraded in {took:?}"));
     let cgroups = std::iter::once(world.cgroup.path()).chain(others.iter().map(|(c, _)| c.path()));
     for cgroup in cgroups {
         let target = Target::new(cgroup.to_str().expect("UTF-8"), Some(world.bpffs.path())).expect("the target");
