@@ -226,15 +226,25 @@ impl Locks {
     /// Deletes `key`'s lock file and marker without taking the lock: for a target that no
     /// longer exists (a removed cgroup), which nobody can lock again.
     pub fn forget(&self, key: &Key) -> Result<(), Error> {
-        for path in [self.lock_path(key), self.marker_path(key)] {
-            match fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(Error::Io { op: "remove", path, source: e });
-                }
-                _ => {}
-            }
+        let marker = self.marker_path(key);
+        for path in [self.lock_path(key), staging_path(&marker), marker] {
+            remove_if_present(&path)?;
         }
         Ok(())
+    }
+}
+
+/// Where [`Held::begin`] writes the marker before renaming it into place.
+fn staging_path(marker: &Path) -> PathBuf {
+    marker.with_extension("unfinished-new")
+}
+
+fn remove_if_present(path: &Path) -> Result<(), Error> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(Error::Io { op: "remove", path: path.to_owned(), source: e })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -252,19 +262,17 @@ impl Held {
     pub fn begin(&self, operation: &str) -> Result<(), Error> {
         let text = format!("{} {operation}\n", std::process::id());
         // Written whole under another name and renamed: a reader never sees half of it.
-        let staging = self.marker.with_extension("unfinished-new");
+        let staging = staging_path(&self.marker);
         fs::write(&staging, text).map_err(io_error("write", &staging))?;
         fs::rename(&staging, &self.marker).map_err(io_error("rename", &self.marker))
     }
 
-    /// The target is whole again (what was asked for, or as it was before): no marker.
+    /// The target is whole again (what was asked for, or as it was before): no marker, and
+    /// no staged one either, which a holder killed inside [`Held::begin`] leaves (it had
+    /// changed nothing yet).
     pub fn complete(&self) -> Result<(), Error> {
-        match fs::remove_file(&self.marker) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(Error::Io { op: "remove", path: self.marker.clone(), source: e })
-            }
-            _ => Ok(()),
-        }
+        remove_if_present(&staging_path(&self.marker))?;
+        remove_if_present(&self.marker)
     }
 
     /// Releases the lock and deletes its file, for a target that has nothing installed any
@@ -398,6 +406,28 @@ mod tests {
         held.complete().unwrap();
         held.release().unwrap();
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "release leaves no file");
+    }
+
+    #[test]
+    fn a_marker_staged_by_a_holder_killed_in_begin_goes_when_a_change_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = Locks::in_dir(dir.path());
+        let held = locks.acquire(&key(), WAIT).unwrap();
+        // What `begin` leaves when killed between its write and its rename.
+        let staged = staging_path(&locks.marker_path(&key()));
+        fs::write(&staged, "17 apply\n").unwrap();
+        drop(held);
+        assert_eq!(locks.unfinished(&key()).unwrap(), None, "nothing had been changed");
+
+        let held = locks.acquire(&key(), WAIT).unwrap();
+        held.complete().unwrap();
+        assert!(!staged.exists());
+        held.release().unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "release leaves no file");
+
+        fs::write(&staged, "17 apply\n").unwrap();
+        locks.forget(&key()).unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "forget leaves no file");
     }
 
     #[test]
