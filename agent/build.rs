@@ -5,8 +5,14 @@
 //! and rustc links the BPF target with `bpf-linker`, looked up on PATH. The bpf-linker that
 //! works is the one built against the nightly toolchain's own LLVM, which `cargo xtask setup`
 //! installs into `<target dir>/tools/bin`; that directory is put first on PATH here.
+//!
+//! aya-build keeps its build of the programs under `OUT_DIR`, which is new for every profile
+//! and feature set the agent is built with (debug, test, release, clippy, the test crate's),
+//! so each would build `core` for the BPF target again (25–30 s). The programs are built the
+//! same way whatever the agent's profile, so aya-build is pointed at one directory under the
+//! target directory, `ebpf-build/`, shared by all of them, and the object is copied from there.
 
-use std::{env, ffi::OsString, path::PathBuf};
+use std::{env, ffi::OsStr, fs, path::PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya_build::Toolchain;
@@ -34,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     let path = env::var_os("PATH").unwrap_or_default();
     let path = env::join_paths(std::iter::once(PathBuf::from(&tools_bin)).chain(env::split_paths(&path)))
         .context("joining PATH")?;
-    set_path(path);
+    set_env("PATH", &path);
 
     let Package { name, manifest_path, .. } = packages
         .into_iter()
@@ -43,18 +49,32 @@ fn main() -> anyhow::Result<()> {
     let root_dir = manifest_path.parent().ok_or_else(|| anyhow!("{manifest_path} has no parent"))?;
     let package = aya_build::Package { name: name.as_str(), root_dir: root_dir.as_str(), ..Default::default() };
 
-    aya_build::build_ebpf([package], Toolchain::default()).with_context(|| {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR")?);
+    let shared = PathBuf::from(target_directory.join("ebpf-build"));
+    fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
+    // Build scripts of several profiles may run at once: one at a time builds into the shared
+    // directory and copies the object out, so none reads an object another is writing.
+    let lock =
+        fs::File::create(shared.join(".lock")).with_context(|| format!("creating {}/.lock", shared.display()))?;
+    lock.lock().with_context(|| format!("locking {}/.lock", shared.display()))?;
+    set_env("OUT_DIR", shared.as_os_str());
+    let built = aya_build::build_ebpf([package], Toolchain::default());
+    set_env("OUT_DIR", out_dir.as_os_str());
+    built.with_context(|| {
         format!(
             "building the eBPF programs in {root_dir} failed (compiler output is above, as \
              warnings). If bpf-linker or the nightly toolchain is the problem, `cargo xtask setup` \
              checks and repairs both."
         )
     })?;
+    let object = out_dir.join("intercept");
+    fs::copy(shared.join("intercept"), &object)
+        .with_context(|| format!("copying the object to {}", object.display()))?;
+    drop(lock);
 
     // An installation records the build that made it, this hash included: a build whose
     // programs differ replaces them (see `backend::ebpf::build`).
-    let object = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR")?).join("intercept");
-    let bytes = std::fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
+    let bytes = fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
     println!("cargo:rustc-env=INTERCEPT_EBPF_OBJECT_HASH={:016x}", fnv1a(&bytes));
     Ok(())
 }
@@ -64,8 +84,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
-fn set_path(path: OsString) {
-    // SAFETY: build scripts are single-threaded until aya-build spawns cargo, which inherits
-    // this PATH; nothing reads the environment concurrently.
-    unsafe { env::set_var("PATH", path) };
+fn set_env(key: &str, value: &OsStr) {
+    // SAFETY: the build script has one thread whenever it changes its environment (aya-build's
+    // threads live only inside `build_ebpf`); nothing reads the environment concurrently.
+    unsafe { env::set_var(key, value) };
 }
