@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
     let package = aya_build::Package { name: name.as_str(), root_dir: root_dir.as_str(), ..Default::default() };
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR")?);
-    let shared = PathBuf::from(target_directory.join("ebpf-build"));
+    let shared = target_directory.join("ebpf-build").into_std_path_buf();
     fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
     // Build scripts of several profiles may run at once: one at a time builds into the shared
     // directory and copies the object out, so none reads an object another is writing.
@@ -67,14 +67,14 @@ fn main() -> anyhow::Result<()> {
              checks and repairs both."
         )
     })?;
-    let object = out_dir.join("intercept");
-    fs::copy(shared.join("intercept"), &object)
-        .with_context(|| format!("copying the object to {}", object.display()))?;
+    let built = shared.join("intercept");
+    let bytes = fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
     drop(lock);
+    let object = out_dir.join("intercept");
+    fs::write(&object, &bytes).with_context(|| format!("writing {}", object.display()))?;
 
     // An installation records the build that made it, this hash included: a build whose
     // programs differ replaces them (see `backend::ebpf::build`).
-    let bytes = fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
     println!("cargo:rustc-env=INTERCEPT_EBPF_OBJECT_HASH={:016x}", fnv1a(&bytes));
     Ok(())
 }

@@ -83,8 +83,9 @@ pub const INCLUDED_NETS_V6_MAP: &str = "INCLUDED_V6";
 /// `sk_lookup` program assigns inbound connections to AppPorts to these sockets.
 pub const PROXY_LISTENERS_MAP: &str = "PROXY_LISTENERS";
 
-/// The maps that hold the configuration, rebuilt when the programs are replaced.
-pub const CONFIG_MAP_NAMES: [&str; 11] = [
+/// The maps made new when the programs are replaced: the configuration, and `VERSION`, which
+/// names the build that replaced them.
+pub const REBUILT_MAP_NAMES: [&str; 12] = [
     ACTIVE_MAP,
     CONFIG_MAP,
     IGNORED_PORTS_MAP,
@@ -96,11 +97,12 @@ pub const CONFIG_MAP_NAMES: [&str; 11] = [
     IGNORED_IDS_MAP,
     INCLUDED_NETS_V4_MAP,
     INCLUDED_NETS_V6_MAP,
+    VERSION_MAP,
 ];
 
 /// The maps that hold live state (connections, listeners, counters), carried over when the
-/// programs are replaced, and the installation's `VERSION`.
-pub const STATE_MAP_NAMES: [&str; 10] = [
+/// programs are replaced.
+pub const CARRIED_MAP_NAMES: [&str; 9] = [
     COUNTERS_MAP,
     PROXY_LISTENERS_MAP,
     SOCK_PENDING_MAP,
@@ -110,17 +112,19 @@ pub const STATE_MAP_NAMES: [&str; 10] = [
     LEGACY_PENDING_MAP,
     LEGACY_ORIG_MAP,
     LEGACY_DNS_MAP,
-    VERSION_MAP,
 ];
 
 /// Every map name, for code that walks all of them (pinning, removal): each is listed once,
 /// in one of the two lists above.
-pub const MAP_NAMES: [&str; CONFIG_MAP_NAMES.len() + STATE_MAP_NAMES.len()] = {
-    let mut all = [""; CONFIG_MAP_NAMES.len() + STATE_MAP_NAMES.len()];
+pub const MAP_NAMES: [&str; REBUILT_MAP_NAMES.len() + CARRIED_MAP_NAMES.len()] = {
+    let mut all = [""; REBUILT_MAP_NAMES.len() + CARRIED_MAP_NAMES.len()];
     let mut i = 0;
     while i < all.len() {
-        all[i] =
-            if i < CONFIG_MAP_NAMES.len() { CONFIG_MAP_NAMES[i] } else { STATE_MAP_NAMES[i - CONFIG_MAP_NAMES.len()] };
+        all[i] = if i < REBUILT_MAP_NAMES.len() {
+            REBUILT_MAP_NAMES[i]
+        } else {
+            CARRIED_MAP_NAMES[i - REBUILT_MAP_NAMES.len()]
+        };
         i += 1;
     }
     all

@@ -39,7 +39,7 @@ use aya::programs::{CgroupSockAddr, CgroupSockopt, ProgramError, SkLookup, SockO
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use aya_log::EbpfLogger;
 use intercept_common::{
-    APP_PORTS_MAP, CONFIG_MAP_NAMES, IGNORED_IDS_MAP, IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP,
+    APP_PORTS_MAP, CARRIED_MAP_NAMES, IGNORED_IDS_MAP, IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP,
     INCLUDED_NETS_V4_MAP, INCLUDED_NETS_V6_MAP, LAYOUT, LAYOUT_1_PAIRING_PINS, LEGACY_DNS_MAP, LEGACY_NEW_CAPACITY,
     LEGACY_ORIG_MAP, LEGACY_PENDING_MAP, VERSION_MAP, Version,
 };
@@ -738,7 +738,7 @@ fn replace_into(
             name
         };
         let old = dir.join(old);
-        if !CONFIG_MAP_NAMES.contains(&name) && name != VERSION_MAP && old.exists() {
+        if CARRIED_MAP_NAMES.contains(&name) && old.exists() {
             pins.insert(name, old);
             carried.push(name);
         } else {
