@@ -5,7 +5,8 @@
 //! fork and exec ([`Netns::command`]), and in-process work that must see the namespace
 //! (reading its `/proc/sys/net`) runs on a short-lived thread of its own ([`Netns::run`]).
 //! The namespace is opened once, so a target named by pid stays the same namespace even if
-//! that process exits meanwhile.
+//! that process exits meanwhile; and a command that drops capabilities opens it before it does
+//! ([`Target::opened`]).
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -32,15 +33,56 @@ pub enum Target {
     Path(PathBuf),
     /// The namespace of a running process (`/proc/PID/ns/net`).
     Pid(u32),
+    /// A namespace file opened ahead of its use ([`Target::opened`]).
+    Opened(Opened),
 }
 
+/// A namespace file opened while the process still held the capabilities it started with.
+///
+/// The kernel lets a process open another process's `/proc/PID/ns/net` (as the ECS agent
+/// names a task's namespace to its CNI plugins, `/host/proc/PID/ns/net`) only if it holds
+/// every capability that process holds, or CAP_SYS_PTRACE. Once intercept has dropped to the
+/// few capabilities its mode needs, it no longer does; entering a descriptor opened before
+/// needs CAP_SYS_ADMIN alone.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// How the namespace was named (a path or a pid), for messages.
+    named: Box<Target>,
+    fd: Arc<OwnedFd>,
+}
+
+impl PartialEq for Opened {
+    fn eq(&self, other: &Opened) -> bool {
+        self.named == other.named && Arc::ptr_eq(&self.fd, &other.fd)
+    }
+}
+
+impl Eq for Opened {}
+
 impl Target {
-    fn path(&self) -> Option<PathBuf> {
-        match self {
-            Target::Current => None,
-            Target::Path(path) => Some(path.clone()),
-            Target::Pid(pid) => Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
+    /// This target with its namespace file open now, for a command that drops capabilities
+    /// before it uses the namespace. A file that cannot be opened now is left to the first
+    /// operation, which reports it as it would have anyway, before anything is changed.
+    pub fn opened(self) -> Target {
+        let path = match &self {
+            Target::Path(path) => path.clone(),
+            Target::Pid(pid) => Target::pid_path(*pid),
+            Target::Current | Target::Opened(_) => return self,
+        };
+        match File::open(path) {
+            Ok(file) => Target::Opened(Opened { named: Box::new(self), fd: Arc::new(OwnedFd::from(file)) }),
+            Err(_) => self,
         }
+    }
+
+    /// Whether the namespace is still to be opened through a process (`--netns-pid`), which
+    /// may take CAP_SYS_PTRACE.
+    pub fn opens_through_a_process(&self) -> bool {
+        matches!(self, Target::Pid(_))
+    }
+
+    fn pid_path(pid: u32) -> PathBuf {
+        PathBuf::from(format!("/proc/{pid}/ns/net"))
     }
 }
 
@@ -50,6 +92,7 @@ impl fmt::Display for Target {
             Target::Current => f.write_str("the current network namespace"),
             Target::Path(path) => write!(f, "network namespace {}", path.display()),
             Target::Pid(pid) => write!(f, "network namespace of pid {pid} (/proc/{pid}/ns/net)"),
+            Target::Opened(opened) => opened.named.fmt(f),
         }
     }
 }
@@ -93,11 +136,20 @@ impl Netns {
 
     /// Opens `target` and checks that it is a network namespace intercept may enter.
     pub fn open(target: Target) -> Result<Netns, Error> {
-        let Some(path) = target.path() else {
-            return Ok(Netns::current());
+        let path = match &target {
+            Target::Current => return Ok(Netns::current()),
+            Target::Opened(opened) => {
+                let fd = Arc::clone(&opened.fd);
+                return Netns::checked(Netns { target, fd: Some(fd) });
+            }
+            Target::Path(path) => path.clone(),
+            Target::Pid(pid) => Target::pid_path(*pid),
         };
         let file = File::open(&path).map_err(|source| Error::Open { target: target.clone(), source })?;
-        let netns = Netns { target, fd: Some(Arc::new(OwnedFd::from(file))) };
+        Netns::checked(Netns { target, fd: Some(Arc::new(OwnedFd::from(file))) })
+    }
+
+    fn checked(netns: Netns) -> Result<Netns, Error> {
         // Entering it once up front turns a wrong path or a missing capability into a clear
         // error before anything is changed.
         netns.run(|| ())?;
@@ -172,9 +224,34 @@ mod tests {
 
     #[test]
     fn pid_targets_name_their_proc_file() {
-        assert_eq!(Target::Pid(42).path(), Some(PathBuf::from("/proc/42/ns/net")));
-        assert_eq!(Target::Current.path(), None);
+        assert_eq!(Target::pid_path(42), PathBuf::from("/proc/42/ns/net"));
         assert_eq!(Target::Pid(42).to_string(), "network namespace of pid 42 (/proc/42/ns/net)");
+    }
+
+    #[test]
+    fn an_opened_target_keeps_its_name_and_its_namespace() {
+        let opened = Target::Pid(std::process::id()).opened();
+        assert!(matches!(opened, Target::Opened(_)), "{opened:?}");
+        assert!(!opened.opens_through_a_process() && Target::Pid(1).opens_through_a_process());
+        let pid = std::process::id();
+        assert_eq!(opened.to_string(), format!("network namespace of pid {pid} (/proc/{pid}/ns/net)"));
+        assert_eq!(opened.clone().opened(), opened, "opening an opened target again changes nothing");
+        // The descriptor is the namespace: the same file whichever way it is reached.
+        let nsfs = std::fs::metadata("/proc/self/ns/net").unwrap();
+        let fd = match &opened {
+            Target::Opened(o) => File::from(o.fd.try_clone().unwrap()).metadata().unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((fd.dev(), fd.ino()), (nsfs.dev(), nsfs.ino()));
+    }
+
+    #[test]
+    fn a_target_that_cannot_be_opened_now_is_left_to_its_first_use() {
+        let missing = Target::Path("/nonexistent/netns".into());
+        assert_eq!(missing.clone().opened(), missing);
+        assert_eq!(Target::Current.opened(), Target::Current);
+        let err = Netns::open(missing.opened()).unwrap_err();
+        assert!(matches!(err, Error::Open { .. }), "{err:?}");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! | `apply --backend nftables`             | NET_ADMIN                                     |
 //! | `apply --backend ebpf`                 | BPF, PERFMON, NET_ADMIN                       |
 //! | any of them with `--netns`/`--netns-pid` | + SYS_ADMIN                                 |
-//! | any of them with `--netns-pid`         | + SYS_PTRACE                                  |
+//! | … with `--netns-pid`, unless the namespace opens before the drop | + SYS_PTRACE           |
 //! | … eBPF, optional (kept when held)      | SYS_ADMIN (mount the bpffs), SYS_PTRACE and DAC_READ_SEARCH (take a running proxy's listener) |
 //! | `intercept daemon`                     | [`DAEMON`]: all of the above, SYS_ADMIN standing in for BPF and PERFMON |
 //!
@@ -101,13 +101,15 @@ pub const DAEMON: [Requirement; 6] = [
 ];
 
 /// The capabilities `apply` must hold: the backend's, SYS_ADMIN to enter another network
-/// namespace, and SYS_PTRACE to open it through a process (`--netns-pid`).
+/// namespace, and SYS_PTRACE to open it through a process (`--netns-pid`) when it is not open
+/// already ([`Target::opened`]).
 pub fn apply_requirements(backend: &[Requirement], netns: &Target) -> Vec<Requirement> {
     let mut out = backend.to_vec();
-    match netns {
-        Target::Current => {}
-        Target::Path(_) => out.push(SYS_ADMIN_NETNS),
-        Target::Pid(_) => out.extend([SYS_ADMIN_NETNS, SYS_PTRACE_NETNS_PID]),
+    if *netns != Target::Current {
+        out.push(SYS_ADMIN_NETNS);
+    }
+    if netns.opens_through_a_process() {
+        out.push(SYS_PTRACE_NETNS_PID);
     }
     out
 }
@@ -280,6 +282,8 @@ mod tests {
         assert_eq!(names(&Target::Current), ["CAP_NET_ADMIN"]);
         assert_eq!(names(&Target::Path("/run/netns/t".into())), ["CAP_NET_ADMIN", "CAP_SYS_ADMIN"]);
         assert_eq!(names(&Target::Pid(7)), ["CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]);
+        // Opened already: entering it is all that is left.
+        assert_eq!(names(&Target::Pid(std::process::id()).opened()), ["CAP_NET_ADMIN", "CAP_SYS_ADMIN"]);
     }
 
     #[test]

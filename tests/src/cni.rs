@@ -96,7 +96,7 @@ impl PluginDir {
     }
 }
 
-fn run(cmd: &mut Command, stdin: &[u8]) -> Outcome {
+pub(crate) fn run(cmd: &mut Command, stdin: &[u8]) -> Outcome {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run the plugin");
     if let Some(mut pipe) = child.stdin.take() {
         // A plugin that refuses before reading closes the pipe: not the test's failure.
@@ -107,6 +107,70 @@ fn run(cmd: &mut Command, stdin: &[u8]) -> Outcome {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The network configuration the ECS agent gave `aws-appmesh` in a recorded run, byte for byte,
+/// the same for ADD and DEL: libcni added `name` and `cniVersion`, the agent appended the two
+/// metadata IPs.
+pub const RECORDED_NETCONF: &str = r#"{"appPorts":["9080"],"cniVersion":"0.3.0","egressIgnoredIPs":["169.254.170.2","169.254.169.254"],"egressIgnoredPorts":["22"],"ignoredUID":"1337","name":"network-name","proxyEgressPort":"15001","proxyIngressPort":"15000","type":"aws-appmesh"}"#;
+
+/// [`RECORDED_NETCONF`] with other `egressIgnoredPorts`, written as the agent writes them.
+pub fn recorded_netconf_with_ports(ports: &[String]) -> String {
+    let ports = serde_json::to_string(ports).expect("serialisable");
+    let recorded = r#""egressIgnoredPorts":["22"]"#;
+    assert!(RECORDED_NETCONF.contains(recorded));
+    RECORDED_NETCONF.replace(recorded, &format!(r#""egressIgnoredPorts":{ports}"#))
+}
+
+/// The environment the ECS agent runs a CNI plugin with (libcni's `CNI_*`, and the agent's
+/// own logging variables), for `command` on the task whose pause container is `container_id`.
+pub fn agent_environment(command: &str, container_id: &str, netns: &str) -> Vec<(String, String)> {
+    [
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", container_id),
+        ("CNI_NETNS", netns),
+        ("CNI_ARGS", ""),
+        ("CNI_IFNAME", "aws-appmesh"),
+        ("CNI_PATH", "/plugins"),
+        ("ECS_CNI_LOGLEVEL", "info"),
+        ("VPC_CNI_LOG_LEVEL", "info"),
+        ("VPC_CNI_LOG_FILE", "/log/vpc-branch-eni.log"),
+    ]
+    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+    .into()
+}
+
+/// Checks that `result` is what libcni accepts as a CNI 0.3.0 result (`types/100`, which
+/// the ECS agent parses ADD's output as): the version, and every field it knows with the
+/// type it decodes it into (`interfaces`, `ips` with an address in CIDR form, `routes`, `dns`).
+pub fn assert_cni_030_result(result: &Value) {
+    let object = result.as_object().unwrap_or_else(|| panic!("a result is a JSON object: {result}"));
+    assert_eq!(object.get("cniVersion"), Some(&json!("0.3.0")), "{result}");
+    let strings = |value: &Value, what: &str| {
+        let items = value.as_array().unwrap_or_else(|| panic!("{what} is an array of strings: {result}"));
+        assert!(items.iter().all(Value::is_string), "{what} is an array of strings: {result}");
+    };
+    let array = |key: &str| object.get(key).map(|v| v.as_array().unwrap_or_else(|| panic!("{key}: {result}")).clone());
+    for interface in array("interfaces").unwrap_or_default() {
+        assert!(interface["name"].is_string(), "an interface has a name: {result}");
+    }
+    for ip in array("ips").unwrap_or_default() {
+        assert!(matches!(ip["version"].as_str(), Some("4" | "6")), "{result}");
+        let address = ip["address"].as_str().unwrap_or_else(|| panic!("an ip has an address: {result}"));
+        assert!(address.parse::<ipnet::IpNet>().is_ok(), "{address} is in CIDR form: {result}");
+    }
+    for route in array("routes").unwrap_or_default() {
+        assert!(route["dst"].as_str().is_some_and(|d| d.parse::<ipnet::IpNet>().is_ok()), "{result}");
+    }
+    if let Some(dns) = object.get("dns") {
+        let dns = dns.as_object().unwrap_or_else(|| panic!("dns is an object: {result}"));
+        for key in ["nameservers", "search", "options"] {
+            if let Some(value) = dns.get(key) {
+                strings(value, key);
+            }
+        }
+        assert!(dns.get("domain").is_none_or(Value::is_string), "{result}");
     }
 }
 

@@ -378,34 +378,34 @@ impl Task {
     /// starts first.
     pub fn start_bare_pause(&mut self) {
         let mut args = vec!["run".to_owned(), "--detach".to_owned()];
-        args.extend(self.options("~internal~ecs~pause"));
+        args.extend(self.options(PAUSE));
         args.extend(["--network", "none", "--entrypoint", "sleep"].map(str::to_owned));
         args.extend([crate::containers::BASE.to_owned(), "infinity".to_owned()]);
-        self.start(&args, "~internal~ecs~pause");
+        self.start(&args, PAUSE);
     }
 
     /// Starts the pause container and wires its namespace to a remote one.
     pub fn start_pause(&mut self) -> Topology {
         let mut args = vec!["run".to_owned(), "--detach".to_owned()];
-        args.extend(self.options("~internal~ecs~pause"));
+        args.extend(self.options(PAUSE));
         args.extend(["--network", "none", "--entrypoint", "sleep"].map(str::to_owned));
         args.extend([crate::containers::BASE.to_owned(), "infinity".to_owned()]);
-        self.start(&args, "~internal~ecs~pause");
-        let pid = self.pid("~internal~ecs~pause");
+        self.start(&args, PAUSE);
+        let pid = self.pid(PAUSE);
         Topology::around(Netns::attach("task", pid))
     }
 
     /// The options that put a container in the task's one pid namespace (ECS `pidMode:
     /// "task"`): the pause container's.
     pub fn shared_pid(&self) -> Vec<String> {
-        vec!["--pid".to_owned(), format!("container:{}", self.name("~internal~ecs~pause"))]
+        vec!["--pid".to_owned(), format!("container:{}", self.name(PAUSE))]
     }
 
     /// `docker run --detach <options> <image> <command>` in the pause container's namespace.
     pub fn start_in_task(&mut self, container: &str, options: &[String], image: &str, command: &[String]) {
         let mut args = vec!["run".to_owned(), "--detach".to_owned()];
         args.extend(self.options(container));
-        args.extend(["--network".to_owned(), format!("container:{}", self.name("~internal~ecs~pause"))]);
+        args.extend(["--network".to_owned(), format!("container:{}", self.name(PAUSE))]);
         args.extend(options.iter().cloned());
         args.push(image.to_owned());
         args.extend(command.iter().cloned());
@@ -432,6 +432,49 @@ impl Task {
         let code = self.engine.must(&["wait", &name]).parse().expect("an exit code");
         let out = self.engine.docker().args(["logs", &name]).output().expect("docker logs");
         (code, format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+
+    /// The ECS agent's container as it runs on an EC2 host, to call CNI plugins from (see
+    /// [`Task::cni`]): Docker's default capabilities plus NET_ADMIN and SYS_ADMIN (no
+    /// SYS_PTRACE), the host's `/proc` at `/host/proc`, the host's `/usr/sbin` and libraries
+    /// (and `/sbin` at `/host/sbin`) read-only, and `plugin` as `/plugins/aws-appmesh`. Unlike
+    /// the agent it has no host network (`--network none`): a plugin that worked in its own
+    /// namespace instead of the task's would change this container's only.
+    pub fn start_ecs_agent(&mut self, plugin: &Path) {
+        let mut args = vec!["run".to_owned(), "--detach".to_owned()];
+        args.extend(self.options(ECS_AGENT));
+        args.extend(["--network", "none", "--cap-add", "NET_ADMIN", "--cap-add", "SYS_ADMIN"].map(str::to_owned));
+        args.extend(["--volume".to_owned(), "/proc:/host/proc:ro".to_owned()]);
+        args.extend(["--volume".to_owned(), "/sbin:/host/sbin:ro".to_owned()]);
+        // Only real directories: on a merged-/usr host `/lib` and `/lib64` are links into /usr.
+        for dir in ["/usr/sbin", "/usr/lib", "/usr/lib64", "/lib", "/lib64"] {
+            if fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+                args.extend(["--volume".to_owned(), format!("{dir}:{dir}:ro")]);
+            }
+        }
+        args.extend(["--volume".to_owned(), format!("{}:/plugins/aws-appmesh:ro", plugin.display())]);
+        args.extend(["--entrypoint", "sleep", BASE, "infinity"].map(str::to_owned));
+        self.start(&args, ECS_AGENT);
+    }
+
+    /// The engine's id of one of the task's containers (what the agent passes as
+    /// `CNI_CONTAINERID` for the pause container).
+    pub fn container_id(&self, container: &str) -> String {
+        self.engine.must(&["inspect", "--format", "{{.Id}}", &self.name(container)])
+    }
+
+    /// One call of `aws-appmesh` in the agent's container ([`Task::start_ecs_agent`]), as the
+    /// agent makes it: `stdin` on stdin, and the agent's environment
+    /// ([`crate::cni::agent_environment`]) with `CNI_NETNS` = `netns`, as seen in that container.
+    pub fn cni(&self, command: &str, netns: &str, stdin: &[u8]) -> crate::cni::Outcome {
+        let pause = self.container_id(PAUSE);
+        let mut exec = self.engine.docker();
+        exec.args(["exec", "--interactive"]);
+        for (name, value) in crate::cni::agent_environment(command, &pause, netns) {
+            exec.args(["--env", &format!("{name}={value}")]);
+        }
+        exec.args([&self.name(ECS_AGENT), "/plugins/aws-appmesh"]);
+        crate::cni::run(exec.stdin(Stdio::piped()), stdin)
     }
 
     pub fn pid(&self, container: &str) -> u32 {
@@ -553,6 +596,12 @@ fn parents_created() -> Vec<PathBuf> {
         .filter(|p| p.exists())
         .collect()
 }
+
+/// The ECS agent's name for a task's pause container.
+pub const PAUSE: &str = "~internal~ecs~pause";
+
+/// The name of the agent-shaped container of [`Task::start_ecs_agent`].
+const ECS_AGENT: &str = "ecs-agent";
 
 /// The Debian base the image is built on, for the pause, proxy and app containers.
 pub const BASE: &str = "intercept-base:bookworm";

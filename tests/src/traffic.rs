@@ -489,7 +489,12 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new(spec: &SandboxSpec) -> Sandbox {
-        let topology = crate::topology::Topology::new();
+        Sandbox::around(crate::topology::Topology::new(), spec)
+    }
+
+    /// The listeners of `spec` in a topology made elsewhere (around a pause container's
+    /// namespace, [`crate::topology::Topology::around`]).
+    pub fn around(topology: crate::topology::Topology, spec: &SandboxSpec) -> Sandbox {
         topology.add_remote_addresses(&spec.remote_addresses);
         let everywhere = |role: Role, ports: &[u16]| -> Vec<(Role, SocketAddr)> {
             ports

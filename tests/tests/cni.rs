@@ -13,7 +13,7 @@ use intercept::model::Reason;
 use intercept_tests::{
     cases::{self, APP_GID, APP_PORT, APP_UID, REMOTE_PORT, V4, V6, check, config, into_task, out, sandbox},
     cni::{PluginDir, agent_netconf, ipv4_only, no_lock_left, nothing_left, with},
-    topology::{Netns, require_netns_privileges, require_nft},
+    topology::{Netns, Sleeper, require_netns_privileges, require_nft},
 };
 use serde_json::json;
 
@@ -173,10 +173,37 @@ fn capabilities_version_and_a_missing_environment() {
     let plugin = PluginDir::new("capabilities_version_and_a_missing_environment");
     let capabilities = plugin.run_args(&["--capabilities"]);
     capabilities.assert_success();
-    assert_eq!(capabilities.json(), json!({"capabilities": ["awsvpc-network-mode"]}));
+    assert_eq!(capabilities.json(), json!({}), "the reference plugin's answer");
     let version = plugin.call("VERSION", None, b"{\"cniVersion\": \"1.0.0\"}");
     version.assert_success();
     assert_eq!(version.json()["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0"]));
     let nothing = plugin.run_args(&[]);
     assert_eq!(nothing.error_code(), u64::from(intercept::cni::code::INVALID_ENVIRONMENT));
+}
+
+/// `CNI_NETNS=/proc/<pid>/ns/net` of a process holding root's full capability set: ADD drops
+/// capabilities that process holds, so it opens the namespace before it does; ADD and DEL
+/// succeed, and DEL leaves nothing.
+#[test]
+#[ignore = "privileged (root, namespaces): `cargo xtask test` runs it"]
+fn a_namespace_named_by_a_process_holding_every_capability() {
+    let test = "a_namespace_named_by_a_process_holding_every_capability";
+    require_netns_privileges(test);
+    let plugin = PluginDir::new(test);
+    let netns = Netns::create("cni");
+    let sleeper = Sleeper::start(&netns);
+    let capabilities = |pid: &str, set: &str| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status.lines().find_map(|l| l.strip_prefix(set)).unwrap().trim().to_owned()
+    };
+    let root = capabilities("self", "CapEff:");
+    assert_eq!(capabilities(&sleeper.pid().to_string(), "CapPrm:"), root, "the process holds root's capabilities");
+    let path = std::path::PathBuf::from(format!("/proc/{}/ns/net", sleeper.pid()));
+    let netconf = serde_json::to_vec(&agent_netconf(&config())).unwrap();
+    plugin.call("ADD", Some(&path), &netconf).assert_success();
+    assert!(tables(&netns).contains("INTERCEPT_EGRESS"), "installed in the process's namespace");
+    for _ in 0..2 {
+        plugin.call("DEL", Some(&path), &netconf).assert_success();
+        nothing_left(&netns);
+    }
 }

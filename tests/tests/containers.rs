@@ -19,12 +19,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use intercept_tests::{
-    containers::{Engine, InitContainer, Task, require_engine},
-    ebpf::TestBpffs,
-    topology::{Topology, intercept_bin},
-    traffic::{Client, Listeners, Role},
+use intercept::{
+    cni::code,
+    config::{Ingress, PortRange, PortSet, ProxyConfig},
+    model::Reason,
 };
+use intercept_tests::{
+    cases::{APP_GID, APP_UID, Case, V4, check, into_task, out},
+    cni::{assert_cni_030_result, nothing_left, recorded_netconf_with_ports},
+    containers::{Engine, InitContainer, PAUSE, Task, require_engine},
+    ebpf::TestBpffs,
+    topology::{METADATA, Topology, intercept_bin},
+    traffic::{Client, Listeners, Role, Sandbox, SandboxSpec},
+};
+use serde_json::json;
 
 const CLIENT: &str = env!("CARGO_BIN_EXE_intercept-test-client");
 const IPTABLES: &str = "ecs-task-definition-ec2.json";
@@ -334,6 +342,132 @@ fn a_proxy_that_is_not_ignored_intercepts_itself() {
     let reply = String::from_utf8_lossy(&looped.stdout);
     assert!(reply.starts_with("egress-proxy"), "the proxy's upstream connection came back to itself: {reply}");
     stop_and_assert_nothing_left(run);
+}
+
+/// intercept as `aws-appmesh`, called as the ECS agent calls it on an EC2 host: from a
+/// container shaped like the agent's ([`Task::start_ecs_agent`]), on the namespace of a pause
+/// container that holds Docker's default capabilities, named as the agent names it
+/// (`/host/proc/<pid>/ns/net`), with the recorded stdin and the agent's environment. ADD drops
+/// capabilities the pause container holds, so it must open the namespace before (issue 24).
+/// With 1 and with 20 ignored ports: ADD twice, each result a CNI 0.3.0 result; every
+/// connection as the model says; CHECK twice (the recorded 0.3.0 configuration is refused, as
+/// libcni and the reference plugin refuse CHECK below 0.4.0; at 0.4.0 it passes); DEL twice,
+/// leaving nothing.
+#[test]
+#[ignore = "privileged (root, namespaces, a container engine): `cargo xtask test` runs it"]
+fn the_ecs_agents_cni_calls_from_its_container() {
+    let test = "the_ecs_agents_cni_calls_from_its_container";
+    let engine = require_engine(test);
+    let plugin = intercept_bin(test);
+    let twenty: Vec<String> = std::iter::once(22).chain(8100..8119).map(|p: u16| p.to_string()).collect();
+    for ports in [vec!["22".to_owned()], twenty] {
+        let what = format!("{} ignored port(s)", ports.len());
+        let stdin = recorded_netconf_with_ports(&ports);
+        let mut task = Task::new(&engine);
+        let topology = task.start_pause();
+        task.start_ecs_agent(&plugin);
+        let netns = format!("/host/proc/{}/ns/net", task.pid(PAUSE));
+        let model = recorded_model(&ports);
+        let last = model.egress_ignored_ports.ranges().last().expect("ports").end;
+        let mut remote_ports = vec![80, 22, last, last + 1];
+        remote_ports.sort_unstable();
+        remote_ports.dedup();
+        let sandbox = Sandbox::around(
+            topology,
+            &SandboxSpec {
+                egress_proxy_ports: vec![15001],
+                ingress_proxy_ports: vec![15000],
+                app_ports: vec![9080, 9090],
+                remote_ports,
+                remote_addresses: vec![V4.plain],
+                ..SandboxSpec::default()
+            },
+        );
+        for _ in 0..2 {
+            let add = task.cni("ADD", &netns, stdin.as_bytes());
+            add.assert_success();
+            assert_cni_030_result(&add.json());
+            assert_eq!(add.json(), json!({"cniVersion": "0.3.0", "dns": {}}), "{what}");
+        }
+        check(CLIENT, &sandbox, &model, &recorded_cases(last));
+        let at_040 = stdin.replace(r#""cniVersion":"0.3.0""#, r#""cniVersion":"0.4.0""#);
+        for _ in 0..2 {
+            let refused = task.cni("CHECK", &netns, stdin.as_bytes());
+            assert_eq!(refused.error_code(), u64::from(code::INCOMPATIBLE_VERSION), "{what}");
+            task.cni("CHECK", &netns, at_040.as_bytes()).assert_success();
+        }
+        for _ in 0..2 {
+            let del = task.cni("DEL", &netns, stdin.as_bytes());
+            del.assert_success();
+            assert_eq!(del.stdout, "", "{what}: DEL prints nothing on success");
+            nothing_left(sandbox.task());
+        }
+        drop(task);
+    }
+}
+
+/// The configuration the recorded netconfig stands for, with `ports` ignored, as the model
+/// takes it: IPv4 only, as the agent never enables IPv6.
+fn recorded_model(ports: &[String]) -> ProxyConfig {
+    ProxyConfig {
+        ignored_uids: vec![1337],
+        ignored_gids: Vec::new(),
+        proxy_egress_port: 15001,
+        ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
+        egress_ignored_ports: PortSet::from_ranges(ports.iter().map(|p| PortRange::single(p.parse().unwrap()))),
+        egress_ignored_ips: METADATA.iter().map(|ip| format!("{ip}/32").parse().unwrap()).collect(),
+        egress_included_ips: None,
+        proxy_dns_port: None,
+        implicit_exemptions: true,
+        ipv6: false,
+    }
+}
+
+/// Each decision of [`recorded_model`], `last` being its highest ignored port.
+fn recorded_cases(last: u16) -> Vec<Case> {
+    let app = (APP_UID, APP_GID);
+    vec![
+        out("plain egress", app.0, app.1, V4.plain, 80, None),
+        out("egress to the gateway", app.0, app.1, V4.gateway, 80, None),
+        out("IgnoredUID", 1337, 1337, V4.plain, 80, Some(Reason::IgnoredUid)),
+        out("port 22", app.0, app.1, V4.plain, 22, Some(Reason::IgnoredPort)),
+        out("the highest ignored port", app.0, app.1, V4.plain, last, Some(Reason::IgnoredPort)),
+        out("the port after it", app.0, app.1, V4.plain, last + 1, None),
+        out("task metadata", app.0, app.1, std::net::IpAddr::V4(METADATA[0]), 80, Some(Reason::IgnoredIp)),
+        out("loopback", app.0, app.1, V4.loopback, 9080, Some(Reason::LocalDestination)),
+        into_task("ingress to the AppPort", V4.task, 9080, None),
+        into_task("ingress to another port", V4.task, 9090, Some(Reason::NotAppPort)),
+    ]
+}
+
+/// `intercept apply --netns /proc/<pid>/ns/net` on the host, for a pause container that holds
+/// capabilities intercept drops (Docker's defaults: CHOWN, DAC_OVERRIDE, …): the namespace is
+/// opened before the drop, so apply, status and remove all work in it.
+#[test]
+#[ignore = "privileged (root, namespaces, a container engine): `cargo xtask test` runs it"]
+fn the_cli_works_in_the_namespace_of_a_process_holding_more_capabilities() {
+    let test = "the_cli_works_in_the_namespace_of_a_process_holding_more_capabilities";
+    let engine = require_engine(test);
+    let mut task = Task::new(&engine);
+    let topology = task.start_pause();
+    let netns = format!("/proc/{}/ns/net", task.pid(PAUSE));
+    let run = |verb: &str, extra: &[&str]| {
+        let out = Command::new(intercept_bin(test))
+            .args([verb, "--backend", "iptables", "--netns", &netns])
+            .args(extra)
+            .envs([("APPMESH_IGNORE_UID", "1337"), ("APPMESH_ENVOY_EGRESS_PORT", "15001")])
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), text)
+    };
+    let (code, out) = run("apply", &["--from-env"]);
+    assert_eq!(code, Some(0), "apply: {out}");
+    let (code, out) = run("status", &["--from-env"]);
+    assert_eq!(code, Some(0), "status: {out}");
+    let (code, out) = run("remove", &[]);
+    assert_eq!(code, Some(0), "remove: {out}");
+    nothing_left(&topology.task);
 }
 
 /// The pins under the test's bpffs, by cgroup id.

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Args;
 use intercept::backend::ApplyOptions;
 use intercept::config::ConfigArgs;
-use intercept::netns::Netns;
+use intercept::netns::{self, Netns};
 use intercept::plan::Format;
 use intercept::privileges;
 use intercept::readiness::{self, InstallWhen};
@@ -84,24 +84,25 @@ pub fn run(args: ApplyArgs) -> Outcome {
     super::warn(&validated);
     let config = &validated.config;
     args.readiness.check(input.task_definition.as_ref())?;
-    let backend = args.target.open_one()?;
+    let target = args.target.target();
+    let backend = args.target.open_one(&target)?;
     let options = ApplyOptions { dry_run: args.dry_run, events: args.bpf_log };
     backend.accepts(options)?;
     let requirements = backend.requirements(Some(config));
     privileges::check_and_restrict(
-        &privileges::apply_requirements(&requirements.capabilities, &args.target.netns()),
+        &privileges::apply_requirements(&requirements.capabilities, &target.netns),
         &requirements.optional,
     )
     .map_err(|e| anyhow::anyhow!("{e}\nnothing was changed"))?;
     let (before, after) = args.readiness.waits();
     let timeout = Duration::from_secs(args.readiness.proxy_timeout);
     if let (Some(url), false) = (before, args.dry_run) {
-        wait_for_proxy(url, timeout, &open_netns(&args.target)?).context("nothing was installed")?;
+        wait_for_proxy(url, timeout, &open_netns(&target.netns)?).context("nothing was installed")?;
     }
     let change = backend.apply(config, options)?;
     print_report(&change.warnings, change.report.as_ref(), args.format)?;
     if let (Some(url), false) = (after, args.dry_run) {
-        wait_for_proxy(url, timeout, &open_netns(&args.target)?).context("interception is installed")?;
+        wait_for_proxy(url, timeout, &open_netns(&target.netns)?).context("interception is installed")?;
     }
     // Installed: nothing more needs a capability (the eBPF events are read from a ring buffer
     // already open).
@@ -115,8 +116,8 @@ pub fn run(args: ApplyArgs) -> Outcome {
 
 /// The target namespace, to wait for the proxy in; one that names nothing usable is bad
 /// input.
-fn open_netns(target: &TargetArgs) -> Result<Netns, Failure> {
-    Netns::open(target.netns()).map_err(|e| intercept::backend::Error::netns(e).into())
+fn open_netns(target: &netns::Target) -> Result<Netns, Failure> {
+    Netns::open(target.clone()).map_err(|e| intercept::backend::Error::netns(e).into())
 }
 
 fn wait_for_proxy(url: &str, timeout: Duration, netns: &Netns) -> anyhow::Result<()> {

@@ -15,8 +15,8 @@ use intercept::{error_chain, netns, privileges};
 
 #[derive(Debug, Args)]
 pub struct CniArgs {
-    /// Print the plugin's capabilities as JSON (`{"capabilities": [...]}`), as the ECS agent
-    /// asks every plugin of its directory when it starts
+    /// Print the plugin's capabilities as JSON (none: `{}`, as the reference plugin), as the
+    /// ECS agent asks every plugin of its directory when it starts
     #[arg(long)]
     capabilities: bool,
 }
@@ -117,7 +117,7 @@ fn check(request: &Request, netconf: &Netconf) -> Result<String, Error> {
 /// namespace that is gone, or holds nothing of intercept's, is success.
 fn del(request: &Request) -> Result<String, Error> {
     let Some(netns) = request.netns.as_deref() else { return Ok(String::new()) };
-    let target = Target::netns(netns::Target::Path(netns.to_owned()));
+    let target = Target::netns(netns::Target::Path(netns.to_owned()).opened());
     let opened = match backend::open_choice(Choice::Auto, &target, Purpose::Remove) {
         Err(e) if e.target_gone() => return Ok(String::new()),
         other => {
@@ -140,10 +140,13 @@ fn del(request: &Request) -> Result<String, Error> {
 }
 
 /// The namespace of ADD and CHECK (which [`cni::read_request`] requires), and the target.
+/// The namespace is opened here, before ADD drops capabilities: the ECS agent names it
+/// `/host/proc/<pid>/ns/net`, which only a process holding every capability of the pause
+/// container may open ([`netns::Opened`]).
 fn target<'a>(request: &'a Request, netconf: &Netconf) -> (&'a Path, Target) {
     let netns = request.netns.as_deref().expect("ADD and CHECK come with CNI_NETNS");
     let target = Target {
-        netns: netns::Target::Path(netns.to_owned()),
+        netns: netns::Target::Path(netns.to_owned()).opened(),
         cgroup: None,
         bpffs: None,
         iptables_mode: netconf.iptables_mode,

@@ -110,7 +110,7 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
-    pub fn netns(&self) -> netns::Target {
+    fn netns(&self) -> netns::Target {
         match (&self.netns, self.netns_pid) {
             (Some(path), _) => netns::Target::Path(path.clone()),
             (None, Some(pid)) => netns::Target::Pid(pid),
@@ -118,9 +118,11 @@ impl TargetArgs {
         }
     }
 
+    /// Where to work, the namespace opened now: `apply` drops capabilities before it enters
+    /// it, and could not open another process's namespace afterwards ([`netns::Opened`]).
     pub fn target(&self) -> backend::Target {
         backend::Target {
-            netns: self.netns(),
+            netns: self.netns().opened(),
             cgroup: self.cgroup.clone(),
             bpffs: self.bpffs.clone(),
             iptables_mode: self.iptables_mode,
@@ -131,7 +133,11 @@ impl TargetArgs {
     /// The backends `--backend` names for `purpose`; what `auto` chose, and why, is said on
     /// stderr.
     pub fn open(&self, purpose: Purpose) -> Result<Vec<Opened>, Failure> {
-        let opened = backend::open_choice(self.backend, &self.target(), purpose)?;
+        self.open_at(&self.target(), purpose)
+    }
+
+    fn open_at(&self, target: &backend::Target, purpose: Purpose) -> Result<Vec<Opened>, Failure> {
+        let opened = backend::open_choice(self.backend, target, purpose)?;
         for o in &opened {
             if let Some(reason) = &o.reason {
                 eprintln!("backend auto: {} ({reason})", o.backend.kind());
@@ -140,9 +146,10 @@ impl TargetArgs {
         Ok(opened)
     }
 
-    /// The one backend `apply`, `status` and `verify` work with.
-    pub fn open_one(&self) -> Result<Box<dyn backend::Backend>, Failure> {
-        let mut opened = self.open(Purpose::Use)?;
+    /// The one backend `apply`, `status` and `verify` work with, at `target` (from
+    /// [`TargetArgs::target`]).
+    pub fn open_one(&self, target: &backend::Target) -> Result<Box<dyn backend::Backend>, Failure> {
+        let mut opened = self.open_at(target, Purpose::Use)?;
         Ok(opened.remove(0).backend)
     }
 }

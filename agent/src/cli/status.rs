@@ -20,7 +20,7 @@ pub struct StatusArgs {
 /// Exit 0 when installed and matching the configuration (when one is given), 1 otherwise.
 pub fn run(args: StatusArgs) -> Outcome {
     let config = if args.config.given() { Some(validated(&args.config)?.config) } else { None };
-    let backend = args.target.open_one()?;
+    let backend = args.target.open_one(&args.target.target())?;
     let status = backend.status(config.as_ref())?;
     print_report(&status.warnings, status.report.as_ref(), args.format)?;
     Ok(exit_code(status.exit_code))

@@ -31,8 +31,9 @@ pub fn run(args: VerifyArgs) -> Outcome {
         ));
     }
     let validated = validated(&args.config)?;
-    let backend = args.target.open_one()?;
-    let report = match verify::verify(backend.as_ref(), &validated.config, args.target.netns(), args.timeout) {
+    let target = args.target.target();
+    let backend = args.target.open_one(&target)?;
+    let report = match verify::verify(backend.as_ref(), &validated.config, target.netns, args.timeout) {
         Ok(report) => report,
         Err(verify::Error::Backend(e)) => return Err(e.into()),
         Err(verify::Error::Netns(e)) => return Err(intercept::backend::Error::netns(e).into()),
