@@ -6,12 +6,14 @@
 //! model in [`model`] is the oracle every backend is tested against.
 
 pub mod backend;
+pub mod cgroup;
 pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod lint;
 pub mod lock;
 pub mod model;
+pub mod mountinfo;
 pub mod netns;
 pub mod plan;
 pub mod privileges;

@@ -142,7 +142,7 @@ impl Drop for PrivateEngine {
         self.stop();
         // dockerd bind-mounts its data root on itself, and a restarted one does it again.
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<PathBuf> = intercept::backend::ebpf::parse_mountinfo(&mountinfo)
+        let mut mounts: Vec<PathBuf> = intercept::mountinfo::parse_mountinfo(&mountinfo)
             .into_iter()
             .map(|m| m.mount_point)
             .filter(|p| p.starts_with(&self.dir))
@@ -542,7 +542,7 @@ impl Task {
     /// The cgroup paths of the task in every hierarchy (cgroup v1 controllers and v2).
     pub fn cgroups(&self) -> Vec<PathBuf> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        intercept::backend::ebpf::parse_mountinfo(&mountinfo)
+        intercept::mountinfo::parse_mountinfo(&mountinfo)
             .into_iter()
             .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
             .map(|m| m.mount_point.join(self.cgroup_parent().trim_start_matches('/')))
@@ -589,7 +589,7 @@ impl Drop for Task {
 /// outside these tests, and the tests never run on one (the agent's tasks would be there).
 fn parents_created() -> Vec<PathBuf> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    intercept::backend::ebpf::parse_mountinfo(&mountinfo)
+    intercept::mountinfo::parse_mountinfo(&mountinfo)
         .into_iter()
         .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
         .map(|m| m.mount_point.join("ecs"))

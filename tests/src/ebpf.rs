@@ -92,7 +92,7 @@ impl ChildCgroup {
 impl Drop for ChildCgroup {
     fn drop(&mut self) {
         // As for a TestCgroup: the lock file an `apply` on it left goes with it.
-        if let Ok(id) = intercept::backend::ebpf::cgroup_id(&self.path) {
+        if let Ok(id) = intercept::cgroup::id(&self.path) {
             let key = intercept::lock::Key::cgroup(id, self.path.display().to_string());
             if let Err(e) = intercept::lock::Locks::system().forget(&key) {
                 let _ = writeln!(io::stderr(), "{e}");

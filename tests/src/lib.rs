@@ -47,7 +47,7 @@ pub enum FixtureError {
     #[error("{op} {}: {error}", path.display())]
     Io { op: &'static str, path: PathBuf, error: io::Error },
     #[error(transparent)]
-    Cgroup2(#[from] intercept::backend::ebpf::Error),
+    Cgroup2(#[from] intercept::cgroup::Error),
     #[error(transparent)]
     Lock(#[from] intercept::lock::Error),
 }
@@ -118,7 +118,7 @@ pub fn cannot_run(test: &str, reason: &str) -> ! {
 /// The mount point of the first cgroup2 file system in this process's mount namespace. The
 /// hierarchy may be mounted anywhere (e.g. `/sys/fs/cgroup/unified` on hybrid hosts).
 pub fn cgroup2_mount() -> Result<PathBuf, FixtureError> {
-    Ok(intercept::backend::ebpf::cgroup2_mount()?.mount_point)
+    Ok(intercept::cgroup::mount()?.mount_point)
 }
 
 /// A uniquely named cgroup directly under the cgroup2 mount, created for one test.
@@ -173,7 +173,7 @@ impl TestCgroup {
         }
         // The lock file an `apply` on this cgroup left (`intercept::lock`), forgotten once the
         // cgroup is gone, as `remove` does for cgroups it prunes.
-        let id = intercept::backend::ebpf::cgroup_id(&self.path)?;
+        let id = intercept::cgroup::id(&self.path)?;
         // rmdir fails with EBUSY while an exiting process is still being accounted to the
         // cgroup; that settles within milliseconds.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -206,8 +206,7 @@ impl Drop for TestCgroup {
 /// the program does runs in the cgroup; the test runner itself stays where it is.
 pub fn command_in_cgroup(cgroup: &Path, program: impl AsRef<OsStr>) -> Command {
     let mut command = Command::new(program);
-    intercept::backend::ebpf::join_cgroup(&mut command, cgroup)
-        .expect("cgroup paths built from mountinfo contain no NUL");
+    intercept::cgroup::join(&mut command, cgroup).expect("cgroup paths built from mountinfo contain no NUL");
     command
 }
 

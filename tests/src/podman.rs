@@ -232,7 +232,7 @@ fn remove_cgroup_tree(dir: &Path) {
 
 fn cgroup_mounts() -> Vec<PathBuf> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    intercept::backend::ebpf::parse_mountinfo(&mountinfo)
+    intercept::mountinfo::parse_mountinfo(&mountinfo)
         .into_iter()
         .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
         .map(|m| m.mount_point)

@@ -175,7 +175,7 @@ fn ebpf_init_container_in_a_private_and_in_the_host_cgroup_namespace() {
         assert_eq!(run.init.0, 0, "eBPF init container, {cgroupns} cgroupns: {}", run.init.1);
         let cgroup = run.task.unified_cgroup();
         assert!(run.init.1.contains(&format!("on cgroup {}", in_container(&cgroup))), "{}", run.init.1);
-        let id = intercept::backend::ebpf::cgroup_id(&cgroup).unwrap();
+        let id = intercept::cgroup::id(&cgroup).unwrap();
         if let Some(previous) = ended {
             assert!(
                 run.init.1.contains("also removed the pins of 1 ended task(s)"),
@@ -468,6 +468,50 @@ fn the_cli_works_in_the_namespace_of_a_process_holding_more_capabilities() {
     let (code, out) = run("remove", &[]);
     assert_eq!(code, Some(0), "remove: {out}");
     nothing_left(&topology.task);
+}
+
+/// The eBPF init container run as a new user tries it, with a plain `docker run` and no task
+/// cgroup: its cgroup's parent is the engine's parent of every container (`/docker` with the
+/// cgroupfs driver, `/system.slice` with systemd's), which `--cgroup auto` refuses (exit 2,
+/// naming it and the remedy), in a private and in the host's cgroup namespace. Nothing is
+/// attached anywhere (`bpftool cgroup tree`) and nothing is pinned.
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn cgroup_auto_outside_a_task_is_refused_and_attaches_nothing() {
+    let test = "cgroup_auto_outside_a_task_is_refused_and_attaches_nothing";
+    let engine = require_engine(test);
+    let bpffs = TestBpffs::mounted();
+    let mount = intercept_tests::cgroup2_mount().expect("a cgroup2 mount");
+    let tree = || {
+        let out =
+            Command::new("bpftool").args(["cgroup", "tree"]).arg(&mount).output().expect("bpftool (package bpftool)");
+        assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = tree();
+    for cgroupns in ["private", "host"] {
+        let volumes =
+            [format!("{}:/sys/fs/cgroup", mount.display()), format!("{}:/sys/fs/bpf", bpffs.path().display())];
+        let out = engine
+            .docker()
+            .args(["run", "--rm", "--cgroupns", cgroupns, "--cap-drop", "ALL", "--cap-add", "NET_ADMIN"])
+            .args(["--cap-add", "SYS_ADMIN", "--volume", &volumes[0], "--volume", &volumes[1]])
+            .args(["--env", "APPMESH_IGNORE_UID=1337", "--env", "APPMESH_ENVOY_EGRESS_PORT=15001", engine.image()])
+            .args(["apply", "--backend", "ebpf", "--cgroup", "auto", "--bpffs", "/sys/fs/bpf"])
+            .args(["--install-when", "immediately", "--from-env"])
+            .output()
+            .expect("docker run");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(2), "{cgroupns} cgroupns: {text}");
+        assert!(
+            text.contains("is not one task's cgroup")
+                && text.contains("--cgroup PATH")
+                && text.contains("nothing was changed"),
+            "{cgroupns} cgroupns: {text}"
+        );
+        assert_eq!(tree(), before, "{cgroupns} cgroupns: nothing attached");
+        assert!(bpffs.files().is_empty(), "{cgroupns} cgroupns: nothing pinned: {:?}", bpffs.files());
+    }
 }
 
 /// The pins under the test's bpffs, by cgroup id.

@@ -152,7 +152,7 @@ fn a_task_whose_cgroup_disappears_is_cleaned_up_and_reported() {
     let netns = Netns::create("daemon");
     let bpffs = TestBpffs::mounted();
     let dirs = DaemonDirs::new();
-    let cgroup_id = ebpf::cgroup_id(child.path()).expect("cgroup id");
+    let cgroup_id = intercept::cgroup::id(child.path()).expect("cgroup id");
     dirs.write_task("t1", &task_json("t1", "ebpf", child.path(), &netns.path(), &seed_proxy_configuration("22")));
     let mut daemon = Daemon::start(&bin, &dirs, bpffs.path(), &["--resync-interval", "200ms"]);
     daemon.wait_until("t1 is applied", WAIT, |d| d.metric(r#"intercept_tasks{state="applied"}"#) == 1.0);

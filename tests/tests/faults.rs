@@ -350,7 +350,7 @@ impl World {
                 let attached = agent_ebpf::attached_programs(&on, program.attach_type()).unwrap();
                 found.extend(attached.iter().map(|id| format!("{program:?} program {id} attached")));
             }
-            keys.push(format!("cgroup-{}", agent_ebpf::cgroup_id(world.cgroup.path()).unwrap()));
+            keys.push(format!("cgroup-{}", intercept::cgroup::id(world.cgroup.path()).unwrap()));
         }
         if let Ok(entries) = fs::read_dir(LOCKS) {
             let names = entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned());

@@ -19,7 +19,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// the backends' tools, and for the container tests and `cargo xtask image` a container engine
 /// and what builds the image's base from Debian packages. The CNI plugins are not on PATH: their
 /// entry is the path of one.
-const SYSTEM_TOOLS: [(&str, &str); 14] = [
+const SYSTEM_TOOLS: [(&str, &str); 15] = [
     ("iptables", "iptables"),
     ("nft", "nftables"),
     ("ipset", "ipset"),
@@ -37,6 +37,8 @@ const SYSTEM_TOOLS: [(&str, &str); 14] = [
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
     ("depmod", "kmod"),
+    // What is attached to which cgroup, as an operator checks it (the container tests).
+    ("bpftool", "bpftool"),
 ];
 
 pub fn run(ws: &Workspace) -> Result<()> {

@@ -46,15 +46,14 @@ use intercept_common::{
 
 pub use adopt::Adopted;
 use adopt::adopt_into;
-pub use host::{
-    Mount, attached_programs, cgroup_id, cgroup2_mount, cgroup2_path, is_bpffs, join_cgroup, parse_mountinfo,
-};
+pub use host::{attached_programs, is_bpffs};
 pub use intercept_common::{Counter, MAP_NAMES};
 pub use logs::{Logs, Printer};
 pub use maps::{Changes, Contents, Generations};
 pub use program::Program;
 pub use status::{ProgramStatus, Status, status};
 
+use crate::cgroup;
 use crate::lock::{self, Held, Locks};
 use crate::plan::ebpf::EbpfPlan;
 use crate::privileges;
@@ -84,22 +83,8 @@ pub enum Error {
     },
     #[error("{}: {reason}", path.display())]
     Bpffs { path: PathBuf, reason: &'static str },
-    #[error(
-        "no cgroup2 file system is mounted here (looked in /proc/self/mountinfo): in a container, mount the \
-         host's cgroup hierarchy into it (`-v /sys/fs/cgroup:/sys/fs/cgroup`; in ECS a host volume of \
-         /sys/fs/cgroup)"
-    )]
-    NoCgroup2,
-    #[error("--cgroup auto: {reason}")]
-    CgroupAuto { reason: String },
-    #[error("{} is not a cgroup under the cgroup2 mount {}", path.display(), mount.display())]
-    NotACgroup { path: PathBuf, mount: PathBuf },
-    #[error(
-        "{} is the root of the cgroup2 hierarchy: every process of the host would be intercepted; \
-         name the task's cgroup",
-        .0.display()
-    )]
-    RootCgroup(PathBuf),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::Error),
     #[error("missing capability {capability}: it is needed for {needed_for}")]
     MissingCapability { capability: &'static str, needed_for: &'static str },
     #[error(
@@ -194,8 +179,8 @@ pub struct Target {
 impl Target {
     /// Resolves `--cgroup` (a path, or `auto`) and `--bpffs` (default [`DEFAULT_BPFFS`]).
     pub fn new(cgroup: &str, bpffs: Option<&Path>) -> Result<Target, Error> {
-        let cgroup = host::resolve_cgroup(cgroup)?;
-        let cgroup_id = host::cgroup_id(&cgroup)?;
+        let cgroup = cgroup::resolve(cgroup)?;
+        let cgroup_id = cgroup::id(&cgroup)?;
         Ok(Target { cgroup, cgroup_id, bpffs: bpffs.unwrap_or(Path::new(DEFAULT_BPFFS)).to_owned() })
     }
 
@@ -458,7 +443,7 @@ fn load(
 /// live only in this process, and detach if it fails or dies; once pinned in `staging`,
 /// `status` reports them and the next `apply` or `remove` unpins them.
 fn attach_and_pin(target: &Target, netns: BorrowedFd<'_>, ebpf: &Ebpf, staging: &Path) -> Result<(), Error> {
-    let cgroup = fs::File::open(&target.cgroup).map_err(|e| Error::io("open cgroup", &target.cgroup, e))?;
+    let cgroup = cgroup::open(&target.cgroup)?;
     let mut links = Vec::new();
     for program in Program::ALL {
         let to = if program.on_netns() { netns } else { cgroup.as_fd() };

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,8 @@ use futures_util::StreamExt as _;
 use tracing::{debug, info, warn};
 
 use super::spec::{Source, TaskSpec};
-use crate::backend::ebpf::cgroup2_path;
 use crate::backend::{Kind, Scope};
+use crate::cgroup;
 use crate::config::source::{from_env, parse_proxy_configuration};
 use crate::config::{ProxyConfig, validate};
 use crate::readiness::{self, InstallWhen};
@@ -133,7 +133,9 @@ pub fn group(containers: impl IntoIterator<Item = Container>) -> BTreeMap<String
 /// What the daemon installs for `task`: `Ok(None)` when nothing asks for interception (no
 /// `intercept.proxy-configuration` label and no APPMESH_* environment); `Err` with every
 /// problem, each naming the label or variable, when what asks for it does not hold together.
-pub fn spec_of(task: &DockerTask, default_backend: Kind) -> Result<Option<TaskSpec>, String> {
+/// `others` are the engine's tasks (the task itself may be among them): the task's cgroup must
+/// hold none of theirs.
+pub fn spec_of(task: &DockerTask, others: &[&DockerTask], default_backend: Kind) -> Result<Option<TaskSpec>, String> {
     let mut problems = Vec::new();
     let Some(config) = config_of(task, &mut problems) else {
         return if problems.is_empty() { Ok(None) } else { Err(problems.join("; ")) };
@@ -163,12 +165,11 @@ pub fn spec_of(task: &DockerTask, default_backend: Kind) -> Result<Option<TaskSp
         }
     };
     let netns = netns_of(task, &mut problems);
-    let cgroup = cgroup_of(task);
-    if cgroup.is_none() && backend.is_some_and(|b| b.scope() == Scope::Cgroup) {
-        problems.push(
-            "the task's containers are not all in one cgroup of the cgroup2 hierarchy, which the eBPF backend needs"
-                .to_owned(),
-        );
+    let cgroup = cgroup_of(task, others);
+    if let (Err(why), Some(backend)) = (&cgroup, backend)
+        && backend.scope() == Scope::Cgroup
+    {
+        problems.push(format!("{why}: the {} backend needs the task's own cgroup", backend.label()));
     }
     match (backend, netns) {
         (Some(backend), Some(netns)) if problems.is_empty() => Ok(Some(TaskSpec {
@@ -261,24 +262,40 @@ fn netns_of(task: &DockerTask, problems: &mut Vec<String>) -> Option<PathBuf> {
     }
 }
 
-/// The parent of the containers' cgroups (`/ecs/<task>` for `/ecs/<task>/<id>`), when they
-/// all have the same one: a wider cgroup would take in other tasks too. Without the
-/// containers' own cgroups (a daemon in a cgroup namespace of its own sees them as
-/// `/../…`), the cgroup parent the engine was given, when they all have the same one.
-fn cgroup_of(task: &DockerTask) -> Option<String> {
-    let own: Option<Vec<&Path>> =
-        task.containers.iter().map(|c| Path::new(c.cgroup.as_deref()?).parent()).collect::<Option<_>>();
+/// The task's cgroup, from the hierarchy's root: the parent its containers' cgroups share
+/// (`/ecs/<task>` for `/ecs/<task>/<id>`, `/ecstasks.slice/ecstasks-<task>.slice` for a
+/// container scope in it), else the cgroup parent the engine was given when they all share one
+/// (a slice name is where Docker's systemd driver puts it, [`cgroup::slice_path`]). A cgroup
+/// that is not one task's is refused, saying why: one shared by name, or one holding a
+/// container of any of `others`.
+fn cgroup_of(task: &DockerTask, others: &[&DockerTask]) -> Result<String, String> {
+    let own: Option<Vec<PathBuf>> =
+        task.containers.iter().map(|c| Some(Path::new(c.cgroup.as_deref()?).parent()?.to_owned())).collect();
     let parents = match own {
         Some(parents) => parents,
         None => task
             .containers
             .iter()
-            .map(|c| Some(Path::new(&c.cgroup_parent)).filter(|p| p.is_absolute()))
-            .collect::<Option<_>>()?,
+            .map(|c| match c.cgroup_parent.as_str() {
+                absolute if absolute.starts_with('/') => Some(PathBuf::from(absolute)),
+                slice => cgroup::slice_path(slice),
+            })
+            .collect::<Option<_>>()
+            .ok_or("the cgroups of the task's containers are not known, nor a cgroup parent of each")?,
     };
-    let first = *parents.first()?;
-    let common = parents.iter().all(|p| *p == first).then_some(first)?.to_str()?;
-    (common != "/" && !common.is_empty()).then(|| common.to_owned())
+    let first = parents.first().ok_or("the task has no container")?;
+    if parents.iter().any(|p| p != first) {
+        return Err("the task's containers are not all in one cgroup of the cgroup2 hierarchy".to_owned());
+    }
+    let refuse = |why: String| Err(cgroup::Error::NotOneTask { cgroup: first.clone(), why }.to_string());
+    if let Some(why) = cgroup::shared_by_name(first) {
+        return refuse(why);
+    }
+    let below = |c: &Container| c.cgroup.as_deref().is_some_and(|cg| Path::new(cg).starts_with(first));
+    if let Some(other) = others.iter().find(|o| o.id != task.id && o.containers.iter().any(below)) {
+        return refuse(format!("it holds a container of task {} too", other.id));
+    }
+    first.to_str().map(str::to_owned).ok_or_else(|| format!("the cgroup {} is not UTF-8", first.display()))
 }
 
 /// The source's thread and what it has seen.
@@ -453,11 +470,30 @@ async fn inspect(docker: &Docker, id: &str) -> Result<Option<Container>, DockerE
     }))
 }
 
-/// A process's cgroup in the cgroup2 hierarchy, from `/proc/<pid>/cgroup` (the daemon must
-/// see the host's cgroup namespace to get host paths).
+/// A process's cgroup in the cgroup2 hierarchy, from `/proc/<pid>/cgroup`: a path from the
+/// hierarchy's root, also when the daemon runs in a private cgroup namespace (an ECS daemon
+/// service on cgroup v2), where it reads paths relative to its own namespace's root.
 fn cgroup_of_process(pid: u32) -> Option<String> {
+    /// The daemon's own namespace root, looked up once: it never changes.
+    static NAMESPACE_ROOT: OnceLock<Option<PathBuf>> = OnceLock::new();
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    cgroup2_path(&text).map(str::to_owned).filter(|p| p != "/" && !p.starts_with("/.."))
+    let path = cgroup::unified_path(&text)?;
+    let root = if path.starts_with("/..") {
+        NAMESPACE_ROOT
+            .get_or_init(|| {
+                cgroup::namespace_root()
+                    .inspect_err(
+                        |e| warn!(error = %e, "the daemon's cgroup namespace: task cgroups seen from it are unknown"),
+                    )
+                    .ok()
+                    .flatten()
+            })
+            .as_deref()
+    } else {
+        None
+    };
+    let path = cgroup::host_path(path, root)?;
+    (path != Path::new("/")).then(|| path.to_str().map(str::to_owned)).flatten()
 }
 
 #[cfg(test)]

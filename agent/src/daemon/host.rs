@@ -2,12 +2,12 @@
 //! the same backend interface as `intercept apply|remove|status`.
 
 use std::fs;
-use std::io;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::backend::{self, ApplyOptions, Backend, Counters, Kind, Scope, Target};
+use crate::cgroup;
 use crate::config::ProxyConfig;
 use crate::netns;
 use crate::readiness::{self, Observation};
@@ -21,6 +21,12 @@ pub enum Error {
     Backend(#[from] backend::Error),
     #[error("the cgroup path {cgroup}: {source}")]
     Cgroup {
+        cgroup: String,
+        #[source]
+        source: cgroup::Error,
+    },
+    #[error("removing the pins of the ended task of cgroup {cgroup}: {source}")]
+    Pins {
         cgroup: String,
         #[source]
         source: backend::ebpf::Error,
@@ -37,13 +43,9 @@ impl Host {
     /// Whether the task's cgroup exists; an error when the path names something that is not
     /// a cgroup under the cgroup2 mount.
     pub fn cgroup_exists(&self, cgroup: &str) -> Result<bool, Error> {
-        match backend::ebpf::Target::new(cgroup, Some(&self.bpffs)) {
+        match cgroup::resolve(cgroup) {
             Ok(_) => Ok(true),
-            Err(backend::ebpf::Error::Io { op: "open cgroup", source, .. })
-                if source.kind() == io::ErrorKind::NotFound =>
-            {
-                Ok(false)
-            }
+            Err(cgroup::Error::NotFound { .. }) => Ok(false),
             Err(source) => Err(Error::Cgroup { cgroup: cgroup.to_owned(), source }),
         }
     }
@@ -80,7 +82,7 @@ impl Host {
         // A cgroup just removed still holds its programs for a moment: its pins go now.
         if let Some(id) = installed.cgroup_id.filter(|_| !self.cgroup_exists(&installed.cgroup).unwrap_or(true)) {
             backend::ebpf::remove_pins_of_removed_cgroup(&self.bpffs, id)
-                .map_err(|source| Error::Cgroup { cgroup: installed.cgroup.clone(), source })?;
+                .map_err(|source| Error::Pins { cgroup: installed.cgroup.clone(), source })?;
         }
         Ok(())
     }
@@ -88,7 +90,7 @@ impl Host {
     /// The id of the spec's cgroup, for a backend that works on one.
     pub fn cgroup_id(&self, spec: &TaskSpec) -> Option<u64> {
         (spec.backend.scope() == Scope::Cgroup)
-            .then(|| backend::ebpf::Target::new(&spec.cgroup, Some(&self.bpffs)).ok().map(|t| t.cgroup_id))
+            .then(|| cgroup::resolve(&spec.cgroup).and_then(|path| cgroup::id(&path)).ok())
             .flatten()
     }
 

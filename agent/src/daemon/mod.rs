@@ -462,8 +462,9 @@ impl Daemon {
             return;
         }
         self.labels = view.tasks.values().map(|t| (t.id.clone(), (t.family.clone(), t.revision.clone()))).collect();
+        let all: Vec<&docker::DockerTask> = view.tasks.values().collect();
         for task in view.tasks.values() {
-            match docker::spec_of(task, self.options.default_backend) {
+            match docker::spec_of(task, &all, self.options.default_backend) {
                 Ok(Some(spec)) if specs.iter().any(|s| s.id == spec.id) => {
                     specs.retain(|s| s.id != spec.id);
                     problems.insert(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{ACCEPT_WAIT, Error, Identity};
-use crate::backend::ebpf;
+use crate::cgroup;
 use crate::netns::Netns;
 
 /// Starts probe processes in the target namespace (and cgroup).
@@ -56,7 +56,7 @@ impl<'a> Probes<'a> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(cgroup) = self.cgroup {
-            ebpf::join_cgroup(&mut command, cgroup).map_err(|source| Error::Io { op: "the cgroup path", source })?;
+            cgroup::join(&mut command, cgroup).map_err(|source| Error::Io { op: "the cgroup path", source })?;
         }
         let probe = format!("dial {dial} as uid {} gid {}", identity.uid, identity.gid);
         let mut child =

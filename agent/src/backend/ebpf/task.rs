@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::{ApplyOptions, Contents, Logs, Outcome, Program, Status, Target};
 use crate::backend::iptables::{self, Iptables, Mode};
 use crate::backend::{self, Backend, Change, Feature, IngressFallback, Kind, Requirements};
+use crate::cgroup;
 use crate::config::ProxyConfig;
 use crate::netns::{self, Netns};
 use crate::plan::iptables::{EGRESS_CHAIN, INGRESS_CHAIN};
@@ -61,13 +62,7 @@ impl Error {
     /// or `--netns` is bad input, refused before anything changes.
     pub fn bad_target_option(&self) -> Option<&'static str> {
         match self {
-            Error::Ebpf(
-                super::Error::NotACgroup { .. }
-                | super::Error::NoCgroup2
-                | super::Error::RootCgroup(_)
-                | super::Error::CgroupAuto { .. }
-                | super::Error::Io { op: "open cgroup", .. },
-            ) => Some("--cgroup"),
+            Error::Ebpf(super::Error::Cgroup(_)) => Some("--cgroup"),
             Error::Ebpf(super::Error::Bpffs { .. }) => Some("--bpffs"),
             Error::Netns(netns::Error::Open { .. } | netns::Error::NotNetns { .. }) => Some("--netns/--netns-pid"),
             _ => None,
@@ -77,8 +72,8 @@ impl Error {
     /// The cgroup or the namespace does not exist.
     fn gone(&self) -> bool {
         match self {
-            Error::Ebpf(super::Error::Io { op: "open cgroup", source, .. })
-            | Error::Netns(netns::Error::Open { source, .. }) => source.kind() == std::io::ErrorKind::NotFound,
+            Error::Ebpf(super::Error::Cgroup(cgroup::Error::NotFound { .. })) => true,
+            Error::Netns(netns::Error::Open { source, .. }) => source.kind() == std::io::ErrorKind::NotFound,
             _ => false,
         }
     }
@@ -313,9 +308,7 @@ pub fn remove(request: &Request) -> Result<RemoveReport, Error> {
             let removed = super::remove(&target)?;
             (target.cgroup, true, removed)
         }
-        Err(super::Error::Io { op: "open cgroup", source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            (PathBuf::from(&request.cgroup), false, false)
-        }
+        Err(super::Error::Cgroup(cgroup::Error::NotFound { .. })) => (PathBuf::from(&request.cgroup), false, false),
         Err(e) => return Err(e.into()),
     };
     let pruned = super::prune(&bpffs)?;

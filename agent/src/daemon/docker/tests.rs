@@ -50,7 +50,7 @@ fn containers_are_grouped_into_tasks_by_their_arn() {
 #[test]
 fn the_label_makes_a_spec_in_the_pause_containers_namespace_and_the_tasks_cgroup() {
     let task = awsvpc(&[(PROXY_CONFIGURATION, PROXY), (BACKEND, "ebpf"), (INSTALL_WHEN, "proxy-live")], &[]);
-    let spec = spec_of(&task, Kind::Iptables).unwrap().unwrap();
+    let spec = spec_of(&task, &[], Kind::Iptables).unwrap().unwrap();
     assert_eq!(spec.id, "0123456789abcdef");
     assert_eq!(spec.netns, Some(PathBuf::from("/proc/100/ns/net")));
     assert_eq!(spec.cgroup, "/ecs/0123456789abcdef");
@@ -63,7 +63,7 @@ fn the_label_makes_a_spec_in_the_pause_containers_namespace_and_the_tasks_cgroup
 #[test]
 fn without_the_label_the_proxys_appmesh_environment_is_read_and_the_default_backend_used() {
     let env = ["APPMESH_IGNORE_UID=1337", "APPMESH_ENVOY_EGRESS_PORT=15001", "PATH=/bin"];
-    let spec = spec_of(&awsvpc(&[], &env), Kind::Nftables).unwrap().unwrap();
+    let spec = spec_of(&awsvpc(&[], &env), &[], Kind::Nftables).unwrap().unwrap();
     assert_eq!(
         (spec.backend, spec.config.ignored_uids.first().copied(), spec.config.proxy_egress_port),
         (Kind::Nftables, Some(1337), 15001)
@@ -72,7 +72,7 @@ fn without_the_label_the_proxys_appmesh_environment_is_read_and_the_default_back
 
 #[test]
 fn a_task_that_asks_for_nothing_is_left_alone() {
-    assert_eq!(spec_of(&awsvpc(&[], &["PATH=/bin"]), Kind::Iptables), Ok(None));
+    assert_eq!(spec_of(&awsvpc(&[], &["PATH=/bin"]), &[], Kind::Iptables), Ok(None));
 }
 
 #[test]
@@ -94,7 +94,7 @@ fn bad_labels_are_named_with_their_problem_all_at_once() {
         ),
     ];
     for (labels, wanted) in cases {
-        let problem = spec_of(&awsvpc(labels, &[]), Kind::Iptables).unwrap_err();
+        let problem = spec_of(&awsvpc(labels, &[]), &[], Kind::Iptables).unwrap_err();
         for want in wanted {
             assert!(problem.contains(want), "{labels:?}: {problem}");
         }
@@ -105,7 +105,7 @@ fn bad_labels_are_named_with_their_problem_all_at_once() {
 fn labels_that_disagree_between_containers_are_refused() {
     let mut task = awsvpc(&[(PROXY_CONFIGURATION, PROXY), (BACKEND, "ebpf")], &[]);
     task.containers[0].labels.insert(BACKEND.into(), "nftables".into());
-    let problem = spec_of(&task, Kind::Iptables).unwrap_err();
+    let problem = spec_of(&task, &[], Kind::Iptables).unwrap_err();
     assert!(problem.contains("label intercept.backend differs between containers"), "{problem}");
 }
 
@@ -113,30 +113,83 @@ fn labels_that_disagree_between_containers_are_refused() {
 fn host_and_bridge_networking_are_refused_a_single_namespace_is_taken() {
     let labels = [(PROXY_CONFIGURATION, PROXY)];
     let host = group([container("envoy", 200, "host", &labels, &[])]).into_values().next().unwrap();
-    assert!(spec_of(&host, Kind::Iptables).unwrap_err().contains("network mode host"));
+    assert!(spec_of(&host, &[], Kind::Iptables).unwrap_err().contains("network mode host"));
     let bridge = group([container("envoy", 200, "bridge", &labels, &[]), container("app", 300, "bridge", &[], &[])])
         .into_values()
         .next()
         .unwrap();
-    assert!(spec_of(&bridge, Kind::Iptables).unwrap_err().contains("2 network namespaces of their own"));
+    assert!(spec_of(&bridge, &[], Kind::Iptables).unwrap_err().contains("2 network namespaces of their own"));
     let shared =
         group([container("envoy", 200, "bridge", &labels, &[]), container("app", 300, "container:envoy-id", &[], &[])])
             .into_values()
             .next()
             .unwrap();
-    assert_eq!(spec_of(&shared, Kind::Iptables).unwrap().unwrap().netns, Some(PathBuf::from("/proc/200/ns/net")));
+    assert_eq!(spec_of(&shared, &[], Kind::Iptables).unwrap().unwrap().netns, Some(PathBuf::from("/proc/200/ns/net")));
 }
 
 #[test]
 fn the_cgroup_is_the_common_parent_and_ebpf_needs_one() {
     let mut task = awsvpc(&[(PROXY_CONFIGURATION, PROXY), (BACKEND, "ebpf")], &[]);
-    assert_eq!(cgroup_of(&task).as_deref(), Some("/ecs/0123456789abcdef"));
+    assert_eq!(cgroup_of(&task, &[]).as_deref(), Ok("/ecs/0123456789abcdef"));
     task.containers[2].cgroup = Some("/ecs/other/app-id".into());
-    assert_eq!(cgroup_of(&task), None, "never a cgroup wider than the task's");
-    assert!(spec_of(&task, Kind::Iptables).unwrap_err().contains("not all in one cgroup"));
+    assert!(cgroup_of(&task, &[]).unwrap_err().contains("not all in one cgroup"), "never wider than the task's");
+    assert!(spec_of(&task, &[], Kind::Iptables).unwrap_err().contains("not all in one cgroup"));
     task.containers[2].cgroup = None;
-    assert_eq!(cgroup_of(&task).as_deref(), Some("/ecs/0123456789abcdef"), "the engine's cgroup parent");
+    assert_eq!(cgroup_of(&task, &[]).as_deref(), Ok("/ecs/0123456789abcdef"), "the engine's cgroup parent");
     task.containers[2].cgroup_parent = String::new();
-    assert_eq!(cgroup_of(&task), None);
+    assert!(cgroup_of(&task, &[]).is_err());
     assert_eq!(task_id(ARN), "0123456789abcdef");
+}
+
+/// The layouts of each kind of host, as the daemon sees the task's containers: their own
+/// cgroups when it can read them, else the cgroup parent the engine was given; and what is
+/// refused because it is not one task's.
+#[test]
+fn the_cgroup_on_each_kind_of_host_and_never_wider_than_one_task() {
+    let id = "0123456789abcdef0123456789abcdef";
+    let slice = format!("/ecstasks.slice/ecstasks-{id}.slice");
+    let lay_out = |own: &dyn Fn(&str) -> Option<String>, parent: &str| {
+        let mut task = awsvpc(&[(PROXY_CONFIGURATION, PROXY)], &[]);
+        for c in &mut task.containers {
+            c.cgroup = own(&c.id);
+            c.cgroup_parent = parent.to_owned();
+        }
+        task
+    };
+    let v2 = |c: &str| Some(format!("{slice}/docker-{c}.scope"));
+    let cases: [(&str, DockerTask, Result<&str, &str>); 5] = [
+        ("cgroup v2, systemd driver", lay_out(&v2, &format!("ecstasks-{id}.slice")), Ok(&slice)),
+        // The daemon in a cgroup namespace that cannot see them: the slice the engine was given.
+        ("a relative slice parent", lay_out(&|_| None, &format!("ecstasks-{id}.slice")), Ok(&slice)),
+        (
+            "task cgroups off, systemd driver",
+            lay_out(&|c| Some(format!("/system.slice/docker-{c}.scope")), ""),
+            Err("/system.slice is not one task's cgroup"),
+        ),
+        ("task cgroups off, cgroupfs driver", lay_out(&|c| Some(format!("/docker/{c}")), ""), Err("/docker is not")),
+        (
+            "the ECS parent given to every container",
+            lay_out(&|c| Some(format!("/ecs/{c}")), "/ecs"),
+            Err("/ecs is not"),
+        ),
+    ];
+    for (what, task, expected) in cases {
+        match (cgroup_of(&task, &[]), expected) {
+            (Ok(cgroup), Ok(want)) => assert_eq!(cgroup, want, "{what}"),
+            (Err(why), Err(want)) => {
+                assert!(why.contains(want) && why.contains("ECS_ENABLE_TASK_CPU_MEM_LIMIT"), "{what}: {why}");
+                let problem = spec_of(&task, &[], Kind::Ebpf).unwrap_err();
+                assert!(problem.contains(want) && problem.contains("the eBPF backend needs"), "{what}: {problem}");
+                assert!(spec_of(&task, &[], Kind::Iptables).unwrap().is_some(), "{what}: a rule backend needs none");
+            }
+            (got, want) => panic!("{what}: {got:?}, expected {want:?}"),
+        }
+    }
+    // Another task's container below the cgroup: it holds more than one task.
+    let task = lay_out(&|c| Some(format!("/tasks/{c}")), "/tasks");
+    let mut other = task.clone();
+    other.id = "fedcba".to_owned();
+    let problem = cgroup_of(&task, &[&task, &other]).unwrap_err();
+    assert!(problem.contains("/tasks is not one task's cgroup") && problem.contains("task fedcba"), "{problem}");
+    assert_eq!(cgroup_of(&task, &[&task]).as_deref(), Ok("/tasks"), "the task itself is not another");
 }
