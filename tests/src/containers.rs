@@ -14,6 +14,7 @@
 //! containers (by name) and the task's cgroup in every hierarchy.
 
 use std::{
+    cell::OnceCell,
     env, fs,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
@@ -41,6 +42,8 @@ pub struct Engine {
     host: String,
     image: String,
     _serial: Rc<MutexGuard<'static, ()>>,
+    /// Whether the engine uses systemd's cgroup driver (asked once).
+    systemd: Rc<OnceCell<bool>>,
 }
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -84,7 +87,7 @@ impl PrivateEngine {
     /// host).
     pub fn engine(&self) -> Engine {
         let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        Engine { host: format!("unix://{}", self.socket.display()), image: String::new(), _serial: Rc::new(serial) }
+        Engine::new(format!("unix://{}", self.socket.display()), String::new(), serial)
     }
 
     /// Stops the engine (SIGTERM, as a host's service manager does); its containers run on.
@@ -167,7 +170,7 @@ pub fn require_engine(test: &str) -> Engine {
         );
     };
     let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let engine = Engine { host, image, _serial: Rc::new(serial) };
+    let engine = Engine::new(host, image, serial);
     let version = engine.docker().args(["version", "--format", "{{.Server.Version}}"]).output();
     match version {
         Ok(out) if out.status.success() => engine,
@@ -181,7 +184,18 @@ impl Engine {
     /// intercept image is not needed.
     pub fn at(host: &str) -> Engine {
         let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        Engine { host: host.to_owned(), image: String::new(), _serial: Rc::new(serial) }
+        Engine::new(host.to_owned(), String::new(), serial)
+    }
+
+    fn new(host: String, image: String, serial: MutexGuard<'static, ()>) -> Engine {
+        Engine { host, image, _serial: Rc::new(serial), systemd: Rc::new(OnceCell::new()) }
+    }
+
+    /// Whether the engine puts containers in cgroups through systemd (Docker's default on a
+    /// cgroup v2 host with systemd, such as Amazon Linux 2023), rather than writing them itself
+    /// (cgroupfs).
+    pub fn systemd_driver(&self) -> bool {
+        *self.systemd.get_or_init(|| self.must(&["info", "--format", "{{.CgroupDriver}}"]) == "systemd")
     }
 
     pub fn image(&self) -> &str {
@@ -327,6 +341,9 @@ impl InitContainer {
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+/// The last half of every test task's id: "intercept" in letters a hexadecimal digit can spell
+/// (1 for i, 7 for t, c for c, e for e), so that a task left behind is recognisably a test's.
+const TASK_TAG: u64 = 0x1e7e_4ce9_7000_0000;
 
 /// An ECS-shaped task: its containers and its cgroup, removed on drop.
 pub struct Task {
@@ -337,19 +354,29 @@ pub struct Task {
 }
 
 impl Task {
+    /// A task whose id is unique on the host and shaped as ECS's (32 hexadecimal digits, which
+    /// a slice name needs: a `-` in it would be a level of slices).
     pub fn new(engine: &Engine) -> Task {
-        let id = format!("intercept-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let id = format!("{:08x}{:08x}{:016x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), TASK_TAG);
         Task { engine: engine.clone(), id, containers: Vec::new() }
     }
 
-    /// `/ecs/<task id>`: the task's cgroup, as the ECS agent names it.
+    /// The containers' cgroup parent, as the ECS agent gives it: the task's slice on a host
+    /// whose engine uses systemd's driver (`ecstasks-<task id>.slice`), else `/ecs/<task id>`.
     pub fn cgroup_parent(&self) -> String {
-        format!("/ecs/{}", self.id)
+        if self.engine.systemd_driver() { format!("ecstasks-{}.slice", self.id) } else { format!("/ecs/{}", self.id) }
+    }
+
+    /// The task's cgroup from a hierarchy's root: `/ecs/<task id>`, or where systemd puts the
+    /// task's slice.
+    pub fn cgroup_path(&self) -> PathBuf {
+        let parent = self.cgroup_parent();
+        intercept::cgroup::slice_path(&parent).unwrap_or_else(|| PathBuf::from(parent))
     }
 
     /// The engine's name of one of the task's containers (`~` is not allowed in names).
     fn name(&self, container: &str) -> String {
-        format!("{}-{}", self.id, container.replace('~', "_"))
+        format!("intercept-{}-{}", self.id, container.replace('~', "_"))
     }
 
     /// The common `docker run` options: name, cgroup, the ECS labels.
@@ -545,14 +572,14 @@ impl Task {
         intercept::mountinfo::parse_mountinfo(&mountinfo)
             .into_iter()
             .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
-            .map(|m| m.mount_point.join(self.cgroup_parent().trim_start_matches('/')))
+            .map(|m| m.mount_point.join(self.cgroup_path().strip_prefix("/").expect("a path from the root")))
             .filter(|p| p.exists())
             .collect()
     }
 
     /// The task's cgroup in the unified hierarchy.
     pub fn unified_cgroup(&self) -> PathBuf {
-        crate::cgroup2_mount().expect("a cgroup2 mount").join(self.cgroup_parent().trim_start_matches('/'))
+        crate::cgroup2_mount().expect("a cgroup2 mount").join(self.cgroup_path().strip_prefix("/").expect("a path"))
     }
 
     /// Stops and removes every container (what stopping the task does), then the task's
@@ -563,13 +590,17 @@ impl Task {
         }
         for dir in self.cgroups() {
             // The container cgroups go with the containers; the task's own is left to whoever
-            // created it (the ECS agent removes it, as the test does here).
+            // created it (the ECS agent removes it, as the test does here), or to systemd, which
+            // removes a slice once it is empty.
             let deadline = Instant::now() + Duration::from_secs(5);
-            while let Err(e) = fs::remove_dir(&dir) {
-                if Instant::now() >= deadline {
-                    panic!("remove {}: {e}", dir.display());
+            loop {
+                match fs::remove_dir(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        assert!(Instant::now() < deadline, "remove {}: {e}", dir.display());
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    _ => break,
                 }
-                thread::sleep(Duration::from_millis(20));
             }
         }
         // `/ecs` itself, when this machine had none before (it is not an ECS host).

@@ -274,7 +274,10 @@ fn bad_labels_conflicts_and_vanishing_containers_are_not_fatal() {
 /// The daemon as an ECS daemon service runs it (`deploy/ecs-daemon-service.json`): a container
 /// of the project's image in the host's network and pid namespaces, with the engine's socket,
 /// the host's cgroup hierarchy, a bpffs and `/run/intercept` mounted (the engine's socket,
-/// the bpffs and the state directory are the test's own). It finds a task and installs it.
+/// the bpffs and the state directory are the test's own), in a private cgroup namespace as
+/// Docker gives it on cgroup v2 hosts (Amazon Linux 2023). From there it reads the task
+/// containers' cgroups relative to its own namespace's root. It finds an iptables and an eBPF
+/// task and installs them, and forgets them when they stop.
 #[test]
 #[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn the_daemon_runs_as_an_ecs_daemon_service() {
@@ -286,8 +289,8 @@ fn the_daemon_runs_as_an_ecs_daemon_service() {
     let service = InitContainer::from_deploy_container("ecs-daemon-service.json", "intercept-daemon");
     let name = format!("intercept-daemon-{}", std::process::id());
     let mut args = vec!["run".to_owned(), "--detach".to_owned(), "--name".to_owned(), name.clone()];
-    // The task definition's networkMode and pidMode.
-    args.extend(["--network", "host", "--pid", "host"].map(str::to_owned));
+    // The task definition's networkMode and pidMode; the cgroup namespace of a cgroup v2 host.
+    args.extend(["--network", "host", "--pid", "host", "--cgroupns", "private"].map(str::to_owned));
     args.extend(service.run_options(&[
         ("docker-socket", &socket),
         ("bpffs", bpffs.path()),
@@ -298,20 +301,32 @@ fn the_daemon_runs_as_an_ecs_daemon_service() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     engine.must(&args);
     let _daemon = Removed(engine.clone(), name.clone());
-    let running = start_task(&engine, "nftables", &labelled("nftables"));
+    let tasks =
+        [start_task(&engine, "iptables", &labelled("iptables")), start_task(&engine, "ebpf", &labelled("ebpf"))];
     let logs =
         || engine.docker().args(["logs", &name]).output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
-    assert!(
-        within(Duration::from_secs(10), || intercepted(&running)).is_some(),
-        "the daemon in its container did not install the task: {:?}",
-        logs()
-    );
     let state = run.path().join("daemon/state.json");
     let recorded = || fs::read_to_string(&state).unwrap_or_default();
-    assert!(recorded().contains(&running.task.id), "{}", recorded());
-    let id = running.task.id.clone();
-    drop(running);
-    assert!(within(Duration::from_secs(10), || !recorded().contains(&id)).is_some(), "{:?}", logs());
+    for running in &tasks {
+        assert!(
+            within(Duration::from_secs(10), || intercepted(running)).is_some(),
+            "the daemon in its container did not install the {} task: {:?}",
+            running.backend,
+            logs()
+        );
+        assert!(recorded().contains(&running.task.id), "{}", recorded());
+    }
+    let ebpf = &tasks[1];
+    assert!(
+        recorded().contains(&ebpf.task.cgroup_path().display().to_string()),
+        "the task's own cgroup: {}",
+        recorded()
+    );
+    for running in tasks {
+        let id = running.task.id.clone();
+        drop(running);
+        assert!(within(Duration::from_secs(10), || !recorded().contains(&id)).is_some(), "{:?}", logs());
+    }
 }
 
 /// A container removed (by name) when dropped.
