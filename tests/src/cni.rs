@@ -232,7 +232,7 @@ pub fn ipv4_only(mut config: ProxyConfig) -> ProxyConfig {
 /// Nothing of any interception is in the namespace: no rule and no chain of its own in either
 /// family's tables (iptables-nft leaves the `nat` table's empty built-in chains, which hold
 /// nothing and accept everything, as it does for any removal), and no nftables table of
-/// intercept's.
+/// intercept's where the host has nft.
 pub fn nothing_left(netns: &Netns) {
     for save in ["iptables-save", "ip6tables-save"] {
         let out = netns.exec(save, &[]);
@@ -240,7 +240,7 @@ pub fn nothing_left(netns: &Netns) {
             out.lines().filter(|l| l.starts_with("-A") || (l.starts_with(':') && l.contains(" - "))).collect();
         assert!(left.is_empty(), "{save}: {left:?} is left");
     }
-    let tables = netns.exec("nft", &["list", "tables"]);
+    let tables = netns.nft_tables();
     assert!(!tables.contains("intercept"), "{tables}");
     no_lock_left(netns);
 }

@@ -210,6 +210,15 @@ impl Netns {
     }
 
     /// Runs `program args` inside the namespace and returns its output; it must succeed.
+    /// `nft list tables` in the namespace; none where the host has no nft (Amazon Linux 2023):
+    /// nothing there can have made one, intercept's nftables backend runs nft.
+    pub fn nft_tables(&self) -> String {
+        if intercept::backend::exec::find_program("nft").is_none() {
+            return String::new();
+        }
+        self.exec("nft", &["list", "tables"])
+    }
+
     pub fn exec(&self, program: &str, args: &[&str]) -> String {
         let output = self.command(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
         assert!(output.status.success(), "{program} {args:?} in {}: {}", self.name, describe(&output));

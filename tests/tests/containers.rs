@@ -532,6 +532,5 @@ fn in_container(cgroup: &Path) -> String {
 fn no_netfilter_rule(run: &Run) -> bool {
     let task = &run.topology.task;
     let rules = task.exec("iptables-nft-save", &[]) + &task.exec("iptables-legacy-save", &[]);
-    let tables = task.exec("nft", &["list", "tables"]);
-    !rules.contains("INTERCEPT") && !tables.contains("intercept")
+    !rules.contains("INTERCEPT") && !task.nft_tables().contains("intercept")
 }
