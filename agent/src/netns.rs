@@ -35,6 +35,10 @@ pub enum Target {
     Pid(u32),
     /// A namespace file opened ahead of its use ([`Target::opened`]).
     Opened(Opened),
+    /// A namespace known to be gone: the daemon's record of a task names one by a path that
+    /// names another namespace now (a reused pid). Opening it is [`Error::Open`] with
+    /// `NotFound`, as for a namespace file that no longer exists, and nothing is touched.
+    Gone(PathBuf),
 }
 
 /// A namespace file opened while the process still held the capabilities it started with.
@@ -67,7 +71,7 @@ impl Target {
         let path = match &self {
             Target::Path(path) => path.clone(),
             Target::Pid(pid) => Target::pid_path(*pid),
-            Target::Current | Target::Opened(_) => return self,
+            Target::Current | Target::Opened(_) | Target::Gone(_) => return self,
         };
         match File::open(path) {
             Ok(file) => Target::Opened(Opened { named: Box::new(self), fd: Arc::new(OwnedFd::from(file)) }),
@@ -93,6 +97,7 @@ impl fmt::Display for Target {
             Target::Path(path) => write!(f, "network namespace {}", path.display()),
             Target::Pid(pid) => write!(f, "network namespace of pid {pid} (/proc/{pid}/ns/net)"),
             Target::Opened(opened) => opened.named.fmt(f),
+            Target::Gone(path) => write!(f, "network namespace {} (gone: the path names another now)", path.display()),
         }
     }
 }
@@ -144,6 +149,10 @@ impl Netns {
             }
             Target::Path(path) => path.clone(),
             Target::Pid(pid) => Target::pid_path(*pid),
+            Target::Gone(_) => {
+                let source = io::Error::from(io::ErrorKind::NotFound);
+                return Err(Error::Open { target, source });
+            }
         };
         let file = File::open(&path).map_err(|source| Error::Open { target: target.clone(), source })?;
         Netns::checked(Netns { target, fd: Some(Arc::new(OwnedFd::from(file))) })
@@ -243,6 +252,14 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!((fd.dev(), fd.ino()), (nsfs.dev(), nsfs.ino()));
+    }
+
+    #[test]
+    fn a_gone_namespace_is_not_found_whatever_its_path_names() {
+        let gone = Target::Gone("/proc/self/ns/net".into());
+        let err = Netns::open(gone.clone().opened()).unwrap_err();
+        assert!(matches!(&err, Error::Open { source, .. } if source.kind() == io::ErrorKind::NotFound), "{err:?}");
+        assert!(gone.to_string().contains("gone"), "{gone}");
     }
 
     #[test]

@@ -322,13 +322,24 @@ impl Watcher {
         })?;
         Ok(Watcher { view, stats })
     }
+}
 
-    pub fn view(&self) -> View {
+/// Where the daemon's tasks from the engine come from: the [`Watcher`], or a view a unit test
+/// sets.
+pub trait TaskSource: Send {
+    /// What the source knows of the engine now.
+    fn view(&self) -> View;
+
+    /// The reconnects and listing durations since the last call.
+    fn take_stats(&self) -> Stats;
+}
+
+impl TaskSource for Watcher {
+    fn view(&self) -> View {
         self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The reconnects and listing durations since the last call.
-    pub fn take_stats(&self) -> Stats {
+    fn take_stats(&self) -> Stats {
         std::mem::take(&mut *self.stats.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }

@@ -33,16 +33,58 @@ pub enum Error {
     },
 }
 
+/// What the daemon observes on the host and the actions it runs there: the [`Host`], or a
+/// recording fake in the daemon's unit tests.
+pub trait HostOps: std::fmt::Debug + Send + Sync {
+    /// Whether the task's cgroup exists; an error when the path names something that is not
+    /// a cgroup under the cgroup2 mount.
+    fn cgroup_exists(&self, cgroup: &str) -> Result<bool, Error>;
+
+    /// The id of the spec's cgroup, for a backend that works on one.
+    fn cgroup_id(&self, spec: &TaskSpec) -> Option<u64>;
+
+    /// The inode of the network namespace a path names now, if it names one.
+    fn netns_inode(&self, path: &Path) -> Option<u64>;
+
+    /// Installs the spec, or brings its installation up to date in place (idempotent).
+    fn apply(&self, spec: &TaskSpec) -> Result<(), Error>;
+
+    /// Removes what was installed (idempotent), in `netns` ([`netns_for_removal`]). A cgroup
+    /// or network namespace that no longer exists took the installation with it; what the
+    /// backend left of it (the eBPF pins) is removed all the same.
+    fn remove(&self, installed: &Installed, netns: &netns::Target) -> Result<(), Error>;
+
+    /// One look at the task's proxy admin, from inside the task's network namespace (the
+    /// daemon's own without one: host networking), given at most `timeout`.
+    fn proxy(&self, spec: &TaskSpec, timeout: Duration) -> Observation;
+
+    /// Whether the installation is still whole: programs pinned and attached, rules in place.
+    fn intact(&self, installed: &Installed) -> Result<bool, Error>;
+
+    /// A task's decision counters (see [`backend::Status::counters`]: the rule backends count
+    /// only with the task's configuration); `None` when nothing is installed.
+    fn counters(&self, installed: &Installed, config: Option<&ProxyConfig>) -> Result<Option<Counters>, Error>;
+}
+
+/// Where a removal works: the namespace the record names, or [`netns::Target::Gone`] when the
+/// path names another namespace now (a task from the engine is named by `/proc/<pid>/ns/net`,
+/// and its pid may be another process's by now, whose namespace is left alone).
+pub fn netns_for_removal(installed: &Installed, current_inode: Option<u64>) -> netns::Target {
+    match (&installed.netns, installed.netns_inode) {
+        (Some(path), Some(inode)) if current_inode != Some(inode) => netns::Target::Gone(path.clone()),
+        (Some(path), _) => netns::Target::Path(path.clone()),
+        (None, _) => netns::Target::Current,
+    }
+}
+
 /// The host the daemon works on: its bpffs for the eBPF backend's pins.
 #[derive(Debug, Clone)]
 pub struct Host {
     pub bpffs: PathBuf,
 }
 
-impl Host {
-    /// Whether the task's cgroup exists; an error when the path names something that is not
-    /// a cgroup under the cgroup2 mount.
-    pub fn cgroup_exists(&self, cgroup: &str) -> Result<bool, Error> {
+impl HostOps for Host {
+    fn cgroup_exists(&self, cgroup: &str) -> Result<bool, Error> {
         match cgroup::resolve(cgroup) {
             Ok(_) => Ok(true),
             Err(cgroup::Error::NotFound { .. }) => Ok(false),
@@ -50,28 +92,28 @@ impl Host {
         }
     }
 
-    /// Installs the spec, or brings its installation up to date in place (idempotent).
-    pub fn apply(&self, spec: &TaskSpec) -> Result<(), Error> {
-        self.open(spec.backend, &spec.cgroup, spec.netns.as_deref())?.apply(&spec.config, ApplyOptions::default())?;
+    fn cgroup_id(&self, spec: &TaskSpec) -> Option<u64> {
+        (spec.backend.scope() == Scope::Cgroup)
+            .then(|| cgroup::resolve(&spec.cgroup).and_then(|path| cgroup::id(&path)).ok())
+            .flatten()
+    }
+
+    fn netns_inode(&self, path: &Path) -> Option<u64> {
+        fs::metadata(path).ok().map(|m| m.ino())
+    }
+
+    fn apply(&self, spec: &TaskSpec) -> Result<(), Error> {
+        let netns = spec.netns.clone().map_or(netns::Target::Current, netns::Target::Path);
+        self.open(spec.backend, &spec.cgroup, netns)?.apply(&spec.config, ApplyOptions::default())?;
         Ok(())
     }
 
-    /// Removes what was installed (idempotent). A cgroup or network namespace that no longer
-    /// exists took the installation with it; what the backend left of it (the eBPF pins) is
-    /// removed all the same.
-    pub fn remove(&self, installed: &Installed) -> Result<(), Error> {
-        // A namespace named by a process (`/proc/<pid>/ns/net`, a task from the engine) that
-        // is not the one installed in any more went with the task: its pid may be another
-        // process's by now, whose namespace is left alone.
-        let current = installed.netns.as_deref().and_then(|p| fs::metadata(p).ok()).map(|m| m.ino());
-        let netns = match installed.netns_inode {
-            Some(inode) if current != Some(inode) => Some(Path::new(GONE)),
-            _ => installed.netns.as_deref(),
-        };
-        if netns == Some(Path::new(GONE)) && installed.backend.scope() == Scope::Netns {
+    fn remove(&self, installed: &Installed, netns: &netns::Target) -> Result<(), Error> {
+        // The rules of a namespace that is gone went with it.
+        if matches!(netns, netns::Target::Gone(_)) && installed.backend.scope() == Scope::Netns {
             return Ok(());
         }
-        match self.open(installed.backend, &installed.cgroup, netns) {
+        match self.open(installed.backend, &installed.cgroup, netns.clone()) {
             Ok(backend) => match backend.remove(false) {
                 Err(e) if e.target_gone() => {}
                 result => result.map(drop)?,
@@ -87,49 +129,33 @@ impl Host {
         Ok(())
     }
 
-    /// The id of the spec's cgroup, for a backend that works on one.
-    pub fn cgroup_id(&self, spec: &TaskSpec) -> Option<u64> {
-        (spec.backend.scope() == Scope::Cgroup)
-            .then(|| cgroup::resolve(&spec.cgroup).and_then(|path| cgroup::id(&path)).ok())
-            .flatten()
-    }
-
-    /// One look at the task's proxy admin, from inside the task's network namespace (the
-    /// daemon's own without one: host networking), given at most `timeout`.
-    pub fn proxy(&self, spec: &TaskSpec, timeout: Duration) -> Observation {
+    fn proxy(&self, spec: &TaskSpec, timeout: Duration) -> Observation {
         let url = &spec.proxy_admin_url;
-        netns::Netns::open(netns_target(spec.netns.as_deref()))
+        netns::Netns::open(spec.netns.clone().map_or(netns::Target::Current, netns::Target::Path))
             .and_then(|netns| netns.run(|| readiness::fetch(url, timeout)))
             .unwrap_or_else(|e| Observation::NotReady(format!("the task's network namespace: {e}")))
     }
 
-    /// Whether the installation is still whole: programs pinned and attached, rules in place.
-    pub fn intact(&self, installed: &Installed) -> Result<bool, Error> {
-        let status = self.open(installed.backend, &installed.cgroup, installed.netns.as_deref())?.status(None)?;
+    fn intact(&self, installed: &Installed) -> Result<bool, Error> {
+        let status = self.open_installed(installed)?.status(None)?;
         Ok(status.exit_code == 0)
     }
 
-    /// A task's decision counters (see [`backend::Status::counters`]: the rule backends count
-    /// only with the task's configuration); `None` when nothing is installed.
-    pub fn counters(&self, installed: &Installed, config: Option<&ProxyConfig>) -> Result<Option<Counters>, Error> {
-        let status = self.open(installed.backend, &installed.cgroup, installed.netns.as_deref())?.status(config)?;
+    fn counters(&self, installed: &Installed, config: Option<&ProxyConfig>) -> Result<Option<Counters>, Error> {
+        let status = self.open_installed(installed)?.status(config)?;
         Ok(status.installed.then_some(status.counters))
-    }
-
-    fn open(&self, kind: Kind, cgroup: &str, netns: Option<&Path>) -> Result<Box<dyn Backend>, Error> {
-        let target = Target {
-            cgroup: Some(cgroup.to_owned()),
-            bpffs: Some(self.bpffs.clone()),
-            ..Target::netns(netns_target(netns))
-        };
-        Ok(backend::open(kind, &target)?)
     }
 }
 
-/// A namespace path that names none (pid 0 has no `/proc` entry): what a removal is given for
-/// a namespace that is gone.
-const GONE: &str = "/proc/0/ns/net";
+impl Host {
+    fn open_installed(&self, installed: &Installed) -> Result<Box<dyn Backend>, Error> {
+        let netns = installed.netns.clone().map_or(netns::Target::Current, netns::Target::Path);
+        self.open(installed.backend, &installed.cgroup, netns)
+    }
 
-fn netns_target(netns: Option<&Path>) -> netns::Target {
-    netns.map_or(netns::Target::Current, |path| netns::Target::Path(path.to_owned()))
+    fn open(&self, kind: Kind, cgroup: &str, netns: netns::Target) -> Result<Box<dyn Backend>, Error> {
+        let target =
+            Target { cgroup: Some(cgroup.to_owned()), bpffs: Some(self.bpffs.clone()), ..Target::netns(netns) };
+        Ok(backend::open(kind, &target)?)
+    }
 }

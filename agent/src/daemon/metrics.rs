@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::host::Host;
+use super::host::HostOps;
 use super::reconcile::Installed;
 use crate::config::ProxyConfig;
 
@@ -75,7 +75,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// The metrics, and the registry that encodes them (with `host`'s task counters).
-    pub fn new(host: Host) -> (Metrics, Registry) {
+    pub fn new(host: Arc<dyn HostOps>) -> (Metrics, Registry) {
         let metrics = Metrics {
             apply: Family::default(),
             remove: Family::default(),
@@ -228,7 +228,7 @@ fn content_type(value: &str) -> tiny_http::Header {
 /// task, read at scrape time.
 #[derive(Debug)]
 struct TaskCounters {
-    host: Host,
+    host: Arc<dyn HostOps>,
     managed: Arc<Mutex<Vec<Managed>>>,
 }
 

@@ -22,16 +22,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read as _};
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use notify::Watcher as _;
 use tracing::{debug, error, info, warn};
 
-use self::host::Host;
+use self::docker::TaskSource;
+use self::host::{Host, HostOps};
 use self::metrics::Metrics;
 use self::reconcile::{Action, Actual, Desired, Installed, RemoveReason};
 use self::spec::Source;
@@ -106,8 +106,8 @@ pub fn run(options: Options) -> Result<(), Error> {
     if let Some(dir) = &options.tasks_dir {
         fs::create_dir_all(dir).map_err(|source| Error::TasksDir { path: dir.clone(), source })?;
     }
-    let host = Host { bpffs: options.bpffs.clone() };
-    let (metrics, registry) = Metrics::new(host.clone());
+    let host: Arc<dyn HostOps> = Arc::new(Host { bpffs: options.bpffs.clone() });
+    let (metrics, registry) = Metrics::new(Arc::clone(&host));
     let records = state::load(&options.state_dir)?;
     if !records.is_empty() {
         info!(tasks = records.len(), state = %options.state_dir.display(), "adopting the tasks of an earlier run");
@@ -141,7 +141,7 @@ pub fn run(options: Options) -> Result<(), Error> {
                 let _ = changed.send(Event::Files);
             })
             .map_err(Error::Docker)?;
-            Some(source)
+            Some(Box::new(source) as Box<dyn TaskSource>)
         }
         None => None,
     };
@@ -156,16 +156,7 @@ pub fn run(options: Options) -> Result<(), Error> {
         })
         .map_err(Error::Signals)?;
 
-    let mut daemon = Daemon {
-        options,
-        host,
-        metrics,
-        records,
-        reported: BTreeMap::new(),
-        waiting: BTreeMap::new(),
-        docker,
-        labels: BTreeMap::new(),
-    };
+    let mut daemon = Daemon::new(options, host, metrics, docker, records);
     daemon.pass(true);
     let mut next_resync = Instant::now() + daemon.options.resync_interval;
     loop {
@@ -233,10 +224,10 @@ fn debounce(rx: &mpsc::Receiver<Event>) -> Option<Event> {
 
 struct Daemon {
     options: Options,
-    host: Host,
+    host: Arc<dyn HostOps>,
     metrics: Metrics,
     /// The Docker source, with `--docker-socket`.
-    docker: Option<docker::Watcher>,
+    docker: Option<Box<dyn TaskSource>>,
     /// The family and revision of each task from the engine, by task id, for logs and metrics.
     labels: BTreeMap<String, (String, String)>,
     /// What the daemon installed, by task id: its state record.
@@ -255,6 +246,26 @@ struct Waiting {
 }
 
 impl Daemon {
+    /// A daemon that has installed `records` (a previous run's, adopted).
+    fn new(
+        options: Options,
+        host: Arc<dyn HostOps>,
+        metrics: Metrics,
+        docker: Option<Box<dyn TaskSource>>,
+        records: BTreeMap<String, Installed>,
+    ) -> Daemon {
+        Daemon {
+            options,
+            host,
+            metrics,
+            records,
+            reported: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            docker,
+            labels: BTreeMap::new(),
+        }
+    }
+
     /// One reconcile pass; `check_host` also checks that each installation is still whole.
     fn pass(&mut self, check_host: bool) {
         let started = Instant::now();
@@ -304,7 +315,7 @@ impl Daemon {
     /// Looks at the proxy of every task that waits for it ([`reconcile::awaits_proxy`]), all at
     /// once, and marks the LIVE ones; returns what was seen, by task id.
     fn observe_proxies(&self, desired: &mut [Desired]) -> BTreeMap<String, Observation> {
-        let host = &self.host;
+        let host = self.host.as_ref();
         let seen: Vec<(usize, Observation)> = thread::scope(|scope| {
             let looks: Vec<_> = desired
                 .iter()
@@ -508,7 +519,7 @@ impl Daemon {
                 match result {
                     Ok(()) => {
                         info!(task = %spec.id, backend = %spec.backend, cgroup = %spec.cgroup, reason = ?reason, "applied");
-                        let inode = spec.netns.as_deref().and_then(|p| fs::metadata(p).ok()).map(|m| m.ino());
+                        let inode = spec.netns.as_deref().and_then(|p| self.host.netns_inode(p));
                         let cgroup_id = self.host.cgroup_id(spec);
                         self.records.insert(spec.id.clone(), Installed::of(spec, inode, cgroup_id));
                         self.save();
@@ -525,7 +536,8 @@ impl Daemon {
                 if *reason == RemoveReason::Replaced && failed.contains(&installed.id) {
                     return Ok(());
                 }
-                let result = self.host.remove(installed);
+                let inode = installed.netns.as_deref().and_then(|p| self.host.netns_inode(p));
+                let result = self.host.remove(installed, &host::netns_for_removal(installed, inode));
                 self.metrics.removed(result.is_ok());
                 self.metrics.task_operation(&self.task_id(&installed.id), "remove", result.is_ok());
                 match result {
@@ -595,3 +607,6 @@ fn read_task_file(path: &Path) -> Result<String, String> {
     }
     Ok(text)
 }
+
+#[cfg(test)]
+mod tests;
