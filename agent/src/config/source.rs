@@ -196,6 +196,8 @@ pub struct RawConfig {
     pub implicit_exemptions: bool,
     /// `APPMESH_ENABLE_IPV6` or `--ipv6`, as written; absent means on.
     pub ipv6: Option<RawValue>,
+    /// Warnings about how the input was read, reported with validation's.
+    pub notes: Vec<Diagnostic>,
 }
 
 impl RawConfig {
@@ -206,6 +208,7 @@ impl RawConfig {
             properties: Vec::new(),
             implicit_exemptions: true,
             ipv6: None,
+            notes: Vec::new(),
         }
     }
 
@@ -576,14 +579,34 @@ fn string_field(
 
 /// Reads the `APPMESH_*` variables of the EKS App Mesh init container through `lookup`
 /// (the process environment in [`ConfigArgs::read`]). Unset and empty variables are absent.
+///
+/// `APPMESH_APP_PORTS` set but empty with an ingress port reads as outbound only, with a
+/// warning: the App Mesh controller writes that for a virtual node without listeners, and
+/// the Envoy image's route manager then intercepts outbound traffic only.
 pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> RawConfig {
     let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
     let mut raw = RawConfig::new(Source::Env);
+    let app_ports = env_var(Property::AppPorts);
+    let ingress = env_var(Property::ProxyIngressPort);
+    let outbound_only = lookup(app_ports).is_some_and(|v| v.trim().is_empty()) && get(ingress).is_some();
     for property in Property::ALL {
         let var = env_var(property);
+        if outbound_only && property == Property::ProxyIngressPort {
+            continue;
+        }
         if let Some(value) = get(var) {
             raw.properties.push(RawProperty { name: property.name().to_owned(), value, origin: Origin::Env(var) });
         }
+    }
+    if outbound_only {
+        raw.notes.push(Diagnostic::warning(
+            app_ports,
+            Some(""),
+            format!(
+                "is empty while {ingress} is set: read as outbound only (no inbound traffic is intercepted), as the \
+                 Envoy image's route manager does for a virtual node without listeners; {ingress} is ignored"
+            ),
+        ));
     }
     raw.ipv6 = get(ENV_ENABLE_IPV6).map(|value| RawValue { value, origin: Origin::Env(ENV_ENABLE_IPV6) });
     raw
