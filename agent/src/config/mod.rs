@@ -8,6 +8,7 @@
 pub mod fuzz;
 pub mod parse;
 pub mod source;
+pub mod template;
 pub mod validate;
 
 use std::fmt;
@@ -17,7 +18,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 pub use source::{
-    ConfigArgs, Input, Origin, ProxyType, RawConfig, RawProperty, RawValue, Source, from_env,
+    ConfigArgs, Entry, Input, Origin, ProxyType, RawConfig, RawProperty, RawValue, Source, from_env,
     parse_proxy_configuration, parse_task_definition,
 };
 pub use validate::validate;

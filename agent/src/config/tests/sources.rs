@@ -211,15 +211,7 @@ fn byte_order_mark_is_accepted() {
 
 // ---- files and stdin through ConfigArgs ----
 
-#[derive(Debug, Parser)]
-struct Cli {
-    #[command(flatten)]
-    config: ConfigArgs,
-}
-
-fn args(argv: &[&str]) -> ConfigArgs {
-    Cli::try_parse_from(std::iter::once("intercept").chain(argv.iter().copied())).unwrap().config
-}
+use crate::testdata::{Cli, config_args as args};
 
 fn no_env(_: &str) -> Option<String> {
     None
