@@ -369,14 +369,20 @@ impl ConfigArgs {
         if entries.len() == 1 {
             return entries.remove(0).input;
         }
-        let names: Vec<String> = entries.iter().map(|e| e.source.to_string()).collect();
+        let names: Vec<String> = entries
+            .iter()
+            .map(|e| match &e.source {
+                Source::TaskDefinition(name) => name.clone(),
+                other => other.to_string(),
+            })
+            .collect();
         Err(ConfigErrors(vec![Diagnostic::error(
             "--resource",
             None,
             format!(
                 "the template holds {} task definitions with a proxy configuration ({}): choose one with --resource NAME",
                 entries.len(),
-                names.join("; ")
+                template::names(&names)
             ),
         )]))
     }
@@ -414,9 +420,6 @@ impl ConfigArgs {
     /// The task definitions of a `--task-definition` file, `--resource` applied.
     fn task_definitions(&self, text: &str, origin: &str) -> Result<Vec<Entry>, ConfigErrors> {
         let given = self.parameter_values()?;
-        if text.len() > MAX_INPUT_BYTES {
-            return Err(too_large(origin));
-        }
         // Editors on Windows like to start files with a byte-order mark; serde_json does not.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let form = template::read(text, &given).map_err(|e| file_error(origin, e.to_string()))?;
@@ -451,7 +454,7 @@ impl ConfigArgs {
                 Some(wanted),
                 format!(
                     "names no task definition with a proxy configuration in {origin} (there are: {})",
-                    names.join(", ")
+                    template::names(&names)
                 ),
             )]));
         }

@@ -4,7 +4,7 @@
 //! stack knows (a resource's `Ref` or attribute, a pseudo parameter, another stack's export) is
 //! [`Unresolved`] unless `--parameter` gives it: it is never guessed.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
@@ -71,7 +71,13 @@ pub struct Resolver<'t> {
     given: &'t BTreeMap<String, String>,
     /// Conditions evaluated so far; `None` while one is being evaluated (a cycle).
     evaluated: RefCell<BTreeMap<String, Option<Result<bool, Unresolved>>>>,
+    /// How many conditions are being evaluated, one inside the other.
+    nesting: Cell<usize>,
 }
+
+/// Conditions may refer to conditions; a template of thousands in a chain would otherwise
+/// take as deep a recursion.
+const MAX_CONDITION_NESTING: usize = 128;
 
 fn section<'t>(template: &'t Map<String, Value>, name: &str) -> &'t Value {
     static ABSENT: Value = Value::Null;
@@ -87,6 +93,7 @@ impl<'t> Resolver<'t> {
             resources: section(template, "Resources"),
             given,
             evaluated: RefCell::new(BTreeMap::new()),
+            nesting: Cell::new(0),
         }
     }
 
@@ -322,8 +329,16 @@ impl<'t> Resolver<'t> {
         let Some(definition) = self.conditions.get(name) else {
             return Err(Unresolved::new(format!("{name} names no condition of the template"), None));
         };
+        if self.nesting.get() >= MAX_CONDITION_NESTING {
+            return Err(Unresolved::new(
+                format!("condition {name} is nested more than {MAX_CONDITION_NESTING} conditions deep"),
+                None,
+            ));
+        }
         self.evaluated.borrow_mut().insert(name.to_owned(), None);
+        self.nesting.set(self.nesting.get() + 1);
         let result = self.truth(definition);
+        self.nesting.set(self.nesting.get() - 1);
         self.evaluated.borrow_mut().insert(name.to_owned(), Some(result.clone()));
         result
     }

@@ -46,9 +46,19 @@ impl NoTaskDefinition {
     pub fn message(&self) -> String {
         let mut message = format!("holds no {} with a proxy configuration, so there is nothing to check", self.kind);
         if !self.without.is_empty() {
-            message.push_str(&format!(" (without one: {})", self.without.join(", ")));
+            message.push_str(&format!(" (without one: {})", names(&self.without)));
         }
         message
+    }
+}
+
+/// Names for a message, the first few of a long list: a template may hold thousands.
+pub fn names(names: &[impl AsRef<str>]) -> String {
+    const SHOWN: usize = 10;
+    let shown: Vec<&str> = names.iter().take(SHOWN).map(AsRef::as_ref).collect();
+    match names.len().saturating_sub(SHOWN) {
+        0 => shown.join(", "),
+        more => format!("{}, … and {more} more", shown.join(", ")),
     }
 }
 
@@ -77,10 +87,8 @@ pub fn read(text: &str, given: &BTreeMap<String, String>) -> Result<Form, Unread
     match yaml {
         Ok(Value::Object(top)) if is_cloudformation(&top) => Ok(cloudformation(&top, given)),
         _ if text.trim_start().starts_with(['{', '[']) => Err(Unreadable(format!("not valid JSON: {json_error}"))),
-        Ok(_) => Err(Unreadable(
-            "neither JSON nor a CloudFormation template (a YAML document without a Resources section)".to_owned(),
-        )),
-        Err(e) => Err(Unreadable(format!("neither JSON nor YAML (as YAML: {e})"))),
+        Ok(_) => Err(Unreadable("neither JSON nor a CloudFormation template (no Resources section)".to_owned())),
+        Err(e) => Err(Unreadable(format!("neither JSON nor a YAML template intercept reads: {e}"))),
     }
 }
 

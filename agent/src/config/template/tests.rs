@@ -109,7 +109,7 @@ fn other_forms_are_refused_saying_which_are_read() {
     for (text, start) in [
         (hcl, "neither JSON nor"),
         (jq, "not valid JSON: expected value at line 2 column 13"),
-        (copilot, "neither JSON nor a CloudFormation template (a YAML document without a Resources section)"),
+        (copilot, "neither JSON nor a CloudFormation template (no Resources section)"),
     ] {
         let message = refusal(text);
         assert!(message.starts_with(start), "{message}");
@@ -253,6 +253,22 @@ fn functions_evaluate_what_the_template_decides() {
         let resolver = Resolver::new(template.as_object().unwrap(), given);
         assert_eq!(resolver.value(&expression), Ok(want), "{expression}");
     }
+}
+
+#[test]
+fn a_long_chain_of_conditions_is_refused_not_recursed_into() {
+    let mut conditions = serde_json::Map::new();
+    for i in 0..10_000 {
+        conditions.insert(format!("C{i}"), json!({"Fn::Not": [{"Condition": format!("C{}", i + 1)}]}));
+    }
+    conditions.insert("C10000".into(), json!(true));
+    let template = json!({"Conditions": conditions});
+    let none = BTreeMap::new();
+    let resolver = Resolver::new(template.as_object().unwrap(), &none);
+    let unresolved = resolver.condition("C0").unwrap_err();
+    assert!(unresolved.why.ends_with("is nested more than 128 conditions deep"), "{unresolved:?}");
+    // A short chain is evaluated.
+    assert_eq!(resolver.condition("C9990"), Ok(true));
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //! refused, and so are aliases (`*name`), which CloudFormation does not accept either and
 //! which would otherwise let a few bytes expand into billions of nodes.
 
+use std::borrow::Cow;
+
 use saphyr_parser::{Event, Marker, Parser, ScalarStyle, Tag};
 use serde_json::{Map, Number, Value};
 
@@ -35,6 +37,12 @@ struct Open {
     key: Option<String>,
     tag: Option<Tag>,
     start: Marker,
+}
+
+impl Open {
+    fn new(value: Value, tag: Option<Cow<'_, Tag>>, start: Marker) -> Self {
+        Open { value, key: None, tag: tag.map(Cow::into_owned), start }
+    }
 }
 
 /// Parses one YAML document into JSON, short-form CloudFormation tags in their long form.
@@ -67,21 +75,11 @@ pub fn parse(text: &str) -> Result<Value, YamlError> {
                 return Err(YamlError::at(mark, format!("nested deeper than {MAX_DEPTH} levels")));
             }
             Event::SequenceStart(_, tag) => {
-                stack.push(Open {
-                    value: Value::Array(Vec::new()),
-                    key: None,
-                    tag: tag.map(|t| t.into_owned()),
-                    start: mark,
-                });
+                stack.push(Open::new(Value::Array(Vec::new()), tag, mark));
                 continue;
             }
             Event::MappingStart(_, tag) => {
-                stack.push(Open {
-                    value: Value::Object(Map::new()),
-                    key: None,
-                    tag: tag.map(|t| t.into_owned()),
-                    start: mark,
-                });
+                stack.push(Open::new(Value::Object(Map::new()), tag, mark));
                 continue;
             }
             Event::SequenceEnd | Event::MappingEnd => {
