@@ -1,7 +1,8 @@
 use serde_json::{Value, json};
 
+use super::ports::difference;
 use super::*;
-use crate::config::{Ingress, Severity};
+use crate::config::{Ingress, PortRange, Severity};
 
 pub(crate) use crate::testdata::{EXAMPLES, seed_config};
 
