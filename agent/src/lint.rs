@@ -26,7 +26,7 @@
 //! | proxy has `APPMESH_RESOURCE_ARN` or `APPMESH_VIRTUAL_NODE_NAME` (in `environment` or `secrets`), non-empty | error | `containerDefinitions[p].environment[.j.value]` |
 //! | … when `environmentFiles` may supply it | warning | `containerDefinitions[p].environment` |
 //! | another container runs as the ignored identity: its traffic bypasses the proxy, so it need not wait (the seed's X-Ray daemon) | warning | `containerDefinitions[i].user` |
-//! | the application `dependsOn` the proxy: the containers mapping an AppPorts port for tcp or, if none does, the only essential one besides the proxy (init containers the proxy `dependsOn` with `SUCCESS`/`COMPLETE` never count) | error | `containerDefinitions[i].dependsOn` |
+//! | the application `dependsOn` the proxy: the containers mapping an AppPorts port for tcp or, if none does, the only essential one besides the proxy (init containers the proxy `dependsOn` with `SUCCESS`/`COMPLETE`, and containers running as the ignored identity, never count) | error | `containerDefinitions[i].dependsOn` |
 //! | … any other container (a sidecar, or not essential) | warning | `containerDefinitions[i].dependsOn` |
 //! | that dependency has condition `HEALTHY` | error | `containerDefinitions[i].dependsOn[j].condition` |
 //! | `portMappings` protocol `tcp`/`udp`, `containerPortRange` `first-last` | error | `containerDefinitions[i].portMappings[k].*` |

@@ -58,7 +58,8 @@ impl Linter<'_> {
 
     /// The indices of the application's containers, which must wait for the proxy: those that
     /// map an AppPorts port for tcp or, when none does, the only essential container besides
-    /// the proxy and its init containers. The others are sidecars (log routers, agents).
+    /// the proxy, its init containers and the containers that bypass it. The others are
+    /// sidecars (log routers, agents).
     pub(super) fn applications(
         &self,
         containers: &[Container<'_>],
@@ -82,7 +83,10 @@ impl Linter<'_> {
                 return owners;
             }
         }
-        let candidates: Vec<usize> = others().filter(|(_, c)| essential(c)).map(|(i, _)| i).collect();
+        // A container whose traffic bypasses the proxy (the seed's X-Ray daemon) is no candidate.
+        let bypasses =
+            |c: &Container<'_>| self.bypass(c.node.get("user").and_then(|u| u.value().as_str()), proxy).is_some();
+        let candidates: Vec<usize> = others().filter(|(_, c)| essential(c) && !bypasses(c)).map(|(i, _)| i).collect();
         if candidates.len() == 1 { candidates } else { Vec::new() }
     }
 

@@ -170,6 +170,13 @@ fn the_application_is_the_owner_of_an_app_port_or_the_only_essential_container()
     for config in [Some(&without_ingress), None] {
         assert_eq!(severities(&td, config), [(app.clone(), Severity::Error)]);
     }
+    // A container running as the ignored identity bypasses the proxy: it does not count.
+    let td = mutated("ec2-xray-taskB", |td| {
+        remove(&mut td["containerDefinitions"][0], "dependsOn");
+        remove(&mut td["containerDefinitions"][0], "portMappings");
+    });
+    let xray = ("containerDefinitions[2].user".to_owned(), Severity::Warning);
+    assert_eq!(severities(&td, Some(&without_ingress)), [(app.clone(), Severity::Error), xray]);
 }
 
 // --- the describe-task-definition wrapper and the document's shape ---

@@ -40,6 +40,22 @@ fn cloudformation_yaml_reports_each_task_definition_by_logical_id() {
 }
 
 #[test]
+fn several_reports_are_a_json_array_and_one_is_itself() {
+    let reports = CheckReport::check_all(entries("cloudformation.yaml", &[]), false);
+    let json: Value = serde_json::from_str(&CheckReport::render_all_json(&reports)).unwrap();
+    let sources: Vec<&str> = json.as_array().unwrap().iter().filter_map(|r| r["source"].as_str()).collect();
+    assert_eq!(
+        sources,
+        [
+            "task definition Color in ../examples/templates/cloudformation.yaml",
+            "task definition Front in ../examples/templates/cloudformation.yaml"
+        ]
+    );
+    let one = CheckReport::check_all(entries("cloudformation.yaml", &["--resource", "Front"]), false);
+    assert_eq!(CheckReport::render_all_json(&one), one[0].render_json());
+}
+
+#[test]
 fn cloudformation_json_reads_as_the_same_template_in_yaml() {
     let yaml = report("cloudformation.yaml", &[]).replace("cloudformation.yaml", "cloudformation.json");
     assert_eq!(report("cloudformation.json", &[]), yaml);
