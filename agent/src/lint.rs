@@ -26,10 +26,12 @@
 //! | proxy has `APPMESH_RESOURCE_ARN` or `APPMESH_VIRTUAL_NODE_NAME` (in `environment` or `secrets`), non-empty | error | `containerDefinitions[p].environment[.j.value]` |
 //! | … when `environmentFiles` may supply it | warning | `containerDefinitions[p].environment` |
 //! | another container runs as the ignored identity: its traffic bypasses the proxy, so it need not wait (the seed's X-Ray daemon) | warning | `containerDefinitions[i].user` |
-//! | every other essential container `dependsOn` the proxy (except init containers the proxy `dependsOn` with `SUCCESS`/`COMPLETE`) | error (warning if not essential) | `containerDefinitions[i].dependsOn` |
+//! | the application `dependsOn` the proxy: the containers mapping an AppPorts port for tcp or, if none does, the only essential one besides the proxy (init containers the proxy `dependsOn` with `SUCCESS`/`COMPLETE`, and containers running as the ignored identity, never count) | error | `containerDefinitions[i].dependsOn` |
+//! | … any other container (a sidecar, or not essential) | warning | `containerDefinitions[i].dependsOn` |
 //! | that dependency has condition `HEALTHY` | error | `containerDefinitions[i].dependsOn[j].condition` |
 //! | `portMappings` protocol `tcp`/`udp`, `containerPortRange` `first-last` | error | `containerDefinitions[i].portMappings[k].*` |
 //! | every AppPorts port is a tcp `containerPort` or in a tcp `containerPortRange` | error | the AppPorts property |
+//! | … when no container declares a tcp port (awsvpc needs none to listen) | warning | the AppPorts property |
 //! | `networkMode` is `awsvpc` | warning (error on Fargate) | `networkMode` |
 //! | on Fargate, ProxyIngressPort and ProxyEgressPort are greater than 1024 | error | the port's property |
 //!
@@ -38,6 +40,7 @@
 //! `user` equals the proxy container's.
 
 mod json;
+mod mappings;
 mod ports;
 mod user;
 
@@ -46,9 +49,9 @@ pub(crate) mod tests;
 
 use serde_json::Value;
 
-use crate::config::{Diagnostic, PortRange, PortSet, Property, ProxyConfig};
+use crate::config::{Diagnostic, PortSet, Property, ProxyConfig};
 use json::Node;
-use ports::{difference, intersection, parse_range};
+use mappings::Mappings;
 use user::Exemption;
 
 /// The Envoy admin check of the seed guide, which only passes once Envoy is LIVE.
@@ -107,21 +110,27 @@ impl<'c> Linter<'c> {
         let proxy_name = self.proxy_container_name(&td);
         let containers = self.containers(&td);
         let proxy = match (proxy_name, &containers) {
-            (Some(name), Some(containers)) => self.resolve_proxy(name, containers),
+            (Some((name, path)), Some(containers)) => self.resolve_proxy(name, &path, containers),
             _ => None,
         };
-        let mut tcp = PortSet::new();
-        let mut udp = PortSet::new();
-        for (index, container) in containers.iter().flatten().enumerate() {
+        let containers = containers.unwrap_or_default();
+        // Read ahead, because which container is the application depends on its ports; the
+        // findings are kept to be reported in document order.
+        let mappings: Vec<Mappings> = containers.iter().map(|c| self.port_mappings(c)).collect();
+        let applications = proxy.as_ref().map(|p| self.applications(&containers, &mappings, p)).unwrap_or_default();
+        let (mut tcp, mut udp) = (PortSet::new(), PortSet::new());
+        for (index, (container, ports)) in containers.iter().zip(mappings).enumerate() {
             match &proxy {
                 Some(p) if p.index == index => self.proxy_container(container),
-                Some(p) => self.other_container(container, p),
+                Some(p) => self.other_container(container, p, applications.contains(&index)),
                 None => {}
             }
-            self.port_mappings(container, &mut tcp, &mut udp);
+            self.diags.extend(ports.findings);
+            ports.tcp.ranges().iter().for_each(|r| tcp.insert(*r));
+            ports.udp.ranges().iter().for_each(|r| udp.insert(*r));
         }
         // With no containers to read, every AppPort would be reported again.
-        if containers.as_ref().is_some_and(|c| !c.is_empty()) {
+        if !containers.is_empty() {
             self.app_ports(&td, &tcp, &udp);
         }
         let fargate = self.fargate(&td);
@@ -146,7 +155,8 @@ impl<'c> Linter<'c> {
         Some(root)
     }
 
-    fn proxy_container_name<'a>(&mut self, td: &Node<'a>) -> Option<&'a str> {
+    /// The proxy's container name, and the path it is written at.
+    fn proxy_container_name<'a>(&mut self, td: &Node<'a>) -> Option<(&'a str, String)> {
         let Some(pc) = td.get("proxyConfiguration") else {
             self.diags.push(td.missing(
                 "proxyConfiguration",
@@ -162,7 +172,7 @@ impl<'c> Linter<'c> {
             );
             return None;
         };
-        self.ok(name.as_str())
+        self.ok(name.as_str()).map(|n| (n, name.path().to_owned()))
     }
 
     /// The containers as objects, with their names (each checked: present, a string, unique).
@@ -207,7 +217,7 @@ impl<'c> Linter<'c> {
         Some(containers)
     }
 
-    fn resolve_proxy<'a>(&mut self, name: &'a str, containers: &[Container<'a>]) -> Option<Proxy<'a>> {
+    fn resolve_proxy<'a>(&mut self, name: &'a str, name_path: &str, containers: &[Container<'a>]) -> Option<Proxy<'a>> {
         if let Some(index) = containers.iter().position(|c| c.name == Some(name)) {
             let node = &containers[index].node;
             let user = node.get("user").and_then(|u| u.value().as_str());
@@ -234,7 +244,7 @@ impl<'c> Linter<'c> {
         if let Some(close) = closest(name, &names) {
             message.push_str(&format!("; did you mean \"{close}\"?"));
         }
-        self.diags.push(Diagnostic::error("proxyConfiguration.containerName", Some(name), message));
+        self.diags.push(Diagnostic::error(name_path, Some(name), message));
         None
     }
 
@@ -425,7 +435,8 @@ impl<'c> Linter<'c> {
         entries
     }
 
-    fn other_container(&mut self, c: &Container<'_>, proxy: &Proxy<'_>) {
+    /// `application`: the container is the application's (see [`Linter::applications`]).
+    fn other_container(&mut self, c: &Container<'_>, proxy: &Proxy<'_>, application: bool) {
         let user = c.node.get("user");
         let user_text = match &user {
             Some(node) => {
@@ -437,7 +448,9 @@ impl<'c> Linter<'c> {
             }
             None => None,
         };
-        let essential = c.node.get("essential").and_then(|e| self.ok(e.as_bool())).unwrap_or(true);
+        if let Some(node) = c.node.get("essential") {
+            self.ok(node.as_bool());
+        }
         // An init container the proxy waits for cannot wait for the proxy: that would be a cycle.
         if c.name.is_some_and(|name| proxy.init_containers.contains(&name)) {
             return;
@@ -478,10 +491,19 @@ impl<'c> Linter<'c> {
                 );
                 let path = c.node.child_path("dependsOn");
                 let value = list.as_ref().map(Node::rendered);
-                self.diags.push(if essential {
+                self.diags.push(if !essential(c) {
+                    Diagnostic::warning(path, value.as_deref(), format!("{message} (a warning: it is not essential)"))
+                } else if application {
                     Diagnostic::error(path, value.as_deref(), message)
                 } else {
-                    Diagnostic::warning(path, value.as_deref(), format!("{message} (a warning: it is not essential)"))
+                    Diagnostic::warning(
+                        path,
+                        value.as_deref(),
+                        format!(
+                            "{message} (a warning: it is a sidecar, not the application; its outbound TCP connections \
+                             fail until Envoy is up, while UDP, such as X-Ray or StatsD traffic, is not intercepted)"
+                        ),
+                    )
                 });
             }
         }
@@ -528,60 +550,6 @@ impl<'c> Linter<'c> {
             }
         }
         wrong.unwrap_or(Dependency::Missing(Some(list)))
-    }
-
-    fn port_mappings(&mut self, c: &Container<'_>, tcp: &mut PortSet, udp: &mut PortSet) {
-        let Some(list) = c.node.get("portMappings") else { return };
-        let Some(items) = self.ok(list.as_array()) else { return };
-        for item in items {
-            if self.ok(item.as_object()).is_none() {
-                continue;
-            }
-            let set = match item.get("protocol") {
-                None => &mut *tcp,
-                Some(node) => match self.ok(node.as_str()) {
-                    Some("tcp") => &mut *tcp,
-                    Some("udp") => &mut *udp,
-                    Some(_) => {
-                        self.diags.push(node.error("must be \"tcp\" or \"udp\""));
-                        continue;
-                    }
-                    None => continue,
-                },
-            };
-            if let Some(port) = item.get("containerPort").and_then(|p| self.ok(p.as_port())) {
-                set.insert(PortRange::single(port));
-            }
-            if let Some(range) = item.get("containerPortRange") {
-                match self.ok(range.as_str()).map(|s| (s, parse_range(s))) {
-                    Some((_, Some(r))) => set.insert(r),
-                    Some((_, None)) => {
-                        self.diags.push(range.error("must be a port range \"first-last\", e.g. \"8000-8099\""))
-                    }
-                    None => {}
-                }
-            }
-        }
-    }
-
-    fn app_ports(&mut self, td: &Node<'_>, tcp: &PortSet, udp: &PortSet) {
-        let Some(ingress) = self.config.and_then(|c| c.ingress.as_ref()) else { return };
-        let uncovered = PortSet::from_ranges(ingress.app_ports.ranges().iter().flat_map(|r| difference(*r, tcp)));
-        if uncovered.is_empty() {
-            return;
-        }
-        let mut message = format!(
-            "{} {uncovered} in no container's portMappings: AppPorts are the ports the application listens on, and \
-             inbound traffic to them is redirected to the proxy; add a tcp portMappings entry (containerPort or \
-             containerPortRange) or remove the port from AppPorts",
-            if uncovered.port_count() == 1 { "port" } else { "ports" }
-        );
-        let udp_only = PortSet::from_ranges(uncovered.ranges().iter().flat_map(|r| intersection(*r, udp)));
-        if !udp_only.is_empty() {
-            message.push_str(&format!(" ({udp_only} is mapped for udp only; interception is TCP-only)"));
-        }
-        let field = property_path(td, Property::AppPorts);
-        self.diags.push(Diagnostic::error(field, Some(&uncovered.to_string()), message));
     }
 
     fn fargate(&mut self, td: &Node<'_>) -> bool {
@@ -644,6 +612,12 @@ impl<'c> Linter<'c> {
             ));
         }
     }
+}
+
+/// ECS's default: a container is essential unless it says otherwise (a mistyped value is
+/// reported where it is read).
+fn essential(c: &Container<'_>) -> bool {
+    c.node.get("essential").and_then(|e| e.value().as_bool()).unwrap_or(true)
 }
 
 enum Dependency<'a> {

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 
 use crate::config::{
-    ConfigErrors, Diagnostic, Input, METADATA_IPS, PortSet, ProxyConfig, SSH_PORT, Severity, Validated, validate,
+    ConfigErrors, Diagnostic, Entry, Input, METADATA_IPS, PortSet, ProxyConfig, SSH_PORT, Severity, Validated, validate,
 };
 use crate::lint::lint;
 
@@ -129,6 +129,23 @@ impl CheckReport {
         }
     }
 
+    /// One report for each task definition read (a template may hold several), or one for
+    /// an input that could not be read at all.
+    pub fn check_all(entries: Result<Vec<Entry>, ConfigErrors>, no_implicit_exemptions: bool) -> Vec<CheckReport> {
+        match entries {
+            Ok(entries) => entries
+                .into_iter()
+                .map(|entry| match entry.input {
+                    Ok(input) => CheckReport::check(Ok(input), no_implicit_exemptions),
+                    Err(errors) => {
+                        CheckReport::new(entry.source.to_string(), Err(errors), !no_implicit_exemptions, None)
+                    }
+                })
+                .collect(),
+            Err(errors) => vec![CheckReport::check(Err(errors), no_implicit_exemptions)],
+        }
+    }
+
     /// `validation` is the outcome of reading and validating the proxy configuration;
     /// `implicit_exemptions` says whether they are on (`--no-implicit-exemptions` not
     /// given), and is what the report shows when the configuration did not validate (a
@@ -192,6 +209,28 @@ impl CheckReport {
         self.config_diagnostics.iter().chain(self.lint_diagnostics.iter().flatten())
     }
 
+    /// Several reports for people, one after the other.
+    pub fn render_all_text(reports: &[CheckReport]) -> String {
+        reports.iter().map(CheckReport::render_text).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Several reports as JSON: one report as itself, several as an array of them.
+    pub fn render_all_json(reports: &[CheckReport]) -> String {
+        match reports {
+            [one] => one.render_json(),
+            all => {
+                let mut json = serde_json::to_string_pretty(all).expect("a report is always serialisable");
+                json.push('\n');
+                json
+            }
+        }
+    }
+
+    /// The worst exit code of several reports.
+    pub fn worst_exit_code(reports: &[CheckReport]) -> i32 {
+        reports.iter().map(CheckReport::exit_code).max().unwrap_or(0)
+    }
+
     /// The report as pretty-printed JSON (field names are part of the CLI's interface).
     pub fn render_json(&self) -> String {
         let mut json = serde_json::to_string_pretty(self).expect("a report is always serialisable");
@@ -214,7 +253,7 @@ impl CheckReport {
         }
         line(&mut out, "implicit exemptions", &self.implicit_exemptions.describe());
         if self.lint_diagnostics.is_none() {
-            line(&mut out, "lint", "not run: the input is not a task definition");
+            line(&mut out, "lint", "not run: no task definition was read");
         }
         out.push('\n');
         for severity in [Severity::Error, Severity::Warning] {

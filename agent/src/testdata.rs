@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use crate::config::{Ingress, PortRange, PortSet, ProxyConfig};
+use clap::Parser;
+
+use crate::config::{ConfigArgs, Ingress, PortRange, PortSet, ProxyConfig};
 
 /// The four task definitions of the seed guide: Fargate and EC2, each with and without X-Ray.
 pub(crate) const EXAMPLES: [&str; 4] = ["fargate-taskB", "fargate-xray-taskB", "ec2-taskB", "ec2-xray-taskB"];
@@ -38,4 +40,11 @@ pub(crate) fn seed_config() -> ProxyConfig {
         implicit_exemptions: true,
         ipv6: true,
     }
+}
+
+pub(crate) use crate::config::fuzz::Flags as Cli;
+
+/// The configuration arguments of an `intercept` command line (without the program name).
+pub(crate) fn config_args(argv: &[&str]) -> ConfigArgs {
+    Cli::try_parse_from(std::iter::once("intercept").chain(argv.iter().copied())).unwrap().config
 }

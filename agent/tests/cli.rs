@@ -131,7 +131,7 @@ fn unreadable_inputs_exit_2() {
     let not_utf8 = temp_file(&[0xff, 0xfe, b'{', b'}']);
     let huge = temp_file(&vec![b' '; (1 << 20) + 1]);
     let cases = [
-        (not_json.path().to_str().unwrap().to_owned(), "not valid JSON"),
+        (not_json.path().to_str().unwrap().to_owned(), "neither JSON nor a CloudFormation template"),
         (not_utf8.path().to_str().unwrap().to_owned(), "not valid UTF-8"),
         (huge.path().to_str().unwrap().to_owned(), "larger than 1024 KiB"),
         ("/nonexistent/task.json".to_owned(), "cannot read"),

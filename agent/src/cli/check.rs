@@ -39,17 +39,18 @@ pub struct PlanArgs {
     format: Format,
 }
 
-/// Exit 0 when the configuration is valid (warnings allowed), 2 otherwise.
+/// Exit 0 when the configuration is valid (warnings allowed), 2 otherwise; with several task
+/// definitions (a template), one report each and the worst result.
 pub fn check(args: CheckArgs) -> Outcome {
-    let report = CheckReport::check(args.config.read(), args.config.no_implicit_exemptions);
+    let reports = CheckReport::check_all(args.config.read_all(), args.config.no_implicit_exemptions);
     print(&match args.format {
-        Format::Text => report.render_text(),
-        Format::Json => report.render_json(),
+        Format::Text => CheckReport::render_all_text(&reports),
+        Format::Json => CheckReport::render_all_json(&reports),
     })?;
     if args.kernel_features {
         print(&kernel_features(args.format))?;
     }
-    Ok(exit_code(report.exit_code()))
+    Ok(exit_code(CheckReport::worst_exit_code(&reports)))
 }
 
 /// What the running kernel has of what each backend uses.

@@ -6,14 +6,16 @@
 //! a bare proxyConfiguration on stdin (size limit, UTF-8, JSON, JSON types), the same bytes as
 //! an `APPMESH_*` environment (`KEY=VALUE` lines) and as command-line flags (one argument per
 //! line); whatever reads is validated, and what validates is linted, reported and planned for
-//! every backend. Any panic is a bug; so is an error result that holds no error.
+//! every backend. A task definition on stdin may be any form `--task-definition` reads
+//! (CloudFormation YAML or JSON, Terraform JSON), each of its task definitions checked. Any
+//! panic is a bug; so is an error result that holds no error.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::{ConfigArgs, ConfigErrors, Validated, validate};
+use super::{ConfigArgs, ConfigErrors, Input, Validated, validate};
 use crate::backend::Kind;
 use crate::plan::Format;
 use crate::report::CheckReport;
@@ -21,9 +23,9 @@ use crate::report::CheckReport;
 /// The configuration flags as the `intercept` subcommands take them.
 #[derive(Debug, Parser)]
 #[command(name = "intercept")]
-struct Flags {
+pub(crate) struct Flags {
     #[command(flatten)]
-    config: ConfigArgs,
+    pub(crate) config: ConfigArgs,
 }
 
 /// Runs one fuzz input through every reader, validation, lint, the report and the plans.
@@ -56,8 +58,21 @@ pub fn one_input(data: &[u8]) {
 }
 
 fn run(args: &ConfigArgs, env: impl Fn(&str) -> Option<String>, stdin: &[u8]) {
-    let input = args.read_with(env, stdin);
-    match &input {
+    let entries = args.read_all_with(env, stdin);
+    match &entries {
+        Ok(entries) => {
+            assert!(!entries.is_empty(), "a source read as no configuration at all");
+            entries.iter().for_each(|entry| validate_and_plan(&entry.input));
+        }
+        Err(errors) => assert_has_errors(errors),
+    }
+    let reports = CheckReport::check_all(entries, args.no_implicit_exemptions);
+    let _ = CheckReport::render_all_text(&reports);
+    let _ = CheckReport::render_all_json(&reports);
+}
+
+fn validate_and_plan(input: &Result<Input, ConfigErrors>) {
+    match input {
         Ok(input) => match validate(&input.raw) {
             Ok(Validated { config, warnings }) => {
                 assert!(warnings.iter().all(|d| !d.is_error()), "an error among the warnings: {warnings:?}");
@@ -74,9 +89,6 @@ fn run(args: &ConfigArgs, env: impl Fn(&str) -> Option<String>, stdin: &[u8]) {
         },
         Err(errors) => assert_has_errors(errors),
     }
-    let report = CheckReport::check(input, args.no_implicit_exemptions);
-    let _ = report.render_text();
-    let _ = report.render_json();
 }
 
 fn assert_has_errors(errors: &ConfigErrors) {

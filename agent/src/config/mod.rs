@@ -4,10 +4,12 @@
 //! read into [`RawConfig`] by [`source`], then [`validate`] turns a [`RawConfig`] into a
 //! [`ProxyConfig`] or reports every problem at once.
 
+mod args;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod parse;
 pub mod source;
+pub mod template;
 pub mod validate;
 
 use std::fmt;
@@ -16,9 +18,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::IpNet;
 use serde::Serialize;
 
+pub use args::{ConfigArgs, Entry};
 pub use source::{
-    ConfigArgs, Input, Origin, ProxyType, RawConfig, RawProperty, RawValue, Source, from_env,
-    parse_proxy_configuration, parse_task_definition,
+    Input, Origin, ProxyType, RawConfig, RawProperty, RawValue, Source, from_env, parse_proxy_configuration,
+    parse_task_definition,
 };
 pub use validate::validate;
 

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Map, Value};
 
@@ -196,6 +196,8 @@ pub struct RawConfig {
     pub implicit_exemptions: bool,
     /// `APPMESH_ENABLE_IPV6` or `--ipv6`, as written; absent means on.
     pub ipv6: Option<RawValue>,
+    /// Warnings about how the input was read, reported with validation's.
+    pub notes: Vec<Diagnostic>,
 }
 
 impl RawConfig {
@@ -206,6 +208,7 @@ impl RawConfig {
             properties: Vec::new(),
             implicit_exemptions: true,
             ipv6: None,
+            notes: Vec::new(),
         }
     }
 
@@ -234,152 +237,11 @@ pub struct Input {
     pub task_definition: Option<Value>,
 }
 
-/// Where intercept reads its configuration from. The three sources exclude each other;
-/// the property flags override whichever is used, or are the whole configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
-pub struct ConfigArgs {
-    /// Read the proxyConfiguration of an ECS task definition (JSON as registered, or as
-    /// printed by `aws ecs describe-task-definition`); `-` reads stdin
-    #[arg(long, value_name = "FILE|-", group = "config-source")]
-    pub task_definition: Option<PathBuf>,
-
-    /// Read a bare proxyConfiguration object (`{"type": "APPMESH", "properties": [...]}`);
-    /// `-` reads stdin
-    #[arg(long, value_name = "FILE|-", group = "config-source")]
-    pub proxy_configuration: Option<PathBuf>,
-
-    /// Read the APPMESH_* variables of the EKS App Mesh init container (APPMESH_IGNORE_UID,
-    /// APPMESH_ENVOY_EGRESS_PORT, ...)
-    #[arg(long, group = "config-source")]
-    pub from_env: bool,
-
-    /// IgnoredUID: traffic of processes with these uids (comma-separated) is never redirected
-    #[arg(long, value_name = "UIDS", allow_negative_numbers = true)]
-    pub ignored_uid: Option<String>,
-
-    /// IgnoredGID: traffic of processes with these gids (comma-separated) is never redirected
-    #[arg(long, value_name = "GIDS", allow_negative_numbers = true)]
-    pub ignored_gid: Option<String>,
-
-    /// ProxyIngressPort: where inbound traffic to AppPorts is sent
-    #[arg(long, value_name = "PORT", allow_negative_numbers = true)]
-    pub proxy_ingress_port: Option<String>,
-
-    /// ProxyEgressPort: where outbound traffic is sent
-    #[arg(long, value_name = "PORT", allow_negative_numbers = true)]
-    pub proxy_egress_port: Option<String>,
-
-    /// AppPorts: comma-separated ports or ranges (a-b) the application listens on
-    #[arg(long, value_name = "PORTS", allow_negative_numbers = true)]
-    pub app_ports: Option<String>,
-
-    /// EgressIgnoredIPs: comma-separated IP addresses or CIDR blocks never redirected
-    #[arg(long, value_name = "IPS")]
-    pub egress_ignored_ips: Option<String>,
-
-    /// EgressIgnoredPorts: comma-separated destination ports or ranges never redirected
-    #[arg(long, value_name = "PORTS", allow_negative_numbers = true)]
-    pub egress_ignored_ports: Option<String>,
-
-    /// ProxyDNSPort: DNS (UDP and TCP port 53) to non-local servers is redirected to this
-    /// port on loopback, where the proxy's DNS listener answers
-    #[arg(long, value_name = "PORT", allow_negative_numbers = true)]
-    pub proxy_dns_port: Option<String>,
-
-    /// EgressIncludedIPs: comma-separated IP addresses or CIDR blocks; when given, only
-    /// connections to these are redirected (the exemptions still apply)
-    #[arg(long, value_name = "IPS")]
-    pub egress_included_ips: Option<String>,
-
-    /// Do not exempt port 22 and the metadata IPs 169.254.170.2 and 169.254.169.254 unless
-    /// they are listed
-    #[arg(long)]
-    pub no_implicit_exemptions: bool,
-
-    /// Intercept IPv6 as well as IPv4: true or false (also 1 or 0); default true
-    #[arg(long, value_name = "true|false")]
-    pub ipv6: Option<String>,
-}
-
-impl ConfigArgs {
-    /// The property flags that were given, in [`Property::ALL`] order.
-    fn property_flags(&self) -> impl Iterator<Item = (Property, &String)> {
-        let values = [
-            &self.ignored_uid,
-            &self.ignored_gid,
-            &self.proxy_ingress_port,
-            &self.proxy_egress_port,
-            &self.app_ports,
-            &self.egress_ignored_ips,
-            &self.egress_ignored_ports,
-            &self.proxy_dns_port,
-            &self.egress_included_ips,
-        ];
-        Property::ALL.into_iter().zip(values).filter_map(|(p, v)| v.as_ref().map(|v| (p, v)))
-    }
-
-    /// Whether any source or property flag was given (`status` works without).
-    pub fn given(&self) -> bool {
-        self.task_definition.is_some()
-            || self.proxy_configuration.is_some()
-            || self.from_env
-            || self.ipv6.is_some()
-            || self.property_flags().next().is_some()
-    }
-
-    /// Reads the chosen source from the process environment, the files or stdin.
-    pub fn read(&self) -> Result<Input, ConfigErrors> {
-        self.read_with(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()), std::io::stdin().lock())
-    }
-
-    /// [`ConfigArgs::read`] with the environment and stdin supplied by the caller.
-    pub fn read_with(&self, env: impl Fn(&str) -> Option<String>, stdin: impl Read) -> Result<Input, ConfigErrors> {
-        let chosen = usize::from(self.task_definition.is_some())
-            + usize::from(self.proxy_configuration.is_some())
-            + usize::from(self.from_env);
-        if chosen > 1 {
-            return Err(ConfigErrors(vec![Diagnostic::error(
-                "configuration",
-                None,
-                "give only one of --task-definition, --proxy-configuration and --from-env",
-            )]));
-        }
-        let mut input = if let Some(path) = &self.task_definition {
-            let origin = origin_name(path);
-            parse_task_definition(&read_text(path, &origin, stdin)?, &origin)?
-        } else if let Some(path) = &self.proxy_configuration {
-            let origin = origin_name(path);
-            parse_proxy_configuration(&read_text(path, &origin, stdin)?, &origin)?
-        } else if self.from_env {
-            Input { raw: from_env(env), task_definition: None }
-        } else if self.property_flags().next().is_some() {
-            Input { raw: RawConfig::new(Source::Flags), task_definition: None }
-        } else {
-            return Err(ConfigErrors(vec![Diagnostic::error(
-                "configuration",
-                None,
-                "nothing to read: give --task-definition, --proxy-configuration, --from-env or the property flags \
-                 (at least --proxy-egress-port and --ignored-uid)",
-            )]));
-        };
-        for (property, value) in self.property_flags() {
-            input.raw.set_override(property, value.clone(), Origin::Flag(flag(property)));
-        }
-        if self.no_implicit_exemptions {
-            input.raw.implicit_exemptions = false;
-        }
-        if let Some(value) = &self.ipv6 {
-            input.raw.ipv6 = Some(RawValue { value: value.clone(), origin: Origin::Flag(FLAG_IPV6) });
-        }
-        Ok(input)
-    }
-}
-
-fn origin_name(path: &Path) -> String {
+pub(super) fn origin_name(path: &Path) -> String {
     if path == Path::new("-") { "<stdin>".to_owned() } else { path.display().to_string() }
 }
 
-fn file_error(origin: &str, message: impl Into<String>) -> ConfigErrors {
+pub(super) fn file_error(origin: &str, message: impl Into<String>) -> ConfigErrors {
     ConfigErrors(vec![Diagnostic::error(origin, None, message)])
 }
 
@@ -388,7 +250,7 @@ fn too_large(origin: &str) -> ConfigErrors {
 }
 
 /// Reads at most [`MAX_INPUT_BYTES`] (+1 to tell "exactly the limit" from "more").
-fn read_text(path: &Path, origin: &str, stdin: impl Read) -> Result<String, ConfigErrors> {
+pub(super) fn read_text(path: &Path, origin: &str, stdin: impl Read) -> Result<String, ConfigErrors> {
     let limit = MAX_INPUT_BYTES as u64 + 1;
     let mut bytes = Vec::new();
     let read = if path == Path::new("-") {
@@ -435,7 +297,11 @@ fn join(prefix: &str, key: &str) -> String {
 /// Parses a task definition, either as registered (`{"family": ..., "proxyConfiguration":
 /// ...}`) or as `aws ecs describe-task-definition` prints it (`{"taskDefinition": {...}}`).
 pub fn parse_task_definition(text: &str, origin: &str) -> Result<Input, ConfigErrors> {
-    let doc = parse_json(text, origin)?;
+    read_task_definition(parse_json(text, origin)?, origin)
+}
+
+/// [`parse_task_definition`] of a parsed document.
+pub(super) fn read_task_definition(doc: Value, origin: &str) -> Result<Input, ConfigErrors> {
     let Value::Object(top) = &doc else {
         return Err(file_error(
             origin,
@@ -576,14 +442,34 @@ fn string_field(
 
 /// Reads the `APPMESH_*` variables of the EKS App Mesh init container through `lookup`
 /// (the process environment in [`ConfigArgs::read`]). Unset and empty variables are absent.
+///
+/// `APPMESH_APP_PORTS` set but empty with an ingress port reads as outbound only, with a
+/// warning: the App Mesh controller writes that for a virtual node without listeners, and
+/// the Envoy image's route manager then intercepts outbound traffic only.
 pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> RawConfig {
     let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
     let mut raw = RawConfig::new(Source::Env);
+    let app_ports = env_var(Property::AppPorts);
+    let ingress = env_var(Property::ProxyIngressPort);
+    let outbound_only = lookup(app_ports).is_some_and(|v| v.trim().is_empty()) && get(ingress).is_some();
     for property in Property::ALL {
         let var = env_var(property);
+        if outbound_only && property == Property::ProxyIngressPort {
+            continue;
+        }
         if let Some(value) = get(var) {
             raw.properties.push(RawProperty { name: property.name().to_owned(), value, origin: Origin::Env(var) });
         }
+    }
+    if outbound_only {
+        raw.notes.push(Diagnostic::warning(
+            app_ports,
+            Some(""),
+            format!(
+                "is empty while {ingress} is set: read as outbound only (no inbound traffic is intercepted), as the \
+                 Envoy image's route manager does for a virtual node without listeners; {ingress} is ignored"
+            ),
+        ));
     }
     raw.ipv6 = get(ENV_ENABLE_IPV6).map(|value| RawValue { value, origin: Origin::Env(ENV_ENABLE_IPV6) });
     raw

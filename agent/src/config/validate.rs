@@ -75,7 +75,7 @@ struct Validation<'a> {
 pub fn validate(raw: &RawConfig) -> Result<Validated, ConfigErrors> {
     let mut v = Validation {
         raw,
-        diags: Vec::new(),
+        diags: raw.notes.clone(),
         seen: BTreeMap::new(),
         values: Values {
             uid: Slot::Absent,

@@ -1,7 +1,8 @@
 use serde_json::{Value, json};
 
+use super::ports::difference;
 use super::*;
-use crate::config::{Ingress, Severity};
+use crate::config::{Ingress, PortRange, Severity};
 
 pub(crate) use crate::testdata::{EXAMPLES, seed_config};
 
@@ -119,10 +120,63 @@ fn ignored_identity_with_dependency_still_bypasses_the_proxy() {
 }
 
 #[test]
-fn xray_daemon_under_another_user_must_wait() {
+fn a_sidecar_that_does_not_wait_is_warned_about() {
+    // The X-Ray daemon under another user maps no AppPorts port: a sidecar, not the application.
     let td = mutated("ec2-xray-taskB", |td| td["containerDefinitions"][2]["user"] = json!("1000"));
-    let d = single_error(&td, "containerDefinitions[2].dependsOn", None);
+    let d = single_warning(&td, "containerDefinitions[2].dependsOn", None);
     assert!(d.message.starts_with("container \"xray-daemon\" does not wait for the proxy"), "{d}");
+    assert!(d.message.ends_with("while UDP, such as X-Ray or StatsD traffic, is not intercepted)"), "{d}");
+}
+
+/// ec2-taskB with its application container's port mappings replaced by `mappings`, and a
+/// log router with `router` as its mappings, neither waiting for the proxy.
+fn app_and_router(mappings: Value, router: Value) -> Value {
+    mutated("ec2-taskB", |td| {
+        remove(&mut td["containerDefinitions"][0], "dependsOn");
+        td["containerDefinitions"][0]["portMappings"] = mappings;
+        let sidecar = json!({"name": "log-router", "image": "fluent-bit", "portMappings": router});
+        td["containerDefinitions"].as_array_mut().unwrap().push(sidecar);
+    })
+}
+
+#[test]
+fn the_application_is_the_owner_of_an_app_port_or_the_only_essential_container() {
+    let severities = |td: &Value, config: Option<&ProxyConfig>| -> Vec<(String, Severity)> {
+        lint(td, config).into_iter().map(|d| (d.field, d.severity)).collect()
+    };
+    let (app, router) =
+        ("containerDefinitions[0].dependsOn".to_owned(), "containerDefinitions[2].dependsOn".to_owned());
+    let config = seed_config();
+    // The owner of AppPorts 9080 is the application, wherever it is in the list.
+    let td = app_and_router(json!([{"containerPort": 9080}]), json!([{"containerPort": 2020}]));
+    assert_eq!(severities(&td, Some(&config)), [(app.clone(), Severity::Error), (router.clone(), Severity::Warning)]);
+    let td = app_and_router(json!([{"containerPort": 2020}]), json!([{"containerPort": 9080}]));
+    assert_eq!(severities(&td, Some(&config)), [(app.clone(), Severity::Warning), (router.clone(), Severity::Error)]);
+    // Nobody maps an AppPorts port: with two essential candidates neither is known to be the
+    // application, and the unmapped port is an error since ports are declared.
+    let td = app_and_router(json!([{"containerPort": 8080}]), json!([]));
+    let appports = "proxyConfiguration.properties[3].value".to_owned();
+    assert_eq!(
+        severities(&td, Some(&config)),
+        [(app.clone(), Severity::Warning), (router.clone(), Severity::Warning), (appports, Severity::Error)]
+    );
+    // The only essential container besides the proxy is the application, with or without a
+    // configuration to read AppPorts from.
+    let td = mutated("ec2-taskB", |td| {
+        remove(&mut td["containerDefinitions"][0], "dependsOn");
+        remove(&mut td["containerDefinitions"][0], "portMappings");
+    });
+    let without_ingress = ProxyConfig { ingress: None, ..seed_config() };
+    for config in [Some(&without_ingress), None] {
+        assert_eq!(severities(&td, config), [(app.clone(), Severity::Error)]);
+    }
+    // A container running as the ignored identity bypasses the proxy: it does not count.
+    let td = mutated("ec2-xray-taskB", |td| {
+        remove(&mut td["containerDefinitions"][0], "dependsOn");
+        remove(&mut td["containerDefinitions"][0], "portMappings");
+    });
+    let xray = ("containerDefinitions[2].user".to_owned(), Severity::Warning);
+    assert_eq!(severities(&td, Some(&without_ingress)), [(app.clone(), Severity::Error), xray]);
 }
 
 // --- the describe-task-definition wrapper and the document's shape ---
@@ -220,6 +274,8 @@ fn container_name_naming_nothing() {
     let td = mutated("fargate-taskB", |td| td["proxyConfiguration"]["containerName"] = json!("sidecar"));
     let d = single_error(&td, "proxyConfiguration.containerName", Some("sidecar"));
     assert!(!d.message.contains("did you mean"), "{d}");
+    // Named at its place in describe-task-definition output, like every other finding.
+    single_error(&json!({"taskDefinition": td}), "taskDefinition.proxyConfiguration.containerName", Some("sidecar"));
 }
 
 #[test]
@@ -497,6 +553,16 @@ fn app_port_ranges_must_be_covered_port_by_port() {
         td["containerDefinitions"][0]["portMappings"] = json!([{"containerPortRange": "8000-8010"}]);
     });
     assert_clean(&td, &config);
+}
+
+#[test]
+fn app_port_with_no_tcp_port_declared_anywhere_is_a_warning() {
+    // An awsvpc application listens without portMappings; UDP mappings (X-Ray) are no TCP port.
+    for mappings in [json!([]), json!([{"containerPort": 2000, "protocol": "udp"}])] {
+        let td = mutated("ec2-taskB", |td| td["containerDefinitions"][0]["portMappings"] = mappings);
+        let d = single_warning(&td, "proxyConfiguration.properties[3].value", Some("9080"));
+        assert!(d.message.starts_with("port 9080 in no container's portMappings, and no container declares a tcp"));
+    }
 }
 
 #[test]

@@ -9,11 +9,12 @@
 //! |---|---|
 //! | `task-definition/*.json` | `--task-definition FILE` |
 //! | `describe-task-definition/*.json` | `--task-definition FILE` (the `{"taskDefinition": ...}` form) |
+//! | `template/*` | `--task-definition FILE` (CloudFormation, Terraform, and text that is neither) |
 //! | `proxy-configuration/*.json` | `--proxy-configuration FILE` |
 //! | `env/*.env` | `KEY=VALUE` lines as the whole environment, with `--from-env` |
 //! | `flags/*.args` | one argument per line |
 //!
-//! Inputs too big to commit (10 MB lists, deeply nested JSON) are generated here.
+//! Inputs too big to commit (10 MB lists, deeply nested JSON, hostile YAML) are generated here.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write as _;
@@ -101,6 +102,7 @@ pub fn cases() -> Vec<Case> {
     for (kind, option) in [
         ("task-definition", "--task-definition"),
         ("describe-task-definition", "--task-definition"),
+        ("template", "--task-definition"),
         ("proxy-configuration", "--proxy-configuration"),
         ("env", "--from-env"),
         ("flags", ""),
@@ -167,6 +169,34 @@ fn list(entry: &str, len: usize, last: &str) -> String {
     out
 }
 
+/// YAML of intercept's whole input limit that would take far more to hold: a billion laughs
+/// (nine levels of nine aliases), nesting a block deeper per line, an unclosed flow mapping
+/// per four bytes, and a template of one task definition after another.
+fn hostile_yaml() -> Vec<Case> {
+    let mut laughs = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for level in 1..10 {
+        laughs.push_str(&format!("a{level}: &a{level} [{}]\n", vec![format!("*a{}", level - 1); 9].join(", ")));
+    }
+    let padding = format!("# {}\n", "lol".repeat(((1 << 20) - laughs.len()) / 3 - 1));
+    let nested: String = (0..1000).map(|depth| format!("{}- \n", "  ".repeat(depth))).collect();
+    let task_definition =
+        "  T{i}:\n    Type: AWS::ECS::TaskDefinition\n    Properties: {ProxyConfiguration: {Type: !Ref X}}\n";
+    let mut template = String::from("Resources:\n");
+    for i in 0.. {
+        let next = task_definition.replace("{i}", &i.to_string());
+        if template.len() + next.len() > 1 << 20 {
+            break;
+        }
+        template.push_str(&next);
+    }
+    vec![
+        stdin_case("yaml-1mib-billion-laughs", "--task-definition", format!("{padding}{laughs}").into_bytes()),
+        stdin_case("yaml-deeply-nested-blocks", "--task-definition", nested.into_bytes()),
+        stdin_case("yaml-1mib-nested-flow-mappings", "--task-definition", "{a: ".repeat((1 << 20) / 4).into_bytes()),
+        stdin_case("yaml-1mib-template-of-unresolvable-task-definitions", "--task-definition", template.into_bytes()),
+    ]
+}
+
 fn generated() -> Vec<Case> {
     let egress_only = [("APPMESH_IGNORE_UID", "1337"), ("APPMESH_ENVOY_EGRESS_PORT", "15001")];
     let mut env: Vec<(OsString, OsString)> = egress_only.iter().map(|(k, v)| (k.into(), v.into())).collect();
@@ -222,4 +252,7 @@ fn generated() -> Vec<Case> {
             stdin: Vec::new(),
         },
     ]
+    .into_iter()
+    .chain(hostile_yaml())
+    .collect()
 }

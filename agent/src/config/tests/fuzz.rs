@@ -76,6 +76,7 @@ prop_compose! {
             properties: properties.into_iter().map(|(name, value, origin)| RawProperty { name, value, origin }).collect(),
             implicit_exemptions,
             ipv6: ipv6.map(|(value, origin)| RawValue { value, origin }),
+            notes: Vec::new(),
         }
     }
 }

@@ -6,7 +6,9 @@ use clap::Parser;
 
 use super::*;
 use crate::config::source::MAX_INPUT_BYTES;
-use crate::config::{ConfigArgs, Input, Origin, ProxyType, RawProperty, Source, from_env, parse_task_definition};
+use crate::config::{
+    ConfigArgs, Input, Origin, ProxyType, RawProperty, Severity, Source, from_env, parse_task_definition,
+};
 
 use crate::testdata::{EXAMPLES, example_path, example_text as example};
 
@@ -209,15 +211,7 @@ fn byte_order_mark_is_accepted() {
 
 // ---- files and stdin through ConfigArgs ----
 
-#[derive(Debug, Parser)]
-struct Cli {
-    #[command(flatten)]
-    config: ConfigArgs,
-}
-
-fn args(argv: &[&str]) -> ConfigArgs {
-    Cli::try_parse_from(std::iter::once("intercept").chain(argv.iter().copied())).unwrap().config
-}
+use crate::testdata::{Cli, config_args as args};
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -413,7 +407,7 @@ fn environment_table() {
             ]),
         ),
         (
-            env_with(&[("APPMESH_APP_PORTS", "")]),
+            EKS_ENV.iter().copied().filter(|(k, _)| *k != "APPMESH_APP_PORTS").collect(),
             Err(vec![
                 "error: APPMESH_APP_PORTS: missing: APPMESH_ENVOY_INGRESS_PORT is set but APPMESH_APP_PORTS is \
                       not; give both to intercept inbound traffic, or neither for outbound only"
@@ -461,6 +455,18 @@ fn environment_table() {
     }
     // Nothing set at all: both requirements, named as variables.
     assert_eq!(validate(&from_env(env(&[]))).unwrap_err().errors().count(), 2);
+}
+
+#[test]
+fn empty_app_ports_with_an_ingress_port_is_outbound_only() {
+    // What the App Mesh controller writes for a virtual node without listeners.
+    for empty in ["", " "] {
+        let validated = validate(&from_env(env(&env_with(&[("APPMESH_APP_PORTS", empty)])))).unwrap();
+        assert_eq!(validated.config, ProxyConfig { ingress: None, ..seed_config() });
+        let [warning] = &validated.warnings[..] else { panic!("{:?}", validated.warnings) };
+        assert_eq!((warning.severity, warning.field.as_str()), (Severity::Warning, "APPMESH_APP_PORTS"));
+        assert!(warning.message.starts_with("is empty while APPMESH_ENVOY_INGRESS_PORT is set: read as outbound only"));
+    }
 }
 
 // ---- flags ----
