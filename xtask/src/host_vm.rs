@@ -258,7 +258,7 @@ impl Boot<'_> {
                     Some(format!("did not start the command within {} s", BOOT_TIMEOUT.as_secs()))
                 }
                 Some(at) if at.elapsed() > timeout => {
-                    Some(format!("the command did not finish within {} s", timeout.as_secs()))
+                    Some(format!("ran the command for more than {} s", timeout.as_secs()))
                 }
                 _ => None,
             };
@@ -300,7 +300,7 @@ impl Boot<'_> {
 /// recipes are removed. The build boots it once (with `kernel`) to load the project image's
 /// base into its Docker: a boot then loads only the image's own layers.
 fn root_image(dir: &Path, engine: &containers::Engine, kernel: &Extracted, initrd: &Path) -> Result<PathBuf> {
-    let base = image_id(engine, containers::BASE_IMAGE)?;
+    let (base, _) = inspect(engine, containers::BASE_IMAGE)?;
     let mut recipe = Sha256::new();
     for part in [SUITE, DISK_SIZE, PROVISION, &base].into_iter().chain(PACKAGES).chain(MASKED) {
         recipe.update(part);
@@ -491,33 +491,85 @@ fn decompress(from: &Path, to: &Path) -> Result<()> {
     run_cmd(&mut cmd)
 }
 
-/// `tag` as `docker save` writes it, cached per image id (the guest loads it at each boot).
+/// `tag` as `docker save` writes it but for the layers of the project image's base, which the
+/// root image's Docker has: `docker load` opens a layer's file only when it lacks the layer, so
+/// the guest reads and unpacks only the image's own layers. Cached per image id (the guest
+/// loads it at each boot).
 fn saved_image(dir: &Path, engine: &containers::Engine, tag: &str) -> Result<PathBuf> {
     let images = dir.join("images");
     fs::create_dir_all(&images)?;
     let prefix = format!("{}-", tag.replace([':', '/'], "_"));
-    let name = format!("{prefix}{}.tar", image_id(engine, tag)?);
+    let (id, layers) = inspect(engine, tag)?;
+    let name = format!("{prefix}{id}.tar");
     let saved = images.join(&name);
     if saved.is_file() {
         println!("    skip: {} is saved", saved.display());
-    } else {
-        remove_stale(&images, &prefix, &name)?;
-        let partial = images.join(format!("{name}.partial"));
-        run_cmd(engine.docker().args(["save", "--output"]).arg(&partial).arg(tag))?;
-        fs::rename(&partial, &saved)?;
+        return Ok(saved);
     }
+    remove_stale(&images, &prefix, &name)?;
+    let whole = images.join(format!("{name}.whole"));
+    run_cmd(engine.docker().args(["save", "--output"]).arg(&whole).arg(tag))?;
+    let (_, base) = inspect(engine, containers::BASE_IMAGE)?;
+    // A layer is the same one only on top of the same layers.
+    let shared = layers.iter().zip(&base).take_while(|(a, b)| a == b).count();
+    let partial = images.join(format!("{name}.partial"));
+    without_layers(&whole, shared, &partial)
+        .with_context(|| format!("strip the base's layers from {}", whole.display()))?;
+    fs::remove_file(&whole)?;
+    fs::rename(&partial, &saved)?;
     Ok(saved)
 }
 
-/// The first 16 hex digits of `tag`'s image id in `engine`.
-fn image_id(engine: &containers::Engine, tag: &str) -> Result<String> {
-    let out = engine.docker().args(["image", "inspect", "--format", "{{.Id}}", tag]).output()?;
+/// Copies the `docker save` archive `from` to `to` without the files of its first `count`
+/// layers.
+fn without_layers(from: &Path, count: usize, to: &Path) -> Result<()> {
+    let open = || -> Result<tar::Archive<fs::File>> { Ok(tar::Archive::new(fs::File::open(from)?)) };
+    let mut manifest = None;
+    for entry in open()?.entries()? {
+        let mut entry = entry?;
+        if entry.path()?.as_os_str() == "manifest.json" {
+            let mut text = String::new();
+            entry.read_to_string(&mut text)?;
+            manifest = Some(serde_json::from_str::<serde_json::Value>(&text)?);
+            break;
+        }
+    }
+    let manifest = manifest.context("the archive has no manifest.json")?;
+    let layers = manifest[0]["Layers"].as_array().context("manifest.json lists no layers")?;
+    let skipped: Vec<&str> = layers.iter().take(count).filter_map(|l| l.as_str()).collect();
+    if skipped.len() != count {
+        bail!("manifest.json lists {} layers, not the {count} the image shares with its base", layers.len());
+    }
+    let mut copy = tar::Builder::new(fs::File::create(to)?);
+    for entry in open()?.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        if skipped.iter().any(|s| path == Path::new(s)) {
+            continue;
+        }
+        let mut header = entry.header().clone();
+        copy.append_data(&mut header, &path, &mut entry)?;
+    }
+    copy.into_inner()?.sync_all()?;
+    Ok(())
+}
+
+/// The first 16 hex digits of `tag`'s image id in `engine`, and its layers (diff ids).
+fn inspect(engine: &containers::Engine, tag: &str) -> Result<(String, Vec<String>)> {
+    let out = engine.docker().args(["image", "inspect", tag]).output()?;
     if !out.status.success() {
         bail!("docker image inspect {tag}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    let id = String::from_utf8_lossy(&out.stdout);
-    let id = id.trim().trim_start_matches("sha256:");
-    Ok(id[..id.len().min(16)].to_owned())
+    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).context("docker image inspect's JSON")?;
+    let id = inspected[0]["Id"].as_str().context("docker image inspect shows no Id")?;
+    let id = id.trim_start_matches("sha256:");
+    let layers = inspected[0]["RootFS"]["Layers"]
+        .as_array()
+        .context("docker image inspect shows no RootFS.Layers")?
+        .iter()
+        .filter_map(|l| l.as_str().map(str::to_owned))
+        .collect();
+    Ok((id[..id.len().min(16)].to_owned(), layers))
 }
 
 /// Removes the files in `dir` named `prefix…` but `keep`: earlier versions of a cached file.
