@@ -109,20 +109,8 @@ struct Outcome {
 }
 
 pub fn run(ws: &Workspace, kernels: &[String], full: bool) -> Result<bool> {
-    let chosen: Vec<(&'static str, &'static str)> = if kernels.is_empty() {
-        KERNELS.to_vec()
-    } else {
-        kernels
-            .iter()
-            .map(|k| {
-                KERNELS
-                    .iter()
-                    .copied()
-                    .find(|(name, _)| name == k)
-                    .with_context(|| format!("--kernel {k}: one of {}", KERNELS.map(|(n, _)| n).join(", ")))
-            })
-            .collect::<Result<_>>()?
-    };
+    let chosen: Vec<(&'static str, &'static str)> =
+        if kernels.is_empty() { KERNELS.to_vec() } else { kernels.iter().map(|k| kernel(k)).collect::<Result<_>>()? };
     let dir = ws.target_dir.join("kernels");
     let vng = virtme_ng(&dir)?;
     step("kernels: the test binaries");
@@ -157,6 +145,15 @@ pub fn run(ws: &Workspace, kernels: &[String], full: bool) -> Result<bool> {
     Ok(outcomes.iter().all(|o| o.passed))
 }
 
+/// The entry of [`KERNELS`] that `--kernel NAME` names.
+pub(crate) fn kernel(name: &str) -> Result<(&'static str, &'static str)> {
+    KERNELS
+        .iter()
+        .copied()
+        .find(|(k, _)| *k == name)
+        .with_context(|| format!("--kernel {name}: one of {}", KERNELS.map(|(k, _)| k).join(", ")))
+}
+
 /// virtme-ng in a venv of its own, installed when missing.
 fn virtme_ng(dir: &Path) -> Result<PathBuf> {
     step("kernels: virtme-ng");
@@ -183,14 +180,16 @@ fn virtme_ng(dir: &Path) -> Result<PathBuf> {
 }
 
 /// A kernel extracted from its package: the image and the modules' root.
-struct Extracted {
-    version: String,
-    vmlinuz: PathBuf,
-    modules: PathBuf,
+pub(crate) struct Extracted {
+    pub(crate) version: String,
+    pub(crate) vmlinuz: PathBuf,
+    /// Holds `<version>/` with the modules and their `modules.dep`.
+    pub(crate) modules: PathBuf,
 }
 
-/// Downloads and extracts the current `linux-image-amd64` of `suite`, unless it is there.
-fn fetch(dir: &Path, kernel: &str, suite: &str) -> Result<Extracted> {
+/// Downloads and extracts the current `linux-image-amd64` of `suite` under `dir` (the
+/// kernels' directory, `<target>/kernels`), unless it is there.
+pub(crate) fn fetch(dir: &Path, kernel: &str, suite: &str) -> Result<Extracted> {
     let root = dir.join("root").join(kernel);
     let done = root.join(".extracted");
     if !done.is_file() {

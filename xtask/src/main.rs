@@ -20,10 +20,14 @@
 //! - `image`: the image `intercept:<version>` from the Dockerfile, in the engine at
 //!   `DOCKER_HOST` or a private one (see `containers.rs`); `test` builds it too, for the
 //!   container tests.
+//! - `host-vm [--kernel 6.1|6.12] [--share DIR]... -- CMD...`: CMD as root in a virtual machine
+//!   shaped like an Amazon Linux 2023 ECS host (see `host_vm.rs`), with the working tree's
+//!   `intercept` and image; exits with CMD's exit code.
 
 mod bench;
 mod containers;
 mod fuzz;
+mod host_vm;
 mod kernels;
 mod setup;
 
@@ -32,6 +36,7 @@ use std::{
     ffi::OsStr,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -98,6 +103,25 @@ enum Task {
     /// binary, on a Debian base made from Debian packages, in the engine at DOCKER_HOST or one
     /// started for it (as root); prints the tag as its last line.
     Image,
+    /// Setup, then boot a host shaped like Amazon Linux 2023's ECS hosts (systemd, cgroup v2
+    /// only, Docker with the systemd cgroup driver, iptables-nft without nft; under QEMU's TCG,
+    /// cached under <target dir>/host-vm/) with the working tree's intercept at
+    /// /usr/local/bin/intercept and its image loaded into Docker, run CMD there as root once
+    /// Docker is up, and exit with its exit code (as root).
+    HostVm {
+        /// The guest's kernel: 6.1 or 6.12
+        #[arg(long, value_name = "VERSION", default_value = host_vm::KERNELS[0])]
+        kernel: String,
+        /// A directory to share with the guest read-only, at the same path (repeatable)
+        #[arg(long = "share", value_name = "DIR")]
+        shares: Vec<PathBuf>,
+        /// Kill the guest when CMD runs longer than this
+        #[arg(long, value_name = "SECONDS", default_value_t = host_vm::DEFAULT_TIMEOUT.as_secs())]
+        timeout: u64,
+        /// The command and its arguments, after `--`
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
     /// Fuzz every configuration reader and validation (cargo-fuzz, nightly) for N seconds from
     /// the committed seeds, memory and per-input time bounded; installs cargo-fuzz if missing.
     Fuzz {
@@ -163,6 +187,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Soak { minutes } => soak(&ws, minutes),
         Task::Fuzz { seconds } => fuzz::run(&ws, seconds),
         Task::Image => image(&ws),
+        Task::HostVm { kernel, shares, timeout, command } => {
+            host_vm::run(&ws, &kernel, &shares, Duration::from_secs(timeout), &command)
+        }
         Task::Kernels { kernels, full } => {
             setup::run(&ws)?;
             if !setup::is_root() {

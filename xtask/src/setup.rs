@@ -19,7 +19,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// the backends' tools, and for the container tests and `cargo xtask image` a container engine
 /// and what builds the image's base from Debian packages. The CNI plugins are not on PATH: their
 /// entry is the path of one.
-const SYSTEM_TOOLS: [(&str, &str); 15] = [
+const SYSTEM_TOOLS: [(&str, &str); 17] = [
     ("iptables", "iptables"),
     ("nft", "nftables"),
     ("ipset", "ipset"),
@@ -39,6 +39,9 @@ const SYSTEM_TOOLS: [(&str, &str); 15] = [
     ("depmod", "kmod"),
     // What is attached to which cgroup, as an operator checks it (the container tests).
     ("bpftool", "bpftool"),
+    // The host VM (`cargo xtask host-vm`): its root image, the kernel modules of its initramfs.
+    ("mke2fs", "e2fsprogs"),
+    ("xz", "xz-utils"),
 ];
 
 pub fn run(ws: &Workspace) -> Result<()> {
@@ -197,9 +200,11 @@ fn ensure_symlink(target: &Path, link: &Path) -> Result<()> {
 }
 
 /// iptables, nft, ipset, ip, dockerd, mmdebstrap, podman and the CNI plugins, dnsmasq and dig,
-/// QEMU. As root, apt-get installs them; otherwise says how to.
+/// QEMU, mke2fs and xz. As root, apt-get installs them; otherwise says how to.
 fn system_tools() -> Result<()> {
-    step("setup: iptables, nftables, ipset, iproute2, docker.io, mmdebstrap, podman, CNI plugins, dnsmasq, dig, QEMU");
+    step(
+        "setup: iptables, nftables, ipset, iproute2, docker.io, mmdebstrap, podman, CNI plugins, dnsmasq, dig, QEMU, e2fsprogs, xz",
+    );
     let missing: Vec<(&str, &str)> = SYSTEM_TOOLS.into_iter().filter(|(cmd, _)| find_tool(cmd).is_none()).collect();
     if missing.is_empty() {
         println!("    skip: {} are installed", SYSTEM_TOOLS.map(|(cmd, _)| cmd).join(", "));
