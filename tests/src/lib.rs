@@ -111,6 +111,32 @@ pub fn privileges() -> Result<Privileged, String> {
 }
 
 /// Fails `test`, which cannot run because of `reason`.
+/// The tests named `al2023_host_*` run on a host shaped like the default ECS host, Amazon Linux
+/// 2023: systemd as init, cgroup v2 only, and no `nft` command. `cargo xtask test` runs them in
+/// its virtual machine of such a host (`cargo xtask host-vm`); elsewhere they fail saying so.
+pub fn require_al2023_host(test: &str) -> Privileged {
+    let privileged = require_privileges(test);
+    let mut missing = Vec::new();
+    if !Path::new("/run/systemd/system").is_dir() {
+        missing.push("systemd is not the init system");
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounts = intercept::mountinfo::parse_mountinfo(&mounts);
+    if !mounts.iter().any(|m| m.fstype == "cgroup2" && m.mount_point == Path::new("/sys/fs/cgroup")) {
+        missing.push("cgroup v2 is not the only hierarchy (/sys/fs/cgroup)");
+    }
+    if intercept::backend::exec::find_program("nft").is_some() {
+        missing.push("the nft command is installed");
+    }
+    if !missing.is_empty() {
+        cannot_run(
+            test,
+            &format!("needs a host shaped like Amazon Linux 2023 (`cargo xtask host-vm`): {}", missing.join("; ")),
+        );
+    }
+    privileged
+}
+
 pub fn cannot_run(test: &str, reason: &str) -> ! {
     panic!("{test} cannot run here: {reason}")
 }

@@ -440,6 +440,47 @@ fn recorded_cases(last: u16) -> Vec<Case> {
     ]
 }
 
+/// The plugin in the agent's container on an Amazon Linux 2023 host, with the host's tools
+/// only (its `/usr/sbin`: iptables with the nf_tables backend, no `nft`): `auto` picks iptables
+/// and says why, the connections agree with the model, DEL leaves nothing; `nftables` is
+/// refused with a message that says `nft` is missing, and changes nothing.
+#[test]
+#[ignore = "privileged, on an AL2023-shaped host: `cargo xtask test` runs it in its virtual machine"]
+fn al2023_host_the_cni_plugin_uses_the_hosts_tools() {
+    let test = "al2023_host_the_cni_plugin_uses_the_hosts_tools";
+    intercept_tests::require_al2023_host(test);
+    let engine = require_engine(test);
+    let mut task = Task::new(&engine);
+    let topology = task.start_pause();
+    task.start_ecs_agent(&intercept_bin(test));
+    let netns = format!("/host/proc/{}/ns/net", task.pid(PAUSE));
+    let ports = ["22".to_owned()];
+    let with_backend =
+        |backend: &str| recorded_netconf_with_ports(&ports).replacen('{', &format!(r#"{{"backend":"{backend}","#), 1);
+    let refused = task.cni("ADD", &netns, with_backend("nftables").as_bytes());
+    let error = refused.json();
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(error.to_string().contains("nft"), "the message says nft is missing: {error}");
+    nothing_left(&topology.task);
+    let sandbox = Sandbox::around(
+        topology,
+        &SandboxSpec {
+            egress_proxy_ports: vec![15001],
+            ingress_proxy_ports: vec![15000],
+            app_ports: vec![9080, 9090],
+            remote_ports: vec![22, 80, 23],
+            remote_addresses: vec![V4.plain],
+            ..SandboxSpec::default()
+        },
+    );
+    let add = task.cni("ADD", &netns, with_backend("auto").as_bytes());
+    add.assert_success();
+    assert!(add.stderr.contains("backend auto: iptables") && add.stderr.contains("nft"), "{}", add.stderr);
+    check(CLIENT, &sandbox, &recorded_model(&ports), &recorded_cases(22));
+    task.cni("DEL", &netns, with_backend("auto").as_bytes()).assert_success();
+    nothing_left(sandbox.task());
+}
+
 /// `intercept apply --netns /proc/<pid>/ns/net` on the host, for a pause container that holds
 /// capabilities intercept drops (Docker's defaults: CHOWN, DAC_OVERRIDE, …): the namespace is
 /// opened before the drop, so apply, status and remove all work in it.

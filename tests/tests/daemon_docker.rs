@@ -329,6 +329,79 @@ fn the_daemon_runs_as_an_ecs_daemon_service() {
     }
 }
 
+/// The daemon as its systemd unit runs it on an Amazon Linux 2023 host:
+/// `deploy/intercept-docker.service` as it is (its binary where the unit says, the engine at
+/// `/var/run/docker.sock`, bpffs at `/sys/fs/bpf`), on tasks laid out as the ECS agent lays
+/// them out there (`ecstasks-<id>.slice`, the systemd cgroup driver). It installs an iptables
+/// and an eBPF task, and removes the eBPF task's pins once it stops.
+#[test]
+#[ignore = "privileged, on an AL2023-shaped host: `cargo xtask test` runs it in its virtual machine"]
+fn al2023_host_the_daemon_runs_as_its_systemd_unit() {
+    let test = "al2023_host_the_daemon_runs_as_its_systemd_unit";
+    intercept_tests::require_al2023_host(test);
+    let engine = require_engine(test);
+    assert!(engine.systemd_driver(), "the engine uses systemd's cgroup driver on such a host");
+    let unit = Unit::start("intercept-docker.service");
+    let tasks =
+        [start_task(&engine, "iptables", &labelled("iptables")), start_task(&engine, "ebpf", &labelled("ebpf"))];
+    for running in &tasks {
+        assert!(
+            within(Duration::from_secs(20), || intercepted(running)).is_some(),
+            "the daemon's unit did not install the {} task: {}",
+            running.backend,
+            unit.journal()
+        );
+    }
+    let pins = Path::new("/sys/fs/bpf/intercept");
+    let pinned = || fs::read_dir(pins).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(pinned(), 1, "the eBPF task's pins: {}", unit.journal());
+    drop(tasks);
+    assert!(within(Duration::from_secs(20), || pinned() == 0).is_some(), "pins left: {}", unit.journal());
+}
+
+/// A unit of `deploy/`, started under systemd as a runtime unit (`/run/systemd/system`), and
+/// stopped and removed when dropped.
+struct Unit {
+    name: &'static str,
+}
+
+impl Unit {
+    fn start(name: &'static str) -> Unit {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(name);
+        fs::copy(&source, Path::new("/run/systemd/system").join(name)).expect("install the unit");
+        let unit = Unit { name };
+        unit.systemctl(&["daemon-reload"]);
+        unit.systemctl(&["start", name]);
+        unit
+    }
+
+    fn systemctl(&self, args: &[&str]) {
+        let out = std::process::Command::new("systemctl").args(args).output().expect("systemctl");
+        assert!(
+            out.status.success(),
+            "systemctl {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.journal()
+        );
+    }
+
+    fn journal(&self) -> String {
+        std::process::Command::new("journalctl")
+            .args(["--no-pager", "--unit", self.name, "--lines", "40"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Unit {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("systemctl").args(["stop", self.name]).status();
+        let _ = fs::remove_file(Path::new("/run/systemd/system").join(self.name));
+        let _ = std::process::Command::new("systemctl").arg("daemon-reload").status();
+    }
+}
+
 /// A container removed (by name) when dropped.
 struct Removed(Engine, String);
 
