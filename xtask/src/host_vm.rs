@@ -45,9 +45,11 @@ use crate::{
 pub const KERNELS: [&str; 2] = ["6.1", "6.12"];
 const SUITE: &str = "bookworm";
 /// What the AMI has that the tests use: systemd (and D-Bus, which Docker's systemd cgroup driver
-/// talks to), Docker, iptables, python3, iproute2, kmod (modprobe, for Docker and netfilter).
-/// Recommends are not installed, so iptables comes without nftables and its `nft`.
-const PACKAGES: [&str; 8] = ["systemd", "systemd-sysv", "dbus", "docker.io", "iptables", "python3", "iproute2", "kmod"];
+/// talks to), Docker, iptables, python3, iproute2, kmod (modprobe, for Docker and netfilter);
+/// and bpftool, with which the tests look at what is attached to the host's cgroups, as an
+/// operator would. Recommends are not installed, so iptables comes without nftables and its `nft`.
+const PACKAGES: [&str; 9] =
+    ["systemd", "systemd-sysv", "dbus", "docker.io", "iptables", "python3", "iproute2", "kmod", "bpftool"];
 /// The image's size; it is sparse, and room for Docker's images and containers.
 const DISK_SIZE: &str = "4G";
 /// Files put into the root file system: (path, contents, mode). Docker's daemon.json leaves the
@@ -630,4 +632,68 @@ impl Tail {
             Sink::Stderr => std::io::stderr().write_all(&new),
         };
     }
+}
+
+/// What `cargo xtask test` runs on the host VM: the test binary of `intercept-tests` and its
+/// tests (by exact name). The container tests run there as on the hybrid test host, with the
+/// tasks laid out as the ECS agent lays them out on cgroup v2 (`ecstasks-<id>.slice`, the
+/// engine's systemd cgroup driver); the `al2023_host_*` tests run only there.
+const SUITE_TESTS: [(&str, &[&str]); 2] = [
+    (
+        "containers",
+        &[
+            "iptables_init_container_intercepts_an_ecs_task",
+            "ebpf_init_container_in_a_private_and_in_the_host_cgroup_namespace",
+            "cgroup_auto_outside_a_task_is_refused_and_attaches_nothing",
+            "the_ecs_agents_cni_calls_from_its_container",
+            "al2023_host_the_cni_plugin_uses_the_hosts_tools",
+        ],
+    ),
+    ("daemon_docker", &["the_daemon_runs_as_an_ecs_daemon_service", "al2023_host_the_daemon_runs_as_its_systemd_unit"]),
+];
+
+/// The prefix of the tests that need this host; the run on the test host skips them.
+pub const ONLY_HERE: &str = "al2023_host_";
+
+/// How long the suite may take in the guest.
+const SUITE_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Runs [`SUITE_TESTS`] on the host VM with `kernel`: the test binaries as `cargo test` built
+/// them (the workspace and the target directory shared read-only at their own paths), against
+/// the guest's engine and `tag` loaded into it. Whether they all passed.
+pub fn test_suite(ws: &Workspace, engine: &containers::Engine, tag: &str, kernel: &str) -> Result<bool> {
+    let vm = HostVm::prepare(ws, kernel, engine, tag)?;
+    let binaries = kernels::test_binaries(ws)?;
+    let mut script = vec![
+        "set -e".to_owned(),
+        "export DOCKER_HOST=unix:///var/run/docker.sock".to_owned(),
+        format!("export INTERCEPT_IMAGE={}", sh_quote(tag)),
+        format!(
+            "export INTERCEPT_BIN={}",
+            sh_quote(&ws.target_dir.join("debug").join("intercept").display().to_string())
+        ),
+        format!("export INTERCEPT_BASE_TARBALL={}", sh_quote(&engine.base_tarball().display().to_string())),
+        format!("export CARGO_TARGET_DIR={}", sh_quote(&ws.target_dir.display().to_string())),
+    ];
+    if let Ok(ci) = std::env::var("CI") {
+        script.push(format!("export CI={}", sh_quote(&ci)));
+    }
+    for (binary, tests) in SUITE_TESTS {
+        let (_, path) = binaries
+            .iter()
+            .find(|(name, _)| name == binary)
+            .with_context(|| format!("the test binary {binary} was not built"))?;
+        let names: Vec<String> = tests.iter().map(|t| sh_quote(t)).collect();
+        script.push(format!(
+            "{} --include-ignored --exact --test-threads 1 {}",
+            sh_quote(&path.display().to_string()),
+            names.join(" ")
+        ));
+    }
+    let mut shares = vec![ws.root.clone()];
+    if !ws.target_dir.starts_with(&ws.root) {
+        shares.push(ws.target_dir.clone());
+    }
+    let code = vm.run(&shares, &["sh".to_owned(), "-c".to_owned(), script.join("\n")], SUITE_TIMEOUT)?;
+    Ok(code == 0)
 }

@@ -325,7 +325,7 @@ fn host_mirrors() -> Result<(String, String)> {
 }
 
 /// The test binaries `cargo test -p intercept-tests --no-run` builds, by target name.
-fn test_binaries(ws: &Workspace) -> Result<Vec<(String, PathBuf)>> {
+pub(crate) fn test_binaries(ws: &Workspace) -> Result<Vec<(String, PathBuf)>> {
     let out = ws
         .cargo()
         .args(["test", "--package", "intercept-tests", "--no-run", "--message-format=json"])

@@ -234,7 +234,7 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
     privileged.env("INTERCEPT_BIN", ws.target_dir.join("debug").join("intercept"));
     // The privileged tests are #[ignore]d so that a plain `cargo test` lists them as ignored
     // instead of passing them; here every one runs.
-    privileged.args(["test", "--package", "intercept-tests", "--", "--include-ignored"]);
+    privileged.args(["test", "--package", "intercept-tests", "--", "--include-ignored", "--skip", host_vm::ONLY_HERE]);
 
     let checks = [
         ("format", fmt),
@@ -258,9 +258,9 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
         Ok((tag, engine)) => {
             privileged
                 .env("DOCKER_HOST", &engine.host)
-                .env("INTERCEPT_IMAGE", tag)
+                .env("INTERCEPT_IMAGE", &tag)
                 .env("INTERCEPT_BASE_TARBALL", engine.base_tarball());
-            Some(engine)
+            Some((engine, tag))
         }
         Err(e) => {
             eprintln!("    FAILED: {e:#}");
@@ -272,6 +272,19 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
     if let Err(e) = run_cmd(&mut privileged) {
         eprintln!("    FAILED: {e:#}");
         failed.push("privileged integration tests (tests/)");
+    }
+    step("test: an Amazon Linux 2023-shaped host (systemd, cgroup v2, Docker's systemd driver; 6.1, in a VM)");
+    let al2023 = match &engine {
+        Some((engine, tag)) => host_vm::test_suite(ws, engine, tag, host_vm::KERNELS[0]),
+        None => Err(anyhow::anyhow!("it needs the container engine and the image, which did not start")),
+    };
+    match al2023 {
+        Ok(true) => {}
+        Ok(false) => failed.push("the AL2023-shaped host"),
+        Err(e) => {
+            eprintln!("    FAILED: {e:#}");
+            failed.push("the AL2023-shaped host");
+        }
     }
     drop(engine);
     step("test: the eBPF tests on the kernels ECS hosts run (5.10, 6.1, 6.12, in virtual machines)");
