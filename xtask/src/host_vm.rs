@@ -151,8 +151,10 @@ impl HostVm {
     }
 
     /// Boots the host, shares each of `shares` read-only at its own path, runs `command` as
-    /// root once Docker is up (its output printed as it comes) and returns its exit code; an
-    /// error when the guest did not run it to the end.
+    /// root once Docker is up (in `/`, with systemd's PATH and HOME=/root; its stdout and
+    /// stderr printed here as they come) and returns its exit code; an error when the guest
+    /// did not run it to the end. One boot at a time per target directory: they share
+    /// `<target>/host-vm/run/`.
     pub fn run(&self, shares: &[PathBuf], command: &[String], timeout: Duration) -> Result<i32> {
         step(&format!("host-vm: boot {} and run {}", self.kernel.version, command.join(" ")));
         let boot = Boot {
