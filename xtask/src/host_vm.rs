@@ -153,8 +153,10 @@ impl HostVm {
     }
 
     /// Boots the host, shares each of `shares` read-only at its own path, runs `command` as
-    /// root once Docker is up (its output printed as it comes) and returns its exit code; an
-    /// error when the guest did not run it to the end.
+    /// root once Docker is up (in `/`, with systemd's PATH and HOME=/root; its stdout and
+    /// stderr printed here as they come) and returns its exit code; an error when the guest
+    /// did not run it to the end. One boot at a time per target directory: they share
+    /// `<target>/host-vm/run/`.
     pub fn run(&self, shares: &[PathBuf], command: &[String], timeout: Duration) -> Result<i32> {
         step(&format!("host-vm: boot {} and run {}", self.kernel.version, command.join(" ")));
         let boot = Boot {
@@ -223,19 +225,20 @@ impl Boot<'_> {
             .arg("-drive")
             .arg(format!(
                 "file={},format=raw,if=virtio,{}",
-                self.disk.display(),
+                qemu_path(self.disk),
                 // A snapshot is thrown away, so nothing needs to reach the disk.
                 if self.snapshot { "snapshot=on,cache=unsafe" } else { "cache=writeback" }
             ));
         for (tag, path, readonly) in &shared {
             qemu.arg("-virtfs").arg(format!(
                 "local,path={},mount_tag={tag},security_model=none,multidevs=remap{}",
-                path.display(),
+                qemu_path(path),
                 if *readonly { ",readonly=on" } else { "" }
             ));
         }
         let log = io.join("qemu.log");
-        qemu.stdin(Stdio::null()).stdout(fs::File::create(&log)?).stderr(fs::File::create(&log)?);
+        let log_file = fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        qemu.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
         println!("    $ {}", display(&qemu));
         let started = Instant::now();
         let mut child = qemu.spawn().context("start qemu-system-x86_64 (package qemu-system-x86)")?;
@@ -298,6 +301,7 @@ impl Boot<'_> {
         }
     }
 }
+
 /// The cached root image of the current recipe, built first when missing; images of other
 /// recipes are removed. The build boots it once (with `kernel`) to load the project image's
 /// base into its Docker: a boot then loads only the image's own layers.
@@ -593,6 +597,11 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
         fs::copy(from, to).with_context(|| format!("copy {} to {}", from.display(), to.display()))?;
     }
     Ok(())
+}
+
+/// A path in a QEMU option, where a comma ends the value unless doubled.
+fn qemu_path(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
 }
 
 fn sh_quote(word: &str) -> String {
