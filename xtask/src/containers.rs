@@ -129,9 +129,7 @@ impl Engine {
         step(&format!("image: the base {BASE_IMAGE}"));
         let tarball = self.base_tarball();
         if !tarball.is_file() {
-            let partial = tarball.with_extension("tar.partial");
-            // An earlier run's, interrupted.
-            let _ = fs::remove_file(&partial);
+            let partial = partial_output(&tarball)?;
             let mut mmdebstrap = Command::new("mmdebstrap");
             mmdebstrap
                 .args(["--variant=apt", "--format=tar", &format!("--include={BASE_PACKAGES}"), BASE_SUITE])
@@ -208,6 +206,24 @@ impl Drop for Engine {
     }
 }
 
+/// Where to write `output` before renaming it into place: `<output>.partial`, in its directory,
+/// which exists when this returns (with an engine at `DOCKER_HOST`, nothing else has made
+/// `<target>/containers/` on a fresh checkout, and mmdebstrap refuses an output in a directory
+/// that does not exist); an earlier, interrupted run's partial output is gone.
+pub fn partial_output(output: &Path) -> Result<PathBuf> {
+    let dir = output.parent().context("an output path has a directory")?;
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut partial = output.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    match fs::remove_file(&partial) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("remove {}", partial.display()))
+        }
+        _ => Ok(partial),
+    }
+}
+
 fn copy_executable(from: &Path, to: &Path) -> Result<()> {
     fs::copy(from, to).with_context(|| format!("copy {} to {}", from.display(), to.display()))?;
     Ok(())
@@ -226,4 +242,29 @@ fn version(ws: &Workspace) -> Result<String> {
         .find(|p| p.name.as_str() == "intercept")
         .map(|p| p.version.to_string())
         .context("no intercept package in the workspace")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cargo xtask image` with an engine at DOCKER_HOST on a fresh checkout: nothing has made
+    /// `<target>/containers/` yet.
+    #[test]
+    fn partial_output_makes_its_directory() {
+        let target = tempfile::tempdir().unwrap();
+        let tarball = target.path().join("containers").join("base-bookworm.tar");
+        let partial = partial_output(&tarball).unwrap();
+        assert_eq!(partial, target.path().join("containers").join("base-bookworm.tar.partial"));
+        assert!(partial.parent().unwrap().is_dir());
+        assert!(!partial.exists());
+    }
+
+    #[test]
+    fn partial_output_removes_an_interrupted_runs_leftover() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("base-bookworm.tar");
+        fs::write(dir.path().join("base-bookworm.tar.partial"), "half a tarball").unwrap();
+        assert!(!partial_output(&output).unwrap().exists());
+    }
 }
