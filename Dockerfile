@@ -5,7 +5,7 @@
 # stage with the commands of the README's "Deploying" section (`cargo xtask setup`, then
 # `cargo build --release -p intercept --bin intercept`).
 # Without one: `cargo xtask image` builds the binary on the host, puts it in the build context
-# as `prebuilt/intercept`, and builds on a Debian base made from Debian packages
+# as `prebuilt/intercept` (with the licence files), and builds on a Debian base made from Debian packages
 # (`--build-arg BASE=… --build-arg BUILDER=…`), so nothing is pulled.
 
 # The runtime base, and the image the builder stage runs in.
@@ -38,5 +38,9 @@ RUN if command -v iptables-nft-restore && command -v iptables-legacy-restore && 
         && rm -rf /var/lib/apt/lists/*; \
     fi
 COPY --from=builder /intercept /usr/local/bin/intercept
+# The licences: the agent's (Apache-2.0) and its eBPF programs' (MIT or GPL-2.0).
+COPY --from=builder /src/LICENSE /usr/share/doc/intercept/LICENSE
+COPY --from=builder /src/ebpf/LICENSE-MIT /usr/share/doc/intercept/LICENSE-ebpf-MIT
+COPY --from=builder /src/ebpf/LICENSE-GPL2 /usr/share/doc/intercept/LICENSE-ebpf-GPL2
 ENTRYPOINT ["/usr/local/bin/intercept"]
 CMD ["--help"]

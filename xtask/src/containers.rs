@@ -33,6 +33,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// empty; deepest first.
 const RUNTIME_DIRS: [&str; 4] = ["/run/docker/plugins", "/run/docker", "/run/containerd/s", "/run/containerd"];
 
+/// The licence files every image and package carries, relative to the workspace root: the
+/// agent's, and its eBPF programs' two.
+pub const LICENSE_FILES: [&str; 3] = ["LICENSE", "ebpf/LICENSE-MIT", "ebpf/LICENSE-GPL2"];
+
 /// A container engine to talk to: `DOCKER_HOST`'s, or one this process started.
 pub struct Engine {
     /// `unix://…`, as `DOCKER_HOST` spells it.
@@ -151,11 +155,16 @@ impl Engine {
         step("image: the release binary");
         run_cmd(ws.cargo().args(["build", "--release", "--package", "intercept", "--bin", "intercept"]))?;
         step("image: docker build");
-        // The context holds only the Dockerfile and the binary, outside the engine's data root.
+        // The context holds only the Dockerfile, the licence files and the binary, outside the
+        // engine's data root.
         let context = self.dir.join("context");
         let _ = fs::remove_dir_all(&context);
         fs::create_dir_all(context.join("prebuilt"))?;
-        fs::copy(ws.root.join("Dockerfile"), context.join("Dockerfile"))?;
+        for file in std::iter::once("Dockerfile").chain(LICENSE_FILES) {
+            let to = context.join(file);
+            fs::create_dir_all(to.parent().context("a context file has a directory")?)?;
+            fs::copy(ws.root.join(file), &to).with_context(|| format!("copy {file} into the build context"))?;
+        }
         copy_executable(&ws.target_dir.join("release").join("intercept"), &context.join("prebuilt").join("intercept"))?;
         let tag = format!("intercept:{}", version(ws)?);
         let mut build = self.docker();
