@@ -166,7 +166,7 @@ impl Engine {
             fs::copy(ws.root.join(file), &to).with_context(|| format!("copy {file} into the build context"))?;
         }
         copy_executable(&ws.target_dir.join("release").join("intercept"), &context.join("prebuilt").join("intercept"))?;
-        let tag = format!("intercept:{}", version(ws)?);
+        let tag = format!("intercept:{}", ws.agent_package()?.version);
         let mut build = self.docker();
         build
             .args(["build", "--network", "none", "--build-arg"])
@@ -236,21 +236,6 @@ pub fn partial_output(output: &Path) -> Result<PathBuf> {
 fn copy_executable(from: &Path, to: &Path) -> Result<()> {
     fs::copy(from, to).with_context(|| format!("copy {} to {}", from.display(), to.display()))?;
     Ok(())
-}
-
-/// The intercept crate's version, the image's tag.
-fn version(ws: &Workspace) -> Result<String> {
-    let metadata = cargo_metadata::MetadataCommand::new()
-        .manifest_path(ws.root.join("Cargo.toml"))
-        .no_deps()
-        .exec()
-        .context("cargo metadata")?;
-    metadata
-        .packages
-        .iter()
-        .find(|p| p.name.as_str() == "intercept")
-        .map(|p| p.version.to_string())
-        .context("no intercept package in the workspace")
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! `cargo xtask`: developer tasks that work on a fresh machine by themselves.
 //!
-//! - `setup`: installs what building and testing need (nightly rust-src, bpf-linker, the
-//!   iptables/nftables/ipset/iproute2 tools); every step is skipped when already satisfied.
+//! - `setup`: installs what building, testing and `dist` need (nightly rust-src, the musl
+//!   targets, bpf-linker, the iptables/nftables/ipset/iproute2 tools); every
+//!   step is skipped when already satisfied.
+//! - `dist`: the static binaries, tarballs, RPMs, .debs, SBOMs and SHA256SUMS in
+//!   `<target>/dist/` (see `dist.rs`).
 //! - `test`: setup, then formatting, clippy (userspace and eBPF), unit tests and the
 //!   privileged integration tests; non-zero exit if anything fails.
 //! - `demo`: setup, then the live demo in a sandbox (namespaces, a test cgroup), with the eBPF
@@ -23,6 +26,7 @@
 
 mod bench;
 mod containers;
+mod dist;
 mod fuzz;
 mod kernels;
 mod setup;
@@ -49,6 +53,10 @@ enum Task {
     /// Install what is missing: nightly rust-src, bpf-linker (into <target dir>/tools),
     /// iptables, nftables, ipset, iproute2 (as root, with apt-get).
     Setup,
+    /// Setup, then into <target dir>/dist/: the static (musl) release
+    /// binaries for x86_64 and aarch64, a tarball, an RPM and a .deb for each, their CycloneDX
+    /// SBOMs, SHA256SUMS.
+    Dist,
     /// Setup, then fmt check, clippy (userspace and eBPF), unit tests, privileged tests.
     Test,
     /// Setup, then the live demo: sandbox namespaces and cgroup, the eBPF backend (or with
@@ -116,12 +124,22 @@ pub struct Workspace {
 impl Workspace {
     fn locate() -> Result<Self> {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let metadata = cargo_metadata::MetadataCommand::new()
-            .manifest_path(&manifest)
-            .no_deps()
-            .exec()
-            .with_context(|| format!("cargo metadata --manifest-path {}", manifest.display()))?;
+        let metadata = metadata_of(&manifest)?;
         Ok(Self { root: metadata.workspace_root.into(), target_dir: metadata.target_directory.into() })
+    }
+
+    /// The workspace's packages (without their dependencies).
+    pub fn metadata(&self) -> Result<cargo_metadata::Metadata> {
+        metadata_of(&self.root.join("Cargo.toml"))
+    }
+
+    /// The agent's package, `intercept`: its version is the binaries', packages' and images'.
+    pub fn agent_package(&self) -> Result<cargo_metadata::Package> {
+        self.metadata()?
+            .packages
+            .into_iter()
+            .find(|p| p.name.as_str() == "intercept")
+            .context("no intercept package in the workspace")
     }
 
     /// `cargo` of the toolchain running this xtask, in the workspace root.
@@ -143,6 +161,14 @@ impl Workspace {
     }
 }
 
+fn metadata_of(manifest: &Path) -> Result<cargo_metadata::Metadata> {
+    cargo_metadata::MetadataCommand::new()
+        .manifest_path(manifest)
+        .no_deps()
+        .exec()
+        .with_context(|| format!("cargo metadata --manifest-path {}", manifest.display()))
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -157,6 +183,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let ws = Workspace::locate()?;
     match cli.task {
         Task::Setup => setup::run(&ws).map(|()| ExitCode::SUCCESS),
+        Task::Dist => dist::run(&ws).map(|()| ExitCode::SUCCESS),
         Task::Test => test(&ws),
         Task::Demo { args } => demo(&ws, &args),
         Task::Bench { quick, daemon, dns, host_scale } => bench::run(&ws, quick, daemon, dns, host_scale),

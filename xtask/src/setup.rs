@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{Workspace, display, run_cmd, step};
+use crate::{Workspace, display, dist, run_cmd, step};
 
 /// bpf-linker release that builds against the nightly toolchain's LLVM (features llvm-21 to
 /// llvm-23); pinned so that a fresh machine builds what this one tested.
@@ -51,7 +51,7 @@ pub fn is_root() -> bool {
 }
 
 /// The nightly toolchain with rust-src (eBPF is built with -Z build-std=core) and clippy
-/// (eBPF lint); rustfmt and clippy for the toolchain running xtask (`cargo xtask test`).
+/// (eBPF lint); rustfmt, clippy and the musl targets for the toolchain running xtask.
 fn toolchains() -> Result<()> {
     step("setup: Rust toolchains");
     if which::which("rustup").is_err() {
@@ -74,7 +74,20 @@ fn toolchains() -> Result<()> {
     } else {
         components(Some("nightly"), &["rust-src", "clippy"])?;
     }
-    components(None, &["rustfmt", "clippy"])
+    components(None, &["rustfmt", "clippy"])?;
+    musl_targets()
+}
+
+/// The static (musl) targets of `cargo xtask dist`, the images and the aarch64 tests.
+fn musl_targets() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    let missing: Vec<&str> =
+        dist::ARCHES.iter().map(|a| a.triple).filter(|t| !installed.lines().any(|line| line == *t)).collect();
+    if missing.is_empty() {
+        println!("    skip: the targets {} are installed", dist::ARCHES.map(|a| a.triple).join(", "));
+        return Ok(());
+    }
+    run_cmd(Command::new("rustup").args(["target", "add"]).args(&missing))
 }
 
 /// Adds the `wanted` components missing from `toolchain` (None: the active one).
