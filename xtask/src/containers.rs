@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{Workspace, display, run_cmd, step};
+use crate::{Workspace, display, dist, run_cmd, step};
 
 /// The Debian base: the runtime tools of the iptables and nftables backends, and apt.
 pub const BASE_IMAGE: &str = "intercept-base:bookworm";
@@ -32,10 +32,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// sockets, shim sockets), removed after the engine stops when it made them and they are
 /// empty; deepest first.
 const RUNTIME_DIRS: [&str; 4] = ["/run/docker/plugins", "/run/docker", "/run/containerd/s", "/run/containerd"];
-
-/// The licence files every image and package carries, relative to the workspace root: the
-/// agent's, and its eBPF programs' two.
-pub const LICENSE_FILES: [&str; 3] = ["LICENSE", "ebpf/LICENSE-MIT", "ebpf/LICENSE-GPL2"];
 
 /// A container engine to talk to: `DOCKER_HOST`'s, or one this process started.
 pub struct Engine {
@@ -160,7 +156,7 @@ impl Engine {
         let context = self.dir.join("context");
         let _ = fs::remove_dir_all(&context);
         fs::create_dir_all(context.join("prebuilt"))?;
-        for file in std::iter::once("Dockerfile").chain(LICENSE_FILES) {
+        for file in std::iter::once("Dockerfile").chain(dist::LICENSES.map(|(file, _)| file)) {
             let to = context.join(file);
             fs::create_dir_all(to.parent().context("a context file has a directory")?)?;
             fs::copy(ws.root.join(file), &to).with_context(|| format!("copy {file} into the build context"))?;
