@@ -3,10 +3,12 @@
 //! - `setup`: installs what building, testing and `dist` need (nightly rust-src, the musl
 //!   targets, bpf-linker, the iptables/nftables/ipset/iproute2 tools); every
 //!   step is skipped when already satisfied.
+//! - `aarch64`: the aarch64 tests of `test` alone (see `aarch64.rs`).
 //! - `dist`: the static binaries, tarballs, RPMs, .debs, SBOMs and SHA256SUMS in
 //!   `<target>/dist/` (see `dist.rs`).
-//! - `test`: setup, then formatting, clippy (userspace and eBPF), unit tests and the
-//!   privileged integration tests; non-zero exit if anything fails.
+//! - `test`: setup, then formatting, clippy (userspace and eBPF), unit tests (x86_64, and
+//!   aarch64 under qemu-user), the static binaries' checks of the examples, and the privileged
+//!   integration tests; non-zero exit if anything fails.
 //! - `demo`: setup, then the live demo in a sandbox (namespaces, a test cgroup), with the eBPF
 //!   backend or, with `--backend iptables`, the iptables one (as root); other arguments go to
 //!   the offline `intercept demo`, which is also what runs without root.
@@ -24,6 +26,7 @@
 //!   `DOCKER_HOST` or a private one (see `containers.rs`); `test` builds it too, for the
 //!   container tests.
 
+mod aarch64;
 mod bench;
 mod containers;
 mod dist;
@@ -57,8 +60,12 @@ enum Task {
     /// binaries for x86_64 and aarch64, a tarball, an RPM and a .deb for each, their CycloneDX
     /// SBOMs, SHA256SUMS.
     Dist,
-    /// Setup, then fmt check, clippy (userspace and eBPF), unit tests, privileged tests.
+    /// Setup, then fmt check, clippy (userspace and eBPF), unit tests (x86_64; aarch64 under
+    /// qemu-user), the static binaries' checks of the examples, privileged tests, kernel matrix.
     Test,
+    /// Setup, then the aarch64 build's tests of `test`, alone: its unit tests under qemu-user,
+    /// and the static binaries' checks of the examples (aarch64 under qemu-user, as x86_64's).
+    Aarch64,
     /// Setup, then the live demo: sandbox namespaces and cgroup, the eBPF backend (or with
     /// `--backend iptables` the iptables one), real connections; needs root. Any other
     /// arguments (`--help` included) go to the offline `intercept demo`, which also runs
@@ -184,6 +191,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.task {
         Task::Setup => setup::run(&ws).map(|()| ExitCode::SUCCESS),
         Task::Dist => dist::run(&ws).map(|()| ExitCode::SUCCESS),
+        Task::Aarch64 => {
+            setup::run(&ws)?;
+            step("aarch64: unit tests under qemu-user");
+            run_cmd(&mut aarch64::unit_tests(&ws))?;
+            step("aarch64: the static binaries check the examples alike");
+            aarch64::check_examples(&ws).map(|()| ExitCode::SUCCESS)
+        }
         Task::Test => test(&ws),
         Task::Demo { args } => demo(&ws, &args),
         Task::Bench { quick, daemon, dns, host_scale } => bench::run(&ws, quick, daemon, dns, host_scale),
@@ -242,6 +256,7 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
         ("clippy (eBPF, nightly, bpfel-unknown-none)", clippy_ebpf),
         ("unit tests", unit),
         ("build the intercept binary (for the CLI tests)", build_cli),
+        ("unit tests (aarch64, under qemu-user)", aarch64::unit_tests(ws)),
     ];
     let mut failed = Vec::new();
     for (name, mut cmd) in checks {
@@ -250,6 +265,12 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
             eprintln!("    FAILED: {e:#}");
             failed.push(name);
         }
+    }
+    let name = "the static binaries check the examples alike (aarch64 under qemu-user)";
+    step(&format!("test: {name}"));
+    if let Err(e) = aarch64::check_examples(ws) {
+        eprintln!("    FAILED: {e:#}");
+        failed.push(name);
     }
     // The container tests run the image in a real engine, kept up while the tests run and
     // stopped after (also when they fail). Without it they fail, saying why.

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{Workspace, display, dist, run_cmd, step};
+use crate::{Workspace, aarch64, display, dist, run_cmd, step};
 
 /// bpf-linker release that builds against the nightly toolchain's LLVM (features llvm-21 to
 /// llvm-23); pinned so that a fresh machine builds what this one tested.
@@ -19,7 +19,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// the backends' tools, and for the container tests and `cargo xtask image` a container engine
 /// and what builds the image's base from Debian packages. The CNI plugins are not on PATH: their
 /// entry is the path of one.
-const SYSTEM_TOOLS: [(&str, &str); 14] = [
+const SYSTEM_TOOLS: [(&str, &str); 15] = [
     ("iptables", "iptables"),
     ("nft", "nftables"),
     ("ipset", "ipset"),
@@ -37,6 +37,8 @@ const SYSTEM_TOOLS: [(&str, &str); 14] = [
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
     ("depmod", "kmod"),
+    // The aarch64 build's tests, under user-mode emulation.
+    (aarch64::QEMU, "qemu-user-static"),
 ];
 
 pub fn run(ws: &Workspace) -> Result<()> {
@@ -210,7 +212,10 @@ fn ensure_symlink(target: &Path, link: &Path) -> Result<()> {
 /// iptables, nft, ipset, ip, dockerd, mmdebstrap, podman and the CNI plugins, dnsmasq and dig,
 /// QEMU. As root, apt-get installs them; otherwise says how to.
 fn system_tools() -> Result<()> {
-    step("setup: iptables, nftables, ipset, iproute2, docker.io, mmdebstrap, podman, CNI plugins, dnsmasq, dig, QEMU");
+    step(
+        "setup: iptables, nftables, ipset, iproute2, docker.io, mmdebstrap, podman, CNI plugins, dnsmasq, dig, QEMU \
+         (system and user-mode)",
+    );
     let missing: Vec<(&str, &str)> = SYSTEM_TOOLS.into_iter().filter(|(cmd, _)| find_tool(cmd).is_none()).collect();
     if missing.is_empty() {
         println!("    skip: {} are installed", SYSTEM_TOOLS.map(|(cmd, _)| cmd).join(", "));
