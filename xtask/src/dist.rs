@@ -32,6 +32,7 @@ use sha2::{Digest as _, Sha256};
 use crate::{Workspace, display, setup, step};
 
 /// A target architecture of the binaries, the packages and the images.
+#[derive(PartialEq)]
 pub struct Arch {
     /// Rust's, the kernel's and the RPM's name: x86_64, aarch64.
     pub name: &'static str,

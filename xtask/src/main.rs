@@ -22,8 +22,9 @@
 //!   (see `fuzz.rs`); non-zero exit and the crashing input's path when it finds a bug.
 //! - `kernels [--kernel V]... [--full]`: the eBPF tests on 5.10, 6.1 and 6.12 in virtual
 //!   machines (see `kernels.rs`); `test` runs the default set on all three.
-//! - `image`: the image `intercept:<version>` from the Dockerfile, in the engine at
-//!   `DOCKER_HOST` or a private one (see `containers.rs`); `test` builds it too, for the
+//! - `image [--arch amd64|arm64]`: the image `intercept:<version>-<arch>` (amd64's also
+//!   `intercept:<version>`) from the Dockerfile with the static binary, in the engine at
+//!   `DOCKER_HOST` or a private one (see `containers.rs`); `test` builds amd64's too, for the
 //!   container tests.
 
 mod aarch64;
@@ -109,10 +110,15 @@ enum Task {
         #[arg(long)]
         full: bool,
     },
-    /// Setup, then build the image `intercept:<version>` from the Dockerfile with the release
-    /// binary, on a Debian base made from Debian packages, in the engine at DOCKER_HOST or one
-    /// started for it (as root); prints the tag as its last line.
-    Image,
+    /// Setup, then build the image `intercept:<version>-<arch>` (amd64's also
+    /// `intercept:<version>`) from the Dockerfile with the static release binary, on a Debian
+    /// base of that architecture made from Debian packages, in the engine at DOCKER_HOST or one
+    /// started for it (as root; arm64 registers QEMU with binfmt_misc while it builds); prints
+    /// the tag as its last line (`intercept:<version>` for amd64).
+    Image {
+        #[arg(long, default_value = "amd64", value_parser = ["amd64", "arm64"])]
+        arch: String,
+    },
     /// Fuzz every configuration reader and validation (cargo-fuzz, nightly) for N seconds from
     /// the committed seeds, memory and per-input time bounded; installs cargo-fuzz if missing.
     Fuzz {
@@ -203,7 +209,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Bench { quick, daemon, dns, host_scale } => bench::run(&ws, quick, daemon, dns, host_scale),
         Task::Soak { minutes } => soak(&ws, minutes),
         Task::Fuzz { seconds } => fuzz::run(&ws, seconds),
-        Task::Image => image(&ws),
+        Task::Image { arch } => image(&ws, &arch),
         Task::Kernels { kernels, full } => {
             setup::run(&ws)?;
             if !setup::is_root() {
@@ -275,12 +281,13 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
     // The container tests run the image in a real engine, kept up while the tests run and
     // stopped after (also when they fail). Without it they fail, saying why.
     step("test: the container engine and the image (for the container tests)");
-    let engine = match containers::Engine::start(ws).and_then(|engine| Ok((engine.build_image(ws)?, engine))) {
+    let default = containers::DEFAULT_ARCH;
+    let engine = match containers::Engine::start(ws).and_then(|engine| Ok((engine.build_image(ws, default)?, engine))) {
         Ok((tag, engine)) => {
             privileged
                 .env("DOCKER_HOST", &engine.host)
                 .env("INTERCEPT_IMAGE", tag)
-                .env("INTERCEPT_BASE_TARBALL", engine.base_tarball());
+                .env("INTERCEPT_BASE_TARBALL", engine.base_tarball(default));
             Some(engine)
         }
         Err(e) => {
@@ -315,13 +322,17 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
     }
 }
 
-fn image(ws: &Workspace) -> Result<ExitCode> {
+fn image(ws: &Workspace, arch: &str) -> Result<ExitCode> {
     setup::run(ws)?;
+    let arch = dist::ARCHES
+        .into_iter()
+        .find(|a| a.debian == arch)
+        .with_context(|| format!("--arch {arch}: not one of {}", dist::ARCHES.map(|a| a.debian).join(", ")))?;
     if !setup::is_root() && env::var_os("DOCKER_HOST").is_none() {
         bail!("starting a container engine needs root (or set DOCKER_HOST to an engine you may use)");
     }
     let engine = containers::Engine::start(ws)?;
-    let tag = engine.build_image(ws)?;
+    let tag = engine.build_image(ws, arch)?;
     drop(engine);
     println!("{tag}");
     Ok(ExitCode::SUCCESS)

@@ -19,7 +19,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// the backends' tools, and for the container tests and `cargo xtask image` a container engine
 /// and what builds the image's base from Debian packages. The CNI plugins are not on PATH: their
 /// entry is the path of one.
-const SYSTEM_TOOLS: [(&str, &str); 15] = [
+const SYSTEM_TOOLS: [(&str, &str); 16] = [
     ("iptables", "iptables"),
     ("nft", "nftables"),
     ("ipset", "ipset"),
@@ -37,8 +37,10 @@ const SYSTEM_TOOLS: [(&str, &str); 15] = [
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
     ("depmod", "kmod"),
-    // The aarch64 build's tests, under user-mode emulation.
+    // The aarch64 build's tests, under user-mode emulation; mmdebstrap's check that it can run
+    // another architecture's packages (the arm64 image's base).
     (aarch64::QEMU, "qemu-user-static"),
+    ("arch-test", "arch-test"),
 ];
 
 pub fn run(ws: &Workspace) -> Result<()> {
