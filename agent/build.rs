@@ -19,6 +19,8 @@ use aya_build::Toolchain;
 use cargo_metadata::{Metadata, MetadataCommand, Package};
 
 const EBPF_PACKAGE: &str = "intercept-ebpf";
+/// The `bpf_target_arch` the programs are built with, whatever the agent's target.
+const EBPF_TARGET_ARCH: &str = "x86_64";
 
 fn main() -> anyhow::Result<()> {
     let Metadata { packages, target_directory, .. } =
@@ -58,6 +60,13 @@ fn main() -> anyhow::Result<()> {
         fs::File::create(shared.join(".lock")).with_context(|| format!("creating {}/.lock", shared.display()))?;
     lock.lock().with_context(|| format!("locking {}/.lock", shared.display()))?;
     set_env("OUT_DIR", shared.as_os_str());
+    // aya-build compiles the programs with `bpf_target_arch` set to the agent's target
+    // architecture, which only selects aya-ebpf's register layouts (pt_regs, for kprobes). These
+    // programs are cgroup and sock_ops hooks that read no registers: built for x86_64 and for
+    // aarch64 their code is the same, and only the build path in their debug info differed.
+    // One setting for every target makes the x86_64 and aarch64 binaries embed the same object
+    // (`cargo xtask dist` checks it) and spares a rebuild of the shared directory per target.
+    set_env("CARGO_CFG_TARGET_ARCH", OsStr::new(EBPF_TARGET_ARCH));
     let built = aya_build::build_ebpf([package], Toolchain::default());
     set_env("OUT_DIR", out_dir.as_os_str());
     built.with_context(|| {

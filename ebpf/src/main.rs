@@ -987,7 +987,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 }
 
 /// The kernel only grants GPL-only helpers to GPL-compatible programs; "Dual MIT/GPL" is what
-/// aya's templates use and is GPL-compatible.
+/// aya's templates use and is GPL-compatible. It is this crate's licence (Cargo.toml: MIT OR
+/// GPL-2.0-only).
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -368,6 +368,14 @@ struct Unit {
 impl Unit {
     fn start(name: &'static str) -> Unit {
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(name);
+        let text = fs::read_to_string(&source).expect("the unit");
+        // The binary where the unit runs it, as the packages install it: the working tree's, which
+        // the host VM puts at /usr/local/bin (the VM is the test's own).
+        let exec = text.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
+        let binary = Path::new(exec.split_whitespace().next().expect("a program"));
+        if !binary.exists() {
+            std::os::unix::fs::symlink("/usr/local/bin/intercept", binary).expect("install the binary");
+        }
         fs::copy(&source, Path::new("/run/systemd/system").join(name)).expect("install the unit");
         let unit = Unit { name };
         unit.systemctl(&["daemon-reload"]);

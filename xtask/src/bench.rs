@@ -56,7 +56,7 @@ pub fn run(ws: &Workspace, quick: bool, daemon: bool, dns: bool, host_scale: boo
         }
         step("bench: intercept daemon --docker-socket with 100 eBPF tasks from the container engine");
         let engine = crate::containers::Engine::start(ws)?;
-        engine.ensure_base()?;
+        engine.ensure_base(crate::containers::DEFAULT_ARCH)?;
         let mut cmd = Command::new(release.join("intercept-bench"));
         cmd.env("INTERCEPT_BIN", release.join("intercept"))
             .env("DOCKER_HOST", &engine.host)

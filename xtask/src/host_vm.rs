@@ -114,7 +114,7 @@ pub fn run(
     }
     step("host-vm: the image");
     let engine = containers::Engine::start(ws)?;
-    let tag = engine.build_image(ws)?;
+    let tag = engine.build_image(ws, containers::DEFAULT_ARCH)?;
     let vm = HostVm::prepare(ws, kernel, &engine, &tag)?;
     drop(engine);
     let code = vm.run(shares, command, timeout)?;
@@ -149,7 +149,9 @@ impl HostVm {
         let root = root_image(&dir, engine, &kernel, &initrd)?;
         step(&format!("host-vm: {tag} for the guest"));
         let image = saved_image(&dir, engine, tag)?;
-        Ok(HostVm { binary: ws.target_dir.join("release").join("intercept"), dir, root, kernel, initrd, image })
+        // The static binary the image holds, as operators get it.
+        let binary = ws.target_dir.join(containers::DEFAULT_ARCH.triple).join("release").join("intercept");
+        Ok(HostVm { binary, dir, root, kernel, initrd, image })
     }
 
     /// Boots the host, shares each of `shares` read-only at its own path, runs `command` as
@@ -681,7 +683,10 @@ pub fn test_suite(ws: &Workspace, engine: &containers::Engine, tag: &str, kernel
             "export INTERCEPT_BIN={}",
             sh_quote(&ws.target_dir.join("debug").join("intercept").display().to_string())
         ),
-        format!("export INTERCEPT_BASE_TARBALL={}", sh_quote(&engine.base_tarball().display().to_string())),
+        format!(
+            "export INTERCEPT_BASE_TARBALL={}",
+            sh_quote(&engine.base_tarball(containers::DEFAULT_ARCH).display().to_string())
+        ),
         format!("export CARGO_TARGET_DIR={}", sh_quote(&ws.target_dir.display().to_string())),
     ];
     if let Ok(ci) = std::env::var("CI") {

@@ -1,9 +1,14 @@
 //! `cargo xtask`: developer tasks that work on a fresh machine by themselves.
 //!
-//! - `setup`: installs what building and testing need (nightly rust-src, bpf-linker, the
-//!   iptables/nftables/ipset/iproute2 tools); every step is skipped when already satisfied.
-//! - `test`: setup, then formatting, clippy (userspace and eBPF), unit tests and the
-//!   privileged integration tests; non-zero exit if anything fails.
+//! - `setup`: installs what building, testing and `dist` need (nightly rust-src, the musl
+//!   targets, bpf-linker, the iptables/nftables/ipset/iproute2 tools); every
+//!   step is skipped when already satisfied.
+//! - `aarch64`: the aarch64 tests of `test` alone (see `aarch64.rs`).
+//! - `dist`: the static binaries, tarballs, RPMs, .debs, SBOMs and SHA256SUMS in
+//!   `<target>/dist/` (see `dist.rs`).
+//! - `test`: setup, then formatting, clippy (userspace and eBPF), unit tests (x86_64, and
+//!   aarch64 under qemu-user), the static binaries' checks of the examples, and the privileged
+//!   integration tests; non-zero exit if anything fails.
 //! - `demo`: setup, then the live demo in a sandbox (namespaces, a test cgroup), with the eBPF
 //!   backend or, with `--backend iptables`, the iptables one (as root); other arguments go to
 //!   the offline `intercept demo`, which is also what runs without root.
@@ -17,15 +22,18 @@
 //!   (see `fuzz.rs`); non-zero exit and the crashing input's path when it finds a bug.
 //! - `kernels [--kernel V]... [--full]`: the eBPF tests on 5.10, 6.1 and 6.12 in virtual
 //!   machines (see `kernels.rs`); `test` runs the default set on all three.
-//! - `image`: the image `intercept:<version>` from the Dockerfile, in the engine at
-//!   `DOCKER_HOST` or a private one (see `containers.rs`); `test` builds it too, for the
+//! - `image [--arch amd64|arm64]`: the image `intercept:<version>-<arch>` (amd64's also
+//!   `intercept:<version>`) from the Dockerfile with the static binary, in the engine at
+//!   `DOCKER_HOST` or a private one (see `containers.rs`); `test` builds amd64's too, for the
 //!   container tests.
 //! - `host-vm [--kernel 6.1|6.12] [--share DIR]... -- CMD...`: CMD as root in a virtual machine
 //!   shaped like an Amazon Linux 2023 ECS host (see `host_vm.rs`), with the working tree's
 //!   `intercept` and image; exits with CMD's exit code.
 
+mod aarch64;
 mod bench;
 mod containers;
+mod dist;
 mod fuzz;
 mod host_vm;
 mod kernels;
@@ -54,8 +62,16 @@ enum Task {
     /// Install what is missing: nightly rust-src, bpf-linker (into <target dir>/tools),
     /// iptables, nftables, ipset, iproute2 (as root, with apt-get).
     Setup,
-    /// Setup, then fmt check, clippy (userspace and eBPF), unit tests, privileged tests.
+    /// Setup, then into <target dir>/dist/: the static (musl) release
+    /// binaries for x86_64 and aarch64, a tarball, an RPM and a .deb for each, their CycloneDX
+    /// SBOMs, SHA256SUMS.
+    Dist,
+    /// Setup, then fmt check, clippy (userspace and eBPF), unit tests (x86_64; aarch64 under
+    /// qemu-user), the static binaries' checks of the examples, privileged tests, kernel matrix.
     Test,
+    /// Setup, then the aarch64 build's tests of `test`, alone: its unit tests under qemu-user,
+    /// and the static binaries' checks of the examples (aarch64 under qemu-user, as x86_64's).
+    Aarch64,
     /// Setup, then the live demo: sandbox namespaces and cgroup, the eBPF backend (or with
     /// `--backend iptables` the iptables one), real connections; needs root. Any other
     /// arguments (`--help` included) go to the offline `intercept demo`, which also runs
@@ -99,10 +115,15 @@ enum Task {
         #[arg(long)]
         full: bool,
     },
-    /// Setup, then build the image `intercept:<version>` from the Dockerfile with the release
-    /// binary, on a Debian base made from Debian packages, in the engine at DOCKER_HOST or one
-    /// started for it (as root); prints the tag as its last line.
-    Image,
+    /// Setup, then build the image `intercept:<version>-<arch>` (amd64's also
+    /// `intercept:<version>`) from the Dockerfile with the static release binary, on a Debian
+    /// base of that architecture made from Debian packages, in the engine at DOCKER_HOST or one
+    /// started for it (as root; arm64 registers QEMU with binfmt_misc while it builds); prints
+    /// the tag as its last line (`intercept:<version>` for amd64).
+    Image {
+        #[arg(long, default_value = "amd64", value_parser = ["amd64", "arm64"])]
+        arch: String,
+    },
     /// Setup, then boot a host shaped like Amazon Linux 2023's ECS hosts (systemd, cgroup v2
     /// only, Docker with the systemd cgroup driver, iptables-nft without nft; under QEMU's TCG,
     /// cached under <target dir>/host-vm/) with the working tree's intercept at
@@ -140,12 +161,22 @@ pub struct Workspace {
 impl Workspace {
     fn locate() -> Result<Self> {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let metadata = cargo_metadata::MetadataCommand::new()
-            .manifest_path(&manifest)
-            .no_deps()
-            .exec()
-            .with_context(|| format!("cargo metadata --manifest-path {}", manifest.display()))?;
+        let metadata = metadata_of(&manifest)?;
         Ok(Self { root: metadata.workspace_root.into(), target_dir: metadata.target_directory.into() })
+    }
+
+    /// The workspace's packages (without their dependencies).
+    pub fn metadata(&self) -> Result<cargo_metadata::Metadata> {
+        metadata_of(&self.root.join("Cargo.toml"))
+    }
+
+    /// The agent's package, `intercept`: its version is the binaries', packages' and images'.
+    pub fn agent_package(&self) -> Result<cargo_metadata::Package> {
+        self.metadata()?
+            .packages
+            .into_iter()
+            .find(|p| p.name.as_str() == "intercept")
+            .context("no intercept package in the workspace")
     }
 
     /// `cargo` of the toolchain running this xtask, in the workspace root.
@@ -167,6 +198,14 @@ impl Workspace {
     }
 }
 
+fn metadata_of(manifest: &Path) -> Result<cargo_metadata::Metadata> {
+    cargo_metadata::MetadataCommand::new()
+        .manifest_path(manifest)
+        .no_deps()
+        .exec()
+        .with_context(|| format!("cargo metadata --manifest-path {}", manifest.display()))
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -181,12 +220,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let ws = Workspace::locate()?;
     match cli.task {
         Task::Setup => setup::run(&ws).map(|()| ExitCode::SUCCESS),
+        Task::Dist => dist::run(&ws).map(|()| ExitCode::SUCCESS),
+        Task::Aarch64 => {
+            setup::run(&ws)?;
+            step("aarch64: unit tests under qemu-user");
+            run_cmd(&mut aarch64::unit_tests(&ws))?;
+            step("aarch64: the static binaries check the examples alike");
+            aarch64::check_examples(&ws).map(|()| ExitCode::SUCCESS)
+        }
         Task::Test => test(&ws),
         Task::Demo { args } => demo(&ws, &args),
         Task::Bench { quick, daemon, dns, host_scale } => bench::run(&ws, quick, daemon, dns, host_scale),
         Task::Soak { minutes } => soak(&ws, minutes),
         Task::Fuzz { seconds } => fuzz::run(&ws, seconds),
-        Task::Image => image(&ws),
+        Task::Image { arch } => image(&ws, &arch),
         Task::HostVm { kernel, shares, timeout, command } => {
             host_vm::run(&ws, &kernel, &shares, Duration::from_secs(timeout), &command)
         }
@@ -242,6 +289,7 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
         ("clippy (eBPF, nightly, bpfel-unknown-none)", clippy_ebpf),
         ("unit tests", unit),
         ("build the intercept binary (for the CLI tests)", build_cli),
+        ("unit tests (aarch64, under qemu-user)", aarch64::unit_tests(ws)),
     ];
     let mut failed = Vec::new();
     for (name, mut cmd) in checks {
@@ -251,15 +299,22 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
             failed.push(name);
         }
     }
+    let name = "the static binaries check the examples alike (aarch64 under qemu-user)";
+    step(&format!("test: {name}"));
+    if let Err(e) = aarch64::check_examples(ws) {
+        eprintln!("    FAILED: {e:#}");
+        failed.push(name);
+    }
     // The container tests run the image in a real engine, kept up while the tests run and
     // stopped after (also when they fail). Without it they fail, saying why.
     step("test: the container engine and the image (for the container tests)");
-    let engine = match containers::Engine::start(ws).and_then(|engine| Ok((engine.build_image(ws)?, engine))) {
+    let default = containers::DEFAULT_ARCH;
+    let engine = match containers::Engine::start(ws).and_then(|engine| Ok((engine.build_image(ws, default)?, engine))) {
         Ok((tag, engine)) => {
             privileged
                 .env("DOCKER_HOST", &engine.host)
                 .env("INTERCEPT_IMAGE", &tag)
-                .env("INTERCEPT_BASE_TARBALL", engine.base_tarball());
+                .env("INTERCEPT_BASE_TARBALL", engine.base_tarball(default));
             Some((engine, tag))
         }
         Err(e) => {
@@ -307,13 +362,17 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
     }
 }
 
-fn image(ws: &Workspace) -> Result<ExitCode> {
+fn image(ws: &Workspace, arch: &str) -> Result<ExitCode> {
     setup::run(ws)?;
+    let arch = dist::ARCHES
+        .into_iter()
+        .find(|a| a.debian == arch)
+        .with_context(|| format!("--arch {arch}: not one of {}", dist::ARCHES.map(|a| a.debian).join(", ")))?;
     if !setup::is_root() && env::var_os("DOCKER_HOST").is_none() {
         bail!("starting a container engine needs root (or set DOCKER_HOST to an engine you may use)");
     }
     let engine = containers::Engine::start(ws)?;
-    let tag = engine.build_image(ws)?;
+    let tag = engine.build_image(ws, arch)?;
     drop(engine);
     println!("{tag}");
     Ok(ExitCode::SUCCESS)

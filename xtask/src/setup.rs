@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{Workspace, display, run_cmd, step};
+use crate::{Workspace, aarch64, display, dist, run_cmd, step};
 
 /// bpf-linker release that builds against the nightly toolchain's LLVM (features llvm-21 to
 /// llvm-23); pinned so that a fresh machine builds what this one tested.
@@ -19,7 +19,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// the backends' tools, and for the container tests and `cargo xtask image` a container engine
 /// and what builds the image's base from Debian packages. The CNI plugins are not on PATH: their
 /// entry is the path of one.
-const SYSTEM_TOOLS: [(&str, &str); 17] = [
+const SYSTEM_TOOLS: [(&str, &str); 19] = [
     ("iptables", "iptables"),
     ("nft", "nftables"),
     ("ipset", "ipset"),
@@ -42,6 +42,10 @@ const SYSTEM_TOOLS: [(&str, &str); 17] = [
     // The host VM (`cargo xtask host-vm`): its root image, the kernel modules of its initramfs.
     ("mke2fs", "e2fsprogs"),
     ("xz", "xz-utils"),
+    // The aarch64 build's tests, under user-mode emulation; mmdebstrap's check that it can run
+    // another architecture's packages (the arm64 image's base).
+    (aarch64::QEMU, "qemu-user-static"),
+    ("arch-test", "arch-test"),
 ];
 
 pub fn run(ws: &Workspace) -> Result<()> {
@@ -56,7 +60,7 @@ pub fn is_root() -> bool {
 }
 
 /// The nightly toolchain with rust-src (eBPF is built with -Z build-std=core) and clippy
-/// (eBPF lint); rustfmt and clippy for the toolchain running xtask (`cargo xtask test`).
+/// (eBPF lint); rustfmt, clippy and the musl targets for the toolchain running xtask.
 fn toolchains() -> Result<()> {
     step("setup: Rust toolchains");
     if which::which("rustup").is_err() {
@@ -79,7 +83,20 @@ fn toolchains() -> Result<()> {
     } else {
         components(Some("nightly"), &["rust-src", "clippy"])?;
     }
-    components(None, &["rustfmt", "clippy"])
+    components(None, &["rustfmt", "clippy"])?;
+    musl_targets()
+}
+
+/// The static (musl) targets of `cargo xtask dist`, the images and the aarch64 tests.
+fn musl_targets() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    let missing: Vec<&str> =
+        dist::ARCHES.iter().map(|a| a.triple).filter(|t| !installed.lines().any(|line| line == *t)).collect();
+    if missing.is_empty() {
+        println!("    skip: the targets {} are installed", dist::ARCHES.map(|a| a.triple).join(", "));
+        return Ok(());
+    }
+    run_cmd(Command::new("rustup").args(["target", "add"]).args(&missing))
 }
 
 /// Adds the `wanted` components missing from `toolchain` (None: the active one).
@@ -203,7 +220,8 @@ fn ensure_symlink(target: &Path, link: &Path) -> Result<()> {
 /// QEMU, mke2fs and xz. As root, apt-get installs them; otherwise says how to.
 fn system_tools() -> Result<()> {
     step(
-        "setup: iptables, nftables, ipset, iproute2, docker.io, mmdebstrap, podman, CNI plugins, dnsmasq, dig, QEMU, e2fsprogs, xz",
+        "setup: iptables, nftables, ipset, iproute2, docker.io, mmdebstrap, podman, CNI plugins, dnsmasq, dig, QEMU \
+         (system and user-mode), e2fsprogs, xz",
     );
     let missing: Vec<(&str, &str)> = SYSTEM_TOOLS.into_iter().filter(|(cmd, _)| find_tool(cmd).is_none()).collect();
     if missing.is_empty() {
