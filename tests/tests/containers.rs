@@ -369,20 +369,7 @@ fn the_ecs_agents_cni_calls_from_its_container() {
         let netns = format!("/host/proc/{}/ns/net", task.pid(PAUSE));
         let model = recorded_model(&ports);
         let last = model.egress_ignored_ports.ranges().last().expect("ports").end;
-        let mut remote_ports = vec![80, 22, last, last + 1];
-        remote_ports.sort_unstable();
-        remote_ports.dedup();
-        let sandbox = Sandbox::around(
-            topology,
-            &SandboxSpec {
-                egress_proxy_ports: vec![15001],
-                ingress_proxy_ports: vec![15000],
-                app_ports: vec![9080, 9090],
-                remote_ports,
-                remote_addresses: vec![V4.plain],
-                ..SandboxSpec::default()
-            },
-        );
+        let sandbox = recorded_sandbox(topology, last);
         for _ in 0..2 {
             let add = task.cni("ADD", &netns, stdin.as_bytes());
             add.assert_success();
@@ -404,6 +391,26 @@ fn the_ecs_agents_cni_calls_from_its_container() {
         }
         drop(task);
     }
+}
+
+/// The listeners [`recorded_cases`] dial, around a pause container's namespace: the proxy's and
+/// the app's in the task, the remote's on ports 80, 22, `last` (the highest ignored port) and
+/// the port after it.
+fn recorded_sandbox(topology: Topology, last: u16) -> Sandbox {
+    let mut remote_ports = vec![80, 22, last, last + 1];
+    remote_ports.sort_unstable();
+    remote_ports.dedup();
+    Sandbox::around(
+        topology,
+        &SandboxSpec {
+            egress_proxy_ports: vec![15001],
+            ingress_proxy_ports: vec![15000],
+            app_ports: vec![9080, 9090],
+            remote_ports,
+            remote_addresses: vec![V4.plain],
+            ..SandboxSpec::default()
+        },
+    )
 }
 
 /// The configuration the recorded netconfig stands for, with `ports` ignored, as the model
@@ -462,17 +469,7 @@ fn al2023_host_the_cni_plugin_uses_the_hosts_tools() {
     assert_eq!(refused.code, Some(1), "{refused:?}");
     assert!(error.to_string().contains("nft"), "the message says nft is missing: {error}");
     nothing_left(&topology.task);
-    let sandbox = Sandbox::around(
-        topology,
-        &SandboxSpec {
-            egress_proxy_ports: vec![15001],
-            ingress_proxy_ports: vec![15000],
-            app_ports: vec![9080, 9090],
-            remote_ports: vec![22, 80, 23],
-            remote_addresses: vec![V4.plain],
-            ..SandboxSpec::default()
-        },
-    );
+    let sandbox = recorded_sandbox(topology, 22);
     let add = task.cni("ADD", &netns, with_backend("auto").as_bytes());
     add.assert_success();
     assert!(add.stderr.contains("backend auto: iptables") && add.stderr.contains("nft"), "{}", add.stderr);
