@@ -15,7 +15,7 @@
 //!   [`init`](../host-vm/init)) mounts the root disk and the kernel's module tree (a read-only
 //!   9p share of the extracted package) and starts systemd. The kernel boots cgroup v2 only.
 //! - **A boot** shares an exchange directory (`<target>/host-vm/run/`) with the guest: the
-//!   command, the working tree's release `intercept`, the project's image as `docker save`
+//!   command, the working tree's static release `intercept`, the project's image as `docker save`
 //!   wrote it (cached per image id under `<target>/host-vm/images/`), and the `--share`
 //!   directories to mount. The guest's `host-vm.service` ([`run`](../host-vm/run)) waits for
 //!   Docker, loads the image, runs the command with its output in that directory (printed here
