@@ -108,8 +108,8 @@ fn assert_timeout_honoured(bin: &Path, target: &[String], remote: &Netns) {
     // Under emulation (the kernel matrix sets INTERCEPT_TEST_EMULATED) verify's own work varies
     // by more than that margin: there the report above is what shows the deadline, and the
     // clock is checked on the test host.
-    let bound = baseline + Duration::from_millis(2500);
     if std::env::var_os("INTERCEPT_TEST_EMULATED").is_none() {
+        let bound = baseline + Duration::from_millis(2500);
         assert!(elapsed < bound, "verify --timeout 1s took {elapsed:?}, a whole verify {baseline:?}");
     }
 }

@@ -72,8 +72,7 @@ pub trait HostOps: std::fmt::Debug + Send + Sync {
 pub fn netns_for_removal(installed: &Installed, current_inode: Option<u64>) -> netns::Target {
     match (&installed.netns, installed.netns_inode) {
         (Some(path), Some(inode)) if current_inode != Some(inode) => netns::Target::Gone(path.clone()),
-        (Some(path), _) => netns::Target::Path(path.clone()),
-        (None, _) => netns::Target::Current,
+        _ => netns_target(installed.netns.as_deref()),
     }
 }
 
@@ -103,8 +102,8 @@ impl HostOps for Host {
     }
 
     fn apply(&self, spec: &TaskSpec) -> Result<(), Error> {
-        let netns = spec.netns.clone().map_or(netns::Target::Current, netns::Target::Path);
-        self.open(spec.backend, &spec.cgroup, netns)?.apply(&spec.config, ApplyOptions::default())?;
+        self.open(spec.backend, &spec.cgroup, netns_target(spec.netns.as_deref()))?
+            .apply(&spec.config, ApplyOptions::default())?;
         Ok(())
     }
 
@@ -131,7 +130,7 @@ impl HostOps for Host {
 
     fn proxy(&self, spec: &TaskSpec, timeout: Duration) -> Observation {
         let url = &spec.proxy_admin_url;
-        netns::Netns::open(spec.netns.clone().map_or(netns::Target::Current, netns::Target::Path))
+        netns::Netns::open(netns_target(spec.netns.as_deref()))
             .and_then(|netns| netns.run(|| readiness::fetch(url, timeout)))
             .unwrap_or_else(|e| Observation::NotReady(format!("the task's network namespace: {e}")))
     }
@@ -149,8 +148,7 @@ impl HostOps for Host {
 
 impl Host {
     fn open_installed(&self, installed: &Installed) -> Result<Box<dyn Backend>, Error> {
-        let netns = installed.netns.clone().map_or(netns::Target::Current, netns::Target::Path);
-        self.open(installed.backend, &installed.cgroup, netns)
+        self.open(installed.backend, &installed.cgroup, netns_target(installed.netns.as_deref()))
     }
 
     fn open(&self, kind: Kind, cgroup: &str, netns: netns::Target) -> Result<Box<dyn Backend>, Error> {
@@ -158,4 +156,9 @@ impl Host {
             Target { cgroup: Some(cgroup.to_owned()), bpffs: Some(self.bpffs.clone()), ..Target::netns(netns) };
         Ok(backend::open(kind, &target)?)
     }
+}
+
+/// The namespace a task names: its path, or the daemon's own without one (host networking).
+fn netns_target(netns: Option<&Path>) -> netns::Target {
+    netns.map_or(netns::Target::Current, |path| netns::Target::Path(path.to_owned()))
 }
