@@ -4,8 +4,10 @@
 //! [`PREVIOUS_RELEASE`] is the last commit before the eBPF data path moved to socket storage
 //! (map layout 2). Its sources come out of this repository with `git archive` (nothing in the
 //! working tree or the repository changes), and it is built with its own target directory
-//! under `<target>/previous/`, sharing only the bpf-linker `cargo xtask setup` built. The
-//! binary is kept there, so only the first run pays for the build (a few minutes).
+//! under `<target>/previous/`, sharing only the bpf-linker `cargo xtask setup` built. Only the
+//! binary is kept there: the sources and the build (gigabytes of debug objects that no later
+//! run reads) are removed once it is copied out, so only the first run pays for the build (a
+//! few minutes) and CI's disk holds one extra binary, not a second target directory.
 
 use std::{
     fs,
@@ -21,7 +23,7 @@ pub fn previous_release_bin() -> Result<PathBuf, String> {
     let root = workspace_root();
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let dir = target.join("previous").join(PREVIOUS_RELEASE);
-    let bin = dir.join("target").join("debug").join("intercept");
+    let bin = dir.join("intercept");
     if bin.is_file() {
         return Ok(bin);
     }
@@ -72,13 +74,26 @@ pub fn previous_release_bin() -> Result<PathBuf, String> {
         .current_dir(&src)
         .env("CARGO_TARGET_DIR", &own_target)
         .env_remove("RUSTFLAGS")
+        // A one-off build: incremental state and dependencies' debug info would only fill
+        // the disk.
+        .env("CARGO_INCREMENTAL", "0")
+        .env("CARGO_PROFILE_DEV_DEBUG", "line-tables-only")
         .status()
         .map_err(|e| format!("run cargo build in {}: {e}", src.display()))?;
-    if !status.success() || !bin.is_file() {
+    let built = own_target.join("debug").join("intercept");
+    if !status.success() || !built.is_file() {
         return Err(format!(
             "building the previous release ({PREVIOUS_RELEASE}) in {} failed: {status}",
             src.display()
         ));
+    }
+    // Copied under a temporary name and renamed, so a build cut short never leaves a
+    // partial binary at `bin`.
+    let partial = dir.join("intercept.partial");
+    fs::copy(&built, &partial).map_err(|e| format!("copy {} to {}: {e}", built.display(), partial.display()))?;
+    fs::rename(&partial, &bin).map_err(|e| format!("rename {} to {}: {e}", partial.display(), bin.display()))?;
+    for tree in [&own_target, &src] {
+        fs::remove_dir_all(tree).map_err(|e| format!("remove {}: {e}", tree.display()))?;
     }
     Ok(bin)
 }
