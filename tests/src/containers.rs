@@ -474,7 +474,7 @@ impl Task {
         args.extend(["--volume".to_owned(), "/proc:/host/proc:ro".to_owned()]);
         args.extend(["--volume".to_owned(), "/sbin:/host/sbin:ro".to_owned()]);
         // Only real directories: on a merged-/usr host `/lib` and `/lib64` are links into /usr.
-        for dir in ["/usr/sbin", "/usr/lib", "/usr/lib64", "/lib", "/lib64"] {
+        for dir in HOST_TOOLS {
             if fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
                 args.extend(["--volume".to_owned(), format!("{dir}:{dir}:ro")]);
             }
@@ -482,6 +482,33 @@ impl Task {
         args.extend(["--volume".to_owned(), format!("{}:/plugins/aws-appmesh:ro", plugin.display())]);
         args.extend(["--entrypoint", "sleep", BASE, "infinity"].map(str::to_owned));
         self.start(&args, ECS_AGENT);
+    }
+
+    /// One call of the plugin of `plugin` (an image of nothing but the plugin), as the agent
+    /// makes it, each in a container of its own that has what the ECS agent's container has of
+    /// the host and nothing else: the host's `/proc` at `/host/proc`, its `/usr/sbin` and the
+    /// libraries of the programs there ([`HOST_TOOLS`]), Docker's default capabilities with
+    /// NET_ADMIN and SYS_ADMIN, no network. `stdin` on stdin, the agent's environment
+    /// ([`crate::cni::agent_environment`]) with `CNI_NETNS` = `netns`.
+    pub fn cni_alone(&self, plugin: &PluginImage, command: &str, netns: &str, stdin: &[u8]) -> crate::cni::Outcome {
+        let pause = self.container_id(PAUSE);
+        let mut run = self.engine.docker();
+        run.args(["run", "--rm", "--interactive", "--network", "none", "--cap-add", "NET_ADMIN", "--cap-add"]).args([
+            "SYS_ADMIN",
+            "--volume",
+            "/proc:/host/proc:ro",
+        ]);
+        // The engine follows a link given as a mount's source: on a merged-/usr host `/lib`
+        // and `/lib64` are links into /usr, and the loader a program in /usr/sbin names
+        // (/lib64/ld-linux-…) links on into /lib.
+        for dir in HOST_TOOLS.into_iter().filter(|dir| Path::new(dir).exists()) {
+            run.args(["--volume", &format!("{dir}:{dir}:ro")]);
+        }
+        for (name, value) in crate::cni::agent_environment(command, &pause, netns) {
+            run.args(["--env", &format!("{name}={value}")]);
+        }
+        run.arg(&plugin.tag);
+        crate::cni::run(run.stdin(Stdio::piped()), stdin)
     }
 
     /// The engine's id of one of the task's containers (what the agent passes as
@@ -633,6 +660,86 @@ pub const PAUSE: &str = "~internal~ecs~pause";
 
 /// The name of the agent-shaped container of [`Task::start_ecs_agent`].
 const ECS_AGENT: &str = "ecs-agent";
+
+/// What the ECS agent's container mounts of the host for the CNI plugins' tools: `/usr/sbin`
+/// and where the libraries of its programs are, whichever of these the host has.
+const HOST_TOOLS: [&str; 5] = ["/usr/sbin", "/usr/lib", "/usr/lib64", "/lib", "/lib64"];
+
+/// Where the project's image has the static `intercept`.
+const IMAGE_BINARY: &str = "/usr/local/bin/intercept";
+
+/// An image of one file, the static `intercept` of the project's image at
+/// `/plugins/aws-appmesh` (its entry point): no libc, no shell, no tools. Removed on drop.
+pub struct PluginImage {
+    engine: Engine,
+    pub tag: String,
+}
+
+impl PluginImage {
+    /// Takes the binary out of the project's image, checks that it is statically linked, and
+    /// imports it alone.
+    pub fn from_project_image(engine: &Engine) -> PluginImage {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let plugins = dir.path().join("plugins");
+        fs::create_dir(&plugins).expect("create plugins/");
+        let tag = format!("intercept-plugin-alone:{}", std::process::id());
+        let container = engine.must(&["create", engine.image()]);
+        let binary = plugins.join("aws-appmesh");
+        let copied = engine
+            .docker()
+            .args(["cp", &format!("{container}:{IMAGE_BINARY}")])
+            .arg(&binary)
+            .output()
+            .expect("docker cp");
+        engine.must(&["rm", &container]);
+        assert!(copied.status.success(), "docker cp {IMAGE_BINARY}: {}", text(&copied.stderr));
+        let bytes = fs::read(&binary).expect("read the plugin");
+        assert!(
+            !has_interpreter(&bytes),
+            "{IMAGE_BINARY} of {} names a program interpreter: it is not statically linked",
+            engine.image()
+        );
+        let archive = dir.path().join("plugin.tar");
+        let tar = Command::new("tar")
+            .arg("-C")
+            .arg(dir.path())
+            .arg("-cf")
+            .arg(&archive)
+            .arg("plugins")
+            .status()
+            .expect("run tar");
+        assert!(tar.success(), "tar of the plugin: {tar}");
+        let image = PluginImage { engine: engine.clone(), tag };
+        engine.must(&[
+            "import",
+            "--change",
+            r#"ENTRYPOINT ["/plugins/aws-appmesh"]"#,
+            archive.to_str().expect("a UTF-8 path"),
+            &image.tag,
+        ]);
+        image
+    }
+}
+
+impl Drop for PluginImage {
+    fn drop(&mut self) {
+        let _ = self.engine.docker().args(["rmi", "--force", &self.tag]).output();
+    }
+}
+
+/// Whether an ELF executable (64-bit, little-endian) has a PT_INTERP program header, i.e. needs
+/// a dynamic loader (and a libc) from the system it runs on.
+fn has_interpreter(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    assert!(elf.starts_with(b"\x7fELF\x02\x01"), "not a 64-bit little-endian ELF file");
+    let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().expect("two bytes"));
+    let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().expect("eight bytes"));
+    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36) as usize, u16_at(0x38) as usize);
+    (0..phnum).any(|i| {
+        let at = phoff + i * phentsize;
+        u32::from_le_bytes(elf[at..at + 4].try_into().expect("four bytes")) == PT_INTERP
+    })
+}
 
 /// The Debian base the image is built on, for the pause, proxy and app containers.
 pub const BASE: &str = "intercept-base:bookworm";

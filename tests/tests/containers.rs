@@ -27,7 +27,7 @@ use intercept::{
 use intercept_tests::{
     cases::{APP_GID, APP_UID, Case, V4, check, into_task, out},
     cni::{assert_cni_030_result, nothing_left, recorded_netconf_with_ports},
-    containers::{Engine, InitContainer, PAUSE, Task, require_engine},
+    containers::{Engine, InitContainer, PAUSE, PluginImage, Task, require_engine},
     ebpf::TestBpffs,
     topology::{METADATA, Topology, intercept_bin},
     traffic::{Client, Listeners, Role, Sandbox, SandboxSpec},
@@ -390,6 +390,38 @@ fn the_ecs_agents_cni_calls_from_its_container() {
             nothing_left(sandbox.task());
         }
         drop(task);
+    }
+}
+
+/// The static plugin needs nothing of the host beyond what the ECS agent's container shares:
+/// the plugin of the project's image (statically linked, checked), alone in an image of one
+/// file, runs ADD twice, every connection as the model says, and DEL twice, leaving nothing;
+/// each call in a container of its own with the host's `/proc` at `/host/proc` and its
+/// `/usr/sbin` and libraries, and nothing else (no libc, no shell, no `/etc`).
+#[test]
+#[ignore = "privileged (root, namespaces, a container engine): `cargo xtask test` runs it"]
+fn the_static_plugin_runs_alone_with_what_the_agents_container_has() {
+    let test = "the_static_plugin_runs_alone_with_what_the_agents_container_has";
+    let engine = require_engine(test);
+    let plugin = PluginImage::from_project_image(&engine);
+    let ports = vec!["22".to_owned()];
+    let stdin = recorded_netconf_with_ports(&ports);
+    let mut task = Task::new(&engine);
+    let topology = task.start_pause();
+    let netns = format!("/host/proc/{}/ns/net", task.pid(PAUSE));
+    let model = recorded_model(&ports);
+    let sandbox = recorded_sandbox(topology, 22);
+    for _ in 0..2 {
+        let add = task.cni_alone(&plugin, "ADD", &netns, stdin.as_bytes());
+        add.assert_success();
+        assert_cni_030_result(&add.json());
+    }
+    check(CLIENT, &sandbox, &model, &recorded_cases(22));
+    for _ in 0..2 {
+        let del = task.cni_alone(&plugin, "DEL", &netns, stdin.as_bytes());
+        del.assert_success();
+        assert_eq!(del.stdout, "", "DEL prints nothing on success");
+        nothing_left(sandbox.task());
     }
 }
 

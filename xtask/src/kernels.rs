@@ -29,12 +29,15 @@ const VIRTME_NG: &str = "virtme-ng==1.42";
 /// A guest that has not finished by then is killed (by pid) and fails.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(900);
 
+/// The Debian architectures whose kernels [`fetch`] gets: the machine's own and Graviton's.
+pub(crate) const ARCHITECTURES: [&str; 2] = ["amd64", "arm64"];
+
 /// A test binary of `intercept-tests` and the tests of it to run (all when empty).
-struct Group {
-    name: &'static str,
-    binary: &'static str,
-    filters: &'static [&'static str],
-    env: &'static [(&'static str, &'static str)],
+pub(crate) struct Group {
+    pub(crate) name: &'static str,
+    pub(crate) binary: &'static str,
+    pub(crate) filters: &'static [&'static str],
+    pub(crate) env: &'static [(&'static str, &'static str)],
 }
 
 /// What runs on every kernel by default: steering and SO_ORIGINAL_DST (IPv4, IPv6, mapped),
@@ -109,11 +112,20 @@ const FULL: [&str; 16] = [
 ];
 
 /// One group's outcome on one kernel.
-struct Outcome {
+pub(crate) struct Outcome {
     kernel: &'static str,
     group: String,
-    passed: bool,
+    pub(crate) passed: bool,
     seconds: u64,
+}
+
+/// The machine a kernel boots in.
+pub(crate) enum Machine<'a> {
+    /// The host's architecture, with the host's root file system shared read-only.
+    Host,
+    /// Another architecture (vng's `--arch`) with a root file system of its own (`tree`), into
+    /// which each of `shares` is mounted read-only at its own path.
+    Foreign { arch: &'static str, tree: &'a Path, shares: &'a [PathBuf] },
 }
 
 pub fn run(ws: &Workspace, kernels: &[String], full: bool) -> Result<bool> {
@@ -142,15 +154,20 @@ pub fn run(ws: &Workspace, kernels: &[String], full: bool) -> Result<bool> {
     }
     let mut outcomes = Vec::new();
     for (kernel, suite) in chosen {
-        let extracted = fetch(&dir, kernel, suite)?;
+        let extracted = fetch(&dir, kernel, suite, ARCHITECTURES[0])?;
         step(&format!("kernels: {kernel} ({})", extracted.version));
-        outcomes.extend(boot(ws, &dir, &vng, &extracted, kernel, &groups, &binaries, &bin)?);
+        outcomes.extend(boot(ws, &vng, &Machine::Host, &extracted, kernel, &groups, &binaries, &bin)?);
     }
+    print_outcomes(&outcomes);
+    Ok(outcomes.iter().all(|o| o.passed))
+}
+
+/// A table of the outcomes, with each group's time in the guest.
+pub(crate) fn print_outcomes(outcomes: &[Outcome]) {
     println!("\n{:<8} {:<24} {:<8} {:>6}", "kernel", "tests", "result", "time");
-    for o in &outcomes {
+    for o in outcomes {
         println!("{:<8} {:<24} {:<8} {:>5}s", o.kernel, o.group, if o.passed { "passed" } else { "FAILED" }, o.seconds);
     }
-    Ok(outcomes.iter().all(|o| o.passed))
 }
 
 /// The entry of [`KERNELS`] that `--kernel NAME` names.
@@ -162,8 +179,9 @@ pub(crate) fn kernel(name: &str) -> Result<(&'static str, &'static str)> {
         .with_context(|| format!("--kernel {name}: one of {}", KERNELS.map(|(k, _)| k).join(", ")))
 }
 
-/// virtme-ng in a venv of its own, installed when missing.
-fn virtme_ng(dir: &Path) -> Result<PathBuf> {
+/// virtme-ng in a venv of its own under `dir` (the kernels' directory, `<target>/kernels`),
+/// installed when missing.
+pub(crate) fn virtme_ng(dir: &Path) -> Result<PathBuf> {
     step("kernels: virtme-ng");
     let venv = dir.join("venv");
     let vng = venv.join("bin").join("vng");
@@ -195,37 +213,43 @@ pub(crate) struct Extracted {
     pub(crate) modules: PathBuf,
 }
 
-/// Downloads and extracts the current `linux-image-amd64` of `suite` under `dir` (the
-/// kernels' directory, `<target>/kernels`), unless it is there.
-pub(crate) fn fetch(dir: &Path, kernel: &str, suite: &str) -> Result<Extracted> {
-    let root = dir.join("root").join(kernel);
+/// Downloads and extracts the current `linux-image-<arch>` of `suite` (`arch` one of
+/// [`ARCHITECTURES`]) under `dir` (the kernels' directory, `<target>/kernels`), unless it is
+/// there.
+pub(crate) fn fetch(dir: &Path, kernel: &str, suite: &str, arch: &str) -> Result<Extracted> {
+    let root = if arch == ARCHITECTURES[0] {
+        dir.join("root").join(kernel)
+    } else {
+        dir.join("root").join(format!("{kernel}-{arch}"))
+    };
     let done = root.join(".extracted");
     if !done.is_file() {
-        step(&format!("kernels: download {kernel} from {suite}"));
+        step(&format!("kernels: download {kernel} ({arch}) from {suite}"));
         let apt = private_apt(dir)?;
         let apt_get = |args: &[&str]| {
             let mut cmd = Command::new("apt-get");
             cmd.env("APT_CONFIG", &apt).args(["-q", "-o", "APT::Sandbox::User=root"]).args(args);
             cmd
         };
-        let madison = output(Command::new("apt-cache").env("APT_CONFIG", &apt).args(["madison", "linux-image-amd64"]))?;
+        let meta_package = format!("linux-image-{arch}:{arch}");
+        let madison = output(Command::new("apt-cache").env("APT_CONFIG", &apt).args(["madison", &meta_package]))?;
         let meta = madison
             .lines()
-            .find(|l| l.contains(&format!(" {suite}/")))
+            .find(|l| l.contains(&format!(" {suite}/")) && l.ends_with(&format!(" {arch} Packages")))
             .and_then(|l| l.split('|').nth(1))
             .map(str::trim)
-            .with_context(|| format!("no linux-image-amd64 in {suite}:\n{madison}"))?;
+            .with_context(|| format!("no {meta_package} in {suite}:\n{madison}"))?;
         let depends = output(
-            Command::new("apt-cache").env("APT_CONFIG", &apt).args(["depends", &format!("linux-image-amd64={meta}")]),
+            Command::new("apt-cache").env("APT_CONFIG", &apt).args(["depends", &format!("{meta_package}={meta}")]),
         )?;
         let package = depends
             .lines()
             .find_map(|l| l.trim().strip_prefix("Depends: linux-image-"))
-            .map(|p| format!("linux-image-{p}"))
-            .with_context(|| format!("no linux-image package behind linux-image-amd64={meta}:\n{depends}"))?;
+            .map(|p| format!("linux-image-{}", p.split(':').next().unwrap_or(p)))
+            .with_context(|| format!("no linux-image package behind {meta_package}={meta}:\n{depends}"))?;
         let debs = dir.join("debs");
         fs::create_dir_all(&debs)?;
-        run_cmd(apt_get(&["download", &package]).current_dir(&debs))?;
+        run_cmd(apt_get(&["download", &format!("{package}:{arch}")]).current_dir(&debs))?;
         let deb = fs::read_dir(&debs)?
             .filter_map(Result::ok)
             .map(|e| e.path())
@@ -251,8 +275,9 @@ pub(crate) fn fetch(dir: &Path, kernel: &str, suite: &str) -> Result<Extracted> 
     })
 }
 
-/// An apt configuration of its own (sources, lists, cache) with the suites of [`KERNELS`], on
-/// the mirrors the host's apt sources use; updated once a day.
+/// An apt configuration of its own (sources, lists, cache) with the suites of [`KERNELS`] for
+/// [`ARCHITECTURES`], on the mirrors the host's apt sources use; updated once a day, and when
+/// the sources change.
 fn private_apt(dir: &Path) -> Result<PathBuf> {
     let apt = dir.join("apt");
     for sub in ["lists/partial", "cache/archives/partial"] {
@@ -264,25 +289,29 @@ fn private_apt(dir: &Path) -> Result<PathBuf> {
         .iter()
         .map(|(_, suite)| {
             let uri = if suite.ends_with("-security") { &security } else { &archive };
-            format!("deb [signed-by={keyring}] {uri} {suite} main\n")
+            format!("deb [arch={} signed-by={keyring}] {uri} {suite} main\n", ARCHITECTURES.join(","))
         })
         .collect();
-    fs::write(apt.join("sources.list"), sources)?;
+    fs::write(apt.join("sources.list"), &sources)?;
     let config = apt.join("apt.conf");
     fs::write(
         &config,
         format!(
             "Dir::Etc::SourceList \"{0}/sources.list\";\nDir::Etc::SourceParts \"-\";\nDir::State::Lists \
-             \"{0}/lists\";\nDir::Cache \"{0}/cache\";\nDir::State::status \"/dev/null\";\n",
-            apt.display()
+             \"{0}/lists\";\nDir::Cache \"{0}/cache\";\nDir::State::status \"/dev/null\";\nAPT::Architectures {{ {1} }};\n",
+            apt.display(),
+            ARCHITECTURES.map(|a| format!("\"{a}\";")).join(" ")
         ),
     )?;
     let stamp = apt.join("lists").join(".updated");
-    let fresh =
-        fs::metadata(&stamp).and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() < 86_400));
+    // The stamp holds the sources the lists were fetched for.
+    let fresh = fs::read_to_string(&stamp).is_ok_and(|fetched| fetched == sources)
+        && fs::metadata(&stamp)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() < 86_400));
     if !fresh {
         run_cmd(Command::new("apt-get").env("APT_CONFIG", &config).args(["-q", "update"]))?;
-        fs::write(&stamp, "")?;
+        fs::write(&stamp, &sources)?;
     }
     Ok(config)
 }
@@ -334,12 +363,19 @@ fn host_mirrors() -> Result<(String, String)> {
 
 /// The test binaries `cargo test -p intercept-tests --no-run` builds, by target name.
 pub(crate) fn test_binaries(ws: &Workspace) -> Result<Vec<(String, PathBuf)>> {
-    let out = ws
-        .cargo()
-        .args(["test", "--package", "intercept-tests", "--no-run", "--message-format=json"])
+    let mut cmd = ws.cargo();
+    cmd.args(["test", "--package", "intercept-tests"]);
+    built_tests(cmd)
+}
+
+/// The test binaries that `cmd` (a `cargo test` of `intercept-tests`) builds with `--no-run`,
+/// by target name.
+pub(crate) fn built_tests(mut cmd: Command) -> Result<Vec<(String, PathBuf)>> {
+    let out = cmd
+        .args(["--no-run", "--message-format=json"])
         .stderr(Stdio::inherit())
         .output()
-        .context("cargo test --no-run")?;
+        .with_context(|| format!("run {}", display(&cmd)))?;
     if !out.status.success() {
         bail!("cargo test --no-run failed");
     }
@@ -356,20 +392,24 @@ pub(crate) fn test_binaries(ws: &Workspace) -> Result<Vec<(String, PathBuf)>> {
     Ok(binaries)
 }
 
-/// Boots `kernel` and runs `groups` in it; one outcome per group (all failed when the guest
-/// did not come back).
+/// Boots `kernel` in `machine` and runs `groups` in it, with `bin` as the `intercept` under
+/// test; one outcome per group (all failed when the guest did not come back).
 #[allow(clippy::too_many_arguments)]
-fn boot(
+pub(crate) fn boot(
     ws: &Workspace,
-    dir: &Path,
     vng: &Path,
+    machine: &Machine,
     kernel_files: &Extracted,
     kernel: &'static str,
     groups: &[Group],
     binaries: &[(String, PathBuf)],
     bin: &Path,
 ) -> Result<Vec<Outcome>> {
-    let out = dir.join("out").join(kernel);
+    let dir = ws.target_dir.join("kernels");
+    let out = match machine {
+        Machine::Host => dir.join("out").join(kernel),
+        Machine::Foreign { arch, .. } => dir.join("out").join(format!("{kernel}-{arch}")),
+    };
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out)?;
     let mut script = String::from("#!/bin/sh\n# Written by cargo xtask kernels; run in the guest.\n");
@@ -405,10 +445,29 @@ fn boot(
         .args(["--disable-kvm", "--force-9p", "--cpus", "2", "--memory", "2G", "--run"])
         .arg(&kernel_files.vmlinuz)
         .arg("--rodir")
-        .arg(format!("/lib/modules={}", kernel_files.modules.display()))
-        .arg("--rwdir")
-        .arg(&out)
-        .arg("--exec")
+        .arg(format!("/lib/modules={}", kernel_files.modules.display()));
+    match machine {
+        Machine::Host => {
+            cmd.arg("--rwdir").arg(&out);
+        }
+        Machine::Foreign { arch, tree, shares } => {
+            // vng mounts a directory at the same path of a root of its own, which must have
+            // the mount point.
+            let mut mount = |option: &str, path: &Path| -> Result<()> {
+                let point =
+                    tree.join(path.strip_prefix("/").with_context(|| format!("{} is relative", path.display()))?);
+                fs::create_dir_all(&point).with_context(|| format!("create {}", point.display()))?;
+                cmd.arg(option).arg(format!("{0}={0}", path.display()));
+                Ok(())
+            };
+            for share in *shares {
+                mount("--rodir", share)?;
+            }
+            mount("--rwdir", &out)?;
+            cmd.arg("--arch").arg(arch).arg("--root").arg(tree);
+        }
+    }
+    cmd.arg("--exec")
         .arg(&script_path)
         .stdin(Stdio::null())
         .stdout(fs::File::create(out.join("console.log"))?)

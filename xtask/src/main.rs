@@ -3,12 +3,14 @@
 //! - `setup`: installs what building, testing and `dist` need (nightly rust-src, the musl
 //!   targets, bpf-linker, the iptables/nftables/ipset/iproute2 tools); every
 //!   step is skipped when already satisfied.
-//! - `aarch64`: the aarch64 tests of `test` alone (see `aarch64.rs`).
+//! - `aarch64`: the aarch64 tests of `test` alone: unit tests under qemu-user, the examples'
+//!   checks, and the arm64 VM (see `aarch64.rs`).
 //! - `dist`: the static binaries, tarballs, RPMs, .debs, SBOMs and SHA256SUMS in
 //!   `<target>/dist/` (see `dist.rs`).
 //! - `test`: setup, then formatting, clippy (userspace and eBPF), unit tests (x86_64, and
 //!   aarch64 under qemu-user), the static binaries' checks of the examples, and the privileged
-//!   integration tests; non-zero exit if anything fails.
+//!   integration tests, the AL2023-shaped host, the kernel matrix and the arm64 VM; non-zero exit
+//!   if anything fails.
 //! - `demo`: setup, then the live demo in a sandbox (namespaces, a test cgroup), with the eBPF
 //!   backend or, with `--backend iptables`, the iptables one (as root); other arguments go to
 //!   the offline `intercept demo`, which is also what runs without root.
@@ -70,7 +72,8 @@ enum Task {
     /// qemu-user), the static binaries' checks of the examples, privileged tests, kernel matrix.
     Test,
     /// Setup, then the aarch64 build's tests of `test`, alone: its unit tests under qemu-user,
-    /// and the static binaries' checks of the examples (aarch64 under qemu-user, as x86_64's).
+    /// the static binaries' checks of the examples (aarch64 under qemu-user, as x86_64's), and
+    /// the arm64 VM (eBPF, iptables and CNI tests on Debian's arm64 6.1 kernel; as root).
     Aarch64,
     /// Setup, then the live demo: sandbox namespaces and cgroup, the eBPF backend (or with
     /// `--backend iptables` the iptables one), real connections; needs root. Any other
@@ -226,7 +229,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             step("aarch64: unit tests under qemu-user");
             run_cmd(&mut aarch64::unit_tests(&ws))?;
             step("aarch64: the static binaries check the examples alike");
-            aarch64::check_examples(&ws).map(|()| ExitCode::SUCCESS)
+            aarch64::check_examples(&ws)?;
+            step("aarch64: the arm64 VM");
+            Ok(if aarch64::vm_suite(&ws)? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Task::Test => test(&ws),
         Task::Demo { args } => demo(&ws, &args),
@@ -349,6 +354,16 @@ fn test(ws: &Workspace) -> Result<ExitCode> {
         Err(e) => {
             eprintln!("    FAILED: {e:#}");
             failed.push("the kernel matrix");
+        }
+    }
+
+    step("test: the arm64 VM (eBPF, iptables and the CNI plugin on Graviton's 6.1 kernel, under TCG)");
+    match aarch64::vm_suite(ws) {
+        Ok(true) => {}
+        Ok(false) => failed.push("the arm64 VM"),
+        Err(e) => {
+            eprintln!("    FAILED: {e:#}");
+            failed.push("the arm64 VM");
         }
     }
 

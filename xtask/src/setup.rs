@@ -19,7 +19,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// the backends' tools, and for the container tests and `cargo xtask image` a container engine
 /// and what builds the image's base from Debian packages. The CNI plugins are not on PATH: their
 /// entry is the path of one.
-const SYSTEM_TOOLS: [(&str, &str); 19] = [
+const SYSTEM_TOOLS: [(&str, &str); 20] = [
     ("iptables", "iptables"),
     ("nft", "nftables"),
     ("ipset", "ipset"),
@@ -46,6 +46,8 @@ const SYSTEM_TOOLS: [(&str, &str); 19] = [
     // another architecture's packages (the arm64 image's base).
     (aarch64::QEMU, "qemu-user-static"),
     ("arch-test", "arch-test"),
+    // The arm64 VM (`cargo xtask aarch64`): a Graviton-like machine under TCG.
+    ("qemu-system-aarch64", "qemu-system-arm"),
 ];
 
 pub fn run(ws: &Workspace) -> Result<()> {
