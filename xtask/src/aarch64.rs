@@ -44,35 +44,21 @@ const VM_SUITE: &str = "bookworm";
 
 /// What the arm64 VM runs, one guest for all: the eBPF smoke suite (apply; connections judged
 /// against the decision model, IPv4, IPv6 and v4-mapped egress and ingress through sk_lookup;
-/// every decision reason; interception outliving the applying process; `status` and `remove`
-/// by the CLI; `verify`), the iptables backend (both variants, every decision against the
-/// model; the CLI's apply, status and remove) and the CNI plugin's ADD/CHECK/DEL. Chosen to
-/// keep a warm run within a few minutes of TCG: the full differential, fault and upgrade suites
-/// run on x86_64 and in the kernel matrix.
+/// the kernel matrix's eBPF backend group; `status` and `remove` by the CLI; `verify`), the
+/// iptables backend (both variants, every decision against the model; the CLI's apply, status
+/// and remove) and the CNI plugin's ADD/CHECK/DEL. Chosen to keep a warm run within a few
+/// minutes of TCG: the full differential, fault and upgrade suites run on x86_64 and in the
+/// kernel matrix.
 const VM_GROUPS: [Group; 7] = [
-    Group { name: "eBPF traffic", binary: "ebpf_traffic", filters: &[], env: &[] },
-    Group {
-        name: "eBPF backend",
-        binary: "ebpf_backend",
-        filters: &[
-            "every_decision_reason_matches_the_model",
-            "interception_outlives_the_applying_process_and_remove_leaves_nothing",
-        ],
-        env: &[],
-    },
+    kernels::EBPF_TRAFFIC,
+    kernels::EBPF_BACKEND,
     Group {
         name: "eBPF CLI",
         binary: "ebpf_cli",
         filters: &["apply_exits_interception_continues_status_reports_remove_leaves_nothing"],
         env: &[],
     },
-    // As in the kernel matrix: one verify at a time, its --timeout judged by its report.
-    Group {
-        name: "verify (eBPF)",
-        binary: "verify",
-        filters: &["verify_ebpf"],
-        env: &[("RUST_TEST_THREADS", "1"), ("INTERCEPT_TEST_EMULATED", "1")],
-    },
+    kernels::VERIFY_EBPF,
     Group {
         name: "iptables traffic",
         binary: "iptables_traffic",

@@ -45,30 +45,9 @@ pub(crate) struct Group {
 /// in-place update, `verify`, DNS capture with real resolvers (the sendmsg and recvmsg hooks),
 /// one batch of the differential test for eBPF, and in-place upgrades from the previous release.
 const DEFAULT: [Group; 6] = [
-    Group { name: "eBPF traffic", binary: "ebpf_traffic", filters: &[], env: &[] },
-    Group {
-        name: "eBPF backend",
-        binary: "ebpf_backend",
-        filters: &[
-            "every_decision_reason_matches_the_model",
-            "interception_outlives_the_applying_process_and_remove_leaves_nothing",
-            "ipv6_switched_off_and_reapplied_in_place",
-            "the_programs_read_only_the_active_generation",
-            "cgroups_are_independent_children_are_intercepted_outsiders_are_not",
-        ],
-        env: &[],
-    },
-    // One test at a time: `verify --timeout` is checked against the clock, and two verifies
-    // sharing two emulated CPUs slow each other past its margin.
-    // Under emulation verify's own work (probe processes, eBPF status reads) varies by seconds,
-    // so its --timeout is checked there by what it reports, and against the clock on the test
-    // host only (INTERCEPT_TEST_EMULATED).
-    Group {
-        name: "verify (eBPF)",
-        binary: "verify",
-        filters: &["verify_ebpf"],
-        env: &[("RUST_TEST_THREADS", "1"), ("INTERCEPT_TEST_EMULATED", "1")],
-    },
+    EBPF_TRAFFIC,
+    EBPF_BACKEND,
+    VERIFY_EBPF,
     Group { name: "DNS resolvers (eBPF)", binary: "dns", filters: &["resolvers_get_the_proxys_answer_ebpf"], env: &[] },
     Group {
         name: "differential (eBPF)",
@@ -86,6 +65,37 @@ const DEFAULT: [Group; 6] = [
         env: &[],
     },
 ];
+
+/// Steering and SO_ORIGINAL_DST (IPv4, IPv6, v4-mapped) and ingress through sk_lookup, each
+/// connection judged against the decision model.
+pub(crate) const EBPF_TRAFFIC: Group = Group { name: "eBPF traffic", binary: "ebpf_traffic", filters: &[], env: &[] };
+
+/// Every decision reason; interception outliving the applying process, and remove; IPv6
+/// switched off and on in place; the programs reading only the active generation; cgroups kept
+/// apart.
+pub(crate) const EBPF_BACKEND: Group = Group {
+    name: "eBPF backend",
+    binary: "ebpf_backend",
+    filters: &[
+        "every_decision_reason_matches_the_model",
+        "interception_outlives_the_applying_process_and_remove_leaves_nothing",
+        "ipv6_switched_off_and_reapplied_in_place",
+        "the_programs_read_only_the_active_generation",
+        "cgroups_are_independent_children_are_intercepted_outsiders_are_not",
+    ],
+    env: &[],
+};
+
+/// `verify` with the eBPF backend. One test at a time: two verifies sharing two emulated CPUs
+/// slow each other past its margin. Under emulation verify's own work (probe processes, eBPF
+/// status reads) varies by seconds, so its --timeout is checked there by what it reports, and
+/// against the clock on the test host only (INTERCEPT_TEST_EMULATED).
+pub(crate) const VERIFY_EBPF: Group = Group {
+    name: "verify (eBPF)",
+    binary: "verify",
+    filters: &["verify_ebpf"],
+    env: &[("RUST_TEST_THREADS", "1"), ("INTERCEPT_TEST_EMULATED", "1")],
+};
 
 /// The test that builds the previous release on the host (the guest sees the host's files
 /// read-only), run before a guest that runs the upgrade tests boots.
