@@ -23,6 +23,7 @@ mod logs;
 mod maps;
 mod program;
 mod status;
+mod sys;
 pub mod task;
 
 use std::collections::BTreeMap;
