@@ -18,6 +18,8 @@
 //! - [`status`] reads the pinned state: programs, maps, counters.
 
 mod adopt;
+#[cfg(test)]
+mod fake;
 mod host;
 mod load;
 mod logs;

@@ -3,10 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::fd::{AsFd as _, OwnedFd};
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use aya::Ebpf;
 use intercept_common::{CARRIED_MAP_NAMES, LAYOUT, LAYOUT_1_PAIRING_PINS, MAP_NAMES, Version};
 
 use super::adopt::adopt_into;
@@ -82,7 +81,8 @@ fn replace_into(
     options: ApplyOptions,
     installed: &Version,
 ) -> Result<(Option<Adopted>, Option<Logs>), Error> {
-    let links = open_pinned_links(dir)?;
+    let links: Vec<(Program, u32)> =
+        open_pinned_links(dir)?.iter().map(|(program, info)| (*program, info.program_id())).collect();
     let mut pins = BTreeMap::new();
     let mut carried = Vec::new();
     for name in MAP_NAMES {
@@ -113,11 +113,27 @@ fn replace_into(
         let mut old = open_pinned_maps(dir)?;
         maps::write_version(&mut old, Version { layout: LAYOUT, build: [0; 60] })?;
     }
+    switch_links(dir, staging, &links, |program| {
+        let new = ebpf.program(program.name()).ok_or(Error::MissingProgram(program.name()))?;
+        Ok(new.fd().map_err(|e| program_error(program.name(), e))?.as_fd())
+    })?;
+    Ok((adopted, logs))
+}
+
+/// Switches each link pinned in `dir`, in [`REPLACE_ORDER`], from the program it runs (by
+/// `links`' program ids) to `new_program`'s, and pins it in `staging` too. Should one fail, the
+/// links switched so far are switched back: the installation is as it was.
+fn switch_links<'a>(
+    dir: &Path,
+    staging: &Path,
+    links: &[(Program, u32)],
+    new_program: impl Fn(Program) -> Result<BorrowedFd<'a>, Error>,
+) -> Result<(), Error> {
     // (link, the program it ran, the program it runs now), for a way back.
-    let mut switched: Vec<(OwnedFd, OwnedFd, &'static str)> = Vec::new();
+    let mut switched: Vec<(OwnedFd, OwnedFd, Program)> = Vec::new();
     let mut failure = None;
     for program in REPLACE_ORDER {
-        match switch_link(dir, staging, &links, &ebpf, program) {
+        match switch_link(dir, staging, links, &new_program, program) {
             Ok(done) => switched.push(done),
             Err(e) => {
                 failure = Some(e);
@@ -126,41 +142,40 @@ fn replace_into(
         }
     }
     if let Some(e) = failure {
-        // Back to the programs that ran before: the installation is as it was.
-        for (link, old, name) in switched.iter().rev() {
-            if let Some(Ok(new)) = ebpf.program(name).map(|p| p.fd()) {
-                let _ = host::link_update(link.as_fd(), old.as_fd(), new.as_fd());
+        // Back to the programs that ran before.
+        for (link, old, program) in switched.iter().rev() {
+            if let Ok(new) = new_program(*program) {
+                let _ = host::link_update(link.as_fd(), old.as_fd(), new);
             }
         }
         return Err(e);
     }
-    Ok((adopted, logs))
+    Ok(())
 }
 
-/// Switches the link of `program` pinned in `dir` to this build's program, and pins it in
-/// `staging` too.
-fn switch_link(
+/// Switches the link of `program` pinned in `dir` to `new_program`'s, and pins it in `staging`
+/// too.
+fn switch_link<'a>(
     dir: &Path,
     staging: &Path,
-    links: &[(Program, aya::programs::links::LinkInfo)],
-    ebpf: &Ebpf,
+    links: &[(Program, u32)],
+    new_program: impl Fn(Program) -> Result<BorrowedFd<'a>, Error>,
     program: Program,
-) -> Result<(OwnedFd, OwnedFd, &'static str), Error> {
+) -> Result<(OwnedFd, OwnedFd, Program), Error> {
     let path = dir.join(program.link_pin());
-    let (_, info) = links
+    let &(_, program_id) = links
         .iter()
         .find(|(p, _)| *p == program)
         .ok_or_else(|| Error::Incomplete { dir: dir.to_owned(), missing: program.link_pin() })?;
     let link = host::obj_get(&path).map_err(|e| Error::io("open the link pinned at", &path, e))?;
-    let old = host::prog_fd_by_id(info.program_id())
-        .map_err(|e| Error::io("open the program of the link pinned at", &path, e))?;
-    let new = ebpf.program(program.name()).ok_or(Error::MissingProgram(program.name()))?;
-    let new = new.fd().map_err(|e| program_error(program.name(), e))?;
-    host::link_update(link.as_fd(), new.as_fd(), old.as_fd())
+    let old =
+        host::prog_fd_by_id(program_id).map_err(|e| Error::io("open the program of the link pinned at", &path, e))?;
+    let new = new_program(program)?;
+    host::link_update(link.as_fd(), new, old.as_fd())
         .map_err(|e| Error::io("switch to the new program the link pinned at", &path, e))?;
     let pin = staging.join(program.link_pin());
     host::obj_pin(link.as_fd(), &pin).map_err(|e| Error::io("pin", &pin, e))?;
-    Ok((link, old, program.name()))
+    Ok((link, old, program))
 }
 
 /// Finishes or undoes what a killed replacement left (under the locks, so no live apply owns
@@ -182,3 +197,6 @@ pub(super) fn recover(target: &Target) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
