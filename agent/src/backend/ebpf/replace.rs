@@ -174,7 +174,11 @@ fn switch_link<'a>(
     host::link_update(link.as_fd(), new, old.as_fd())
         .map_err(|e| Error::io("switch to the new program the link pinned at", &path, e))?;
     let pin = staging.join(program.link_pin());
-    host::obj_pin(link.as_fd(), &pin).map_err(|e| Error::io("pin", &pin, e))?;
+    if let Err(e) = host::obj_pin(link.as_fd(), &pin) {
+        // Switched but not yet among those the caller switches back.
+        let _ = host::link_update(link.as_fd(), old.as_fd(), new);
+        return Err(Error::io("pin", &pin, e));
+    }
     Ok((link, old, program))
 }
 

@@ -106,6 +106,23 @@ fn a_failed_switch_switches_back_the_links_switched_before_it_last_first() {
 }
 
 #[test]
+fn a_link_switched_but_not_pinned_in_staging_is_switched_back_too() {
+    let kernel = Kernel::install();
+    let installation = Installation::new();
+    let failing = REPLACE_ORDER[1];
+    let pin = installation.staging.join(failing.link_pin());
+    let at = pin.clone();
+    kernel.fail(libc::ENOSPC, move |call| matches!(call, Call::ObjPin { path, .. } if *path == at));
+    let error = installation.switch().expect_err("the second pin fails");
+    assert!(matches!(&error, Error::Io { path, .. } if *path == pin), "{error:?}");
+    let mut expected: Vec<Call> = REPLACE_ORDER[..2].iter().flat_map(|&p| installation.switched(p)).collect();
+    for &program in REPLACE_ORDER[..2].iter().rev() {
+        expected.push(update(program, &installation.old(program), &new(program)));
+    }
+    assert_eq!(kernel.calls(), expected);
+}
+
+#[test]
 fn a_switch_without_its_new_program_switches_back_and_names_the_program() {
     let kernel = Kernel::install();
     let installation = Installation::new();
