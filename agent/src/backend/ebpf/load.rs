@@ -74,10 +74,21 @@ pub(super) fn load(
 /// `status` reports them and the next `apply` or `remove` unpins them.
 pub(super) fn attach_and_pin(target: &Target, netns: BorrowedFd<'_>, ebpf: &Ebpf, staging: &Path) -> Result<(), Error> {
     let cgroup = cgroup::open(&target.cgroup)?;
+    link_and_pin(cgroup.as_fd(), netns, |program| program_fd(ebpf, program), staging)
+}
+
+/// [`attach_and_pin`] past the cgroup's opening, over the programs' fds (`program_fd`): every
+/// program is linked before any link is pinned, so that a failure leaves nothing attached.
+fn link_and_pin<'a>(
+    cgroup: BorrowedFd<'_>,
+    netns: BorrowedFd<'_>,
+    program_fd: impl Fn(Program) -> Result<BorrowedFd<'a>, Error>,
+    staging: &Path,
+) -> Result<(), Error> {
     let mut links = Vec::new();
     for program in Program::ALL {
-        let to = if program.on_netns() { netns } else { cgroup.as_fd() };
-        links.push((program, attach(ebpf, program, to)?));
+        let to = if program.on_netns() { netns } else { cgroup };
+        links.push((program, attach(program, program_fd(program)?, to)?));
     }
     for (program, link) in links {
         let path = staging.join(program.link_pin());
@@ -85,6 +96,13 @@ pub(super) fn attach_and_pin(target: &Target, netns: BorrowedFd<'_>, ebpf: &Ebpf
         host::obj_pin(link.as_fd(), &path).map_err(|e| Error::io("pin", &path, e))?;
     }
     Ok(())
+}
+
+/// The fd of `program`, loaded in `ebpf`.
+pub(super) fn program_fd(ebpf: &Ebpf, program: Program) -> Result<BorrowedFd<'_>, Error> {
+    let name = program.name();
+    let prog = ebpf.program(name).ok_or(Error::MissingProgram(name))?;
+    Ok(prog.fd().map_err(|source| program_error(name, source))?.as_fd())
 }
 
 fn aya_log_common_level_debug() -> u8 {
@@ -128,12 +146,9 @@ fn load_program(ebpf: &mut Ebpf, program: Program) -> Result<(), Error> {
     }
 }
 
-fn attach(ebpf: &Ebpf, program: Program, to: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
+fn attach(program: Program, prog_fd: BorrowedFd<'_>, to: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
     let name = program.name();
-    let error = |source| program_error(name, source);
-    let prog = ebpf.program(name).ok_or(Error::MissingProgram(name))?;
-    let prog_fd = prog.fd().map_err(error)?;
-    host::link_create(prog_fd.as_fd(), to, program.attach_type()).map_err(|e| {
+    host::link_create(prog_fd, to, program.attach_type()).map_err(|e| {
         if e.raw_os_error() == Some(libc::EPERM) {
             Error::MissingCapability {
                 capability: "CAP_NET_ADMIN",
@@ -145,7 +160,7 @@ fn attach(ebpf: &Ebpf, program: Program, to: BorrowedFd<'_>) -> Result<OwnedFd, 
     })
 }
 
-pub(super) fn program_error(program: &'static str, source: ProgramError) -> Error {
+fn program_error(program: &'static str, source: ProgramError) -> Error {
     if let ProgramError::LoadError { io_error, .. } = &source
         && io_error.raw_os_error() == Some(libc::EPERM)
     {
@@ -156,3 +171,6 @@ pub(super) fn program_error(program: &'static str, source: ProgramError) -> Erro
     }
     Error::Program { program, source: Box::new(source) }
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,7 +9,7 @@ use std::path::Path;
 use intercept_common::{CARRIED_MAP_NAMES, LAYOUT, LAYOUT_1_PAIRING_PINS, MAP_NAMES, Version};
 
 use super::adopt::adopt_into;
-use super::load::{load, program_error};
+use super::load::{load, program_fd};
 use super::pins::{open_pinned_links, open_pinned_maps};
 use super::{Adopted, Applied, ApplyOptions, Contents, Error, Logs, Outcome, PIN_ROOT, Program, Target, build, host};
 use super::{ingress_port, maps};
@@ -113,10 +113,7 @@ fn replace_into(
         let mut old = open_pinned_maps(dir)?;
         maps::write_version(&mut old, Version { layout: LAYOUT, build: [0; 60] })?;
     }
-    switch_links(dir, staging, &links, |program| {
-        let new = ebpf.program(program.name()).ok_or(Error::MissingProgram(program.name()))?;
-        Ok(new.fd().map_err(|e| program_error(program.name(), e))?.as_fd())
-    })?;
+    switch_links(dir, staging, &links, |program| program_fd(&ebpf, program))?;
     Ok((adopted, logs))
 }
 
