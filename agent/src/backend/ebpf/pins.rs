@@ -152,15 +152,20 @@ pub fn prune(bpffs: &Path) -> Result<Vec<u64>, Error> {
         return Ok(Vec::new());
     }
     let _lock = host::lock_bpffs(&bpffs)?;
-    let root = bpffs.join(PIN_ROOT);
-    let entries = match fs::read_dir(&root) {
+    prune_under(&bpffs.join(PIN_ROOT), &Locks::system())
+}
+
+/// [`prune`] under the bpffs lock, in `root` (`<bpffs>/intercept`), forgetting the pruned
+/// cgroups' locks in `locks`.
+fn prune_under(root: &Path, locks: &Locks) -> Result<Vec<u64>, Error> {
+    let entries = match fs::read_dir(root) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("list", &root, e)),
+        Err(e) => return Err(Error::io("list", root, e)),
     };
     let mut pruned = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| Error::io("list", &root, e))?;
+        let entry = entry.map_err(|e| Error::io("list", root, e))?;
         let Some(cgroup_id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
         let dir = entry.path();
         // A cgroup's links are all detached when it goes: one tells for all (this runs at every
@@ -169,11 +174,14 @@ pub fn prune(bpffs: &Path) -> Result<Vec<u64>, Error> {
         let orphaned = host::obj_get(&link).and_then(|link| host::link_cgroup_id(link.as_fd())).ok() == Some(0);
         if orphaned {
             fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
-            Locks::system().forget(&lock::Key::cgroup(cgroup_id, format!("cgroup id {cgroup_id}")))?;
+            locks.forget(&lock::Key::cgroup(cgroup_id, format!("cgroup id {cgroup_id}")))?;
             pruned.push(cgroup_id);
         }
     }
-    let _ = fs::remove_dir(&root);
+    let _ = fs::remove_dir(root);
     pruned.sort_unstable();
     Ok(pruned)
 }
+
+#[cfg(test)]
+mod tests;
