@@ -281,3 +281,6 @@ fn map_create(map_type: bpf_map_type, inner_map_fd: Option<u32>) -> io::Result<O
     attr.__bindgen_anon_1.map_name = map_name;
     sys::sys_bpf_fd(bpf_cmd::BPF_MAP_CREATE, &mut attr)
 }
+
+#[cfg(test)]
+mod tests;
