@@ -18,39 +18,47 @@
 //! - [`status`] reads the pinned state: programs, maps, counters.
 
 mod adopt;
+#[cfg(test)]
+mod fake;
 mod host;
+mod load;
 mod logs;
 mod maps;
+mod pins;
 mod program;
+mod replace;
 mod status;
+mod sys;
 pub mod task;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use aya::EbpfError;
 use aya::maps::{Map, MapData, MapError};
-use aya::programs::links::{FdLink, LinkError, PinnedLink};
-use aya::programs::{CgroupSockAddr, CgroupSockopt, ProgramError, SkLookup, SockOps};
-use aya::{Ebpf, EbpfError, EbpfLoader};
+use aya::programs::ProgramError;
+use aya::programs::links::LinkError;
 use aya_log::EbpfLogger;
 use intercept_common::{
-    APP_PORTS_MAP, CARRIED_MAP_NAMES, IGNORED_IDS_MAP, IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP,
-    INCLUDED_NETS_V4_MAP, INCLUDED_NETS_V6_MAP, LAYOUT, LAYOUT_1_PAIRING_PINS, LEGACY_DNS_MAP, LEGACY_NEW_CAPACITY,
-    LEGACY_ORIG_MAP, LEGACY_PENDING_MAP, VERSION_MAP, Version,
+    APP_PORTS_MAP, IGNORED_IDS_MAP, IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP, INCLUDED_NETS_V4_MAP,
+    INCLUDED_NETS_V6_MAP, LAYOUT, LAYOUT_1_PAIRING_PINS, VERSION_MAP, Version,
 };
 
 pub use adopt::Adopted;
 use adopt::adopt_into;
 pub use host::{attached_programs, is_bpffs};
 pub use intercept_common::{Counter, MAP_NAMES};
+use load::{attach_and_pin, load};
 pub use logs::{Logs, Printer};
 pub use maps::{Changes, Contents, Generations};
+use pins::{open_pinned_links, open_pinned_maps, unpin_dir};
+pub use pins::{prune, remove, remove_pins_of_removed_cgroup};
 pub use program::Program;
+use replace::{recover, replace};
 pub use status::{ProgramStatus, Status, status};
 
 use crate::cgroup;
@@ -235,16 +243,6 @@ impl Target {
     }
 }
 
-/// Removes a directory of pins: the `sk_lookup` link detached first (the kernel would release
-/// it only later, from a work queue, once unpinned), then every pin.
-fn unpin_dir(dir: &Path) -> Result<(), Error> {
-    let path = dir.join(Program::SkLookup.link_pin());
-    if let Ok(link) = host::obj_get(&path) {
-        host::link_detach(link.as_fd()).map_err(|e| Error::io("detach the link pinned at", &path, e))?;
-    }
-    fs::remove_dir_all(dir).map_err(|e| Error::io("remove", dir, e))
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ApplyOptions {
     /// Load the programs with their debug events switched on, and return a reader for them.
@@ -385,178 +383,6 @@ pub fn build() -> Version {
     Version { layout: LAYOUT, build }
 }
 
-/// What [`load`] returns: the object with its programs loaded, its maps, and with
-/// [`ApplyOptions::bpf_log`] the reader of their events.
-type Loaded = (Ebpf, BTreeMap<&'static str, Map>, Option<Logs>);
-
-/// Loads the object: every map opened from, or created and pinned at, its path in `pins` (a
-/// map pinned there already is reused, whatever its capacity), the configuration maps sized
-/// to the plan, the `LEGACY_*` maps created with one entry unless reused, and every program
-/// loaded (verified) but not attached. `carried` names the maps that are reused.
-fn load(
-    plan: &EbpfPlan,
-    options: ApplyOptions,
-    pins: &BTreeMap<&'static str, PathBuf>,
-    carried: &[&'static str],
-) -> Result<Loaded, Error> {
-    // aya-log's level is a read-only global: at 0 the verifier sees every log statement as
-    // dead code and drops it.
-    let level: u8 = if options.bpf_log { aya_log_common_level_debug() } else { 0 };
-    // The programs need no CO-RE relocation: the kernel's BTF (megabytes) is never read.
-    let mut loader = EbpfLoader::without_kernel_btf();
-    loader.override_global(aya_log::LEVEL, &level, true);
-    if !options.bpf_log {
-        // aya-log's ring buffer (128 KiB) exists whether or not anything logs; with logging
-        // off nothing is ever written to it, and one page is the smallest a ring buffer can be.
-        loader.map_max_entries(AYA_LOG_RING, QUIET_LOG_RING_BYTES);
-    }
-    for spec in plan.map_specs() {
-        if !carried.contains(&spec.name) {
-            loader.map_max_entries(spec.name, spec.max_entries);
-        }
-    }
-    for name in [LEGACY_PENDING_MAP, LEGACY_ORIG_MAP, LEGACY_DNS_MAP] {
-        if !carried.contains(&name) {
-            loader.map_max_entries(name, LEGACY_NEW_CAPACITY);
-        }
-    }
-    for (name, path) in pins {
-        loader.map_pin_path(name, path.as_path());
-    }
-    let mut ebpf = loader.load(object()).map_err(load_error)?;
-    let logs = if options.bpf_log {
-        Some(Logs(EbpfLogger::init_with_logger(&mut ebpf, Printer).map_err(|e| Error::Log(Box::new(e)))?))
-    } else {
-        None
-    };
-    for program in Program::ALL {
-        load_program(&mut ebpf, program)?;
-    }
-    let mut maps = BTreeMap::new();
-    for name in MAP_NAMES {
-        maps.insert(name, ebpf.take_map(name).ok_or(Error::MissingMap(name))?);
-    }
-    Ok((ebpf, maps, logs))
-}
-
-/// Attaches the programs and pins their links in `staging`. Until the links are pinned they
-/// live only in this process, and detach if it fails or dies; once pinned in `staging`,
-/// `status` reports them and the next `apply` or `remove` unpins them.
-fn attach_and_pin(target: &Target, netns: BorrowedFd<'_>, ebpf: &Ebpf, staging: &Path) -> Result<(), Error> {
-    let cgroup = cgroup::open(&target.cgroup)?;
-    let mut links = Vec::new();
-    for program in Program::ALL {
-        let to = if program.on_netns() { netns } else { cgroup.as_fd() };
-        links.push((program, attach(ebpf, program, to)?));
-    }
-    for (program, link) in links {
-        let path = staging.join(program.link_pin());
-        // Closing this process's fd afterwards leaves the link to the pin.
-        host::obj_pin(link.as_fd(), &path).map_err(|e| Error::io("pin", &path, e))?;
-    }
-    Ok(())
-}
-
-fn aya_log_common_level_debug() -> u8 {
-    // aya-log-common's Level: Error = 1, Warn, Info, Debug, Trace.
-    4
-}
-
-fn load_error(e: EbpfError) -> Error {
-    if let EbpfError::MapError(MapError::CreateError { io_error, .. }) = &e
-        && io_error.raw_os_error() == Some(libc::EPERM)
-    {
-        if let Some(limit) = memlock_limit() {
-            return Error::Memlock { limit };
-        }
-        return Error::MissingCapability { capability: "CAP_BPF", needed_for: "creating eBPF maps" };
-    }
-    Error::Load(Box::new(e))
-}
-
-/// RLIMIT_MEMLOCK in bytes, when it is limited: what refuses maps on kernels that charge
-/// eBPF memory to it (before 5.11).
-fn memlock_limit() -> Option<u64> {
-    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
-    getrlimit(Resource::RLIMIT_MEMLOCK).ok().map(|(soft, _)| soft).filter(|&soft| soft != RLIM_INFINITY)
-}
-
-fn load_program(ebpf: &mut Ebpf, program: Program) -> Result<(), Error> {
-    let name = program.name();
-    let error = |source| program_error(name, source);
-    let prog = ebpf.program_mut(name).ok_or(Error::MissingProgram(name))?;
-    match program {
-        Program::Connect4
-        | Program::Connect6
-        | Program::Sendmsg4
-        | Program::Sendmsg6
-        | Program::Recvmsg4
-        | Program::Recvmsg6 => <&mut CgroupSockAddr>::try_from(prog).map_err(error)?.load().map_err(error),
-        Program::Sockops => <&mut SockOps>::try_from(prog).map_err(error)?.load().map_err(error),
-        Program::Getsockopt => <&mut CgroupSockopt>::try_from(prog).map_err(error)?.load().map_err(error),
-        Program::SkLookup => <&mut SkLookup>::try_from(prog).map_err(error)?.load().map_err(error),
-    }
-}
-
-fn attach(ebpf: &Ebpf, program: Program, to: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
-    let name = program.name();
-    let error = |source| program_error(name, source);
-    let prog = ebpf.program(name).ok_or(Error::MissingProgram(name))?;
-    let prog_fd = prog.fd().map_err(error)?;
-    host::link_create(prog_fd.as_fd(), to, program.attach_type()).map_err(|e| {
-        if e.raw_os_error() == Some(libc::EPERM) {
-            Error::MissingCapability {
-                capability: "CAP_NET_ADMIN",
-                needed_for: "attaching programs to a cgroup and a network namespace",
-            }
-        } else {
-            Error::Attach { program: name, source: e }
-        }
-    })
-}
-
-fn program_error(program: &'static str, source: ProgramError) -> Error {
-    if let ProgramError::LoadError { io_error, .. } = &source
-        && io_error.raw_os_error() == Some(libc::EPERM)
-    {
-        return Error::MissingCapability {
-            capability: "CAP_NET_ADMIN",
-            needed_for: "loading cgroup networking eBPF programs",
-        };
-    }
-    Error::Program { program, source: Box::new(source) }
-}
-
-/// Opens every pinned map of an installation.
-fn open_pinned_maps(dir: &Path) -> Result<BTreeMap<&'static str, Map>, Error> {
-    let mut maps = BTreeMap::new();
-    for name in MAP_NAMES {
-        let path = dir.join(name);
-        if !path.exists() {
-            return Err(Error::Incomplete { dir: dir.to_owned(), missing: name.to_owned() });
-        }
-        let data = MapData::from_pin(&path).map_err(maps::map_error(name))?;
-        maps.insert(name, Map::from_map_data(data).map_err(maps::map_error(name))?);
-    }
-    Ok(maps)
-}
-
-/// The pinned links, opened: proof the installation is whole, and the programs' ids.
-fn open_pinned_links(dir: &Path) -> Result<Vec<(Program, aya::programs::links::LinkInfo)>, Error> {
-    Program::ALL
-        .iter()
-        .map(|&program| {
-            let path = dir.join(program.link_pin());
-            if !path.exists() {
-                return Err(Error::Incomplete { dir: dir.to_owned(), missing: program.link_pin() });
-            }
-            let link_error = |source| Error::Link { program: program.name(), source: Box::new(source) };
-            let link = FdLink::from(PinnedLink::from_pin(&path).map_err(link_error)?);
-            Ok((program, link.info().map_err(link_error)?))
-        })
-        .collect()
-}
-
 fn update(
     target: &Target,
     dir: &Path,
@@ -647,295 +473,6 @@ fn fits(maps: &BTreeMap<&'static str, Map>, plan: &EbpfPlan, desired: &Contents)
     Ok(true)
 }
 
-/// The order the programs of a live installation are replaced in: those that read what a
-/// connection left behind before those that leave it, so that every record is read by a
-/// program that knows the map it is in (the new programs read layout 1's maps too; the old
-/// ones know nothing of the new maps).
-const REPLACE_ORDER: [Program; 9] = [
-    Program::Getsockopt,
-    Program::Sockops,
-    Program::Recvmsg4,
-    Program::Recvmsg6,
-    Program::Connect4,
-    Program::Connect6,
-    Program::Sendmsg4,
-    Program::Sendmsg6,
-    Program::SkLookup,
-];
-
-/// Directory name prefixes of a replacement's new pins, and of the old ones moved aside.
-const REPLACING: &str = "replacing-";
-const RETIRED: &str = "retired-";
-
-/// Replaces the programs of the installation in `dir` with this build's, with no window: new
-/// configuration maps are made and filled, the maps holding live state (sockets, hand-offs,
-/// listeners, counters; layout 1's pairing maps as the `LEGACY_*` ones) are carried over, and
-/// each pinned link is switched to its new program (`BPF_LINK_UPDATE`). The new pins are
-/// staged in `replacing-<cgroup id>-<pid>` and swapped in with two renames; [`recover`]
-/// finishes a swap a killed apply left halfway.
-fn replace(
-    target: &Target,
-    dir: &Path,
-    plan: &EbpfPlan,
-    desired: &Contents,
-    options: ApplyOptions,
-    installed: &Version,
-) -> Result<Applied, Error> {
-    let root = target.bpffs.join(PIN_ROOT);
-    let staging = root.join(format!("{REPLACING}{}-{}", target.cgroup_id, std::process::id()));
-    fs::create_dir(&staging).map_err(|e| Error::io("create", &staging, e))?;
-    let result = replace_into(target, dir, &staging, plan, desired, options, installed);
-    if result.is_err() {
-        // Its links are the installation's, still pinned in `dir`: removing these pins
-        // detaches nothing.
-        let _ = fs::remove_dir_all(&staging);
-    }
-    let (adopted, logs) = result?;
-    let retired = root.join(format!("{RETIRED}{}-{}", target.cgroup_id, std::process::id()));
-    fs::rename(dir, &retired).map_err(|e| Error::io("move aside", dir, e))?;
-    fs::rename(&staging, dir).map_err(|e| Error::io("move the pins into place at", dir, e))?;
-    fs::remove_dir_all(&retired).map_err(|e| Error::io("remove", &retired, e))?;
-    Ok(Applied {
-        outcome: Outcome::Replaced { from_layout: installed.layout },
-        pin_dir: dir.to_owned(),
-        logs,
-        adopted,
-        replaced: Some(installed.build_str().to_owned()),
-    })
-}
-
-fn replace_into(
-    target: &Target,
-    dir: &Path,
-    staging: &Path,
-    plan: &EbpfPlan,
-    desired: &Contents,
-    options: ApplyOptions,
-    installed: &Version,
-) -> Result<(Option<Adopted>, Option<Logs>), Error> {
-    let links = open_pinned_links(dir)?;
-    let mut pins = BTreeMap::new();
-    let mut carried = Vec::new();
-    for name in MAP_NAMES {
-        let old = if installed.layout == 1 {
-            LAYOUT_1_PAIRING_PINS.iter().find(|(new, _)| *new == name).map_or(name, |(_, old)| old)
-        } else {
-            name
-        };
-        let old = dir.join(old);
-        if CARRIED_MAP_NAMES.contains(&name) && old.exists() {
-            pins.insert(name, old);
-            carried.push(name);
-        } else {
-            pins.insert(name, staging.join(name));
-        }
-    }
-    let (ebpf, mut maps, logs) = load(plan, options, &pins, &carried)?;
-    maps::install(desired, 0, &mut maps)?;
-    maps::write_version(&mut maps, build())?;
-    for name in &carried {
-        let path = staging.join(name);
-        maps[name].pin(&path).map_err(|e| Error::Pin { path, source: Box::new(e) })?;
-    }
-    let adopted = ingress_port(plan).map(|port| adopt_into(staging, &target.cgroup, port)).transpose()?;
-    if installed.layout == LAYOUT {
-        // Should this apply die between the first switch and the swap, the old pins say no
-        // build made them, and the next apply replaces the programs again.
-        let mut old = open_pinned_maps(dir)?;
-        maps::write_version(&mut old, Version { layout: LAYOUT, build: [0; 60] })?;
-    }
-    // (link, the program it ran, the program it runs now), for a way back.
-    let mut switched: Vec<(OwnedFd, OwnedFd, &'static str)> = Vec::new();
-    let mut failure = None;
-    for program in REPLACE_ORDER {
-        match switch_link(dir, staging, &links, &ebpf, program) {
-            Ok(done) => switched.push(done),
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    if let Some(e) = failure {
-        // Back to the programs that ran before: the installation is as it was.
-        for (link, old, name) in switched.iter().rev() {
-            if let Some(Ok(new)) = ebpf.program(name).map(|p| p.fd()) {
-                let _ = host::link_update(link.as_fd(), old.as_fd(), new.as_fd());
-            }
-        }
-        return Err(e);
-    }
-    Ok((adopted, logs))
-}
-
-/// Switches the link of `program` pinned in `dir` to this build's program, and pins it in
-/// `staging` too.
-fn switch_link(
-    dir: &Path,
-    staging: &Path,
-    links: &[(Program, aya::programs::links::LinkInfo)],
-    ebpf: &Ebpf,
-    program: Program,
-) -> Result<(OwnedFd, OwnedFd, &'static str), Error> {
-    let path = dir.join(program.link_pin());
-    let (_, info) = links
-        .iter()
-        .find(|(p, _)| *p == program)
-        .ok_or_else(|| Error::Incomplete { dir: dir.to_owned(), missing: program.link_pin() })?;
-    let link = host::obj_get(&path).map_err(|e| Error::io("open the link pinned at", &path, e))?;
-    let old = host::prog_fd_by_id(info.program_id())
-        .map_err(|e| Error::io("open the program of the link pinned at", &path, e))?;
-    let new = ebpf.program(program.name()).ok_or(Error::MissingProgram(program.name()))?;
-    let new = new.fd().map_err(|e| program_error(program.name(), e))?;
-    host::link_update(link.as_fd(), new.as_fd(), old.as_fd())
-        .map_err(|e| Error::io("switch to the new program the link pinned at", &path, e))?;
-    let pin = staging.join(program.link_pin());
-    host::obj_pin(link.as_fd(), &pin).map_err(|e| Error::io("pin", &pin, e))?;
-    Ok((link, old, program.name()))
-}
-
-/// Finishes or undoes what a killed replacement left (under the locks, so no live apply owns
-/// it): new pins complete but not yet in place become the installation; otherwise the old
-/// pins stay, and the leftovers go. Their links are the installation's own, so removing them
-/// detaches nothing.
-fn recover(target: &Target) -> Result<(), Error> {
-    let dir = target.pin_dir();
-    for prefix in [REPLACING, RETIRED] {
-        for leftover in target.leftovers(prefix) {
-            let complete = Program::ALL.iter().all(|p| leftover.join(p.link_pin()).exists())
-                && MAP_NAMES.iter().all(|m| leftover.join(m).exists());
-            if !dir.exists() && (prefix == RETIRED || complete) {
-                fs::rename(&leftover, &dir).map_err(|e| Error::io("move the pins into place at", &dir, e))?;
-            } else {
-                fs::remove_dir_all(&leftover).map_err(|e| Error::io("remove", &leftover, e))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Removes the target cgroup's installation: the links (detaching the programs) and the maps.
-/// Returns whether there was anything to remove; removing twice is not an error.
-pub fn remove(target: &Target) -> Result<bool, Error> {
-    let bpffs = match fs::canonicalize(&target.bpffs) {
-        Ok(path) => path,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(Error::io("resolve", &target.bpffs, e)),
-    };
-    if !host::is_bpffs(&bpffs)? {
-        return Ok(false);
-    }
-    let held = target.lock()?;
-    let _lock = host::lock_bpffs(&bpffs)?;
-    recover(target)?;
-    let stale = target.stale_staging();
-    for dir in &stale {
-        unpin_dir(dir)?;
-    }
-    let dir = target.pin_dir();
-    if !dir.exists() {
-        let _ = fs::remove_dir(target.bpffs.join(PIN_ROOT));
-        held.release()?;
-        return Ok(!stale.is_empty());
-    }
-    // The programs' ids, to wait for their detachment below.
-    let ids: Vec<(Program, u32)> = Program::ALL
-        .iter()
-        .filter_map(|&p| {
-            let link = PinnedLink::from_pin(dir.join(p.link_pin())).ok()?;
-            Some((p, FdLink::from(link).info().ok()?.program_id()))
-        })
-        .collect();
-    // Links first: interception stops at once, and a failure later leaves only maps behind.
-    // The namespace's link is detached explicitly (synchronously): the kernel would release
-    // it only later, from a work queue, once unpinned.
-    for program in Program::ALL {
-        let path = dir.join(program.link_pin());
-        if program.on_netns()
-            && let Ok(link) = host::obj_get(&path)
-        {
-            host::link_detach(link.as_fd()).map_err(|e| Error::io("detach the link pinned at", &path, e))?;
-        }
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io("unpin", &path, e)),
-            _ => {}
-        }
-    }
-    fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
-    // The shared parent goes when the last cgroup is removed; another cgroup's pins keep it.
-    let _ = fs::remove_dir(target.bpffs.join(PIN_ROOT));
-    // The kernel releases an unpinned link from a work queue: wait for it, so that `remove`
-    // returning means the programs are gone from the cgroup.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    for (program, id) in ids.into_iter().filter(|(p, _)| !p.on_netns()) {
-        while host::attached_programs(&target.cgroup, program.attach_type())?.contains(&id) {
-            if std::time::Instant::now() > deadline {
-                return Err(Error::StillAttached { program: program.name() });
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-    held.release()?;
-    Ok(true)
-}
-
-/// Removes the pins of the installation of the cgroup `cgroup_id`, which its caller knows to
-/// be gone (its path no longer exists; cgroup ids are never reused): the kernel detaches a
-/// removed cgroup's programs only a moment later, from a work queue, so [`prune`] would not
-/// take it yet. Returns whether there were pins.
-pub fn remove_pins_of_removed_cgroup(bpffs: &Path, cgroup_id: u64) -> Result<bool, Error> {
-    let dir = bpffs.join(PIN_ROOT).join(cgroup_id.to_string());
-    if !dir.is_dir() {
-        return Ok(false);
-    }
-    let _lock = host::lock_bpffs(bpffs)?;
-    unpin_dir(&dir)?;
-    Locks::system().forget(&lock::Key::cgroup(cgroup_id, format!("cgroup id {cgroup_id}")))?;
-    let _ = fs::remove_dir(bpffs.join(PIN_ROOT));
-    Ok(true)
-}
-
-/// Removes the installations under `bpffs` whose cgroup no longer exists: their first cgroup
-/// link reports no cgroup (the kernel detaches all of a cgroup's links when the cgroup is
-/// removed), so their pins only keep maps alive (their lock files go too). Returns the cgroup ids whose
-/// pins were removed. An installation it cannot judge (a link pin missing or unreadable) is
-/// left alone.
-pub fn prune(bpffs: &Path) -> Result<Vec<u64>, Error> {
-    let bpffs = match fs::canonicalize(bpffs) {
-        Ok(path) => path,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("resolve", bpffs, e)),
-    };
-    if !host::is_bpffs(&bpffs)? {
-        return Ok(Vec::new());
-    }
-    let _lock = host::lock_bpffs(&bpffs)?;
-    let root = bpffs.join(PIN_ROOT);
-    let entries = match fs::read_dir(&root) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("list", &root, e)),
-    };
-    let mut pruned = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io("list", &root, e))?;
-        let Some(cgroup_id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
-        let dir = entry.path();
-        // A cgroup's links are all detached when it goes: one tells for all (this runs at every
-        // apply, over every installation on the host).
-        let link = dir.join(Program::CGROUP[0].link_pin());
-        let orphaned = host::obj_get(&link).and_then(|link| host::link_cgroup_id(link.as_fd())).ok() == Some(0);
-        if orphaned {
-            fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
-            Locks::system().forget(&lock::Key::cgroup(cgroup_id, format!("cgroup id {cgroup_id}")))?;
-            pruned.push(cgroup_id);
-        }
-    }
-    let _ = fs::remove_dir(&root);
-    pruned.sort_unstable();
-    Ok(pruned)
-}
-
 /// The addresses of the current network namespace's interfaces: the task's own addresses,
 /// which count as local destinations.
 pub fn local_addresses() -> Result<Vec<IpAddr>, Error> {
@@ -957,26 +494,4 @@ pub fn local_addresses() -> Result<Vec<IpAddr>, Error> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    use super::*;
-
-    /// A map the programs define but no list names would be neither pinned nor carried over
-    /// by an upgrade; a name in both lists would be rebuilt and carried at once.
-    #[test]
-    fn the_object_defines_exactly_the_named_maps_each_named_once() {
-        let object = aya_obj::Object::parse(object()).expect("the embedded eBPF object parses");
-        // Data sections (`.rodata`, …) and aya-log's ring buffer are loaded by aya, never
-        // pinned by name.
-        let defined: BTreeSet<&str> = object
-            .maps
-            .keys()
-            .map(String::as_str)
-            .filter(|name| !name.starts_with('.') && *name != "AYA_LOGS")
-            .collect();
-        let named: BTreeSet<&str> = MAP_NAMES.into_iter().collect();
-        assert_eq!(named.len(), MAP_NAMES.len(), "a map is named twice: {MAP_NAMES:?}");
-        assert_eq!(defined, named);
-    }
-}
+mod tests;

@@ -6,7 +6,8 @@ use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 
 use super::maps::{self, Contents, Generations};
-use super::{Counter, Error, Program, Target, host, open_pinned_links, open_pinned_maps};
+use super::pins::{open_pinned_links, open_pinned_maps};
+use super::{Counter, Error, Program, Target, host};
 
 /// A program of an installation, from its pinned link.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,187 @@
+//! The pins of installations: opening them, and removing them (`remove`, a removed cgroup's,
+//! `prune`).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::fd::AsFd as _;
+use std::path::Path;
+use std::time::Duration;
+
+use aya::maps::{Map, MapData};
+use aya::programs::links::{FdLink, PinnedLink};
+use intercept_common::MAP_NAMES;
+
+use super::replace::recover;
+use super::{Error, PIN_ROOT, Program, Target, host, maps};
+use crate::lock::{self, Locks};
+
+/// Removes a directory of pins: the `sk_lookup` link detached first (the kernel would release
+/// it only later, from a work queue, once unpinned), then every pin.
+pub(super) fn unpin_dir(dir: &Path) -> Result<(), Error> {
+    let path = dir.join(Program::SkLookup.link_pin());
+    if let Ok(link) = host::obj_get(&path) {
+        host::link_detach(link.as_fd()).map_err(|e| Error::io("detach the link pinned at", &path, e))?;
+    }
+    fs::remove_dir_all(dir).map_err(|e| Error::io("remove", dir, e))
+}
+
+/// Opens every pinned map of an installation.
+pub(super) fn open_pinned_maps(dir: &Path) -> Result<BTreeMap<&'static str, Map>, Error> {
+    let mut maps = BTreeMap::new();
+    for name in MAP_NAMES {
+        let path = dir.join(name);
+        if !path.exists() {
+            return Err(Error::Incomplete { dir: dir.to_owned(), missing: name.to_owned() });
+        }
+        let data = MapData::from_pin(&path).map_err(maps::map_error(name))?;
+        maps.insert(name, Map::from_map_data(data).map_err(maps::map_error(name))?);
+    }
+    Ok(maps)
+}
+
+/// The pinned links, opened: proof the installation is whole, and the programs' ids.
+pub(super) fn open_pinned_links(dir: &Path) -> Result<Vec<(Program, aya::programs::links::LinkInfo)>, Error> {
+    Program::ALL
+        .iter()
+        .map(|&program| {
+            let path = dir.join(program.link_pin());
+            if !path.exists() {
+                return Err(Error::Incomplete { dir: dir.to_owned(), missing: program.link_pin() });
+            }
+            let link_error = |source| Error::Link { program: program.name(), source: Box::new(source) };
+            let link = FdLink::from(PinnedLink::from_pin(&path).map_err(link_error)?);
+            Ok((program, link.info().map_err(link_error)?))
+        })
+        .collect()
+}
+
+/// Removes the target cgroup's installation: the links (detaching the programs) and the maps.
+/// Returns whether there was anything to remove; removing twice is not an error.
+pub fn remove(target: &Target) -> Result<bool, Error> {
+    let bpffs = match fs::canonicalize(&target.bpffs) {
+        Ok(path) => path,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("resolve", &target.bpffs, e)),
+    };
+    if !host::is_bpffs(&bpffs)? {
+        return Ok(false);
+    }
+    let held = target.lock()?;
+    let _lock = host::lock_bpffs(&bpffs)?;
+    recover(target)?;
+    let stale = target.stale_staging();
+    for dir in &stale {
+        unpin_dir(dir)?;
+    }
+    let dir = target.pin_dir();
+    if !dir.exists() {
+        let _ = fs::remove_dir(target.bpffs.join(PIN_ROOT));
+        held.release()?;
+        return Ok(!stale.is_empty());
+    }
+    // The programs' ids, to wait for their detachment below.
+    let ids: Vec<(Program, u32)> = Program::ALL
+        .iter()
+        .filter_map(|&p| {
+            let link = PinnedLink::from_pin(dir.join(p.link_pin())).ok()?;
+            Some((p, FdLink::from(link).info().ok()?.program_id()))
+        })
+        .collect();
+    // Links first: interception stops at once, and a failure later leaves only maps behind.
+    // The namespace's link is detached explicitly (synchronously): the kernel would release
+    // it only later, from a work queue, once unpinned.
+    for program in Program::ALL {
+        let path = dir.join(program.link_pin());
+        if program.on_netns()
+            && let Ok(link) = host::obj_get(&path)
+        {
+            host::link_detach(link.as_fd()).map_err(|e| Error::io("detach the link pinned at", &path, e))?;
+        }
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io("unpin", &path, e)),
+            _ => {}
+        }
+    }
+    fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
+    // The shared parent goes when the last cgroup is removed; another cgroup's pins keep it.
+    let _ = fs::remove_dir(target.bpffs.join(PIN_ROOT));
+    // The kernel releases an unpinned link from a work queue: wait for it, so that `remove`
+    // returning means the programs are gone from the cgroup.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for (program, id) in ids.into_iter().filter(|(p, _)| !p.on_netns()) {
+        while host::attached_programs(&target.cgroup, program.attach_type())?.contains(&id) {
+            if std::time::Instant::now() > deadline {
+                return Err(Error::StillAttached { program: program.name() });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    held.release()?;
+    Ok(true)
+}
+
+/// Removes the pins of the installation of the cgroup `cgroup_id`, which its caller knows to
+/// be gone (its path no longer exists; cgroup ids are never reused): the kernel detaches a
+/// removed cgroup's programs only a moment later, from a work queue, so [`prune`] would not
+/// take it yet. Returns whether there were pins.
+pub fn remove_pins_of_removed_cgroup(bpffs: &Path, cgroup_id: u64) -> Result<bool, Error> {
+    let dir = bpffs.join(PIN_ROOT).join(cgroup_id.to_string());
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    let _lock = host::lock_bpffs(bpffs)?;
+    unpin_dir(&dir)?;
+    Locks::system().forget(&lock::Key::cgroup(cgroup_id, format!("cgroup id {cgroup_id}")))?;
+    let _ = fs::remove_dir(bpffs.join(PIN_ROOT));
+    Ok(true)
+}
+
+/// Removes the installations under `bpffs` whose cgroup no longer exists: their first cgroup
+/// link reports no cgroup (the kernel detaches all of a cgroup's links when the cgroup is
+/// removed), so their pins only keep maps alive (their lock files go too). Returns the cgroup ids whose
+/// pins were removed. An installation it cannot judge (a link pin missing or unreadable) is
+/// left alone.
+pub fn prune(bpffs: &Path) -> Result<Vec<u64>, Error> {
+    let bpffs = match fs::canonicalize(bpffs) {
+        Ok(path) => path,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("resolve", bpffs, e)),
+    };
+    if !host::is_bpffs(&bpffs)? {
+        return Ok(Vec::new());
+    }
+    let _lock = host::lock_bpffs(&bpffs)?;
+    prune_under(&bpffs.join(PIN_ROOT), &Locks::system())
+}
+
+/// [`prune`] under the bpffs lock, in `root` (`<bpffs>/intercept`), forgetting the pruned
+/// cgroups' locks in `locks`.
+fn prune_under(root: &Path, locks: &Locks) -> Result<Vec<u64>, Error> {
+    let entries = match fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list", root, e)),
+    };
+    let mut pruned = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", root, e))?;
+        let Some(cgroup_id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
+        let dir = entry.path();
+        // A cgroup's links are all detached when it goes: one tells for all (this runs at every
+        // apply, over every installation on the host).
+        let link = dir.join(Program::CGROUP[0].link_pin());
+        let orphaned = host::obj_get(&link).and_then(|link| host::link_cgroup_id(link.as_fd())).ok() == Some(0);
+        if orphaned {
+            fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
+            locks.forget(&lock::Key::cgroup(cgroup_id, format!("cgroup id {cgroup_id}")))?;
+            pruned.push(cgroup_id);
+        }
+    }
+    let _ = fs::remove_dir(root);
+    pruned.sort_unstable();
+    Ok(pruned)
+}
+
+#[cfg(test)]
+mod tests;
