@@ -16,6 +16,7 @@ pub mod ebpf;
 pub mod exec;
 pub mod iptables;
 pub mod nftables;
+pub mod rules;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -303,8 +304,8 @@ pub trait Backend {
 /// the capabilities the backend needs ([`Backend::requirements`]) first.
 pub fn open(kind: Kind, target: &Target) -> Result<Box<dyn Backend>, Error> {
     Ok(match kind {
-        Kind::Iptables => Box::new(iptables::Handle::open(target)?),
-        Kind::Nftables => Box::new(nftables::Handle::open(target)?),
+        Kind::Iptables => Box::new(iptables::Handle::open(target)),
+        Kind::Nftables => Box::new(nftables::Handle::open(target)),
         Kind::Ebpf => Box::new(ebpf::task::Handle::open(target)?),
     })
 }
@@ -357,9 +358,9 @@ pub enum Error {
     #[error(transparent)]
     Netns(netns::Error),
     #[error(transparent)]
-    Iptables(#[from] iptables::Error),
+    Iptables(iptables::Error),
     #[error(transparent)]
-    Nftables(#[from] nftables::Error),
+    Nftables(nftables::Error),
     #[error(transparent)]
     Ebpf(ebpf::task::Error),
 }
@@ -387,6 +388,26 @@ impl Error {
                 Error::BadTarget { option: "--netns/--netns-pid", gone: false, message: e.to_string() }
             }
             other => Error::Netns(other),
+        }
+    }
+}
+
+/// A namespace that cannot be opened is the target's fault; everything else is the backend's.
+impl From<iptables::Error> for Error {
+    fn from(e: iptables::Error) -> Error {
+        match e {
+            iptables::Error::Netns(e) => Error::netns(e),
+            other => Error::Iptables(other),
+        }
+    }
+}
+
+/// As for iptables.
+impl From<nftables::Error> for Error {
+    fn from(e: nftables::Error) -> Error {
+        match e {
+            nftables::Error::Netns(e) => Error::netns(e),
+            other => Error::Nftables(other),
         }
     }
 }
@@ -424,38 +445,6 @@ pub(crate) fn found(yes: bool) -> &'static str {
 /// the configuration (if one was given), else 1.
 pub(crate) fn status_exit_code(installed: bool, matches: Option<bool>) -> i32 {
     i32::from(!(installed && matches != Some(false)))
-}
-
-/// The rule backends' exit code of `intercept status`: as [`status_exit_code`], and also 1
-/// after an unfinished change, unless what is installed matches the configuration exactly
-/// (then it is whole, whatever was interrupted).
-pub(crate) fn rules_exit_code(installed: bool, matches: Option<bool>, unfinished: bool) -> i32 {
-    let whole = !unfinished || matches == Some(true);
-    status_exit_code(installed && whole, matches)
-}
-
-/// The last lines of the rule backends' `intercept status`: the verdict and why.
-pub(crate) fn rules_verdict(
-    out: &mut String,
-    installed: bool,
-    matches: Option<bool>,
-    unfinished: bool,
-    reasons: &[String],
-) {
-    let verdict = match (installed, matches) {
-        (_, Some(true) | None) if unfinished && rules_exit_code(installed, matches, unfinished) != 0 => {
-            "NOT whole: a change was interrupted"
-        }
-        (true, Some(true)) => "installed, and matches the configuration",
-        (true, Some(false)) => "installed, but does NOT match the configuration",
-        (true, None) => "installed (give a configuration to check it for drift)",
-        (false, _) => "NOT installed",
-    };
-    out.push_str(verdict);
-    out.push('\n');
-    for reason in reasons {
-        out.push_str(&format!("  - {reason}\n"));
-    }
 }
 
 #[cfg(test)]

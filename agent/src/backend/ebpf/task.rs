@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{ApplyOptions, Contents, Logs, Outcome, Program, Status, Target};
+use crate::backend::exec;
 use crate::backend::iptables::{self, Iptables, Mode};
+use crate::backend::rules::Rules as _;
 use crate::backend::{self, Backend, Change, Feature, IngressFallback, Kind, Requirements};
 use crate::cgroup;
 use crate::config::ProxyConfig;
@@ -322,12 +324,12 @@ pub fn remove(request: &Request) -> Result<RemoveReport, Error> {
 fn remove_legacy_ingress(request: &Request) -> Result<Option<iptables::Report>, Error> {
     let iptables = match Iptables::open(request.netns.clone(), request.iptables_mode) {
         Ok(iptables) => iptables,
-        Err(iptables::Error::MissingProgram { .. }) => return Ok(None),
+        Err(iptables::Error::Run(exec::Error::MissingProgram { .. })) => return Ok(None),
         Err(iptables::Error::Netns(e)) => return Err(e.into()),
         Err(e) => return Err(Error::Ingress(e)),
     };
     let status = iptables.status(None).map_err(Error::Ingress)?;
-    let has = |chain: &str| status.families.iter().any(|f| f.chains.iter().any(|c| c.name == chain));
+    let has = |chain: &str| status.listing.families.iter().any(|f| f.chains.iter().any(|c| c.name == chain));
     if !has(INGRESS_CHAIN) || has(EGRESS_CHAIN) {
         return Ok(None);
     }
