@@ -6,7 +6,6 @@
 
 mod args;
 #[doc(hidden)]
-pub mod fuzz;
 pub mod parse;
 pub mod source;
 pub mod template;
@@ -230,6 +229,27 @@ pub struct ProxyConfig {
 }
 
 impl ProxyConfig {
+    /// Every egress TCP connection to `proxy_egress_port`, and nothing else set: no ignored
+    /// identities, ports or networks, no ingress or DNS capture, the implicit exemptions and
+    /// IPv6 on. Code that builds a configuration rather than validating one (tests, the
+    /// benchmarks) starts here and names only the fields it cares about, `ProxyConfig {
+    /// ignored_uids: vec![1337], ..ProxyConfig::new(15001) }`, so a new field changes one
+    /// place. (Validation also asks for an ignored UID or GID.)
+    pub fn new(proxy_egress_port: u16) -> ProxyConfig {
+        ProxyConfig {
+            ignored_uids: Vec::new(),
+            ignored_gids: Vec::new(),
+            proxy_egress_port,
+            ingress: None,
+            egress_ignored_ports: PortSet::new(),
+            egress_ignored_ips: Vec::new(),
+            egress_included_ips: None,
+            proxy_dns_port: None,
+            implicit_exemptions: true,
+            ipv6: true,
+        }
+    }
+
     /// The port DNS is redirected to: ProxyDNSPort, unless port 53 is an ignored port, which
     /// turns DNS capture off (`check` warns).
     pub fn dns_capture(&self) -> Option<u16> {

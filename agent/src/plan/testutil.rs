@@ -242,7 +242,6 @@ pub(super) fn arb_config() -> impl Strategy<Value = ProxyConfig> {
             ProxyConfig {
                 ignored_uids: ids(uids),
                 ignored_gids: ids(gids),
-                proxy_egress_port: egress,
                 ingress: ingress.map(|(proxy_port, app_ports)| Ingress { proxy_port, app_ports }),
                 egress_ignored_ports: ignored_ports,
                 egress_ignored_ips: normal(ips),
@@ -250,6 +249,7 @@ pub(super) fn arb_config() -> impl Strategy<Value = ProxyConfig> {
                 proxy_dns_port: dns,
                 implicit_exemptions: implicit,
                 ipv6,
+                ..ProxyConfig::new(egress)
             }
         })
 }

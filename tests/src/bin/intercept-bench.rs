@@ -1855,18 +1855,14 @@ fn measure_scale(ctx: &Context, host: &Privileged, plan: &Plan, tasks: usize, co
 fn scale_proxy_config() -> ProxyConfig {
     ProxyConfig {
         ignored_uids: vec![PROXY_UID],
-        ignored_gids: vec![],
-        proxy_egress_port: PROXY.port(),
         ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
         egress_ignored_ports: PortSet::from_ranges([PortRange::single(22)]),
         egress_ignored_ips: vec![
             "169.254.170.2/32".parse().expect("a network"),
             "169.254.169.254/32".parse().expect("a network"),
         ],
-        egress_included_ips: None,
-        proxy_dns_port: None,
-        implicit_exemptions: true,
         ipv6: false,
+        ..ProxyConfig::new(PROXY.port())
     }
 }
 
