@@ -317,7 +317,10 @@ impl World {
     fn target(&self) -> backend::Target {
         backend::Target {
             cgroup: Some(self.cgroup.path().to_str().expect("UTF-8 cgroup path").to_owned()),
-            bpffs: Some(self.bpffs.path().to_owned()),
+            options: backend::Options {
+                ebpf: backend::EbpfOptions { bpffs: Some(self.bpffs.path().to_owned()) },
+                ..backend::Options::default()
+            },
             ..backend::Target::netns(netns::Target::Path(self.sandbox.task().path()))
         }
     }

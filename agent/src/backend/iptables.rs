@@ -90,6 +90,14 @@ impl fmt::Display for Mode {
     }
 }
 
+/// The iptables backend's options.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// The xtables variant (`--iptables-mode`); default: the one that already holds rules in
+    /// the namespace, else nft.
+    pub mode: Option<Mode>,
+}
+
 /// `intercept status --backend iptables`.
 pub type Status = RulesStatus<Listing>;
 

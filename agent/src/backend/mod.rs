@@ -19,7 +19,7 @@ pub mod nftables;
 pub mod rules;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use caps::Capability;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,9 @@ use crate::plan::Format;
 use crate::privileges::Requirement;
 
 pub use counters::{Counter, Counters};
+pub use ebpf::DEFAULT_BPFFS;
+pub use ebpf::task::Options as EbpfOptions;
+pub use iptables::{Mode as IptablesMode, Options as IptablesOptions};
 
 /// The backends, as `--backend` and task files name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize, Deserialize)]
@@ -140,26 +143,37 @@ pub enum IngressFallback {
 }
 
 /// Where a backend works: a task's network namespace and, for the backends that work on
-/// processes rather than packets, its cgroup.
+/// processes rather than packets, its cgroup; and the options only some backends take.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub netns: netns::Target,
     /// The task's cgroup: a path under the cgroup2 mount or relative to it, or `auto` (the
     /// parent of intercept's own cgroup). Required by the eBPF backend.
     pub cgroup: Option<String>,
-    /// The bpffs directory for the eBPF backend's pins; default
-    /// [`ebpf::DEFAULT_BPFFS`].
-    pub bpffs: Option<PathBuf>,
-    /// The xtables variant for the iptables backend; default: detected.
-    pub iptables_mode: Option<iptables::Mode>,
+    pub options: Options,
     pub ingress_fallback: IngressFallback,
+}
+
+/// The options of one backend each, typed as that backend defines them; the other backends
+/// ignore them.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub ebpf: EbpfOptions,
+    pub iptables: IptablesOptions,
 }
 
 impl Target {
     /// The current network namespace, nothing else given.
     pub fn netns(netns: netns::Target) -> Target {
-        Target { netns, cgroup: None, bpffs: None, iptables_mode: None, ingress_fallback: IngressFallback::default() }
+        Target { netns, cgroup: None, options: Options::default(), ingress_fallback: IngressFallback::default() }
     }
+}
+
+/// Forgets what the backends keep on the host for a task whose cgroup has been removed: the
+/// pins under `bpffs` of the eBPF programs attached to cgroup `cgroup_id`, which would keep
+/// them loaded. Whether there were any.
+pub fn forget_removed_cgroup(bpffs: &Path, cgroup_id: u64) -> Result<bool, Error> {
+    ebpf::remove_pins_of_removed_cgroup(bpffs, cgroup_id).map_err(|e| Error::Ebpf(e.into()))
 }
 
 /// How to apply.
@@ -455,9 +469,9 @@ mod tests {
     /// The capabilities each backend asks for, by variant and configuration.
     #[test]
     fn each_backend_needs_its_minimal_capabilities() {
-        let target = |iptables_mode| Target {
+        let target = |mode| Target {
             cgroup: Some("/ecs/task".to_owned()),
-            iptables_mode,
+            options: Options { iptables: IptablesOptions { mode }, ..Options::default() },
             ..Target::netns(netns::Target::Current)
         };
         let seed = testdata::seed_config();

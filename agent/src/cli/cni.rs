@@ -148,8 +148,10 @@ fn target<'a>(request: &'a Request, netconf: &Netconf) -> (&'a Path, Target) {
     let target = Target {
         netns: netns::Target::Path(netns.to_owned()).opened(),
         cgroup: None,
-        bpffs: None,
-        iptables_mode: netconf.iptables_mode,
+        options: backend::Options {
+            iptables: backend::IptablesOptions { mode: netconf.iptables_mode },
+            ..backend::Options::default()
+        },
         ingress_fallback: IngressFallback::default(),
     };
     (netns, target)

@@ -15,8 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use intercept::backend::iptables::Mode;
-use intercept::backend::{self, Choice, IngressFallback, Opened, Purpose};
+use intercept::backend::{self, Choice, EbpfOptions, IngressFallback, IptablesMode, IptablesOptions, Opened, Purpose};
 use intercept::config::{ConfigArgs, ConfigErrors, Validated, validate};
 use intercept::netns;
 use intercept::plan::Format;
@@ -94,7 +93,7 @@ pub struct TargetArgs {
     /// iptables backend: which xtables variant to use; default: the one that already holds
     /// rules in the namespace, else nft
     #[arg(long, value_enum, value_name = "legacy|nft")]
-    iptables_mode: Option<Mode>,
+    iptables_mode: Option<IptablesMode>,
     /// eBPF backend (required with it): the task's cgroup, a path under the cgroup2 mount or
     /// relative to it, or `auto` (the parent of intercept's own cgroup)
     #[arg(long, value_name = "PATH|auto")]
@@ -124,8 +123,10 @@ impl TargetArgs {
         backend::Target {
             netns: self.netns().opened(),
             cgroup: self.cgroup.clone(),
-            bpffs: self.bpffs.clone(),
-            iptables_mode: self.iptables_mode,
+            options: backend::Options {
+                ebpf: EbpfOptions { bpffs: self.bpffs.clone() },
+                iptables: IptablesOptions { mode: self.iptables_mode },
+            },
             ingress_fallback: self.ingress_fallback,
         }
     }

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::netconf::{ENV_BACKEND, ENV_ENABLE_IPV6, parse};
 use super::{Command, Error, add_result, capabilities, code, read_request, version_result};
-use crate::backend::iptables::Mode;
+use crate::backend::IptablesMode as Mode;
 use crate::backend::{Choice, Kind};
 use crate::config::{Ingress, PortRange, PortSet, ProxyConfig};
 

@@ -26,6 +26,13 @@ use crate::plan::iptables::{EGRESS_CHAIN, INGRESS_CHAIN};
 use crate::plan::{Format, ebpf::EbpfPlan};
 use crate::privileges::{DAC_READ_SEARCH_ADOPT, EBPF, SYS_PTRACE_ADOPT};
 
+/// The eBPF backend's options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// The bpffs directory for the pins (`--bpffs`); default [`super::DEFAULT_BPFFS`].
+    pub bpffs: Option<PathBuf>,
+}
+
 /// Where eBPF mode works: a cgroup and its pins for the programs, a network namespace for
 /// the local addresses and the `sk_lookup` program.
 #[derive(Debug, Clone)]
@@ -518,9 +525,9 @@ impl Handle {
         Ok(Handle {
             request: Request {
                 cgroup,
-                bpffs: target.bpffs.clone(),
+                bpffs: target.options.ebpf.bpffs.clone(),
                 netns: target.netns.clone(),
-                iptables_mode: target.iptables_mode,
+                iptables_mode: target.options.iptables.mode,
                 ingress_fallback_to_app: target.ingress_fallback == IngressFallback::App,
             },
         })

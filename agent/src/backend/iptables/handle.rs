@@ -18,7 +18,7 @@ impl Engine for Iptables {
     type Options = Option<Mode>;
 
     fn options(target: &Target) -> Option<Mode> {
-        target.iptables_mode
+        target.options.iptables.mode
     }
 
     fn open(netns: netns::Target, mode: Option<Mode>) -> Result<Iptables, Error> {
