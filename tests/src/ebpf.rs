@@ -448,7 +448,6 @@ impl EbpfSandbox {
             bpffs: Some(self.bpffs.path().to_owned()),
             netns: agent_netns::Target::Path(self.sandbox.task().path()),
             iptables_mode: None,
-            ingress_fallback_to_app: false,
         }
     }
 

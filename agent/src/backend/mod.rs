@@ -132,16 +132,6 @@ impl clap::ValueEnum for Choice {
     }
 }
 
-/// While the proxy has no ingress listener (restarting), what happens to inbound connections
-/// to AppPorts in a backend that can tell (eBPF): refused, as a REDIRECT to a closed port
-/// is, or delivered to the app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum IngressFallback {
-    #[default]
-    Refuse,
-    App,
-}
-
 /// Where a backend works: a task's network namespace and, for the backends that work on
 /// processes rather than packets, its cgroup; and the options only some backends take.
 #[derive(Debug, Clone)]
@@ -151,7 +141,6 @@ pub struct Target {
     /// parent of intercept's own cgroup). Required by the eBPF backend.
     pub cgroup: Option<String>,
     pub options: Options,
-    pub ingress_fallback: IngressFallback,
 }
 
 /// The options of one backend each, typed as that backend defines them; the other backends
@@ -165,7 +154,7 @@ pub struct Options {
 impl Target {
     /// The current network namespace, nothing else given.
     pub fn netns(netns: netns::Target) -> Target {
-        Target { netns, cgroup: None, options: Options::default(), ingress_fallback: IngressFallback::default() }
+        Target { netns, cgroup: None, options: Options::default() }
     }
 }
 

@@ -10,7 +10,7 @@ use std::fmt::{self, Write as _};
 use serde::Serialize;
 
 use crate::backend::{self, ApplyOptions, Backend, Change, Counters, Kind, Requirements, Status, Target};
-use crate::config::ProxyConfig;
+use crate::config::{IngressFallback, ProxyConfig};
 use crate::netns;
 use crate::plan::Format;
 
@@ -230,7 +230,16 @@ impl<E: Engine> Backend for Handle<E> {
     fn apply(&self, config: &ProxyConfig, options: ApplyOptions) -> Result<Change, backend::Error> {
         self.accepts(options)?;
         let report = self.engine()?.apply(&E::plan(config), options.dry_run).map_err(Into::into)?;
-        Ok(change("apply", report))
+        let mut change = change("apply", report);
+        if config.ingress.is_some() && config.ingress_fallback == IngressFallback::App {
+            // A REDIRECT cannot tell whether the proxy listens: the setting is not honoured.
+            change.warnings.push(format!(
+                "IngressFallback app is for the eBPF backend: with {}, inbound connections to AppPorts are \
+                 refused while the proxy has no listener",
+                E::KIND
+            ));
+        }
+        Ok(change)
     }
 
     fn remove(&self, dry_run: bool) -> Result<Change, backend::Error> {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Args;
-use intercept::backend::{self, ApplyOptions, Choice, IngressFallback, Purpose, Target};
+use intercept::backend::{self, ApplyOptions, Choice, Purpose, Target};
 use intercept::cni::{self, Command, Error, Netconf, Request, code, netconf};
 use intercept::config::source::MAX_INPUT_BYTES;
 use intercept::{error_chain, netns, privileges};
@@ -152,7 +152,6 @@ fn target<'a>(request: &'a Request, netconf: &Netconf) -> (&'a Path, Target) {
             iptables: backend::IptablesOptions { mode: netconf.iptables_mode },
             ..backend::Options::default()
         },
-        ingress_fallback: IngressFallback::default(),
     };
     (netns, target)
 }

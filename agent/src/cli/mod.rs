@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use intercept::backend::{self, Choice, EbpfOptions, IngressFallback, IptablesMode, IptablesOptions, Opened, Purpose};
+use intercept::backend::{self, Choice, EbpfOptions, IptablesMode, IptablesOptions, Opened, Purpose};
 use intercept::config::{ConfigArgs, ConfigErrors, Validated, validate};
 use intercept::netns;
 use intercept::plan::Format;
@@ -102,10 +102,6 @@ pub struct TargetArgs {
     /// is not a bpffs; default /sys/fs/bpf
     #[arg(long, value_name = "PATH")]
     bpffs: Option<PathBuf>,
-    /// eBPF backend: while the proxy has no ingress listener (restarting), inbound connections
-    /// to AppPorts are refused (as a REDIRECT to a closed port) or go straight to the app
-    #[arg(long, value_enum, value_name = "refuse|app", default_value = "refuse")]
-    ingress_fallback: IngressFallback,
 }
 
 impl TargetArgs {
@@ -127,7 +123,6 @@ impl TargetArgs {
                 ebpf: EbpfOptions { bpffs: self.bpffs.clone() },
                 iptables: IptablesOptions { mode: self.iptables_mode },
             },
-            ingress_fallback: self.ingress_fallback,
         }
     }
 

@@ -12,8 +12,8 @@ use ipnet::IpNet;
 use super::parse::{self, ParseError, clip, list_entries};
 use super::source::{ProxyType, RawConfig, RawProperty, env_var};
 use super::{
-    ConfigErrors, DNS_PORT, Diagnostic, ECS_MAX_IGNORED_PORTS, Ingress, MAX_IGNORED_IDS, PortRange, PortSet, Property,
-    ProxyConfig, SSH_PORT, Severity, Validated,
+    ConfigErrors, DNS_PORT, Diagnostic, ECS_MAX_IGNORED_PORTS, Ingress, IngressFallback, MAX_IGNORED_IDS, PortRange,
+    PortSet, Property, ProxyConfig, SSH_PORT, Severity, Validated,
 };
 
 /// The only proxy type ECS defines.
@@ -62,6 +62,7 @@ struct Values {
     ignored_ips: Slot<Vec<IpNet>>,
     dns: Slot<u16>,
     included_ips: Slot<Vec<IpNet>>,
+    fallback: Slot<IngressFallback>,
 }
 
 struct Validation<'a> {
@@ -87,6 +88,7 @@ pub fn validate(raw: &RawConfig) -> Result<Validated, ConfigErrors> {
             ignored_ips: Slot::Absent,
             dns: Slot::Absent,
             included_ips: Slot::Absent,
+            fallback: Slot::Absent,
         },
     };
     v.proxy_type();
@@ -137,6 +139,7 @@ pub fn validate(raw: &RawConfig) -> Result<Validated, ConfigErrors> {
         ignored_gids: ids(values.gid),
         egress_included_ips,
         proxy_dns_port: values.dns.valid().copied(),
+        ingress_fallback: values.fallback.valid().copied().unwrap_or_default(),
         proxy_egress_port,
         ingress,
         egress_ignored_ports: match values.ignored_ports {
@@ -227,6 +230,7 @@ impl<'a> Validation<'a> {
             Property::IgnoredGID => self.values.gid = self.id_list(p),
             Property::ProxyDNSPort => self.values.dns = self.scalar(p, parse::parse_port),
             Property::EgressIncludedIPs => self.values.included_ips = self.ip_list(p, ipv6),
+            Property::IngressFallback => self.values.fallback = self.scalar(p, parse::parse_ingress_fallback),
             Property::ProxyIngressPort => self.values.ingress = self.scalar(p, parse::parse_port),
             Property::ProxyEgressPort => self.values.egress = self.scalar(p, parse::parse_port),
             Property::AppPorts => self.values.app_ports = self.port_list(p),

@@ -1805,7 +1805,6 @@ fn measure_scale(ctx: &Context, host: &Privileged, plan: &Plan, tasks: usize, co
         bpffs: Some(ctx.bpffs.path().to_owned()),
         netns: NetnsTarget::Path(netns.path()),
         iptables_mode: None,
-        ingress_fallback_to_app: false,
     };
     let mut in_process = Vec::new();
     let last = others.len().checked_sub(1);

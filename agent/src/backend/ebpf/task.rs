@@ -18,7 +18,7 @@ use super::{ApplyOptions, Contents, Logs, Outcome, Program, Status, Target};
 use crate::backend::exec;
 use crate::backend::iptables::{self, Iptables, Mode};
 use crate::backend::rules::Rules as _;
-use crate::backend::{self, Backend, Change, Feature, IngressFallback, Kind, Requirements};
+use crate::backend::{self, Backend, Change, Feature, Kind, Requirements};
 use crate::cgroup;
 use crate::config::ProxyConfig;
 use crate::netns::{self, Netns};
@@ -45,9 +45,6 @@ pub struct Request {
     /// `--iptables-mode`: for `remove`, to clean up the iptables ingress rules of an older
     /// install.
     pub iptables_mode: Option<Mode>,
-    /// `--ingress-fallback app`: while the proxy has no listener, inbound connections to
-    /// AppPorts go to the app (default: refused).
-    pub ingress_fallback_to_app: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,7 +238,7 @@ pub fn apply(request: &Request, config: &ProxyConfig, options: ApplyOptions) -> 
     let netns = Netns::open(request.netns.clone())?;
     let local_addresses = netns.run(super::local_addresses)??;
     let netns_fd = netns.fd().map_err(|source| Error::NetnsFd { target: request.netns.to_string(), source })?;
-    let plan = EbpfPlan::new(config).with_ingress_fallback_to_app(request.ingress_fallback_to_app);
+    let plan = EbpfPlan::new(config);
     let applied = super::apply(&target, &plan, &local_addresses, netns_fd.as_fd(), options)?;
     // The tasks that ended since: each new task's init container cleans up after them.
     let pruned = super::prune(&target.bpffs)?;
@@ -442,7 +439,7 @@ pub fn status(request: &Request, config: Option<&ProxyConfig>) -> Result<StatusR
             let mut matches = true;
             if let Some(status) = &ebpf {
                 let local = netns.run(super::local_addresses)??;
-                let plan = EbpfPlan::new(config).with_ingress_fallback_to_app(request.ingress_fallback_to_app);
+                let plan = EbpfPlan::new(config);
                 let want = Contents::desired(&plan, &local)?;
                 let drift = status.contents.drift(&want);
                 matches &= drift.is_empty();
@@ -528,7 +525,6 @@ impl Handle {
                 bpffs: target.options.ebpf.bpffs.clone(),
                 netns: target.netns.clone(),
                 iptables_mode: target.options.iptables.mode,
-                ingress_fallback_to_app: target.ingress_fallback == IngressFallback::App,
             },
         })
     }
