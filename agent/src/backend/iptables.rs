@@ -37,7 +37,7 @@ use crate::plan::iptables::{EGRESS_CHAIN, Family, INGRESS_CHAIN, IpSet, TABLE};
 
 pub use handle::Handle;
 use report::summary;
-pub use report::{ChainStatus, FamilyStatus, Listing, Report, RuleStatus, SetStatus, Transactions};
+pub use report::{ChainStatus, FamilyStatus, Listing, Report, SetStatus, Transactions};
 use save::{ParseError, RuleSpec, Table, count_rules, parse_ipsets, parse_table};
 pub use sync::{Changes, Desired, DesiredState, Installed, OWN_SETS, State};
 

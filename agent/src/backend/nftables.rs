@@ -35,7 +35,7 @@ use crate::plan::nftables::{
 };
 
 pub use handle::Handle;
-pub use listing::{Installed, InstalledChain, InstalledHook, InstalledRule, InstalledSet};
+pub use listing::{Installed, InstalledChain, InstalledHook, InstalledSet};
 use listing::{objects, str_field};
 use report::summary_of_plan;
 pub use report::{Listing, Report, Script};

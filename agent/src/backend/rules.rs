@@ -78,6 +78,37 @@ pub trait Listing: Serialize {
     fn render_text(&self, target: &str, out: &mut String);
 }
 
+/// One installed rule, as the backend prints it, with its packet and byte counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleStatus {
+    pub rule: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl RuleStatus {
+    /// `rules` as `intercept status` shows them: a header, then a rule a line behind its
+    /// counters.
+    pub fn push_table<'r>(out: &mut String, rules: impl IntoIterator<Item = &'r RuleStatus>) {
+        let _ = writeln!(out, "{:>10} {:>12}  rule", "packets", "bytes");
+        for rule in rules {
+            let _ = writeln!(out, "{:>10} {:>12}  {}", rule.packets, rule.bytes, rule.rule);
+        }
+    }
+}
+
+/// A section of `intercept status` after the rules (the sets): a blank line and its title,
+/// then its lines indented; nothing at all without lines.
+pub fn push_section(out: &mut String, title: &str, lines: impl IntoIterator<Item = String>) {
+    let mut lines = lines.into_iter().peekable();
+    if lines.peek().is_some() {
+        let _ = writeln!(out, "\n{title}");
+        for line in lines {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+}
+
 /// `intercept status` of a rule backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RulesStatus<L> {

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::Mode;
 use super::save;
 use super::sync::{Changes, Desired, DesiredState, Installed};
-use crate::backend::rules::{self, ChangeDetail, RulesChange};
+use crate::backend::rules::{self, ChangeDetail, RuleStatus, RulesChange};
 use crate::plan::iptables::{Family, IpSet};
 
 /// What an apply or remove of the iptables backend ran, or would run.
@@ -90,24 +90,14 @@ impl rules::Listing for Listing {
                 let _ = writeln!(out, "\n{label}: nothing installed");
                 continue;
             }
-            let _ = writeln!(out, "\n{label}, nat table:\n{:>10} {:>12}  rule", "packets", "bytes");
-            for rule in family.jumps.iter().chain(family.chains.iter().flat_map(|c| &c.rules)) {
-                let _ = writeln!(out, "{:>10} {:>12}  {}", rule.packets, rule.bytes, rule.rule);
-            }
+            let _ = writeln!(out, "\n{label}, nat table:");
+            RuleStatus::push_table(out, family.jumps.iter().chain(family.chains.iter().flat_map(|c| &c.rules)));
         }
-        if !self.ipsets.is_empty() {
-            out.push_str("\nipsets\n");
-            for set in &self.ipsets {
-                let _ = writeln!(
-                    out,
-                    "  {} ({}, {} networks, maxelem {})",
-                    set.name,
-                    family_label(set.family),
-                    set.entries,
-                    set.maxelem
-                );
-            }
-        }
+        let ipsets = self.ipsets.iter().map(|set| {
+            let family = family_label(set.family);
+            format!("{} ({family}, {} networks, maxelem {})", set.name, set.entries, set.maxelem)
+        });
+        rules::push_section(out, "ipsets", ipsets);
     }
 }
 
@@ -153,13 +143,6 @@ impl FamilyStatus {
 pub struct ChainStatus {
     pub name: String,
     pub rules: Vec<RuleStatus>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RuleStatus {
-    pub rule: String,
-    pub packets: u64,
-    pub bytes: u64,
 }
 
 impl From<&save::SavedRule> for RuleStatus {

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::listing::{Installed, count};
-use crate::backend::rules::{self, ChangeDetail, RulesChange};
+use crate::backend::rules::{self, ChangeDetail, RuleStatus, RulesChange};
 use crate::plan::nftables::{FAMILY, NftablesPlan, TABLE};
 
 pub(super) fn summary_of_plan(plan: &NftablesPlan) -> String {
@@ -81,23 +81,12 @@ impl rules::Listing for Listing {
                     let _ = writeln!(out, "\nchain {}:", chain.name);
                 }
             }
-            let _ = writeln!(out, "{:>10} {:>12}  rule", "packets", "bytes");
-            for rule in &chain.rules {
-                let _ = writeln!(out, "{:>10} {:>12}  {}", rule.packets, rule.bytes, rule.rule);
-            }
+            RuleStatus::push_table(out, &chain.rules);
         }
-        if !table.sets.is_empty() {
-            out.push_str("\nsets\n");
-            for set in &table.sets {
-                let _ = writeln!(
-                    out,
-                    "  {} ({}, {}): {}",
-                    set.name,
-                    set.set_type,
-                    count(set.elements.len(), "element"),
-                    crate::plan::summarised_inline(&set.elements)
-                );
-            }
-        }
+        let sets = table.sets.iter().map(|set| {
+            let elements = count(set.elements.len(), "element");
+            format!("{} ({}, {elements}): {}", set.name, set.set_type, crate::plan::summarised_inline(&set.elements))
+        });
+        rules::push_section(out, "sets", sets);
     }
 }
