@@ -201,6 +201,17 @@ fn change<D: ChangeDetail + 'static>(verb: &'static str, report: RulesChange<D>)
     }
 }
 
+/// The warning for an IngressFallback a rule backend cannot honour: a REDIRECT cannot tell
+/// whether the proxy listens, so inbound connections are refused meanwhile whatever it says.
+fn unhonoured_fallback(kind: Kind, config: &ProxyConfig) -> Option<String> {
+    (config.ingress.is_some() && config.ingress_fallback == IngressFallback::App).then(|| {
+        format!(
+            "IngressFallback app is for the eBPF backend: with {kind}, inbound connections to AppPorts are refused \
+             while the proxy has no listener"
+        )
+    })
+}
+
 /// A rule backend for one network namespace, behind the [`Backend`] interface.
 pub struct Handle<E: Engine> {
     netns: netns::Target,
@@ -262,14 +273,7 @@ impl<E: Engine> Backend for Handle<E> {
         self.accepts(options)?;
         let report = self.engine()?.apply(&E::plan(config), options.dry_run).map_err(Into::into)?;
         let mut change = change("apply", report);
-        if config.ingress.is_some() && config.ingress_fallback == IngressFallback::App {
-            // A REDIRECT cannot tell whether the proxy listens: the setting is not honoured.
-            change.warnings.push(format!(
-                "IngressFallback app is for the eBPF backend: with {}, inbound connections to AppPorts are \
-                 refused while the proxy has no listener",
-                E::KIND
-            ));
-        }
+        change.warnings.extend(unhonoured_fallback(E::KIND, config));
         Ok(change)
     }
 
@@ -292,5 +296,29 @@ impl<E: Engine> Backend for Handle<E> {
             exit_code: status.exit_code(),
             report: Box::new(status),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdata::seed_config;
+
+    #[test]
+    fn only_an_ingress_fallback_to_the_app_is_warned_about() {
+        let app = ProxyConfig { ingress_fallback: IngressFallback::App, ..seed_config() };
+        let cases = [
+            (seed_config(), false),
+            (app.clone(), true),
+            // Without ingress there is nothing to fall back from.
+            (ProxyConfig { ingress: None, ..app }, false),
+        ];
+        for (config, warned) in cases {
+            let warning = unhonoured_fallback(Kind::Nftables, &config);
+            assert_eq!(warning.is_some(), warned, "{config:?}");
+            if let Some(warning) = warning {
+                assert!(warning.contains("with nftables, inbound connections to AppPorts are refused"), "{warning}");
+            }
+        }
     }
 }
