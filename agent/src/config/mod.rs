@@ -122,6 +122,10 @@ pub enum IngressFallback {
 impl IngressFallback {
     pub const ALL: [IngressFallback; 2] = [IngressFallback::Refuse, IngressFallback::App];
 
+    pub fn is_refuse(&self) -> bool {
+        *self == IngressFallback::Refuse
+    }
+
     /// As the configuration spells it.
     pub fn name(self) -> &'static str {
         match self {
@@ -257,7 +261,10 @@ pub struct ProxyConfig {
     /// ProxyDNSPort: DNS (UDP and TCP port 53) to non-local servers goes to this port on
     /// loopback; see [`ProxyConfig::dns_capture`].
     pub proxy_dns_port: Option<u16>,
-    /// IngressFallback; refuse unless given.
+    /// IngressFallback; refuse unless given. Left out of the serialised form when it is
+    /// refuse, so the daemon's fingerprints of installations recorded before it existed stay
+    /// as they were and an upgraded daemon re-applies none of them.
+    #[serde(skip_serializing_if = "IngressFallback::is_refuse")]
     pub ingress_fallback: IngressFallback,
     pub implicit_exemptions: bool,
     /// Intercept IPv6 as well as IPv4 (on unless `APPMESH_ENABLE_IPV6` or `--ipv6` say no).

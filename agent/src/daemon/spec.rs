@@ -354,7 +354,9 @@ pub(super) mod tests {
         backend.backend = Kind::Nftables;
         let mut cgroup = base.clone();
         cgroup.cgroup = "/ecs/task2".into();
-        for changed in [other, netns, backend, cgroup] {
+        let mut fallback = base.clone();
+        fallback.config.ingress_fallback = crate::config::IngressFallback::App;
+        for changed in [other, netns, backend, cgroup, fallback] {
             assert_ne!(base.fingerprint(), changed.fingerprint(), "{changed:?}");
         }
     }
