@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod cni;
 pub mod config;
 pub mod daemon;
+pub mod fuzz;
 pub mod lint;
 pub mod lock;
 pub mod model;

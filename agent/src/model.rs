@@ -245,17 +245,13 @@ mod tests {
         ProxyConfig {
             ignored_uids: vec![1337],
             ignored_gids: vec![1338],
-            proxy_egress_port: 15001,
             ingress: Some(Ingress {
                 proxy_port: 15000,
                 app_ports: PortSet::from_ranges([PortRange::single(9080), PortRange { start: 8000, end: 8010 }]),
             }),
             egress_ignored_ports: PortSet::from_ranges([PortRange::single(5432)]),
             egress_ignored_ips: vec!["10.9.0.0/16".parse().unwrap(), "2001:db8:9::/48".parse().unwrap()],
-            egress_included_ips: None,
-            proxy_dns_port: None,
-            implicit_exemptions: true,
-            ipv6: true,
+            ..ProxyConfig::new(15001)
         }
     }
 

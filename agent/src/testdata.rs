@@ -30,19 +30,14 @@ pub(crate) fn example_config(name: &str) -> ProxyConfig {
 pub(crate) fn seed_config() -> ProxyConfig {
     ProxyConfig {
         ignored_uids: vec![1337],
-        ignored_gids: Vec::new(),
-        proxy_egress_port: 15001,
         ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
         egress_ignored_ports: PortSet::from_ranges([PortRange::single(22)]),
         egress_ignored_ips: vec!["169.254.169.254/32".parse().unwrap(), "169.254.170.2/32".parse().unwrap()],
-        egress_included_ips: None,
-        proxy_dns_port: None,
-        implicit_exemptions: true,
-        ipv6: true,
+        ..ProxyConfig::new(15001)
     }
 }
 
-pub(crate) use crate::config::fuzz::Flags as Cli;
+pub(crate) use crate::fuzz::Flags as Cli;
 
 /// The configuration arguments of an `intercept` command line (without the program name).
 pub(crate) fn config_args(argv: &[&str]) -> ConfigArgs {

@@ -125,6 +125,19 @@ fn plan_rejects_bad_input_with_field_and_value() {
     assert!(err.contains("nothing was changed"), "{err}");
 }
 
+/// The ingress fallback is configuration: `plan` shows what `CONFIG` gets, refuse unless the
+/// flag (or the task definition, or the environment) says app.
+#[test]
+fn plan_shows_the_ingress_fallback() {
+    let path = example("ec2-taskB");
+    for (extra, want) in [(&[][..], "= 0 (refuse)"), (&["--ingress-fallback", "app"][..], "= 1 (app)")] {
+        let args = [&["plan", "--backend", "ebpf", "--task-definition", path.to_str().unwrap()][..], extra].concat();
+        let out = intercept(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(stdout(&out).contains(&format!("[g].ingress_fallback   {want}\n")), "{extra:?}: {}", stdout(&out));
+    }
+}
+
 #[test]
 fn unreadable_inputs_exit_2() {
     let not_json = temp_file(b"proxyConfiguration: yes");

@@ -69,7 +69,6 @@ pub fn config() -> ProxyConfig {
     ProxyConfig {
         ignored_uids: vec![IGNORED_UID],
         ignored_gids: vec![IGNORED_GID],
-        proxy_egress_port: EGRESS_PORT,
         ingress: Some(Ingress {
             proxy_port: INGRESS_PORT,
             app_ports: PortSet::from_ranges([PortRange::single(APP_PORT), PortRange { start: 8000, end: 8010 }]),
@@ -81,10 +80,7 @@ pub fn config() -> ProxyConfig {
             "fd03::5/128".parse().unwrap(),
             "fd04::/32".parse().unwrap(),
         ],
-        egress_included_ips: None,
-        proxy_dns_port: None,
-        implicit_exemptions: true,
-        ipv6: true,
+        ..ProxyConfig::new(EGRESS_PORT)
     }
 }
 

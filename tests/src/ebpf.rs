@@ -54,14 +54,10 @@ pub fn seed_config() -> ProxyConfig {
     ProxyConfig {
         ignored_uids: vec![PROXY_UID],
         ignored_gids: vec![1338],
-        proxy_egress_port: PROXY_PORT,
         ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
         egress_ignored_ports: PortSet::from_ranges([PortRange::single(5432)]),
         egress_ignored_ips: vec!["10.9.0.0/16".parse().unwrap(), "2001:db8:9::/48".parse().unwrap()],
-        egress_included_ips: None,
-        proxy_dns_port: None,
-        implicit_exemptions: true,
-        ipv6: true,
+        ..ProxyConfig::new(PROXY_PORT)
     }
 }
 
@@ -452,7 +448,6 @@ impl EbpfSandbox {
             bpffs: Some(self.bpffs.path().to_owned()),
             netns: agent_netns::Target::Path(self.sandbox.task().path()),
             iptables_mode: None,
-            ingress_fallback_to_app: false,
         }
     }
 

@@ -450,15 +450,11 @@ fn recorded_sandbox(topology: Topology, last: u16) -> Sandbox {
 fn recorded_model(ports: &[String]) -> ProxyConfig {
     ProxyConfig {
         ignored_uids: vec![1337],
-        ignored_gids: Vec::new(),
-        proxy_egress_port: 15001,
         ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
         egress_ignored_ports: PortSet::from_ranges(ports.iter().map(|p| PortRange::single(p.parse().unwrap()))),
         egress_ignored_ips: METADATA.iter().map(|ip| format!("{ip}/32").parse().unwrap()).collect(),
-        egress_included_ips: None,
-        proxy_dns_port: None,
-        implicit_exemptions: true,
         ipv6: false,
+        ..ProxyConfig::new(15001)
     }
 }
 

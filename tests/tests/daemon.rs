@@ -19,6 +19,7 @@ use std::{
     time::Duration,
 };
 
+use intercept::backend::rules::Rules as _;
 use intercept::{
     backend::{
         ebpf::{self, Target},

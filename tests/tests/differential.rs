@@ -216,7 +216,6 @@ fn config() -> impl Strategy<Value = ProxyConfig> {
             ProxyConfig {
                 ignored_uids: uids,
                 ignored_gids: gids,
-                proxy_egress_port: EGRESS_PORT,
                 ingress: app_ports.map(|app_ports| Ingress { proxy_port: INGRESS_PORT, app_ports }),
                 egress_ignored_ports: ignored_ports,
                 egress_ignored_ips: ignored_ips,
@@ -224,6 +223,7 @@ fn config() -> impl Strategy<Value = ProxyConfig> {
                 proxy_dns_port: dns,
                 implicit_exemptions: implicit,
                 ipv6,
+                ..ProxyConfig::new(EGRESS_PORT)
             }
         })
 }
@@ -317,7 +317,10 @@ impl World {
     fn target(&self) -> backend::Target {
         backend::Target {
             cgroup: Some(self.cgroup.path().to_str().expect("UTF-8 cgroup path").to_owned()),
-            bpffs: Some(self.bpffs.path().to_owned()),
+            options: backend::Options {
+                ebpf: backend::EbpfOptions { bpffs: Some(self.bpffs.path().to_owned()) },
+                ..backend::Options::default()
+            },
             ..backend::Target::netns(netns::Target::Path(self.sandbox.task().path()))
         }
     }
@@ -561,15 +564,8 @@ fn judge_tells_the_backends_apart_where_they_differ_by_design() {
     // Not privileged: checks that `judge` can fail, for each way a connection can go wrong.
     let config = ProxyConfig {
         ignored_uids: vec![IGNORED_UID],
-        ignored_gids: Vec::new(),
-        proxy_egress_port: EGRESS_PORT,
         ingress: Some(Ingress { proxy_port: INGRESS_PORT, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
-        egress_ignored_ports: PortSet::new(),
-        egress_ignored_ips: Vec::new(),
-        egress_included_ips: None,
-        proxy_dns_port: None,
-        implicit_exemptions: true,
-        ipv6: true,
+        ..ProxyConfig::new(EGRESS_PORT)
     };
     let local = Topology::task_local_addrs();
     let inbound = SocketAddr::new(IpAddr::V4(TASK_V4), 9080);

@@ -15,7 +15,7 @@ use std::{
 
 use intercept::{
     backend::ebpf::{self, Counter, Outcome, task},
-    config::ProxyConfig,
+    config::{IngressFallback, ProxyConfig},
     model::{self, Decision, Reason, decide},
 };
 use intercept_tests::{
@@ -260,10 +260,9 @@ fn ingress_is_steered_by_sk_lookup_without_netfilter() {
     world.start_ingress_proxy();
     assert_eq!(check_ingress(&world, &config), 2, "steered again after the restart");
 
-    // `--ingress-fallback app`: during the gap, AppPort connections reach the app.
-    let mut request = world.request();
-    request.ingress_fallback_to_app = true;
-    let report = task::apply(&request, &config, Default::default()).unwrap();
+    // IngressFallback app: during the gap, AppPort connections reach the app.
+    let to_app = ProxyConfig { ingress_fallback: IngressFallback::App, ..config.clone() };
+    let report = task::apply(&world.request(), &to_app, Default::default()).unwrap();
     assert!(matches!(report.outcome, Outcome::Updated(_)), "the fallback is in CONFIG");
     world.stop_ingress_proxy();
     for (dst, _) in ingress_cases(&config) {

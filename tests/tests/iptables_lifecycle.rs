@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use intercept::backend::rules::Rules as _;
 use intercept::{
     backend::iptables::{Error, Iptables, Mode},
     config::ProxyConfig,
@@ -92,7 +93,7 @@ fn apply_twice_changes_nothing(test: &str, mode: Mode) {
     assert!(before.contains("[1:60] -A OUTPUT -p tcp -m addrtype ! --dst-type LOCAL"), "{before}");
 
     let again = backend.apply(&plan, false).unwrap();
-    assert!(!again.changed && again.changes.is_empty(), "{again:?}");
+    assert!(!again.changed && again.detail.changes.is_empty(), "{again:?}");
     assert_eq!(dump(sandbox.task(), mode, true), before);
     let status = backend.status(Some(&plan)).unwrap();
     assert_eq!((status.installed, status.matches, status.exit_code()), (true, Some(true), 0), "{:?}", status.reasons);
@@ -131,7 +132,7 @@ fn remove_twice_leaves_only_what_others_installed(test: &str, mode: Mode) {
     assert_eq!((reply.role, reply.local), (Role::Remote, SocketAddr::new(REMOTE, REMOTE_PORT)), "no interception");
 
     let twice = backend.remove(false).unwrap();
-    assert!(!twice.changed && twice.changes.is_empty(), "{twice:?}");
+    assert!(!twice.changed && twice.detail.changes.is_empty(), "{twice:?}");
     assert_eq!(dump(sandbox.task(), mode, false), pristine);
     let status = backend.status(None).unwrap();
     assert_eq!((status.installed, status.exit_code()), (false, 1));
@@ -205,7 +206,7 @@ fn a_namespace_without_ipv6_gets_the_ipv4_half_and_a_warning() {
     assert!(report.changed);
     assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
     assert!(report.warnings[0].starts_with("IPv6 rules skipped: IPv6 is disabled"), "{:?}", report.warnings);
-    assert!(report.changes.v6.is_none());
+    assert!(report.detail.changes.v6.is_none());
     let v6 = sandbox.task().exec("ip6tables-nft-save", &[]);
     assert!(!v6.contains("INTERCEPT"), "{v6}");
     let sets = sandbox.task().exec("ipset", &["list", "-n"]);

@@ -10,6 +10,7 @@ use std::{
     path::PathBuf,
 };
 
+use intercept::backend::rules::Rules as _;
 use intercept::{
     backend::iptables::{Iptables, Mode},
     config::ProxyConfig,

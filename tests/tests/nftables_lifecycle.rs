@@ -11,6 +11,7 @@ use std::{
     process::Command,
 };
 
+use intercept::backend::rules::Rules as _;
 use intercept::{
     backend::nftables::{Error, Nftables},
     config::ProxyConfig,
@@ -94,11 +95,11 @@ fn apply_twice_changes_nothing_and_keeps_the_counters() {
     assert!(before.contains("fib daddr type != local counter packets 1 bytes 60 jump egress"), "{before}");
 
     let again = backend.apply(&plan, false).unwrap();
-    assert!(!again.changed && again.script.is_none(), "{again:?}");
+    assert!(!again.changed && again.detail.script.is_none(), "{again:?}");
     assert_eq!(sandbox.task().exec("nft", &["list", "table", "inet", "intercept"]), before, "counters and all");
     let status = backend.status(Some(&plan)).unwrap();
     assert_eq!((status.installed, status.matches, status.exit_code()), (true, Some(true), 0), "{:?}", status.reasons);
-    assert_eq!(status.table.unwrap().chain("egress").unwrap().rules.last().unwrap().packets, 1);
+    assert_eq!(status.listing.table.unwrap().chain("egress").unwrap().rules.last().unwrap().packets, 1);
 }
 
 #[test]
@@ -127,7 +128,7 @@ fn replace_and_remove_twice_leave_only_what_others_installed() {
     assert_eq!((reply.role, reply.local), (Role::Remote, SocketAddr::new(REMOTE, REMOTE_PORT)), "no interception");
 
     let twice = backend.remove(false).unwrap();
-    assert!(!twice.changed && twice.script.is_none(), "{twice:?}");
+    assert!(!twice.changed && twice.detail.script.is_none(), "{twice:?}");
     assert_eq!(others(sandbox.task()), pristine);
     let status = backend.status(None).unwrap();
     assert_eq!((status.installed, status.exit_code()), (false, 1));
@@ -170,7 +171,7 @@ fn drift_is_reported_and_repaired() {
     );
 
     let repaired = backend.apply(&plan, false).unwrap();
-    assert!(repaired.changed && repaired.reasons == status.reasons, "{repaired:?}");
+    assert!(repaired.changed && repaired.detail.reasons == status.reasons, "{repaired:?}");
     assert_eq!(backend.status(Some(&plan)).unwrap().matches, Some(true));
     assert_eq!(egress_reply(&sandbox).role, Role::EgressProxy);
 }

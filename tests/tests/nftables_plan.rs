@@ -125,15 +125,10 @@ fn nets(list: &[&str]) -> Vec<IpNet> {
 fn seed() -> ProxyConfig {
     ProxyConfig {
         ignored_uids: vec![1337],
-        ignored_gids: Vec::new(),
-        proxy_egress_port: 15001,
         ingress: Some(Ingress { proxy_port: 15000, app_ports: ports(&[(9080, 9080)]) }),
         egress_ignored_ports: ports(&[(22, 22)]),
         egress_ignored_ips: nets(&["169.254.169.254/32", "169.254.170.2/32"]),
-        egress_included_ips: None,
-        proxy_dns_port: None,
-        implicit_exemptions: true,
-        ipv6: true,
+        ..ProxyConfig::new(15001)
     }
 }
 

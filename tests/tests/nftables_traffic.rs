@@ -12,6 +12,7 @@ use std::{
     time::Instant,
 };
 
+use intercept::backend::rules::Rules as _;
 use intercept::{
     backend::{self, Counter, Kind, nftables::Nftables},
     config::ProxyConfig,
@@ -52,7 +53,7 @@ fn every_decision_matches_the_model() {
     // egress connection to a non-local destination.
     let status = backend.status(Some(&NftablesPlan::new(&config))).unwrap();
     assert_eq!(status.matches, Some(true), "{:?}", status.reasons);
-    let table = status.table.unwrap();
+    let table = status.listing.table.unwrap();
     let packets = |chain: &str, index: usize| table.chain(chain).unwrap().rules[index].packets;
     let non_local_egress = all.iter().filter(|c| c.from_task && c.expect != Some(Reason::LocalDestination)).count();
     assert_eq!(packets("output", 0), non_local_egress as u64);
@@ -104,7 +105,7 @@ fn a_hundred_thousand_ignored_cidrs_per_family() {
     let started = Instant::now();
     let again = backend.apply(&plan, false).unwrap();
     let compared = started.elapsed();
-    assert!(!again.changed, "{:?}", again.reasons);
+    assert!(!again.changed, "{:?}", again.detail.reasons);
     let started = Instant::now();
     backend.remove(false).expect("remove");
     let removed = started.elapsed();

@@ -11,9 +11,27 @@ use std::process::Stdio;
 use std::thread;
 
 use crate::lock::{self, Locks};
-use crate::netns::Netns;
+use crate::netns::{self, Netns};
 
-use super::iptables::Error;
+/// Why a command could not be run; each backend turns it into its own error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "{program} not found (looked on PATH and in /usr/sbin, /sbin, /usr/local/sbin): install the \
+         `{package}` package, e.g. `apt-get install {package}`, or put {program} on PATH"
+    )]
+    MissingProgram { program: String, package: &'static str },
+    #[error("running `{call}`: {source}")]
+    Spawn {
+        call: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Netns(#[from] netns::Error),
+    #[error(transparent)]
+    Lock(#[from] lock::Error),
+}
 
 /// One command line and its standard input.
 #[derive(Debug, Clone, PartialEq, Eq)]

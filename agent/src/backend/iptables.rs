@@ -28,7 +28,8 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::backend::counters::{self, Counters};
-use crate::backend::exec::{Call, Output, Runner, System};
+use crate::backend::exec::{self, Call, Output, Runner, System};
+use crate::backend::rules::{Rules, RulesStatus};
 use crate::lock::{self, Held};
 use crate::netns::{self, Netns, Target};
 use crate::plan::IptablesPlan;
@@ -36,7 +37,7 @@ use crate::plan::iptables::{EGRESS_CHAIN, Family, INGRESS_CHAIN, IpSet, TABLE};
 
 pub use handle::Handle;
 use report::summary;
-pub use report::{ChainStatus, FamilyStatus, Report, RuleStatus, SetStatus, Status};
+pub use report::{ChainStatus, FamilyStatus, Listing, Report, SetStatus, Transactions};
 use save::{ParseError, RuleSpec, Table, count_rules, parse_ipsets, parse_table};
 pub use sync::{Changes, Desired, DesiredState, Installed, OWN_SETS, State};
 
@@ -89,29 +90,33 @@ impl fmt::Display for Mode {
     }
 }
 
+/// The iptables backend's options.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// The xtables variant (`--iptables-mode`); default: the one that already holds rules in
+    /// the namespace, else nft.
+    pub mode: Option<Mode>,
+}
+
+/// `intercept status --backend iptables`.
+pub type Status = RulesStatus<Listing>;
+
 /// How long `iptables-restore` waits for the xtables lock another program holds (legacy).
 const LOCK_WAIT: &str = "--wait=10";
 pub(crate) const IPSET: &str = "ipset";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "{program} not found (looked on PATH and in /usr/sbin, /sbin, /usr/local/sbin): install the \
-         `{package}` package, e.g. `apt-get install {package}`, or put {program} on PATH"
-    )]
-    MissingProgram { program: String, package: &'static str },
+    /// A command that could not be run: its program is missing, or it did not start. (A
+    /// namespace or lock error of the runner has its own variant.)
+    #[error(transparent)]
+    Run(exec::Error),
     #[error(
         "intercept lacks the {capability} capability, which {why}: run it as root, or grant the \
          capability (a container: `--cap-add {short}`; an ECS task definition: \
          linuxParameters.capabilities.add [\"{short}\"])"
     )]
     MissingCapability { capability: &'static str, short: &'static str, why: &'static str },
-    #[error("running `{call}`: {source}")]
-    Spawn {
-        call: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("{0}")]
     Failed(Box<Failure>),
     #[error("cannot read the output of `{call}`: {source}")]
@@ -131,6 +136,16 @@ pub enum Error {
          partly configured: run `intercept apply` again, or `intercept remove`"
     )]
     RollbackFailed { cause: Box<Error>, rollback: Box<Error> },
+}
+
+impl From<exec::Error> for Error {
+    fn from(e: exec::Error) -> Error {
+        match e {
+            exec::Error::Netns(e) => Error::Netns(e),
+            exec::Error::Lock(e) => Error::Lock(e),
+            run => Error::Run(run),
+        }
+    }
 }
 
 /// A command that ran and failed, with the line of its input it complained about.
@@ -215,8 +230,8 @@ pub fn detect_mode(runner: &impl Runner) -> Result<Detection, Error> {
                     let nat = parse_table(&out.stdout, TABLE).map_err(|source| parse_error(&call, source))?;
                     entry.ours |= sync::OWN_CHAINS.iter().any(|c| nat.has_chain(c));
                 }
-                Ok(_) | Err(Error::MissingProgram { .. }) => {}
-                Err(e) => return Err(e),
+                Ok(_) | Err(exec::Error::MissingProgram { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         seen.push(entry);
@@ -234,7 +249,8 @@ pub fn detect_mode(runner: &impl Runner) -> Result<Detection, Error> {
     } else if legacy.available {
         (Mode::Legacy, "iptables-nft is not usable here".to_owned())
     } else {
-        return Err(Error::MissingProgram { program: Mode::Nft.program(Family::Ipv4, "save"), package: "iptables" });
+        let program = Mode::Nft.program(Family::Ipv4, "save");
+        return Err(exec::Error::MissingProgram { program, package: "iptables" }.into());
     };
     Ok(Detection { mode, reason })
 }
@@ -301,95 +317,6 @@ impl<R: Runner> Iptables<R> {
         &self.detection
     }
 
-    /// Installs `plan`, or replaces what intercept installed before with it. Nothing runs
-    /// when it is installed already. `dry_run`: compute the transactions, run none.
-    ///
-    /// Waits for any other `apply` or `remove` on the namespace to finish first (the lock
-    /// of [`crate::lock`]). A change interrupted half-way (killed between the ipsets and
-    /// the rules, or between the IPv4 and IPv6 transactions) is made whole by the next
-    /// `apply` or `remove`, which starts from what is installed.
-    pub fn apply(&self, plan: &IptablesPlan, dry_run: bool) -> Result<Report, Error> {
-        let held = self.runner.lock_for_change(dry_run)?;
-        let ipv6 = self.ipv6()?;
-        let state = self.read_state()?;
-        let (desired, warnings) = desired_state(Some(plan), &ipv6, &state);
-        let report = self.sync(&desired, &state, warnings, held.as_ref().map(|h| (h, "apply")))?;
-        // Whole: the lock file is only needed while a change runs (a marker stays only for an
-        // interrupted one), so nothing is left on the host for a namespace that goes away.
-        if let Some(held) = held {
-            held.release()?;
-        }
-        Ok(report)
-    }
-
-    /// Removes everything intercept installed: its chains, its rules in other chains, its
-    /// ipsets. Nothing runs when there is nothing to remove.
-    pub fn remove(&self, dry_run: bool) -> Result<Report, Error> {
-        let held = self.runner.lock_for_change(dry_run)?;
-        let state = self.read_state()?;
-        let (desired, warnings) = desired_state(None, &Ipv6::Usable, &state);
-        let report = self.sync(&desired, &state, warnings, held.as_ref().map(|h| (h, "remove")))?;
-        if let Some(held) = held {
-            held.release()?;
-        }
-        Ok(report)
-    }
-
-    /// Whether anything of intercept's is installed: a chain, a rule, an ipset.
-    pub fn present(&self) -> Result<bool, Error> {
-        Ok(!self.read_state()?.is_empty())
-    }
-
-    /// What is installed, its counters, and whether it matches `plan` when one is given.
-    pub fn status(&self, plan: Option<&IptablesPlan>) -> Result<Status, Error> {
-        let ipv6 = self.ipv6()?;
-        let tables = self.read_tables()?;
-        let state = self.state_of(&tables)?;
-        let mut families = vec![FamilyStatus::new(Family::Ipv4, Some(&state.v4))];
-        families.push(FamilyStatus::new(Family::Ipv6, state.v6.as_ref()));
-        let installed = state.v4.chains.iter().any(|(name, _)| name == EGRESS_CHAIN) && !state.v4.jumps.is_empty();
-        let unfinished = self.runner.locks().unfinished(&self.runner.lock_key()?)?;
-        let mut reasons = Vec::new();
-        if !installed {
-            reasons.push(if state.is_empty() {
-                format!("nothing of intercept's is installed in the {}", self.runner.describe_target())
-            } else {
-                format!("intercept is only partly installed: no {EGRESS_CHAIN} chain with a jump to it in IPv4")
-            });
-        }
-        let mut warnings = Vec::new();
-        let matches = plan.map(|plan| {
-            let (desired, skipped) = desired_state(Some(plan), &ipv6, &state);
-            warnings = skipped;
-            let drift = sync::drift(&desired, &state);
-            let matches = drift.is_empty();
-            reasons.extend(drift);
-            matches
-        });
-        let counters = plan.map(|plan| counters_of(plan, &state)).unwrap_or_default();
-        let ingress = plan.and_then(|plan| ingress_of(plan, &state));
-        if let Some(unfinished) = &unfinished {
-            reasons.push(format!(
-                "{unfinished} (interrupted, or still running): the rules may be partly old, partly new; \
-                 `intercept apply` or `intercept remove` makes them whole"
-            ));
-        }
-        Ok(Status {
-            target: self.runner.describe_target(),
-            mode: self.mode(),
-            detection: self.detection.reason.clone(),
-            families,
-            ipsets: state.sets.iter().map(SetStatus::from).collect(),
-            installed,
-            matches,
-            reasons,
-            warnings,
-            unfinished: unfinished.map(|u| u.to_string()),
-            counters,
-            ingress,
-        })
-    }
-
     fn ipv6(&self) -> Result<Ipv6, Error> {
         Ok(match self.runner.read_sysctl("ipv6/conf/all/disable_ipv6")?.as_deref() {
             None => Ipv6::Unusable("the namespace has no IPv6 (no /proc/sys/net/ipv6)".to_owned()),
@@ -407,7 +334,7 @@ impl<R: Runner> Iptables<R> {
         let v6 = match self.save(Family::Ipv6) {
             Ok(v6) => v6.map_err(|e| e.to_string()),
             // A system without ip6tables has no IPv6 rules to read or write.
-            Err(e @ Error::MissingProgram { .. }) => Err(e.to_string()),
+            Err(e @ Error::Run(exec::Error::MissingProgram { .. })) => Err(e.to_string()),
             Err(e) => return Err(e),
         };
         Ok((v4, v6))
@@ -442,8 +369,8 @@ impl<R: Runner> Iptables<R> {
         let names = match self.runner.run(&list) {
             Ok(out) if out.success() => out.stdout,
             Ok(out) => return Err(failure(&list, &out)),
-            Err(Error::MissingProgram { .. }) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
+            Err(exec::Error::MissingProgram { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
         };
         let mut sets = Vec::new();
         for name in names.lines().map(str::trim).filter(|n| sync::is_own_set(n)) {
@@ -472,22 +399,20 @@ impl<R: Runner> Iptables<R> {
         let changes = Changes::compute(desired, before);
         let report = Report {
             target: self.runner.describe_target(),
-            mode: self.mode(),
-            detection: self.detection.reason.clone(),
             warnings,
             changed: !changes.is_empty() && !dry_run,
             dry_run,
-            changes,
+            detail: Transactions { mode: self.mode(), detection: self.detection.reason.clone(), changes },
             installed: summary(desired),
         };
         let Some((held, operation)) = held else { return Ok(report) };
-        if report.changes.is_empty() {
+        if report.detail.changes.is_empty() {
             // Whole already, even if an interrupted change left its marker.
             held.complete()?;
             return Ok(report);
         }
         held.begin(operation)?;
-        let ran = self.run_changes(&report.changes).map_err(|(cause, rollback_due)| {
+        let ran = self.run_changes(&report.detail.changes).map_err(|(cause, rollback_due)| {
             if !rollback_due {
                 return cause;
             }
@@ -556,6 +481,104 @@ impl<R: Runner> Iptables<R> {
     }
 }
 
+impl<R: Runner> Rules for Iptables<R> {
+    type Plan = IptablesPlan;
+    type Detail = Transactions;
+    type Listing = Listing;
+    type Error = Error;
+
+    /// Installs `plan`, or replaces what intercept installed before with it. Nothing runs
+    /// when it is installed already. `dry_run`: compute the transactions, run none.
+    ///
+    /// Waits for any other `apply` or `remove` on the namespace to finish first (the lock
+    /// of [`crate::lock`]). A change interrupted half-way (killed between the ipsets and
+    /// the rules, or between the IPv4 and IPv6 transactions) is made whole by the next
+    /// `apply` or `remove`, which starts from what is installed.
+    fn apply(&self, plan: &IptablesPlan, dry_run: bool) -> Result<Report, Error> {
+        let held = self.runner.lock_for_change(dry_run)?;
+        let ipv6 = self.ipv6()?;
+        let state = self.read_state()?;
+        let (desired, warnings) = desired_state(Some(plan), &ipv6, &state);
+        let report = self.sync(&desired, &state, warnings, held.as_ref().map(|h| (h, "apply")))?;
+        // Whole: the lock file is only needed while a change runs (a marker stays only for an
+        // interrupted one), so nothing is left on the host for a namespace that goes away.
+        if let Some(held) = held {
+            held.release()?;
+        }
+        Ok(report)
+    }
+
+    /// Removes everything intercept installed: its chains, its rules in other chains, its
+    /// ipsets. Nothing runs when there is nothing to remove.
+    fn remove(&self, dry_run: bool) -> Result<Report, Error> {
+        let held = self.runner.lock_for_change(dry_run)?;
+        let state = self.read_state()?;
+        let (desired, warnings) = desired_state(None, &Ipv6::Usable, &state);
+        let report = self.sync(&desired, &state, warnings, held.as_ref().map(|h| (h, "remove")))?;
+        if let Some(held) = held {
+            held.release()?;
+        }
+        Ok(report)
+    }
+
+    /// Whether anything of intercept's is installed: a chain, a rule, an ipset.
+    fn present(&self) -> Result<bool, Error> {
+        Ok(!self.read_state()?.is_empty())
+    }
+
+    /// What is installed, its counters, and whether it matches `plan` when one is given.
+    fn status(&self, plan: Option<&IptablesPlan>) -> Result<Status, Error> {
+        let ipv6 = self.ipv6()?;
+        let tables = self.read_tables()?;
+        let state = self.state_of(&tables)?;
+        let mut families = vec![FamilyStatus::new(Family::Ipv4, Some(&state.v4))];
+        families.push(FamilyStatus::new(Family::Ipv6, state.v6.as_ref()));
+        let installed = state.v4.chains.iter().any(|(name, _)| name == EGRESS_CHAIN) && !state.v4.jumps.is_empty();
+        let unfinished = self.runner.locks().unfinished(&self.runner.lock_key()?)?;
+        let mut reasons = Vec::new();
+        if !installed {
+            reasons.push(if state.is_empty() {
+                format!("nothing of intercept's is installed in the {}", self.runner.describe_target())
+            } else {
+                format!("intercept is only partly installed: no {EGRESS_CHAIN} chain with a jump to it in IPv4")
+            });
+        }
+        let mut warnings = Vec::new();
+        let matches = plan.map(|plan| {
+            let (desired, skipped) = desired_state(Some(plan), &ipv6, &state);
+            warnings = skipped;
+            let drift = sync::drift(&desired, &state);
+            let matches = drift.is_empty();
+            reasons.extend(drift);
+            matches
+        });
+        let counters = plan.map(|plan| counters_of(plan, &state)).unwrap_or_default();
+        let ingress = plan.and_then(|plan| ingress_of(plan, &state));
+        if let Some(unfinished) = &unfinished {
+            reasons.push(format!(
+                "{unfinished} (interrupted, or still running): the rules may be partly old, partly new; \
+                 `intercept apply` or `intercept remove` makes them whole"
+            ));
+        }
+        Ok(Status {
+            target: self.runner.describe_target(),
+            listing: Listing {
+                mode: self.mode(),
+                detection: self.detection.reason.clone(),
+                families,
+                ipsets: state.sets.iter().map(SetStatus::from).collect(),
+            },
+            installed,
+            matches,
+            reasons,
+            warnings,
+            unfinished: unfinished.map(|u| u.to_string()),
+            counters,
+            ingress,
+        })
+    }
+}
+
 /// The packet counters of the installed rules that are `plan`'s, added up by the decision each
 /// rule makes (both families together). A `nat` rule sees only the first packet of a
 /// connection, so these count connections.
@@ -583,7 +606,7 @@ fn counters_of(plan: &IptablesPlan, state: &State) -> Counters {
 /// redirects), per family that has either (IPv4 always), and what was seen.
 fn ingress_of(plan: &IptablesPlan, state: &State) -> Option<(bool, String)> {
     let first = plan.v4.chains.iter().find(|c| c.name == INGRESS_CHAIN)?.rules.first()?;
-    let port = first.target.iter().skip_while(|w| *w != "--to-ports").nth(1).map_or("", String::as_str);
+    let port = first.redirect_port?;
     let mut seen = Vec::new();
     let mut whole = true;
     let families =

@@ -16,9 +16,10 @@ pub mod ebpf;
 pub mod exec;
 pub mod iptables;
 pub mod nftables;
+pub mod rules;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use caps::Capability;
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,9 @@ use crate::plan::Format;
 use crate::privileges::Requirement;
 
 pub use counters::{Counter, Counters};
+pub use ebpf::DEFAULT_BPFFS;
+pub use ebpf::task::Options as EbpfOptions;
+pub use iptables::{Mode as IptablesMode, Options as IptablesOptions};
 
 /// The backends, as `--backend` and task files name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize, Deserialize)]
@@ -128,37 +132,37 @@ impl clap::ValueEnum for Choice {
     }
 }
 
-/// While the proxy has no ingress listener (restarting), what happens to inbound connections
-/// to AppPorts in a backend that can tell (eBPF): refused, as a REDIRECT to a closed port
-/// is, or delivered to the app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum IngressFallback {
-    #[default]
-    Refuse,
-    App,
-}
-
 /// Where a backend works: a task's network namespace and, for the backends that work on
-/// processes rather than packets, its cgroup.
+/// processes rather than packets, its cgroup; and the options only some backends take.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub netns: netns::Target,
     /// The task's cgroup: a path under the cgroup2 mount or relative to it, or `auto` (the
     /// parent of intercept's own cgroup). Required by the eBPF backend.
     pub cgroup: Option<String>,
-    /// The bpffs directory for the eBPF backend's pins; default
-    /// [`ebpf::DEFAULT_BPFFS`].
-    pub bpffs: Option<PathBuf>,
-    /// The xtables variant for the iptables backend; default: detected.
-    pub iptables_mode: Option<iptables::Mode>,
-    pub ingress_fallback: IngressFallback,
+    pub options: Options,
+}
+
+/// The options of one backend each, typed as that backend defines them; the other backends
+/// ignore them.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub ebpf: EbpfOptions,
+    pub iptables: IptablesOptions,
 }
 
 impl Target {
     /// The current network namespace, nothing else given.
     pub fn netns(netns: netns::Target) -> Target {
-        Target { netns, cgroup: None, bpffs: None, iptables_mode: None, ingress_fallback: IngressFallback::default() }
+        Target { netns, cgroup: None, options: Options::default() }
     }
+}
+
+/// Forgets what the backends keep on the host for a task whose cgroup has been removed: the
+/// pins under `bpffs` of the eBPF programs attached to cgroup `cgroup_id`, which would keep
+/// them loaded. Whether there were any.
+pub fn forget_removed_cgroup(bpffs: &Path, cgroup_id: u64) -> Result<bool, Error> {
+    ebpf::remove_pins_of_removed_cgroup(bpffs, cgroup_id).map_err(|e| Error::Ebpf(e.into()))
 }
 
 /// How to apply.
@@ -303,8 +307,8 @@ pub trait Backend {
 /// the capabilities the backend needs ([`Backend::requirements`]) first.
 pub fn open(kind: Kind, target: &Target) -> Result<Box<dyn Backend>, Error> {
     Ok(match kind {
-        Kind::Iptables => Box::new(iptables::Handle::open(target)?),
-        Kind::Nftables => Box::new(nftables::Handle::open(target)?),
+        Kind::Iptables => Box::new(iptables::Handle::open(target)),
+        Kind::Nftables => Box::new(nftables::Handle::open(target)),
         Kind::Ebpf => Box::new(ebpf::task::Handle::open(target)?),
     })
 }
@@ -357,9 +361,9 @@ pub enum Error {
     #[error(transparent)]
     Netns(netns::Error),
     #[error(transparent)]
-    Iptables(#[from] iptables::Error),
+    Iptables(iptables::Error),
     #[error(transparent)]
-    Nftables(#[from] nftables::Error),
+    Nftables(nftables::Error),
     #[error(transparent)]
     Ebpf(ebpf::task::Error),
 }
@@ -387,6 +391,26 @@ impl Error {
                 Error::BadTarget { option: "--netns/--netns-pid", gone: false, message: e.to_string() }
             }
             other => Error::Netns(other),
+        }
+    }
+}
+
+/// A namespace that cannot be opened is the target's fault; everything else is the backend's.
+impl From<iptables::Error> for Error {
+    fn from(e: iptables::Error) -> Error {
+        match e {
+            iptables::Error::Netns(e) => Error::netns(e),
+            other => Error::Iptables(other),
+        }
+    }
+}
+
+/// As for iptables.
+impl From<nftables::Error> for Error {
+    fn from(e: nftables::Error) -> Error {
+        match e {
+            nftables::Error::Netns(e) => Error::netns(e),
+            other => Error::Nftables(other),
         }
     }
 }
@@ -426,38 +450,6 @@ pub(crate) fn status_exit_code(installed: bool, matches: Option<bool>) -> i32 {
     i32::from(!(installed && matches != Some(false)))
 }
 
-/// The rule backends' exit code of `intercept status`: as [`status_exit_code`], and also 1
-/// after an unfinished change, unless what is installed matches the configuration exactly
-/// (then it is whole, whatever was interrupted).
-pub(crate) fn rules_exit_code(installed: bool, matches: Option<bool>, unfinished: bool) -> i32 {
-    let whole = !unfinished || matches == Some(true);
-    status_exit_code(installed && whole, matches)
-}
-
-/// The last lines of the rule backends' `intercept status`: the verdict and why.
-pub(crate) fn rules_verdict(
-    out: &mut String,
-    installed: bool,
-    matches: Option<bool>,
-    unfinished: bool,
-    reasons: &[String],
-) {
-    let verdict = match (installed, matches) {
-        (_, Some(true) | None) if unfinished && rules_exit_code(installed, matches, unfinished) != 0 => {
-            "NOT whole: a change was interrupted"
-        }
-        (true, Some(true)) => "installed, and matches the configuration",
-        (true, Some(false)) => "installed, but does NOT match the configuration",
-        (true, None) => "installed (give a configuration to check it for drift)",
-        (false, _) => "NOT installed",
-    };
-    out.push_str(verdict);
-    out.push('\n');
-    for reason in reasons {
-        out.push_str(&format!("  - {reason}\n"));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,9 +458,9 @@ mod tests {
     /// The capabilities each backend asks for, by variant and configuration.
     #[test]
     fn each_backend_needs_its_minimal_capabilities() {
-        let target = |iptables_mode| Target {
+        let target = |mode| Target {
             cgroup: Some("/ecs/task".to_owned()),
-            iptables_mode,
+            options: Options { iptables: IptablesOptions { mode }, ..Options::default() },
             ..Target::netns(netns::Target::Current)
         };
         let seed = testdata::seed_config();

@@ -24,8 +24,8 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::backend::exec::{Call, Output, Runner, System};
-use crate::backend::iptables;
+use crate::backend::exec::{self, Call, Output, Runner, System};
+use crate::backend::rules::{Rules, RulesStatus};
 use crate::lock;
 use crate::netns::{self, Netns, Target};
 use crate::plan::iptables::EGRESS_CHAIN as IPTABLES_EGRESS_CHAIN;
@@ -35,12 +35,15 @@ use crate::plan::nftables::{
 };
 
 pub use handle::Handle;
-pub use listing::{Installed, InstalledChain, InstalledHook, InstalledRule, InstalledSet};
+pub use listing::{Installed, InstalledChain, InstalledHook, InstalledSet};
 use listing::{objects, str_field};
 use report::summary_of_plan;
-pub use report::{Report, Status};
+pub use report::{Listing, Report, Script};
 
 pub const NFT: &str = "nft";
+
+/// `intercept status --backend nftables`.
+pub type Status = RulesStatus<Listing>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -78,16 +81,14 @@ fn indented(stderr: &str) -> String {
     if stderr.is_empty() { String::new() } else { format!(":\n  {}", stderr.lines().collect::<Vec<_>>().join("\n  ")) }
 }
 
-impl From<iptables::Error> for Error {
-    /// The shared runner reports with the iptables backend's error type; only these four
-    /// come out of it.
-    fn from(e: iptables::Error) -> Error {
+impl From<exec::Error> for Error {
+    fn from(e: exec::Error) -> Error {
         match e {
-            iptables::Error::MissingProgram { .. } => Error::MissingProgram,
-            iptables::Error::Spawn { call, source } => Error::Spawn { call, source },
-            iptables::Error::Netns(e) => Error::Netns(e),
-            iptables::Error::Lock(e) => Error::Lock(e),
-            other => Error::Failed { call: NFT.to_owned(), status: "error".to_owned(), stderr: other.to_string() },
+            // The runner names the package of any program; nft's is always `nftables`.
+            exec::Error::MissingProgram { .. } => Error::MissingProgram,
+            exec::Error::Spawn { call, source } => Error::Spawn { call, source },
+            exec::Error::Netns(e) => Error::Netns(e),
+            exec::Error::Lock(e) => Error::Lock(e),
         }
     }
 }
@@ -136,6 +137,87 @@ impl<R: Runner> Nftables<R> {
         Ok(self.chains()?.ours || self.read()?.is_some())
     }
 
+    fn finish(
+        &self,
+        script: Option<String>,
+        reasons: Vec<String>,
+        after: String,
+        chains: Chains,
+        dry_run: bool,
+    ) -> Result<Report, Error> {
+        let report = Report {
+            target: self.runner.describe_target(),
+            warnings: chains.warnings(),
+            changed: script.is_some() && !dry_run,
+            dry_run,
+            detail: Script { reasons, script },
+            installed: after,
+        };
+        if let (Some(script), false) = (&report.detail.script, dry_run) {
+            self.run_script(script)?;
+        }
+        Ok(report)
+    }
+
+    /// The table as installed; `None` when there is none.
+    pub fn read(&self) -> Result<Option<Installed>, Error> {
+        let call = Call::new(NFT, &["-j", "list", "table", FAMILY, TABLE]);
+        let output = self.runner.run(&call)?;
+        if !output.success() {
+            // ENOENT, as strerror words it (the runner sets LC_ALL=C).
+            if output.stderr.contains("No such file or directory") {
+                return Ok(None);
+            }
+            return Err(Error::Failed { call: call.to_string(), status: status_of(&output), stderr: output.stderr });
+        }
+        Installed::parse(&output.stdout).map(Some).map_err(|message| Error::Parse { call: call.to_string(), message })
+    }
+
+    /// Every chain in the namespace, by table (`nft -j list chains`).
+    fn chains(&self) -> Result<Chains, Error> {
+        let call = Call::new(NFT, &["-j", "list", "chains"]);
+        let output = self.run(&call)?;
+        let objects = objects(&output.stdout).map_err(|message| Error::Parse { call: call.to_string(), message })?;
+        let chains: Vec<&Value> = objects.iter().filter_map(|o| o.get("chain")).collect();
+        Ok(Chains {
+            ours: chains.iter().any(|c| str_field(c, "family") == FAMILY && str_field(c, "table") == TABLE),
+            iptables_backend: chains
+                .iter()
+                .filter(|c| str_field(c, "name") == IPTABLES_EGRESS_CHAIN && str_field(c, "table") == "nat")
+                .map(|c| str_field(c, "family").to_owned())
+                .collect(),
+        })
+    }
+
+    fn run(&self, call: &Call) -> Result<Output, Error> {
+        let output = self.runner.run(call)?;
+        if output.success() {
+            Ok(output)
+        } else {
+            Err(Error::Failed { call: call.to_string(), status: status_of(&output), stderr: output.stderr })
+        }
+    }
+
+    fn run_script(&self, script: &str) -> Result<(), Error> {
+        let call = Call::new(NFT, &["-f", "-"]).with_stdin(script.to_owned());
+        let output = self.runner.run(&call)?;
+        if output.success() {
+            return Ok(());
+        }
+        Err(Error::Transaction { call: call.to_string(), status: status_of(&output), stderr: output.stderr })
+    }
+}
+
+impl<R: Runner> Rules for Nftables<R> {
+    type Plan = NftablesPlan;
+    type Detail = Script;
+    type Listing = Listing;
+    type Error = Error;
+
+    fn present(&self) -> Result<bool, Error> {
+        self.is_installed()
+    }
+
     /// Installs `plan`, or replaces what is installed with it, in two transactions (see
     /// [`Steps`]): the sets whose elements change are built under their other name first,
     /// then one transaction replaces every rule, so connections meet the old rules with the
@@ -143,7 +225,7 @@ impl<R: Runner> Nftables<R> {
     /// what the plan says. `dry_run`: say what would run. Waits for any other `apply` or
     /// `remove` on the namespace to finish first (the lock of [`crate::lock`]); while it
     /// changes things, the lock's marker says so, for `status`.
-    pub fn apply(&self, plan: &NftablesPlan, dry_run: bool) -> Result<Report, Error> {
+    fn apply(&self, plan: &NftablesPlan, dry_run: bool) -> Result<Report, Error> {
         let held = self.runner.lock_for_change(dry_run)?;
         let installed = self.read()?;
         let reasons = match &installed {
@@ -156,8 +238,7 @@ impl<R: Runner> Nftables<R> {
             warnings: self.chains()?.warnings(),
             changed: steps.is_some() && !dry_run,
             dry_run,
-            reasons,
-            script: steps.as_ref().map(Steps::render),
+            detail: Script { reasons, script: steps.as_ref().map(Steps::render) },
             installed: summary_of_plan(plan),
         };
         let Some(held) = held else { return Ok(report) };
@@ -182,7 +263,7 @@ impl<R: Runner> Nftables<R> {
     }
 
     /// Removes the table. Nothing runs when there is none.
-    pub fn remove(&self, dry_run: bool) -> Result<Report, Error> {
+    fn remove(&self, dry_run: bool) -> Result<Report, Error> {
         let held = self.runner.lock_for_change(dry_run)?;
         let chains = self.chains()?;
         let (script, reasons) = if chains.ours || self.read()?.is_some() {
@@ -197,31 +278,8 @@ impl<R: Runner> Nftables<R> {
         Ok(report)
     }
 
-    fn finish(
-        &self,
-        script: Option<String>,
-        reasons: Vec<String>,
-        after: String,
-        chains: Chains,
-        dry_run: bool,
-    ) -> Result<Report, Error> {
-        let report = Report {
-            target: self.runner.describe_target(),
-            warnings: chains.warnings(),
-            changed: script.is_some() && !dry_run,
-            dry_run,
-            reasons,
-            script,
-            installed: after,
-        };
-        if let (Some(script), false) = (&report.script, dry_run) {
-            self.run_script(script)?;
-        }
-        Ok(report)
-    }
-
     /// What is installed, its counters, and whether it matches `plan` when one is given.
-    pub fn status(&self, plan: Option<&NftablesPlan>) -> Result<Status, Error> {
+    fn status(&self, plan: Option<&NftablesPlan>) -> Result<Status, Error> {
         let installed = self.read()?;
         let mut reasons = Vec::new();
         let complete = installed.as_ref().is_some_and(Installed::is_complete);
@@ -273,63 +331,15 @@ impl<R: Runner> Nftables<R> {
         });
         Ok(Status {
             target: self.runner.describe_target(),
+            listing: Listing { table: installed },
             installed: complete,
             matches,
-            table: installed,
             reasons,
             warnings: self.chains()?.warnings(),
             unfinished: unfinished.map(|u| u.to_string()),
             counters,
             ingress,
         })
-    }
-
-    /// The table as installed; `None` when there is none.
-    pub fn read(&self) -> Result<Option<Installed>, Error> {
-        let call = Call::new(NFT, &["-j", "list", "table", FAMILY, TABLE]);
-        let output = self.runner.run(&call)?;
-        if !output.success() {
-            // ENOENT, as strerror words it (the runner sets LC_ALL=C).
-            if output.stderr.contains("No such file or directory") {
-                return Ok(None);
-            }
-            return Err(Error::Failed { call: call.to_string(), status: status_of(&output), stderr: output.stderr });
-        }
-        Installed::parse(&output.stdout).map(Some).map_err(|message| Error::Parse { call: call.to_string(), message })
-    }
-
-    /// Every chain in the namespace, by table (`nft -j list chains`).
-    fn chains(&self) -> Result<Chains, Error> {
-        let call = Call::new(NFT, &["-j", "list", "chains"]);
-        let output = self.run(&call)?;
-        let objects = objects(&output.stdout).map_err(|message| Error::Parse { call: call.to_string(), message })?;
-        let chains: Vec<&Value> = objects.iter().filter_map(|o| o.get("chain")).collect();
-        Ok(Chains {
-            ours: chains.iter().any(|c| str_field(c, "family") == FAMILY && str_field(c, "table") == TABLE),
-            iptables_backend: chains
-                .iter()
-                .filter(|c| str_field(c, "name") == IPTABLES_EGRESS_CHAIN && str_field(c, "table") == "nat")
-                .map(|c| str_field(c, "family").to_owned())
-                .collect(),
-        })
-    }
-
-    fn run(&self, call: &Call) -> Result<Output, Error> {
-        let output = self.runner.run(call)?;
-        if output.success() {
-            Ok(output)
-        } else {
-            Err(Error::Failed { call: call.to_string(), status: status_of(&output), stderr: output.stderr })
-        }
-    }
-
-    fn run_script(&self, script: &str) -> Result<(), Error> {
-        let call = Call::new(NFT, &["-f", "-"]).with_stdin(script.to_owned());
-        let output = self.runner.run(&call)?;
-        if output.success() {
-            return Ok(());
-        }
-        Err(Error::Transaction { call: call.to_string(), status: status_of(&output), stderr: output.stderr })
     }
 }
 

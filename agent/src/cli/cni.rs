@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Args;
-use intercept::backend::{self, ApplyOptions, Choice, IngressFallback, Purpose, Target};
+use intercept::backend::{self, ApplyOptions, Choice, Purpose, Target};
 use intercept::cni::{self, Command, Error, Netconf, Request, code, netconf};
 use intercept::config::source::MAX_INPUT_BYTES;
 use intercept::{error_chain, netns, privileges};
@@ -148,9 +148,10 @@ fn target<'a>(request: &'a Request, netconf: &Netconf) -> (&'a Path, Target) {
     let target = Target {
         netns: netns::Target::Path(netns.to_owned()).opened(),
         cgroup: None,
-        bpffs: None,
-        iptables_mode: netconf.iptables_mode,
-        ingress_fallback: IngressFallback::default(),
+        options: backend::Options {
+            iptables: backend::IptablesOptions { mode: netconf.iptables_mode },
+            ..backend::Options::default()
+        },
     };
     (netns, target)
 }

@@ -30,7 +30,7 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "DIR", default_value = "/run/intercept/daemon")]
     state_dir: PathBuf,
     /// eBPF backend: the bpffs directory for the pins, mounted if it is not a bpffs
-    #[arg(long, value_name = "PATH", default_value = intercept::backend::ebpf::DEFAULT_BPFFS)]
+    #[arg(long, value_name = "PATH", default_value = intercept::backend::DEFAULT_BPFFS)]
     bpffs: PathBuf,
     /// Serve Prometheus metrics on /metrics and health on /healthz (port 0: any free port)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]

@@ -15,8 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use intercept::backend::iptables::Mode;
-use intercept::backend::{self, Choice, IngressFallback, Opened, Purpose};
+use intercept::backend::{self, Choice, EbpfOptions, IptablesMode, IptablesOptions, Opened, Purpose};
 use intercept::config::{ConfigArgs, ConfigErrors, Validated, validate};
 use intercept::netns;
 use intercept::plan::Format;
@@ -94,7 +93,7 @@ pub struct TargetArgs {
     /// iptables backend: which xtables variant to use; default: the one that already holds
     /// rules in the namespace, else nft
     #[arg(long, value_enum, value_name = "legacy|nft")]
-    iptables_mode: Option<Mode>,
+    iptables_mode: Option<IptablesMode>,
     /// eBPF backend (required with it): the task's cgroup, a path under the cgroup2 mount or
     /// relative to it, or `auto` (the parent of intercept's own cgroup)
     #[arg(long, value_name = "PATH|auto")]
@@ -103,10 +102,6 @@ pub struct TargetArgs {
     /// is not a bpffs; default /sys/fs/bpf
     #[arg(long, value_name = "PATH")]
     bpffs: Option<PathBuf>,
-    /// eBPF backend: while the proxy has no ingress listener (restarting), inbound connections
-    /// to AppPorts are refused (as a REDIRECT to a closed port) or go straight to the app
-    #[arg(long, value_enum, value_name = "refuse|app", default_value = "refuse")]
-    ingress_fallback: IngressFallback,
 }
 
 impl TargetArgs {
@@ -124,9 +119,10 @@ impl TargetArgs {
         backend::Target {
             netns: self.netns().opened(),
             cgroup: self.cgroup.clone(),
-            bpffs: self.bpffs.clone(),
-            iptables_mode: self.iptables_mode,
-            ingress_fallback: self.ingress_fallback,
+            options: backend::Options {
+                ebpf: EbpfOptions { bpffs: self.bpffs.clone() },
+                iptables: IptablesOptions { mode: self.iptables_mode },
+            },
         }
     }
 

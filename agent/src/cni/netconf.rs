@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::backend::iptables::Mode;
+use crate::backend::IptablesMode as Mode;
 use crate::backend::{Choice, Kind};
 use crate::config::parse::clip;
 use crate::config::source::{MAX_INPUT_BYTES, kind, netconf_field};

@@ -8,9 +8,9 @@ use serde_json::{Value, json};
 
 use super::netconf::{ENV_BACKEND, ENV_ENABLE_IPV6, parse};
 use super::{Command, Error, add_result, capabilities, code, read_request, version_result};
-use crate::backend::iptables::Mode;
+use crate::backend::IptablesMode as Mode;
 use crate::backend::{Choice, Kind};
-use crate::config::{Ingress, PortRange, PortSet, ProxyConfig};
+use crate::config::{Ingress, IngressFallback, PortRange, PortSet, ProxyConfig};
 
 fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let vars: BTreeMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
@@ -231,17 +231,19 @@ fn results_pass_the_previous_one_through() {
 }
 
 /// intercept's own properties in a chained netconfig: ProxyDNSPort as a string, the included
-/// networks as an array of strings, several ids in one string.
+/// networks as an array of strings, several ids in one string, the ingress fallback.
 #[test]
 fn the_extensions_in_a_netconfig() {
     let netconf = agent_netconf(json!({
         "ignoredUID": "1337,1338",
         "proxyDNSPort": "15053",
         "egressIncludedIPs": ["10.0.0.0/8", "2001:db8::/32"],
+        "ingressFallback": "app",
         "enableIPv6": true,
     }));
     let config = config(&netconf).unwrap();
     assert_eq!(config.ignored_uids, [1337, 1338]);
+    assert_eq!(config.ingress_fallback, IngressFallback::App);
     assert_eq!(config.proxy_dns_port, Some(15053));
     assert_eq!(config.egress_included_ips.map(|n| n.len()), Some(2));
     let wrong = details(&agent_netconf(json!({"egressIncludedIPs": "10.0.0.0/8"})));

@@ -89,6 +89,12 @@ pub struct ConfigArgs {
     #[arg(long, value_name = "IPS")]
     pub egress_included_ips: Option<String>,
 
+    /// IngressFallback: while the proxy has no ingress listener (restarting), inbound
+    /// connections to AppPorts are refused (as a REDIRECT to a closed port) or, with the eBPF
+    /// backend, go straight to the app; default refuse
+    #[arg(long, value_name = "refuse|app")]
+    pub ingress_fallback: Option<String>,
+
     /// Do not exempt port 22 and the metadata IPs 169.254.170.2 and 169.254.169.254 unless
     /// they are listed
     #[arg(long)]
@@ -112,6 +118,7 @@ impl ConfigArgs {
             &self.egress_ignored_ports,
             &self.proxy_dns_port,
             &self.egress_included_ips,
+            &self.ingress_fallback,
         ];
         Property::ALL.into_iter().zip(values).filter_map(|(p, v)| v.as_ref().map(|v| (p, v)))
     }

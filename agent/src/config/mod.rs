@@ -6,7 +6,6 @@
 
 mod args;
 #[doc(hidden)]
-pub mod fuzz;
 pub mod parse;
 pub mod source;
 pub mod template;
@@ -43,7 +42,7 @@ pub const MAX_IGNORED_IDS: usize = 1024;
 pub const DNS_PORT: u16 = 53;
 
 /// The seven properties of an APPMESH proxy configuration, spelled as ECS spells them, and
-/// intercept's two extensions ([`Property::is_extension`]).
+/// intercept's three extensions ([`Property::is_extension`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Property {
     IgnoredUID,
@@ -57,10 +56,12 @@ pub enum Property {
     ProxyDNSPort,
     /// Include-only outbound: when given, only these destinations are redirected.
     EgressIncludedIPs,
+    /// What inbound connections to AppPorts do while the proxy has no ingress listener.
+    IngressFallback,
 }
 
 impl Property {
-    pub const ALL: [Property; 9] = [
+    pub const ALL: [Property; 10] = [
         Property::IgnoredUID,
         Property::IgnoredGID,
         Property::ProxyIngressPort,
@@ -70,11 +71,12 @@ impl Property {
         Property::EgressIgnoredPorts,
         Property::ProxyDNSPort,
         Property::EgressIncludedIPs,
+        Property::IngressFallback,
     ];
 
     /// Not one of ECS's seven: ECS's own interception ignores it.
     pub fn is_extension(self) -> bool {
-        matches!(self, Property::ProxyDNSPort | Property::EgressIncludedIPs)
+        matches!(self, Property::ProxyDNSPort | Property::EgressIncludedIPs | Property::IngressFallback)
     }
 
     pub fn name(self) -> &'static str {
@@ -88,6 +90,7 @@ impl Property {
             Property::EgressIgnoredPorts => "EgressIgnoredPorts",
             Property::ProxyDNSPort => "ProxyDNSPort",
             Property::EgressIncludedIPs => "EgressIncludedIPs",
+            Property::IngressFallback => "IngressFallback",
         }
     }
 
@@ -99,6 +102,40 @@ impl Property {
 }
 
 impl fmt::Display for Property {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// IngressFallback: while the proxy has no ingress listener (it is restarting), inbound
+/// connections to AppPorts are refused, as a REDIRECT to a closed port is, or delivered to
+/// the app. Only a backend that sees the listener go (eBPF) can deliver them; the rule
+/// backends always refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngressFallback {
+    #[default]
+    Refuse,
+    App,
+}
+
+impl IngressFallback {
+    pub const ALL: [IngressFallback; 2] = [IngressFallback::Refuse, IngressFallback::App];
+
+    pub fn is_refuse(&self) -> bool {
+        *self == IngressFallback::Refuse
+    }
+
+    /// As the configuration spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            IngressFallback::Refuse => "refuse",
+            IngressFallback::App => "app",
+        }
+    }
+}
+
+impl fmt::Display for IngressFallback {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -224,12 +261,39 @@ pub struct ProxyConfig {
     /// ProxyDNSPort: DNS (UDP and TCP port 53) to non-local servers goes to this port on
     /// loopback; see [`ProxyConfig::dns_capture`].
     pub proxy_dns_port: Option<u16>,
+    /// IngressFallback; refuse unless given. Left out of the serialised form when it is
+    /// refuse, so the daemon's fingerprints of installations recorded before it existed stay
+    /// as they were and an upgraded daemon re-applies none of them.
+    #[serde(skip_serializing_if = "IngressFallback::is_refuse")]
+    pub ingress_fallback: IngressFallback,
     pub implicit_exemptions: bool,
     /// Intercept IPv6 as well as IPv4 (on unless `APPMESH_ENABLE_IPV6` or `--ipv6` say no).
     pub ipv6: bool,
 }
 
 impl ProxyConfig {
+    /// Every egress TCP connection to `proxy_egress_port`, and nothing else set: no ignored
+    /// identities, ports or networks, no ingress or DNS capture, the implicit exemptions and
+    /// IPv6 on. Code that builds a configuration rather than validating one (tests, the
+    /// benchmarks) starts here and names only the fields it cares about, `ProxyConfig {
+    /// ignored_uids: vec![1337], ..ProxyConfig::new(15001) }`, so a new field changes one
+    /// place. (Validation also asks for an ignored UID or GID.)
+    pub fn new(proxy_egress_port: u16) -> ProxyConfig {
+        ProxyConfig {
+            ignored_uids: Vec::new(),
+            ignored_gids: Vec::new(),
+            proxy_egress_port,
+            ingress: None,
+            egress_ignored_ports: PortSet::new(),
+            egress_ignored_ips: Vec::new(),
+            egress_included_ips: None,
+            proxy_dns_port: None,
+            ingress_fallback: IngressFallback::Refuse,
+            implicit_exemptions: true,
+            ipv6: true,
+        }
+    }
+
     /// The port DNS is redirected to: ProxyDNSPort, unless port 53 is an ignored port, which
     /// turns DNS capture off (`check` warns).
     pub fn dns_capture(&self) -> Option<u16> {

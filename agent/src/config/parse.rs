@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::PortRange;
+use super::{IngressFallback, PortRange};
 
 /// What is wrong with one value or one list entry. The `Display` text is the message
 /// without the field name; list entries are quoted in brackets as the reference plugin
@@ -33,6 +33,8 @@ pub enum ParseError {
     Ip(String),
     #[error("invalid boolean: must be true, false, 1 or 0")]
     Bool,
+    #[error("invalid ingress fallback: must be refuse or app")]
+    IngressFallback,
 }
 
 /// Values quoted in messages are cut to this many characters: a 10,000-entry list with one
@@ -77,6 +79,12 @@ pub fn parse_bool(s: &str) -> Result<bool, ParseError> {
         "0" | "false" => Ok(false),
         _ => Err(ParseError::Bool),
     }
+}
+
+/// `refuse` or `app`, exactly as written (lowercase, like every other configuration word).
+pub fn parse_ingress_fallback(s: &str) -> Result<IngressFallback, ParseError> {
+    let s = s.trim();
+    IngressFallback::ALL.into_iter().find(|f| f.name() == s).ok_or(ParseError::IngressFallback)
 }
 
 /// Splits a comma-separated list, trimming each entry and dropping empty ones, so `""`,
@@ -207,6 +215,18 @@ mod tests {
         }
         for input in ["", "yes", "no", "on", "2", "tru", "-1"] {
             assert_eq!(parse_bool(input), Err(ParseError::Bool), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn ingress_fallbacks() {
+        let good: &[(&str, IngressFallback)] =
+            &[("refuse", IngressFallback::Refuse), ("app", IngressFallback::App), (" app\t", IngressFallback::App)];
+        for (input, want) in good {
+            assert_eq!(parse_ingress_fallback(input), Ok(*want), "{input:?}");
+        }
+        for input in ["", "App", "REFUSE", "drop", "application", "refuse,app", "0", "1"] {
+            assert_eq!(parse_ingress_fallback(input), Err(ParseError::IngressFallback), "{input:?}");
         }
     }
 

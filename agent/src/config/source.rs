@@ -37,6 +37,7 @@ pub fn env_var(property: Property) -> &'static str {
         // No EKS variable exists for these: named like its neighbours.
         Property::ProxyDNSPort => "APPMESH_ENVOY_DNS_PORT",
         Property::EgressIncludedIPs => "APPMESH_EGRESS_INCLUDED_IP",
+        Property::IngressFallback => "APPMESH_INGRESS_FALLBACK",
     }
 }
 
@@ -53,6 +54,7 @@ pub fn netconf_field(property: Property) -> &'static str {
         Property::EgressIgnoredPorts => "egressIgnoredPorts",
         Property::ProxyDNSPort => "proxyDNSPort",
         Property::EgressIncludedIPs => "egressIncludedIPs",
+        Property::IngressFallback => "ingressFallback",
     }
 }
 
@@ -68,6 +70,7 @@ pub fn flag(property: Property) -> &'static str {
         Property::EgressIgnoredPorts => "--egress-ignored-ports",
         Property::ProxyDNSPort => "--proxy-dns-port",
         Property::EgressIncludedIPs => "--egress-included-ips",
+        Property::IngressFallback => "--ingress-fallback",
     }
 }
 

@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::backend::{self, ApplyOptions, Backend, Counters, Kind, Scope, Target};
+use crate::backend::{self, ApplyOptions, Backend, Counters, EbpfOptions, Kind, Scope, Target};
 use crate::cgroup;
 use crate::config::ProxyConfig;
 use crate::netns;
@@ -29,7 +29,7 @@ pub enum Error {
     Pins {
         cgroup: String,
         #[source]
-        source: backend::ebpf::Error,
+        source: backend::Error,
     },
 }
 
@@ -122,7 +122,7 @@ impl HostOps for Host {
         }
         // A cgroup just removed still holds its programs for a moment: its pins go now.
         if let Some(id) = installed.cgroup_id.filter(|_| !self.cgroup_exists(&installed.cgroup).unwrap_or(true)) {
-            backend::ebpf::remove_pins_of_removed_cgroup(&self.bpffs, id)
+            backend::forget_removed_cgroup(&self.bpffs, id)
                 .map_err(|source| Error::Pins { cgroup: installed.cgroup.clone(), source })?;
         }
         Ok(())
@@ -152,8 +152,14 @@ impl Host {
     }
 
     fn open(&self, kind: Kind, cgroup: &str, netns: netns::Target) -> Result<Box<dyn Backend>, Error> {
-        let target =
-            Target { cgroup: Some(cgroup.to_owned()), bpffs: Some(self.bpffs.clone()), ..Target::netns(netns) };
+        let target = Target {
+            cgroup: Some(cgroup.to_owned()),
+            options: backend::Options {
+                ebpf: EbpfOptions { bpffs: Some(self.bpffs.clone()) },
+                ..backend::Options::default()
+            },
+            ..Target::netns(netns)
+        };
         Ok(backend::open(kind, &target)?)
     }
 }

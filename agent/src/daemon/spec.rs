@@ -294,6 +294,21 @@ pub(super) mod tests {
         assert_eq!(spec.proxy_admin_url, readiness::DEFAULT_ADMIN_URL);
     }
 
+    /// A task file sets the ingress fallback as a property of its proxyConfiguration.
+    #[test]
+    fn the_ingress_fallback_is_a_property() {
+        let with = |value: &str| {
+            let proxy = PROXY.replace("]}", &format!(r#", {{"name": "IngressFallback", "value": "{value}"}}]}}"#));
+            file(&format!(r#""proxyConfiguration": {proxy}"#))
+        };
+        let spec = parse(Path::new("task1.json"), &with("app")).unwrap();
+        assert_eq!(spec.config.ingress_fallback, crate::config::IngressFallback::App);
+        assert_eq!(
+            problems("task1.json", &with("yes")),
+            [r#"error: proxyConfiguration.IngressFallback = "yes": invalid ingress fallback: must be refuse or app"#]
+        );
+    }
+
     #[test]
     fn install_when_and_the_admin_url_are_read_and_left_out_of_the_fingerprint() {
         let base = parse(Path::new("task1.json"), &file(&format!(r#""proxyConfiguration": {PROXY}"#))).unwrap();
@@ -339,7 +354,9 @@ pub(super) mod tests {
         backend.backend = Kind::Nftables;
         let mut cgroup = base.clone();
         cgroup.cgroup = "/ecs/task2".into();
-        for changed in [other, netns, backend, cgroup] {
+        let mut fallback = base.clone();
+        fallback.config.ingress_fallback = crate::config::IngressFallback::App;
+        for changed in [other, netns, backend, cgroup, fallback] {
             assert_ne!(base.fingerprint(), changed.fingerprint(), "{changed:?}");
         }
     }

@@ -110,20 +110,12 @@ pub(super) fn ids(ids: &[u32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PortSet;
 
     fn config(uid: Option<u32>, gid: Option<u32>) -> ProxyConfig {
         ProxyConfig {
             ignored_uids: uid.into_iter().collect(),
             ignored_gids: gid.into_iter().collect(),
-            proxy_egress_port: 15001,
-            ingress: None,
-            egress_ignored_ports: PortSet::new(),
-            egress_ignored_ips: Vec::new(),
-            egress_included_ips: None,
-            proxy_dns_port: None,
-            implicit_exemptions: true,
-            ipv6: true,
+            ..ProxyConfig::new(15001)
         }
     }
 

@@ -30,7 +30,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
 use super::{push_summarised, summarised_inline, to_json};
-use crate::config::ProxyConfig;
+use crate::config::{IngressFallback, ProxyConfig};
 use crate::model::LocalAddrs;
 
 /// What every map of the eBPF backend holds.
@@ -109,7 +109,10 @@ impl EbpfPlan {
                 has_ignored_uids: (!config.ignored_uids.is_empty()).into(),
                 has_ignored_gids: (!config.ignored_gids.is_empty()).into(),
                 ipv6: config.ipv6.into(),
-                ingress_fallback: INGRESS_FALLBACK_REFUSE,
+                ingress_fallback: match config.ingress_fallback {
+                    IngressFallback::Refuse => INGRESS_FALLBACK_REFUSE,
+                    IngressFallback::App => INGRESS_FALLBACK_APP,
+                },
                 include_only: config.egress_included_ips.is_some().into(),
                 _pad: [0; 5],
             },
@@ -126,11 +129,13 @@ impl EbpfPlan {
         }
     }
 
-    /// `--ingress-fallback app`: while the proxy has no ingress listener, inbound connections
-    /// to AppPorts reach the app instead of being refused.
-    pub fn with_ingress_fallback_to_app(mut self, to_app: bool) -> EbpfPlan {
-        self.config.ingress_fallback = if to_app { INGRESS_FALLBACK_APP } else { INGRESS_FALLBACK_REFUSE };
-        self
+    /// IngressFallback, as `CONFIG` holds it.
+    pub fn ingress_fallback(&self) -> IngressFallback {
+        if self.config.ingress_fallback == INGRESS_FALLBACK_APP {
+            IngressFallback::App
+        } else {
+            IngressFallback::Refuse
+        }
     }
 
     /// Every configuration map with the capacity to create it with. The tries grow past their
@@ -252,7 +257,7 @@ impl EbpfPlan {
                         ("has_ignored_uids", c.has_ignored_uids.to_string()),
                         ("has_ignored_gids", c.has_ignored_gids.to_string()),
                         ("ipv6", c.ipv6.to_string()),
-                        ("ingress_fallback", c.ingress_fallback.to_string()),
+                        ("ingress_fallback", format!("{} ({})", c.ingress_fallback, self.ingress_fallback())),
                         ("include_only", c.include_only.to_string()),
                     ];
                     for (field, value) in fields {
@@ -468,24 +473,19 @@ mod tests {
     fn config(ingress: bool, ignored_ips: usize) -> ProxyConfig {
         ProxyConfig {
             ignored_uids: vec![1337],
-            ignored_gids: Vec::new(),
-            proxy_egress_port: 15001,
             ingress: ingress
                 .then(|| Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
             egress_ignored_ports: PortSet::from_ranges([PortRange::single(5432)]),
             // Enough networks for the iptables plan to use ipsets.
             egress_ignored_ips: (0..ignored_ips).map(|i| format!("10.{i}.0.0/16").parse().unwrap()).collect(),
-            egress_included_ips: None,
-            proxy_dns_port: None,
-            implicit_exemptions: true,
-            ipv6: true,
+            ..ProxyConfig::new(15001)
         }
     }
 
     #[test]
     fn ingress_fallback_is_refuse_unless_asked() {
         assert_eq!(EbpfPlan::new(&config(true, 0)).config.ingress_fallback, INGRESS_FALLBACK_REFUSE);
-        let plan = EbpfPlan::new(&config(true, 0)).with_ingress_fallback_to_app(true);
+        let plan = EbpfPlan::new(&ProxyConfig { ingress_fallback: IngressFallback::App, ..config(true, 0) });
         assert_eq!(plan.config.ingress_fallback, INGRESS_FALLBACK_APP);
         assert_eq!(plan.config.proxy_ingress_port, 15000);
         assert_eq!(plan.app_ports, [9080]);

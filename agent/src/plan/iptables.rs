@@ -117,6 +117,10 @@ pub struct Rule {
     /// decide nothing themselves.
     #[serde(skip)]
     pub effect: Option<Effect>,
+    /// The port a `REDIRECT` sends to, as a number (the target holds it as text for
+    /// iptables-restore).
+    #[serde(skip)]
+    pub redirect_port: Option<u16>,
 }
 
 impl Rule {
@@ -128,6 +132,16 @@ impl Rule {
             comment,
             target: target.iter().map(|s| (*s).to_owned()).collect(),
             effect,
+            redirect_port: None,
+        }
+    }
+
+    /// `-j REDIRECT --to-ports <port>`.
+    fn redirect(chain: &str, matches: &[&str], comment: String, port: u16, effect: Effect) -> Rule {
+        let target = ["-j", "REDIRECT", "--to-ports", &port.to_string()].map(str::to_owned);
+        Rule {
+            redirect_port: Some(port),
+            ..Rule::new(chain, matches, comment, &target.each_ref().map(String::as_str), Some(effect))
         }
     }
 
@@ -414,15 +428,14 @@ fn build_family(
                 None,
             ));
         }
-        let port = port.to_string();
         let mut rules = ignored.rules(DNS_CHAIN, config);
         for proto in ["udp", "tcp"] {
-            rules.push(Rule::new(
+            rules.push(Rule::redirect(
                 DNS_CHAIN,
                 &["-p", proto],
                 format!("{COMMENT_PREFIX}redirect DNS over {proto} to ProxyDNSPort {port}"),
-                &["-j", "REDIRECT", "--to-ports", &port],
-                Some(Effect::RedirectDns),
+                port,
+                Effect::RedirectDns,
             ));
         }
         Chain { name: DNS_CHAIN.to_owned(), rules }
@@ -439,18 +452,13 @@ fn build_family(
         ));
     }
     egress.extend(ignored.rules(chain, config));
-    let port = config.proxy_egress_port.to_string();
-    let redirect = ["-j", "REDIRECT", "--to-ports", port.as_str()];
+    let port = config.proxy_egress_port;
+    let redirect =
+        |matches: &[&str], comment| Rule::redirect(chain, matches, comment, port, Effect::Redirect(Direction::Egress));
     match &config.egress_included_ips {
         None => {
             let comment = format!("{COMMENT_PREFIX}redirect other egress TCP to ProxyEgressPort {port}");
-            egress.push(Rule::new(
-                chain,
-                &["-p", "tcp"],
-                comment,
-                &redirect,
-                Some(Effect::Redirect(Direction::Egress)),
-            ));
+            egress.push(redirect(&["-p", "tcp"], comment));
         }
         Some(included) => {
             let included = NetMatch::new(included, family, "include");
@@ -467,7 +475,7 @@ fn build_family(
                 } else {
                     ["-p", "tcp"].into_iter().chain(matches.iter().map(String::as_str)).collect()
                 };
-                egress.push(Rule::new(chain, &matches, comment, &redirect, Some(Effect::Redirect(Direction::Egress))));
+                egress.push(redirect(&matches, comment));
             }
             let comment = format!("{COMMENT_PREFIX}never redirect destinations outside EgressIncludedIPs");
             egress.push(Rule::new(chain, &["-p", "tcp"], comment, &["-j", "RETURN"], exempt(Reason::NotIncluded)));
@@ -494,15 +502,15 @@ fn build_family(
     }
 
     if let Some(ingress) = &config.ingress {
-        let port = ingress.proxy_port.to_string();
+        let port = ingress.proxy_port;
         let rules = with_parts(multiport_chunks(&ingress.app_ports))
             .map(|(dports, part)| {
-                Rule::new(
+                Rule::redirect(
                     INGRESS_CHAIN,
                     &["-p", "tcp", "-m", "multiport", "--dports", &dports],
                     format!("{COMMENT_PREFIX}redirect AppPorts to ProxyIngressPort {port}{part}"),
-                    &["-j", "REDIRECT", "--to-ports", &port],
-                    Some(Effect::Redirect(Direction::Ingress)),
+                    port,
+                    Effect::Redirect(Direction::Ingress),
                 )
             })
             .collect();

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use ipnet::IpNet;
 use proptest::prelude::*;
 
-use crate::config::{Ingress, PortRange, PortSet, ProxyConfig};
+use crate::config::{Ingress, IngressFallback, PortRange, PortSet, ProxyConfig};
 use crate::model::{Connection, Decision, Direction, Protocol, canonical};
 
 // ---------------------------------------------------------------------------------------
@@ -104,6 +104,7 @@ pub(super) fn dns_include_ids() -> ProxyConfig {
         egress_ignored_ips: vec!["10.1.2.0/24".parse().unwrap()],
         egress_included_ips: Some(vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()]),
         proxy_dns_port: Some(15053),
+        ingress_fallback: IngressFallback::App,
         ..seed()
     }
 }
@@ -242,7 +243,6 @@ pub(super) fn arb_config() -> impl Strategy<Value = ProxyConfig> {
             ProxyConfig {
                 ignored_uids: ids(uids),
                 ignored_gids: ids(gids),
-                proxy_egress_port: egress,
                 ingress: ingress.map(|(proxy_port, app_ports)| Ingress { proxy_port, app_ports }),
                 egress_ignored_ports: ignored_ports,
                 egress_ignored_ips: normal(ips),
@@ -250,6 +250,7 @@ pub(super) fn arb_config() -> impl Strategy<Value = ProxyConfig> {
                 proxy_dns_port: dns,
                 implicit_exemptions: implicit,
                 ipv6,
+                ..ProxyConfig::new(egress)
             }
         })
 }

@@ -136,16 +136,12 @@ fn a_failed_validation_without_reasons_is_still_an_error() {
 fn configuration_without_task_definition() {
     // Flags only: nothing to lint, ingress off, implicit exemptions off, a long IP list.
     let config = ProxyConfig {
-        ignored_uids: Vec::new(),
         ignored_gids: vec![1337],
-        proxy_egress_port: 15001,
-        ingress: None,
         egress_ignored_ports: PortSet::from_ranges([PortRange { start: 8000, end: 8099 }]),
         egress_ignored_ips: (0..20u8).map(|i| format!("10.0.{i}.0/24").parse().unwrap()).collect(),
-        egress_included_ips: None,
-        proxy_dns_port: None,
         implicit_exemptions: false,
         ipv6: false,
+        ..ProxyConfig::new(15001)
     };
     let warnings = vec![Diagnostic::warning("--egress-ignored-ports", Some("8000-8099"), "more than 15 ports")];
     let report = CheckReport::new("flags", Ok(Validated { config, warnings }), true, None);

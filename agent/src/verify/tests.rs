@@ -5,15 +5,8 @@ use crate::plan::Format;
 fn config() -> ProxyConfig {
     ProxyConfig {
         ignored_uids: vec![1337],
-        ignored_gids: Vec::new(),
-        proxy_egress_port: 15001,
         ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
-        egress_ignored_ports: PortSet::new(),
-        egress_ignored_ips: Vec::new(),
-        egress_included_ips: None,
-        proxy_dns_port: None,
-        implicit_exemptions: true,
-        ipv6: true,
+        ..ProxyConfig::new(15001)
     }
 }
 

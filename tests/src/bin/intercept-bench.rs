@@ -1805,7 +1805,6 @@ fn measure_scale(ctx: &Context, host: &Privileged, plan: &Plan, tasks: usize, co
         bpffs: Some(ctx.bpffs.path().to_owned()),
         netns: NetnsTarget::Path(netns.path()),
         iptables_mode: None,
-        ingress_fallback_to_app: false,
     };
     let mut in_process = Vec::new();
     let last = others.len().checked_sub(1);
@@ -1855,18 +1854,14 @@ fn measure_scale(ctx: &Context, host: &Privileged, plan: &Plan, tasks: usize, co
 fn scale_proxy_config() -> ProxyConfig {
     ProxyConfig {
         ignored_uids: vec![PROXY_UID],
-        ignored_gids: vec![],
-        proxy_egress_port: PROXY.port(),
         ingress: Some(Ingress { proxy_port: 15000, app_ports: PortSet::from_ranges([PortRange::single(9080)]) }),
         egress_ignored_ports: PortSet::from_ranges([PortRange::single(22)]),
         egress_ignored_ips: vec![
             "169.254.170.2/32".parse().expect("a network"),
             "169.254.169.254/32".parse().expect("a network"),
         ],
-        egress_included_ips: None,
-        proxy_dns_port: None,
-        implicit_exemptions: true,
         ipv6: false,
+        ..ProxyConfig::new(PROXY.port())
     }
 }
 

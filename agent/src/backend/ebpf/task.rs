@@ -15,14 +15,23 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{ApplyOptions, Contents, Logs, Outcome, Program, Status, Target};
+use crate::backend::exec;
 use crate::backend::iptables::{self, Iptables, Mode};
-use crate::backend::{self, Backend, Change, Feature, IngressFallback, Kind, Requirements};
+use crate::backend::rules::Rules as _;
+use crate::backend::{self, Backend, Change, Feature, Kind, Requirements};
 use crate::cgroup;
 use crate::config::ProxyConfig;
 use crate::netns::{self, Netns};
 use crate::plan::iptables::{EGRESS_CHAIN, INGRESS_CHAIN};
 use crate::plan::{Format, ebpf::EbpfPlan};
 use crate::privileges::{DAC_READ_SEARCH_ADOPT, EBPF, SYS_PTRACE_ADOPT};
+
+/// The eBPF backend's options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// The bpffs directory for the pins (`--bpffs`); default [`super::DEFAULT_BPFFS`].
+    pub bpffs: Option<PathBuf>,
+}
 
 /// Where eBPF mode works: a cgroup and its pins for the programs, a network namespace for
 /// the local addresses and the `sk_lookup` program.
@@ -36,9 +45,6 @@ pub struct Request {
     /// `--iptables-mode`: for `remove`, to clean up the iptables ingress rules of an older
     /// install.
     pub iptables_mode: Option<Mode>,
-    /// `--ingress-fallback app`: while the proxy has no listener, inbound connections to
-    /// AppPorts go to the app (default: refused).
-    pub ingress_fallback_to_app: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -232,7 +238,7 @@ pub fn apply(request: &Request, config: &ProxyConfig, options: ApplyOptions) -> 
     let netns = Netns::open(request.netns.clone())?;
     let local_addresses = netns.run(super::local_addresses)??;
     let netns_fd = netns.fd().map_err(|source| Error::NetnsFd { target: request.netns.to_string(), source })?;
-    let plan = EbpfPlan::new(config).with_ingress_fallback_to_app(request.ingress_fallback_to_app);
+    let plan = EbpfPlan::new(config);
     let applied = super::apply(&target, &plan, &local_addresses, netns_fd.as_fd(), options)?;
     // The tasks that ended since: each new task's init container cleans up after them.
     let pruned = super::prune(&target.bpffs)?;
@@ -322,12 +328,12 @@ pub fn remove(request: &Request) -> Result<RemoveReport, Error> {
 fn remove_legacy_ingress(request: &Request) -> Result<Option<iptables::Report>, Error> {
     let iptables = match Iptables::open(request.netns.clone(), request.iptables_mode) {
         Ok(iptables) => iptables,
-        Err(iptables::Error::MissingProgram { .. }) => return Ok(None),
+        Err(iptables::Error::Run(exec::Error::MissingProgram { .. })) => return Ok(None),
         Err(iptables::Error::Netns(e)) => return Err(e.into()),
         Err(e) => return Err(Error::Ingress(e)),
     };
     let status = iptables.status(None).map_err(Error::Ingress)?;
-    let has = |chain: &str| status.families.iter().any(|f| f.chains.iter().any(|c| c.name == chain));
+    let has = |chain: &str| status.listing.families.iter().any(|f| f.chains.iter().any(|c| c.name == chain));
     if !has(INGRESS_CHAIN) || has(EGRESS_CHAIN) {
         return Ok(None);
     }
@@ -433,7 +439,7 @@ pub fn status(request: &Request, config: Option<&ProxyConfig>) -> Result<StatusR
             let mut matches = true;
             if let Some(status) = &ebpf {
                 let local = netns.run(super::local_addresses)??;
-                let plan = EbpfPlan::new(config).with_ingress_fallback_to_app(request.ingress_fallback_to_app);
+                let plan = EbpfPlan::new(config);
                 let want = Contents::desired(&plan, &local)?;
                 let drift = status.contents.drift(&want);
                 matches &= drift.is_empty();
@@ -516,10 +522,9 @@ impl Handle {
         Ok(Handle {
             request: Request {
                 cgroup,
-                bpffs: target.bpffs.clone(),
+                bpffs: target.options.ebpf.bpffs.clone(),
                 netns: target.netns.clone(),
-                iptables_mode: target.iptables_mode,
-                ingress_fallback_to_app: target.ingress_fallback == IngressFallback::App,
+                iptables_mode: target.options.iptables.mode,
             },
         })
     }

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 
+use super::Mode;
 use super::save::{RuleSpec, split_words};
-use super::{Error, Mode};
-use crate::backend::exec::{Call, Output, Runner};
+use crate::backend::exec::{Call, Error, Output, Runner};
 use crate::lock::{self, Locks, TempLocks};
 use crate::plan::iptables::{Family, IpSet};
 

@@ -7,49 +7,44 @@ use serde::Serialize;
 use super::Mode;
 use super::save;
 use super::sync::{Changes, Desired, DesiredState, Installed};
-use crate::backend::Counters;
+use crate::backend::rules::{self, ChangeDetail, RuleStatus, RulesChange};
 use crate::plan::iptables::{Family, IpSet};
 
-/// What an apply or remove did (or, for a dry run, would do).
+/// What an apply or remove of the iptables backend ran, or would run.
+pub type Report = RulesChange<Transactions>;
+
+/// The xtables variant, and the transactions run (or, for a dry run, that would run).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Report {
-    pub target: String,
+pub struct Transactions {
     pub mode: Mode,
     pub detection: String,
-    pub warnings: Vec<String>,
-    /// Something was changed. `false` when everything already was as it should be.
-    pub changed: bool,
-    pub dry_run: bool,
-    /// The transactions run (or, for a dry run, that would run).
     pub changes: Changes,
-    /// What is installed afterwards, in a few words.
-    pub installed: String,
 }
 
-impl Report {
-    /// For people; the warnings are not included (the CLI prints them to stderr).
-    pub fn render_text(&self, verb: &str) -> String {
+impl ChangeDetail for Transactions {
+    fn render_text(change: &Report, verb: &str) -> String {
+        let Transactions { mode, detection, changes } = &change.detail;
         let mut out = String::new();
-        let _ = writeln!(out, "{verb}: {} in the {} ({})", self.mode, self.target, self.detection);
-        if self.dry_run {
-            if self.changes.is_empty() {
+        let _ = writeln!(out, "{verb}: {} in the {} ({})", mode, change.target, detection);
+        if change.dry_run {
+            if changes.is_empty() {
                 out.push_str("dry run: nothing to change\n");
             }
             let steps = [
-                ("ipset restore", &self.changes.ipset_update),
-                ("iptables-restore --noflush (IPv4)", &self.changes.v4),
-                ("ip6tables-restore --noflush (IPv6)", &self.changes.v6),
-                ("ipset restore (after the rules)", &self.changes.ipset_cleanup),
+                ("ipset restore", &changes.ipset_update),
+                ("iptables-restore --noflush (IPv4)", &changes.v4),
+                ("ip6tables-restore --noflush (IPv6)", &changes.v6),
+                ("ipset restore (after the rules)", &changes.ipset_cleanup),
             ];
             for (what, input) in steps {
                 if let Some(input) = input {
                     let _ = write!(out, "\n# dry run: would run {what}\n{input}");
                 }
             }
-        } else if self.changed {
-            let _ = writeln!(out, "done: {}", self.installed);
+        } else if change.changed {
+            let _ = writeln!(out, "done: {}", change.installed);
         } else {
-            let _ = writeln!(out, "nothing to change: {}", self.installed);
+            let _ = writeln!(out, "nothing to change: {}", change.installed);
         }
         out
     }
@@ -73,45 +68,18 @@ pub(super) fn summary(desired: &DesiredState) -> String {
     if parts.is_empty() { "nothing of intercept's is installed".to_owned() } else { parts.join(", ") }
 }
 
-/// `intercept status`.
+/// What `intercept status` lists of the iptables backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Status {
-    pub target: String,
+pub struct Listing {
     pub mode: Mode,
     pub detection: String,
     pub families: Vec<FamilyStatus>,
     pub ipsets: Vec<SetStatus>,
-    /// intercept's egress chain and the jump to it are installed (IPv4).
-    pub installed: bool,
-    /// Whether what is installed is exactly what the configuration asks for; `None` when
-    /// no configuration was given.
-    pub matches: Option<bool>,
-    /// Why it is not installed or does not match, one sentence each.
-    pub reasons: Vec<String>,
-    pub warnings: Vec<String>,
-    /// An `apply` or `remove` began and did not finish (killed, or still running): what is
-    /// installed may be a mix of two configurations.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unfinished: Option<String>,
-    /// By decision, of the rules that are the configuration's (none without one).
-    #[serde(skip)]
-    pub counters: Counters,
-    /// With a configuration that has ingress: whether its rules are installed, and what was
-    /// seen.
-    #[serde(skip)]
-    pub ingress: Option<(bool, String)>,
 }
 
-impl Status {
-    /// See [`crate::backend::rules_exit_code`].
-    pub fn exit_code(&self) -> i32 {
-        crate::backend::rules_exit_code(self.installed, self.matches, self.unfinished.is_some())
-    }
-
-    /// For people; the warnings are not included (the CLI prints them to stderr).
-    pub fn render_text(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "intercept status: {} in the {} ({})", self.mode, self.target, self.detection);
+impl rules::Listing for Listing {
+    fn render_text(&self, target: &str, out: &mut String) {
+        let _ = writeln!(out, "{} in the {target} ({})", self.mode, self.detection);
         for family in &self.families {
             let label = family_label(family.family);
             if !family.readable {
@@ -122,27 +90,14 @@ impl Status {
                 let _ = writeln!(out, "\n{label}: nothing installed");
                 continue;
             }
-            let _ = writeln!(out, "\n{label}, nat table:\n{:>10} {:>12}  rule", "packets", "bytes");
-            for rule in family.jumps.iter().chain(family.chains.iter().flat_map(|c| &c.rules)) {
-                let _ = writeln!(out, "{:>10} {:>12}  {}", rule.packets, rule.bytes, rule.rule);
-            }
+            let _ = writeln!(out, "\n{label}, nat table:");
+            RuleStatus::push_table(out, family.jumps.iter().chain(family.chains.iter().flat_map(|c| &c.rules)));
         }
-        if !self.ipsets.is_empty() {
-            out.push_str("\nipsets\n");
-            for set in &self.ipsets {
-                let _ = writeln!(
-                    out,
-                    "  {} ({}, {} networks, maxelem {})",
-                    set.name,
-                    family_label(set.family),
-                    set.entries,
-                    set.maxelem
-                );
-            }
-        }
-        out.push('\n');
-        crate::backend::rules_verdict(&mut out, self.installed, self.matches, self.unfinished.is_some(), &self.reasons);
-        out
+        let ipsets = self.ipsets.iter().map(|set| {
+            let family = family_label(set.family);
+            format!("{} ({family}, {} networks, maxelem {})", set.name, set.entries, set.maxelem)
+        });
+        rules::push_section(out, "ipsets", ipsets);
     }
 }
 
@@ -188,13 +143,6 @@ impl FamilyStatus {
 pub struct ChainStatus {
     pub name: String,
     pub rules: Vec<RuleStatus>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RuleStatus {
-    pub rule: String,
-    pub packets: u64,
-    pub bytes: u64,
 }
 
 impl From<&save::SavedRule> for RuleStatus {

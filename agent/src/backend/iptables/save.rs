@@ -313,15 +313,8 @@ COMMIT
     fn plan_rules_and_saved_rules_compare_by_words() {
         let plan = crate::plan::IptablesPlan::new(&crate::config::ProxyConfig {
             ignored_uids: vec![1337],
-            ignored_gids: Vec::new(),
-            proxy_egress_port: 15001,
-            ingress: None,
-            egress_ignored_ports: crate::config::PortSet::new(),
-            egress_ignored_ips: Vec::new(),
-            egress_included_ips: None,
-            proxy_dns_port: None,
-            implicit_exemptions: true,
             ipv6: false,
+            ..crate::config::ProxyConfig::new(15001)
         });
         for rule in plan.v4.chains.iter().flat_map(|c| &c.rules).chain(&plan.v4.jumps) {
             let saved = parse_table(&format!("*nat\n{}\nCOMMIT\n", rule.render()), "nat").unwrap();

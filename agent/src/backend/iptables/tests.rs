@@ -86,7 +86,7 @@ fn applying_the_same_config_again_runs_nothing() {
 
     let again = backend.apply(&plan(&config), false).unwrap();
     assert!(!again.changed);
-    assert!(again.changes.is_empty(), "{:?}", again.changes);
+    assert!(again.detail.changes.is_empty(), "{:?}", again.detail.changes);
     assert_eq!(fake.transcript(), "", "no restore ran");
     assert_eq!((fake.table(Mode::Nft, Family::Ipv4), fake.table(Mode::Nft, Family::Ipv6), fake.sets()), tables);
     assert!(again.render_text("apply").contains("nothing to change"), "{}", again.render_text("apply"));
@@ -159,7 +159,7 @@ fn remove_deletes_jumps_and_chains_then_the_sets() {
 fn remove_on_a_namespace_without_intercept_does_nothing() {
     let fake = with_foreign_rules();
     let report = nft(&fake).remove(false).unwrap();
-    assert!(!report.changed && report.changes.is_empty());
+    assert!(!report.changed && report.detail.changes.is_empty());
     assert_eq!(fake.transcript(), "");
 }
 
@@ -238,15 +238,15 @@ fn a_changed_set_is_built_under_its_other_name_and_the_rules_switch_to_it() {
     let big = plan(&config);
     assert_eq!(big.ipsets[0].maxelem, 131_072);
     let report = backend.apply(&big, true).unwrap();
-    let update = report.changes.ipset_update.as_deref().unwrap();
+    let update = report.detail.changes.ipset_update.as_deref().unwrap();
     let lines: Vec<&str> = update.lines().collect();
     assert_eq!(
         lines[..2],
         ["destroy intercept-egress-v4-next", "create intercept-egress-v4-next hash:net family inet maxelem 131072"]
     );
     assert!(!update.contains("swap") && !update.contains("intercept-egress-v4 "), "the live set is left alone");
-    assert!(report.changes.v4.as_deref().unwrap().contains("--match-set intercept-egress-v4-next dst"));
-    assert_eq!(report.changes.ipset_cleanup.as_deref(), Some("destroy intercept-egress-v4\n"));
+    assert!(report.detail.changes.v4.as_deref().unwrap().contains("--match-set intercept-egress-v4-next dst"));
+    assert_eq!(report.detail.changes.ipset_cleanup.as_deref(), Some("destroy intercept-egress-v4\n"));
 
     backend.apply(&big, false).unwrap();
     let sets = fake.sets();
@@ -268,7 +268,7 @@ fn dry_run_computes_without_running() {
     let fake = Fake::new();
     let report = nft(&fake).apply(&plan(&seed()), true).unwrap();
     assert!(report.dry_run && !report.changed);
-    assert!(report.changes.v4.is_some() && report.changes.v6.is_some());
+    assert!(report.detail.changes.v4.is_some() && report.detail.changes.v6.is_some());
     assert_eq!(fake.transcript(), "");
     assert_eq!(fake.table(Mode::Nft, Family::Ipv4).chains, Vec::<String>::new());
     insta::assert_snapshot!(report.render_text("apply"));
@@ -287,7 +287,7 @@ fn without_ipv6_the_ipv6_half_is_skipped_with_a_warning() {
             "IPv6 rules skipped: IPv6 is disabled in the namespace (net.ipv6.conf.all.disable_ipv6 = 1); only IPv4 is intercepted"
         ]
     );
-    assert!(report.changes.v4.is_some() && report.changes.v6.is_none());
+    assert!(report.detail.changes.v4.is_some() && report.detail.changes.v6.is_none());
     assert_eq!(fake.table(Mode::Nft, Family::Ipv6).rules, Vec::new());
 
     // No /proc/sys/net/ipv6 at all, and no ip6tables: still only a warning.

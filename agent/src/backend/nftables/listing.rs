@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::backend::counters::{self, Counters};
+use crate::backend::rules::RuleStatus;
 use crate::plan::nftables::{EGRESS_CHAIN, NAT_PRIORITY, NftablesPlan, OUTPUT_CHAIN, SECOND_NAME_SUFFIX};
 
 /// The objects of an `nft -j` listing.
@@ -34,19 +35,12 @@ pub struct InstalledHook {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InstalledRule {
-    /// The rule in the plan's syntax (see [`crate::plan::nftables::Rule::render`]), the
-    /// counter without its values; statements the plan never writes appear as nft's JSON.
-    pub rule: String,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InstalledChain {
     pub name: String,
     pub hook: Option<InstalledHook>,
-    pub rules: Vec<InstalledRule>,
+    /// Each in the plan's syntax (see [`crate::plan::nftables::Rule::render`]), the counter
+    /// without its values; statements the plan never writes appear as nft's JSON.
+    pub rules: Vec<RuleStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -323,7 +317,7 @@ pub(super) fn count(n: usize, what: &str) -> String {
 }
 
 /// A listed rule in the plan's syntax, and its counter.
-fn parse_rule(rule: &Value) -> InstalledRule {
+fn parse_rule(rule: &Value) -> RuleStatus {
     let mut words = Vec::new();
     let (mut packets, mut bytes) = (0, 0);
     for statement in rule.get("expr").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
@@ -340,7 +334,7 @@ fn parse_rule(rule: &Value) -> InstalledRule {
     if let Some(comment) = rule.get("comment").and_then(Value::as_str) {
         let _ = write!(text, " comment \"{comment}\"");
     }
-    InstalledRule { rule: text, packets, bytes }
+    RuleStatus { rule: text, packets, bytes }
 }
 
 /// The statements the plan writes, as nft's text syntax; `None` for anything else.

@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::backend::exec::{Call, Output, Runner};
+use crate::backend::exec::{self, Call, Output, Runner};
 use crate::config::{Ingress, PortRange, PortSet, ProxyConfig};
 use crate::lock::{self, Locks, TempLocks};
 use crate::plan::Format;
@@ -171,7 +171,7 @@ fn ok(stdout: String) -> Output {
 }
 
 impl Runner for &FakeNft {
-    fn run(&self, call: &Call) -> Result<Output, iptables::Error> {
+    fn run(&self, call: &Call) -> Result<Output, exec::Error> {
         self.calls.borrow_mut().push(call.clone());
         assert_eq!(call.program, "nft");
         let args: Vec<&str> = call.args.iter().map(String::as_str).collect();
@@ -212,7 +212,7 @@ impl Runner for &FakeNft {
         })
     }
 
-    fn read_sysctl(&self, path: &str) -> Result<Option<String>, iptables::Error> {
+    fn read_sysctl(&self, path: &str) -> Result<Option<String>, exec::Error> {
         panic!("the nftables backend reads no sysctl ({path})")
     }
 
@@ -224,7 +224,7 @@ impl Runner for &FakeNft {
         self.locks.locks()
     }
 
-    fn lock_key(&self) -> Result<lock::Key, iptables::Error> {
+    fn lock_key(&self) -> Result<lock::Key, exec::Error> {
         Ok(lock::Key::netns(0, 1, "fake network namespace"))
     }
 }
@@ -430,7 +430,7 @@ fn apply_installs_once_then_has_nothing_to_do() {
     let backend = Nftables::new(&fake);
     let report = backend.apply(&plan, false).unwrap();
     assert!(report.changed && !report.dry_run);
-    assert_eq!(report.reasons, ["table inet intercept is not installed"]);
+    assert_eq!(report.detail.reasons, ["table inet intercept is not installed"]);
     // The table and its sets, then the rules: no rule ever matches on a set filled in its own
     // transaction.
     let names = SetNames::default();
@@ -438,13 +438,16 @@ fn apply_installs_once_then_has_nothing_to_do() {
     let steps = [plan.sets_script(&names, &all, &[], true), plan.rules_script(&names, &[], &[])];
     assert_eq!(fake.scripts_run(), steps);
     assert!(steps[0].contains("comment \"intercept: ") && !steps[0].contains("chain "), "{}", steps[0]);
-    assert_eq!(report.script, Some(format!("{}\n# then, in a second nft -f - transaction:\n{}", steps[0], steps[1])));
+    assert_eq!(
+        report.detail.script,
+        Some(format!("{}\n# then, in a second nft -f - transaction:\n{}", steps[0], steps[1]))
+    );
     assert!(report.render_text("apply").ends_with(
         "done: table inet intercept: 4 chains, 7 rules, sets ignored_ports (1), ignored_v4 (2), app_ports (1)\n"
     ));
 
     let again = backend.apply(&plan, false).unwrap();
-    assert!(!again.changed && again.script.is_none() && again.reasons.is_empty());
+    assert!(!again.changed && again.detail.script.is_none() && again.detail.reasons.is_empty());
     assert_eq!(fake.scripts_run().len(), 2, "the second apply runs nothing");
     assert!(again.render_text("apply").contains("nothing to change"));
 }
@@ -456,8 +459,10 @@ fn apply_builds_changed_sets_under_their_other_name_then_switches_the_rules_to_t
     let backend = Nftables::new(&fake);
     let report = backend.apply(&other_plan, false).unwrap();
     assert!(report.changed);
-    assert!(report.reasons.iter().any(|r| r.starts_with("set ignored_ports: 1 planned element missing (3000-3010)")));
-    assert!(report.reasons.iter().any(|r| r == "chain prerouting is not in the plan"));
+    assert!(
+        report.detail.reasons.iter().any(|r| r.starts_with("set ignored_ports: 1 planned element missing (3000-3010)"))
+    );
+    assert!(report.detail.reasons.iter().any(|r| r == "chain prerouting is not in the plan"));
     // The changed sets under their second names, then every rule replaced (never the table
     // removed first); the old sets and the ingress chains go with the rules.
     let scripts = fake.scripts_run();
@@ -472,7 +477,7 @@ fn apply_builds_changed_sets_under_their_other_name_then_switches_the_rules_to_t
     let installed = Installed::parse(fake.table.borrow().as_deref().unwrap()).unwrap();
     assert!(installed.sets.iter().any(|s| s.name == "ignored_ports_next"));
     assert_eq!(installed.drift(&other_plan), Vec::<String>::new(), "the second names are the plan's sets");
-    assert!(backend.apply(&other_plan, false).unwrap().script.is_none());
+    assert!(backend.apply(&other_plan, false).unwrap().detail.script.is_none());
     assert!(!backend.read().unwrap().unwrap().drift(&seed_plan).is_empty());
 }
 
@@ -484,15 +489,15 @@ fn dry_run_says_what_would_run_and_runs_nothing() {
     assert!(!report.changed && report.dry_run);
     assert!(fake.scripts_run().is_empty());
     let text = report.render_text("apply");
-    let script = report.script.clone().unwrap();
+    let script = report.detail.script.clone().unwrap();
     assert!(script.contains("\n# then, in a second nft -f - transaction:\n"), "{script}");
     assert!(text.contains(&format!("# dry run: would run nft -f -\n{script}")), "{text}");
-    let json: Value = serde_json::from_str(&report.render("apply", Format::Json)).unwrap();
+    let json: Value = serde_json::from_str(&crate::plan::to_json(&report)).unwrap();
     assert_eq!(json["script"], script);
 
     let fake = FakeNft::with_table(SEED_LISTING);
     let report = Nftables::new(&fake).remove(true).unwrap();
-    assert_eq!(report.script.as_deref(), Some(REMOVE_SCRIPT));
+    assert_eq!(report.detail.script.as_deref(), Some(REMOVE_SCRIPT));
     assert!(fake.scripts_run().is_empty() && fake.table.borrow().is_some());
 }
 
@@ -505,7 +510,7 @@ fn remove_deletes_the_table_and_then_has_nothing_to_do() {
     assert_eq!(fake.scripts_run(), [REMOVE_SCRIPT]);
     assert!(fake.table.borrow().is_none());
     let again = backend.remove(false).unwrap();
-    assert!(!again.changed && again.script.is_none());
+    assert!(!again.changed && again.detail.script.is_none());
     assert_eq!(fake.scripts_run().len(), 1);
     assert!(again.render_text("remove").contains("nothing to change: nothing of intercept's is installed"));
 }
@@ -528,7 +533,7 @@ fn a_refused_transaction_changes_nothing_and_says_so() {
 
 #[test]
 fn a_missing_nft_names_the_package() {
-    let err = Error::from(iptables::Error::MissingProgram { program: "nft".into(), package: "iptables" });
+    let err = Error::from(exec::Error::MissingProgram { program: "nft".into(), package: "iptables" });
     assert!(err.to_string().contains("install the `nftables` package"), "{err}");
 }
 
@@ -550,7 +555,7 @@ fn status_shows_counters_and_drift() {
 
     let status = backend.status(None).unwrap();
     assert_eq!((status.matches, status.exit_code()), (None, 0));
-    let json: Value = serde_json::from_str(&status.render(Format::Json)).unwrap();
+    let json: Value = serde_json::from_str(&crate::backend::Report::render(&status, Format::Json)).unwrap();
     assert_eq!(json["table"]["chains"][0]["rules"][0]["packets"], 4);
     assert_eq!(json["table"]["sets"][1]["elements"], json!(["169.254.169.254", "169.254.170.2"]));
     assert!(fake.scripts_run().is_empty(), "status changes nothing");

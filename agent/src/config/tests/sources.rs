@@ -7,7 +7,8 @@ use clap::Parser;
 use super::*;
 use crate::config::source::MAX_INPUT_BYTES;
 use crate::config::{
-    ConfigArgs, Input, Origin, ProxyType, RawProperty, Severity, Source, from_env, parse_task_definition,
+    ConfigArgs, IngressFallback, Input, Origin, ProxyType, RawProperty, Severity, Source, from_env,
+    parse_task_definition,
 };
 
 use crate::testdata::{EXAMPLES, example_path, example_text as example};
@@ -433,6 +434,15 @@ fn environment_table() {
                  are never redirected)",
             )]),
         ),
+        // IngressFallback: refuse unless given, `app` by name only.
+        (env_with(&[]), Ok(|c| c.ingress_fallback == IngressFallback::Refuse)),
+        (env_with(&[("APPMESH_INGRESS_FALLBACK", "app")]), Ok(|c| c.ingress_fallback == IngressFallback::App)),
+        (env_with(&[("APPMESH_INGRESS_FALLBACK", "refuse")]), Ok(|c| c.ingress_fallback == IngressFallback::Refuse)),
+        (env_with(&[("APPMESH_INGRESS_FALLBACK", " ")]), Ok(|c| c.ingress_fallback == IngressFallback::Refuse)),
+        (
+            env_with(&[("APPMESH_INGRESS_FALLBACK", "1")]),
+            Err(vec![e("APPMESH_INGRESS_FALLBACK", "1", "invalid ingress fallback: must be refuse or app")]),
+        ),
         // Every problem at once, the bad IPv6 setting first.
         (
             env_with(&[("APPMESH_ENABLE_IPV6", "2"), ("APPMESH_IGNORE_UID", "x"), ("APPMESH_APP_PORTS", "0")]),
@@ -529,6 +539,8 @@ fn flag_values_are_validated_like_file_values() {
         "10.0.0.0/8,x",
         "--ipv6",
         "maybe",
+        "--ingress-fallback",
+        "drop",
     ];
     let result = validate(&read(&argv, b"").unwrap().raw);
     assert_eq!(
@@ -538,6 +550,7 @@ fn flag_values_are_validated_like_file_values() {
             r#"error: --egress-ignored-ips = "10.0.0.0/8,x": invalid IP or CIDR block [x] specified: expected an IPv4 or IPv6 address, or a CIDR block such as 10.0.0.0/8"#,
             r#"error: --ignored-uid = "-1": invalid id: must be a decimal number from 0 to 4294967295"#,
             r#"error: --proxy-egress-port = "70000": invalid port: must be a decimal number from 1 to 65535"#,
+            r#"error: --ingress-fallback = "drop": invalid ingress fallback: must be refuse or app"#,
         ]
     );
 }

@@ -4,6 +4,7 @@ use super::*;
 use crate::config::{Diagnostic, Property, Severity};
 
 const BAD_PORT: &str = "invalid port: must be a decimal number from 1 to 65535";
+const FALLBACK: &str = "invalid ingress fallback: must be refuse or app";
 const BAD_ID: &str = "invalid id: must be a decimal number from 0 to 4294967295";
 const MISSING_IDS: &str = "error: IgnoredUID / IgnoredGID: missing: at least one of IgnoredUID and IgnoredGID is \
     required (the proxy runs as that user or group, and its own traffic must not be redirected back to it)";
@@ -110,6 +111,16 @@ fn bad_cases() -> Vec<Case<'static>> {
                 ),
             ],
         ),
+        // IngressFallback (an extension)
+        (
+            &[("IngressFallback", Some("App"))],
+            vec![w("IngressFallback", "App", &extension("IngressFallback")), e("IngressFallback", "App", FALLBACK)],
+        ),
+        (
+            &[("IngressFallback", Some("drop"))],
+            vec![w("IngressFallback", "drop", &extension("IngressFallback")), e("IngressFallback", "drop", FALLBACK)],
+        ),
+        (&[("IngressFallback", Some("app"))], vec![w("IngressFallback", "app", &extension("IngressFallback"))]),
         // EgressIncludedIPs (an extension)
         (
             &[("EgressIncludedIPs", Some("10.0.0.0/33"))],
@@ -297,7 +308,8 @@ fn bad_cases() -> Vec<Case<'static>> {
                 "Foo",
                 "1",
                 "unknown property (at properties[6]): the properties are IgnoredUID, IgnoredGID, ProxyIngressPort, \
-                 ProxyEgressPort, AppPorts, EgressIgnoredIPs, EgressIgnoredPorts, ProxyDNSPort, EgressIncludedIPs",
+                 ProxyEgressPort, AppPorts, EgressIgnoredIPs, EgressIgnoredPorts, ProxyDNSPort, EgressIncludedIPs, \
+                 IngressFallback",
             )],
         ),
         (
@@ -306,7 +318,8 @@ fn bad_cases() -> Vec<Case<'static>> {
                 "properties[6]",
                 "1",
                 "unknown property (at properties[6]): the properties are IgnoredUID, IgnoredGID, ProxyIngressPort, \
-                 ProxyEgressPort, AppPorts, EgressIgnoredIPs, EgressIgnoredPorts, ProxyDNSPort, EgressIncludedIPs",
+                 ProxyEgressPort, AppPorts, EgressIgnoredIPs, EgressIgnoredPorts, ProxyDNSPort, EgressIncludedIPs, \
+                 IngressFallback",
             )],
         ),
         // Warnings: accepted, but worth knowing.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::IngressFallback;
 use crate::daemon::spec::tests::PROXY;
 
 const ARN: &str = "arn:aws:ecs:us-west-2:123456789012:task/prod/0123456789abcdef";
@@ -68,6 +69,39 @@ fn without_the_label_the_proxys_appmesh_environment_is_read_and_the_default_back
         (spec.backend, spec.config.ignored_uids.first().copied(), spec.config.proxy_egress_port),
         (Kind::Nftables, Some(1337), 15001)
     );
+}
+
+/// IngressFallback travels with the rest of the configuration: a property of the label's
+/// proxyConfiguration, or the proxy's APPMESH_INGRESS_FALLBACK; a bad value is named.
+#[test]
+fn the_ingress_fallback_comes_with_the_configuration() {
+    let with = |value: &str| PROXY.replace("]}", &format!(r#", {{"name": "IngressFallback", "value": "{value}"}}]}}"#));
+    let cases: [(DockerTask, Result<IngressFallback, &str>); 5] = [
+        (awsvpc(&[(PROXY_CONFIGURATION, PROXY)], &[]), Ok(IngressFallback::Refuse)),
+        (awsvpc(&[(PROXY_CONFIGURATION, &with("app"))], &[]), Ok(IngressFallback::App)),
+        (
+            awsvpc(
+                &[],
+                &["APPMESH_IGNORE_UID=1337", "APPMESH_ENVOY_EGRESS_PORT=15001", "APPMESH_INGRESS_FALLBACK=app"],
+            ),
+            Ok(IngressFallback::App),
+        ),
+        (
+            awsvpc(&[(PROXY_CONFIGURATION, &with("to-app"))], &[]),
+            Err(r#"IngressFallback = "to-app": invalid ingress fallback"#),
+        ),
+        (
+            awsvpc(&[], &["APPMESH_IGNORE_UID=1337", "APPMESH_ENVOY_EGRESS_PORT=15001", "APPMESH_INGRESS_FALLBACK=on"]),
+            Err(r#"APPMESH_INGRESS_FALLBACK = "on": invalid ingress fallback: must be refuse or app"#),
+        ),
+    ];
+    for (task, want) in cases {
+        match (spec_of(&task, &[], Kind::Ebpf), want) {
+            (Ok(Some(spec)), Ok(want)) => assert_eq!(spec.config.ingress_fallback, want),
+            (Err(problem), Err(want)) => assert!(problem.contains(want), "{problem}"),
+            (got, want) => panic!("{got:?}, wanted {want:?}"),
+        }
+    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 use std::fmt::Write as _;
 
 use super::*;
-use crate::config::{PortSet, ProxyConfig};
+use crate::config::ProxyConfig;
 
 fn spec(id: &str, backend: Kind, egress: u16) -> TaskSpec {
     TaskSpec {
@@ -9,18 +9,7 @@ fn spec(id: &str, backend: Kind, egress: u16) -> TaskSpec {
         cgroup: format!("/ecs/{id}"),
         netns: Some(PathBuf::from(format!("/run/netns/{id}"))),
         backend,
-        config: ProxyConfig {
-            ignored_uids: vec![1337],
-            ignored_gids: Vec::new(),
-            proxy_egress_port: egress,
-            ingress: None,
-            egress_ignored_ports: PortSet::new(),
-            egress_ignored_ips: Vec::new(),
-            egress_included_ips: None,
-            proxy_dns_port: None,
-            implicit_exemptions: true,
-            ipv6: true,
-        },
+        config: ProxyConfig { ignored_uids: vec![1337], ..ProxyConfig::new(egress) },
         install_when: None,
         proxy_admin_url: crate::readiness::DEFAULT_ADMIN_URL.into(),
         source: Source::File,

@@ -1,6 +1,7 @@
 //! The fuzz target's body (`fuzz/fuzz_targets/config.rs`), kept in the library so that the
 //! unit tests replay the committed seed corpus through exactly the same code without
-//! cargo-fuzz.
+//! cargo-fuzz. It sits above `config` because it drives what is built on it (lint, the check
+//! report, every backend's plan): `config` itself knows none of them.
 //!
 //! One input is fed to every reader intercept has, as the binary would: a task definition and
 //! a bare proxyConfiguration on stdin (size limit, UTF-8, JSON, JSON types), the same bytes as
@@ -15,8 +16,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::{ConfigArgs, ConfigErrors, Input, Validated, validate};
 use crate::backend::Kind;
+use crate::config::{ConfigArgs, ConfigErrors, Input, Validated, validate};
 use crate::plan::Format;
 use crate::report::CheckReport;
 
@@ -93,4 +94,28 @@ fn validate_and_plan(input: &Result<Input, ConfigErrors>) {
 
 fn assert_has_errors(errors: &ConfigErrors) {
     assert!(errors.errors().count() > 0, "an Err without an error: {errors:?}");
+}
+
+#[cfg(test)]
+mod tests {
+    /// The seed corpus `cargo xtask fuzz` starts from (its list is in xtask/src/fuzz.rs), replayed
+    /// through the fuzz target's body, so CI runs every seed without cargo-fuzz.
+    #[test]
+    fn the_fuzz_seed_corpus_replays() {
+        fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+                let path = entry.unwrap().path();
+                if path.is_dir() { files(&path, out) } else { out.push(path) }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut seeds = Vec::new();
+        for dir in ["fuzz/seeds", "examples", "tests/bad-input"] {
+            files(&root.join(dir), &mut seeds);
+        }
+        assert!(seeds.len() > 100, "{} seeds", seeds.len());
+        for seed in seeds {
+            super::one_input(&std::fs::read(&seed).unwrap());
+        }
+    }
 }
