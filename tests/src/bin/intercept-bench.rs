@@ -12,7 +12,10 @@
 //! - at every size of the ignored-IP list (none of which matches, so every connection is
 //!   redirected): short connections (connect, the proxy accepts, reads `SO_ORIGINAL_DST` and
 //!   closes) for connections/s and p50/p99 latency, then one bulk stream app → proxy for
-//!   bytes/s; `apply` and `remove` times, and `apply`'s peak RSS (`wait4`'s `ru_maxrss`).
+//!   bytes/s; `apply` and `remove` times, and `apply`'s peak RSS (`wait4`'s `ru_maxrss`);
+//! - for the eBPF variants, the programs' kernel time per connection: a pass of short
+//!   connections of its own with the kernel's run-time statistics on (`BPF_ENABLE_STATS`, held
+//!   only for that pass), each program's run time and run count over the connections made.
 //!
 //! Variants are interleaved: at each size, every repetition runs each variant once, in an
 //! order rotated by one per repetition, so drift of the machine spreads over all of them.
@@ -30,7 +33,7 @@
 //! IgnoredUID 1337, the app as 1000) before they run, both pinned to one CPU: see [`BENCH_CPU`].
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     env,
     fmt::Write as _,
     fs::{self, File},
@@ -57,6 +60,7 @@ use aya::{
         links::{FdLink, PinnedLink},
         loaded_programs,
     },
+    sys::{Stats, enable_stats},
 };
 use intercept::{
     backend::ebpf::{
@@ -583,6 +587,8 @@ struct Plan {
     short: Duration,
     bulk: Duration,
     warmup: Duration,
+    /// The eBPF variants' pass with the kernel's run-time statistics on.
+    stats: Duration,
 }
 
 impl Plan {
@@ -595,6 +601,7 @@ impl Plan {
                 short: Duration::from_millis(1000),
                 bulk: Duration::from_millis(400),
                 warmup: Duration::from_millis(200),
+                stats: Duration::from_millis(500),
             }
         } else {
             Plan {
@@ -604,6 +611,7 @@ impl Plan {
                 short: Duration::from_millis(1500),
                 bulk: Duration::from_millis(600),
                 warmup: Duration::from_millis(300),
+                stats: Duration::from_millis(1000),
             }
         }
     }
@@ -624,6 +632,15 @@ struct Sample {
     /// The installing command: wall time and peak RSS (KiB).
     apply: Option<(Duration, u64)>,
     remove: Option<Duration>,
+    /// The eBPF programs' kernel time per connection, by program (eBPF variants only).
+    kernel: BTreeMap<String, ProgramTime>,
+}
+
+/// One eBPF program's work per connection: kernel time (ns) and runs.
+#[derive(Debug, Clone, Copy, Default)]
+struct ProgramTime {
+    ns: f64,
+    runs: f64,
 }
 
 impl Sample {
@@ -810,8 +827,11 @@ fn measure(ctx: &Context, plan: &Plan, variant: Variant, size: usize, rep: usize
     let installed = Installed { ctx, variant, netns: task, removed: false };
     let apply = installed.apply(inputs)?;
     let target = if variant == Variant::None { PROXY } else { DESTINATION };
-    let short = run_client(ctx, plan, task, "short", target, plan.short)?;
-    let bulk = run_client(ctx, plan, task, "bulk", target, plan.bulk)?;
+    let short = run_client(ctx, task, "short", target, plan.short, plan.warmup)?;
+    let bulk = run_client(ctx, task, "bulk", target, plan.bulk, Duration::ZERO)?;
+    // After the rates, never during them: the statistics cost two clock reads per run.
+    let kernel =
+        if variant.backend() == Some("ebpf") { program_time(ctx, plan, task, target)? } else { BTreeMap::new() };
     let counts = proxy.finish()?;
     let remove = installed.remove()?;
     let (conns, conn_secs, p50_ns, p99_ns) =
@@ -829,7 +849,53 @@ fn measure(ctx: &Context, plan: &Plan, variant: Variant, size: usize, rep: usize
             "not every connection was redirected with its original destination ({conns} measured): {counts}"
         );
     }
-    Ok(Sample { size, variant, rep, conns, conn_secs, p50_ns, p99_ns, bulk_bytes, bulk_secs, apply, remove })
+    Ok(Sample { size, variant, rep, conns, conn_secs, p50_ns, p99_ns, bulk_bytes, bulk_secs, apply, remove, kernel })
+}
+
+/// The kernel time and runs per connection of each program of the installation under
+/// `ctx.bpffs`: short connections for [`Plan::stats`] with the kernel's run-time statistics on
+/// (`BPF_ENABLE_STATS`: on while its descriptor is open, so only for this pass, unlike the
+/// `kernel.bpf_stats_enabled` sysctl), without a warm-up, so that every connection the programs
+/// saw is counted; each program's run time and run count over that pass, divided by the
+/// connections made. Every connection of the pass is redirected ([`measure`] checks that the
+/// proxy saw each one's original destination).
+fn program_time(
+    ctx: &Context,
+    plan: &Plan,
+    task: &Netns,
+    target: SocketAddrV4,
+) -> Result<BTreeMap<String, ProgramTime>> {
+    let _stats = enable_stats(Stats::RunTime).context("BPF_ENABLE_STATS (kernel 5.8 or later, CAP_SYS_ADMIN)")?;
+    let before = program_stats(ctx.bpffs.path())?;
+    let short = run_client(ctx, task, "short", target, plan.stats, Duration::ZERO)?;
+    let after = program_stats(ctx.bpffs.path())?;
+    let conns: u64 = field(&short, "count")?;
+    ensure!(conns > 0, "the statistics pass made no connection: {short}");
+    Ok(after
+        .into_iter()
+        .map(|(name, (ns, runs))| {
+            let (ns0, runs0) = before.get(&name).copied().unwrap_or_default();
+            let per = |now: u64, then: u64| now.saturating_sub(then) as f64 / conns as f64;
+            (name, ProgramTime { ns: per(ns, ns0), runs: per(runs, runs0) })
+        })
+        .collect())
+}
+
+/// Each program linked under `bpffs` (by its `link-*` pins): its kernel run time (ns) and run
+/// count so far, by name.
+fn program_stats(bpffs: &Path) -> Result<BTreeMap<String, (u64, u64)>> {
+    let ids = linked_programs(bpffs)?;
+    let mut stats = BTreeMap::new();
+    for info in loaded_programs() {
+        let info = info?;
+        if ids.contains(&info.id()) {
+            let name = info.name_as_str().unwrap_or("?").to_owned();
+            let entry = stats.entry(name).or_insert((0, 0));
+            entry.0 += u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+            entry.1 += info.run_count();
+        }
+    }
+    Ok(stats)
 }
 
 fn field<T: std::str::FromStr>(line: &str, name: &str) -> Result<T> {
@@ -1006,14 +1072,13 @@ impl Drop for Proxy {
 /// its result line.
 fn run_client(
     ctx: &Context,
-    plan: &Plan,
     task: &Netns,
     mode: &str,
     target: SocketAddrV4,
     secs: Duration,
+    warmup: Duration,
 ) -> Result<String> {
     let mut command = ctx.cgroup.command(&ctx.me);
-    let warmup = if mode == "short" { plan.warmup } else { Duration::ZERO };
     command.args([
         "client",
         mode,
@@ -1207,12 +1272,15 @@ struct Results {
     reps: usize,
     short: Duration,
     bulk: Duration,
+    stats: Duration,
     table: BTreeMap<(usize, Variant), Summary>,
+    /// The eBPF variants' programs' kernel time per connection: medians by program.
+    kernel: BTreeMap<(usize, Variant), BTreeMap<String, ProgramTime>>,
 }
 
 impl Results {
     fn new(plan: &Plan, samples: &[Sample]) -> Results {
-        let mut table = BTreeMap::new();
+        let (mut table, mut kernel) = (BTreeMap::new(), BTreeMap::new());
         for &size in &plan.sizes {
             for variant in Variant::ALL {
                 let of: Vec<&Sample> = samples.iter().filter(|s| s.size == size && s.variant == variant).collect();
@@ -1231,6 +1299,19 @@ impl Results {
                     rss_mib: of.iter().filter_map(|s| s.apply.map(|(_, kib)| kib as f64 / 1024.0)).reduce(f64::max),
                 };
                 table.insert((size, variant), summary);
+                let programs: BTreeSet<&String> = of.iter().flat_map(|s| s.kernel.keys()).collect();
+                let times: BTreeMap<String, ProgramTime> = programs
+                    .into_iter()
+                    .map(|name| {
+                        let of_program = |f: fn(&ProgramTime) -> f64| {
+                            median(of.iter().filter_map(|s| s.kernel.get(name).map(f)).collect())
+                        };
+                        (name.clone(), ProgramTime { ns: of_program(|t| t.ns), runs: of_program(|t| t.runs) })
+                    })
+                    .collect();
+                if !times.is_empty() {
+                    kernel.insert((size, variant), times);
+                }
             }
         }
         Results {
@@ -1239,7 +1320,9 @@ impl Results {
             reps: plan.reps,
             short: plan.short,
             bulk: plan.bulk,
+            stats: plan.stats,
             table,
+            kernel,
         }
     }
 
@@ -1339,6 +1422,8 @@ impl Results {
     fn summary(&self) -> String {
         let mut out = self.rate_table();
         out.push('\n');
+        out.push_str(&self.kernel_table());
+        out.push('\n');
         for (target, measured, met) in self.targets() {
             let _ = writeln!(out, "{} {target}: {measured}", if met { "met   " } else { "MISSED" });
         }
@@ -1396,6 +1481,33 @@ impl Results {
                 let _ = write!(out, " {:.2} ({:.3}) |", s.bulk / 1e9, self.ratio(size, variant, |s| s.bulk));
             }
             out.push('\n');
+        }
+        out
+    }
+
+    /// Per eBPF variant and size: each program's kernel time per connection (ns) and runs per
+    /// connection, and their total.
+    fn kernel_table(&self) -> String {
+        let programs: BTreeSet<&String> = self.kernel.values().flat_map(BTreeMap::keys).collect();
+        let mut out = String::from("| variant | ignored IPs |");
+        let mut rule = String::from("|---|---:|");
+        for program in &programs {
+            let _ = write!(out, " {program} |");
+            rule.push_str("---:|");
+        }
+        let _ = writeln!(out, " total |\n{rule}---:|");
+        for ((size, variant), times) in &self.kernel {
+            let _ = write!(out, "| {} | {} |", variant.name(), thousands(*size));
+            for program in &programs {
+                match times.get(*program) {
+                    Some(t) => {
+                        let _ = write!(out, " {:.0} ns ({:.1}) |", t.ns, t.runs);
+                    }
+                    None => out.push_str(" – |"),
+                }
+            }
+            let (ns, runs) = times.values().fold((0.0, 0.0), |(ns, runs), t| (ns + t.ns, runs + t.runs));
+            let _ = writeln!(out, " {ns:.0} ns ({runs:.1}) |");
         }
         out
     }
@@ -1493,11 +1605,18 @@ impl Results {
              ## Latency of one connection\n\np50 / p99 in µs.\n\n{}\n\
              ## Bulk stream\n\nGB/s (10⁹ bytes/s), and the ratio to no interception.\n\n{}\n\
              ## apply, remove, peak RSS\n\napply ms / remove ms / peak RSS MiB of the installing command \
-             (for the reference rules: `iptables-nft-restore`).\n\n{}",
+             (for the reference rules: `iptables-nft-restore`).\n\n{}\n\
+             ## The programs' kernel time per connection\n\nFor the eBPF variants, after the rates: {:.1} s of \
+             short connections with the kernel's run-time statistics on (`BPF_ENABLE_STATS`, only for that \
+             pass), each program's run time over the connections made, in ns, and in brackets its runs \
+             per connection (medians over the repetitions). Every connection is redirected. A CPU-time \
+             figure: steadier on a shared machine than a rate.\n\n{}",
             self.rate_table(),
             self.latency_table(),
             self.bulk_table(),
-            self.install_table()
+            self.install_table(),
+            self.stats.as_secs_f64(),
+            self.kernel_table()
         );
         out.push('\n');
         out.push_str(NOTES_MARKER);
@@ -1615,12 +1734,18 @@ fn nice_step(raw: f64) -> f64 {
 fn csv(samples: &[Sample]) -> String {
     let mut out = String::from(
         "ignored_ips,variant,repetition,connections,seconds,connections_per_s,p50_us,p99_us,bulk_bytes,bulk_seconds,\
-         apply_ms,apply_peak_rss_kib,remove_ms\n",
+         apply_ms,apply_peak_rss_kib,remove_ms,ebpf_kernel_ns_per_connection,ebpf_runs_per_connection\n",
     );
     for s in samples {
+        let kernel = (!s.kernel.is_empty()).then(|| {
+            let ns: f64 = s.kernel.values().map(|t| t.ns).sum();
+            let runs: f64 = s.kernel.values().map(|t| t.runs).sum();
+            (format!("{ns:.0}"), format!("{runs:.2}"))
+        });
+        let (kernel_ns, kernel_runs) = kernel.unwrap_or_default();
         let _ = writeln!(
             out,
-            "{},{},{},{},{:.4},{:.1},{:.2},{:.2},{},{:.4},{},{},{}",
+            "{},{},{},{},{:.4},{:.1},{:.2},{:.2},{},{:.4},{},{},{},{kernel_ns},{kernel_runs}",
             s.size,
             s.variant.key(),
             s.rep + 1,
@@ -1829,13 +1954,13 @@ fn measure_scale(ctx: &Context, host: &Privileged, plan: &Plan, tasks: usize, co
     let (mut rates, mut rates_none) = (Vec::new(), Vec::new());
     for _ in 0..SCALE_REPETITIONS {
         let mut proxy = Proxy::spawn(ctx, task)?;
-        let short = run_client(ctx, plan, task, "short", DESTINATION, plan.short)?;
+        let short = run_client(ctx, task, "short", DESTINATION, plan.short, plan.warmup)?;
         let counts = proxy.finish()?;
         ensure!(field::<u64>(&counts, "missing")? == 0, "the proxy missed original destinations: {counts}");
         rates.push(field::<f64>(&short, "count")? / field::<f64>(&short, "secs")?);
         let reference_task = &reference_topology.task;
         let mut proxy = Proxy::spawn(&reference, reference_task)?;
-        let short = run_client(&reference, plan, reference_task, "short", PROXY, plan.short)?;
+        let short = run_client(&reference, reference_task, "short", PROXY, plan.short, plan.warmup)?;
         proxy.finish()?;
         rates_none.push(field::<f64>(&short, "count")? / field::<f64>(&short, "secs")?);
     }
@@ -1869,25 +1994,18 @@ fn scale_proxy_config() -> ProxyConfig {
 /// under `bpffs` hold: the maps pinned, the programs of the links pinned, and the maps those
 /// programs use; each counted once, by kind and name (`map ORIG_DST`, `program connect4`).
 fn kernel_memory(bpffs: &Path) -> Result<BTreeMap<String, u64>> {
-    let root = bpffs.join("intercept");
-    let (mut programs, mut maps) = (BTreeMap::new(), BTreeMap::new());
-    for task in fs::read_dir(&root).with_context(|| format!("list {}", root.display()))? {
-        for pin in fs::read_dir(task?.path())? {
-            let path = pin?.path();
-            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("link-")) {
-                let link = FdLink::from(PinnedLink::from_pin(&path).with_context(|| format!("{}", path.display()))?);
-                let id = link.info().with_context(|| format!("{}", path.display()))?.program_id();
-                programs.entry(id).or_insert(());
-            } else {
-                let info = MapInfo::from_pin(&path).with_context(|| format!("{}", path.display()))?;
-                maps.insert(info.id(), map_memlock(&info)?);
-            }
+    let programs = linked_programs(bpffs)?;
+    let mut maps = BTreeMap::new();
+    for path in pins(bpffs)? {
+        if !is_link(&path) {
+            let info = MapInfo::from_pin(&path).with_context(|| format!("{}", path.display()))?;
+            maps.insert(info.id(), map_memlock(&info)?);
         }
     }
     let mut by_name = BTreeMap::new();
     for info in loaded_programs() {
         let info = info?;
-        if programs.contains_key(&info.id()) {
+        if programs.contains(&info.id()) {
             let name = format!("program {}", info.name_as_str().unwrap_or("?"));
             *by_name.entry(name).or_insert(0) += u64::from(info.memory_locked()?);
             for id in info.map_ids()?.unwrap_or_default() {
@@ -1901,6 +2019,32 @@ fn kernel_memory(bpffs: &Path) -> Result<BTreeMap<String, u64>> {
         *by_name.entry(format!("map {name}")).or_insert(0) += bytes;
     }
     Ok(by_name)
+}
+
+/// Every pin of every installation under `bpffs`.
+fn pins(bpffs: &Path) -> Result<Vec<PathBuf>> {
+    let root = bpffs.join("intercept");
+    let mut pins = Vec::new();
+    for task in fs::read_dir(&root).with_context(|| format!("list {}", root.display()))? {
+        for pin in fs::read_dir(task?.path())? {
+            pins.push(pin?.path());
+        }
+    }
+    Ok(pins)
+}
+
+fn is_link(pin: &Path) -> bool {
+    pin.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("link-"))
+}
+
+/// The ids of the programs the installations under `bpffs` link to their hooks.
+fn linked_programs(bpffs: &Path) -> Result<BTreeSet<u32>> {
+    let mut ids = BTreeSet::new();
+    for path in pins(bpffs)?.into_iter().filter(|p| is_link(p)) {
+        let link = FdLink::from(PinnedLink::from_pin(&path).with_context(|| format!("{}", path.display()))?);
+        ids.insert(link.info().with_context(|| format!("{}", path.display()))?.program_id());
+    }
+    Ok(ids)
 }
 
 /// A map's name and its `memlock`.
