@@ -1,5 +1,5 @@
-//! What the eBPF backend needs to know about the host: where bpffs is mounted (from
-//! `/proc/self/mountinfo`) and which programs are attached to a cgroup; and the bpf() commands
+//! What the eBPF backend needs to know about the host: where bpffs is mounted (by statfs) and
+//! which programs are attached to a cgroup; and the bpf() commands
 //! aya does not offer, each a `bpf_attr` through the one entry point of `sys.rs`.
 
 use std::ffi::CString;
@@ -7,6 +7,7 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use aya_obj::generated::{BPF_F_REPLACE, bpf_link_info, bpf_link_type, bpf_map_type};
@@ -67,10 +68,22 @@ pub fn lock_bpffs(path: &Path) -> Result<nix::fcntl::Flock<fs::File>, Error> {
         .map_err(|(_, errno)| Error::io("lock", path, errno.into()))
 }
 
-/// Whether a bpffs is mounted exactly at `path` (canonical).
+/// Whether a bpffs is mounted exactly at `path` (canonical, existing): its file system is a
+/// bpffs, and `path` is the root of its mount (on a device other than its parent's). Asked of
+/// the path itself rather than looked up in `/proc/self/mountinfo`, which an apply would
+/// otherwise read at each check, and which grows by lines for every task's namespace.
 pub fn is_bpffs(path: &Path) -> Result<bool, Error> {
-    let mounts = crate::mountinfo::read().map_err(|e| Error::io("read", crate::mountinfo::SELF, e))?;
-    Ok(mounts.iter().any(|m| m.fstype == "bpf" && m.mount_point == path))
+    let fs = nix::sys::statfs::statfs(path).map_err(|e| Error::io("statfs", path, e.into()))?;
+    // The magic's type is the C library's `f_type`: a signed or unsigned long.
+    #[allow(clippy::unnecessary_cast)]
+    if fs.filesystem_type().0 as u64 != libc::BPF_FS_MAGIC as u64 {
+        return Ok(false);
+    }
+    let device = |p: &Path| fs::metadata(p).map(|m| m.dev()).map_err(|e| Error::io("stat", p, e));
+    match path.parent() {
+        Some(parent) => Ok(device(path)? != device(parent)?),
+        None => Ok(true),
+    }
 }
 
 /// `bpf(BPF_PROG_QUERY)`: the ids of the programs attached to `cgroup` for `attach_type`

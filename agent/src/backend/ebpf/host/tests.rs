@@ -79,3 +79,19 @@ fn a_pin_and_its_opening_name_the_path() {
         ]
     );
 }
+
+#[test]
+fn a_directory_of_another_file_system_is_no_bpffs() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = fs::canonicalize(dir.path()).expect("canonical");
+    assert!(!is_bpffs(&path).expect("statfs"));
+    assert!(!is_bpffs(Path::new("/")).expect("statfs"));
+}
+
+#[test]
+fn a_missing_path_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let missing = dir.path().join("missing");
+    let error = is_bpffs(&missing).expect_err("no such path");
+    assert!(matches!(&error, Error::Io { op: "statfs", path, .. } if *path == missing), "{error:?}");
+}
