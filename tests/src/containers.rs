@@ -27,6 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use object::read::elf::{ElfFile64, ProgramHeader as _};
 use serde_json::Value;
 
 use crate::{
@@ -727,18 +728,11 @@ impl Drop for PluginImage {
     }
 }
 
-/// Whether an ELF executable (64-bit, little-endian) has a PT_INTERP program header, i.e. needs
-/// a dynamic loader (and a libc) from the system it runs on.
+/// Whether a 64-bit ELF executable has a PT_INTERP program header, i.e. needs a dynamic loader
+/// (and a libc) from the system it runs on.
 fn has_interpreter(elf: &[u8]) -> bool {
-    const PT_INTERP: u32 = 3;
-    assert!(elf.starts_with(b"\x7fELF\x02\x01"), "not a 64-bit little-endian ELF file");
-    let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().expect("two bytes"));
-    let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().expect("eight bytes"));
-    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36) as usize, u16_at(0x38) as usize);
-    (0..phnum).any(|i| {
-        let at = phoff + i * phentsize;
-        u32::from_le_bytes(elf[at..at + 4].try_into().expect("four bytes")) == PT_INTERP
-    })
+    let file = ElfFile64::<object::Endianness>::parse(elf).expect("a 64-bit ELF executable");
+    file.elf_program_headers().iter().any(|header| header.p_type(file.endian()) == object::elf::PT_INTERP)
 }
 
 /// The Debian base the image is built on, for the pause, proxy and app containers.

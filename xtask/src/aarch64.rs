@@ -28,6 +28,7 @@ use sha2::{Digest as _, Sha256};
 use crate::{
     Workspace, containers, display,
     dist::{self, AARCH64, X86_64},
+    host_vm,
     kernels::{self, Group, Machine},
     run_cmd, step,
 };
@@ -135,8 +136,7 @@ fn root_tree(dir: &Path) -> Result<PathBuf> {
         recipe.update(part);
         recipe.update([0]);
     }
-    let hash: String = recipe.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let name = format!("arm64-root-{hash}");
+    let name = format!("arm64-root-{}", &host_vm::hex(&recipe.finalize())[..16]);
     let tree = dir.join(&name);
     if tree.join(".built").is_file() {
         println!("    skip: {} is built", tree.display());

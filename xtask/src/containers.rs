@@ -336,7 +336,7 @@ impl Emulation {
         if arch.name == env::consts::ARCH {
             return Ok(None);
         }
-        step(&format!("image: {} binaries run under QEMU (binfmt_misc)", arch.name));
+        step(&format!("{} binaries run under QEMU (binfmt_misc)", arch.name));
         let mut emulation = Emulation { registered: None, mounted: false };
         if !Path::new(BINFMT_MISC).join("register").exists() {
             run_cmd(Command::new("mount").args(["-t", "binfmt_misc", "binfmt_misc", BINFMT_MISC]))?;

@@ -884,7 +884,7 @@ fn program_time(
 /// Each program linked under `bpffs` (by its `link-*` pins): its kernel run time (ns) and run
 /// count so far, by name.
 fn program_stats(bpffs: &Path) -> Result<BTreeMap<String, (u64, u64)>> {
-    let ids = linked_programs(bpffs)?;
+    let ids = linked_programs(&pins(bpffs)?)?;
     let mut stats = BTreeMap::new();
     for info in loaded_programs() {
         let info = info?;
@@ -1994,9 +1994,10 @@ fn scale_proxy_config() -> ProxyConfig {
 /// under `bpffs` hold: the maps pinned, the programs of the links pinned, and the maps those
 /// programs use; each counted once, by kind and name (`map ORIG_DST`, `program connect4`).
 fn kernel_memory(bpffs: &Path) -> Result<BTreeMap<String, u64>> {
-    let programs = linked_programs(bpffs)?;
+    let pins = pins(bpffs)?;
+    let programs = linked_programs(&pins)?;
     let mut maps = BTreeMap::new();
-    for path in pins(bpffs)? {
+    for path in pins {
         if !is_link(&path) {
             let info = MapInfo::from_pin(&path).with_context(|| format!("{}", path.display()))?;
             maps.insert(info.id(), map_memlock(&info)?);
@@ -2037,11 +2038,11 @@ fn is_link(pin: &Path) -> bool {
     pin.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("link-"))
 }
 
-/// The ids of the programs the installations under `bpffs` link to their hooks.
-fn linked_programs(bpffs: &Path) -> Result<BTreeSet<u32>> {
+/// The ids of the programs that the link pins among `pins` link to their hooks.
+fn linked_programs(pins: &[PathBuf]) -> Result<BTreeSet<u32>> {
     let mut ids = BTreeSet::new();
-    for path in pins(bpffs)?.into_iter().filter(|p| is_link(p)) {
-        let link = FdLink::from(PinnedLink::from_pin(&path).with_context(|| format!("{}", path.display()))?);
+    for path in pins.iter().filter(|p| is_link(p)) {
+        let link = FdLink::from(PinnedLink::from_pin(path).with_context(|| format!("{}", path.display()))?);
         ids.insert(link.info().with_context(|| format!("{}", path.display()))?.program_id());
     }
     Ok(ids)
