@@ -15,7 +15,7 @@
 //!   `PROBE_BACKLOG=N` listens with that backlog, and `PROBE_ACCEPT_GATE=PATH` accepts nothing
 //!   until PATH exists: connections wait in the accept queue (and, past the backlog, their
 //!   SYNs are dropped and retried by the client's kernel), for tests that need a connection
-//!   in flight at a chosen moment.
+//!   in flight at a chosen moment. Once the gate opens, the listeners take the standard backlog.
 //! - `intercept-ebpf-probe connect ADDR TOKEN`: connects over TCP, sends TOKEN, exits 0.
 //! - `intercept-ebpf-probe churn ADDR N`: N sequential connect/close cycles, exits 0.
 //! - `intercept-ebpf-probe udp ADDR`: connect(2) on a UDP socket and one datagram, exits 0.
@@ -149,8 +149,19 @@ fn serve_replies(role: &str, addrs: &[String]) -> Result<(), String> {
         .map(|listener| {
             let gate = gate.clone();
             std::thread::spawn(move || {
-                while gate.as_ref().is_some_and(|g| !g.exists()) {
-                    std::thread::sleep(Duration::from_millis(5));
+                if let Some(gate) = &gate {
+                    while !gate.exists() {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    // Past the gate, the standard backlog, so that the handshakes retried together
+                    // then do not overflow the queue: under a small backlog SYNs are answered with
+                    // cookies, and a handshake dropped on overflow is reset when a later segment
+                    // of it fails the cookie check (TcpExtSyncookiesFailed).
+                    // SAFETY: listen(2) again on a listening socket only changes its backlog.
+                    if unsafe { libc::listen(listener.as_raw_fd(), libc::SOMAXCONN) } != 0 {
+                        eprintln!("intercept-ebpf-probe: listen past the gate: {}", std::io::Error::last_os_error());
+                        return;
+                    }
                 }
                 for stream in listener.incoming() {
                     let Ok(mut stream) = stream else { continue };
