@@ -448,6 +448,7 @@ impl EbpfSandbox {
             bpffs: Some(self.bpffs.path().to_owned()),
             netns: agent_netns::Target::Path(self.sandbox.task().path()),
             iptables_mode: None,
+            prune: true,
         }
     }
 

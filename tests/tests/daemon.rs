@@ -80,7 +80,8 @@ fn task_files_added_changed_corrupted_deleted_with_metrics() {
     let world = EbpfSandbox::new(&host, PROBE, CLIENT);
     let dirs = DaemonDirs::new();
     let mut daemon = Daemon::start(&bin, &dirs, world.bpffs.path(), &["--resync-interval", NO_RESYNC]);
-    assert_eq!(daemon.get("/healthz").map(|(status, _)| status), Some(200), "a pass ran on start");
+    // The endpoint answers from the start, and 200 once the first pass has completed.
+    daemon.wait_until("a pass ran on start", WAIT, |d| d.get("/healthz").map(|(status, _)| status) == Some(200));
     assert_eq!(egress_role(&world), Role::Remote, "nothing installed yet");
 
     // Added: renamed into place.

@@ -318,7 +318,7 @@ impl World {
         backend::Target {
             cgroup: Some(self.cgroup.path().to_str().expect("UTF-8 cgroup path").to_owned()),
             options: backend::Options {
-                ebpf: backend::EbpfOptions { bpffs: Some(self.bpffs.path().to_owned()) },
+                ebpf: backend::EbpfOptions { bpffs: Some(self.bpffs.path().to_owned()), pruned_by_caller: false },
                 ..backend::Options::default()
             },
             ..backend::Target::netns(netns::Target::Path(self.sandbox.task().path()))

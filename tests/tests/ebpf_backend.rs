@@ -371,13 +371,13 @@ fn interception_outlives_the_applying_process_and_remove_leaves_nothing() {
         assert_eq!(attached(program).len(), 1, "{program:?} attached once");
     }
 
-    assert!(ebpf::remove(&target).expect("remove"), "something was removed");
+    assert_eq!(ebpf::remove(&target).expect("remove"), ebpf::Removed::Installation { steered_ingress: true });
     for program in Program::ALL {
         let attached = attached(program);
         assert!(attached.is_empty(), "{program:?} still attached after remove: {attached:?}");
     }
     assert_eq!(world.bpffs.files(), Vec::<std::path::PathBuf>::new(), "nothing pinned after remove");
-    assert!(!ebpf::remove(&target).expect("remove again"), "remove is idempotent");
+    assert_eq!(ebpf::remove(&target).expect("remove again"), ebpf::Removed::Nothing, "remove is idempotent");
     assert!(ebpf::status(&target).unwrap().is_none());
     assert_eq!(world.connect(APP_UID, APP_UID, dst, "after-remove"), Observed::Direct { at: dst });
 }
@@ -424,7 +424,7 @@ fn cgroups_are_independent_children_are_intercepted_outsiders_are_not() {
     assert_eq!(second.counter(Counter::IgnoredIp), 1);
     assert_eq!(second.counter(Counter::Redirected), 0);
 
-    assert!(ebpf::remove(&other_target).unwrap());
+    assert!(ebpf::remove(&other_target).unwrap().any());
     assert!(ebpf::status(&world.target()).unwrap().is_some(), "removing one cgroup keeps the other");
     drop(child);
 }
@@ -662,7 +662,7 @@ fn the_agent_mounts_bpffs_when_absent_and_a_failed_apply_leaves_nothing() {
     let mut pins: Vec<String> = bpffs.files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
     pins.retain(|p| p.matches('/').count() == 2);
     assert_eq!(pins.len(), Program::ALL.len() + ebpf::MAP_NAMES.len(), "{pins:?}");
-    assert!(ebpf::remove(&target).unwrap());
+    assert!(ebpf::remove(&target).unwrap().any());
 }
 
 /// A task's cgroup goes when the task ends; the kernel detaches its links, but the pins would
@@ -697,6 +697,6 @@ fn the_pins_of_a_removed_cgroup_are_pruned_and_only_those() {
     assert!(!gone_target.pin_dir().exists());
     let status = ebpf::status(&kept_target).unwrap().expect("the other installation stays");
     assert!(status.programs.iter().all(|p| p.attached), "{status:?}");
-    assert!(ebpf::remove(&kept_target).unwrap());
+    assert!(ebpf::remove(&kept_target).unwrap().any());
     assert!(bpffs.files().is_empty(), "{:?}", bpffs.files());
 }

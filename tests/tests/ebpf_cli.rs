@@ -257,3 +257,53 @@ fn the_cli_applies_with_only_cap_bpf_net_admin_perfmon() {
         "the restarted proxy gets inbound connections"
     );
 }
+
+/// The iptables ingress half an older intercept installed in eBPF mode (its ingress chain
+/// without the egress chain) goes with `remove` where one can be: where nothing of this
+/// design was installed. Where the installation removed steered ingress itself (its
+/// `sk_lookup` link), `remove` does not read the rules at all (four helper processes, most
+/// of its time): `apply` never adds to an installation without that link, so no such half
+/// can be beside one. A half planted there anyway shows that it was not looked for.
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn remove_takes_an_older_ingress_half_only_where_one_can_be() {
+    let test = "remove_takes_an_older_ingress_half_only_where_one_can_be";
+    let host = require_privileges(test);
+    let bin = intercept_bin(test);
+    let world = EbpfSandbox::new(&host, PROBE, CLIENT);
+    let taskdef = seed_task_definition();
+    let taskdef = taskdef.to_str().unwrap();
+    let target = target_args(&world);
+    let task = world.sandbox.task();
+    // As the iptables backend installs its ingress half.
+    let half = format!(
+        "*nat\n:INTERCEPT_INGRESS - [0:0]\n\
+         -A PREROUTING -p tcp -m addrtype ! --src-type LOCAL -m comment \
+         --comment \"intercept: ingress TCP from non-local sources\" -j INTERCEPT_INGRESS\n\
+         -A INTERCEPT_INGRESS -p tcp -m multiport --dports {APP_PORT} -j REDIRECT --to-ports 15000\nCOMMIT\n"
+    );
+    let mut restore = task.command("iptables-nft-restore");
+    restore.arg("--noflush").stdin(std::process::Stdio::piped());
+    let mut child = restore.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), half.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success(), "plant the older ingress half");
+    let has_half = || task.exec("iptables-nft-save", &["-t", "nat"]).contains(":INTERCEPT_INGRESS");
+    assert!(has_half());
+
+    let (code, stdout, stderr) = run(&bin, &args("apply", &target, &["--task-definition", taskdef]));
+    assert_eq!(code, 0, "apply: {stdout}{stderr}");
+    let remove = || {
+        let (code, stdout, stderr) = run(&bin, &args("remove", &target, &["--format", "json"]));
+        assert_eq!(code, 0, "remove: {stdout}{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    };
+    let report = remove();
+    assert_eq!((&report["removed"], &report["ingress"]), (&true.into(), &serde_json::Value::Null), "{report}");
+    assert!(has_half(), "not looked for beside an installation that steered ingress itself");
+
+    let report = remove();
+    assert_eq!(report["removed"], false, "{report}");
+    assert!(report["ingress"].is_object(), "the older half is removed: {report}");
+    assert!(!has_half(), "{}", task.exec("iptables-nft-save", &["-t", "nat"]));
+}

@@ -55,8 +55,8 @@ pub use intercept_common::{Counter, MAP_NAMES};
 use load::{attach_and_pin, load};
 pub use logs::{Logs, Printer};
 pub use maps::{Changes, Contents, Generations};
+pub use pins::{Removed, prune, remove, remove_pins_of_removed_cgroup};
 use pins::{open_pinned_links, open_pinned_maps, unpin_dir};
-pub use pins::{prune, remove, remove_pins_of_removed_cgroup};
 pub use program::Program;
 use replace::{recover, replace};
 pub use status::{ProgramStatus, Status, status};
@@ -162,8 +162,6 @@ pub enum Error {
         #[source]
         source: Box<aya::pin::PinError>,
     },
-    #[error("eBPF program `{program}` is still attached to the cgroup 5 s after its link was unpinned")]
-    StillAttached { program: &'static str },
     #[error("reading the eBPF programs' log")]
     Log(#[source] Box<aya_log::Error>),
     #[error(transparent)]

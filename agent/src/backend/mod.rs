@@ -158,6 +158,12 @@ impl Target {
     }
 }
 
+/// Removes what the backends keep on the host for every task whose cgroup no longer exists:
+/// the eBPF pins under `bpffs` ([`ebpf::prune`]). The ids of those cgroups.
+pub fn prune_ended(bpffs: &Path) -> Result<Vec<u64>, Error> {
+    ebpf::prune(bpffs).map_err(|e| Error::Ebpf(e.into()))
+}
+
 /// Forgets what the backends keep on the host for a task whose cgroup has been removed: the
 /// pins under `bpffs` of the eBPF programs attached to cgroup `cgroup_id`, which would keep
 /// them loaded. Whether there were any.

@@ -120,7 +120,7 @@ impl TargetArgs {
             netns: self.netns().opened(),
             cgroup: self.cgroup.clone(),
             options: backend::Options {
-                ebpf: EbpfOptions { bpffs: self.bpffs.clone() },
+                ebpf: EbpfOptions { bpffs: self.bpffs.clone(), pruned_by_caller: false },
                 iptables: IptablesOptions { mode: self.iptables_mode },
             },
         }

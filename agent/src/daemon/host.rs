@@ -54,6 +54,10 @@ pub trait HostOps: std::fmt::Debug + Send + Sync {
     /// backend left of it (the eBPF pins) is removed all the same.
     fn remove(&self, installed: &Installed, netns: &netns::Target) -> Result<(), Error>;
 
+    /// Removes what the eBPF backend left of ended tasks (pins of cgroups that are gone) and
+    /// returns their cgroup ids: once per pass, for every task at once.
+    fn prune(&self) -> Result<Vec<u64>, Error>;
+
     /// One look at the task's proxy admin, from inside the task's network namespace (the
     /// daemon's own without one: host networking), given at most `timeout`.
     fn proxy(&self, spec: &TaskSpec, timeout: Duration) -> Observation;
@@ -128,6 +132,10 @@ impl HostOps for Host {
         Ok(())
     }
 
+    fn prune(&self) -> Result<Vec<u64>, Error> {
+        Ok(backend::prune_ended(&self.bpffs)?)
+    }
+
     fn proxy(&self, spec: &TaskSpec, timeout: Duration) -> Observation {
         let url = &spec.proxy_admin_url;
         netns::Netns::open(netns_target(spec.netns.as_deref()))
@@ -155,7 +163,7 @@ impl Host {
         let target = Target {
             cgroup: Some(cgroup.to_owned()),
             options: backend::Options {
-                ebpf: EbpfOptions { bpffs: Some(self.bpffs.clone()) },
+                ebpf: EbpfOptions { bpffs: Some(self.bpffs.clone()), pruned_by_caller: true },
                 ..backend::Options::default()
             },
             ..Target::netns(netns)

@@ -35,6 +35,7 @@ use self::host::{Host, HostOps};
 use self::metrics::Metrics;
 use self::reconcile::{Action, Actual, Desired, Installed, RemoveReason};
 use self::spec::Source;
+use crate::backend::Kind;
 use crate::config::source::MAX_INPUT_BYTES;
 use crate::error_chain;
 use crate::readiness::{InstallWhen, Observation, ServerState};
@@ -56,7 +57,7 @@ pub struct Options {
     /// The container engine's socket; `None`: no Docker source.
     pub docker_socket: Option<PathBuf>,
     /// The backend of a task from the engine without an `intercept.backend` label.
-    pub default_backend: crate::backend::Kind,
+    pub default_backend: Kind,
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
     pub metrics_addr: SocketAddr,
@@ -280,11 +281,15 @@ impl Daemon {
             })
             .collect();
         let actions = reconcile::reconcile(&desired, &unreadable, &actual);
+        let ebpf = actions.iter().any(|a| a.backend() == Kind::Ebpf);
         let mut failed = BTreeSet::new();
         for action in actions {
             if let Err(()) = self.execute(&action, &failed) {
                 failed.insert(action.id().to_owned());
             }
+        }
+        if ebpf {
+            self.prune();
         }
         // A task whose new version failed to apply counts as failed, though its old one stays.
         let applied =
@@ -578,14 +583,28 @@ impl Daemon {
         }
     }
 
+    /// The pins of ended tasks, removed once after a pass's eBPF actions: the backend leaves
+    /// it to the daemon ([`crate::backend::EbpfOptions::pruned_by_caller`]), as it walks every installation.
+    fn prune(&self) {
+        match self.host.prune() {
+            Ok(pruned) if !pruned.is_empty() => info!(cgroup_ids = ?pruned, "removed the pins of ended tasks"),
+            Ok(_) => {}
+            Err(e) => error!(error = %error_chain(&e), "removing the pins of ended tasks"),
+        }
+    }
+
     /// `--remove-on-exit`: removes every task the daemon manages.
     fn remove_all(mut self) -> Result<(), Error> {
         let mut failed = 0;
+        let ebpf = self.records.values().any(|installed| installed.backend == Kind::Ebpf);
         for installed in self.records.clone().into_values() {
             let action = Action::Remove { installed, reason: RemoveReason::Shutdown };
             if self.execute(&action, &BTreeSet::new()).is_err() {
                 failed += 1;
             }
+        }
+        if ebpf {
+            self.prune();
         }
         if failed > 0 {
             return Err(Error::RemoveOnExit { failed });

@@ -146,6 +146,13 @@ impl Action {
             Action::Remove { installed, .. } => &installed.id,
         }
     }
+
+    pub fn backend(&self) -> Kind {
+        match self {
+            Action::Apply { spec, .. } => spec.backend,
+            Action::Remove { installed, .. } => installed.backend,
+        }
+    }
 }
 
 /// The actions, in the order to run them: per task, an apply before the removal of what it

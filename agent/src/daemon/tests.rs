@@ -77,6 +77,11 @@ impl HostOps for FakeHost {
         Ok(())
     }
 
+    fn prune(&self) -> Result<Vec<u64>, host::Error> {
+        self.record("prune".to_owned());
+        Ok(Vec::new())
+    }
+
     fn proxy(&self, spec: &TaskSpec, _timeout: Duration) -> Observation {
         self.record(format!("look at the proxy of {}", spec.id));
         match self.live.lock().unwrap().contains(&spec.id) {
@@ -177,7 +182,7 @@ fn task_files_are_applied_changed_repaired_and_removed() {
     let mut world = World::new(BTreeMap::new(), None);
     world.write("a", "iptables", "");
     world.write("b", "ebpf", "");
-    assert_eq!(world.pass(false), "apply a iptables\napply b ebpf");
+    assert_eq!(world.pass(false), "apply a iptables\napply b ebpf\nprune");
     assert_eq!(world.recorded(), ["a", "b"]);
     assert_eq!(world.pass(true), "", "nothing changed");
     world.write("a", "iptables", r#""proxyAdminUrl": "http://127.0.0.1:9902/server_info", "#);
@@ -188,7 +193,7 @@ fn task_files_are_applied_changed_repaired_and_removed() {
     assert_eq!(world.pass(false), "apply a nftables\nremove a iptables in /run/netns/a", "another backend replaces it");
     world.host.broken.lock().unwrap().insert("b".into());
     assert_eq!(world.pass(false), "", "only the periodic pass checks the host");
-    assert_eq!(world.pass(true), "apply b ebpf");
+    assert_eq!(world.pass(true), "apply b ebpf\nprune");
     world.host.broken.lock().unwrap().clear();
     world.delete("a");
     assert_eq!(world.pass(false), "remove a nftables in /run/netns/a");
@@ -214,8 +219,31 @@ fn a_restarted_daemon_adopts_its_records() {
     world.write("kept", "ebpf", "");
     world.write("gone", "ebpf", "");
     world.host.gone_cgroups.lock().unwrap().insert("/ecs/gone".into());
-    assert_eq!(world.pass(true), "remove ended iptables in /run/netns/ended\nremove gone ebpf in /run/netns/gone");
+    assert_eq!(
+        world.pass(true),
+        "remove ended iptables in /run/netns/ended\nremove gone ebpf in /run/netns/gone\nprune"
+    );
     assert_eq!(world.recorded(), ["kept"]);
+}
+
+/// `--remove-on-exit` removes every task, then prunes once for all of them: a prune walks
+/// every installation on the host, and one per task made removing many tasks quadratic. A
+/// pass with only rule backends' actions does not prune at all.
+#[test]
+fn remove_on_exit_removes_every_task_then_prunes_once() {
+    let mut world = World::new(BTreeMap::new(), None);
+    world.write("a", "iptables", "");
+    assert_eq!(world.pass(false), "apply a iptables", "no eBPF action, no prune");
+    for id in ["b", "c"] {
+        world.write(id, "ebpf", "");
+    }
+    assert_eq!(world.pass(false), "apply b ebpf\napply c ebpf\nprune", "once for the pass");
+    let World { daemon, host, dirs: _dirs } = world;
+    daemon.remove_all().unwrap();
+    assert_eq!(
+        host.take(),
+        "remove a iptables in /run/netns/a\nremove b ebpf in /run/netns/b\nremove c ebpf in /run/netns/c\nprune"
+    );
 }
 
 /// An awsvpc task of the engine, as the Docker source lists it.
@@ -271,14 +299,14 @@ fn engine_tasks_survive_the_engine_going_away_and_a_reused_pid_is_not_touched() 
         .unwrap()
         .extend([(PathBuf::from("/proc/100/ns/net"), 11), (PathBuf::from("/proc/200/ns/net"), 22)]);
     *engine.lock().unwrap() = view(true, &[a.clone(), b.clone()]);
-    assert_eq!(world.pass(false), "apply a iptables\napply b ebpf");
+    assert_eq!(world.pass(false), "apply a iptables\napply b ebpf\nprune");
     *engine.lock().unwrap() = view(false, &[]);
     assert_eq!(world.pass(true), "", "the engine is away: nothing is removed");
     assert_eq!(world.recorded(), ["a", "b"]);
     // Task b ended and its pid is another process's now, in another namespace.
     world.host.inodes.lock().unwrap().insert(PathBuf::from("/proc/200/ns/net"), 99);
     *engine.lock().unwrap() = view(true, &[a]);
-    assert_eq!(world.pass(false), "remove b ebpf in gone");
+    assert_eq!(world.pass(false), "remove b ebpf in gone\nprune");
     // Task a ended and its namespace went with it: the path names none.
     world.host.inodes.lock().unwrap().clear();
     *engine.lock().unwrap() = view(true, &[]);
@@ -306,7 +334,7 @@ fn a_proxy_live_task_waits_for_its_proxy_once() {
     assert_eq!(world.pass(false), "look at the proxy of a");
     assert_eq!(world.pass(false), "look at the proxy of a");
     world.host.live.lock().unwrap().insert("a".into());
-    assert_eq!(world.pass(false), "look at the proxy of a\napply a ebpf");
+    assert_eq!(world.pass(false), "look at the proxy of a\napply a ebpf\nprune");
     assert_eq!(world.pass(true), "", "installed: the proxy is not looked at again");
 }
 

@@ -1930,6 +1930,8 @@ fn measure_scale(ctx: &Context, host: &Privileged, plan: &Plan, tasks: usize, co
         bpffs: Some(ctx.bpffs.path().to_owned()),
         netns: NetnsTarget::Path(netns.path()),
         iptables_mode: None,
+        // As the daemon applies: it prunes once per pass, not per task.
+        prune: false,
     };
     let mut in_process = Vec::new();
     let last = others.len().checked_sub(1);

@@ -6,7 +6,6 @@ use std::fs;
 use std::io;
 use std::os::fd::AsFd as _;
 use std::path::Path;
-use std::time::Duration;
 
 use aya::maps::{Map, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
@@ -56,16 +55,36 @@ pub(super) fn open_pinned_links(dir: &Path) -> Result<Vec<(Program, aya::program
         .collect()
 }
 
+/// What [`remove`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// No installation, nor a leftover of one.
+    Nothing,
+    /// Only a leftover: the staging directory of an interrupted replacement.
+    Leftovers,
+    /// An installation. `steered_ingress`: it had the `sk_lookup` link, so it was made by an
+    /// intercept that steers ingress itself, and `apply` never adds to an installation without
+    /// that link (it asks for `remove` first): no older iptables ingress half can be beside it.
+    Installation { steered_ingress: bool },
+}
+
+impl Removed {
+    /// Whether there was anything to remove.
+    pub fn any(self) -> bool {
+        self != Removed::Nothing
+    }
+}
+
 /// Removes the target cgroup's installation: the links (detaching the programs) and the maps.
-/// Returns whether there was anything to remove; removing twice is not an error.
-pub fn remove(target: &Target) -> Result<bool, Error> {
+/// Removing twice is not an error.
+pub fn remove(target: &Target) -> Result<Removed, Error> {
     let bpffs = match fs::canonicalize(&target.bpffs) {
         Ok(path) => path,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Removed::Nothing),
         Err(e) => return Err(Error::io("resolve", &target.bpffs, e)),
     };
     if !host::is_bpffs(&bpffs)? {
-        return Ok(false);
+        return Ok(Removed::Nothing);
     }
     let held = target.lock()?;
     let _lock = host::lock_bpffs(&bpffs)?;
@@ -78,24 +97,16 @@ pub fn remove(target: &Target) -> Result<bool, Error> {
     if !dir.exists() {
         let _ = fs::remove_dir(target.bpffs.join(PIN_ROOT));
         held.release()?;
-        return Ok(!stale.is_empty());
+        return Ok(if stale.is_empty() { Removed::Nothing } else { Removed::Leftovers });
     }
-    // The programs' ids, to wait for their detachment below.
-    let ids: Vec<(Program, u32)> = Program::ALL
-        .iter()
-        .filter_map(|&p| {
-            let link = PinnedLink::from_pin(dir.join(p.link_pin())).ok()?;
-            Some((p, FdLink::from(link).info().ok()?.program_id()))
-        })
-        .collect();
+    let steered_ingress = dir.join(Program::SkLookup.link_pin()).exists();
     // Links first: interception stops at once, and a failure later leaves only maps behind.
-    // The namespace's link is detached explicitly (synchronously): the kernel would release
-    // it only later, from a work queue, once unpinned.
+    // Each link is detached explicitly (BPF_LINK_DETACH, synchronous): unpinned, the kernel
+    // would release it only later, from a work queue, and `remove` returning must mean the
+    // programs are gone from the cgroup and the namespace.
     for program in Program::ALL {
         let path = dir.join(program.link_pin());
-        if program.on_netns()
-            && let Ok(link) = host::obj_get(&path)
-        {
+        if let Ok(link) = host::obj_get(&path) {
             host::link_detach(link.as_fd()).map_err(|e| Error::io("detach the link pinned at", &path, e))?;
         }
         match fs::remove_file(&path) {
@@ -106,19 +117,8 @@ pub fn remove(target: &Target) -> Result<bool, Error> {
     fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
     // The shared parent goes when the last cgroup is removed; another cgroup's pins keep it.
     let _ = fs::remove_dir(target.bpffs.join(PIN_ROOT));
-    // The kernel releases an unpinned link from a work queue: wait for it, so that `remove`
-    // returning means the programs are gone from the cgroup.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    for (program, id) in ids.into_iter().filter(|(p, _)| !p.on_netns()) {
-        while host::attached_programs(&target.cgroup, program.attach_type())?.contains(&id) {
-            if std::time::Instant::now() > deadline {
-                return Err(Error::StillAttached { program: program.name() });
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
     held.release()?;
-    Ok(true)
+    Ok(Removed::Installation { steered_ingress })
 }
 
 /// Removes the pins of the installation of the cgroup `cgroup_id`, which its caller knows to

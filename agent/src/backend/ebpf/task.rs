@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{ApplyOptions, Contents, Logs, Outcome, Program, Status, Target};
+use super::{ApplyOptions, Contents, Logs, Outcome, Program, Removed, Status, Target};
 use crate::backend::exec;
 use crate::backend::iptables::{self, Iptables, Mode};
 use crate::backend::rules::Rules as _;
@@ -31,6 +31,11 @@ use crate::privileges::{DAC_READ_SEARCH_ADOPT, EBPF, SYS_PTRACE_ADOPT};
 pub struct Options {
     /// The bpffs directory for the pins (`--bpffs`); default [`super::DEFAULT_BPFFS`].
     pub bpffs: Option<PathBuf>,
+    /// The caller removes the pins of ended tasks itself (the daemon: once per pass, see
+    /// [`super::prune`]), so `apply` and `remove` leave them: each would walk every
+    /// installation on the host, and removing all of a thousand tasks one by one would walk
+    /// them a thousand times.
+    pub pruned_by_caller: bool,
 }
 
 /// Where eBPF mode works: a cgroup and its pins for the programs, a network namespace for
@@ -45,6 +50,9 @@ pub struct Request {
     /// `--iptables-mode`: for `remove`, to clean up the iptables ingress rules of an older
     /// install.
     pub iptables_mode: Option<Mode>,
+    /// Whether `apply` and `remove` also remove the pins of ended tasks ([`super::prune`]);
+    /// see [`Options::pruned_by_caller`].
+    pub prune: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,7 +249,7 @@ pub fn apply(request: &Request, config: &ProxyConfig, options: ApplyOptions) -> 
     let plan = EbpfPlan::new(config);
     let applied = super::apply(&target, &plan, &local_addresses, netns_fd.as_fd(), options)?;
     // The tasks that ended since: each new task's init container cleans up after them.
-    let pruned = super::prune(&target.bpffs)?;
+    let pruned = if request.prune { super::prune(&target.bpffs)? } else { Vec::new() };
     let ingress = config.ingress.as_ref().map(|i| i.proxy_port);
     Ok(ApplyReport {
         cgroup: target.cgroup.clone(),
@@ -299,8 +307,9 @@ impl RemoveReport {
 
 /// Removes the programs and their pins, then the pins of cgroups that no longer exist (a
 /// task's cgroup goes when the task ends, and its pins would keep the maps alive), then the
-/// iptables ingress half an older intercept installed in eBPF mode. Idempotent; a cgroup or
-/// a namespace that is gone is not an error (the namespace's rules went with it).
+/// iptables ingress half an older intercept installed in eBPF mode, unless what was removed
+/// steered ingress itself (see [`Removed`]). Idempotent; a cgroup or a namespace that is gone
+/// is not an error (the namespace's rules went with it).
 pub fn remove(request: &Request) -> Result<RemoveReport, Error> {
     // A namespace that exists but cannot be used is bad input, refused before anything changes.
     let netns = match Netns::open(request.netns.clone()) {
@@ -314,12 +323,17 @@ pub fn remove(request: &Request) -> Result<RemoveReport, Error> {
             let removed = super::remove(&target)?;
             (target.cgroup, true, removed)
         }
-        Err(super::Error::Cgroup(cgroup::Error::NotFound { .. })) => (PathBuf::from(&request.cgroup), false, false),
+        Err(super::Error::Cgroup(cgroup::Error::NotFound { .. })) => {
+            (PathBuf::from(&request.cgroup), false, Removed::Nothing)
+        }
         Err(e) => return Err(e.into()),
     };
-    let pruned = super::prune(&bpffs)?;
-    let ingress = if netns { remove_legacy_ingress(request)? } else { None };
-    Ok(RemoveReport { cgroup, cgroup_exists, removed, pruned, ingress })
+    let pruned = if request.prune { super::prune(&bpffs)? } else { Vec::new() };
+    // Only where an older intercept may have installed: reading the rules alone runs four
+    // helper processes, most of a removal's time.
+    let older = !matches!(removed, Removed::Installation { steered_ingress: true });
+    let ingress = if netns && older { remove_legacy_ingress(request)? } else { None };
+    Ok(RemoveReport { cgroup, cgroup_exists, removed: removed.any(), pruned, ingress })
 }
 
 /// Removes the iptables ingress half an older intercept installed in eBPF mode: intercept's
@@ -525,6 +539,7 @@ impl Handle {
                 bpffs: target.options.ebpf.bpffs.clone(),
                 netns: target.netns.clone(),
                 iptables_mode: target.options.iptables.mode,
+                prune: !target.options.ebpf.pruned_by_caller,
             },
         })
     }
