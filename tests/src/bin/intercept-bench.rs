@@ -1829,7 +1829,11 @@ struct Scale {
     last_cli: (Duration, u64),
     /// The backend's apply as the daemon runs it (in process), for each of the other tasks.
     in_process: Vec<Duration>,
-    /// Removing every task, in process.
+    /// `intercept remove --backend ebpf` of one task while the others are installed, spawn to
+    /// exit.
+    remove_cli: Duration,
+    /// Removing every other task, in process as the daemon does on exit (each task, then one
+    /// prune).
     remove_all: Duration,
     /// Connections/s of the first task with every other task installed, and without any
     /// interception (the app dialling the proxy itself) in the same namespace before.
@@ -1865,12 +1869,15 @@ fn host_scale(args: &[String]) -> Result<()> {
         let scale = measure_scale(&ctx, &host, &plan, tasks, &config)?;
         println!(
             "{tasks:>5} tasks: kernel memory {:.1} MiB ({:.1} KiB per task); first apply {:.1} ms, one more {:.1} ms \
-             (CLI), in process median {:.2} ms; {:.0} connections/s against {:.0} without interception ({:.3})",
+             (CLI), in process median {:.2} ms; remove one {:.1} ms (CLI), all {:.2} s; {:.0} connections/s \
+             against {:.0} without interception ({:.3})",
             scale.kernel_bytes as f64 / MIB,
             scale.kernel_bytes as f64 / 1024.0 / tasks as f64,
             ms(scale.first_cli.0),
             ms(scale.last_cli.0),
             median(scale.in_process.iter().map(|d| ms(*d)).collect()),
+            ms(scale.remove_cli),
+            scale.remove_all.as_secs_f64(),
             scale.rate,
             scale.rate_none,
             scale.rate / scale.rate_none
@@ -1967,13 +1974,37 @@ fn measure_scale(ctx: &Context, host: &Privileged, plan: &Plan, tasks: usize, co
         rates_none.push(field::<f64>(&short, "count")? / field::<f64>(&short, "secs")?);
     }
     let (rate, rate_none) = (median(rates), median(rates_none));
+    // One task by the CLI (as an init container's or the CNI plugin's removal), the others
+    // then as the daemon removes every task on exit.
+    let (first, rest) = match others.split_last() {
+        Some(((cgroup, netns), rest)) => ((cgroup.path(), netns), rest),
+        None => ((ctx.cgroup.path(), task), &others[..]),
+    };
+    let mut command = Command::new(&ctx.intercept);
+    command.args(["remove", "--backend", "ebpf", "--netns"]).arg(first.1.path());
+    command.arg("--cgroup").arg(first.0).arg("--bpffs").arg(ctx.bpffs.path());
+    let (remove_cli, _) = timed(&mut command, &ctx.scratch.0)?;
     let removing = Instant::now();
-    ebpf_task::remove(&request(ctx.cgroup.path(), task)).context("remove the first task")?;
-    for (cgroup, netns) in &others {
+    if !others.is_empty() {
+        ebpf_task::remove(&request(ctx.cgroup.path(), task)).context("remove the first task")?;
+    }
+    for (cgroup, netns) in rest {
         ebpf_task::remove(&request(cgroup.path(), netns)).context("remove a task")?;
     }
+    intercept::backend::prune_ended(ctx.bpffs.path()).context("prune")?;
     let remove_all = removing.elapsed();
-    Ok(Scale { tasks, kernel_bytes, kernel_by_name, first_cli, last_cli, in_process, remove_all, rate, rate_none })
+    Ok(Scale {
+        tasks,
+        kernel_bytes,
+        kernel_by_name,
+        first_cli,
+        last_cli,
+        in_process,
+        remove_cli,
+        remove_all,
+        rate,
+        rate_none,
+    })
 }
 
 /// The bench's seed configuration ([`proxy_configuration`] with no extra ignored IPs), as the
@@ -2071,7 +2102,11 @@ fn scale_markdown(scales: &[Scale], elapsed: Duration, svg: &str) -> String {
          processes. *Kernel memory* is the kernel's own accounting (`memlock` in fdinfo) of every map and \
          program intercept's pins hold, each counted once. *CLI apply* is `intercept apply --backend ebpf`, \
          spawn to exit, for the first task and for one more once the others exist; *in process* is the \
-         backend's apply as `intercept daemon` runs it. The connection rate is the first task's short \
+         backend's apply as `intercept daemon` runs it (it prunes once per pass, not per task). *CLI remove: \
+         one* is `intercept remove --backend ebpf` of one task while the others are installed (as an init \
+         container or the CNI plugin removes; it also prunes, walking every installation); *remove all* is \
+         every other task's removal in process, then one prune, as the daemon removes on exit. The \
+         connection rate is the first task's short \
          connections with every other task installed (median of {SCALE_REPETITIONS}), against the same app \
          and proxy in a namespace and cgroup of their own with nothing installed, the app dialling the proxy \
          itself, measured in turn with it.\n",
@@ -2080,9 +2115,9 @@ fn scale_markdown(scales: &[Scale], elapsed: Duration, svg: &str) -> String {
     );
     let _ = writeln!(
         out,
-        "| tasks | kernel memory | per task | CLI apply: first / one more | peak RSS | in process: median / p90 | remove all | connections/s (ratio to none) |"
+        "| tasks | kernel memory | per task | CLI apply: first / one more | peak RSS | in process: median / p90 | CLI remove: one | remove all | connections/s (ratio to none) |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for s in scales {
         let mut sorted: Vec<f64> = s.in_process.iter().map(|d| ms(*d)).collect();
         sorted.sort_by(f64::total_cmp);
@@ -2093,13 +2128,14 @@ fn scale_markdown(scales: &[Scale], elapsed: Duration, svg: &str) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {:.2} MiB | {:.1} KiB | {:.1} / {:.1} ms | {:.1} MiB | {in_process} | {:.2} s | {} ({:.3}) |",
+            "| {} | {:.2} MiB | {:.1} KiB | {:.1} / {:.1} ms | {:.1} MiB | {in_process} | {:.1} ms | {:.2} s | {} ({:.3}) |",
             thousands(s.tasks),
             s.kernel_bytes as f64 / MIB,
             s.kernel_bytes as f64 / 1024.0 / s.tasks as f64,
             ms(s.first_cli.0),
             ms(s.last_cli.0),
             s.first_cli.1.max(s.last_cli.1) as f64 / 1024.0,
+            ms(s.remove_cli),
             s.remove_all.as_secs_f64(),
             thousands(s.rate.round() as usize),
             s.rate / s.rate_none
