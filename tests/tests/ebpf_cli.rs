@@ -17,6 +17,7 @@ use intercept::{
     model::{Decision, decide},
 };
 use intercept_tests::{
+    Privileged,
     ebpf::{APP_PORT, EbpfSandbox, PLAIN_V4, PLAIN_V6},
     require_privileges,
     topology::{REMOTE_V4, TASK_V4, TASK_V6, Topology, intercept_bin},
@@ -26,6 +27,14 @@ use intercept_tests::{
 const PROBE: &str = env!("CARGO_BIN_EXE_intercept-ebpf-probe");
 const CLIENT: &str = env!("CARGO_BIN_EXE_intercept-test-client");
 const APP_UID: u32 = 1000;
+
+/// A test's privileges, the `intercept` binary and an eBPF sandbox.
+fn setup(test: &str) -> (Privileged, PathBuf, EbpfSandbox) {
+    let host = require_privileges(test);
+    let bin = intercept_bin(test);
+    let world = EbpfSandbox::new(&host, PROBE, CLIENT);
+    (host, bin, world)
+}
 
 fn seed_task_definition() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ec2-taskB.json")
@@ -65,9 +74,7 @@ fn args<'a>(verb: &'a str, target: &'a [String], rest: &[&'a str]) -> Vec<&'a st
 #[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn apply_exits_interception_continues_status_reports_remove_leaves_nothing() {
     let test = "apply_exits_interception_continues_status_reports_remove_leaves_nothing";
-    let host = require_privileges(test);
-    let bin = intercept_bin(test);
-    let world = EbpfSandbox::new(&host, PROBE, CLIENT);
+    let (_, bin, world) = setup(test);
     let taskdef = seed_task_definition();
     let taskdef = taskdef.to_str().unwrap();
     let target = target_args(&world);
@@ -159,9 +166,7 @@ fn apply_exits_interception_continues_status_reports_remove_leaves_nothing() {
 #[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn bad_ebpf_targets_exit_2_and_change_nothing() {
     let test = "bad_ebpf_targets_exit_2_and_change_nothing";
-    let host = require_privileges(test);
-    let bin = intercept_bin(test);
-    let world = EbpfSandbox::new(&host, PROBE, CLIENT);
+    let (host, bin, world) = setup(test);
     let taskdef = seed_task_definition();
     let taskdef = taskdef.to_str().unwrap();
     let bpffs = world.bpffs.path().display().to_string();
@@ -216,9 +221,7 @@ fn bad_ebpf_targets_exit_2_and_change_nothing() {
 #[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn the_cli_applies_with_only_cap_bpf_net_admin_perfmon() {
     let test = "the_cli_applies_with_only_cap_bpf_net_admin_perfmon";
-    let host = require_privileges(test);
-    let bin = intercept_bin(test);
-    let world = EbpfSandbox::new(&host, PROBE, CLIENT);
+    let (_, bin, world) = setup(test);
     let taskdef = seed_task_definition();
     let cgroup = world.cgroup.path().display().to_string();
     let bpffs = world.bpffs.path().display().to_string();
@@ -268,9 +271,7 @@ fn the_cli_applies_with_only_cap_bpf_net_admin_perfmon() {
 #[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn remove_takes_an_older_ingress_half_only_where_one_can_be() {
     let test = "remove_takes_an_older_ingress_half_only_where_one_can_be";
-    let host = require_privileges(test);
-    let bin = intercept_bin(test);
-    let world = EbpfSandbox::new(&host, PROBE, CLIENT);
+    let (_, bin, world) = setup(test);
     let taskdef = seed_task_definition();
     let taskdef = taskdef.to_str().unwrap();
     let target = target_args(&world);
