@@ -584,7 +584,8 @@ impl Daemon {
     }
 
     /// The pins of ended tasks, removed once after a pass's eBPF actions: the backend leaves
-    /// it to the daemon ([`crate::backend::EbpfOptions::pruned_by_caller`]), as it walks every installation.
+    /// it to the daemon ([`crate::backend::EbpfOptions::pruned_by_caller`]), as it walks
+    /// every installation.
     fn prune(&self) {
         match self.host.prune() {
             Ok(pruned) if !pruned.is_empty() => info!(cgroup_ids = ?pruned, "removed the pins of ended tasks"),

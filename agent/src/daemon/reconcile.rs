@@ -147,6 +147,7 @@ impl Action {
         }
     }
 
+    /// The backend the action works with.
     pub fn backend(&self) -> Kind {
         match self {
             Action::Apply { spec, .. } => spec.backend,
