@@ -19,6 +19,7 @@ use intercept::{
 use intercept_tests::{
     Privileged,
     ebpf::{APP_PORT, EbpfSandbox, PLAIN_V4, PLAIN_V6},
+    lifecycle::feed,
     require_privileges,
     topology::{REMOTE_V4, TASK_V4, TASK_V6, Topology, intercept_bin},
     traffic::{Role, agrees, egress, ingress},
@@ -283,12 +284,7 @@ fn remove_takes_an_older_ingress_half_only_where_one_can_be() {
          --comment \"intercept: ingress TCP from non-local sources\" -j INTERCEPT_INGRESS\n\
          -A INTERCEPT_INGRESS -p tcp -m multiport --dports {APP_PORT} -j REDIRECT --to-ports 15000\nCOMMIT\n"
     );
-    let mut restore = task.command("iptables-nft-restore");
-    restore.arg("--noflush").stdin(std::process::Stdio::piped());
-    let mut child = restore.spawn().unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), half.as_bytes()).unwrap();
-    drop(child.stdin.take());
-    assert!(child.wait().unwrap().success(), "plant the older ingress half");
+    feed(task, "iptables-nft-restore", &["--noflush"], &half);
     let has_half = || task.exec("iptables-nft-save", &["-t", "nat"]).contains(":INTERCEPT_INGRESS");
     assert!(has_half());
 

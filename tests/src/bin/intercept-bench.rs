@@ -1829,8 +1829,8 @@ struct Scale {
     last_cli: (Duration, u64),
     /// The backend's apply as the daemon runs it (in process), for each of the other tasks.
     in_process: Vec<Duration>,
-    /// `intercept remove --backend ebpf` of one task while the others are installed, spawn to
-    /// exit.
+    /// `intercept remove --backend ebpf` of the first task while the others are installed,
+    /// spawn to exit.
     remove_cli: Duration,
     /// Removing every other task, in process as the daemon does on exit (each task, then one
     /// prune).
@@ -1974,21 +1974,14 @@ fn measure_scale(ctx: &Context, host: &Privileged, plan: &Plan, tasks: usize, co
         rates_none.push(field::<f64>(&short, "count")? / field::<f64>(&short, "secs")?);
     }
     let (rate, rate_none) = (median(rates), median(rates_none));
-    // One task by the CLI (as an init container's or the CNI plugin's removal), the others
-    // then as the daemon removes every task on exit.
-    let (first, rest) = match others.split_last() {
-        Some(((cgroup, netns), rest)) => ((cgroup.path(), netns), rest),
-        None => ((ctx.cgroup.path(), task), &others[..]),
-    };
+    // The first task by the CLI (as an init container's or the CNI plugin's removal), the
+    // others then as the daemon removes every task on exit.
     let mut command = Command::new(&ctx.intercept);
-    command.args(["remove", "--backend", "ebpf", "--netns"]).arg(first.1.path());
-    command.arg("--cgroup").arg(first.0).arg("--bpffs").arg(ctx.bpffs.path());
+    command.args(["remove", "--backend", "ebpf", "--netns"]).arg(task.path());
+    command.arg("--cgroup").arg(ctx.cgroup.path()).arg("--bpffs").arg(ctx.bpffs.path());
     let (remove_cli, _) = timed(&mut command, &ctx.scratch.0)?;
     let removing = Instant::now();
-    if !others.is_empty() {
-        ebpf_task::remove(&request(ctx.cgroup.path(), task)).context("remove the first task")?;
-    }
-    for (cgroup, netns) in rest {
+    for (cgroup, netns) in &others {
         ebpf_task::remove(&request(cgroup.path(), netns)).context("remove a task")?;
     }
     intercept::backend::prune_ended(ctx.bpffs.path()).context("prune")?;
