@@ -304,3 +304,113 @@ fn remove_takes_an_older_ingress_half_only_where_one_can_be() {
     assert!(report["ingress"].is_object(), "the older half is removed: {report}");
     assert!(!has_half(), "{}", task.exec("iptables-nft-save", &["-t", "nat"]));
 }
+
+/// Runs `intercept` with the host's `/run/intercept` (where the kernel's features are recorded,
+/// beside the lock files) replaced by `run_dir`, in a mount namespace of its own: the test's
+/// record is never the host's.
+fn run_with_run_dir(bin: &Path, run_dir: &Path, args: &[&str]) -> (i32, String, String) {
+    std::fs::create_dir_all("/run/intercept").expect("create /run/intercept");
+    let output = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", "mount --bind \"$0\" /run/intercept && exec \"$@\""])
+        .arg(run_dir)
+        .arg(bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run unshare: {e}"));
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The kernel's names of the programs the installation's links attach (empty when the program
+/// was loaded without a name).
+fn linked_program_names(world: &EbpfSandbox) -> Vec<String> {
+    use aya::programs::links::{FdLink, PinnedLink};
+    let root = world.bpffs.path().join("intercept");
+    let mut ids = Vec::new();
+    for dir in std::fs::read_dir(&root).unwrap_or_else(|e| panic!("{}: {e}", root.display())) {
+        for pin in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let pin = pin.unwrap().path();
+            if pin.file_name().unwrap().to_string_lossy().starts_with("link-") {
+                let link =
+                    FdLink::from(PinnedLink::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display())));
+                ids.push(link.info().unwrap().program_id());
+            }
+        }
+    }
+    let mut names: Vec<String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|info| ids.contains(&info.id()))
+        .map(|info| info.name_as_str().unwrap_or("").to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn the_kernel_is_probed_once_per_boot_and_a_record_that_fails_a_load_is_dropped() {
+    let test = "the_kernel_is_probed_once_per_boot_and_a_record_that_fails_a_load_is_dropped";
+    let (_, bin, world) = setup(test);
+    let taskdef = seed_task_definition();
+    let taskdef = taskdef.to_str().unwrap();
+    let target = target_args(&world);
+    let run_dir = tempfile::Builder::new().prefix("intercept-run-").tempdir().expect("a temporary directory");
+    let record = run_dir.path().join("bpf-features");
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim().to_owned();
+    let apply = |what: &str| {
+        let (code, stdout, stderr) =
+            run_with_run_dir(&bin, run_dir.path(), &args("apply", &target, &["--task-definition", taskdef]));
+        (code, format!("{what}: {stdout}{stderr}"))
+    };
+    let remove = || {
+        let (code, stdout, stderr) = run_with_run_dir(&bin, run_dir.path(), &args("remove", &target, &[]));
+        assert_eq!(code, 0, "remove: {stdout}{stderr}");
+    };
+    // The aya bits of a record, and the record with other ones.
+    let bits = |text: &str| u16::from_str_radix(text.trim_end().rsplit_once("aya=").unwrap().1, 16).unwrap();
+    let with_bits =
+        |text: &str, bits: u16| format!("{} aya={bits:04x}\n", text.trim_end().rsplit_once(" aya=").unwrap().0);
+
+    // No record: the first apply probes, and records what it found for this boot.
+    let (code, out) = apply("first apply");
+    assert_eq!(code, 0, "{out}");
+    let first = std::fs::read_to_string(&record).unwrap_or_else(|e| panic!("no record after a load: {e}"));
+    assert!(first.starts_with(&format!("format=1 boot={boot_id} kernel=")), "{first}");
+    let named = linked_program_names(&world);
+    assert!(named.iter().all(|n| !n.is_empty()) && named.contains(&"connect4".to_owned()), "{named:?}");
+    remove();
+
+    // A record of this boot is believed: one saying the kernel cannot name programs (bit 0)
+    // gives nameless programs, which only a load without probes can produce.
+    assert!(bits(&first) & 1 == 1, "this kernel names programs: {first}");
+    std::fs::write(&record, with_bits(&first, bits(&first) & !1)).unwrap();
+    let (code, out) = apply("apply with the record");
+    assert_eq!(code, 0, "{out}");
+    let nameless = linked_program_names(&world);
+    assert!(!nameless.is_empty() && nameless.iter().all(String::is_empty), "{nameless:?}");
+    remove();
+
+    // A record of another boot is not: the apply probes, and replaces it.
+    std::fs::write(&record, with_bits(&first, bits(&first) & !1).replace(&boot_id, "another-boot")).unwrap();
+    let (code, out) = apply("apply with another boot's record");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(linked_program_names(&world), named);
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), first);
+    remove();
+
+    // A record that makes the load fail (no global data, bit 3: the object's read-only data
+    // cannot be relocated) fails that apply, which installs nothing and drops the record; the
+    // next apply probes again.
+    std::fs::write(&record, with_bits(&first, bits(&first) & !(1 << 3))).unwrap();
+    let (code, out) = apply("apply with a wrong record");
+    assert_ne!(code, 0, "{out}");
+    assert!(!record.exists(), "the record that failed a load is kept: {out}");
+    assert!(!world.bpffs.files().iter().any(|f| f.is_file()), "{out}: pinned {:?}", world.bpffs.files());
+    let (code, out) = apply("apply after the wrong record");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), first);
+    remove();
+}

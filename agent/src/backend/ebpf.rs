@@ -20,6 +20,7 @@
 mod adopt;
 #[cfg(test)]
 mod fake;
+mod features;
 mod host;
 mod load;
 mod logs;

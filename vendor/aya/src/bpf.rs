@@ -4,7 +4,7 @@ use std::{
     fs, io, iter,
     os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
-    sync::{Arc, LazyLock},
+    sync::{Arc, OnceLock},
 };
 
 use aya_obj::{
@@ -59,7 +59,30 @@ unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
 
 pub use aya_obj::maps::{PinningType, bpf_map_def};
 
-pub(crate) static FEATURES: LazyLock<Features> = LazyLock::new(detect_features);
+/// The features, detected on first use unless [`set_features`] gave them first.
+pub(crate) struct HostFeatures(OnceLock<Features>);
+
+impl std::ops::Deref for HostFeatures {
+    type Target = Features;
+
+    fn deref(&self) -> &Features {
+        self.0.get_or_init(detect_features)
+    }
+}
+
+pub(crate) static FEATURES: HostFeatures = HostFeatures(OnceLock::new());
+
+/// Gives this process the features that an earlier detection found on this kernel, so that it
+/// runs no probe of its own. Returns them back when the features were already detected or
+/// given.
+pub fn set_features(features: Features) -> Result<(), Features> {
+    FEATURES.0.set(features)
+}
+
+/// The features, if this process has detected or been given them already (never probes).
+pub fn detected_features() -> Option<&'static Features> {
+    FEATURES.0.get()
+}
 
 fn detect_features() -> Features {
     let btf = is_btf_supported().then(|| {
@@ -90,7 +113,7 @@ fn detect_features() -> Features {
 
 /// Returns a reference to the detected BPF features.
 pub fn features() -> &'static Features {
-    &FEATURES
+    &*FEATURES
 }
 
 /// Builder style API for advanced loading of eBPF programs.

@@ -609,16 +609,31 @@ impl Backend for Handle {
 
     fn apply(&self, config: &ProxyConfig, options: backend::ApplyOptions) -> Result<Change, backend::Error> {
         self.accepts(options)?;
-        // A kernel without a program type would refuse it half-way: say so before anything.
-        let lacking: Vec<String> = PROGRAM_TYPES.iter().filter_map(|f| (f.probe)().err()).collect();
-        if !lacking.is_empty() {
-            return Err(backend::Error::Refused(format!(
-                "the eBPF backend cannot work on this kernel ({}): {}",
-                backend::kernel_release(),
-                lacking.join("; ")
-            )));
+        // Known from an earlier successful load on this boot (the program types among it), or
+        // probed now: a kernel without a program type would refuse it half-way, so say so
+        // before anything.
+        let known = super::features::known();
+        if !known {
+            let lacking: Vec<String> = PROGRAM_TYPES.iter().filter_map(|f| (f.probe)().err()).collect();
+            if !lacking.is_empty() {
+                return Err(backend::Error::Refused(format!(
+                    "the eBPF backend cannot work on this kernel ({}): {}",
+                    backend::kernel_release(),
+                    lacking.join("; ")
+                )));
+            }
         }
-        let mut report = apply(&self.request, config, ApplyOptions { bpf_log: options.events })?;
+        let applied = apply(&self.request, config, ApplyOptions { bpf_log: options.events });
+        match &applied {
+            Ok(_) if !known => super::features::loaded(),
+            // Only the kernel refusing the object or a program can be the record's fault; bad
+            // input leaves it (and everything else) as it was.
+            Err(Error::Ebpf(super::Error::Load(_) | super::Error::Program { .. })) if known => {
+                super::features::distrust()
+            }
+            _ => {}
+        }
+        let mut report = applied?;
         Ok(Change {
             changed: !matches!(report.outcome, Outcome::Unchanged),
             warnings: Vec::new(),
