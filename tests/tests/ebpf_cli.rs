@@ -42,7 +42,12 @@ fn seed_task_definition() -> PathBuf {
 }
 
 fn run(bin: &Path, args: &[&str]) -> (i32, String, String) {
-    let output: Output = Command::new(bin).args(args).output().unwrap_or_else(|e| panic!("run intercept: {e}"));
+    outcome(Command::new(bin).args(args))
+}
+
+/// A command's exit code, standard output and standard error.
+fn outcome(command: &mut Command) -> (i32, String, String) {
+    let output: Output = command.output().unwrap_or_else(|e| panic!("run {command:?}: {e}"));
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -310,17 +315,19 @@ fn remove_takes_an_older_ingress_half_only_where_one_can_be() {
 /// record is never the host's.
 fn run_with_run_dir(bin: &Path, run_dir: &Path, args: &[&str]) -> (i32, String, String) {
     std::fs::create_dir_all("/run/intercept").expect("create /run/intercept");
-    let output = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", "mount --bind \"$0\" /run/intercept && exec \"$@\""])
-        .arg(run_dir)
-        .arg(bin)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run unshare: {e}"));
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
+    outcome(
+        Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount --bind \"$0\" /run/intercept && exec \"$@\"",
+            ])
+            .arg(run_dir)
+            .arg(bin)
+            .args(args),
     )
 }
 
