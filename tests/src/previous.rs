@@ -18,11 +18,28 @@ use std::{
 /// The commit whose build is the previous release (map layout 1).
 pub const PREVIOUS_RELEASE: &str = "6edd6f2a2c9679bf49d02f9f5888c26b06ab207f";
 
-/// The previous release's binary, built when missing; `Err` says why it cannot be.
+/// How the previous release is built: as the tests build this one (debug), or as the bench
+/// measures it (release).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    Debug,
+    Release,
+}
+
+/// The previous release's debug binary, built when missing; `Err` says why it cannot be.
 pub fn previous_release_bin() -> Result<PathBuf, String> {
+    previous_release(Build::Debug)
+}
+
+/// The previous release's binary of `build`, built when missing; `Err` says why it cannot be.
+pub fn previous_release(build: Build) -> Result<PathBuf, String> {
     let root = workspace_root();
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let dir = target.join("previous").join(PREVIOUS_RELEASE);
+    let name = match build {
+        Build::Debug => PREVIOUS_RELEASE.to_owned(),
+        Build::Release => format!("{PREVIOUS_RELEASE}-release"),
+    };
+    let dir = target.join("previous").join(name);
     let bin = dir.join("intercept");
     if bin.is_file() {
         return Ok(bin);
@@ -69,8 +86,12 @@ pub fn previous_release_bin() -> Result<PathBuf, String> {
         std::os::unix::fs::symlink(target.join("tools"), &tools)
             .map_err(|e| format!("link {}: {e}", tools.display()))?;
     }
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "--locked", "--package", "intercept", "--bin", "intercept"])
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo.args(["build", "--locked", "--package", "intercept", "--bin", "intercept"]);
+    if build == Build::Release {
+        cargo.arg("--release");
+    }
+    let status = cargo
         .current_dir(&src)
         .env("CARGO_TARGET_DIR", &own_target)
         .env_remove("RUSTFLAGS")
@@ -80,7 +101,7 @@ pub fn previous_release_bin() -> Result<PathBuf, String> {
         .env("CARGO_PROFILE_DEV_DEBUG", "line-tables-only")
         .status()
         .map_err(|e| format!("run cargo build in {}: {e}", src.display()))?;
-    let built = own_target.join("debug").join("intercept");
+    let built = own_target.join(if build == Build::Release { "release" } else { "debug" }).join("intercept");
     if !status.success() || !built.is_file() {
         return Err(format!(
             "building the previous release ({PREVIOUS_RELEASE}) in {} failed: {status}",

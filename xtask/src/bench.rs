@@ -1,5 +1,7 @@
 //! `cargo xtask bench [--quick]`: builds `intercept` and the bench (`tests/src/bin/
-//! intercept-bench.rs`) in release mode and runs it as root. The full matrix writes
+//! intercept-bench.rs`) in release mode and runs it as root; the bench builds the previous
+//! release (`tests/src/previous.rs`) in release mode the first time, to measure its eBPF
+//! backend beside this one. The full matrix writes
 //! `docs/performance.md`, `docs/perf/connection-rate.svg` and `docs/perf/samples.csv`, then the
 //! host-scale measurement (below) its section of the same document; a quick
 //! run writes the same files under `<target dir>/bench/`, so it never replaces a full run's.

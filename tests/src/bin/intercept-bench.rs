@@ -7,8 +7,10 @@
 //!   shape (the ECS App Mesh plugin's rules, one `-d X/32 -j RETURN` per ignored IP, written
 //!   with `iptables-nft-restore` by this program), and intercept's iptables, nftables and eBPF
 //!   backends, each installed and removed with the `intercept` binary at `$INTERCEPT_BIN`
-//!   (a private copy), and a diagnostic: eBPF with a configuration without ingress (its
-//!   `sk_lookup` program then steers nothing);
+//!   (a private copy), a diagnostic: eBPF with a configuration without ingress (its
+//!   `sk_lookup` program then steers nothing), and the previous release's eBPF backend
+//!   (`intercept_tests::previous`, built in release mode once), the design the current one is
+//!   measured against;
 //! - at every size of the ignored-IP list (none of which matches, so every connection is
 //!   redirected): short connections (connect, the proxy accepts, reads `SO_ORIGINAL_DST` and
 //!   closes) for connections/s and p50/p99 latency, then one bulk stream app → proxy for
@@ -74,6 +76,7 @@ use intercept_tests::{
     Privileged, TestCgroup,
     daemon::{Daemon, DaemonDirs, seed_proxy_configuration, task_json},
     ebpf::{TestBpffs, as_identity},
+    previous::{Build, PREVIOUS_RELEASE, previous_release},
     privileges,
     topology::{Netns, Topology, netns_privileges, nft},
 };
@@ -524,16 +527,20 @@ enum Variant {
     /// A diagnostic: eBPF with a configuration without ingress (no AppPorts): the `sk_lookup`
     /// program steers nothing.
     EbpfEgressOnly,
+    /// The previous release's eBPF backend ([`previous::PREVIOUS_RELEASE`], built in release
+    /// mode): the design the current one is measured against, in the same run.
+    EbpfPrevious,
 }
 
 impl Variant {
-    const ALL: [Variant; 6] = [
+    const ALL: [Variant; 7] = [
         Variant::None,
         Variant::Reference,
         Variant::Iptables,
         Variant::Nftables,
         Variant::Ebpf,
         Variant::EbpfEgressOnly,
+        Variant::EbpfPrevious,
     ];
 
     fn name(self) -> &'static str {
@@ -544,6 +551,7 @@ impl Variant {
             Variant::Nftables => "intercept nftables",
             Variant::Ebpf => "intercept eBPF",
             Variant::EbpfEgressOnly => "eBPF, no ingress",
+            Variant::EbpfPrevious => "eBPF, previous release",
         }
     }
 
@@ -555,6 +563,7 @@ impl Variant {
             Variant::Nftables => "nftables",
             Variant::Ebpf => "ebpf",
             Variant::EbpfEgressOnly => "ebpf-egress-only",
+            Variant::EbpfPrevious => "ebpf-previous",
         }
     }
 
@@ -566,6 +575,7 @@ impl Variant {
             Variant::Nftables => "#9467bd",
             Variant::Ebpf => "#2ca02c",
             Variant::EbpfEgressOnly => "#98c998",
+            Variant::EbpfPrevious => "#8c564b",
         }
     }
 
@@ -574,7 +584,7 @@ impl Variant {
         match self {
             Variant::Iptables => Some("iptables"),
             Variant::Nftables => Some("nftables"),
-            Variant::Ebpf | Variant::EbpfEgressOnly => Some("ebpf"),
+            Variant::Ebpf | Variant::EbpfEgressOnly | Variant::EbpfPrevious => Some("ebpf"),
             Variant::None | Variant::Reference => None,
         }
     }
@@ -656,6 +666,9 @@ impl Sample {
 /// What every measurement shares.
 struct Context {
     intercept: PathBuf,
+    /// The previous release's `intercept` (a private copy, as `intercept`), for the main
+    /// matrix's [`Variant::EbpfPrevious`]; the host-scale measurement has none.
+    previous: Option<PathBuf>,
     me: PathBuf,
     cgroup: TestCgroup,
     bpffs: TestBpffs,
@@ -716,8 +729,13 @@ fn run(args: &[String]) -> Result<()> {
     // A private copy: a rebuild of the workspace during the run cannot swap the binary under it.
     let private = scratch.0.join("intercept");
     fs::copy(&intercept, &private).with_context(|| format!("copy {}", intercept.display()))?;
+    println!("intercept-bench: the previous release ({PREVIOUS_RELEASE}), built in release mode once");
+    let previous = previous_release(Build::Release).map_err(|e| anyhow!("the previous release: {e}"))?;
+    let previous_private = scratch.0.join("intercept-previous");
+    fs::copy(&previous, &previous_private).with_context(|| format!("copy {}", previous.display()))?;
     let ctx = Context {
         intercept: private,
+        previous: Some(previous_private),
         me: env::current_exe().context("this program's path")?,
         cgroup: host.create_cgroup().context("create the bench cgroup")?,
         bpffs: TestBpffs::mounted(),
@@ -929,7 +947,7 @@ impl Installed<'_> {
                 command.arg("--proxy-configuration").arg(&inputs.egress_only);
                 command
             }
-            Variant::Iptables | Variant::Nftables | Variant::Ebpf => {
+            Variant::Iptables | Variant::Nftables | Variant::Ebpf | Variant::EbpfPrevious => {
                 let mut command = self.intercept("apply");
                 command.arg("--proxy-configuration").arg(&inputs.config);
                 command
@@ -940,13 +958,17 @@ impl Installed<'_> {
 
     fn intercept(&self, verb: &str) -> Command {
         let backend = self.variant.backend().expect("an intercept backend");
-        let mut command = Command::new(&self.ctx.intercept);
+        let bin = match self.variant {
+            Variant::EbpfPrevious => self.ctx.previous.as_ref().expect("the main matrix has the previous release"),
+            _ => &self.ctx.intercept,
+        };
+        let mut command = Command::new(bin);
         command.args([verb, "--backend", backend, "--netns"]).arg(self.netns.path());
         match self.variant {
             Variant::Iptables => {
                 command.args(["--iptables-mode", "nft"]);
             }
-            Variant::Ebpf | Variant::EbpfEgressOnly => {
+            Variant::Ebpf | Variant::EbpfEgressOnly | Variant::EbpfPrevious => {
                 command.arg("--cgroup").arg(self.ctx.cgroup.path()).arg("--bpffs").arg(self.ctx.bpffs.path());
             }
             _ => {}
@@ -1513,8 +1535,14 @@ impl Results {
     }
 
     fn install_table(&self) -> String {
-        let variants =
-            [Variant::Reference, Variant::Iptables, Variant::Nftables, Variant::Ebpf, Variant::EbpfEgressOnly];
+        let variants = [
+            Variant::Reference,
+            Variant::Iptables,
+            Variant::Nftables,
+            Variant::Ebpf,
+            Variant::EbpfEgressOnly,
+            Variant::EbpfPrevious,
+        ];
         let mut out = String::from("| ignored IPs |");
         let mut rule = String::from("|---:|");
         for variant in variants {
@@ -1582,7 +1610,9 @@ impl Results {
              (interval sets); *intercept eBPF* (cgroup connect4/sockops/getsockopt programs, LPM tries, and the \
              sk_lookup ingress program on the task namespace; no netfilter rule); *eBPF, no ingress*, a \
              diagnostic: the eBPF backend with the same configuration minus AppPorts and ProxyIngressPort \
-             (the sk_lookup program steers nothing).\n\
+             (the sk_lookup program steers nothing); *eBPF, previous release*: the eBPF backend of the \
+             previous release (commit `{PREVIOUS_RELEASE}`, built in release mode), the design the current \
+             one is measured against, installed with its own `intercept`.\n\
              - **Ignored IPs**: the seed configuration (the two metadata IPs) plus N distinct IPv4 /32 \
              addresses, none of which the app dials, so every connection is redirected after the whole list \
              is consulted. Written tersely (octets of one or two digits), 100,000 of them fit in the 1 MiB \
@@ -1860,6 +1890,7 @@ fn host_scale(args: &[String]) -> Result<()> {
         fs::write(&config, proxy_configuration(&[], true))?;
         let ctx = Context {
             intercept: private,
+            previous: None,
             me: env::current_exe().context("this program's path")?,
             cgroup: host.create_cgroup().context("create the first task's cgroup")?,
             bpffs: TestBpffs::mounted(),
@@ -1912,6 +1943,7 @@ fn measure_scale(ctx: &Context, host: &Privileged, plan: &Plan, tasks: usize, co
     // first task once every task is installed, so that both see the same host.
     let reference = Context {
         intercept: ctx.intercept.clone(),
+        previous: None,
         me: ctx.me.clone(),
         cgroup: host.create_cgroup().context("create the reference cgroup")?,
         bpffs: TestBpffs::mounted(),
