@@ -1535,24 +1535,18 @@ impl Results {
     }
 
     fn install_table(&self) -> String {
-        let variants = [
-            Variant::Reference,
-            Variant::Iptables,
-            Variant::Nftables,
-            Variant::Ebpf,
-            Variant::EbpfEgressOnly,
-            Variant::EbpfPrevious,
-        ];
+        // Every variant that installs something.
+        let variants: Vec<Variant> = Variant::ALL.into_iter().filter(|&v| v != Variant::None).collect();
         let mut out = String::from("| ignored IPs |");
         let mut rule = String::from("|---:|");
-        for variant in variants {
+        for &variant in &variants {
             let _ = write!(out, " {} |", variant.name());
             rule.push_str("---:|");
         }
         out = format!("{out}\n{rule}\n");
         for &size in &self.sizes {
             let _ = write!(out, "| {} |", thousands(size));
-            for variant in variants {
+            for &variant in &variants {
                 let s = self.get(size, variant);
                 let _ = write!(
                     out,
