@@ -492,3 +492,33 @@ pub fn as_identity(command: &mut Command, uid: u32, gid: u32) {
 }
 
 pub use intercept::error_chain;
+
+/// Every pin of every installation under `bpffs`.
+pub fn pins(bpffs: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    use anyhow::Context as _;
+    let root = bpffs.join("intercept");
+    let mut pins = Vec::new();
+    for task in fs::read_dir(&root).with_context(|| format!("list {}", root.display()))? {
+        for pin in fs::read_dir(task?.path())? {
+            pins.push(pin?.path());
+        }
+    }
+    Ok(pins)
+}
+
+/// Whether a pin is a link's (`link-<program>`) rather than a map's.
+pub fn is_link(pin: &Path) -> bool {
+    pin.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("link-"))
+}
+
+/// The ids of the programs that the link pins among `pins` link to their hooks.
+pub fn linked_programs(pins: &[PathBuf]) -> anyhow::Result<std::collections::BTreeSet<u32>> {
+    use anyhow::Context as _;
+    use aya::programs::links::{FdLink, PinnedLink};
+    let mut ids = std::collections::BTreeSet::new();
+    for path in pins.iter().filter(|p| is_link(p)) {
+        let link = FdLink::from(PinnedLink::from_pin(path).with_context(|| format!("{}", path.display()))?);
+        ids.insert(link.info().with_context(|| format!("{}", path.display()))?.program_id());
+    }
+    Ok(ids)
+}

@@ -18,7 +18,7 @@ use intercept::{
 };
 use intercept_tests::{
     Privileged,
-    ebpf::{APP_PORT, EbpfSandbox, PLAIN_V4, PLAIN_V6},
+    ebpf::{APP_PORT, EbpfSandbox, PLAIN_V4, PLAIN_V6, linked_programs, pins},
     lifecycle::feed,
     require_privileges,
     topology::{REMOTE_V4, TASK_V4, TASK_V6, Topology, intercept_bin},
@@ -334,19 +334,7 @@ fn run_with_run_dir(bin: &Path, run_dir: &Path, args: &[&str]) -> (i32, String, 
 /// The kernel's names of the programs the installation's links attach (empty when the program
 /// was loaded without a name).
 fn linked_program_names(world: &EbpfSandbox) -> Vec<String> {
-    use aya::programs::links::{FdLink, PinnedLink};
-    let root = world.bpffs.path().join("intercept");
-    let mut ids = Vec::new();
-    for dir in std::fs::read_dir(&root).unwrap_or_else(|e| panic!("{}: {e}", root.display())) {
-        for pin in std::fs::read_dir(dir.unwrap().path()).unwrap() {
-            let pin = pin.unwrap().path();
-            if pin.file_name().unwrap().to_string_lossy().starts_with("link-") {
-                let link =
-                    FdLink::from(PinnedLink::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display())));
-                ids.push(link.info().unwrap().program_id());
-            }
-        }
-    }
+    let ids = linked_programs(&pins(world.bpffs.path()).unwrap()).unwrap();
     let mut names: Vec<String> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter(|info| ids.contains(&info.id()))

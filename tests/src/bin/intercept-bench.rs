@@ -58,10 +58,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use aya::{
     maps::MapInfo,
-    programs::{
-        links::{FdLink, PinnedLink},
-        loaded_programs,
-    },
+    programs::loaded_programs,
     sys::{Stats, enable_stats},
 };
 use intercept::{
@@ -75,7 +72,7 @@ use intercept::{
 use intercept_tests::{
     Privileged, TestCgroup,
     daemon::{Daemon, DaemonDirs, seed_proxy_configuration, task_json},
-    ebpf::{TestBpffs, as_identity},
+    ebpf::{TestBpffs, as_identity, is_link, linked_programs, pins},
     previous::{Build, PREVIOUS_RELEASE, previous_release},
     privileges,
     topology::{Netns, Topology, netns_privileges, nft},
@@ -2072,32 +2069,6 @@ fn kernel_memory(bpffs: &Path) -> Result<BTreeMap<String, u64>> {
         *by_name.entry(format!("map {name}")).or_insert(0) += bytes;
     }
     Ok(by_name)
-}
-
-/// Every pin of every installation under `bpffs`.
-fn pins(bpffs: &Path) -> Result<Vec<PathBuf>> {
-    let root = bpffs.join("intercept");
-    let mut pins = Vec::new();
-    for task in fs::read_dir(&root).with_context(|| format!("list {}", root.display()))? {
-        for pin in fs::read_dir(task?.path())? {
-            pins.push(pin?.path());
-        }
-    }
-    Ok(pins)
-}
-
-fn is_link(pin: &Path) -> bool {
-    pin.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("link-"))
-}
-
-/// The ids of the programs that the link pins among `pins` link to their hooks.
-fn linked_programs(pins: &[PathBuf]) -> Result<BTreeSet<u32>> {
-    let mut ids = BTreeSet::new();
-    for path in pins.iter().filter(|p| is_link(p)) {
-        let link = FdLink::from(PinnedLink::from_pin(path).with_context(|| format!("{}", path.display()))?);
-        ids.insert(link.info().with_context(|| format!("{}", path.display()))?.program_id());
-    }
-    Ok(ids)
 }
 
 /// A map's name and its `memlock`.

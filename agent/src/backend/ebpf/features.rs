@@ -30,7 +30,6 @@ const FORMAT: u32 = 1;
 static KNOWN: AtomicBool = AtomicBool::new(false);
 
 /// What identifies the running kernel's boot: a record with anything else is stale.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Boot {
     id: String,
     kernel: String,
@@ -106,7 +105,8 @@ pub(super) fn parse(text: &str, boot: &Boot) -> Option<Features> {
 /// One bit per feature aya detects; bit 7 says whether the kernel has BTF at all, and bits 8 to
 /// 15 are its BTF kinds.
 pub(super) fn encode(f: &Features) -> u16 {
-    let mut bits = [
+    let btf = f.btf();
+    [
         f.bpf_name(),
         f.bpf_probe_read_kernel(),
         f.bpf_perf_link(),
@@ -114,11 +114,7 @@ pub(super) fn encode(f: &Features) -> u16 {
         f.bpf_cookie(),
         f.cpumap_prog_id(),
         f.devmap_prog_id(),
-        f.btf().is_some(),
-    ]
-    .to_vec();
-    let btf = f.btf();
-    bits.extend([
+        btf.is_some(),
         btf.is_some_and(BtfFeatures::btf_func),
         btf.is_some_and(BtfFeatures::btf_func_global),
         btf.is_some_and(BtfFeatures::btf_datasec),
@@ -127,8 +123,10 @@ pub(super) fn encode(f: &Features) -> u16 {
         btf.is_some_and(BtfFeatures::btf_decl_tag),
         btf.is_some_and(BtfFeatures::btf_type_tag),
         btf.is_some_and(BtfFeatures::btf_enum64),
-    ]);
-    bits.iter().enumerate().fold(0, |acc, (i, &on)| acc | (u16::from(on) << i))
+    ]
+    .iter()
+    .enumerate()
+    .fold(0, |acc, (i, &on)| acc | (u16::from(on) << i))
 }
 
 pub(super) fn decode(bits: u16) -> Features {
