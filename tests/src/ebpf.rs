@@ -493,13 +493,19 @@ pub fn as_identity(command: &mut Command, uid: u32, gid: u32) {
 
 pub use intercept::error_chain;
 
-/// Every pin of every installation under `bpffs`.
+/// Every pin of every installation under `bpffs`, and those the installations share (the
+/// quiet log ring, in `<bpffs>/intercept` itself).
 pub fn pins(bpffs: &Path) -> anyhow::Result<Vec<PathBuf>> {
     use anyhow::Context as _;
     let root = bpffs.join("intercept");
     let mut pins = Vec::new();
-    for task in fs::read_dir(&root).with_context(|| format!("list {}", root.display()))? {
-        for pin in fs::read_dir(task?.path())? {
+    for entry in fs::read_dir(&root).with_context(|| format!("list {}", root.display()))? {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            pins.push(entry.path());
+            continue;
+        }
+        for pin in fs::read_dir(entry.path())? {
             pins.push(pin?.path());
         }
     }

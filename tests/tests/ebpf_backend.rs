@@ -700,3 +700,110 @@ fn the_pins_of_a_removed_cgroup_are_pruned_and_only_those() {
     assert!(ebpf::remove(&kept_target).unwrap().any());
     assert!(bpffs.files().is_empty(), "{:?}", bpffs.files());
 }
+
+/// The installations of a bpffs that do not log share one log ring, pinned beside them, which
+/// goes with the last of them; one that logs has a ring of its own.
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn installations_that_do_not_log_share_one_log_ring_which_goes_with_the_last() {
+    use aya::maps::MapInfo;
+    use aya::programs::ProgramInfo;
+    use intercept_tests::ebpf::{linked_programs, pins};
+    let host = require_privileges("installations_that_do_not_log_share_one_log_ring_which_goes_with_the_last");
+    let bpffs = TestBpffs::mounted();
+    let cgroups = [host.create_cgroup().unwrap(), host.create_cgroup().unwrap(), host.create_cgroup().unwrap()];
+    let namespaces = [netns(), netns(), netns()];
+    let plan = EbpfPlan::new(&seed_config());
+    let targets: Vec<Target> =
+        cgroups.iter().map(|c| Target::new(c.path().to_str().unwrap(), Some(bpffs.path())).unwrap()).collect();
+    for ((target, ns), bpf_log) in targets.iter().zip(&namespaces).zip([false, false, true]) {
+        let applied = ebpf::apply(target, &plan, &task_addrs(), ns.open().as_fd(), ApplyOptions { bpf_log });
+        applied.unwrap_or_else(|e| panic!("apply: {}", error_chain(&e)));
+    }
+    let ring = bpffs.path().join("intercept").join(ebpf::QUIET_LOG_RING_PIN);
+    let ring_id = MapInfo::from_pin(&ring).expect("the shared ring is pinned").id();
+    // The log rings the programs of one installation use: aya-log's map, by its name.
+    let rings_of = |target: &Target| {
+        let task_pins: Vec<_> =
+            pins(bpffs.path()).unwrap().into_iter().filter(|p| p.starts_with(target.pin_dir())).collect();
+        let mut rings = std::collections::BTreeSet::new();
+        for id in linked_programs(&task_pins).unwrap() {
+            let program = aya::programs::loaded_programs()
+                .map(Result::unwrap)
+                .find(|p: &ProgramInfo| p.id() == id)
+                .expect("a linked program is loaded");
+            for map in program.map_ids().unwrap().unwrap_or_default() {
+                let info = MapInfo::from_id(map).unwrap();
+                if info.name_as_str() == Some("AYA_LOGS") {
+                    rings.insert(map);
+                }
+            }
+        }
+        rings
+    };
+    assert_eq!(rings_of(&targets[0]), [ring_id].into(), "the first installation uses the pinned ring");
+    assert_eq!(rings_of(&targets[1]), [ring_id].into(), "so does the second");
+    let own = rings_of(&targets[2]);
+    assert!(own.len() == 1 && !own.contains(&ring_id), "the one that logs has its own ring: {own:?}");
+
+    assert!(ebpf::remove(&targets[0]).unwrap().any());
+    assert!(ring.exists(), "another installation still uses the ring");
+    assert!(ebpf::remove(&targets[2]).unwrap().any());
+    assert!(ring.exists(), "the last one that does not log still uses the ring");
+    assert!(ebpf::remove(&targets[1]).unwrap().any());
+    assert!(bpffs.files().is_empty(), "the ring goes with the last installation: {:?}", bpffs.files());
+}
+
+/// `remove` of a live task removes that task's installation and leaves the pins of an ended
+/// task (whose links the kernel has detached) to the next apply: walking every installation on
+/// the host would make each removal cost as much as the host's tasks. `remove` of a task whose
+/// cgroup is gone cannot tell its own pins from the other ended tasks', so it prunes them all.
+#[test]
+#[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
+fn remove_prunes_ended_tasks_only_when_its_own_cgroup_is_gone() {
+    use intercept::backend::ebpf::task::{self as ebpf_task, Request};
+    use intercept::netns::Target as NetnsTarget;
+    let host = require_privileges("remove_prunes_ended_tasks_only_when_its_own_cgroup_is_gone");
+    let bpffs = TestBpffs::mounted();
+    let (live, ended) = (host.create_cgroup().expect("cgroup"), host.create_cgroup().expect("cgroup"));
+    let namespaces = [netns(), netns()];
+    let request = |cgroup: &std::path::Path, ns: &TestNetns| Request {
+        cgroup: cgroup.to_str().unwrap().to_owned(),
+        bpffs: Some(bpffs.path().to_owned()),
+        netns: NetnsTarget::Path(ns.path()),
+        iptables_mode: None,
+        prune: true,
+    };
+    for (cgroup, ns) in [&live, &ended].into_iter().zip(&namespaces) {
+        ebpf_task::apply(&request(cgroup.path(), ns), &seed_config(), ApplyOptions::default()).expect("apply");
+    }
+    let ended_path = ended.path().to_owned();
+    let ended_id = intercept::cgroup::id(&ended_path).unwrap();
+    let ended_dir = bpffs.path().join("intercept").join(ended_id.to_string());
+    drop(ended);
+    // The kernel detaches a removed cgroup's links from a work queue; until then its pins are
+    // not yet an ended task's, and this test could not tell a walk from none.
+    let link = ended_dir.join(Program::CGROUP[0].link_pin());
+    let detached = || {
+        let out = Command::new("bpftool").args(["-j", "link", "show", "pinned"]).arg(&link).output();
+        let out = out.expect("bpftool (package bpftool)");
+        assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+        info["cgroup_id"] == 0
+    };
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !detached() {
+        assert!(std::time::Instant::now() < deadline, "the kernel never detached the removed cgroup's links");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let report = ebpf_task::remove(&request(live.path(), &namespaces[0])).expect("remove the live task");
+    assert!(report.removed && report.cgroup_exists, "{report:?}");
+    assert!(report.pruned.is_empty(), "a live task's removal walked the others: {report:?}");
+    assert!(ended_dir.is_dir(), "the ended task's pins went with another task's removal");
+
+    let report = ebpf_task::remove(&request(&ended_path, &namespaces[1])).expect("remove the ended task");
+    assert!(!report.cgroup_exists && !report.removed, "{report:?}");
+    assert_eq!(report.pruned, [ended_id], "{report:?}");
+    assert!(bpffs.files().is_empty(), "{:?}", bpffs.files());
+}

@@ -70,6 +70,12 @@ use crate::privileges;
 /// aya-log's ring buffer in the object, and its size when the programs do not log.
 const AYA_LOG_RING: &str = "AYA_LOGS";
 const QUIET_LOG_RING_BYTES: u32 = 4096;
+/// The pin, in `<bpffs>/intercept`, of the ring buffer every installation of the bpffs that
+/// does not log shares. Nothing can write to it (at log level 0 the verifier drops every log
+/// statement), so sharing it mixes nothing, and each task saves its 16 KiB of kernel memory
+/// (a ring buffer's data pages are mapped twice, and the kernel counts them all). It goes
+/// with the last installation ([`pins::release_root`]).
+pub const QUIET_LOG_RING_PIN: &str = "AYA_LOGS";
 
 /// Where bpffs is conventionally mounted; `--bpffs` chooses another place.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -194,6 +200,11 @@ impl Target {
     /// `<bpffs>/intercept/<cgroup id>`.
     pub fn pin_dir(&self) -> PathBuf {
         self.bpffs.join(PIN_ROOT).join(self.cgroup_id.to_string())
+    }
+
+    /// `<bpffs>/intercept/AYA_LOGS`: see [`QUIET_LOG_RING_PIN`].
+    fn quiet_log_ring(&self) -> PathBuf {
+        self.bpffs.join(PIN_ROOT).join(QUIET_LOG_RING_PIN)
     }
 
     /// The build and map layout of the installation, `None` when there is none. A layout
@@ -352,7 +363,7 @@ fn install(
     let staged = (|| {
         // Every map is new, pinned in the staging directory as it is created.
         let pins = MAP_NAMES.iter().map(|&name| (name, staging.join(name))).collect();
-        let (ebpf, mut maps, logs) = load(plan, options, &pins, &[])?;
+        let (ebpf, mut maps, logs) = load(plan, options, &pins, &[], &target.quiet_log_ring())?;
         maps::install(desired, 0, &mut maps)?;
         maps::write_version(&mut maps, build())?;
         let adopted = ingress_port(plan).map(|port| adopt_into(&staging, &target.cgroup, port)).transpose()?;
@@ -367,6 +378,7 @@ fn install(
         Err(e) => {
             // Unpinned, the links detach: nothing stays attached.
             let _ = fs::remove_dir_all(&staging);
+            pins::release_root(&root);
             Err(e)
         }
     }

@@ -22,12 +22,15 @@ pub(super) type Loaded = (Ebpf, BTreeMap<&'static str, Map>, Option<Logs>);
 /// Loads the object: every map opened from, or created and pinned at, its path in `pins` (a
 /// map pinned there already is reused, whatever its capacity), the configuration maps sized
 /// to the plan, the `LEGACY_*` maps created with one entry unless reused, and every program
-/// loaded (verified) but not attached. `carried` names the maps that are reused.
+/// loaded (verified) but not attached. `carried` names the maps that are reused. Without
+/// logging, aya-log's ring is the one pinned at `quiet_log_ring`, created there if missing
+/// (see [`super::QUIET_LOG_RING_PIN`]).
 pub(super) fn load(
     plan: &EbpfPlan,
     options: ApplyOptions,
     pins: &BTreeMap<&'static str, PathBuf>,
     carried: &[&'static str],
+    quiet_log_ring: &Path,
 ) -> Result<Loaded, Error> {
     // aya-log's level is a read-only global: at 0 the verifier sees every log statement as
     // dead code and drops it.
@@ -39,6 +42,7 @@ pub(super) fn load(
         // aya-log's ring buffer (128 KiB) exists whether or not anything logs; with logging
         // off nothing is ever written to it, and one page is the smallest a ring buffer can be.
         loader.map_max_entries(AYA_LOG_RING, QUIET_LOG_RING_BYTES);
+        loader.map_pin_path(AYA_LOG_RING, quiet_log_ring);
     }
     for spec in plan.map_specs() {
         if !carried.contains(&spec.name) {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::fd::AsFd as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
 use aya::maps::{Map, MapData};
@@ -95,7 +96,7 @@ pub fn remove(target: &Target) -> Result<Removed, Error> {
     }
     let dir = target.pin_dir();
     if !dir.exists() {
-        let _ = fs::remove_dir(target.bpffs.join(PIN_ROOT));
+        release_root(&target.bpffs.join(PIN_ROOT));
         held.release()?;
         return Ok(if stale.is_empty() { Removed::Nothing } else { Removed::Leftovers });
     }
@@ -115,8 +116,7 @@ pub fn remove(target: &Target) -> Result<Removed, Error> {
         }
     }
     fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
-    // The shared parent goes when the last cgroup is removed; another cgroup's pins keep it.
-    let _ = fs::remove_dir(target.bpffs.join(PIN_ROOT));
+    release_root(&target.bpffs.join(PIN_ROOT));
     held.release()?;
     Ok(Removed::Installation { steered_ingress })
 }
@@ -133,7 +133,7 @@ pub fn remove_pins_of_removed_cgroup(bpffs: &Path, cgroup_id: u64) -> Result<boo
     let _lock = host::lock_bpffs(bpffs)?;
     unpin_dir(&dir)?;
     Locks::system().forget(&lock::Key::cgroup(cgroup_id, format!("cgroup id {cgroup_id}")))?;
-    let _ = fs::remove_dir(bpffs.join(PIN_ROOT));
+    release_root(&bpffs.join(PIN_ROOT));
     Ok(true)
 }
 
@@ -178,9 +178,24 @@ fn prune_under(root: &Path, locks: &Locks) -> Result<Vec<u64>, Error> {
             pruned.push(cgroup_id);
         }
     }
-    let _ = fs::remove_dir(root);
+    release_root(root);
     pruned.sort_unstable();
     Ok(pruned)
+}
+
+/// Removes `root` (`<bpffs>/intercept`) once no installation is left in it: what it holds
+/// then is only the quiet log ring every installation shared ([`super::QUIET_LOG_RING_PIN`]),
+/// which goes with the last of them. Under the bpffs lock, so no apply is about to reuse the
+/// ring; a root another installation (or a staging directory) still uses is left as it is.
+pub(super) fn release_root(root: &Path) {
+    // Every installation, a staging one too, is a directory, and a directory's link count is
+    // 2 plus one per subdirectory (bpffs keeps it as the other in-memory file systems do): one
+    // stat tells, where listing the root would read every installation on the host at each
+    // removal.
+    if fs::metadata(root).is_ok_and(|root| root.nlink() == 2) {
+        let _ = fs::remove_file(root.join(super::QUIET_LOG_RING_PIN));
+        let _ = fs::remove_dir(root);
+    }
 }
 
 #[cfg(test)]

@@ -99,7 +99,7 @@ fn replace_into(
             pins.insert(name, staging.join(name));
         }
     }
-    let (ebpf, mut maps, logs) = load(plan, options, &pins, &carried)?;
+    let (ebpf, mut maps, logs) = load(plan, options, &pins, &carried, &target.quiet_log_ring())?;
     maps::install(desired, 0, &mut maps)?;
     maps::write_version(&mut maps, build())?;
     for name in &carried {

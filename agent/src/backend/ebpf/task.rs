@@ -50,8 +50,8 @@ pub struct Request {
     /// `--iptables-mode`: for `remove`, to clean up the iptables ingress rules of an older
     /// install.
     pub iptables_mode: Option<Mode>,
-    /// Whether `apply` and `remove` also remove the pins of ended tasks ([`super::prune`]);
-    /// see [`Options::pruned_by_caller`].
+    /// Whether `apply`, and `remove` of a cgroup that is gone, also remove the pins of ended
+    /// tasks ([`super::prune`]); see [`Options::pruned_by_caller`].
     pub prune: bool,
 }
 
@@ -274,7 +274,8 @@ pub struct RemoveReport {
     pub cgroup_exists: bool,
     /// Whether programs and pins were there to remove.
     pub removed: bool,
-    /// Cgroups that no longer exist whose pins were removed too (see [`super::prune`]).
+    /// When this cgroup is gone too: cgroups that no longer exist whose pins were removed (see
+    /// [`super::prune`]).
     pub pruned: Vec<u64>,
     /// The iptables ingress rules an older intercept installed in eBPF mode, removed.
     pub ingress: Option<iptables::Report>,
@@ -305,11 +306,15 @@ impl RemoveReport {
     }
 }
 
-/// Removes the programs and their pins, then the pins of cgroups that no longer exist (a
-/// task's cgroup goes when the task ends, and its pins would keep the maps alive), then the
-/// iptables ingress half an older intercept installed in eBPF mode, unless what was removed
-/// steered ingress itself (see [`Removed`]). Idempotent; a cgroup or a namespace that is gone
-/// is not an error (the namespace's rules went with it).
+/// Removes the programs and their pins, then the iptables ingress half an older intercept
+/// installed in eBPF mode, unless what was removed steered ingress itself (see [`Removed`]).
+/// Idempotent; a cgroup or a namespace that is gone is not an error (the namespace's rules
+/// went with it). When the cgroup is gone, its pins can no longer be told from other ended
+/// tasks' (they are named by the cgroup's id), so it removes the pins of every cgroup that no
+/// longer exists ([`super::prune`]). A removal of a live task's installation leaves the other
+/// tasks alone: that walk costs a few microseconds per installation on the host (13.5 ms
+/// among 1,000 tasks, against 3.5 ms alone), and the next apply, or the daemon's next pass,
+/// does it anyway.
 pub fn remove(request: &Request) -> Result<RemoveReport, Error> {
     // A namespace that exists but cannot be used is bad input, refused before anything changes.
     let netns = match Netns::open(request.netns.clone()) {
@@ -328,7 +333,7 @@ pub fn remove(request: &Request) -> Result<RemoveReport, Error> {
         }
         Err(e) => return Err(e.into()),
     };
-    let pruned = if request.prune { super::prune(&bpffs)? } else { Vec::new() };
+    let pruned = if request.prune && !cgroup_exists { super::prune(&bpffs)? } else { Vec::new() };
     // Only where an older intercept may have installed: reading the rules alone runs four
     // helper processes, most of a removal's time.
     let older = !matches!(removed, Removed::Installation { steered_ingress: true });
