@@ -232,25 +232,46 @@ impl Target {
         Ok(Locks::system().acquire(&key, lock::WAIT)?)
     }
 
-    /// Staging directories an `apply` killed before it moved its pins into place left
-    /// behind (`<bpffs>/intercept/staging-<cgroup id>-<pid>`). Under the locks, no live
-    /// `apply` has one for this cgroup.
-    pub fn stale_staging(&self) -> Vec<PathBuf> {
-        self.leftovers("staging-")
+    /// What killed `apply`s of this cgroup left in `<bpffs>/intercept`. Under the locks, no
+    /// live `apply` has a directory there for this cgroup.
+    pub fn leftovers(&self) -> Leftovers {
+        let mut leftovers = Leftovers::default();
+        let Ok(entries) = fs::read_dir(self.bpffs.join(PIN_ROOT)) else { return leftovers };
+        let id = format!("{}-", self.cgroup_id);
+        for entry in entries.filter_map(Result::ok) {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            for (prefix, found) in [
+                (STAGING, &mut leftovers.staging),
+                (replace::REPLACING, &mut leftovers.replacing),
+                (replace::RETIRED, &mut leftovers.retired),
+            ] {
+                if name.strip_prefix(prefix).is_some_and(|rest| rest.starts_with(&id)) {
+                    found.push(entry.path());
+                }
+            }
+        }
+        for found in [&mut leftovers.staging, &mut leftovers.replacing, &mut leftovers.retired] {
+            found.sort();
+        }
+        leftovers
     }
+}
 
-    /// The directories `<bpffs>/intercept/<prefix><cgroup id>-<pid>` of this cgroup.
-    fn leftovers(&self, prefix: &str) -> Vec<PathBuf> {
-        let prefix = format!("{prefix}{}-", self.cgroup_id);
-        let Ok(entries) = fs::read_dir(self.bpffs.join(PIN_ROOT)) else { return Vec::new() };
-        let mut found: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)))
-            .map(|e| e.path())
-            .collect();
-        found.sort();
-        found
-    }
+/// Directory name prefix of a first apply's pins until they are in place.
+const STAGING: &str = "staging-";
+
+/// The directories `<bpffs>/intercept/<kind><cgroup id>-<pid>` of one cgroup that killed
+/// `apply`s left, found with one listing: that directory holds every installation on the host,
+/// and a listing per kind made a removal among 1,000 tasks read all of them three times.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// A first apply's pins, killed before they were moved into place; their links may still
+    /// intercept.
+    pub staging: Vec<PathBuf>,
+    /// A replacement's new pins, complete or not ([`replace::recover`]).
+    pub replacing: Vec<PathBuf>,
+    /// An installation's old pins, moved aside by a replacement.
+    pub retired: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -331,12 +352,13 @@ pub fn apply(
     let held = target.lock()?;
     host::ensure_bpffs(&target.bpffs)?;
     let lock = host::lock_bpffs(&target.bpffs)?;
-    recover(target)?;
+    let leftovers = target.leftovers();
+    recover(target, &leftovers)?;
     let dir = target.pin_dir();
     let applied = if dir.exists() {
         update(target, &dir, plan, &desired, options)
     } else {
-        install(target, netns, &dir, plan, &desired, options)
+        install(target, netns, &dir, plan, &desired, options, &leftovers.staging)
     }?;
     drop(lock);
     // Whole: the lock file is only needed while a change runs.
@@ -351,14 +373,15 @@ fn install(
     plan: &EbpfPlan,
     desired: &Contents,
     options: ApplyOptions,
+    stale_staging: &[PathBuf],
 ) -> Result<Applied, Error> {
     let root = target.bpffs.join(PIN_ROOT);
     fs::create_dir_all(&root).map_err(|e| Error::io("create", &root, e))?;
     // A killed apply's staging pins may hold links that still intercept: they go first.
-    for stale in target.stale_staging() {
-        unpin_dir(&stale)?;
+    for stale in stale_staging {
+        unpin_dir(stale)?;
     }
-    let staging = root.join(format!("staging-{}-{}", target.cgroup_id, std::process::id()));
+    let staging = root.join(format!("{STAGING}{}-{}", target.cgroup_id, std::process::id()));
     fs::create_dir(&staging).map_err(|e| Error::io("create", &staging, e))?;
     let staged = (|| {
         // Every map is new, pinned in the staging directory as it is created.

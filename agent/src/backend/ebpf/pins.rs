@@ -89,8 +89,9 @@ pub fn remove(target: &Target) -> Result<Removed, Error> {
     }
     let held = target.lock()?;
     let _lock = host::lock_bpffs(&bpffs)?;
-    recover(target)?;
-    let stale = target.stale_staging();
+    let leftovers = target.leftovers();
+    recover(target, &leftovers)?;
+    let stale = leftovers.staging;
     for dir in &stale {
         unpin_dir(dir)?;
     }

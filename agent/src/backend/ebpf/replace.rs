@@ -11,7 +11,9 @@ use intercept_common::{CARRIED_MAP_NAMES, LAYOUT, LAYOUT_1_PAIRING_PINS, MAP_NAM
 use super::adopt::adopt_into;
 use super::load::{load, program_fd};
 use super::pins::{open_pinned_links, open_pinned_maps};
-use super::{Adopted, Applied, ApplyOptions, Contents, Error, Logs, Outcome, PIN_ROOT, Program, Target, build, host};
+use super::{
+    Adopted, Applied, ApplyOptions, Contents, Error, Leftovers, Logs, Outcome, PIN_ROOT, Program, Target, build, host,
+};
 use super::{ingress_port, maps};
 use crate::plan::ebpf::EbpfPlan;
 
@@ -32,8 +34,8 @@ const REPLACE_ORDER: [Program; 9] = [
 ];
 
 /// Directory name prefixes of a replacement's new pins, and of the old ones moved aside.
-const REPLACING: &str = "replacing-";
-const RETIRED: &str = "retired-";
+pub(super) const REPLACING: &str = "replacing-";
+pub(super) const RETIRED: &str = "retired-";
 
 /// Replaces the programs of the installation in `dir` with this build's, with no window: new
 /// configuration maps are made and filled, the maps holding live state (sockets, hand-offs,
@@ -183,16 +185,16 @@ fn switch_link<'a>(
 /// it): new pins complete but not yet in place become the installation; otherwise the old
 /// pins stay, and the leftovers go. Their links are the installation's own, so removing them
 /// detaches nothing.
-pub(super) fn recover(target: &Target) -> Result<(), Error> {
+pub(super) fn recover(target: &Target, leftovers: &Leftovers) -> Result<(), Error> {
     let dir = target.pin_dir();
-    for prefix in [REPLACING, RETIRED] {
-        for leftover in target.leftovers(prefix) {
+    for (prefix, found) in [(REPLACING, &leftovers.replacing), (RETIRED, &leftovers.retired)] {
+        for leftover in found {
             let complete = Program::ALL.iter().all(|p| leftover.join(p.link_pin()).exists())
                 && MAP_NAMES.iter().all(|m| leftover.join(m).exists());
             if !dir.exists() && (prefix == RETIRED || complete) {
-                fs::rename(&leftover, &dir).map_err(|e| Error::io("move the pins into place at", &dir, e))?;
+                fs::rename(leftover, &dir).map_err(|e| Error::io("move the pins into place at", &dir, e))?;
             } else {
-                fs::remove_dir_all(&leftover).map_err(|e| Error::io("remove", &leftover, e))?;
+                fs::remove_dir_all(leftover).map_err(|e| Error::io("remove", leftover, e))?;
             }
         }
     }

@@ -430,7 +430,7 @@ pub fn status(request: &Request, config: Option<&ProxyConfig>) -> Result<StatusR
             super::build().build_str()
         ));
     }
-    let stale = target.stale_staging();
+    let stale = target.leftovers().staging;
     for dir in &stale {
         reasons.push(format!(
             "an interrupted `intercept apply` left pins in {} (they may still intercept): `intercept apply` or \

@@ -28,3 +28,37 @@ fn the_load_queue_holds_every_program_of_the_object_once() {
     let defined: BTreeSet<&str> = object.programs.keys().map(String::as_str).collect();
     assert_eq!(defined, all);
 }
+
+/// One listing finds each kind of leftover of the cgroup, and none of another cgroup whose id
+/// starts with the same digits, nor an installation or the shared log ring.
+#[test]
+fn leftovers_are_sorted_by_kind_for_this_cgroup_only() {
+    let bpffs = tempfile::tempdir().expect("a temporary directory");
+    let root = bpffs.path().join(PIN_ROOT);
+    let names = [
+        "7",
+        "77",
+        QUIET_LOG_RING_PIN,
+        "staging-7-10",
+        "staging-7-2",
+        "staging-77-3",
+        "replacing-7-4",
+        "replacing-70-5",
+        "retired-7-6",
+        "retired-17-7",
+    ];
+    for name in names {
+        fs::create_dir_all(root.join(name)).expect("create");
+    }
+    let target = Target { cgroup: PathBuf::from("/sys/fs/cgroup/task"), cgroup_id: 7, bpffs: bpffs.path().to_owned() };
+    let leftovers = target.leftovers();
+    let names = |found: &[PathBuf]| -> Vec<String> {
+        found.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect()
+    };
+    assert_eq!(names(&leftovers.staging), ["staging-7-10", "staging-7-2"]);
+    assert_eq!(names(&leftovers.replacing), ["replacing-7-4"]);
+    assert_eq!(names(&leftovers.retired), ["retired-7-6"]);
+    let none = Target { cgroup_id: 8, ..target };
+    let leftovers = none.leftovers();
+    assert!(leftovers.staging.is_empty() && leftovers.replacing.is_empty() && leftovers.retired.is_empty());
+}

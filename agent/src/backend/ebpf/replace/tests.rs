@@ -178,7 +178,7 @@ fn recovery_puts_a_complete_replacement_in_place_of_a_moved_installation() {
     let root = bpffs.path().join(PIN_ROOT);
     leftover(&root.join("replacing-7-40"), true);
     leftover(&root.join("retired-7-40"), true);
-    recover(&target).expect("recovered");
+    recover(&target, &target.leftovers()).expect("recovered");
     assert_eq!(fs::read_to_string(target.pin_dir().join(MAP_NAMES[0])).expect("in place"), "replacing-7-40");
     assert_eq!(fs::read_dir(&root).expect("the root").count(), 1, "the leftovers are gone");
 }
@@ -190,7 +190,7 @@ fn recovery_keeps_the_installation_over_an_incomplete_replacement() {
     let root = bpffs.path().join(PIN_ROOT);
     leftover(&root.join("replacing-7-40"), false);
     leftover(&root.join("retired-7-40"), true);
-    recover(&target).expect("recovered");
+    recover(&target, &target.leftovers()).expect("recovered");
     // The retired pins were the installation: with the incomplete replacement gone, they are again.
     assert_eq!(fs::read_to_string(target.pin_dir().join(MAP_NAMES[0])).expect("in place"), "retired-7-40");
     assert_eq!(fs::read_dir(&root).expect("the root").count(), 1, "the leftovers are gone");
