@@ -707,7 +707,6 @@ fn the_pins_of_a_removed_cgroup_are_pruned_and_only_those() {
 #[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn installations_that_do_not_log_share_one_log_ring_which_goes_with_the_last() {
     use aya::maps::MapInfo;
-    use aya::programs::ProgramInfo;
     use intercept_tests::ebpf::{linked_programs, pins};
     let host = require_privileges("installations_that_do_not_log_share_one_log_ring_which_goes_with_the_last");
     let bpffs = TestBpffs::mounted();
@@ -726,12 +725,12 @@ fn installations_that_do_not_log_share_one_log_ring_which_goes_with_the_last() {
     let rings_of = |target: &Target| {
         let task_pins: Vec<_> =
             pins(bpffs.path()).unwrap().into_iter().filter(|p| p.starts_with(target.pin_dir())).collect();
+        let ids = linked_programs(&task_pins).unwrap();
+        let programs: Vec<_> =
+            aya::programs::loaded_programs().map(Result::unwrap).filter(|p| ids.contains(&p.id())).collect();
+        assert_eq!(programs.len(), ids.len(), "every linked program is loaded");
         let mut rings = std::collections::BTreeSet::new();
-        for id in linked_programs(&task_pins).unwrap() {
-            let program = aya::programs::loaded_programs()
-                .map(Result::unwrap)
-                .find(|p: &ProgramInfo| p.id() == id)
-                .expect("a linked program is loaded");
+        for program in programs {
             for map in program.map_ids().unwrap().unwrap_or_default() {
                 let info = MapInfo::from_id(map).unwrap();
                 if info.name_as_str() == Some("AYA_LOGS") {

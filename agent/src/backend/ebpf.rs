@@ -74,8 +74,8 @@ const QUIET_LOG_RING_BYTES: u32 = 4096;
 /// does not log shares. Nothing can write to it (at log level 0 the verifier drops every log
 /// statement), so sharing it mixes nothing, and each task saves its 16 KiB of kernel memory
 /// (a ring buffer's data pages are mapped twice, and the kernel counts them all). It goes
-/// with the last installation ([`pins::release_root`]).
-pub const QUIET_LOG_RING_PIN: &str = "AYA_LOGS";
+/// with the last installation ([`pins::release_root`]). It is pinned under the map's name.
+pub const QUIET_LOG_RING_PIN: &str = AYA_LOG_RING;
 
 /// Where bpffs is conventionally mounted; `--bpffs` chooses another place.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -239,7 +239,8 @@ impl Target {
         let Ok(entries) = fs::read_dir(self.bpffs.join(PIN_ROOT)) else { return leftovers };
         let id = format!("{}-", self.cgroup_id);
         for entry in entries.filter_map(Result::ok) {
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
             for (prefix, found) in [
                 (STAGING, &mut leftovers.staging),
                 (replace::REPLACING, &mut leftovers.replacing),

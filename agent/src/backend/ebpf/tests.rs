@@ -10,7 +10,7 @@ fn the_object_defines_exactly_the_named_maps_each_named_once() {
     // Data sections (`.rodata`, …) and aya-log's ring buffer are loaded by aya, never
     // pinned by name.
     let defined: BTreeSet<&str> =
-        object.maps.keys().map(String::as_str).filter(|name| !name.starts_with('.') && *name != "AYA_LOGS").collect();
+        object.maps.keys().map(String::as_str).filter(|name| !name.starts_with('.') && *name != AYA_LOG_RING).collect();
     let named: BTreeSet<&str> = MAP_NAMES.into_iter().collect();
     assert_eq!(named.len(), MAP_NAMES.len(), "a map is named twice: {MAP_NAMES:?}");
     assert_eq!(defined, named);
