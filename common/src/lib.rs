@@ -9,20 +9,26 @@
 //! network-order `user_port` of `bpf_sock_addr`); addresses in LPM keys are in network
 //! order, as the LPM trie requires (it matches prefixes from the first byte on).
 //!
-//! Generations: every map the agent fills holds two configurations side by side, generation 0
-//! and generation 1, told apart by a generation in each key (the index of `CONFIG`). `ACTIVE`
-//! says which one the programs use; each program reads it once, at its start, so a connection
-//! is decided entirely by one configuration. An apply fills the inactive generation, flips
-//! `ACTIVE` (one aligned 4-byte array update; 0 and 1 differ in one bit, so no reader can see
-//! a third value), waits for programs still running with the old generation, and then clears
-//! the old one.
+//! Slots: the programs that decide are loaded once per host; each task has a slot, and its
+//! entries in the host's maps are keyed by it (first in every key, so no lookup of one task
+//! ever matches another's).
+//!
+//! Generations: each task's configuration is held twice side by side, generation 0 and
+//! generation 1, told apart by a generation in each key (after the slot; `CONFIG` is indexed by
+//! slot and generation). `ACTIVE[slot]` says which one the task's programs use; each program
+//! reads it once, at its start, so a connection is decided entirely by one configuration. An
+//! apply fills the inactive generation, flips `ACTIVE[slot]` (one aligned 4-byte array update;
+//! 0 and 1 differ in one bit, so no reader can see a third value), waits for programs still
+//! running with the old generation, and then clears the old one.
 #![no_std]
 
 use core::mem::{align_of, size_of};
 
-/// `ACTIVE`: an array with one `u32` at index 0, the generation (0 or 1) the programs use.
+/// `ACTIVE`: an array of [`MAX_TASKS`] `u32`s, indexed by slot: the generation (0 or 1) the
+/// task's programs use.
 pub const ACTIVE_MAP: &str = "ACTIVE";
-/// `CONFIG`: an array of [`GENERATIONS`] [`GlobalConfig`]s, indexed by generation.
+/// `CONFIG`: an array of [`MAX_TASKS`] × [`GENERATIONS`] [`GlobalConfig`]s, indexed by
+/// `slot * GENERATIONS + generation`.
 pub const CONFIG_MAP: &str = "CONFIG";
 /// `IGNORED_PORTS`: hash map [`PortKey`] (generation, destination port) → [`PRESENT`]; the
 /// effective EgressIgnoredPorts expanded to single ports.
@@ -41,30 +47,40 @@ pub const LOCAL_NETS_V4_MAP: &str = "LOCAL_NETS_V4";
 /// `LOCAL_NETS_V6`: LPM trie like [`IGNORED_NETS_V6_MAP`]; `::1` plus the namespace's own
 /// IPv6 addresses.
 pub const LOCAL_NETS_V6_MAP: &str = "LOCAL_NETS_V6";
-/// `COUNTERS`: per-CPU array of `u64`, indexed by [`Counter`].
+/// `COUNTERS`: per-CPU array of `u64`, indexed by [`Counter`]: what a task's own programs
+/// count (the host programs count in [`TASK_COUNTERS_MAP`]).
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// `SOCK_PENDING`: socket storage ([`OrigDst`]) on a redirected app socket, from connect(2)
-/// until the connection is established.
+/// until the connection is established. A host map: socket storage belongs to its socket.
 pub const SOCK_PENDING_MAP: &str = "SOCK_PENDING";
 /// `SOCK_ORIG`: socket storage on the proxy's accepted socket: the original destination
-/// `SO_ORIGINAL_DST` answers.
+/// `SO_ORIGINAL_DST` answers. A host map.
 pub const SOCK_ORIG_MAP: &str = "SOCK_ORIG";
 /// `SOCK_DNS`: socket storage on a UDP socket: the server its last redirected DNS query was
 /// for. The `recvmsg` hooks give the replies (which come from ProxyDNSPort on loopback) that
-/// server's address, so the resolver accepts them.
+/// server's address, so the resolver accepts them. A host map.
 pub const SOCK_DNS_MAP: &str = "SOCK_DNS";
 /// `HANDOFF`: hash [`SocketPair`] → [`OrigDst`], no preallocation: established redirected
 /// connections whose proxy-side socket the kernel has not created yet.
 pub const HANDOFF_MAP: &str = "HANDOFF";
-/// Layout 1's pairing maps, kept by an in-place upgrade of a layout-1 installation (which
-/// pinned them as `PENDING_DST`, `ORIG_DST` and `DNS_ORIG`) and read by the programs as a
-/// fallback; a new installation creates them with [`LEGACY_NEW_CAPACITY`] entries.
-pub const LEGACY_PENDING_MAP: &str = "LEGACY_PENDING";
-pub const LEGACY_ORIG_MAP: &str = "LEGACY_ORIG";
-pub const LEGACY_DNS_MAP: &str = "LEGACY_DNS";
-/// Layout 1's pin names of the maps above, in the same order.
-pub const LAYOUT_1_PAIRING_PINS: [(&str, &str); 3] =
-    [(LEGACY_PENDING_MAP, "PENDING_DST"), (LEGACY_ORIG_MAP, "ORIG_DST"), (LEGACY_DNS_MAP, "DNS_ORIG")];
+/// `TASKS`: the programs' cgroup storage ([`TaskRef`]), one value per (cgroup, attach type):
+/// which task slot the cgroup is. A host map.
+pub const TASKS_MAP: &str = "TASKS";
+/// `SLOTS`: hash `u32` slot → `u64` cgroup id: the slots in use. A host map that only the
+/// agent reads and writes.
+pub const SLOTS_MAP: &str = "SLOTS";
+/// `TASK`: an array with one [`TaskRef`]: the slot of the installation. Only the agent reads
+/// it (a removed cgroup's storage is gone with it, and its slot must still be freed).
+pub const TASK_MAP: &str = "TASK";
+/// `RECORD`: an array of [`RECORD_PAGE`]-byte values: what the task's entries in the host's
+/// maps are (both generations' contents, encoded by the agent), so that they can be found and
+/// deleted when it goes. Only the agent reads it.
+pub const RECORD_MAP: &str = "RECORD";
+/// The value size of [`RECORD_MAP`].
+pub const RECORD_PAGE: u32 = 4096;
+/// `TASK_COUNTERS`: the host programs' per-CPU cgroup storage of `[u64; Counter::COUNT]`
+/// (one per task's cgroup, shared by its attach types), indexed by [`Counter`].
+pub const TASK_COUNTERS_MAP: &str = "TASK_COUNTERS";
 /// `VERSION`: an array with one [`Version`]: which build made the installation, and its
 /// layout. Layout-1 installations have no such map.
 pub const VERSION_MAP: &str = "VERSION";
@@ -76,16 +92,18 @@ pub const IGNORED_IDS_MAP: &str = "IGNORED_IDS";
 pub const INCLUDED_NETS_V4_MAP: &str = "INCLUDED_V4";
 /// `INCLUDED_NETS_V6`: the IPv6 EgressIncludedIPs.
 pub const INCLUDED_NETS_V6_MAP: &str = "INCLUDED_V6";
-/// `PROXY_LISTENERS`: SOCKMAP of [`PROXY_LISTENERS_CAPACITY`] slots: the proxy's listening
-/// sockets on ProxyIngressPort, [`LISTENER_V4`] (an `AF_INET` socket) and [`LISTENER_V6`] (an
-/// `AF_INET6` one). The `sockops` program inserts a socket of the cgroup when it starts
+/// `PROXY_LISTENERS`: a host SOCKMAP of [`PROXY_LISTENERS_CAPACITY`] entries, two per task
+/// slot: the proxy's listening sockets on ProxyIngressPort, [`LISTENER_V4`] (an `AF_INET`
+/// socket) and [`LISTENER_V6`] (an `AF_INET6` one). The `sockops` program inserts a socket of the cgroup when it starts
 /// listening on ProxyIngressPort; the kernel deletes it when the socket closes. The
 /// `sk_lookup` program assigns inbound connections to AppPorts to these sockets.
 pub const PROXY_LISTENERS_MAP: &str = "PROXY_LISTENERS";
 
-/// The maps made new when the programs are replaced: the configuration, and `VERSION`, which
-/// names the build that replaced them.
-pub const REBUILT_MAP_NAMES: [&str; 12] = [
+/// The host's maps: pinned once per host with its programs, shared by every task, each
+/// task's entries keyed by its slot (or, for the cgroup storages, by its cgroup).
+pub const HOST_MAP_NAMES: [&str; 16] = [
+    TASKS_MAP,
+    TASK_COUNTERS_MAP,
     ACTIVE_MAP,
     CONFIG_MAP,
     IGNORED_PORTS_MAP,
@@ -97,43 +115,22 @@ pub const REBUILT_MAP_NAMES: [&str; 12] = [
     IGNORED_IDS_MAP,
     INCLUDED_NETS_V4_MAP,
     INCLUDED_NETS_V6_MAP,
-    VERSION_MAP,
-];
-
-/// The maps that hold live state (connections, listeners, counters), carried over when the
-/// programs are replaced.
-pub const CARRIED_MAP_NAMES: [&str; 9] = [
-    COUNTERS_MAP,
-    PROXY_LISTENERS_MAP,
     SOCK_PENDING_MAP,
     SOCK_ORIG_MAP,
     SOCK_DNS_MAP,
-    HANDOFF_MAP,
-    LEGACY_PENDING_MAP,
-    LEGACY_ORIG_MAP,
-    LEGACY_DNS_MAP,
 ];
 
-/// Every map name, for code that walks all of them (pinning, removal): each is listed once,
-/// in one of the two lists above.
-pub const MAP_NAMES: [&str; REBUILT_MAP_NAMES.len() + CARRIED_MAP_NAMES.len()] = {
-    let mut all = [""; REBUILT_MAP_NAMES.len() + CARRIED_MAP_NAMES.len()];
-    let mut i = 0;
-    while i < all.len() {
-        all[i] = if i < REBUILT_MAP_NAMES.len() {
-            REBUILT_MAP_NAMES[i]
-        } else {
-            CARRIED_MAP_NAMES[i - REBUILT_MAP_NAMES.len()]
-        };
-        i += 1;
-    }
-    all
-};
+/// A task's own maps made with its own programs (`sockops`, `sk_lookup`), which alone use them.
+pub const TASK_PROGRAM_MAP_NAMES: [&str; 3] = [HANDOFF_MAP, PROXY_LISTENERS_MAP, COUNTERS_MAP];
+
+/// Every map pinned in a task's installation directory: its programs' maps, and the agent's
+/// records (`VERSION`, `TASK`, `RECORD`).
+pub const MAP_NAMES: [&str; 6] = [HANDOFF_MAP, PROXY_LISTENERS_MAP, COUNTERS_MAP, VERSION_MAP, TASK_MAP, RECORD_MAP];
 
 /// The layout of the maps this build's programs use (their names, types, keys and values).
 /// Layout 1 is the builds before socket storage, which recorded no version; a build can
 /// upgrade an installation of its own layout or of layout 1, and refuses a newer one.
-pub const LAYOUT: u32 = 2;
+pub const LAYOUT: u32 = 3;
 
 /// The value of [`VERSION_MAP`].
 #[repr(C)]
@@ -166,6 +163,11 @@ const _: () = {
         assert!(MAP_NAMES[i].len() <= BPF_OBJ_NAME_MAX, "map name longer than the kernel keeps");
         i += 1;
     }
+    let mut i = 0;
+    while i < HOST_MAP_NAMES.len() {
+        assert!(HOST_MAP_NAMES[i].len() <= BPF_OBJ_NAME_MAX, "map name longer than the kernel keeps");
+        i += 1;
+    }
 };
 
 /// The value stored in the port maps and the LPM tries: membership is all they record.
@@ -173,46 +175,15 @@ pub const PRESENT: u8 = 1;
 
 /// Configurations the maps hold side by side: the active one and the one an apply fills.
 pub const GENERATIONS: u32 = 2;
-/// Bits of an LPM key's data taken by the generation (a big-endian `u32`, so the trie matches
-/// it before the address).
-pub const GENERATION_BITS: u32 = 32;
+/// Bits of an LPM key's data taken by the slot and the generation (two big-endian `u32`s, so
+/// the trie matches them before the address).
+pub const KEY_PREFIX_BITS: u32 = 64;
 
-/// `ACTIVE` holds a single value.
-pub const ACTIVE_CAPACITY: u32 = 1;
-/// One [`GlobalConfig`] per generation.
-pub const CONFIG_CAPACITY: u32 = GENERATIONS;
-/// Per generation, the capacity the ELF declares for each port map; the agent sizes the maps
-/// to the configuration at load time (see [`sized_capacity`]). Hash maps without
-/// preallocation still have a bucket array of their capacity, so it is kept small.
-pub const PORT_MAP_CAPACITY: u32 = 64;
-/// Per generation, the capacity the ELF declares for each ignored-networks trie (which holds
-/// [`GENERATIONS`] times as much). The tries are created with `BPF_F_NO_PREALLOC`, so
-/// capacity costs no memory; a longer list makes the agent raise it at load time
-/// (`EbpfLoader::map_max_entries`) to twice the plan's size.
-pub const IGNORED_NETS_CAPACITY: u32 = 1 << 16;
-/// Per generation: loopback plus the namespace's own addresses: a task has a handful; 1024
-/// is generous.
+/// Loopback plus the namespace's own addresses: a task has a handful; 1024 is generous (the
+/// agent refuses more).
 pub const LOCAL_NETS_CAPACITY: u32 = 1024;
-/// Per generation, as [`PORT_MAP_CAPACITY`]: IgnoredUID and IgnoredGID entries together.
-pub const IGNORED_IDS_CAPACITY: u32 = 16;
 /// The most IgnoredUIDs and IgnoredGIDs together the eBPF backend takes.
 pub const IGNORED_IDS_MAX: u32 = 1 << 10;
-
-/// The capacity per generation a sized map gets for `needed` entries: room to double, a
-/// power of two (the kernel rounds a hash map's buckets up to one anyway), at least `floor`.
-pub const fn sized_capacity(needed: u32, floor: u32) -> u32 {
-    let want = if needed > u32::MAX / 2 { u32::MAX / 2 } else { needed * 2 };
-    let want = if want < floor { floor } else { want };
-    want.next_power_of_two()
-}
-/// Per generation, as [`IGNORED_NETS_CAPACITY`] (raised at load time for longer lists).
-pub const INCLUDED_NETS_CAPACITY: u32 = 1 << 16;
-/// Layout 1's capacities of its pairing maps (the `LEGACY_*` maps' declared ones).
-pub const LEGACY_DNS_CAPACITY: u32 = 1 << 12;
-pub const LEGACY_PENDING_CAPACITY: u32 = 1 << 14;
-pub const LEGACY_ORIG_CAPACITY: u32 = 1 << 16;
-/// What a new installation creates the `LEGACY_*` maps with: they are never written.
-pub const LEGACY_NEW_CAPACITY: u32 = 1;
 /// Handshakes completing at once in one task (an entry lives for microseconds); a full map
 /// refuses a hand-off, and that connection's SO_ORIGINAL_DST misses (counted). Its bucket
 /// array (16 bytes each) is most of what the map costs.
@@ -225,6 +196,14 @@ pub const ID_GID: u32 = 1;
 pub const COUNTERS_CAPACITY: u32 = Counter::COUNT;
 /// One listener per address family.
 pub const PROXY_LISTENERS_CAPACITY: u32 = 2;
+/// Tasks a host's programs serve: slots 1 to `MAX_TASKS - 1` (slot 0 is "no task"). `ACTIVE`
+/// and `CONFIG` cost 4 and 32 bytes per slot, whatever the number of tasks.
+pub const MAX_TASKS: u32 = 1 << 12;
+/// The capacity of the host's tries of networks (entries are allocated as they are inserted;
+/// the capacity is only a limit).
+pub const HOST_NETS_CAPACITY: u32 = 1 << 24;
+/// The capacity of the host's exact sets (ports, ids), as tries.
+pub const HOST_SETS_CAPACITY: u32 = 1 << 20;
 /// The [`PROXY_LISTENERS_MAP`] slot of the proxy's `AF_INET` listener.
 pub const LISTENER_V4: u32 = 0;
 /// The slot of its `AF_INET6` listener (a dual-stack one also takes IPv4 connections when
@@ -273,14 +252,34 @@ pub struct GlobalConfig {
     pub _pad: [u8; 5],
 }
 
-/// Key of [`IGNORED_IDS_MAP`].
+/// The value of the programs' cgroup storage (`TASKS`): which task the cgroup is.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TaskRef {
+    /// 1 to [`MAX_TASKS`] - 1; 0 until the agent has attached every program.
+    pub slot: u32,
+    /// Explicit padding, always 0.
+    pub _pad: u32,
+}
+
+/// The data of an [`IGNORED_IDS_MAP`] key (an LPM trie matched on every bit: an exact set).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct IdKey {
-    pub generation: u32,
-    /// [`ID_UID`] or [`ID_GID`].
-    pub kind: u32,
-    pub id: u32,
+pub struct IdData {
+    pub slot_be: u32,
+    pub generation_be: u32,
+    /// [`ID_UID`] or [`ID_GID`], big-endian.
+    pub kind_be: u32,
+    pub id_be: u32,
+}
+
+impl IdData {
+    /// Its prefix length: every bit.
+    pub const BITS: u32 = 128;
+
+    pub const fn new(slot: u32, generation: u32, kind: u32, id: u32) -> IdData {
+        IdData { slot_be: slot.to_be(), generation_be: generation.to_be(), kind_be: kind.to_be(), id_be: id.to_be() }
+    }
 }
 
 /// An IPv4 network as the agent keeps it (prefix length in bits, address in network byte
@@ -304,8 +303,10 @@ pub struct LpmKeyV6 {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct LpmDataV4 {
-    /// The generation, big-endian: the trie compares bytes from the first on, so the
-    /// generation is matched first and a key never matches the other generation's entries.
+    /// The task's slot and the generation, big-endian: the trie compares bytes from the first
+    /// on, so they are matched first ([`KEY_PREFIX_BITS`]) and a key never matches another
+    /// task's entries, nor the other generation's.
+    pub slot_be: u32,
     pub generation_be: u32,
     pub addr: [u8; 4],
 }
@@ -314,29 +315,34 @@ pub struct LpmDataV4 {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct LpmDataV6 {
+    pub slot_be: u32,
     pub generation_be: u32,
     pub addr: [u8; 16],
 }
 
-/// Key of the port hash maps.
+/// The data of a port set's key ([`IGNORED_PORTS_MAP`], [`APP_PORTS_MAP`]: LPM tries matched
+/// on every bit but the padding).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct PortKey {
-    pub generation: u32,
-    /// Host byte order.
-    pub port: u16,
-    /// Explicit padding, always 0.
+pub struct PortData {
+    pub slot_be: u32,
+    pub generation_be: u32,
+    pub port_be: u16,
+    /// Explicit padding, always 0 (beyond the prefix length).
     pub _pad: u16,
 }
 
-impl PortKey {
-    pub const fn new(generation: u32, port: u16) -> PortKey {
-        PortKey { generation, port, _pad: 0 }
+impl PortData {
+    /// Its prefix length: slot, generation and port.
+    pub const BITS: u32 = KEY_PREFIX_BITS + 16;
+
+    pub const fn new(slot: u32, generation: u32, port: u16) -> PortData {
+        PortData { slot_be: slot.to_be(), generation_be: generation.to_be(), port_be: port.to_be(), _pad: 0 }
     }
 }
 
-/// Where a redirected connection was going: the value of the socket storage maps, of
-/// [`HANDOFF_MAP`] and of the legacy maps.
+/// Where a redirected connection was going: the value of the socket storage maps and of
+/// [`HANDOFF_MAP`].
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct OrigDst {
@@ -349,7 +355,7 @@ pub struct OrigDst {
     pub family: u16,
 }
 
-/// Key of [`HANDOFF_MAP`] and [`LEGACY_ORIG_MAP`]: one TCP connection between a client in the cgroup and the
+/// Key of [`HANDOFF_MAP`]: one TCP connection between a client in the cgroup and the
 /// proxy, as both ends see it. Addresses are IPv6 in network order, IPv4 ones mapped
 /// (`::ffff:a.b.c.d`), so a connection has one key whether either end's socket is
 /// `AF_INET` or dual-stack `AF_INET6`.
@@ -366,12 +372,12 @@ pub struct SocketPair {
 
 // No implicit padding: each size is the sum of its fields.
 const _: () = assert!(size_of::<GlobalConfig>() == 16 && align_of::<GlobalConfig>() == 2);
-const _: () = assert!(size_of::<IdKey>() == 12);
+const _: () = assert!(size_of::<IdData>() == 16);
 const _: () = assert!(size_of::<LpmKeyV4>() == 4 + 4);
 const _: () = assert!(size_of::<LpmKeyV6>() == 4 + 16);
-const _: () = assert!(size_of::<LpmDataV4>() == 4 + 4 && align_of::<LpmDataV4>() == 4);
-const _: () = assert!(size_of::<LpmDataV6>() == 4 + 16 && align_of::<LpmDataV6>() == 4);
-const _: () = assert!(size_of::<PortKey>() == 4 + 2 + 2);
+const _: () = assert!(size_of::<LpmDataV4>() == 8 + 4 && align_of::<LpmDataV4>() == 4);
+const _: () = assert!(size_of::<LpmDataV6>() == 8 + 16 && align_of::<LpmDataV6>() == 4);
+const _: () = assert!(size_of::<PortData>() == 8 + 2 + 2);
 const _: () = assert!(size_of::<OrigDst>() == 16 + 2 + 2);
 const _: () = assert!(size_of::<SocketPair>() == 16 + 16 + 2 + 2);
 const _: () = assert!(size_of::<Version>() == 4 + 60);
@@ -489,12 +495,14 @@ unsafe impl aya::Pod for LpmDataV4 {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for LpmDataV6 {}
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for PortKey {}
+unsafe impl aya::Pod for PortData {}
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for IdKey {}
+unsafe impl aya::Pod for IdData {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for OrigDst {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SocketPair {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Version {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TaskRef {}

@@ -43,8 +43,12 @@
 
 use core::ptr::{read_volatile, write_volatile};
 
+use core::cell::UnsafeCell;
+use core::marker::PhantomData;
+
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::bpf_map_def,
     bindings::{
         BPF_ANY, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE, bpf_sock,
@@ -52,51 +56,111 @@ use aya_ebpf::{
     },
     btf_maps::SkStorage,
     helpers::{
-        bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release,
+        bpf_get_current_uid_gid, bpf_get_local_storage, bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release,
         generated::bpf_sk_storage_get,
     },
     macros::{btf_map, cgroup_sock_addr, cgroup_sockopt, map, sk_lookup, sock_ops},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, SockMap, lpm_trie::Key},
     programs::{SkLookupContext, SockAddrContext, SockOpsContext, SockoptContext},
 };
 use aya_log_ebpf::debug;
 use intercept_common::{
-    ACTIVE_CAPACITY, AF_INET, AF_INET6, CONFIG_CAPACITY, COUNTERS_CAPACITY, Counter, GENERATION_BITS, GENERATIONS,
-    GlobalConfig, HANDOFF_CAPACITY, ID_GID, ID_UID, IGNORED_IDS_CAPACITY, IGNORED_NETS_CAPACITY,
-    INCLUDED_NETS_CAPACITY, INGRESS_FALLBACK_APP, IdKey, LEGACY_DNS_CAPACITY, LEGACY_ORIG_CAPACITY,
-    LEGACY_PENDING_CAPACITY, LISTENER_V4, LISTENER_V6, LOCAL_NETS_CAPACITY, LpmDataV4, LpmDataV6, OrigDst,
-    PORT_MAP_CAPACITY, PROXY_LISTENERS_CAPACITY, PortKey, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, SocketPair, Version,
+    AF_INET, AF_INET6, COUNTERS_CAPACITY, Counter, GENERATIONS, GlobalConfig, HANDOFF_CAPACITY, HOST_NETS_CAPACITY,
+    HOST_SETS_CAPACITY, ID_GID, ID_UID, INGRESS_FALLBACK_APP, IdData, KEY_PREFIX_BITS, LISTENER_V4, LISTENER_V6,
+    LpmDataV4, LpmDataV6, MAX_TASKS, OrigDst, PROXY_LISTENERS_CAPACITY, PortData, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6,
+    SocketPair, TaskRef,
 };
 
-/// Map flag: allocate entries on insert (hash maps, LPM tries) instead of up front.
+/// Map flag: allocate entries on insert (LPM tries) instead of up front.
 const NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 
-/// The generation the programs use.
+// Layout 3: the cgroup programs but `sockops` are loaded once per host and attached to every
+// task's cgroup. Such a program finds its task's slot in `TASKS`, the storage of the cgroup it
+// is attached to (so a process in a child cgroup of the task finds the task's too), and the
+// task's configuration in the host's maps, keyed by that slot. `track_sockets` (sockops) and
+// `steer_ingress` (sk_lookup) are loaded for each task, with its slot in `TASK_SLOT`: they own
+// maps of the task's alone (`HANDOFF`, `PROXY_LISTENERS`, `COUNTERS`), so that what one task's
+// connections leave never meets another's.
+
+/// A cgroup storage keyed by the cgroup alone (a `u64` key), so that every attach type of the
+/// cgroup shares one value; aya-ebpf declares cgroup storage keyed by (cgroup, attach type),
+/// which would give each of the seven hooks a copy.
+#[repr(transparent)]
+struct SharedCgroupStorage<V> {
+    def: UnsafeCell<bpf_map_def>,
+    _value: PhantomData<V>,
+}
+
+// SAFETY: the definition is only read (by the loader, and as an address by the helpers).
+unsafe impl<V> Sync for SharedCgroupStorage<V> {}
+
+impl<V> SharedCgroupStorage<V> {
+    const fn new(map_type: u32) -> Self {
+        SharedCgroupStorage {
+            def: UnsafeCell::new(bpf_map_def {
+                type_: map_type,
+                key_size: size_of::<u64>() as u32,
+                value_size: size_of::<V>() as u32,
+                max_entries: 0,
+                map_flags: 0,
+                id: 0,
+                pinning: 0,
+            }),
+            _value: PhantomData,
+        }
+    }
+
+    /// This cgroup's value (this CPU's, for a per-CPU storage): never null, valid for the
+    /// program's run.
+    #[inline(always)]
+    fn get_ptr_mut(&self) -> *mut V {
+        // SAFETY: the map is a cgroup storage of this object; flags must be 0.
+        unsafe { bpf_get_local_storage(self.def.get().cast(), 0) }.cast()
+    }
+}
+
+/// `BPF_MAP_TYPE_CGROUP_STORAGE` and `BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE` (deprecated names in
+/// new headers; their successor, `BPF_MAP_TYPE_CGRP_STORAGE`, is not in 5.10 and 6.1).
+const CGROUP_STORAGE: u32 = 19;
+const PERCPU_CGROUP_STORAGE: u32 = 21;
+
+/// The task of the cgroup a program is attached to: its slot, written by the agent once every
+/// link is attached (0 until then: nothing is intercepted).
+#[unsafe(link_section = "maps")]
+#[unsafe(export_name = "TASKS")]
+static TASKS: SharedCgroupStorage<TaskRef> = SharedCgroupStorage::new(CGROUP_STORAGE);
+/// What the host programs count for the task, per CPU (no atomics); userspace sums the CPUs.
+#[unsafe(link_section = "maps")]
+#[unsafe(export_name = "TASK_COUNTERS")]
+static TASK_COUNTERS: SharedCgroupStorage<[u64; COUNTERS_CAPACITY as usize]> =
+    SharedCgroupStorage::new(PERCPU_CGROUP_STORAGE);
+/// The generation each task's programs use, by slot.
 #[map]
-static ACTIVE: Array<u32> = Array::with_max_entries(ACTIVE_CAPACITY, 0);
+static ACTIVE: Array<u32> = Array::with_max_entries(MAX_TASKS, 0);
+/// Each task's configuration of each generation, at `slot * GENERATIONS + generation`.
 #[map]
-static CONFIG: Array<GlobalConfig> = Array::with_max_entries(CONFIG_CAPACITY, 0);
+static CONFIG: Array<GlobalConfig> = Array::with_max_entries(MAX_TASKS * GENERATIONS, 0);
 #[map]
-static IGNORED_PORTS: HashMap<PortKey, u8> = HashMap::with_max_entries(PORT_MAP_CAPACITY * GENERATIONS, NO_PREALLOC);
+static IGNORED_PORTS: LpmTrie<PortData, u8> = LpmTrie::with_max_entries(HOST_SETS_CAPACITY, NO_PREALLOC);
 #[map]
-static APP_PORTS: HashMap<PortKey, u8> = HashMap::with_max_entries(PORT_MAP_CAPACITY * GENERATIONS, NO_PREALLOC);
+static APP_PORTS: LpmTrie<PortData, u8> = LpmTrie::with_max_entries(HOST_SETS_CAPACITY, NO_PREALLOC);
 #[map]
-static IGNORED_NETS_V4: LpmTrie<LpmDataV4, u8> =
-    LpmTrie::with_max_entries(IGNORED_NETS_CAPACITY * GENERATIONS, NO_PREALLOC);
+static IGNORED_IDS: LpmTrie<IdData, u8> = LpmTrie::with_max_entries(HOST_SETS_CAPACITY, NO_PREALLOC);
 #[map]
-static IGNORED_NETS_V6: LpmTrie<LpmDataV6, u8> =
-    LpmTrie::with_max_entries(IGNORED_NETS_CAPACITY * GENERATIONS, NO_PREALLOC);
+static IGNORED_NETS_V4: LpmTrie<LpmDataV4, u8> = LpmTrie::with_max_entries(HOST_NETS_CAPACITY, NO_PREALLOC);
 #[map]
-static LOCAL_NETS_V4: LpmTrie<LpmDataV4, u8> =
-    LpmTrie::with_max_entries(LOCAL_NETS_CAPACITY * GENERATIONS, NO_PREALLOC);
+static IGNORED_NETS_V6: LpmTrie<LpmDataV6, u8> = LpmTrie::with_max_entries(HOST_NETS_CAPACITY, NO_PREALLOC);
 #[map]
-static LOCAL_NETS_V6: LpmTrie<LpmDataV6, u8> =
-    LpmTrie::with_max_entries(LOCAL_NETS_CAPACITY * GENERATIONS, NO_PREALLOC);
-/// Per-CPU, so that counting needs no atomics; userspace sums the slots.
+static LOCAL_NETS_V4: LpmTrie<LpmDataV4, u8> = LpmTrie::with_max_entries(HOST_NETS_CAPACITY, NO_PREALLOC);
 #[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_CAPACITY, 0);
+static LOCAL_NETS_V6: LpmTrie<LpmDataV6, u8> = LpmTrie::with_max_entries(HOST_NETS_CAPACITY, NO_PREALLOC);
+#[map]
+static INCLUDED_V4: LpmTrie<LpmDataV4, u8> = LpmTrie::with_max_entries(HOST_NETS_CAPACITY, NO_PREALLOC);
+#[map]
+static INCLUDED_V6: LpmTrie<LpmDataV6, u8> = LpmTrie::with_max_entries(HOST_NETS_CAPACITY, NO_PREALLOC);
 /// The original destination of a redirected TCP connection, on the app's socket, from
-/// connect(2) until the connection is established.
+/// connect(2) until the connection is established. Socket storage belongs to its socket, so
+/// one map serves every task.
 #[btf_map]
 static SOCK_PENDING: SkStorage<OrigDst> = SkStorage::new();
 /// The original destination on the proxy's accepted socket: what SO_ORIGINAL_DST answers.
@@ -105,31 +169,25 @@ static SOCK_ORIG: SkStorage<OrigDst> = SkStorage::new();
 /// The server a UDP socket's last redirected DNS query was for.
 #[btf_map]
 static SOCK_DNS: SkStorage<OrigDst> = SkStorage::new();
-/// Established redirected connections whose proxy-side socket the kernel has not created yet
-/// (microseconds, on loopback). An entry the proxy never takes goes when the app's socket
-/// closes.
+/// The task's (`sockops` and `sk_lookup` are loaded per task): established redirected
+/// connections whose proxy-side socket the kernel has not created yet (microseconds, on
+/// loopback). An entry the proxy never takes goes when the app's socket closes.
 #[map]
 static HANDOFF: HashMap<SocketPair, OrigDst> = HashMap::with_max_entries(HANDOFF_CAPACITY, NO_PREALLOC);
-/// Layout 1's `PENDING_DST`, `ORIG_DST` and `DNS_ORIG` (see the module's documentation).
-#[map]
-static LEGACY_PENDING: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(LEGACY_PENDING_CAPACITY, 0);
-#[map]
-static LEGACY_ORIG: LruHashMap<SocketPair, OrigDst> = LruHashMap::with_max_entries(LEGACY_ORIG_CAPACITY, 0);
-#[map]
-static LEGACY_DNS: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(LEGACY_DNS_CAPACITY, 0);
-/// Which build made the installation, and its layout: written by the agent, never read here.
-#[map]
-static VERSION: Array<Version> = Array::with_max_entries(1, 0);
+/// The task's: its proxy's listening sockets on ProxyIngressPort, by family.
 #[map]
 static PROXY_LISTENERS: SockMap = SockMap::with_max_entries(PROXY_LISTENERS_CAPACITY, 0);
+/// The task's: what its own programs count (`steer_ingress`), per CPU.
 #[map]
-static IGNORED_IDS: HashMap<IdKey, u8> = HashMap::with_max_entries(IGNORED_IDS_CAPACITY * GENERATIONS, NO_PREALLOC);
-#[map]
-static INCLUDED_V4: LpmTrie<LpmDataV4, u8> =
-    LpmTrie::with_max_entries(INCLUDED_NETS_CAPACITY * GENERATIONS, NO_PREALLOC);
-#[map]
-static INCLUDED_V6: LpmTrie<LpmDataV6, u8> =
-    LpmTrie::with_max_entries(INCLUDED_NETS_CAPACITY * GENERATIONS, NO_PREALLOC);
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_CAPACITY, 0);
+/// The slot of the task `track_sockets` and `steer_ingress` were loaded for (a read-only
+/// global set at load time). Its initial value is one no constant of the programs has: LLVM
+/// merges a promoted constant (`&0` as a lookup key) into a read-only global of equal bytes,
+/// and the agent's value for this one would then become that constant's (found on 6.18: every
+/// `&0` key read the slot). It is no slot (above `MAX_TASKS`), so the host's programs, which
+/// never set it, use none.
+#[unsafe(no_mangle)]
+static TASK_SLOT: u32 = u32::from_be_bytes(*b"slot");
 
 /// cgroup sock_addr and sockopt programs: 1 lets the system call proceed, 0 fails it (EPERM).
 const ALLOW: i32 = 1;
@@ -161,6 +219,7 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
     // 4-byte access to a field the kernel lets connect4 read (or, for user_*, write).
     let (protocol, ip, port) =
         unsafe { (read_volatile(&(*sa).protocol), read_volatile(&(*sa).user_ip4), read_volatile(&(*sa).user_port)) };
+    let slot = cgroup_slot();
     if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
         count(Counter::NotTcp);
         return ALLOW;
@@ -173,13 +232,13 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
         count(Counter::NotTcp);
         return ALLOW;
     }
-    let Some((generation, config)) = active() else { return ALLOW };
-    if udp && !captured_dns(config, port) {
+    let Some(task) = task(slot) else { return ALLOW };
+    if udp && !captured_dns(task.config, port) {
         count(Counter::NotTcp);
         return ALLOW;
     }
-    let verdict = decide(&V4, &key_v4(generation, addr), generation, config, port);
-    redirect_v4(&ctx, config, verdict, addr, port, udp);
+    let verdict = decide(&V4, &key_v4(&task, addr), &task, port);
+    redirect_v4(&ctx, &task, verdict, addr, port, udp);
     ALLOW
 }
 
@@ -193,21 +252,21 @@ pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
     if port != DNS_PORT {
         return ALLOW;
     }
-    let Some((generation, config)) = active() else { return ALLOW };
-    if !captured_dns(config, port) {
+    let Some(task) = task(cgroup_slot()) else { return ALLOW };
+    if !captured_dns(task.config, port) {
         return ALLOW;
     }
     let addr = ip.to_ne_bytes();
-    let verdict = decide(&V4, &key_v4(generation, addr), generation, config, port);
-    redirect_v4(&ctx, config, verdict, addr, port, true);
+    let verdict = decide(&V4, &key_v4(&task, addr), &task, port);
+    redirect_v4(&ctx, &task, verdict, addr, port, true);
     ALLOW
 }
 
 /// Carries out an IPv4 verdict of a connect or sendmsg hook: rewrites the destination and
 /// records the original one, or counts why not.
 #[inline(always)]
-fn redirect_v4(ctx: &SockAddrContext, config: &GlobalConfig, verdict: Verdict, addr: [u8; 4], port: u16, udp: bool) {
-    let to = match take(ctx, config, verdict, mapped(addr), port, AF_INET, udp) {
+fn redirect_v4(ctx: &SockAddrContext, task: &Task, verdict: Verdict, addr: [u8; 4], port: u16, udp: bool) {
+    let to = match take(ctx, task, verdict, mapped(addr), port, AF_INET, udp) {
         Ok(to) => to,
         Err(reason) => {
             debug!(ctx, "{:i}:{} untouched ({})", addr, port, reason.index());
@@ -228,6 +287,7 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: see connect4.
     let protocol = unsafe { read_volatile(&(*sa).protocol) };
+    let slot = cgroup_slot();
     if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
         count(Counter::NotTcp);
         return ALLOW;
@@ -238,12 +298,12 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
         count(Counter::NotTcp);
         return ALLOW;
     }
-    let Some((generation, config)) = active() else { return ALLOW };
-    if udp && !captured_dns(config, port) {
+    let Some(task) = task(slot) else { return ALLOW };
+    if udp && !captured_dns(task.config, port) {
         count(Counter::NotTcp);
         return ALLOW;
     }
-    decide_and_redirect_v6(&ctx, generation, config, addr, port, udp);
+    decide_and_redirect_v6(&ctx, &task, addr, port, udp);
     ALLOW
 }
 
@@ -254,11 +314,11 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     if port != DNS_PORT {
         return ALLOW;
     }
-    let Some((generation, config)) = active() else { return ALLOW };
-    if !captured_dns(config, port) {
+    let Some(task) = task(cgroup_slot()) else { return ALLOW };
+    if !captured_dns(task.config, port) {
         return ALLOW;
     }
-    decide_and_redirect_v6(&ctx, generation, config, addr, port, true);
+    decide_and_redirect_v6(&ctx, &task, addr, port, true);
     ALLOW
 }
 
@@ -285,20 +345,13 @@ fn destination_v6(ctx: &SockAddrContext) -> ([u8; 16], u16) {
 /// IPv4-mapped destination on a dual-stack socket is an IPv4 connection: decided with the
 /// IPv4 maps, sent to the IPv4 loopback (mapped, as the socket is AF_INET6).
 #[inline(always)]
-fn decide_and_redirect_v6(
-    ctx: &SockAddrContext,
-    generation: u32,
-    config: &GlobalConfig,
-    addr: [u8; 16],
-    port: u16,
-    udp: bool,
-) {
+fn decide_and_redirect_v6(ctx: &SockAddrContext, task: &Task, addr: [u8; 16], port: u16, udp: bool) {
     let (verdict, proxy, family) = match v4_of_mapped(&addr) {
-        Some(v4) => (decide(&V4, &key_v4(generation, v4), generation, config, port), mapped(LOOPBACK_V4), AF_INET),
-        None if config.ipv6 == 0 => (Verdict::Untouched(Counter::Ipv6Disabled), LOOPBACK_V6, AF_INET6),
-        None => (decide(&V6, &key_v6(generation, addr), generation, config, port), LOOPBACK_V6, AF_INET6),
+        Some(v4) => (decide(&V4, &key_v4(task, v4), task, port), mapped(LOOPBACK_V4), AF_INET),
+        None if task.config.ipv6 == 0 => (Verdict::Untouched(Counter::Ipv6Disabled), LOOPBACK_V6, AF_INET6),
+        None => (decide(&V6, &key_v6(task, addr), task, port), LOOPBACK_V6, AF_INET6),
     };
-    let to = match take(ctx, config, verdict, addr, port, family, udp) {
+    let to = match take(ctx, task, verdict, addr, port, family, udp) {
         Ok(to) => to,
         Err(reason) => {
             debug!(ctx, "[{:i}]:{} untouched ({})", addr, port, reason.index());
@@ -324,7 +377,7 @@ fn decide_and_redirect_v6(
 #[inline(always)]
 fn take(
     ctx: &SockAddrContext,
-    config: &GlobalConfig,
+    task: &Task,
     verdict: Verdict,
     addr: [u8; 16],
     port: u16,
@@ -335,7 +388,7 @@ fn take(
         Verdict::Redirect => {
             remember(ctx, addr, port, family);
             count(Counter::Redirected);
-            Ok(config.proxy_egress_port)
+            Ok(task.config.proxy_egress_port)
         }
         Verdict::RedirectDns => {
             if udp {
@@ -344,7 +397,7 @@ fn take(
                 remember(ctx, addr, port, family);
             }
             count(Counter::DnsRedirected);
-            Ok(config.proxy_dns_port)
+            Ok(task.config.proxy_dns_port)
         }
         Verdict::Untouched(reason) => {
             count(reason);
@@ -399,18 +452,11 @@ pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
 /// `port` is ProxyDNSPort and the socket sent a redirected query; counted either way.
 #[inline(always)]
 fn dns_reply_origin(ctx: &SockAddrContext, port: u16) -> Option<OrigDst> {
-    let (_, config) = active()?;
-    if config.proxy_dns_port == 0 || port != config.proxy_dns_port {
+    let task = task(cgroup_slot())?;
+    if task.config.proxy_dns_port == 0 || port != task.config.proxy_dns_port {
         return None;
     }
-    // A socket that asked before a layout-1 installation was upgraded has its server there.
-    let legacy = || {
-        // SAFETY: bpf_get_socket_cookie accepts a sock_addr context.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-        // SAFETY: the value is copied out at once; the map's values are plain data.
-        unsafe { LEGACY_DNS.get(cookie) }.copied()
-    };
-    match sock_storage(&SOCK_DNS, sock_addr_sk(ctx), None).or_else(legacy) {
+    match sock_storage(&SOCK_DNS, sock_addr_sk(ctx), None) {
         Some(orig) => {
             count(Counter::DnsReplyRewritten);
             Some(orig)
@@ -422,16 +468,45 @@ fn dns_reply_origin(ctx: &SockAddrContext, port: u16) -> Option<OrigDst> {
     }
 }
 
-/// The active generation, read once, and its configuration. Everything a connect hook looks up
-/// afterwards is keyed by this generation: the agent writes only the other one, and clears
-/// this one only after the flip and a wait for running programs.
+/// The slot of the task whose cgroup the running program is attached to (0: none yet).
 #[inline(always)]
-fn active() -> Option<(u32, &'static GlobalConfig)> {
-    let slot = ACTIVE.get_ptr(0)?;
+fn cgroup_slot() -> u32 {
+    let task = TASKS.get_ptr_mut();
+    // SAFETY: bpf_get_local_storage returns the attachment's storage, never null, valid for
+    // the program's run; the agent replaces the value whole.
+    unsafe { read_volatile(&(*task).slot) }
+}
+
+/// A task, as one run of a program sees it.
+struct Task {
+    slot: u32,
+    /// The generation in use, read once: everything looked up afterwards is of this one.
+    generation: u32,
+    config: &'static GlobalConfig,
+}
+
+impl Task {
+    /// The key prefix of the task's entries in this generation.
+    #[inline(always)]
+    fn prefix(&self) -> (u32, u32) {
+        (self.slot.to_be(), self.generation.to_be())
+    }
+}
+
+/// The task in `slot`, with its active generation read once, and that generation's
+/// configuration. The agent writes only the other generation's set, and frees this one only
+/// after the flip and a wait for running programs.
+#[inline(always)]
+fn task(slot: u32) -> Option<Task> {
+    if slot == 0 || slot >= MAX_TASKS {
+        return None;
+    }
+    let active = ACTIVE.get_ptr(slot)?;
     // SAFETY: a pointer to an existing array element, valid for the program's run. Volatile so
     // that the value is read exactly once, whatever the agent writes meanwhile.
-    let generation = unsafe { read_volatile(slot) } & 1;
-    Some((generation, CONFIG.get(generation)?))
+    let generation = unsafe { read_volatile(active) } & 1;
+    let config = CONFIG.get(slot * GENERATIONS + generation)?;
+    Some(Task { slot, generation, config })
 }
 
 /// One address family's networks of the decision: its tries, keyed by (generation, network).
@@ -441,19 +516,26 @@ struct Networks<D: 'static> {
     included: &'static LpmTrie<D, u8>,
 }
 
+#[inline(always)]
+fn in_trie<D>(trie: &LpmTrie<D, u8>, key: &Key<D>) -> bool {
+    trie.get(key).is_some()
+}
+
 const V4: Networks<LpmDataV4> = Networks { local: &LOCAL_NETS_V4, ignored: &IGNORED_NETS_V4, included: &INCLUDED_V4 };
 const V6: Networks<LpmDataV6> = Networks { local: &LOCAL_NETS_V6, ignored: &IGNORED_NETS_V6, included: &INCLUDED_V6 };
 
-/// The key of an IPv4 address (all its bits) in `generation`'s entries.
+/// The key of an IPv4 address (all its bits) in the task's entries of its generation.
 #[inline(always)]
-fn key_v4(generation: u32, addr: [u8; 4]) -> Key<LpmDataV4> {
-    Key::new(GENERATION_BITS + 32, LpmDataV4 { generation_be: generation.to_be(), addr })
+fn key_v4(task: &Task, addr: [u8; 4]) -> Key<LpmDataV4> {
+    let (slot_be, generation_be) = task.prefix();
+    Key::new(KEY_PREFIX_BITS + 32, LpmDataV4 { slot_be, generation_be, addr })
 }
 
-/// The key of an IPv6 address in `generation`'s entries.
+/// The key of an IPv6 address in the task's entries of its generation.
 #[inline(always)]
-fn key_v6(generation: u32, addr: [u8; 16]) -> Key<LpmDataV6> {
-    Key::new(GENERATION_BITS + 128, LpmDataV6 { generation_be: generation.to_be(), addr })
+fn key_v6(task: &Task, addr: [u8; 16]) -> Key<LpmDataV6> {
+    let (slot_be, generation_be) = task.prefix();
+    Key::new(KEY_PREFIX_BITS + 128, LpmDataV6 { slot_be, generation_be, addr })
 }
 
 /// The egress rules of the decision model, in its order, for the destination `key` (of a TCP
@@ -463,38 +545,41 @@ fn key_v6(generation: u32, addr: [u8; 16]) -> Key<LpmDataV6> {
 /// worse (IPv6 connect grew from 1,171 to 1,248 instructions); this way every program is as
 /// small as with one function per family or smaller (docs/backends.md).
 #[inline(always)]
-fn decide<D>(networks: &Networks<D>, key: &Key<D>, generation: u32, config: &GlobalConfig, port: u16) -> Verdict {
-    if networks.local.get(key).is_some() {
+fn decide<D>(networks: &Networks<D>, key: &Key<D>, task: &Task, port: u16) -> Verdict {
+    let config = task.config;
+    if in_trie(networks.local, key) {
         return Verdict::Untouched(Counter::LocalDestination);
     }
-    if let Some(reason) = ignored_identity(generation, config) {
+    if let Some(reason) = ignored_identity(task) {
         return Verdict::Untouched(reason);
     }
     if captured_dns(config, port) {
-        if networks.ignored.get(key).is_some() {
+        if in_trie(networks.ignored, key) {
             return Verdict::Untouched(Counter::IgnoredIp);
         }
         return Verdict::RedirectDns;
     }
-    if ignored_port(generation, port) {
+    if ignored_port(task, port) {
         return Verdict::Untouched(Counter::IgnoredPort);
     }
-    if networks.ignored.get(key).is_some() {
+    if in_trie(networks.ignored, key) {
         return Verdict::Untouched(Counter::IgnoredIp);
     }
-    if config.include_only != 0 && networks.included.get(key).is_none() {
+    if config.include_only != 0 && !in_trie(networks.included, key) {
         return Verdict::Untouched(Counter::NotIncluded);
     }
     Verdict::Redirect
 }
 
 #[inline(always)]
-fn ignored_identity(generation: u32, config: &GlobalConfig) -> Option<Counter> {
+fn ignored_identity(task: &Task) -> Option<Counter> {
+    let config = task.config;
     let uid_gid = bpf_get_current_uid_gid();
     let (uid, gid) = (uid_gid as u32, (uid_gid >> 32) as u32);
-    let ignored = |kind, id| {
-        // SAFETY: the value is only tested for presence, never read.
-        unsafe { IGNORED_IDS.get(IdKey { generation, kind, id }).is_some() }
+    let ignored = |kind: u32, id: u32| {
+        let (slot_be, generation_be) = task.prefix();
+        let data = IdData { slot_be, generation_be, kind_be: kind.to_be(), id_be: id.to_be() };
+        IGNORED_IDS.get(&Key::new(IdData::BITS, data)).is_some()
     };
     if config.has_ignored_uids != 0 && ignored(ID_UID, uid) {
         return Some(Counter::IgnoredUid);
@@ -506,9 +591,15 @@ fn ignored_identity(generation: u32, config: &GlobalConfig) -> Option<Counter> {
 }
 
 #[inline(always)]
-fn ignored_port(generation: u32, port: u16) -> bool {
-    // SAFETY: the value is only tested for presence, never read.
-    unsafe { IGNORED_PORTS.get(PortKey::new(generation, port)).is_some() }
+fn ignored_port(task: &Task, port: u16) -> bool {
+    in_port_set(&IGNORED_PORTS, task, port)
+}
+
+/// Whether `port` is in the task's set `ports` of its generation.
+#[inline(always)]
+fn in_port_set(ports: &LpmTrie<PortData, u8>, task: &Task, port: u16) -> bool {
+    let (slot_be, generation_be) = task.prefix();
+    ports.get(&Key::new(PortData::BITS, PortData { slot_be, generation_be, port_be: port.to_be(), _pad: 0 })).is_some()
 }
 
 /// Records which server a UDP socket's redirected DNS query was for, for the reply.
@@ -566,16 +657,7 @@ pub fn track_sockets(ctx: SockOpsContext) -> u32 {
         // side under the 4-tuple, and watch the app's socket so that an entry the proxy never
         // takes goes when the socket closes.
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
-            let legacy = || {
-                let cookie = cookie(ops);
-                // SAFETY: the value is copied out at once; the map's values are plain data.
-                let dst = unsafe { LEGACY_PENDING.get(cookie) }.copied();
-                if dst.is_some() {
-                    let _ = LEGACY_PENDING.remove(cookie);
-                }
-                dst
-            };
-            if let Some(dst) = sock_storage(&SOCK_PENDING, sock_ops_sk(ops), None).or_else(legacy) {
+            if let Some(dst) = sock_storage(&SOCK_PENDING, sock_ops_sk(ops), None) {
                 let (local, remote) = endpoints(ops);
                 let pair = app_side(local, remote);
                 let _ = HANDOFF.insert(pair, dst, u64::from(BPF_ANY));
@@ -592,28 +674,24 @@ pub fn track_sockets(ctx: SockOpsContext) -> u32 {
             if let Some(dst) = unsafe { HANDOFF.get(pair) }.copied() {
                 sock_storage(&SOCK_ORIG, sock_ops_sk(ops), Some(dst));
                 let _ = HANDOFF.remove(pair);
-            } else if LEGACY_ORIG.get_ptr(pair).is_some() {
-                // Redirected by a layout-1 program before the upgrade: its entry goes when
-                // this socket closes, as layout 1 did it.
-                let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
             }
         }
         // A socket of the cgroup starts listening: if it is on ProxyIngressPort, it is the
         // proxy's ingress listener (a restarted proxy's new one replaces the slot's old one).
         BPF_SOCK_OPS_TCP_LISTEN_CB => {
-            let Some((_, config)) = active() else { return 0 };
+            let Some(task) = task(task_slot()) else { return 0 };
             let (family, local_port) = (ctx.family(), ctx.local_port() as u16);
-            if config.proxy_ingress_port != 0 && local_port == config.proxy_ingress_port {
-                let slot = if family == u32::from(AF_INET6) { LISTENER_V6 } else { LISTENER_V4 };
+            if task.config.proxy_ingress_port != 0 && local_port == task.config.proxy_ingress_port {
+                let listener = if family == u32::from(AF_INET6) { LISTENER_V6 } else { LISTENER_V4 };
                 // SAFETY: ops is the context of a sock_ops program at TCP_LISTEN_CB, where the
                 // kernel allows a SOCKMAP update with it.
-                let inserted = unsafe { PROXY_LISTENERS.update(slot, ops, u64::from(BPF_ANY)) };
+                let inserted = unsafe { PROXY_LISTENERS.update(listener, ops, u64::from(BPF_ANY)) };
                 debug!(
                     &ctx,
                     "listener on {} (family {}) into slot {}: {}",
                     local_port,
                     family,
-                    slot,
+                    listener,
                     inserted.is_ok() as u8
                 );
             }
@@ -621,19 +699,21 @@ pub fn track_sockets(ctx: SockOpsContext) -> u32 {
         // Only at the close: a proxy slow to take a connection may still be creating its side
         // while the app's side is already half closed.
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
-            let (local, remote) = endpoints(ops);
             if sock_storage(&SOCK_PENDING, sock_ops_sk(ops), None).is_some() {
+                let (local, remote) = endpoints(ops);
                 let _ = HANDOFF.remove(app_side(local, remote));
-            } else {
-                // A socket that layout-1 programs watched: a client never established, or a
-                // proxy socket.
-                let _ = LEGACY_PENDING.remove(cookie(ops));
-                let _ = LEGACY_ORIG.remove(proxy_side(local, remote));
             }
         }
         _ => {}
     }
     0
+}
+
+/// The slot of the task a per-task program (`track_sockets`, `steer_ingress`) was loaded for.
+#[inline(always)]
+fn task_slot() -> u32 {
+    // SAFETY: a read-only global, set when the program was loaded for its task.
+    unsafe { read_volatile(&TASK_SLOT) }
 }
 
 /// A connection's key, from its app-side socket's (local, remote) endpoints.
@@ -654,12 +734,6 @@ fn proxy_side(local: ([u8; 16], u16), remote: ([u8; 16], u16)) -> SocketPair {
 fn sock_ops_sk(ops: *mut bpf_sock_ops) -> *mut bpf_sock {
     // SAFETY: a read of the context's sk field, at a constant offset, during the program's run.
     unsafe { read_volatile(&(*ops).__bindgen_anon_2.sk) }
-}
-
-#[inline(always)]
-fn cookie(ops: *mut bpf_sock_ops) -> u64 {
-    // SAFETY: bpf_get_socket_cookie accepts a sock_ops context.
-    unsafe { bpf_get_socket_cookie(ops.cast()) }
 }
 
 /// The socket's (local, remote) address and port, IPv4 addresses mapped into IPv6.
@@ -761,13 +835,12 @@ pub fn getsockopt(ctx: SockoptContext) -> i32 {
     };
     let pair =
         SocketPair { client_addr, client_port: u16::from_be(dst_port), server_addr, server_port: src_port as u16 };
-    // SAFETY: the value is copied out at once; the map's values are plain data.
-    let legacy = || unsafe { LEGACY_ORIG.get(pair) }.copied();
-    let (dst, hit) = match sock_storage(&SOCK_ORIG, sk, None).or_else(legacy) {
+    let slot = cgroup_slot();
+    let (dst, hit) = match sock_storage(&SOCK_ORIG, sk, None) {
         Some(dst) => (dst, Counter::OrigDstHit),
         // An inbound connection the sk_lookup program steered keeps the address the client
         // connected to as its local address: the proxy's accepted socket on an AppPort.
-        None if inbound_to_app_port(pair.server_port) => {
+        None if inbound_to_app_port(slot, pair.server_port) => {
             let family = if v4_of_mapped(&server_addr).is_some() { AF_INET } else { AF_INET6 };
             (OrigDst { addr: server_addr, port: pair.server_port, family }, Counter::OrigDstIngress)
         }
@@ -813,10 +886,14 @@ pub fn getsockopt(ctx: SockoptContext) -> i32 {
 
 /// Whether a socket with this local port carries an inbound connection to an AppPort.
 #[inline(always)]
-fn inbound_to_app_port(local_port: u16) -> bool {
-    let Some((generation, config)) = active() else { return false };
-    // SAFETY: the value is only tested for presence, never read.
-    config.proxy_ingress_port != 0 && unsafe { APP_PORTS.get(PortKey::new(generation, local_port)).is_some() }
+fn inbound_to_app_port(slot: u32, local_port: u16) -> bool {
+    let Some(task) = task(slot) else { return false };
+    task.config.proxy_ingress_port != 0 && app_port(&task, local_port)
+}
+
+#[inline(always)]
+fn app_port(task: &Task, port: u16) -> bool {
+    in_port_set(&APP_PORTS, task, port)
 }
 
 /// sk_lookup verdicts.
@@ -845,27 +922,26 @@ pub fn steer_ingress(ctx: SkLookupContext) -> u32 {
     if protocol != IPPROTO_TCP {
         return SK_PASS;
     }
-    let Some((generation, config)) = active() else { return SK_PASS };
+    // SAFETY: as above; sk is the socket a program before this one assigned, or null.
+    let assigned_before = unsafe { read_volatile(&(*lookup).__bindgen_anon_1.__bindgen_anon_1.sk) };
+    if !assigned_before.is_null() {
+        // Another installation's program (one being replaced runs before this one until it is
+        // detached) steered the connection already: it stays steered.
+        return SK_PASS;
+    }
+    let Some(task) = task(task_slot()) else { return SK_PASS };
+    let config = task.config;
     let port = local_port as u16;
-    // SAFETY: the value is only tested for presence, never read.
-    if config.proxy_ingress_port == 0 || unsafe { APP_PORTS.get(PortKey::new(generation, port)).is_none() } {
+    if config.proxy_ingress_port == 0 || !app_port(&task, port) {
         return SK_PASS;
     }
     let v6 = family == u32::from(AF_INET6);
     // Connections from the task itself (loopback, its own addresses) are never steered: the
     // proxy's connections to the app among them.
     let local_source = if v6 {
-        let key = Key::new(
-            GENERATION_BITS + 128,
-            LpmDataV6 { generation_be: generation.to_be(), addr: words_to_bytes(remote6) },
-        );
-        config.ipv6 == 0 || LOCAL_NETS_V6.get(&key).is_some()
+        config.ipv6 == 0 || in_trie(&LOCAL_NETS_V6, &key_v6(&task, words_to_bytes(remote6)))
     } else {
-        let key = Key::new(
-            GENERATION_BITS + 32,
-            LpmDataV4 { generation_be: generation.to_be(), addr: remote4.to_ne_bytes() },
-        );
-        LOCAL_NETS_V4.get(&key).is_some()
+        in_trie(&LOCAL_NETS_V4, &key_v4(&task, remote4.to_ne_bytes()))
     };
     if local_source {
         return SK_PASS;
@@ -878,15 +954,15 @@ pub fn steer_ingress(ctx: SkLookupContext) -> u32 {
         assign_listener(&ctx, LISTENER_V4, proxy_port) || assign_listener(&ctx, LISTENER_V6, proxy_port)
     };
     if assigned {
-        count(Counter::IngressSteered);
+        count_own(Counter::IngressSteered);
         debug!(&ctx, "inbound to port {} steered to the proxy", port);
         SK_PASS
     } else if config.ingress_fallback == INGRESS_FALLBACK_APP {
-        count(Counter::IngressToApp);
+        count_own(Counter::IngressToApp);
         SK_PASS
     } else {
         // For a SYN, a dropped lookup is answered with a reset: the client sees "refused".
-        count(Counter::IngressRefused);
+        count_own(Counter::IngressRefused);
         SK_DROP
     }
 }
@@ -936,6 +1012,17 @@ unsafe fn write_answer<T>(
 
 #[inline(always)]
 fn count(counter: Counter) {
+    let counters = TASK_COUNTERS.get_ptr_mut();
+    // SAFETY: this CPU's value of the cgroup's storage, valid for the program's run; these
+    // programs run with migration disabled, so nothing else writes it meanwhile.
+    if let Some(slot) = unsafe { (*counters).get_mut(counter.index() as usize) } {
+        *slot += 1;
+    }
+}
+
+/// Counts in the task's own counters (its per-task programs).
+#[inline(always)]
+fn count_own(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter.index()) {
         // SAFETY: the pointer is this CPU's slot of an existing entry, and these programs run
         // with migration disabled, so nothing else writes the slot meanwhile.

@@ -506,7 +506,11 @@ pub fn pins(bpffs: &Path) -> anyhow::Result<Vec<PathBuf>> {
             continue;
         }
         for pin in fs::read_dir(entry.path())? {
-            pins.push(pin?.path());
+            let pin = pin?;
+            // An installation's link to the host's programs is no pin.
+            if !pin.file_type()?.is_symlink() {
+                pins.push(pin.path());
+            }
         }
     }
     Ok(pins)
@@ -515,6 +519,11 @@ pub fn pins(bpffs: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// Whether a pin is a link's (`link-<program>`) rather than a map's.
 pub fn is_link(pin: &Path) -> bool {
     pin.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("link-"))
+}
+
+/// Whether a pin is one of the host's programs (`prog-<program>`, beside the host's maps).
+pub fn is_program(pin: &Path) -> bool {
+    pin.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("prog-"))
 }
 
 /// The ids of the programs that the link pins among `pins` link to their hooks.

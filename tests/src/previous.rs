@@ -1,8 +1,8 @@
 //! The previous release's `intercept`, built from git: the build an in-place upgrade starts
 //! from.
 //!
-//! [`PREVIOUS_RELEASE`] is the last commit before the eBPF data path moved to socket storage
-//! (map layout 2). Its sources come out of this repository with `git archive` (nothing in the
+//! [`PREVIOUS_RELEASE`] is the last commit before the eBPF programs were loaded once per host
+//! (map layout 3). Its sources come out of this repository with `git archive` (nothing in the
 //! working tree or the repository changes), and it is built with its own target directory
 //! under `<target>/previous/`, sharing only the bpf-linker `cargo xtask setup` built. Only the
 //! binary is kept there: the sources and the build (gigabytes of debug objects that no later
@@ -15,8 +15,8 @@ use std::{
     process::{Command, Stdio},
 };
 
-/// The commit whose build is the previous release (map layout 1).
-pub const PREVIOUS_RELEASE: &str = "6edd6f2a2c9679bf49d02f9f5888c26b06ab207f";
+/// The commit whose build is the previous release (map layout 2).
+pub const PREVIOUS_RELEASE: &str = "7a2917d44cd0f73914d4c09974a7fefa36aa8623";
 
 /// How the previous release is built: as the tests build this one (debug), or as the bench
 /// measures it (release).

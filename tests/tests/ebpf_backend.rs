@@ -282,8 +282,8 @@ fn ipv6_switched_off_and_reapplied_in_place() {
 
 #[test]
 #[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
-fn a_configuration_that_outgrows_the_maps_replaces_the_programs_in_place() {
-    let host = require_privileges("a_configuration_that_outgrows_the_maps_replaces_the_programs_in_place");
+fn a_configuration_that_outgrows_the_record_grows_it_in_place() {
+    let host = require_privileges("a_configuration_that_outgrows_the_record_grows_it_in_place");
     let cases = seed_cases();
     let dsts: Vec<SocketAddr> = cases.iter().map(|c| c.3).collect();
     let world = World::new(&host, &dsts);
@@ -291,21 +291,17 @@ fn a_configuration_that_outgrows_the_maps_replaces_the_programs_in_place() {
     assert_eq!(world.apply(&config), Outcome::Installed);
     let before = ebpf::status(&world.target()).unwrap().unwrap().programs;
 
-    // 2,002 ignored ports: the port map was sized for the seed's one.
+    // 2,002 ignored ports: the task's record was sized for the seed's one; the host's maps
+    // take any size.
     config.egress_ignored_ports =
         PortSet::from_ranges([PortRange { start: 20000, end: 22000 }, PortRange::single(5432)]);
-    assert_eq!(world.apply(&config), Outcome::Replaced { from_layout: intercept_common::LAYOUT });
+    assert!(matches!(world.apply(&config), Outcome::Updated(_)));
     let after = ebpf::status(&world.target()).unwrap().unwrap();
-    for (old, new) in before.iter().zip(&after.programs) {
-        assert_eq!((old.program, old.link_id), (new.program, new.link_id), "the same links");
-        assert_ne!(old.program_id, new.program_id, "{:?}: a new program", old.program);
-        assert!(new.attached, "{new:?}");
-    }
-    assert_eq!(after.version, ebpf::build());
+    assert_eq!(before, after.programs, "the same links to the same programs");
     assert!(after.drift(&ebpf::Contents::desired(&EbpfPlan::new(&config), &task_addrs()).unwrap()).is_empty());
     let expected = check_cases(&world, &config, &cases, "grown");
     assert_eq!(counters(&world), expected, "counters by reason");
-    assert_eq!(world.apply(&config), Outcome::Unchanged, "the new maps hold it");
+    assert_eq!(world.apply(&config), Outcome::Unchanged, "the record holds it");
 }
 
 /// Runs `intercept-ebpf-probe ARGS` as root in the netns, placed by `command`, and requires success.
@@ -324,7 +320,7 @@ fn churn_leaves_the_pairing_maps_at_their_idle_size() {
     let world = World::new(&host, &["192.0.2.10:80".parse().unwrap()]);
     world.apply(&seed_config());
     let idle = ebpf::status(&world.target()).unwrap().unwrap();
-    assert_eq!((idle.handoffs, idle.legacy_entries), (0, 0), "idle before");
+    assert_eq!(idle.handoffs, 0, "idle before");
 
     run_probe(&world, command_in(Some(&world.cgroup), PROBE), &["churn", "192.0.2.10:80", &N.to_string()]);
     assert_eq!(world.proxy.wait_for_count(N, Duration::from_secs(60)), N, "every connection reached the proxy");
@@ -336,12 +332,12 @@ fn churn_leaves_the_pairing_maps_at_their_idle_size() {
     let deadline = std::time::Instant::now() + TIMEOUT;
     let status = loop {
         let status = ebpf::status(&world.target()).unwrap().unwrap();
-        if (status.handoffs, status.legacy_entries) == (0, 0) || std::time::Instant::now() > deadline {
+        if status.handoffs == 0 || std::time::Instant::now() > deadline {
             break status;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!((status.handoffs, status.legacy_entries), (0, 0), "hand-off map after {N} connections");
+    assert_eq!(status.handoffs, 0, "hand-off map after {N} connections");
     assert_eq!(status.counter(Counter::Redirected), N as u64);
     assert_eq!(status.counter(Counter::OrigDstHit), N as u64);
     assert_eq!(status.counter(Counter::OrigDstMiss), 0);
@@ -568,7 +564,10 @@ fn reapply_while_connections_flow_follows_the_old_or_the_new_configuration() {
 #[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
 fn the_programs_read_only_the_active_generation() {
     use aya::maps::{Array, LpmTrie, Map, MapData, lpm_trie::Key};
-    use intercept_common::{ACTIVE_MAP, CONFIG_MAP, GENERATION_BITS, GlobalConfig, IGNORED_NETS_V4_MAP, LpmDataV4};
+    use intercept_common::{
+        ACTIVE_MAP, CONFIG_MAP, GENERATIONS, GlobalConfig, IGNORED_NETS_V4_MAP, KEY_PREFIX_BITS, LpmDataV4, TASK_MAP,
+        TaskRef,
+    };
 
     let host = require_privileges("the_programs_read_only_the_active_generation");
     let dst: SocketAddr = "192.0.2.10:80".parse().unwrap();
@@ -577,34 +576,45 @@ fn the_programs_read_only_the_active_generation() {
     assert_eq!(world.apply(&config), Outcome::Installed);
     let dir = world.target().pin_dir();
     let open = |name: &str| Map::from_map_data(MapData::from_pin(dir.join(name)).unwrap()).unwrap();
+    let open_host = |name: &str| open(&format!("{}/{name}", ebpf::PROGRAMS_LINK));
+    let task: Array<MapData, TaskRef> = Array::try_from(open(TASK_MAP)).unwrap();
+    let slot = task.get(&0, 0).unwrap().slot;
 
     // Generation 1: the same CONFIG, and an ignored network covering the destination.
-    let mut configs: Array<MapData, GlobalConfig> = Array::try_from(open(CONFIG_MAP)).unwrap();
-    let active_config = configs.get(&0, 0).unwrap();
-    configs.set(1, active_config, 0).unwrap();
-    let mut nets: LpmTrie<MapData, LpmDataV4, u8> = LpmTrie::try_from(open(IGNORED_NETS_V4_MAP)).unwrap();
-    let key = Key::new(GENERATION_BITS + 24, LpmDataV4 { generation_be: 1u32.to_be(), addr: [192, 0, 2, 0] });
+    let mut configs: Array<MapData, GlobalConfig> = Array::try_from(open_host(CONFIG_MAP)).unwrap();
+    let active_config = configs.get(&(slot * GENERATIONS), 0).unwrap();
+    configs.set(slot * GENERATIONS + 1, active_config, 0).unwrap();
+    let mut nets: LpmTrie<MapData, LpmDataV4, u8> = LpmTrie::try_from(open_host(IGNORED_NETS_V4_MAP)).unwrap();
+    let data = LpmDataV4 { slot_be: slot.to_be(), generation_be: 1u32.to_be(), addr: [192, 0, 2, 0] };
+    let key = Key::new(KEY_PREFIX_BITS + 24, data);
     nets.insert(&key, 1, 0).unwrap();
     assert!(
         matches!(world.connect(APP_UID, APP_UID, dst, "inactive"), Observed::Proxy { .. }),
         "the inactive generation is not read"
     );
 
-    let mut active: Array<MapData, u32> = Array::try_from(open(ACTIVE_MAP)).unwrap();
-    active.set(0, 1, 0).unwrap();
+    let mut active: Array<MapData, u32> = Array::try_from(open_host(ACTIVE_MAP)).unwrap();
+    active.set(slot, 1, 0).unwrap();
     assert_eq!(world.connect(APP_UID, APP_UID, dst, "flipped"), Observed::Direct { at: dst }, "generation 1 decides");
     let status = ebpf::status(&world.target()).unwrap().unwrap();
     assert_eq!(status.generation, 1);
     let want = ebpf::Contents::desired(&EbpfPlan::new(&config), &task_addrs()).unwrap();
     assert!(!status.drift(&want).is_empty(), "status reports what generation 1 lacks");
 
-    // A re-apply writes the plan into generation 0, flips back, and clears generation 1.
+    // A re-apply writes the plan into generation 0, flips back, and clears generation 1 of
+    // what it knows of: the entry written here behind its back is the test's to delete.
     assert!(matches!(world.apply(&config), Outcome::Updated(c) if c.generation == 0));
     assert!(matches!(world.connect(APP_UID, APP_UID, dst, "reapplied"), Observed::Proxy { .. }));
-    let keys: Vec<Key<LpmDataV4>> = nets.keys().map(Result::unwrap).collect();
+    nets.remove(&key).unwrap();
+    let keys: Vec<Key<LpmDataV4>> =
+        nets.keys().map(Result::unwrap).filter(|k| k.data().slot_be == slot.to_be()).collect();
     assert_eq!(keys.len(), want.ignored_nets_v4.len(), "only generation 0's entries are left");
     assert!(keys.iter().all(|k| k.data().generation_be == 0));
-    assert_eq!(configs.get(&1, 0).unwrap(), GlobalConfig::default(), "generation 1's CONFIG is cleared");
+    assert_eq!(
+        configs.get(&(slot * GENERATIONS + 1), 0).unwrap(),
+        GlobalConfig::default(),
+        "generation 1's CONFIG is cleared"
+    );
 }
 
 #[test]
@@ -660,8 +670,9 @@ fn the_agent_mounts_bpffs_when_absent_and_a_failed_apply_leaves_nothing() {
         .expect("apply");
     assert!(bpffs.is_mounted(), "the agent mounted a bpffs at --bpffs");
     let mut pins: Vec<String> = bpffs.files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
-    pins.retain(|p| p.matches('/').count() == 2);
-    assert_eq!(pins.len(), Program::ALL.len() + ebpf::MAP_NAMES.len(), "{pins:?}");
+    pins.retain(|p| p.starts_with(&format!("intercept/{}/", target.cgroup_id)) && p.matches('/').count() == 2);
+    // Its links, its maps, and the link to the host's programs.
+    assert_eq!(pins.len(), Program::ALL.len() + ebpf::MAP_NAMES.len() + 1, "{pins:?}");
     assert!(ebpf::remove(&target).unwrap().any());
 }
 
@@ -701,14 +712,14 @@ fn the_pins_of_a_removed_cgroup_are_pruned_and_only_those() {
     assert!(bpffs.files().is_empty(), "{:?}", bpffs.files());
 }
 
-/// The installations of a bpffs that do not log share one log ring, pinned beside them, which
-/// goes with the last of them; one that logs has a ring of its own.
+/// The tasks of a host share its programs, verified once and pinned beside the installations:
+/// each task has links to them (and `sockops` and `sk_lookup` programs of its own).
+/// Tasks that log share another set. The programs go with the last task that uses them.
 #[test]
 #[ignore = "privileged (root, namespaces, cgroups): `cargo xtask test` runs it"]
-fn installations_that_do_not_log_share_one_log_ring_which_goes_with_the_last() {
-    use aya::maps::MapInfo;
+fn tasks_share_the_hosts_programs_which_go_with_the_last() {
     use intercept_tests::ebpf::{linked_programs, pins};
-    let host = require_privileges("installations_that_do_not_log_share_one_log_ring_which_goes_with_the_last");
+    let host = require_privileges("tasks_share_the_hosts_programs_which_go_with_the_last");
     let bpffs = TestBpffs::mounted();
     let cgroups = [host.create_cgroup().unwrap(), host.create_cgroup().unwrap(), host.create_cgroup().unwrap()];
     let namespaces = [netns(), netns(), netns()];
@@ -719,38 +730,40 @@ fn installations_that_do_not_log_share_one_log_ring_which_goes_with_the_last() {
         let applied = ebpf::apply(target, &plan, &task_addrs(), ns.open().as_fd(), ApplyOptions { bpf_log });
         applied.unwrap_or_else(|e| panic!("apply: {}", error_chain(&e)));
     }
-    let ring = bpffs.path().join("intercept").join(ebpf::QUIET_LOG_RING_PIN);
-    let ring_id = MapInfo::from_pin(&ring).expect("the shared ring is pinned").id();
-    // The log rings the programs of one installation use: aya-log's map, by its name.
-    let rings_of = |target: &Target| {
-        let task_pins: Vec<_> =
-            pins(bpffs.path()).unwrap().into_iter().filter(|p| p.starts_with(target.pin_dir())).collect();
-        let ids = linked_programs(&task_pins).unwrap();
-        let programs: Vec<_> =
-            aya::programs::loaded_programs().map(Result::unwrap).filter(|p| ids.contains(&p.id())).collect();
-        assert_eq!(programs.len(), ids.len(), "every linked program is loaded");
-        let mut rings = std::collections::BTreeSet::new();
-        for program in programs {
-            for map in program.map_ids().unwrap().unwrap_or_default() {
-                let info = MapInfo::from_id(map).unwrap();
-                if info.name_as_str() == Some("AYA_LOGS") {
-                    rings.insert(map);
-                }
-            }
-        }
-        rings
+    // The programs one installation's links run: (cgroup programs, sk_lookup program).
+    let programs_of = |target: &Target| {
+        let link = |program: Program| {
+            let pin = target.pin_dir().join(program.link_pin());
+            linked_programs(&[pin]).unwrap().into_iter().collect::<Vec<_>>()
+        };
+        let shared: std::collections::BTreeSet<u32> = Program::HOST.iter().flat_map(|&p| link(p)).collect();
+        (shared, Program::PER_TASK.iter().flat_map(|&p| link(p)).collect::<Vec<_>>())
     };
-    assert_eq!(rings_of(&targets[0]), [ring_id].into(), "the first installation uses the pinned ring");
-    assert_eq!(rings_of(&targets[1]), [ring_id].into(), "so does the second");
-    let own = rings_of(&targets[2]);
-    assert!(own.len() == 1 && !own.contains(&ring_id), "the one that logs has its own ring: {own:?}");
+    let (first, second, logging) = (programs_of(&targets[0]), programs_of(&targets[1]), programs_of(&targets[2]));
+    assert_eq!(first.0.len(), Program::HOST.len(), "one program per host hook: {first:?}");
+    assert_eq!(first.0, second.0, "two tasks run the same host programs");
+    assert_eq!(first.1.len(), Program::PER_TASK.len());
+    assert!(first.1.iter().all(|id| !second.1.contains(id)), "each task has its own sockops and sk_lookup programs");
+    assert!(first.0.is_disjoint(&logging.0), "a task that logs runs programs that log: {logging:?}");
+    let programs_dirs = |files: Vec<std::path::PathBuf>| {
+        let mut dirs: Vec<_> = files
+            .iter()
+            .filter_map(|f| f.strip_prefix(bpffs.path().join("intercept")).ok())
+            .filter_map(|f| f.components().next())
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(ebpf::PROGRAMS_DIR))
+            .collect();
+        dirs.dedup();
+        dirs
+    };
+    assert_eq!(programs_dirs(pins(bpffs.path()).unwrap()).len(), 2, "one set of programs per log setting");
 
     assert!(ebpf::remove(&targets[0]).unwrap().any());
-    assert!(ring.exists(), "another installation still uses the ring");
+    assert_eq!(programs_of(&targets[1]).0, first.0, "the other task still runs them");
     assert!(ebpf::remove(&targets[2]).unwrap().any());
-    assert!(ring.exists(), "the last one that does not log still uses the ring");
+    assert_eq!(programs_dirs(pins(bpffs.path()).unwrap()).len(), 1, "the logging programs went with their task");
     assert!(ebpf::remove(&targets[1]).unwrap().any());
-    assert!(bpffs.files().is_empty(), "the ring goes with the last installation: {:?}", bpffs.files());
+    assert!(bpffs.files().is_empty(), "the programs go with the last task: {:?}", bpffs.files());
 }
 
 /// `remove` of a live task removes that task's installation and leaves the pins of an ended

@@ -1,15 +1,16 @@
-//! In-place upgrades of the eBPF backend from the previous release (map layout 1, built from
+//! In-place upgrades of the eBPF backend from the previous release (map layout 2, built from
 //! git by `intercept_tests::previous`), under load:
 //!
 //! - a CLI installation: the previous release applies, the app connects continuously, this
-//!   build's `apply` replaces the programs (`BPF_LINK_UPDATE`) and carries the live state
-//!   over, then reconfigures; no connection fails or escapes. The previous release then
-//!   refuses this build's installation and changes nothing, and this build refuses a newer
-//!   layout, naming both builds, and changes nothing.
+//!   build's `apply` attaches its installation beside the old one and detaches the old
+//!   programs that redirect (those that read what connections left behind retire later), then
+//!   reconfigures; no connection fails or escapes. The previous release then refuses this
+//!   build's installation and changes nothing, and this build refuses a newer layout, naming
+//!   both builds, and changes nothing.
 //! - connections in flight at the switch: established and waiting in the proxy's accept
-//!   queue (their original destination in layout 1's `ORIG_DST`), or mid-handshake (in its
-//!   `PENDING_DST`); each reaches the proxy with its original destination afterwards, and
-//!   their entries go when their sockets close.
+//!   queue (their original destination on the proxy's socket, in the old installation's
+//!   maps), or mid-handshake (on the app's socket); each reaches the proxy with its original
+//!   destination afterwards, through the retiring installation's programs.
 //! - an upgrade SIGKILLed at a random point: interception holds, and the next apply leaves this
 //!   build's installation whole with nothing left behind.
 //! - a daemon with 20 tasks: the previous release's daemon installs them, stops (SIGTERM
@@ -202,13 +203,13 @@ fn the_cli_upgrades_the_previous_release_under_load_and_refuses_what_it_cannot_r
     assert_eq!(code, 0, "the previous release applies: {out}");
     let (code, out) = run(&bin, &with("status", Some(&a)));
     assert_eq!(code, 1, "this build's status of the previous release's installation: {out}");
-    assert!(out.contains("installed by another build") && out.contains("map layout 1"), "{out}");
+    assert!(out.contains("installed by another build") && out.contains(&format!("map layout {}", LAYOUT - 1)), "{out}");
 
     let load = Load::start(&world);
     load.wait_for(20);
     let (code, out) = run(&bin, &with("apply", Some(&a)));
     assert_eq!(code, 0, "the upgrade: {out}");
-    assert!(out.contains("programs replaced in place (map layout 1 → 2)"), "{out}");
+    assert!(out.contains(&format!("programs replaced in place (map layout {} → {LAYOUT})", LAYOUT - 1)), "{out}");
     load.wait_for(20);
     let (code, out) = run(&bin, &with("apply", Some(&b)));
     assert_eq!(code, 0, "a reconfiguration after the upgrade: {out}");
@@ -239,7 +240,8 @@ fn the_cli_upgrades_the_previous_release_under_load_and_refuses_what_it_cannot_r
     let before = fs::read_dir(&pin_dir).expect("list the pins").count();
     let (code, out) = run(&bin, &with("apply", Some(&a)));
     assert_ne!(code, 0, "this build on a newer layout: {out}");
-    for part in ["intercept 9.9.9 (a future build) (map layout 3)", ebpf::build().build_str(), "nothing was changed"] {
+    let future = format!("intercept 9.9.9 (a future build) (map layout {})", LAYOUT + 1);
+    for part in [future.as_str(), ebpf::build().build_str(), "nothing was changed"] {
         assert!(out.contains(part), "the refusal names {part:?}: {out}");
     }
     assert_eq!(fs::read_dir(&pin_dir).expect("list the pins").count(), before);
@@ -297,7 +299,7 @@ fn connections_in_flight_across_the_upgrade_keep_their_original_destination() {
     let target = Target::new(&cgroup, Some(world.bpffs.path())).expect("the target");
     // Scoped: whatever fails, the gate opens (so the clients finish) and every client is joined
     // before the sandbox goes.
-    let (in_flight, legacy) = thread::scope(|scope| {
+    let in_flight = thread::scope(|scope| {
         let _gate = OpenOnDrop(&gate);
         let mut clients = Vec::new();
         for (family, dst) in dsts.into_iter().enumerate() {
@@ -325,9 +327,13 @@ fn connections_in_flight_across_the_upgrade_keep_their_original_destination() {
         }
         let (code, out) = run(&bin, &apply);
         assert_eq!(code, 0, "the upgrade: {out}");
-        assert!(out.contains("programs replaced in place (map layout 1 → 2)"), "{out}");
-        let legacy = ebpf::status(&target).expect("status").expect("installed").legacy_entries;
-        assert!(legacy >= dsts.len(), "the connections in flight are in layout 1's maps: {legacy}");
+        assert!(out.contains(&format!("programs replaced in place (map layout {} → {LAYOUT})", LAYOUT - 1)), "{out}");
+        let retiring: Vec<_> = fs::read_dir(world.bpffs.path().join("intercept"))
+            .expect("list the pins")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| name.starts_with("retiring-"))
+            .collect();
+        assert_eq!(retiring.len(), 1, "the old installation's readers stay for the connections in flight");
         fs::write(&gate, "").expect("open the gate");
         let in_flight = clients.len();
         for client in clients {
@@ -339,24 +345,18 @@ fn connections_in_flight_across_the_upgrade_keep_their_original_destination() {
                 "{dst}, in flight across the upgrade: {reply}"
             );
         }
-        (in_flight, legacy)
+        in_flight
     });
-    // Their entries go as their sockets close, as layout 1's did.
     let deadline = Instant::now() + WAIT;
     loop {
         let status = ebpf::status(&target).expect("status").expect("installed");
-        if (status.legacy_entries, status.handoffs) == (0, 0) {
+        if status.handoffs == 0 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "entries left: {} legacy, {} hand-offs",
-            status.legacy_entries,
-            status.handoffs
-        );
+        assert!(Instant::now() < deadline, "hand-offs left: {}", status.handoffs);
         thread::sleep(Duration::from_millis(50));
     }
-    println!("{test}: {in_flight} connections in flight across the upgrade, {legacy} in layout 1's maps at the switch");
+    println!("{test}: {in_flight} connections in flight across the upgrade");
 }
 
 /// Rounds of the killed-upgrade test.
@@ -428,8 +428,15 @@ fn an_upgrade_killed_at_any_point_is_finished_by_the_next_apply() {
         let leftovers: Vec<_> = fs::read_dir(&pins)
             .expect("list the pins")
             .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
-            // Installations are named by their cgroup's id; the log ring is theirs to share.
-            .filter(|name| name.parse::<u64>().is_err() && name != ebpf::QUIET_LOG_RING_PIN)
+            // Installations are named by their cgroup's id, the host's programs are theirs to
+            // share, and a replaced installation's readers retire later (with the log ring the
+            // previous release's installations share beside them).
+            .filter(|name| {
+                name.parse::<u64>().is_err()
+                    && !name.starts_with(ebpf::PROGRAMS_DIR)
+                    && !name.starts_with("retiring-")
+                    && name != "AYA_LOGS"
+            })
             .collect();
         assert!(leftovers.is_empty(), "round {round} ({delay:?}): left behind: {leftovers:?}");
         let reply = world.egress(APP_UID, APP_UID, dst).unwrap_or_else(|e| panic!("round {round}: {e}"));

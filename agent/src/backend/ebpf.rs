@@ -28,6 +28,7 @@ mod maps;
 mod pins;
 mod program;
 mod replace;
+mod slots;
 mod status;
 mod sys;
 pub mod task;
@@ -44,22 +45,20 @@ use aya::maps::{Map, MapData, MapError};
 use aya::programs::ProgramError;
 use aya::programs::links::LinkError;
 use aya_log::EbpfLogger;
-use intercept_common::{
-    APP_PORTS_MAP, IGNORED_IDS_MAP, IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP, INCLUDED_NETS_V4_MAP,
-    INCLUDED_NETS_V6_MAP, LAYOUT, LAYOUT_1_PAIRING_PINS, VERSION_MAP, Version,
-};
+use intercept_common::{LAYOUT, VERSION_MAP, Version};
 
 pub use adopt::Adopted;
 use adopt::adopt_into;
 pub use host::{attached_programs, is_bpffs};
 pub use intercept_common::{Counter, MAP_NAMES};
-use load::{attach_and_pin, load};
+pub use load::PROGRAMS_DIR;
+use load::{attach_and_pin, create_task_maps, host_programs, load_task_programs};
 pub use logs::{Logs, Printer};
 pub use maps::{Changes, Contents, Generations};
 pub use pins::{Removed, prune, remove, remove_pins_of_removed_cgroup};
 use pins::{open_pinned_links, open_pinned_maps, unpin_dir};
 pub use program::Program;
-use replace::{recover, replace};
+use replace::recover;
 pub use status::{ProgramStatus, Status, status};
 
 use crate::cgroup;
@@ -67,15 +66,12 @@ use crate::lock::{self, Held, Locks};
 use crate::plan::ebpf::EbpfPlan;
 use crate::privileges;
 
-/// aya-log's ring buffer in the object, and its size when the programs do not log.
+/// aya-log's ring buffer in the object, and its size when the programs do not log. It is one
+/// of the host's maps, pinned with the programs.
 const AYA_LOG_RING: &str = "AYA_LOGS";
 const QUIET_LOG_RING_BYTES: u32 = 4096;
-/// The pin, in `<bpffs>/intercept`, of the ring buffer every installation of the bpffs that
-/// does not log shares. Nothing can write to it (at log level 0 the verifier drops every log
-/// statement), so sharing it mixes nothing, and each task saves its 16 KiB of kernel memory
-/// (a ring buffer's data pages are mapped twice, and the kernel counts them all). It goes
-/// with the last installation ([`pins::release_root`]). It is pinned under the map's name.
-pub const QUIET_LOG_RING_PIN: &str = AYA_LOG_RING;
+/// The link, in an installation's directory, to the directory of the host's programs it uses.
+pub const PROGRAMS_LINK: &str = "programs";
 
 /// Where bpffs is conventionally mounted; `--bpffs` chooses another place.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -111,6 +107,8 @@ pub enum Error {
     Capabilities(Box<privileges::Error>),
     #[error("{count} addresses for {map}, which holds at most {capacity}")]
     TooManyLocalAddresses { map: &'static str, count: usize, capacity: u32 },
+    #[error("every task slot of the host's eBPF programs is taken ({capacity} tasks); remove a task first")]
+    TooManyTasks { capacity: u32 },
     #[error("{count} IgnoredUIDs and IgnoredGIDs, and the eBPF backend holds at most {capacity}")]
     TooManyIgnoredIds { count: usize, capacity: u32 },
     #[error(
@@ -202,11 +200,6 @@ impl Target {
         self.bpffs.join(PIN_ROOT).join(self.cgroup_id.to_string())
     }
 
-    /// `<bpffs>/intercept/AYA_LOGS`: see [`QUIET_LOG_RING_PIN`].
-    fn quiet_log_ring(&self) -> PathBuf {
-        self.bpffs.join(PIN_ROOT).join(QUIET_LOG_RING_PIN)
-    }
-
     /// The build and map layout of the installation, `None` when there is none. A layout
     /// newer than this build's is an error that names both.
     pub fn installed_version(&self) -> Result<Option<Version>, Error> {
@@ -241,17 +234,23 @@ impl Target {
         for entry in entries.filter_map(Result::ok) {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
+            if name.starts_with(load::PROGRAMS_STAGING) {
+                leftovers.programs_staging.push(entry.path());
+                continue;
+            }
             for (prefix, found) in [
                 (STAGING, &mut leftovers.staging),
                 (replace::REPLACING, &mut leftovers.replacing),
                 (replace::RETIRED, &mut leftovers.retired),
+                (pins::RETIRING, &mut leftovers.retiring),
             ] {
                 if name.strip_prefix(prefix).is_some_and(|rest| rest.starts_with(&id)) {
                     found.push(entry.path());
                 }
             }
         }
-        for found in [&mut leftovers.staging, &mut leftovers.replacing, &mut leftovers.retired] {
+        for found in [&mut leftovers.staging, &mut leftovers.replacing, &mut leftovers.retired, &mut leftovers.retiring]
+        {
             found.sort();
         }
         leftovers
@@ -271,8 +270,13 @@ pub struct Leftovers {
     pub staging: Vec<PathBuf>,
     /// A replacement's new pins, complete or not ([`replace::recover`]).
     pub replacing: Vec<PathBuf>,
-    /// An installation's old pins, moved aside by a replacement.
+    /// An installation's old pins, moved aside by a replacement of a build before layout 3.
     pub retired: Vec<PathBuf>,
+    /// Replaced installations whose readers still run ([`pins::RETIRING_DRAIN`]).
+    pub retiring: Vec<PathBuf>,
+    /// The host's programs, pinned by an apply killed before it moved them into place (any
+    /// cgroup's: nothing is attached to them).
+    pub programs_staging: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -355,9 +359,12 @@ pub fn apply(
     let lock = host::lock_bpffs(&target.bpffs)?;
     let leftovers = target.leftovers();
     recover(target, &leftovers)?;
+    for stale in &leftovers.programs_staging {
+        fs::remove_dir_all(stale).map_err(|e| Error::io("remove", stale, e))?;
+    }
     let dir = target.pin_dir();
     let applied = if dir.exists() {
-        update(target, &dir, plan, &desired, options)
+        update(target, netns, &dir, plan, &desired, options)
     } else {
         install(target, netns, &dir, plan, &desired, options, &leftovers.staging)
     }?;
@@ -382,30 +389,87 @@ fn install(
     for stale in stale_staging {
         unpin_dir(stale)?;
     }
+    let programs = host_programs(&root, options)?;
     let staging = root.join(format!("{STAGING}{}-{}", target.cgroup_id, std::process::id()));
-    fs::create_dir(&staging).map_err(|e| Error::io("create", &staging, e))?;
+    let adopted = stage(target, netns, &programs, &staging, plan, desired, options)?;
+    fs::rename(&staging, dir).map_err(|e| {
+        let _ = unpin_dir(&staging);
+        Error::io("move the pins into place at", dir, e)
+    })?;
+    Ok(Applied { outcome: Outcome::Installed, pin_dir: dir.to_owned(), logs: programs.logs, adopted, replaced: None })
+}
+
+/// Makes a complete installation of the task in `staging`, its links attached: a slot, the
+/// configuration in the host's maps, the task's own programs and maps. On failure nothing of it
+/// is left (its links detached, its slot freed).
+fn stage(
+    target: &Target,
+    netns: BorrowedFd<'_>,
+    programs: &load::HostPrograms,
+    staging: &Path,
+    plan: &EbpfPlan,
+    desired: &Contents,
+    options: ApplyOptions,
+) -> Result<Option<Adopted>, Error> {
+    fs::create_dir(staging).map_err(|e| Error::io("create", staging, e))?;
     let staged = (|| {
-        // Every map is new, pinned in the staging directory as it is created.
-        let pins = MAP_NAMES.iter().map(|&name| (name, staging.join(name))).collect();
-        let (ebpf, mut maps, logs) = load(plan, options, &pins, &[], &target.quiet_log_ring())?;
-        maps::install(desired, 0, &mut maps)?;
-        maps::write_version(&mut maps, build())?;
-        let adopted = ingress_port(plan).map(|port| adopt_into(&staging, &target.cgroup, port)).transpose()?;
-        attach_and_pin(target, netns, &ebpf, &staging)?;
-        fs::rename(&staging, dir).map_err(|e| Error::io("move the pins into place at", dir, e))?;
-        Ok((adopted, logs))
+        let link = staging.join(PROGRAMS_LINK);
+        let name = programs.dir.file_name().unwrap_or_default();
+        std::os::unix::fs::symlink(Path::new("..").join(name), &link).map_err(|e| Error::io("link", &link, e))?;
+        let mut own = create_task_maps(staging, maps::Record::pages(&[desired.clone(), Contents::empty()]))?;
+        let slot = slots::allocate(programs, target.cgroup_id)?;
+        maps::write_task(&mut own, slot)?;
+        maps::write_version(&mut own, build())?;
+        let mut host = maps::HostMaps::open(&programs.dir)?;
+        maps::install(desired, 0, &mut host, slot, &mut own)?;
+        let task_programs = load_task_programs(programs, slot, options, staging)?;
+        let adopted = ingress_port(plan).map(|port| adopt_into(staging, &target.cgroup, port)).transpose()?;
+        attach_and_pin(target, netns, programs, &task_programs, staging)?;
+        slots::bind(programs, target.cgroup_id, slot)?;
+        Ok(adopted)
     })();
-    match staged {
-        Ok((adopted, logs)) => {
-            Ok(Applied { outcome: Outcome::Installed, pin_dir: dir.to_owned(), logs, adopted, replaced: None })
-        }
-        Err(e) => {
-            // Unpinned, the links detach: nothing stays attached.
-            let _ = fs::remove_dir_all(&staging);
-            pins::release_root(&root);
-            Err(e)
-        }
+    if staged.is_err() {
+        // Unpinned, the links detach, and the slot is freed: nothing stays attached.
+        let _ = unpin_dir(staging);
     }
+    staged
+}
+
+/// Replaces an installation of another build (or layout) with one of this build, with no
+/// window: the new one is made and attached beside the old one (the hooks run both; the old
+/// programs run first, and the new ones leave alone what they redirected), then takes its
+/// place, and the old one's programs that redirect are detached. Those that read what a
+/// connection left behind (`sockops`, `getsockopt`, `recvmsg`, `sk_lookup`) stay, in
+/// `retiring-<cgroup id>-<seconds>`, for connections redirected before the switch, until a
+/// later apply, remove or prune finds them older than [`pins::RETIRING_DRAIN`].
+fn replace(
+    target: &Target,
+    netns: BorrowedFd<'_>,
+    dir: &Path,
+    plan: &EbpfPlan,
+    desired: &Contents,
+    options: ApplyOptions,
+    installed: &Version,
+) -> Result<Applied, Error> {
+    let root = target.bpffs.join(PIN_ROOT);
+    let programs = host_programs(&root, options)?;
+    let staging = root.join(format!("{}{}-{}", replace::REPLACING, target.cgroup_id, std::process::id()));
+    let adopted = stage(target, netns, &programs, &staging, plan, desired, options)?;
+    let retiring = pins::retiring_dir(&root, target.cgroup_id);
+    fs::rename(dir, &retiring).map_err(|e| {
+        let _ = unpin_dir(&staging);
+        Error::io("move aside", dir, e)
+    })?;
+    // A kill here leaves no installation but a complete replacement: `recover` puts it in place.
+    fs::rename(&staging, dir).map_err(|e| Error::io("move the pins into place at", dir, e))?;
+    pins::detach_writers(&retiring)?;
+    Ok(Applied {
+        outcome: Outcome::Replaced { from_layout: installed.layout },
+        pin_dir: dir.to_owned(),
+        logs: programs.logs,
+        adopted,
+        replaced: Some(installed.build_str().to_owned()),
+    })
 }
 
 /// The build of this binary as an installation records it: the package version and a hash of
@@ -420,6 +484,7 @@ pub fn build() -> Version {
 
 fn update(
     target: &Target,
+    netns: BorrowedFd<'_>,
     dir: &Path,
     plan: &EbpfPlan,
     desired: &Contents,
@@ -427,27 +492,36 @@ fn update(
 ) -> Result<Applied, Error> {
     let links = open_pinned_links(dir)?;
     let installed = installed_version(dir)?;
-    if installed.layout != LAYOUT {
-        return replace(target, dir, plan, desired, options, &installed);
+    if installed.layout != LAYOUT || installed.build != build().build {
+        return replace(target, netns, dir, plan, desired, options, &installed);
     }
-    let mut maps = open_pinned_maps(dir)?;
-    // A build with other programs replaces them; so does a configuration the maps have no
-    // room for (new maps need programs that use them).
-    if installed.build != build().build || !fits(&maps, plan, desired)? {
-        drop(maps);
-        return replace(target, dir, plan, desired, options, &installed);
+    let mut own = open_pinned_maps(dir)?;
+    let slot = maps::read_task(&own)?;
+    let mut host = maps::HostMaps::open(&dir.join(PROGRAMS_LINK))?;
+    let generations = Generations::read(&host, slot, &own)?;
+    // A switch records both configurations for a while: the record must have room for them.
+    let needed = maps::Record::pages(&[generations.active().clone(), desired.clone()]);
+    if needed > maps::record_capacity(&own)? {
+        let path = dir.join(intercept_common::RECORD_MAP);
+        // bpffs refuses a '.' in a name.
+        let staged = dir.join(format!("{}_NEW", intercept_common::RECORD_MAP));
+        let _ = fs::remove_file(&staged);
+        let record = load::create_record(&staged, needed)?;
+        own.insert(intercept_common::RECORD_MAP, record);
+        maps::Record::write(&mut own, &generations.contents, generations.dirty)?;
+        // One rename: the record is the old one or the new one, whole.
+        fs::rename(&staged, &path).map_err(|e| Error::io("move the new record into place at", &path, e))?;
     }
     // Before the switch, so that ingress is never steered to a listener not yet known (the
     // programs learn only those that start listening after they were attached).
     let adopted = ingress_port(plan).map(|port| adopt_into(dir, &target.cgroup, port)).transpose()?;
-    let generations = Generations::read(&maps)?;
     let outcome = if generations.active() == desired {
         if !generations.inactive_is_empty() {
-            generations.clear_inactive(&mut maps)?;
+            generations.clear_inactive(&mut host, slot, &mut own)?;
         }
         Outcome::Unchanged
     } else {
-        Outcome::Updated(generations.switch_to(desired, &mut maps)?)
+        Outcome::Updated(generations.switch_to(desired, &mut host, slot, &mut own)?)
     };
     let logs = match (options.bpf_log, links.first()) {
         (true, Some((_, info))) => Some(Logs(
@@ -464,7 +538,7 @@ fn update(
 pub(crate) fn installed_version(dir: &Path) -> Result<Version, Error> {
     let path = dir.join(VERSION_MAP);
     if !path.exists() {
-        if dir.join(LAYOUT_1_PAIRING_PINS[1].1).exists() {
+        if dir.join("ORIG_DST").exists() {
             let mut build = [0u8; 60];
             let text = b"a build before intercept recorded versions";
             build[..text.len()].copy_from_slice(text);
@@ -485,27 +559,6 @@ pub(crate) fn installed_version(dir: &Path) -> Result<Version, Error> {
         });
     }
     Ok(version)
-}
-
-/// Whether the configuration maps have room for `desired` in their inactive generation.
-fn fits(maps: &BTreeMap<&'static str, Map>, plan: &EbpfPlan, desired: &Contents) -> Result<bool, Error> {
-    for spec in plan.map_specs() {
-        let needed = match spec.name {
-            IGNORED_NETS_V4_MAP => desired.ignored_nets_v4.len(),
-            IGNORED_NETS_V6_MAP => desired.ignored_nets_v6.len(),
-            INCLUDED_NETS_V4_MAP => desired.included_nets_v4.len(),
-            INCLUDED_NETS_V6_MAP => desired.included_nets_v6.len(),
-            IGNORED_PORTS_MAP => desired.ignored_ports.len(),
-            APP_PORTS_MAP => desired.app_ports.len(),
-            IGNORED_IDS_MAP => desired.ignored_ids.len(),
-            _ => continue,
-        };
-        // Each generation gets its share: the old one stays whole until the new one is active.
-        if needed > maps::capacity(maps, spec.name)? as usize {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// The addresses of the current network namespace's interfaces: the task's own addresses,

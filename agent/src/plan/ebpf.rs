@@ -3,28 +3,28 @@
 //! The programs decide each connection the way [`crate::model::decide`] does, looking
 //! things up in these maps: [`CONFIG_MAP`] for the proxy ports (DNS's too), the IPv6 and
 //! include-only switches; [`IGNORED_IDS_MAP`] for every IgnoredUID and IgnoredGID; the port
-//! hash maps for EgressIgnoredPorts and AppPorts (ranges expanded to single ports: a lookup is
-//! one hash probe whatever the configuration); LPM tries for EgressIgnoredIPs,
+//! sets for EgressIgnoredPorts and AppPorts (LPM tries matched on every bit; ranges expanded to
+//! single ports: a lookup is one exact match whatever the configuration); LPM tries for EgressIgnoredIPs,
 //! EgressIncludedIPs and the task's local networks, one per family.
 //!
 //! The local-networks tries hold the loopback ranges here; the backend adds the network
 //! namespace's own addresses when it applies the plan, because only it can see them.
 //!
-//! Every map the plan fills holds two generations (a generation in each key, `CONFIG`
-//! indexed by it) and [`ACTIVE_MAP`] says which one the programs use: the backend writes the
-//! plan into the inactive generation and then flips `ACTIVE`, so each connection follows one
-//! configuration, the old or the new. The plan is one generation's contents; capacities are
-//! for both.
+//! The maps are the host's, shared by every task: each entry's key starts with the task's slot
+//! and a generation (`CONFIG` is indexed by both), and [`ACTIVE_MAP`] says, for each slot,
+//! which generation the task's programs use: the backend writes the plan into the inactive
+//! generation and then flips `ACTIVE[slot]`, so each connection follows one configuration, the
+//! old or the new. The plan is one task's entries of one generation; capacities are the
+//! host's.
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use intercept_common::{
-    ACTIVE_CAPACITY, ACTIVE_MAP, APP_PORTS_MAP, CONFIG_CAPACITY, CONFIG_MAP, COUNTERS_CAPACITY, COUNTERS_MAP, Counter,
-    GENERATIONS, GlobalConfig, IGNORED_IDS_CAPACITY, IGNORED_IDS_MAP, IGNORED_NETS_CAPACITY, IGNORED_NETS_V4_MAP,
-    IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP, INCLUDED_NETS_CAPACITY, INCLUDED_NETS_V4_MAP, INCLUDED_NETS_V6_MAP,
-    INGRESS_FALLBACK_APP, INGRESS_FALLBACK_REFUSE, LOCAL_NETS_CAPACITY, LOCAL_NETS_V4_MAP, LOCAL_NETS_V6_MAP, LpmKeyV4,
-    LpmKeyV6, PORT_MAP_CAPACITY, sized_capacity,
+    ACTIVE_MAP, APP_PORTS_MAP, CONFIG_MAP, Counter, GENERATIONS, GlobalConfig, HOST_NETS_CAPACITY, HOST_SETS_CAPACITY,
+    IGNORED_IDS_MAP, IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP, INCLUDED_NETS_V4_MAP,
+    INCLUDED_NETS_V6_MAP, INGRESS_FALLBACK_APP, INGRESS_FALLBACK_REFUSE, LOCAL_NETS_V4_MAP, LOCAL_NETS_V6_MAP,
+    LpmKeyV4, LpmKeyV6, MAX_TASKS, TASK_COUNTERS_MAP,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
@@ -66,7 +66,7 @@ pub enum MapKind {
     Array,
     Hash,
     LpmTrie,
-    PerCpuArray,
+    PerCpuCgroupStorage,
 }
 
 impl MapKind {
@@ -75,7 +75,7 @@ impl MapKind {
             MapKind::Array => "array",
             MapKind::Hash => "hash",
             MapKind::LpmTrie => "LPM trie",
-            MapKind::PerCpuArray => "per-CPU array",
+            MapKind::PerCpuCgroupStorage => "per-CPU cgroup storage",
         }
     }
 }
@@ -87,9 +87,9 @@ pub struct MapSpec {
     pub kind: MapKind,
     pub key: &'static str,
     pub value: &'static str,
-    /// For both generations, where the map has them.
+    /// The host's capacity, for every task's entries (0: a cgroup storage, one value per cgroup).
     pub max_entries: u32,
-    /// How many generations share `max_entries` (1 for `ACTIVE` and `COUNTERS`).
+    /// How many generations a task's entries span (1 for `ACTIVE` and `TASK_COUNTERS`).
     pub generations: u32,
 }
 
@@ -138,17 +138,9 @@ impl EbpfPlan {
         }
     }
 
-    /// Every configuration map with the capacity to create it with. The tries grow past their
-    /// ELF default when the lists need it (`EbpfLoader::map_max_entries`): room for the list in
-    /// each generation. The hash maps (ports, ids) are sized to the configuration with room to
-    /// double ([`sized_capacity`]): a hash map's bucket array costs memory for its whole
-    /// capacity. A later configuration that outgrows them gets new maps (the programs are
-    /// replaced with ones that use them).
+    /// Every map the plan writes, with the host's capacity (the tries allocate an entry when it
+    /// is inserted: the capacity is only a limit).
     pub fn map_specs(&self) -> [MapSpec; 12] {
-        let ignored_capacity =
-            |len: usize| u32::try_from(len).unwrap_or(u32::MAX).max(IGNORED_NETS_CAPACITY).saturating_mul(GENERATIONS);
-        let included_capacity =
-            |len: usize| u32::try_from(len).unwrap_or(u32::MAX).max(INCLUDED_NETS_CAPACITY).saturating_mul(GENERATIONS);
         let spec = |name, kind, key, value, max_entries, generations| MapSpec {
             name,
             kind,
@@ -157,66 +149,37 @@ impl EbpfPlan {
             max_entries,
             generations,
         };
-        let v4 = "(generation, LpmKeyV4)";
-        let v6 = "(generation, LpmKeyV6)";
-        let port = "PortKey (generation, port)";
-        let sized = |len: usize, floor| sized_capacity(u32::try_from(len).unwrap_or(u32::MAX), floor) * GENERATIONS;
-        let local = LOCAL_NETS_CAPACITY * GENERATIONS;
+        let v4 = "(slot, generation, LpmKeyV4)";
+        let v6 = "(slot, generation, LpmKeyV6)";
+        let port = "PortData (slot, generation, port), every bit";
+        let (nets, sets) = (HOST_NETS_CAPACITY, HOST_SETS_CAPACITY);
         [
-            spec(ACTIVE_MAP, MapKind::Array, "u32", "u32", ACTIVE_CAPACITY, 1),
-            spec(CONFIG_MAP, MapKind::Array, "u32 generation", "GlobalConfig", CONFIG_CAPACITY, GENERATIONS),
+            spec(ACTIVE_MAP, MapKind::Array, "u32 slot", "u32", MAX_TASKS, 1),
             spec(
-                IGNORED_PORTS_MAP,
-                MapKind::Hash,
-                port,
-                "u8",
-                sized(self.ignored_ports.len(), PORT_MAP_CAPACITY),
+                CONFIG_MAP,
+                MapKind::Array,
+                "u32 slot × 2 + generation",
+                "GlobalConfig",
+                MAX_TASKS * GENERATIONS,
                 GENERATIONS,
             ),
-            spec(APP_PORTS_MAP, MapKind::Hash, port, "u8", sized(self.app_ports.len(), PORT_MAP_CAPACITY), GENERATIONS),
-            spec(
-                IGNORED_NETS_V4_MAP,
-                MapKind::LpmTrie,
-                v4,
-                "u8",
-                ignored_capacity(self.ignored_nets_v4.len()),
-                GENERATIONS,
-            ),
-            spec(
-                IGNORED_NETS_V6_MAP,
-                MapKind::LpmTrie,
-                v6,
-                "u8",
-                ignored_capacity(self.ignored_nets_v6.len()),
-                GENERATIONS,
-            ),
-            spec(LOCAL_NETS_V4_MAP, MapKind::LpmTrie, v4, "u8", local, GENERATIONS),
-            spec(LOCAL_NETS_V6_MAP, MapKind::LpmTrie, v6, "u8", local, GENERATIONS),
-            spec(COUNTERS_MAP, MapKind::PerCpuArray, "u32", "u64", COUNTERS_CAPACITY, 1),
+            spec(IGNORED_PORTS_MAP, MapKind::LpmTrie, port, "u8", sets, GENERATIONS),
+            spec(APP_PORTS_MAP, MapKind::LpmTrie, port, "u8", sets, GENERATIONS),
+            spec(IGNORED_NETS_V4_MAP, MapKind::LpmTrie, v4, "u8", nets, GENERATIONS),
+            spec(IGNORED_NETS_V6_MAP, MapKind::LpmTrie, v6, "u8", nets, GENERATIONS),
+            spec(LOCAL_NETS_V4_MAP, MapKind::LpmTrie, v4, "u8", nets, GENERATIONS),
+            spec(LOCAL_NETS_V6_MAP, MapKind::LpmTrie, v6, "u8", nets, GENERATIONS),
+            spec(TASK_COUNTERS_MAP, MapKind::PerCpuCgroupStorage, "u64 cgroup", "[u64; 18]", 0, 1),
             spec(
                 IGNORED_IDS_MAP,
-                MapKind::Hash,
-                "IdKey (generation, uid or gid, id)",
-                "u8",
-                sized(self.ignored_uids.len() + self.ignored_gids.len(), IGNORED_IDS_CAPACITY),
-                GENERATIONS,
-            ),
-            spec(
-                INCLUDED_NETS_V4_MAP,
                 MapKind::LpmTrie,
-                v4,
+                "IdData (slot, generation, uid or gid, id), every bit",
                 "u8",
-                included_capacity(self.included_nets_v4.len()),
+                sets,
                 GENERATIONS,
             ),
-            spec(
-                INCLUDED_NETS_V6_MAP,
-                MapKind::LpmTrie,
-                v6,
-                "u8",
-                included_capacity(self.included_nets_v6.len()),
-                GENERATIONS,
-            ),
+            spec(INCLUDED_NETS_V4_MAP, MapKind::LpmTrie, v4, "u8", nets, GENERATIONS),
+            spec(INCLUDED_NETS_V6_MAP, MapKind::LpmTrie, v6, "u8", nets, GENERATIONS),
         ]
     }
 
@@ -228,25 +191,21 @@ impl EbpfPlan {
         out.push_str(&format!(
             "# addresses to {LOCAL_NETS_V4_MAP} and {LOCAL_NETS_V6_MAP} when it applies the plan.\n"
         ));
+        out.push_str("# The maps are the host's: a task's entries are keyed by its slot and one of its\n");
         out.push_str(&format!(
-            "# The maps hold {GENERATIONS} generations; the plan is written into the one {ACTIVE_MAP} does not name\n"
+            "# {GENERATIONS} generations; the plan is written into the one {ACTIVE_MAP}[slot] does not name (g below),\n"
         ));
         out.push_str(&format!(
-            "# (g below), then {ACTIVE_MAP} is set to g: each connection follows the old plan or this one.\n"
+            "# then {ACTIVE_MAP}[slot] is set to g: each connection follows the old plan or this one.\n"
         ));
         for spec in self.map_specs() {
-            let _ = write!(
-                out,
-                "\n{} ({}, {} → {}, max {}{})",
-                spec.name,
-                spec.kind.label(),
-                spec.key,
-                spec.value,
-                spec.max_entries,
-                if spec.generations > 1 { format!(" for {} generations", spec.generations) } else { String::new() }
-            );
+            let capacity = match spec.max_entries {
+                0 => "one per cgroup".to_owned(),
+                max => format!("max {max} for the host"),
+            };
+            let _ = write!(out, "\n{} ({}, {} → {}, {capacity})", spec.name, spec.kind.label(), spec.key, spec.value);
             match spec.name {
-                ACTIVE_MAP => out.push_str(": [0] = g, the generation the programs use\n"),
+                ACTIVE_MAP => out.push_str(": [slot] = g, the generation the task's programs use\n"),
                 CONFIG_MAP => {
                     let c = &self.config;
                     out.push_str(":\n");
@@ -273,8 +232,8 @@ impl EbpfPlan {
                 INCLUDED_NETS_V4_MAP => push_nets(&mut out, &nets_v4(&self.included_nets_v4)),
                 INCLUDED_NETS_V6_MAP => push_nets(&mut out, &nets_v6(&self.included_nets_v6)),
                 IGNORED_IDS_MAP => push_ids(&mut out, &self.ignored_uids, &self.ignored_gids),
-                COUNTERS_MAP => {
-                    out.push_str(": one u64 per CPU for each reason, starting at 0\n");
+                TASK_COUNTERS_MAP => {
+                    out.push_str(": the task's cgroup's, one u64 per CPU for each reason, starting at 0\n");
                     for counter in Counter::ALL {
                         let _ = writeln!(out, "  [{}] {}", counter.index(), counter.name());
                     }
@@ -378,7 +337,7 @@ impl EbpfPlan {
                     IGNORED_NETS_V6_MAP => v6(&self.ignored_nets_v6),
                     LOCAL_NETS_V4_MAP => v4(&self.local_nets_v4),
                     LOCAL_NETS_V6_MAP => v6(&self.local_nets_v6),
-                    COUNTERS_MAP => Contents::Counters(
+                    TASK_COUNTERS_MAP => Contents::Counters(
                         Counter::ALL.iter().map(|c| CounterJson { index: c.index(), name: c.name() }).collect(),
                     ),
                     other => unreachable!("map_specs lists {other} without contents"),

@@ -72,7 +72,7 @@ use intercept::{
 use intercept_tests::{
     Privileged, TestCgroup,
     daemon::{Daemon, DaemonDirs, seed_proxy_configuration, task_json},
-    ebpf::{TestBpffs, as_identity, is_link, linked_programs, pins},
+    ebpf::{TestBpffs, as_identity, is_link, is_program, linked_programs, pins},
     previous::{Build, PREVIOUS_RELEASE, previous_release},
     privileges,
     topology::{Netns, Topology, netns_privileges, nft},
@@ -2047,9 +2047,9 @@ fn kernel_memory(bpffs: &Path) -> Result<BTreeMap<String, u64>> {
     let programs = linked_programs(&pins)?;
     let mut maps = BTreeMap::new();
     for path in pins {
-        if !is_link(&path) {
+        if !is_link(&path) && !is_program(&path) {
             let info = MapInfo::from_pin(&path).with_context(|| format!("{}", path.display()))?;
-            maps.insert(info.id(), map_memlock(&info)?);
+            maps.insert(info.id(), map_memlock(&info).with_context(|| format!("{}", path.display()))?);
         }
     }
     let mut by_name = BTreeMap::new();
@@ -2060,7 +2060,9 @@ fn kernel_memory(bpffs: &Path) -> Result<BTreeMap<String, u64>> {
             *by_name.entry(name).or_insert(0) += u64::from(info.memory_locked()?);
             for id in info.map_ids()?.unwrap_or_default() {
                 if let std::collections::btree_map::Entry::Vacant(e) = maps.entry(id) {
-                    e.insert(map_memlock(&MapInfo::from_id(id)?)?);
+                    let info = MapInfo::from_id(id)
+                        .with_context(|| format!("map {id} of program {}", info.name_as_str().unwrap_or("?")))?;
+                    e.insert(map_memlock(&info).with_context(|| format!("map {id}"))?);
                 }
             }
         }

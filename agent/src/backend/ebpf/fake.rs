@@ -27,7 +27,6 @@ pub(super) enum Call {
     ObjPin { object: String, path: PathBuf },
     ProgGetFdById { id: u32 },
     LinkCreate { prog: String, target: String, attach_type: u32, flags: u32 },
-    LinkUpdate { link: String, new: String, old: String, flags: u32 },
     LinkDetach { link: String },
     LinkInfo { link: String, info_len: u32 },
     ProgQuery { target: String, attach_type: u32, query_flags: u32, room: u32 },
@@ -100,12 +99,6 @@ impl Kernel {
                     attach_type: attr.link_create.attach_type,
                     flags: attr.link_create.flags,
                 },
-                bpf_cmd::BPF_LINK_UPDATE => Call::LinkUpdate {
-                    link: name_of(attr.link_update.link_fd),
-                    new: name_of(attr.link_update.__bindgen_anon_1.new_prog_fd),
-                    old: name_of(attr.link_update.__bindgen_anon_2.old_prog_fd),
-                    flags: attr.link_update.flags,
-                },
                 bpf_cmd::BPF_LINK_DETACH => Call::LinkDetach { link: name_of(attr.link_detach.link_fd) },
                 bpf_cmd::BPF_OBJ_GET_INFO_BY_FD => {
                     Call::LinkInfo { link: name_of(attr.info.bpf_fd), info_len: attr.info.info_len }
@@ -174,7 +167,7 @@ impl Kernel {
                 Ok(0)
             }
             Call::MapCreate { map_type, .. } => Ok(new_fd(&format!("map type {map_type}"))),
-            Call::LinkUpdate { .. } | Call::LinkDetach { .. } | Call::MapUpdateElem { .. } => Ok(0),
+            Call::LinkDetach { .. } | Call::MapUpdateElem { .. } => Ok(0),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
-use aya_obj::generated::{BPF_F_REPLACE, bpf_link_info, bpf_link_type, bpf_map_type};
+use aya_obj::generated::{bpf_link_info, bpf_link_type, bpf_map_type};
 
 use super::Error;
 use super::sys::{self, bpf_cmd};
@@ -162,25 +162,6 @@ pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
     sys::sys_bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr).map(drop)
 }
 
-/// `bpf(BPF_LINK_UPDATE)` with `BPF_F_REPLACE`: makes the link run `new` instead of `old`, in
-/// one step (the hook runs one or the other, never neither); fails with `EPERM` if the link no
-/// longer runs `old`.
-pub fn link_update(link: BorrowedFd<'_>, new: BorrowedFd<'_>, old: BorrowedFd<'_>) -> io::Result<()> {
-    let mut attr = sys::zeroed();
-    attr.link_update.link_fd = link.as_raw_fd() as u32;
-    attr.link_update.__bindgen_anon_1.new_prog_fd = new.as_raw_fd() as u32;
-    attr.link_update.flags = BPF_F_REPLACE;
-    attr.link_update.__bindgen_anon_2.old_prog_fd = old.as_raw_fd() as u32;
-    sys::sys_bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr).map(drop)
-}
-
-/// `bpf(BPF_PROG_GET_FD_BY_ID)`: a program by its id.
-pub fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
-    let mut attr = sys::zeroed();
-    attr.__bindgen_anon_6.__bindgen_anon_1.prog_id = id;
-    sys::sys_bpf_fd(bpf_cmd::BPF_PROG_GET_FD_BY_ID, &mut attr)
-}
-
 /// `bpf(BPF_OBJ_GET_INFO_BY_FD)` on a link: its `struct bpf_link_info`.
 fn link_info(link: BorrowedFd<'_>) -> io::Result<bpf_link_info> {
     // SAFETY: bpf_link_info is integers and unions of integers: all zero bytes is a valid value.
@@ -267,8 +248,9 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
 /// one-slot `ARRAY_OF_MAPS` and one update of it. Both maps are freed when their fds close.
 pub fn wait_for_running_programs() -> Result<(), Error> {
     let error = |e| Error::io("wait for running eBPF programs: bpf() on", "a throwaway map-in-map", e);
-    let inner = map_create(bpf_map_type::BPF_MAP_TYPE_ARRAY, None).map_err(error)?;
-    let outer = map_create(bpf_map_type::BPF_MAP_TYPE_ARRAY_OF_MAPS, Some(inner.as_raw_fd() as u32)).map_err(error)?;
+    let inner = one_slot_map(bpf_map_type::BPF_MAP_TYPE_ARRAY, None).map_err(error)?;
+    let outer =
+        one_slot_map(bpf_map_type::BPF_MAP_TYPE_ARRAY_OF_MAPS, Some(inner.as_raw_fd() as u32)).map_err(error)?;
     let key: u32 = 0;
     let value: u32 = inner.as_raw_fd() as u32;
     let mut attr = sys::zeroed();
@@ -280,19 +262,98 @@ pub fn wait_for_running_programs() -> Result<(), Error> {
 }
 
 /// `bpf(BPF_MAP_CREATE)` of a one-slot map with `u32` keys and values.
-fn map_create(map_type: bpf_map_type, inner_map_fd: Option<u32>) -> io::Result<OwnedFd> {
+fn one_slot_map(map_type: bpf_map_type, inner_map_fd: Option<u32>) -> io::Result<OwnedFd> {
+    let mut attr = create_attr(&MapSpec {
+        name: "intercept_sync",
+        map_type,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        flags: 0,
+    });
+    attr.__bindgen_anon_1.inner_map_fd = inner_map_fd.unwrap_or(0);
+    sys::sys_bpf_fd(bpf_cmd::BPF_MAP_CREATE, &mut attr)
+}
+
+/// A map to create with [`map_create`] (one without BTF: plain keys and values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSpec {
+    /// The kernel keeps 15 bytes of it.
+    pub name: &'static str,
+    pub map_type: bpf_map_type,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+/// `bpf(BPF_MAP_CREATE)`.
+pub fn map_create(spec: &MapSpec) -> io::Result<OwnedFd> {
+    sys::sys_bpf_fd(bpf_cmd::BPF_MAP_CREATE, &mut create_attr(spec))
+}
+
+fn create_attr(spec: &MapSpec) -> sys::bpf_attr {
     let mut map_name = [0 as std::ffi::c_char; 16];
-    for (to, from) in map_name.iter_mut().zip(b"intercept_sync") {
+    for (to, from) in map_name.iter_mut().take(15).zip(spec.name.as_bytes()) {
         *to = *from as std::ffi::c_char;
     }
     let mut attr = sys::zeroed();
-    attr.__bindgen_anon_1.map_type = map_type as u32;
-    attr.__bindgen_anon_1.key_size = 4;
-    attr.__bindgen_anon_1.value_size = 4;
-    attr.__bindgen_anon_1.max_entries = 1;
-    attr.__bindgen_anon_1.inner_map_fd = inner_map_fd.unwrap_or(0);
+    attr.__bindgen_anon_1.map_type = spec.map_type as u32;
+    attr.__bindgen_anon_1.key_size = spec.key_size;
+    attr.__bindgen_anon_1.value_size = spec.value_size;
+    attr.__bindgen_anon_1.max_entries = spec.max_entries;
+    attr.__bindgen_anon_1.map_flags = spec.flags;
     attr.__bindgen_anon_1.map_name = map_name;
-    sys::sys_bpf_fd(bpf_cmd::BPF_MAP_CREATE, &mut attr)
+    attr
+}
+
+/// `bpf(BPF_MAP_UPDATE_ELEM)` with raw key and value bytes (of the map's sizes).
+pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
+    let mut attr = sys::zeroed();
+    attr.__bindgen_anon_2.map_fd = map.as_raw_fd() as u32;
+    attr.__bindgen_anon_2.key = key.as_ptr() as u64;
+    attr.__bindgen_anon_2.__bindgen_anon_1.value = value.as_ptr() as u64;
+    attr.__bindgen_anon_2.flags = flags;
+    sys::sys_bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// `bpf(BPF_MAP_DELETE_ELEM)`: `Ok(false)` when there was no such entry.
+pub fn map_delete(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
+    let mut attr = sys::zeroed();
+    attr.__bindgen_anon_2.map_fd = map.as_raw_fd() as u32;
+    attr.__bindgen_anon_2.key = key.as_ptr() as u64;
+    match sys::sys_bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `bpf(BPF_MAP_LOOKUP_ELEM)` into `value`: `Ok(false)` when there is no such entry.
+pub fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+    let mut attr = sys::zeroed();
+    attr.__bindgen_anon_2.map_fd = map.as_raw_fd() as u32;
+    attr.__bindgen_anon_2.key = key.as_ptr() as u64;
+    attr.__bindgen_anon_2.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
+    match sys::sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `bpf(BPF_MAP_GET_NEXT_KEY)`: the key after `key` (the first with `None`) into `next`;
+/// `Ok(false)` when there is none.
+pub fn map_next_key(map: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<bool> {
+    let mut attr = sys::zeroed();
+    attr.__bindgen_anon_2.map_fd = map.as_raw_fd() as u32;
+    attr.__bindgen_anon_2.key = key.map_or(0, |key| key.as_ptr() as u64);
+    attr.__bindgen_anon_2.__bindgen_anon_1.next_key = next.as_mut_ptr() as u64;
+    match sys::sys_bpf(bpf_cmd::BPF_MAP_GET_NEXT_KEY, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

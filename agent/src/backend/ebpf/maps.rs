@@ -1,21 +1,27 @@
-//! The configuration maps as values: what one generation should hold ([`Contents::desired`]),
-//! what each generation holds ([`Generations::read`]), and the writes from one to the other.
+//! The configuration as values: what one generation should hold ([`Contents::desired`]), what
+//! each generation holds ([`Generations::read`]), and the writes from one to the other.
 //!
-//! The maps hold two generations (see `intercept-common`); the programs use the one `ACTIVE`
-//! names. [`Generations::switch_to`] is the whole re-apply: fill the inactive generation, flip
-//! `ACTIVE`, wait for programs still deciding with the old one, clear the old one. A
-//! connection is therefore decided by the old configuration or the new one, never a mix.
+//! A task's configuration is in the host's maps, keyed by its slot, in two generations (see
+//! `intercept-common`); its programs use the one `ACTIVE[slot]` names. [`Generations::switch_to`]
+//! is the whole re-apply: fill the inactive generation, flip `ACTIVE[slot]`, wait for programs
+//! still deciding with the old one, clear the old one. A connection is therefore decided by the
+//! old configuration or the new one, never a mix.
+//!
+//! What a task's entries are is recorded in its own `RECORD` map ([`Record`]): the host's maps
+//! hold every task's, and are never walked to find one task's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::os::fd::AsFd as _;
+use std::path::Path;
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use intercept_common::{
-    ACTIVE_MAP, APP_PORTS_MAP, CONFIG_MAP, COUNTERS_MAP, Counter, GENERATION_BITS, GENERATIONS, GlobalConfig,
-    HANDOFF_MAP, ID_GID, ID_UID, IGNORED_IDS_MAP, IGNORED_IDS_MAX, IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP,
-    IGNORED_PORTS_MAP, INCLUDED_NETS_V4_MAP, INCLUDED_NETS_V6_MAP, IdKey, LEGACY_DNS_MAP, LEGACY_ORIG_MAP,
-    LEGACY_PENDING_MAP, LOCAL_NETS_CAPACITY, LOCAL_NETS_V4_MAP, LOCAL_NETS_V6_MAP, LpmDataV4, LpmDataV6, LpmKeyV4,
-    LpmKeyV6, OrigDst, PRESENT, PortKey, SocketPair, VERSION_MAP, Version,
+    ACTIVE_MAP, APP_PORTS_MAP, CONFIG_MAP, COUNTERS_MAP, Counter, GENERATIONS, GlobalConfig, HANDOFF_MAP, ID_GID,
+    ID_UID, IGNORED_IDS_MAP, IGNORED_IDS_MAX, IGNORED_NETS_V4_MAP, IGNORED_NETS_V6_MAP, IGNORED_PORTS_MAP,
+    INCLUDED_NETS_V4_MAP, INCLUDED_NETS_V6_MAP, IdData, KEY_PREFIX_BITS, LOCAL_NETS_CAPACITY, LOCAL_NETS_V4_MAP,
+    LOCAL_NETS_V6_MAP, LpmDataV4, LpmDataV6, LpmKeyV4, LpmKeyV6, OrigDst, PRESENT, PortData, RECORD_MAP, RECORD_PAGE,
+    SocketPair, TASK_COUNTERS_MAP, TASK_MAP, TaskRef, VERSION_MAP, Version,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -74,56 +80,23 @@ impl Changes {
     }
 }
 
-/// Both generations as the maps hold them, and which one is active.
+/// Both generations as the task's record holds them, and which one is active.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Generations {
     pub active: u32,
     /// Indexed by generation.
     pub contents: [Contents; GENERATIONS as usize],
+    /// Indexed by generation: an apply was writing it and may not have finished, so what it
+    /// holds is at most `contents` (each entry may or may not be in the maps).
+    pub dirty: [bool; GENERATIONS as usize],
 }
 
 impl Generations {
-    /// Reads every configuration map, sorting entries by generation.
-    pub fn read(maps: &BTreeMap<&'static str, Map>) -> Result<Generations, Error> {
-        let active: Array<&MapData, u32> = typed(maps, ACTIVE_MAP)?;
-        let active = active.get(&0, 0).map_err(map_error(ACTIVE_MAP))? & 1;
-        let config: Array<&MapData, GlobalConfig> = typed(maps, CONFIG_MAP)?;
-        let mut contents = [Contents::empty(), Contents::empty()];
-        for (generation, c) in (0..GENERATIONS).zip(contents.iter_mut()) {
-            c.config = config.get(&generation, 0).map_err(map_error(CONFIG_MAP))?;
-        }
-        for (generation, port) in read_ports(maps, IGNORED_PORTS_MAP)? {
-            contents[generation].ignored_ports.insert(port);
-        }
-        for (generation, port) in read_ports(maps, APP_PORTS_MAP)? {
-            contents[generation].app_ports.insert(port);
-        }
-        for (generation, key) in read_v4(maps, IGNORED_NETS_V4_MAP)? {
-            contents[generation].ignored_nets_v4.insert(key);
-        }
-        for (generation, key) in read_v6(maps, IGNORED_NETS_V6_MAP)? {
-            contents[generation].ignored_nets_v6.insert(key);
-        }
-        for (generation, key) in read_v4(maps, LOCAL_NETS_V4_MAP)? {
-            contents[generation].local_nets_v4.insert(key);
-        }
-        for (generation, key) in read_v6(maps, LOCAL_NETS_V6_MAP)? {
-            contents[generation].local_nets_v6.insert(key);
-        }
-        for (generation, key) in read_v4(maps, INCLUDED_NETS_V4_MAP)? {
-            contents[generation].included_nets_v4.insert(key);
-        }
-        for (generation, key) in read_v6(maps, INCLUDED_NETS_V6_MAP)? {
-            contents[generation].included_nets_v6.insert(key);
-        }
-        let ids: HashMap<&MapData, IdKey, u8> = typed(maps, IGNORED_IDS_MAP)?;
-        for key in ids.keys() {
-            let key = key.map_err(map_error(IGNORED_IDS_MAP))?;
-            if let Some(c) = contents.get_mut(key.generation as usize) {
-                c.ignored_ids.insert((key.kind, key.id));
-            }
-        }
-        Ok(Generations { active, contents })
+    /// Reads the task's record and its active generation.
+    pub fn read(host: &HostMaps, slot: u32, own: &BTreeMap<&'static str, Map>) -> Result<Generations, Error> {
+        let active = host.active.get(&slot, 0).map_err(map_error(ACTIVE_MAP))? & 1;
+        let (contents, dirty) = Record::read(own)?;
+        Ok(Generations { active, contents, dirty })
     }
 
     /// What the programs enforce.
@@ -132,34 +105,112 @@ impl Generations {
     }
 
     /// Makes `want` what the programs enforce, atomically for every connection: writes it into
-    /// the inactive generation (over whatever an interrupted apply left there), flips `ACTIVE`,
-    /// waits until no program can still be deciding with the old generation, and clears it.
-    pub fn switch_to(&self, want: &Contents, maps: &mut BTreeMap<&'static str, Map>) -> Result<Changes, Error> {
-        let old = self.active;
-        let new = 1 - old;
-        write_generation(maps, new, &self.contents[new as usize], want)?;
-        set_active(maps, new)?;
+    /// the inactive generation (over whatever an interrupted apply left there), flips
+    /// `ACTIVE[slot]`, waits until no program can still be deciding with the old generation,
+    /// and clears it. The record holds both while both may be in the maps.
+    pub fn switch_to(
+        &self,
+        want: &Contents,
+        host: &mut HostMaps,
+        slot: u32,
+        own: &mut BTreeMap<&'static str, Map>,
+    ) -> Result<Changes, Error> {
+        let (old, new) = (self.active as usize, 1 - self.active as usize);
+        let mut both = self.contents.clone();
+        let mut dirty = self.dirty;
+        both[new] = union(&both[new], want);
+        dirty[new] = true;
+        Record::write(own, &both, dirty)?;
+        host.write_generation(slot, new as u32, &self.contents[new], want, self.dirty[new])?;
+        host.set_active(slot, new as u32)?;
         host::wait_for_running_programs()?;
-        write_generation(maps, old, &self.contents[old as usize], &Contents::empty())?;
+        dirty[old] = true;
+        Record::write(own, &both, dirty)?;
+        host.write_generation(slot, old as u32, &self.contents[old], &Contents::empty(), self.dirty[old])?;
+        both[new] = want.clone();
+        both[old] = Contents::empty();
+        Record::write(own, &both, [false, false])?;
+        let new = new as u32;
         Ok(Changes::between(self.active(), want, new))
     }
 
     /// Clears the inactive generation (left over from an interrupted apply; never read).
-    pub fn clear_inactive(&self, maps: &mut BTreeMap<&'static str, Map>) -> Result<(), Error> {
-        let inactive = 1 - self.active;
-        write_generation(maps, inactive, &self.contents[inactive as usize], &Contents::empty())
+    pub fn clear_inactive(
+        &self,
+        host: &mut HostMaps,
+        slot: u32,
+        own: &mut BTreeMap<&'static str, Map>,
+    ) -> Result<(), Error> {
+        let inactive = 1 - self.active as usize;
+        let mut dirty = self.dirty;
+        dirty[inactive] = true;
+        Record::write(own, &self.contents, dirty)?;
+        host.write_generation(
+            slot,
+            inactive as u32,
+            &self.contents[inactive],
+            &Contents::empty(),
+            self.dirty[inactive],
+        )?;
+        let mut both = self.contents.clone();
+        both[inactive] = Contents::empty();
+        dirty[inactive] = false;
+        Record::write(own, &both, dirty)
     }
 
     /// Entries (and a non-zero `CONFIG`) in the inactive generation.
     pub fn inactive_is_empty(&self) -> bool {
         self.contents[1 - self.active as usize] == Contents::empty()
     }
+
+    /// Deletes every entry of the task from the host's maps (its programs detached): both
+    /// generations, and its configurations.
+    pub fn clear(&self, host: &mut HostMaps, slot: u32) -> Result<(), Error> {
+        for (generation, contents) in (0..GENERATIONS).zip(&self.contents) {
+            host.write_generation(slot, generation, contents, &Contents::empty(), self.dirty[generation as usize])?;
+            host.config
+                .set(slot * GENERATIONS + generation, GlobalConfig::default(), 0)
+                .map_err(map_error(CONFIG_MAP))?;
+        }
+        Ok(())
+    }
 }
 
-/// Fills generation `generation` of freshly created maps with `want` and makes it active.
-pub fn install(want: &Contents, generation: u32, maps: &mut BTreeMap<&'static str, Map>) -> Result<(), Error> {
-    write_generation(maps, generation, &Contents::empty(), want)?;
-    set_active(maps, generation)
+/// Every entry of `a` and of `b`: what the maps may hold while one replaces the other.
+fn union(a: &Contents, b: &Contents) -> Contents {
+    fn join<T: Ord + Clone>(a: &BTreeSet<T>, b: &BTreeSet<T>) -> BTreeSet<T> {
+        a.union(b).cloned().collect()
+    }
+    Contents {
+        config: b.config,
+        ignored_ports: join(&a.ignored_ports, &b.ignored_ports),
+        app_ports: join(&a.app_ports, &b.app_ports),
+        ignored_nets_v4: join(&a.ignored_nets_v4, &b.ignored_nets_v4),
+        ignored_nets_v6: join(&a.ignored_nets_v6, &b.ignored_nets_v6),
+        local_nets_v4: join(&a.local_nets_v4, &b.local_nets_v4),
+        local_nets_v6: join(&a.local_nets_v6, &b.local_nets_v6),
+        ignored_ids: join(&a.ignored_ids, &b.ignored_ids),
+        included_nets_v4: join(&a.included_nets_v4, &b.included_nets_v4),
+        included_nets_v6: join(&a.included_nets_v6, &b.included_nets_v6),
+    }
+}
+
+/// Fills generation `generation` of a new task's slot with `want` and makes it active.
+pub fn install(
+    want: &Contents,
+    generation: u32,
+    host: &mut HostMaps,
+    slot: u32,
+    own: &mut BTreeMap<&'static str, Map>,
+) -> Result<(), Error> {
+    let mut both = [Contents::empty(), Contents::empty()];
+    both[generation as usize] = want.clone();
+    let mut dirty = [false, false];
+    dirty[generation as usize] = true;
+    Record::write(own, &both, dirty)?;
+    host.write_generation(slot, generation, &Contents::empty(), want, false)?;
+    host.set_active(slot, generation)?;
+    Record::write(own, &both, [false, false])
 }
 
 impl Contents {
@@ -292,28 +343,63 @@ impl Contents {
 }
 
 /// Each counter summed over CPUs, in index order.
-pub fn read_counters(maps: &BTreeMap<&'static str, Map>) -> Result<Vec<(Counter, u64)>, Error> {
-    let counters: PerCpuArray<&MapData, u64> = typed(maps, COUNTERS_MAP)?;
+/// The task's counters: what the host programs counted in its cgroup's storage (`cgroup_id`;
+/// zeros when its cgroup is gone) plus what its own programs counted.
+pub fn read_counters(
+    host: &HostMaps,
+    cgroup_id: u64,
+    own: &BTreeMap<&'static str, Map>,
+) -> Result<Vec<(Counter, u64)>, Error> {
+    let ncpus = aya::util::nr_cpus()
+        .map_err(|(_, e)| Error::io("count the possible CPUs", "/sys/devices/system/cpu/possible", e))?;
+    // A per-CPU value is 8-byte aligned per CPU; [u64; COUNT] is already.
+    let per_cpu = Counter::COUNT as usize * 8;
+    let mut values = vec![0u8; per_cpu * ncpus];
+    let found = host::map_lookup(host.task_counters.fd().as_fd(), &cgroup_id.to_ne_bytes(), &mut values)
+        .map_err(|e| Error::io("read the map pinned at", host.dir.join(TASK_COUNTERS_MAP), e))?;
+    let counters: PerCpuArray<&MapData, u64> = typed(own, COUNTERS_MAP)?;
     Counter::ALL
         .iter()
         .map(|&c| {
-            let values = counters.get(&c.index(), 0).map_err(map_error(COUNTERS_MAP))?;
-            Ok((c, values.iter().sum()))
+            let own: u64 = counters.get(&c.index(), 0).map_err(map_error(COUNTERS_MAP))?.iter().sum();
+            let hosted: u64 = if found {
+                (0..ncpus)
+                    .map(|cpu| {
+                        let at = cpu * per_cpu + c.index() as usize * 8;
+                        u64::from_ne_bytes(values[at..at + 8].try_into().unwrap_or_default())
+                    })
+                    .sum()
+            } else {
+                0
+            };
+            Ok((c, own + hosted))
         })
         .collect()
 }
 
-/// Entries in the hand-off map (handshakes the proxy's side has not taken yet), and in the
-/// layout-1 pairing maps (connections redirected before an upgrade from layout 1, still open).
-pub fn pairing_sizes(maps: &BTreeMap<&'static str, Map>) -> Result<(usize, usize), Error> {
+pub fn handoff_size(maps: &BTreeMap<&'static str, Map>) -> Result<usize, Error> {
     let handoff: HashMap<&MapData, SocketPair, OrigDst> = typed(maps, HANDOFF_MAP)?;
-    let pending: HashMap<&MapData, u64, OrigDst> = typed(maps, LEGACY_PENDING_MAP)?;
-    let orig: HashMap<&MapData, SocketPair, OrigDst> = typed(maps, LEGACY_ORIG_MAP)?;
-    let dns: HashMap<&MapData, u64, OrigDst> = typed(maps, LEGACY_DNS_MAP)?;
-    Ok((handoff.keys().count(), pending.keys().count() + orig.keys().count() + dns.keys().count()))
+    Ok(handoff.keys().count())
 }
 
-/// The build and layout recorded in an installation's `VERSION` map.
+/// The pages the task's `RECORD` has.
+pub fn record_capacity(maps: &BTreeMap<&'static str, Map>) -> Result<u32, Error> {
+    let map = maps.get(RECORD_MAP).ok_or(Error::MissingMap(RECORD_MAP))?;
+    let Map::Array(data) = map else { return Err(Error::MissingMap(RECORD_MAP)) };
+    Ok(data.info().map_err(map_error(RECORD_MAP))?.max_entries())
+}
+
+/// The installation's slot in the host's programs.
+pub fn read_task(maps: &BTreeMap<&'static str, Map>) -> Result<u32, Error> {
+    let task: Array<&MapData, TaskRef> = typed(maps, TASK_MAP)?;
+    Ok(task.get(&0, 0).map_err(map_error(TASK_MAP))?.slot)
+}
+
+pub fn write_task(maps: &mut BTreeMap<&'static str, Map>, slot: u32) -> Result<(), Error> {
+    let mut task: Array<&mut MapData, TaskRef> = typed_mut(maps, TASK_MAP)?;
+    task.set(0, TaskRef { slot, _pad: 0 }, 0).map_err(map_error(TASK_MAP))
+}
+
 pub fn read_version(maps: &BTreeMap<&'static str, Map>) -> Result<Version, Error> {
     let version: Array<&MapData, Version> = typed(maps, VERSION_MAP)?;
     version.get(&0, 0).map_err(map_error(VERSION_MAP))
@@ -322,17 +408,6 @@ pub fn read_version(maps: &BTreeMap<&'static str, Map>) -> Result<Version, Error
 pub fn write_version(maps: &mut BTreeMap<&'static str, Map>, value: Version) -> Result<(), Error> {
     let mut version: Array<&mut MapData, Version> = typed_mut(maps, VERSION_MAP)?;
     version.set(0, value, 0).map_err(map_error(VERSION_MAP))
-}
-
-/// The capacity per generation of a sized map as created (its `max_entries` over the
-/// generations).
-pub fn capacity(maps: &BTreeMap<&'static str, Map>, name: &'static str) -> Result<u32, Error> {
-    let map = maps.get(name).ok_or(Error::MissingMap(name))?;
-    let data: &MapData = match map {
-        Map::LpmTrie(data) | Map::HashMap(data) => data,
-        _ => return Err(Error::MissingMap(name)),
-    };
-    Ok(data.info().map_err(map_error(name))?.max_entries() / GENERATIONS)
 }
 
 fn typed<'a, T>(maps: &'a BTreeMap<&'static str, Map>, name: &'static str) -> Result<T, Error>
@@ -355,139 +430,312 @@ pub fn map_error(map: &'static str) -> impl Fn(MapError) -> Error {
     move |source| Error::Map { map, source: Box::new(source) }
 }
 
-/// Brings generation `generation` from `have` to `want`: stale entries deleted first (so the
-/// generation never holds more than the larger of the two), missing ones added, `CONFIG` last.
-fn write_generation(
-    maps: &mut BTreeMap<&'static str, Map>,
-    generation: u32,
-    have: &Contents,
-    want: &Contents,
-) -> Result<(), Error> {
-    sync_ports(maps, IGNORED_PORTS_MAP, generation, &have.ignored_ports, &want.ignored_ports)?;
-    sync_ports(maps, APP_PORTS_MAP, generation, &have.app_ports, &want.app_ports)?;
-    sync_v4(maps, IGNORED_NETS_V4_MAP, generation, &have.ignored_nets_v4, &want.ignored_nets_v4)?;
-    sync_v6(maps, IGNORED_NETS_V6_MAP, generation, &have.ignored_nets_v6, &want.ignored_nets_v6)?;
-    sync_v4(maps, LOCAL_NETS_V4_MAP, generation, &have.local_nets_v4, &want.local_nets_v4)?;
-    sync_v6(maps, LOCAL_NETS_V6_MAP, generation, &have.local_nets_v6, &want.local_nets_v6)?;
-    sync_v4(maps, INCLUDED_NETS_V4_MAP, generation, &have.included_nets_v4, &want.included_nets_v4)?;
-    sync_v6(maps, INCLUDED_NETS_V6_MAP, generation, &have.included_nets_v6, &want.included_nets_v6)?;
-    {
-        let mut map: HashMap<&mut MapData, IdKey, u8> = typed_mut(maps, IGNORED_IDS_MAP)?;
-        for &(kind, id) in have.ignored_ids.difference(&want.ignored_ids) {
-            map.remove(&IdKey { generation, kind, id }).map_err(map_error(IGNORED_IDS_MAP))?;
+/// The host's maps that hold the tasks' configurations, opened from the pins beside the host's
+/// programs.
+pub struct HostMaps {
+    dir: std::path::PathBuf,
+    active: Array<MapData, u32>,
+    config: Array<MapData, GlobalConfig>,
+    ignored_ports: LpmTrie<MapData, PortData, u8>,
+    app_ports: LpmTrie<MapData, PortData, u8>,
+    ignored_ids: LpmTrie<MapData, IdData, u8>,
+    /// IGNORED, LOCAL and INCLUDED, in that order.
+    nets_v4: [LpmTrie<MapData, LpmDataV4, u8>; 3],
+    nets_v6: [LpmTrie<MapData, LpmDataV6, u8>; 3],
+    task_counters: MapData,
+}
+
+impl HostMaps {
+    pub fn open(dir: &Path) -> Result<HostMaps, Error> {
+        let data = |name: &'static str| MapData::from_pin(dir.join(name)).map_err(map_error(name));
+        fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, data: MapData) -> Result<T, Error> {
+            T::try_from(Map::from_map_data(data).map_err(map_error(name))?).map_err(map_error(name))
         }
-        for &(kind, id) in want.ignored_ids.difference(&have.ignored_ids) {
-            map.insert(IdKey { generation, kind, id }, PRESENT, 0).map_err(map_error(IGNORED_IDS_MAP))?;
+        Ok(HostMaps {
+            dir: dir.to_owned(),
+            active: typed(ACTIVE_MAP, data(ACTIVE_MAP)?)?,
+            config: typed(CONFIG_MAP, data(CONFIG_MAP)?)?,
+            ignored_ports: typed(IGNORED_PORTS_MAP, data(IGNORED_PORTS_MAP)?)?,
+            app_ports: typed(APP_PORTS_MAP, data(APP_PORTS_MAP)?)?,
+            ignored_ids: typed(IGNORED_IDS_MAP, data(IGNORED_IDS_MAP)?)?,
+            nets_v4: [
+                typed(IGNORED_NETS_V4_MAP, data(IGNORED_NETS_V4_MAP)?)?,
+                typed(LOCAL_NETS_V4_MAP, data(LOCAL_NETS_V4_MAP)?)?,
+                typed(INCLUDED_NETS_V4_MAP, data(INCLUDED_NETS_V4_MAP)?)?,
+            ],
+            nets_v6: [
+                typed(IGNORED_NETS_V6_MAP, data(IGNORED_NETS_V6_MAP)?)?,
+                typed(LOCAL_NETS_V6_MAP, data(LOCAL_NETS_V6_MAP)?)?,
+                typed(INCLUDED_NETS_V6_MAP, data(INCLUDED_NETS_V6_MAP)?)?,
+            ],
+            task_counters: data(TASK_COUNTERS_MAP)?,
+        })
+    }
+
+    fn set_active(&mut self, slot: u32, generation: u32) -> Result<(), Error> {
+        self.active.set(slot, generation, 0).map_err(map_error(ACTIVE_MAP))
+    }
+
+    /// Writes generation `generation` of the task in `slot` from `have` to `want`. `dirty`: what
+    /// it holds is only at most `have` (an interrupted write), so every entry of `want` is
+    /// written, and the configuration too.
+    fn write_generation(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        have: &Contents,
+        want: &Contents,
+        dirty: bool,
+    ) -> Result<(), Error> {
+        let empty = Contents::empty();
+        // What is surely there: nothing, when dirty (inserting an entry that is there is
+        // harmless; skipping one that is not would lose it).
+        let sure = if dirty { &empty } else { have };
+        let port = |port: &u16| Key::new(PortData::BITS, PortData::new(slot, generation, *port));
+        sync(
+            &mut self.ignored_ports,
+            IGNORED_PORTS_MAP,
+            (&have.ignored_ports, &sure.ignored_ports),
+            &want.ignored_ports,
+            port,
+        )?;
+        sync(&mut self.app_ports, APP_PORTS_MAP, (&have.app_ports, &sure.app_ports), &want.app_ports, port)?;
+        let id = |&(kind, id): &(u32, u32)| Key::new(IdData::BITS, IdData::new(slot, generation, kind, id));
+        sync(&mut self.ignored_ids, IGNORED_IDS_MAP, (&have.ignored_ids, &sure.ignored_ids), &want.ignored_ids, id)?;
+        let v4 = |k: &LpmKeyV4| key_v4(slot, generation, k);
+        let v6 = |k: &LpmKeyV6| key_v6(slot, generation, k);
+        let [ignored_v4, local_v4, included_v4] = &mut self.nets_v4;
+        sync(
+            ignored_v4,
+            IGNORED_NETS_V4_MAP,
+            (&have.ignored_nets_v4, &sure.ignored_nets_v4),
+            &want.ignored_nets_v4,
+            v4,
+        )?;
+        sync(local_v4, LOCAL_NETS_V4_MAP, (&have.local_nets_v4, &sure.local_nets_v4), &want.local_nets_v4, v4)?;
+        sync(
+            included_v4,
+            INCLUDED_NETS_V4_MAP,
+            (&have.included_nets_v4, &sure.included_nets_v4),
+            &want.included_nets_v4,
+            v4,
+        )?;
+        let [ignored_v6, local_v6, included_v6] = &mut self.nets_v6;
+        sync(
+            ignored_v6,
+            IGNORED_NETS_V6_MAP,
+            (&have.ignored_nets_v6, &sure.ignored_nets_v6),
+            &want.ignored_nets_v6,
+            v6,
+        )?;
+        sync(local_v6, LOCAL_NETS_V6_MAP, (&have.local_nets_v6, &sure.local_nets_v6), &want.local_nets_v6, v6)?;
+        sync(
+            included_v6,
+            INCLUDED_NETS_V6_MAP,
+            (&have.included_nets_v6, &sure.included_nets_v6),
+            &want.included_nets_v6,
+            v6,
+        )?;
+        if dirty || have.config != want.config || want.config == GlobalConfig::default() {
+            self.config.set(slot * GENERATIONS + generation, want.config, 0).map_err(map_error(CONFIG_MAP))?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes what may be there (`have.0`) and `want` has not, and inserts what `want` has and is
+/// not surely there (`have.1`), each item's key made by `key`.
+fn sync<T: Ord, K: aya::Pod>(
+    map: &mut LpmTrie<MapData, K, u8>,
+    name: &'static str,
+    (have, sure): (&BTreeSet<T>, &BTreeSet<T>),
+    want: &BTreeSet<T>,
+    key: impl Fn(&T) -> Key<K>,
+) -> Result<(), Error> {
+    for item in have.difference(want) {
+        match map.remove(&key(item)) {
+            // Already gone: an interrupted apply's record names more than the maps hold.
+            Err(MapError::KeyNotFound) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            result => result.map_err(map_error(name))?,
         }
     }
-    if have.config != want.config {
-        let mut config: Array<&mut MapData, GlobalConfig> = typed_mut(maps, CONFIG_MAP)?;
-        config.set(generation, want.config, 0).map_err(map_error(CONFIG_MAP))?;
+    for item in want.difference(sure) {
+        map.insert(&key(item), PRESENT, 0).map_err(map_error(name))?;
     }
     Ok(())
 }
 
-/// One aligned 4-byte array update: each program reads either the old value or the new one.
-fn set_active(maps: &mut BTreeMap<&'static str, Map>, generation: u32) -> Result<(), Error> {
-    let mut active: Array<&mut MapData, u32> = typed_mut(maps, ACTIVE_MAP)?;
-    active.set(0, generation, 0).map_err(map_error(ACTIVE_MAP))
+fn key_v4(slot: u32, generation: u32, key: &LpmKeyV4) -> Key<LpmDataV4> {
+    Key::new(
+        KEY_PREFIX_BITS + key.prefix_len,
+        LpmDataV4 { slot_be: slot.to_be(), generation_be: generation.to_be(), addr: key.addr },
+    )
 }
 
-/// Keys of a port map as (generation, port).
-fn read_ports(maps: &BTreeMap<&'static str, Map>, name: &'static str) -> Result<Vec<(usize, u16)>, Error> {
-    let map: HashMap<&MapData, PortKey, u8> = typed(maps, name)?;
-    let keys: Vec<PortKey> = map.keys().collect::<Result<_, _>>().map_err(map_error(name))?;
-    Ok(keys.into_iter().filter(|k| k.generation < GENERATIONS).map(|k| (k.generation as usize, k.port)).collect())
+fn key_v6(slot: u32, generation: u32, key: &LpmKeyV6) -> Key<LpmDataV6> {
+    Key::new(
+        KEY_PREFIX_BITS + key.prefix_len,
+        LpmDataV6 { slot_be: slot.to_be(), generation_be: generation.to_be(), addr: key.addr },
+    )
 }
 
-fn read_v4(maps: &BTreeMap<&'static str, Map>, name: &'static str) -> Result<Vec<(usize, LpmKeyV4)>, Error> {
-    let map: LpmTrie<&MapData, LpmDataV4, u8> = typed(maps, name)?;
-    let keys: Vec<Key<LpmDataV4>> = map.keys().collect::<Result<_, _>>().map_err(map_error(name))?;
-    Ok(keys
-        .into_iter()
-        .filter_map(|k| {
-            let (generation, data) = (u32::from_be(k.data().generation_be), k.data());
-            let prefix_len = k.prefix_len().checked_sub(GENERATION_BITS)?;
-            (generation < GENERATIONS).then_some((generation as usize, LpmKeyV4 { prefix_len, addr: data.addr }))
+/// A task's record of its entries in the host's maps: both generations' contents, encoded
+/// (little-endian) into the pages of its `RECORD` array, the first 4 bytes of page 0 the
+/// encoding's length.
+pub struct Record;
+
+impl Record {
+    /// The pages a record of `contents` takes.
+    pub fn pages(contents: &[Contents; 2]) -> u32 {
+        (Self::encode(contents, [false, false]).len() as u32 + 4).div_ceil(RECORD_PAGE)
+    }
+
+    fn encode(contents: &[Contents; 2], dirty: [bool; 2]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let u32s = |out: &mut Vec<u8>, v: u32| out.extend_from_slice(&v.to_le_bytes());
+        for (c, dirty) in contents.iter().zip(dirty) {
+            out.push(u8::from(dirty));
+            let config = c.config;
+            // SAFETY: GlobalConfig is repr(C) integers with explicit padding: every byte is
+            // initialised.
+            out.extend_from_slice(unsafe {
+                std::slice::from_raw_parts((&config as *const GlobalConfig).cast::<u8>(), size_of::<GlobalConfig>())
+            });
+            for ports in [&c.ignored_ports, &c.app_ports] {
+                u32s(&mut out, ports.len() as u32);
+                ports.iter().for_each(|p| out.extend_from_slice(&p.to_le_bytes()));
+            }
+            u32s(&mut out, c.ignored_ids.len() as u32);
+            c.ignored_ids.iter().for_each(|&(kind, id)| {
+                u32s(&mut out, kind);
+                u32s(&mut out, id);
+            });
+            for nets in [&c.ignored_nets_v4, &c.local_nets_v4, &c.included_nets_v4] {
+                u32s(&mut out, nets.len() as u32);
+                nets.iter().for_each(|k| {
+                    out.push(k.prefix_len as u8);
+                    out.extend_from_slice(&k.addr);
+                });
+            }
+            for nets in [&c.ignored_nets_v6, &c.local_nets_v6, &c.included_nets_v6] {
+                u32s(&mut out, nets.len() as u32);
+                nets.iter().for_each(|k| {
+                    out.push(k.prefix_len as u8);
+                    out.extend_from_slice(&k.addr);
+                });
+            }
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<([Contents; 2], [bool; 2])> {
+        struct Cursor<'a>(&'a [u8]);
+        impl<'a> Cursor<'a> {
+            fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+                let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+                self.0 = rest;
+                Some(head)
+            }
+            fn u32(&mut self) -> Option<u32> {
+                self.take(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            }
+        }
+        let mut at = Cursor(bytes);
+        let mut out = [Contents::empty(), Contents::empty()];
+        let mut dirty = [false, false];
+        for (c, dirty) in out.iter_mut().zip(&mut dirty) {
+            *dirty = at.take(1)?[0] != 0;
+            let config = at.take(size_of::<GlobalConfig>())?;
+            // SAFETY: every byte pattern is a valid GlobalConfig (integers only); read unaligned.
+            c.config = unsafe { std::ptr::read_unaligned(config.as_ptr().cast::<GlobalConfig>()) };
+            for ports in [&mut c.ignored_ports, &mut c.app_ports] {
+                for _ in 0..at.u32()? {
+                    let b = at.take(2)?;
+                    ports.insert(u16::from_le_bytes([b[0], b[1]]));
+                }
+            }
+            for _ in 0..at.u32()? {
+                let kind = at.u32()?;
+                let id = at.u32()?;
+                c.ignored_ids.insert((kind, id));
+            }
+            for nets in [&mut c.ignored_nets_v4, &mut c.local_nets_v4, &mut c.included_nets_v4] {
+                for _ in 0..at.u32()? {
+                    let b = at.take(5)?;
+                    nets.insert(LpmKeyV4 { prefix_len: u32::from(b[0]), addr: [b[1], b[2], b[3], b[4]] });
+                }
+            }
+            for nets in [&mut c.ignored_nets_v6, &mut c.local_nets_v6, &mut c.included_nets_v6] {
+                for _ in 0..at.u32()? {
+                    let b = at.take(17)?;
+                    let mut addr = [0u8; 16];
+                    addr.copy_from_slice(&b[1..]);
+                    nets.insert(LpmKeyV6 { prefix_len: u32::from(b[0]), addr });
+                }
+            }
+        }
+        at.0.is_empty().then_some((out, dirty))
+    }
+
+    /// Reads the record from the task's `RECORD` map.
+    pub fn read(own: &BTreeMap<&'static str, Map>) -> Result<([Contents; 2], [bool; 2]), Error> {
+        let record: Array<&MapData, [u8; RECORD_PAGE as usize]> = typed(own, RECORD_MAP)?;
+        let first = record.get(&0, 0).map_err(map_error(RECORD_MAP))?;
+        let len = u32::from_le_bytes([first[0], first[1], first[2], first[3]]) as usize;
+        if len == 0 {
+            // Created, never written: nothing was put in the host's maps yet.
+            return Ok(([Contents::empty(), Contents::empty()], [false, false]));
+        }
+        let mut bytes = Vec::with_capacity(len + 4);
+        for page in 0..(len as u32 + 4).div_ceil(RECORD_PAGE) {
+            bytes.extend_from_slice(&record.get(&page, 0).map_err(map_error(RECORD_MAP))?);
+        }
+        bytes.get(4..4 + len).and_then(Self::decode).ok_or(Error::Incomplete {
+            dir: std::path::PathBuf::from(RECORD_MAP),
+            missing: "a readable record of the task's configuration".to_owned(),
         })
-        .collect())
-}
-
-fn read_v6(maps: &BTreeMap<&'static str, Map>, name: &'static str) -> Result<Vec<(usize, LpmKeyV6)>, Error> {
-    let map: LpmTrie<&MapData, LpmDataV6, u8> = typed(maps, name)?;
-    let keys: Vec<Key<LpmDataV6>> = map.keys().collect::<Result<_, _>>().map_err(map_error(name))?;
-    Ok(keys
-        .into_iter()
-        .filter_map(|k| {
-            let (generation, data) = (u32::from_be(k.data().generation_be), k.data());
-            let prefix_len = k.prefix_len().checked_sub(GENERATION_BITS)?;
-            (generation < GENERATIONS).then_some((generation as usize, LpmKeyV6 { prefix_len, addr: data.addr }))
-        })
-        .collect())
-}
-
-fn sync_ports(
-    maps: &mut BTreeMap<&'static str, Map>,
-    name: &'static str,
-    generation: u32,
-    have: &BTreeSet<u16>,
-    want: &BTreeSet<u16>,
-) -> Result<(), Error> {
-    let mut map: HashMap<&mut MapData, PortKey, u8> = typed_mut(maps, name)?;
-    for &port in have.difference(want) {
-        map.remove(&PortKey::new(generation, port)).map_err(map_error(name))?;
     }
-    for &port in want.difference(have) {
-        map.insert(PortKey::new(generation, port), PRESENT, 0).map_err(map_error(name))?;
-    }
-    Ok(())
-}
 
-fn key_v4(generation: u32, key: &LpmKeyV4) -> Key<LpmDataV4> {
-    Key::new(GENERATION_BITS + key.prefix_len, LpmDataV4 { generation_be: generation.to_be(), addr: key.addr })
-}
-
-fn key_v6(generation: u32, key: &LpmKeyV6) -> Key<LpmDataV6> {
-    Key::new(GENERATION_BITS + key.prefix_len, LpmDataV6 { generation_be: generation.to_be(), addr: key.addr })
-}
-
-fn sync_v4(
-    maps: &mut BTreeMap<&'static str, Map>,
-    name: &'static str,
-    generation: u32,
-    have: &BTreeSet<LpmKeyV4>,
-    want: &BTreeSet<LpmKeyV4>,
-) -> Result<(), Error> {
-    let mut map: LpmTrie<&mut MapData, LpmDataV4, u8> = typed_mut(maps, name)?;
-    for key in have.difference(want) {
-        map.remove(&key_v4(generation, key)).map_err(map_error(name))?;
+    /// Writes `contents` into the task's `RECORD` map, which must have room for it
+    /// ([`Record::pages`]).
+    pub fn write(
+        own: &mut BTreeMap<&'static str, Map>,
+        contents: &[Contents; 2],
+        dirty: [bool; 2],
+    ) -> Result<(), Error> {
+        let encoded = Self::encode(contents, dirty);
+        let mut bytes = (encoded.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&encoded);
+        let mut record: Array<&mut MapData, [u8; RECORD_PAGE as usize]> = typed_mut(own, RECORD_MAP)?;
+        // Later pages first: page 0 (with the length) is the last to change.
+        let pages: Vec<&[u8]> = bytes.chunks(RECORD_PAGE as usize).collect();
+        for (index, chunk) in pages.iter().enumerate().rev() {
+            let mut page = [0u8; RECORD_PAGE as usize];
+            page[..chunk.len()].copy_from_slice(chunk);
+            record.set(index as u32, page, 0).map_err(map_error(RECORD_MAP))?;
+        }
+        Ok(())
     }
-    for key in want.difference(have) {
-        map.insert(&key_v4(generation, key), PRESENT, 0).map_err(map_error(name))?;
-    }
-    Ok(())
-}
-
-fn sync_v6(
-    maps: &mut BTreeMap<&'static str, Map>,
-    name: &'static str,
-    generation: u32,
-    have: &BTreeSet<LpmKeyV6>,
-    want: &BTreeSet<LpmKeyV6>,
-) -> Result<(), Error> {
-    let mut map: LpmTrie<&mut MapData, LpmDataV6, u8> = typed_mut(maps, name)?;
-    for key in have.difference(want) {
-        map.remove(&key_v6(generation, key)).map_err(map_error(name))?;
-    }
-    for key in want.difference(have) {
-        map.insert(&key_v6(generation, key), PRESENT, 0).map_err(map_error(name))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_reads_back_what_was_written() {
+        let mut a = Contents::empty();
+        a.config.proxy_egress_port = 15001;
+        a.ignored_ports.extend([22, 5432]);
+        a.ignored_ids.insert((ID_UID, 1337));
+        a.ignored_nets_v4.insert(lpm_key_v4("10.0.0.0/8".parse().unwrap()));
+        a.local_nets_v6.insert(lpm_key_v6("fd00::2/128".parse().unwrap()));
+        let both = [a, Contents::empty()];
+        assert_eq!(Record::decode(&Record::encode(&both, [false, true])), Some((both.clone(), [false, true])));
+        let encoded = Record::encode(&both, [false, false]);
+        assert_eq!(Record::decode(&encoded[..encoded.len() - 1]), None, "a truncated record is refused");
+    }
 
     #[test]
     fn changes_count_what_the_new_generation_adds_and_drops() {

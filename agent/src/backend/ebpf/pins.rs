@@ -10,20 +10,93 @@ use std::path::Path;
 
 use aya::maps::{Map, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
-use intercept_common::MAP_NAMES;
+use intercept_common::{MAP_NAMES, RECORD_MAP, TASK_MAP};
 
 use super::replace::recover;
-use super::{Error, PIN_ROOT, Program, Target, host, maps};
+use super::{Error, PIN_ROOT, Program, Target, host, maps, slots};
 use crate::lock::{self, Locks};
 
-/// Removes a directory of pins: the `sk_lookup` link detached first (the kernel would release
-/// it only later, from a work queue, once unpinned), then every pin.
+/// Removes a directory of pins (an installation, or a killed apply's staging one): every link
+/// detached first (`BPF_LINK_DETACH`, synchronous: unpinned, the kernel would release a link
+/// only later, from a work queue, and the slot must not be given to another task while the
+/// programs still run for this one), then its slot freed in the host's programs, then every
+/// pin. The host's programs go with their last task.
 pub(super) fn unpin_dir(dir: &Path) -> Result<(), Error> {
-    let path = dir.join(Program::SkLookup.link_pin());
-    if let Ok(link) = host::obj_get(&path) {
-        host::link_detach(link.as_fd()).map_err(|e| Error::io("detach the link pinned at", &path, e))?;
+    for program in Program::ALL {
+        let path = dir.join(program.link_pin());
+        if let Ok(link) = host::obj_get(&path) {
+            host::link_detach(link.as_fd()).map_err(|e| Error::io("detach the link pinned at", &path, e))?;
+        }
     }
-    fs::remove_dir_all(dir).map_err(|e| Error::io("remove", dir, e))
+    let programs = fs::canonicalize(dir.join(super::PROGRAMS_LINK)).ok();
+    let last = match (task_slot(dir)?, &programs) {
+        (Some(slot), Some(programs)) => match recorded(dir) {
+            Some((contents, dirty)) => {
+                let mut host = maps::HostMaps::open(programs)?;
+                maps::Generations { active: 0, contents, dirty }.clear(&mut host, slot)?;
+                slots::release(programs, slot)?
+            }
+            // Entries nobody can name would be the next task's in this slot: it stays taken.
+            None => false,
+        },
+        _ => false,
+    };
+    fs::remove_dir_all(dir).map_err(|e| Error::io("remove", dir, e))?;
+    if let (true, Some(programs)) = (last, programs) {
+        fs::remove_dir_all(&programs).map_err(|e| Error::io("remove", &programs, e))?;
+    }
+    Ok(())
+}
+
+/// What the installation's `RECORD` says its entries in the host's maps are; `None` when it
+/// cannot be read.
+fn recorded(dir: &Path) -> Option<([maps::Contents; 2], [bool; 2])> {
+    let data = MapData::from_pin(dir.join(RECORD_MAP)).ok()?;
+    let own = BTreeMap::from([(RECORD_MAP, Map::from_map_data(data).ok()?)]);
+    maps::Record::read(&own).ok()
+}
+
+/// Directory name prefix of an installation replaced by another build's, whose programs that
+/// read what connections left behind still run: `retiring-<cgroup id>-<unix seconds>`.
+pub(super) const RETIRING: &str = "retiring-";
+/// How long a replaced installation's readers stay: longer than a connection redirected before
+/// the switch can take to reach its proxy (a SYN is retried for about two minutes).
+pub const RETIRING_DRAIN: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Where a replaced installation of `cgroup_id` goes, named with the time it went.
+pub(super) fn retiring_dir(root: &Path, cgroup_id: u64) -> std::path::PathBuf {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    root.join(format!("{RETIRING}{cgroup_id}-{}", now.as_secs()))
+}
+
+/// Detaches the links of a replaced installation's programs that redirect (connect, sendmsg):
+/// the new installation decides every connection from here on.
+pub(super) fn detach_writers(dir: &Path) -> Result<(), Error> {
+    for program in [Program::Connect4, Program::Connect6, Program::Sendmsg4, Program::Sendmsg6] {
+        let path = dir.join(program.link_pin());
+        if let Ok(link) = host::obj_get(&path) {
+            host::link_detach(link.as_fd()).map_err(|e| Error::io("detach the link pinned at", &path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The cgroup id and the time of a retiring directory's name.
+fn retiring_of(name: &str) -> Option<(u64, u64)> {
+    let (id, secs) = name.strip_prefix(RETIRING)?.split_once('-')?;
+    Some((id.parse().ok()?, secs.parse().ok()?))
+}
+
+/// The slot recorded in the installation's `TASK` map; `None` when it has none (a staging
+/// directory of an apply killed before it took one).
+fn task_slot(dir: &Path) -> Result<Option<u32>, Error> {
+    let path = dir.join(TASK_MAP);
+    let Ok(map) = host::obj_get(&path) else { return Ok(None) };
+    let mut value = [0u8; size_of::<intercept_common::TaskRef>()];
+    let found = host::map_lookup(map.as_fd(), &0u32.to_ne_bytes(), &mut value)
+        .map_err(|e| Error::io("read the map pinned at", &path, e))?;
+    let slot = u32::from_ne_bytes([value[0], value[1], value[2], value[3]]);
+    Ok((found && slot != 0).then_some(slot))
 }
 
 /// Opens every pinned map of an installation.
@@ -92,8 +165,12 @@ pub fn remove(target: &Target) -> Result<Removed, Error> {
     let leftovers = target.leftovers();
     recover(target, &leftovers)?;
     let stale = leftovers.staging;
-    for dir in &stale {
+    // The task goes: so do the programs of its replaced installations.
+    for dir in stale.iter().chain(&leftovers.retiring) {
         unpin_dir(dir)?;
+    }
+    for dir in &leftovers.programs_staging {
+        fs::remove_dir_all(dir).map_err(|e| Error::io("remove", dir, e))?;
     }
     let dir = target.pin_dir();
     if !dir.exists() {
@@ -102,21 +179,9 @@ pub fn remove(target: &Target) -> Result<Removed, Error> {
         return Ok(if stale.is_empty() { Removed::Nothing } else { Removed::Leftovers });
     }
     let steered_ingress = dir.join(Program::SkLookup.link_pin()).exists();
-    // Links first: interception stops at once, and a failure later leaves only maps behind.
-    // Each link is detached explicitly (BPF_LINK_DETACH, synchronous): unpinned, the kernel
-    // would release it only later, from a work queue, and `remove` returning must mean the
+    // Links first (`unpin_dir`): interception stops at once, and `remove` returning means the
     // programs are gone from the cgroup and the namespace.
-    for program in Program::ALL {
-        let path = dir.join(program.link_pin());
-        if let Ok(link) = host::obj_get(&path) {
-            host::link_detach(link.as_fd()).map_err(|e| Error::io("detach the link pinned at", &path, e))?;
-        }
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io("unpin", &path, e)),
-            _ => {}
-        }
-    }
-    fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
+    unpin_dir(&dir)?;
     release_root(&target.bpffs.join(PIN_ROOT));
     held.release()?;
     Ok(Removed::Installation { steered_ingress })
@@ -167,14 +232,23 @@ fn prune_under(root: &Path, locks: &Locks) -> Result<Vec<u64>, Error> {
     let mut pruned = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("list", root, e))?;
-        let Some(cgroup_id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
+        let name = entry.file_name();
+        let name = name.to_str().unwrap_or_default();
+        if let Some((_, secs)) = retiring_of(name) {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            if now.as_secs().saturating_sub(secs) >= RETIRING_DRAIN.as_secs() {
+                unpin_dir(&entry.path())?;
+            }
+            continue;
+        }
+        let Some(cgroup_id) = name.parse::<u64>().ok() else { continue };
         let dir = entry.path();
         // A cgroup's links are all detached when it goes: one tells for all (this runs at every
         // apply, over every installation on the host).
         let link = dir.join(Program::CGROUP[0].link_pin());
         let orphaned = host::obj_get(&link).and_then(|link| host::link_cgroup_id(link.as_fd())).ok() == Some(0);
         if orphaned {
-            fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
+            unpin_dir(&dir)?;
             locks.forget(&lock::Key::cgroup(cgroup_id, format!("cgroup id {cgroup_id}")))?;
             pruned.push(cgroup_id);
         }
@@ -184,20 +258,22 @@ fn prune_under(root: &Path, locks: &Locks) -> Result<Vec<u64>, Error> {
     Ok(pruned)
 }
 
-/// Removes `root` (`<bpffs>/intercept`) once no installation is left in it: what it holds
-/// then is only the quiet log ring every installation shared ([`super::QUIET_LOG_RING_PIN`]),
-/// which goes with the last of them. Under the bpffs lock, so no apply is about to reuse the
-/// ring; a root another installation (or a staging directory) still uses is left as it is.
+/// Removes `root` (`<bpffs>/intercept`) once nothing is left in it: no installation, and no
+/// host programs (which go with their last task). Under the bpffs lock.
 pub(super) fn release_root(root: &Path) {
-    // Every installation, a staging one too, is a directory, and a directory's link count is
-    // 2 plus one per subdirectory (bpffs keeps it as the other in-memory file systems do): one
-    // stat tells, where listing the root would read every installation on the host at each
-    // removal.
+    // Everything in it is a directory, and a directory's link count is 2 plus one per
+    // subdirectory (bpffs keeps it as the other in-memory file systems do): one stat tells,
+    // where listing the root would read every installation on the host at each removal.
     if fs::metadata(root).is_ok_and(|root| root.nlink() == 2) {
-        let _ = fs::remove_file(root.join(super::QUIET_LOG_RING_PIN));
+        // The log ring that layout-2 installations shared, pinned beside them: it goes with the
+        // last of them.
+        let _ = fs::remove_file(root.join(LAYOUT_2_LOG_RING));
         let _ = fs::remove_dir(root);
     }
 }
+
+/// Where layout-2 installations that did not log pinned the aya-log ring they shared.
+const LAYOUT_2_LOG_RING: &str = "AYA_LOGS";
 
 #[cfg(test)]
 mod tests;

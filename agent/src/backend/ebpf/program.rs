@@ -52,6 +52,18 @@ impl Program {
         Program::Sendmsg6,
         Program::Connect6,
     ];
+    /// The host's programs: loaded once per host, attached to every task's cgroup.
+    pub const HOST: [Program; 7] = [
+        Program::Connect4,
+        Program::Connect6,
+        Program::Sendmsg4,
+        Program::Sendmsg6,
+        Program::Recvmsg4,
+        Program::Recvmsg6,
+        Program::Getsockopt,
+    ];
+    /// The programs loaded for each task (small, and owning maps of the task's alone).
+    pub const PER_TASK: [Program; 2] = [Program::Sockops, Program::SkLookup];
     /// The programs attached to the cgroup.
     pub const CGROUP: [Program; 8] = [
         Program::Connect4,

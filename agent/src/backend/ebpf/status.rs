@@ -35,9 +35,6 @@ pub struct Status {
     /// Entries of the hand-off map: established redirected connections whose proxy-side
     /// socket the kernel has not created yet (or whose app socket has not closed since).
     pub handoffs: usize,
-    /// Entries left in layout 1's pairing maps by an upgrade from it (connections redirected
-    /// before it that are still open).
-    pub legacy_entries: usize,
     /// The build that made (or last replaced) the programs, and the map layout.
     pub version: intercept_common::Version,
 }
@@ -68,8 +65,10 @@ pub fn status(target: &Target) -> Result<Option<Status>, Error> {
         };
         programs.push(ProgramStatus { program, link_id: info.id(), program_id: info.program_id(), attached });
     }
-    let (handoffs, legacy_entries) = maps::pairing_sizes(&maps)?;
-    let generations = Generations::read(&maps)?;
+    let handoffs = maps::handoff_size(&maps)?;
+    let host = maps::HostMaps::open(&dir.join(super::PROGRAMS_LINK))?;
+    let slot = maps::read_task(&maps)?;
+    let generations = Generations::read(&host, slot, &maps)?;
     Ok(Some(Status {
         cgroup: target.cgroup.clone(),
         cgroup_id: target.cgroup_id,
@@ -77,9 +76,8 @@ pub fn status(target: &Target) -> Result<Option<Status>, Error> {
         programs,
         generation: generations.active,
         contents: generations.active().clone(),
-        counters: maps::read_counters(&maps)?,
+        counters: maps::read_counters(&host, target.cgroup_id, &maps)?,
         handoffs,
-        legacy_entries,
         version,
     }))
 }
@@ -169,16 +167,7 @@ impl Status {
         for (counter, value) in &self.counters {
             let _ = writeln!(out, "  {:<18} {value}", counter.name());
         }
-        let _ = writeln!(
-            out,
-            "original destinations: kept on the sockets; {} hand-off(s) in flight{}",
-            self.handoffs,
-            if self.legacy_entries == 0 {
-                String::new()
-            } else {
-                format!(", {} entries left by map layout 1", self.legacy_entries)
-            }
-        );
+        let _ = writeln!(out, "original destinations: kept on the sockets; {} hand-off(s) in flight", self.handoffs);
         out
     }
 
@@ -247,7 +236,6 @@ impl serde::Serialize for Status {
             build: &'a str,
             layout: u32,
             handoffs: usize,
-            legacy_entries: usize,
         }
         let c = &self.contents.config;
         let (ignored_uids, ignored_gids) = self.contents.ignored_ids();
@@ -287,7 +275,6 @@ impl serde::Serialize for Status {
             build: self.version.build_str(),
             layout: self.version.layout,
             handoffs: self.handoffs,
-            legacy_entries: self.legacy_entries,
         }
         .serialize(serializer)
     }

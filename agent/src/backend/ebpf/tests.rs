@@ -2,18 +2,22 @@ use std::collections::BTreeSet;
 
 use super::*;
 
-/// A map the programs define but no list names would be neither pinned nor carried over
-/// by an upgrade; a name in both lists would be rebuilt and carried at once.
+/// A map the programs define but no list names would be neither pinned with the host's
+/// programs nor with a task's; a name in both lists would be shared and a task's at once.
 #[test]
 fn the_object_defines_exactly_the_named_maps_each_named_once() {
+    use intercept_common::{HOST_MAP_NAMES, TASK_PROGRAM_MAP_NAMES};
     let object = aya_obj::Object::parse(object()).expect("the embedded eBPF object parses");
-    // Data sections (`.rodata`, …) and aya-log's ring buffer are loaded by aya, never
-    // pinned by name.
+    // Data sections (`.rodata`, …) are loaded by aya, never pinned by name; aya-log's ring
+    // buffer is pinned with the host's programs under its own name.
     let defined: BTreeSet<&str> =
         object.maps.keys().map(String::as_str).filter(|name| !name.starts_with('.') && *name != AYA_LOG_RING).collect();
-    let named: BTreeSet<&str> = MAP_NAMES.into_iter().collect();
-    assert_eq!(named.len(), MAP_NAMES.len(), "a map is named twice: {MAP_NAMES:?}");
+    let named: BTreeSet<&str> = HOST_MAP_NAMES.into_iter().chain(TASK_PROGRAM_MAP_NAMES).collect();
+    assert_eq!(named.len(), HOST_MAP_NAMES.len() + TASK_PROGRAM_MAP_NAMES.len(), "a map is named twice");
     assert_eq!(defined, named);
+    for name in TASK_PROGRAM_MAP_NAMES {
+        assert!(MAP_NAMES.contains(&name), "{name} is pinned with the task");
+    }
 }
 
 /// The load queue ([`Program::BY_LOAD_TIME`]) loads every program once, and the object has
@@ -38,7 +42,11 @@ fn leftovers_are_sorted_by_kind_for_this_cgroup_only() {
     let names = [
         "7",
         "77",
-        QUIET_LOG_RING_PIN,
+        "AYA_LOGS",
+        "programs-3-0123456789abcdef",
+        "staging-programs-9",
+        "retiring-7-1700000000",
+        "retiring-77-1700000000",
         "staging-7-10",
         "staging-7-2",
         "staging-77-3",
@@ -58,6 +66,8 @@ fn leftovers_are_sorted_by_kind_for_this_cgroup_only() {
     assert_eq!(names(&leftovers.staging), ["staging-7-10", "staging-7-2"]);
     assert_eq!(names(&leftovers.replacing), ["replacing-7-4"]);
     assert_eq!(names(&leftovers.retired), ["retired-7-6"]);
+    assert_eq!(names(&leftovers.retiring), ["retiring-7-1700000000"]);
+    assert_eq!(names(&leftovers.programs_staging), ["staging-programs-9"]);
     let none = Target { cgroup_id: 8, ..target };
     let leftovers = none.leftovers();
     assert!(leftovers.staging.is_empty() && leftovers.replacing.is_empty() && leftovers.retired.is_empty());

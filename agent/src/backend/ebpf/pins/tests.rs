@@ -59,10 +59,16 @@ fn pruning_removes_the_installations_whose_cgroup_is_gone_and_their_locks() {
             std::iter::once(get).chain(info)
         })
         .collect();
+    // The pruned installation's pins go as an installation's do (`unpin_dir`): every link
+    // detached (only link-connect4 is pinned here), then its slot, which it has none of.
+    let pruned = root.join("7");
+    let mut expected = expected;
+    expected.extend(Program::ALL.iter().map(|p| Call::ObjGet { path: pruned.join(p.link_pin()) }));
+    expected.push(Call::LinkDetach { link: "link of 7".to_owned() });
+    expected.push(Call::ObjGet { path: pruned.join(intercept_common::TASK_MAP) });
     let mut calls = kernel.calls();
     // In the order the directory lists them.
     calls.sort_by_key(|call| format!("{call:?}"));
-    let mut expected = expected;
     expected.sort_by_key(|call| format!("{call:?}"));
     assert_eq!(calls, expected);
 }
@@ -80,7 +86,7 @@ fn pruning_the_last_installation_removes_the_root() {
 }
 
 #[test]
-fn unpinning_a_directory_detaches_the_namespace_link_before_removing_the_pins() {
+fn unpinning_a_directory_detaches_every_link_before_removing_the_pins() {
     let kernel = Kernel::install();
     let root = tempfile::tempdir().expect("a temporary directory");
     let staging = root.path().join("staging-7-40");
@@ -88,16 +94,20 @@ fn unpinning_a_directory_detaches_the_namespace_link_before_removing_the_pins() 
     for program in Program::ALL {
         fake::pin(&staging.join(program.link_pin()), &format!("link {}", program.name()));
     }
-    let sk_lookup = staging.join(Program::SkLookup.link_pin());
-    let at = sk_lookup.clone();
-    // The detach sees the pin still there.
-    kernel.fail(libc::EIO, move |call| matches!(call, Call::LinkDetach { .. }) && !at.exists());
+    let pins: Vec<_> = Program::ALL.iter().map(|p| staging.join(p.link_pin())).collect();
+    // Each detach sees the pins still there.
+    kernel.fail(libc::EIO, move |call| matches!(call, Call::LinkDetach { .. }) && !pins.iter().all(|p| p.exists()));
     unpin_dir(&staging).expect("unpinned");
     assert!(!staging.exists());
-    assert_eq!(
-        kernel.calls(),
-        [Call::ObjGet { path: sk_lookup }, Call::LinkDetach { link: "link steer_ingress".to_owned() }]
-    );
+    let mut expected: Vec<Call> = Program::ALL
+        .iter()
+        .flat_map(|p| {
+            [Call::ObjGet { path: staging.join(p.link_pin()) }, Call::LinkDetach { link: format!("link {}", p.name()) }]
+        })
+        .collect();
+    // No slot is recorded (no `TASK` pin): there is none to free.
+    expected.push(Call::ObjGet { path: staging.join(intercept_common::TASK_MAP) });
+    assert_eq!(kernel.calls(), expected);
 }
 
 #[test]
