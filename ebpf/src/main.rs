@@ -579,7 +579,7 @@ fn ignored_identity(task: &Task) -> Option<Counter> {
     let ignored = |kind: u32, id: u32| {
         let (slot_be, generation_be) = task.prefix();
         let data = IdData { slot_be, generation_be, kind_be: kind.to_be(), id_be: id.to_be() };
-        IGNORED_IDS.get(&Key::new(IdData::BITS, data)).is_some()
+        IGNORED_IDS.get(Key::new(IdData::BITS, data)).is_some()
     };
     if config.has_ignored_uids != 0 && ignored(ID_UID, uid) {
         return Some(Counter::IgnoredUid);
@@ -599,7 +599,7 @@ fn ignored_port(task: &Task, port: u16) -> bool {
 #[inline(always)]
 fn in_port_set(ports: &LpmTrie<PortData, u8>, task: &Task, port: u16) -> bool {
     let (slot_be, generation_be) = task.prefix();
-    ports.get(&Key::new(PortData::BITS, PortData { slot_be, generation_be, port_be: port.to_be(), _pad: 0 })).is_some()
+    ports.get(Key::new(PortData::BITS, PortData { slot_be, generation_be, port_be: port.to_be(), _pad: 0 })).is_some()
 }
 
 /// Records which server a UDP socket's redirected DNS query was for, for the reply.
@@ -698,11 +698,11 @@ pub fn track_sockets(ctx: SockOpsContext) -> u32 {
         }
         // Only at the close: a proxy slow to take a connection may still be creating its side
         // while the app's side is already half closed.
-        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
-            if sock_storage(&SOCK_PENDING, sock_ops_sk(ops), None).is_some() {
-                let (local, remote) = endpoints(ops);
-                let _ = HANDOFF.remove(app_side(local, remote));
-            }
+        BPF_SOCK_OPS_STATE_CB
+            if ctx.arg(1) == BPF_TCP_CLOSE && sock_storage(&SOCK_PENDING, sock_ops_sk(ops), None).is_some() =>
+        {
+            let (local, remote) = endpoints(ops);
+            let _ = HANDOFF.remove(app_side(local, remote));
         }
         _ => {}
     }
