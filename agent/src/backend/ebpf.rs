@@ -1,21 +1,23 @@
 //! The eBPF backend: the object built from `ebpf/` (embedded at compile time by `build.rs`)
 //! and the code that installs it on a cgroup, updates it, reports on it and removes it.
 //!
-//! An installation is a directory `<bpffs>/intercept/<cgroup id>/` holding a pin for each
-//! program's link (`link-<program>`: the cgroup programs' links to the task's cgroup, the
-//! `sk_lookup` program's to the task's network namespace) and for each map (by map name). The
-//! pins keep everything alive after the agent exits (the init-container mode); unpinning the
-//! links detaches the programs, and the kernel frees programs and maps with their last
-//! reference.
+//! The programs that decide (`connect4/6`, `sendmsg4/6`, `recvmsg4/6`, `getsockopt`) are
+//! loaded once per bpffs and build, and pinned with the host's maps in
+//! `<bpffs>/intercept/programs-<layout>-<object hash>[-log]/`; every task's entries in those
+//! maps are keyed by the task's slot (see `intercept-common`). An installation is a directory
+//! `<bpffs>/intercept/<cgroup id>/` holding a pin for each of its links (`link-<program>`: to
+//! the task's cgroup, and the `sk_lookup` program's to its network namespace), its own
+//! programs' maps and the agent's records, and `programs`, a link to the host's programs it
+//! uses. The pins keep everything alive after the agent exits (the init-container mode).
 //!
-//! - [`apply`] loads the object, fills every map and loads every program before attaching
-//!   anything; the pins are made in a staging directory renamed into place at the end, so a
-//!   failure at any step leaves nothing attached or pinned. Applying to an installed cgroup
-//!   updates the pinned maps in place (programs stay attached throughout): the new
-//!   configuration goes into the maps' inactive generation, then one update of `ACTIVE`
-//!   switches every program to it (see [`maps::Generations::switch_to`]).
-//! - [`remove`] deletes the directory: links, maps, and with them the programs, go.
-//! - [`status`] reads the pinned state: programs, maps, counters.
+//! - [`apply`] makes a complete installation in a staging directory, its links attached last,
+//!   and renames it into place, so a failure at any step leaves nothing attached or pinned.
+//!   Applying to an installed cgroup writes the new configuration into its inactive
+//!   generation, then one update of `ACTIVE[slot]` switches its programs to it (see
+//!   [`maps::Generations::switch_to`]); an installation of another build is replaced.
+//! - [`remove`] detaches the links, deletes the task's entries and frees its slot, and removes
+//!   the directory; the host's programs go with the last task.
+//! - [`status`] reads the pinned state: programs, the configuration, counters.
 
 mod adopt;
 #[cfg(test)]

@@ -2096,7 +2096,7 @@ fn scale_markdown(scales: &[Scale], elapsed: Duration, svg: &str) -> String {
          spawn to exit, for the first task and for one more once the others exist; *in process* is the \
          backend's apply as `intercept daemon` runs it (it prunes once per pass, not per task). *CLI remove: \
          one* is `intercept remove --backend ebpf` of one task while the others are installed (as an init \
-         container or the CNI plugin removes; it also prunes, walking every installation); *remove all* is \
+         container or the CNI plugin removes; it removes that task only); *remove all* is \
          every other task's removal in process, then one prune, as the daemon removes on exit. The \
          connection rate is the first task's short \
          connections with every other task installed (median of {SCALE_REPETITIONS}), against the same app \

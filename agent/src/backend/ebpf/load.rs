@@ -48,7 +48,7 @@ impl HostPrograms {
         self.programs.get(&program).map(|fd| fd.as_fd()).ok_or(Error::MissingProgram(program.name()))
     }
 
-    /// The host map or outer array `name`, opened from its pin.
+    /// The host map `name`, opened from its pin.
     pub fn map(&self, name: &'static str) -> Result<OwnedFd, Error> {
         let path = self.dir.join(name);
         host::obj_get(&path).map_err(|e| Error::io("open the map pinned at", &path, e))
@@ -120,7 +120,7 @@ pub(super) fn host_programs(root: &Path, options: ApplyOptions) -> Result<HostPr
     }
 }
 
-/// A loader of the object whose host maps and outer arrays are pinned in `dir` (opened there
+/// A loader of the object whose host maps are pinned in `dir` (opened there
 /// when they are, created and pinned there when not).
 fn loader<'a>(options: ApplyOptions, dir: &Path) -> EbpfLoader<'a> {
     // aya-log's level is a read-only global: at 0 the verifier sees every log statement as
