@@ -418,7 +418,7 @@ fn stage(
         let link = staging.join(PROGRAMS_LINK);
         let name = programs.dir.file_name().unwrap_or_default();
         std::os::unix::fs::symlink(Path::new("..").join(name), &link).map_err(|e| Error::io("link", &link, e))?;
-        let mut own = create_task_maps(staging, maps::Record::pages(&[desired.clone(), Contents::empty()]))?;
+        let mut own = create_task_maps(staging, maps::Record::pages([desired, &Contents::empty()]))?;
         let slot = slots::allocate(programs, target.cgroup_id)?;
         maps::write_task(&mut own, slot)?;
         maps::write_version(&mut own, build())?;
@@ -502,7 +502,7 @@ fn update(
     let mut host = maps::HostMaps::open(&dir.join(PROGRAMS_LINK))?;
     let generations = Generations::read(&host, slot, &own)?;
     // A switch records both configurations for a while: the record must have room for them.
-    let needed = maps::Record::pages(&[generations.active().clone(), desired.clone()]);
+    let needed = maps::Record::pages([generations.active(), desired]);
     if needed > maps::record_capacity(&own)? {
         let path = dir.join(intercept_common::RECORD_MAP);
         // bpffs refuses a '.' in a name.

@@ -587,8 +587,23 @@ pub struct Record;
 
 impl Record {
     /// The pages a record of `contents` takes.
-    pub fn pages(contents: &[Contents; 2]) -> u32 {
-        (Self::encode(contents, [false, false]).len() as u32 + 4).div_ceil(RECORD_PAGE)
+    pub fn pages(contents: [&Contents; 2]) -> u32 {
+        let len: usize = contents.iter().map(|c| Self::encoded_len(c)).sum();
+        (len as u32 + 4).div_ceil(RECORD_PAGE)
+    }
+
+    /// The length of one generation's encoding ([`Record::encode`]), counted rather than
+    /// encoded: an apply sizes the record before it writes it.
+    fn encoded_len(c: &Contents) -> usize {
+        let v4 = c.ignored_nets_v4.len() + c.local_nets_v4.len() + c.included_nets_v4.len();
+        let v6 = c.ignored_nets_v6.len() + c.local_nets_v6.len() + c.included_nets_v6.len();
+        // The dirty flag, the configuration, then nine counted lists.
+        1 + size_of::<GlobalConfig>()
+            + 9 * 4
+            + 2 * (c.ignored_ports.len() + c.app_ports.len())
+            + 8 * c.ignored_ids.len()
+            + 5 * v4
+            + 17 * v6
     }
 
     fn encode(contents: &[Contents; 2], dirty: [bool; 2]) -> Vec<u8> {
@@ -735,6 +750,24 @@ mod tests {
         assert_eq!(Record::decode(&Record::encode(&both, [false, true])), Some((both.clone(), [false, true])));
         let encoded = Record::encode(&both, [false, false]);
         assert_eq!(Record::decode(&encoded[..encoded.len() - 1]), None, "a truncated record is refused");
+    }
+
+    #[test]
+    fn a_records_pages_are_counted_as_its_encoding_takes() {
+        let mut a = Contents::empty();
+        a.ignored_ports.extend([22, 5432]);
+        a.app_ports.insert(9080);
+        a.ignored_ids.insert((ID_GID, 7));
+        a.included_nets_v4.insert(lpm_key_v4("10.0.0.0/8".parse().unwrap()));
+        a.ignored_nets_v6.insert(lpm_key_v6("fd00::/8".parse().unwrap()));
+        for contents in [&a, &Contents::empty()] {
+            assert_eq!(
+                Record::encoded_len(contents),
+                Record::encode(&[contents.clone(), Contents::empty()], [false, false]).len()
+                    - Record::encoded_len(&Contents::empty())
+            );
+        }
+        assert_eq!(Record::pages([&a, &a]), 1);
     }
 
     #[test]
