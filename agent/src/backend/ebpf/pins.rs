@@ -22,12 +22,7 @@ use crate::lock::{self, Locks};
 /// programs still run for this one), then its slot freed in the host's programs, then every
 /// pin. The host's programs go with their last task.
 pub(super) fn unpin_dir(dir: &Path) -> Result<(), Error> {
-    for program in Program::ALL {
-        let path = dir.join(program.link_pin());
-        if let Ok(link) = host::obj_get(&path) {
-            host::link_detach(link.as_fd()).map_err(|e| Error::io("detach the link pinned at", &path, e))?;
-        }
-    }
+    detach(dir, &Program::ALL)?;
     let programs = fs::canonicalize(dir.join(super::PROGRAMS_LINK)).ok();
     let last = match (task_slot(dir)?, &programs) {
         (Some(slot), Some(programs)) => match recorded(dir) {
@@ -72,7 +67,12 @@ pub(super) fn retiring_dir(root: &Path, cgroup_id: u64) -> std::path::PathBuf {
 /// Detaches the links of a replaced installation's programs that redirect (connect, sendmsg):
 /// the new installation decides every connection from here on.
 pub(super) fn detach_writers(dir: &Path) -> Result<(), Error> {
-    for program in [Program::Connect4, Program::Connect6, Program::Sendmsg4, Program::Sendmsg6] {
+    detach(dir, &[Program::Connect4, Program::Connect6, Program::Sendmsg4, Program::Sendmsg6])
+}
+
+/// Detaches the links of `programs` pinned in `dir` (those pinned there).
+fn detach(dir: &Path, programs: &[Program]) -> Result<(), Error> {
+    for program in programs {
         let path = dir.join(program.link_pin());
         if let Ok(link) = host::obj_get(&path) {
             host::link_detach(link.as_fd()).map_err(|e| Error::io("detach the link pinned at", &path, e))?;
@@ -81,10 +81,11 @@ pub(super) fn detach_writers(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// The cgroup id and the time of a retiring directory's name.
-fn retiring_of(name: &str) -> Option<(u64, u64)> {
+/// When a retiring directory went, from its name (`retiring-<cgroup id>-<seconds>`).
+fn retired_at(name: &str) -> Option<u64> {
     let (id, secs) = name.strip_prefix(RETIRING)?.split_once('-')?;
-    Some((id.parse().ok()?, secs.parse().ok()?))
+    id.parse::<u64>().ok()?;
+    secs.parse().ok()
 }
 
 /// The slot recorded in the installation's `TASK` map; `None` when it has none (a staging
@@ -234,7 +235,7 @@ fn prune_under(root: &Path, locks: &Locks) -> Result<Vec<u64>, Error> {
         let entry = entry.map_err(|e| Error::io("list", root, e))?;
         let name = entry.file_name();
         let name = name.to_str().unwrap_or_default();
-        if let Some((_, secs)) = retiring_of(name) {
+        if let Some(secs) = retired_at(name) {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             if now.as_secs().saturating_sub(secs) >= RETIRING_DRAIN.as_secs() {
                 unpin_dir(&entry.path())?;
